@@ -1,0 +1,7 @@
+"""``python -m kei_gateway``: the same as the ``kei-gateway`` command."""
+
+import sys
+
+from kei_gateway.cli import main
+
+sys.exit(main())
