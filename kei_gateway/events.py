@@ -1,0 +1,186 @@
+"""Every event the gateway logs, declared once.
+
+An :class:`EventType` carries the fixed journald ``MESSAGE_ID``, the log level,
+the one-line format string (``twisted.logger`` style, keyword fields only) and
+the Japanese and English explanation and remedy from which the journald
+message catalog (``systemd/kei-gateway.catalog``) is generated.
+
+Code logs an event with :func:`emit`::
+
+    emit(log, events.LISTENER_DENIED, listener="metrics", reason="address", source="10.0.0.9")
+
+The standard fields ``flow``, ``peer``, ``transfer_id``, ``sha256``, ``records``
+and ``reason`` become the journald fields ``KEI_FLOW`` … ``KEI_REASON``; the
+event's name becomes ``KEI_EVENT``. Never pass a personal value (a name, an
+amount, a plate, chassis or slip number) as a field: ids, counts, hashes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger, LogLevel
+
+__all__ = ["EventType", "ALL_EVENTS", "by_name", "emit", "STANDARD_FIELDS"]
+
+STANDARD_FIELDS = ("flow", "peer", "transfer_id", "sha256", "records", "reason")
+"""Event keyword fields that map to ``KEI_<FIELD>`` journald fields."""
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of event: its identity, level, message and catalog text."""
+
+    name: str
+    message_id: str
+    level: LogLevel
+    format: str
+    summary_en: str
+    summary_ja: str
+    remedy_en: str
+    remedy_ja: str
+
+
+def _event(
+    name: str, message_id: str, level: LogLevel, format: str,
+    summary_en: str, summary_ja: str, remedy_en: str, remedy_ja: str,
+) -> EventType:
+    return EventType(name, message_id, level, format, summary_en, summary_ja, remedy_en, remedy_ja)
+
+
+DAEMON_STARTING = _event(
+    "daemon.starting", "c531faf6a70a45c99979a2fb9e61e910", LogLevel.info,
+    "kei-gateway {version} starting with configuration {config_path}",
+    "The gateway daemon is starting.", "ゲートウェイのデーモンが起動しています。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_READY = _event(
+    "daemon.ready", "456928f6416a442cb3789a0f0ed74f82", LogLevel.info,
+    "kei-gateway ready: listeners {listeners}, database schema {schema}",
+    "The gateway has migrated its database, bound its listeners and told systemd it is ready.",
+    "データベースの移行とリスナーの待受けが完了し、systemd に準備完了を通知しました。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_STOPPING = _event(
+    "daemon.stopping", "9a29ab4c3813470a831720a2da6dbd14", LogLevel.info,
+    "kei-gateway stopping: draining transfers in flight",
+    "The gateway received SIGTERM (or was told to stop) and is finishing work in flight before it exits.",
+    "SIGTERM などで停止を指示されたため、処理中の転送を完了させてから終了します。",
+    "None needed. If the stop was not planned, see who ran 'systemctl stop kei-gateway'.",
+    "対応は不要です。予定外の停止であれば、誰が systemctl stop を実行したか確認してください。",
+)
+DAEMON_STOPPED = _event(
+    "daemon.stopped", "6bb9699fc2f64017a3423b22056c9307", LogLevel.info,
+    "kei-gateway stopped cleanly",
+    "The gateway has stopped; nothing was left half done.",
+    "ゲートウェイは正常に停止しました。中途半端な処理は残っていません。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_FAILED = _event(
+    "daemon.failed", "70db70c9cf674b32bd47780b147badea", LogLevel.critical,
+    "kei-gateway cannot start: {reason}",
+    "The gateway could not start: the configuration, a key or certificate, the database or a listener address is unusable.",
+    "設定、鍵・証明書、データベース、待受けアドレスのいずれかに問題があり、ゲートウェイを起動できません。",
+    "Read the reason in this entry, fix it (run 'kei-gateway check-config' for configuration problems), then 'systemctl restart kei-gateway'.",
+    "本エントリの理由を確認して修正し（設定の問題は kei-gateway check-config で確認できます）、systemctl restart kei-gateway を実行してください。",
+)
+CONFIG_RELOADED = _event(
+    "config.reloaded", "99a5ae5aaa7c492bb4b380da5a5498df", LogLevel.info,
+    "configuration reloaded from {config_path}: {changes}",
+    "On SIGHUP the gateway re-read its configuration and applied the allow-lists, peers and log level.",
+    "SIGHUP により設定を再読込し、許可リスト・接続先・ログレベルを反映しました。",
+    "None needed. Settings that need a restart (listener addresses, database, keys) are named in the message.",
+    "対応は不要です。再起動が必要な設定（待受けアドレス、データベース、鍵）はメッセージに示されます。",
+)
+CONFIG_RELOAD_FAILED = _event(
+    "config.reload_failed", "5f7e7580081b449594efd298c9215796", LogLevel.error,
+    "configuration reload refused, keeping the running configuration: {reason}",
+    "On SIGHUP the new configuration was invalid; the gateway keeps running with the old one.",
+    "SIGHUP で読み込んだ新しい設定が不正なため、従来の設定のまま動作を続けています。",
+    "Run 'kei-gateway check-config' to see every problem with its key path, fix the file, then 'systemctl reload kei-gateway'.",
+    "kei-gateway check-config で問題箇所（キーのパス）をすべて確認して修正し、systemctl reload kei-gateway を実行してください。",
+)
+CONFIG_RESTART_NEEDED = _event(
+    "config.restart_needed", "b38eee59ba1748ca96f9753667963099", LogLevel.warn,
+    "configuration change of {keys} takes effect only after a restart",
+    "A reload changed settings that cannot change while running (listener addresses, database, keys, state directories).",
+    "実行中には変更できない設定（待受けアドレス、データベース、鍵、状態ディレクトリ）が再読込で変更されました。",
+    "Run 'systemctl restart kei-gateway' at a quiet moment.",
+    "業務に影響の少ない時間に systemctl restart kei-gateway を実行してください。",
+)
+LISTENER_DENIED = _event(
+    "listener.denied", "4984db45de834d8fae112f5626428021", LogLevel.warn,
+    "{listener} listener refused a connection from {source}: {reason}",
+    "A connection came from an address outside the listener's allow-list and was closed before any request was read.",
+    "許可リスト外のアドレスからの接続を、要求を読む前に切断しました。",
+    "If the source is a legitimate client (e.g. a new Prometheus server), add its address to the listener's 'allow' and reload; otherwise investigate the source.",
+    "正当な接続元（新しい Prometheus サーバなど）であればリスナーの allow に追加して reload してください。そうでなければ接続元を調査してください。",
+)
+LISTENER_BOUND = _event(
+    "listener.bound", "a610b8fcaf2544fa9e59203535610005", LogLevel.info,
+    "{listener} listener bound to {address}",
+    "A listener is accepting connections.", "リスナーが接続の受付を開始しました。",
+    "None needed.", "対応は不要です。",
+)
+DATABASE_MIGRATED = _event(
+    "database.migrated", "6be371fe71c147d5af274ab62f885f16", LogLevel.info,
+    "database schema at revision {schema} ({url})",
+    "The ledger database schema is up to date (Alembic migrations ran if needed).",
+    "台帳データベースのスキーマが最新です（必要に応じて移行を実行しました）。",
+    "None needed.", "対応は不要です。",
+)
+DATABASE_UNAVAILABLE = _event(
+    "database.unavailable", "10dae8cf93c0406da01d47b32eee15d4", LogLevel.error,
+    "database does not answer: {reason}",
+    "The ledger database did not answer a health check; the watchdog is no longer fed, so systemd restarts the gateway if this persists.",
+    "台帳データベースが応答しません。ウォッチドッグへの通知を止めたため、継続すると systemd がゲートウェイを再起動します。",
+    "Check the database (disk space and permissions of the SQLite file, or the PostgreSQL server and network).",
+    "データベース（SQLite ファイルのディスク容量と権限、または PostgreSQL サーバとネットワーク）を確認してください。",
+)
+CERTIFICATE_EXPIRING = _event(
+    "certificate.expiring", "32ae27ee4ba447fb8f6430bdad0b34e9", LogLevel.warn,
+    "{role} certificate expires in {days} days ({not_after})",
+    "A certificate the gateway uses expires within 30 days; after that peers refuse the connection.",
+    "ゲートウェイが使用する証明書の有効期限が 30 日以内に切れます。期限後は接続が拒否されます。",
+    "Request a renewed certificate (LGPKI application certificate) now, install it and reload.",
+    "更新した証明書（LGPKI アプリケーション証明書）を申請・設置し、reload してください。",
+)
+CERTIFICATE_EXPIRED = _event(
+    "certificate.expired", "0d2b66a3dd76486494a59c70b867f46f", LogLevel.critical,
+    "{role} certificate expired on {not_after}",
+    "A certificate the gateway uses has expired; peers will refuse connections.",
+    "ゲートウェイが使用する証明書の有効期限が切れています。接続は拒否されます。",
+    "Install a renewed certificate and reload the gateway.",
+    "更新した証明書を設置し、ゲートウェイを reload してください。",
+)
+INTERNAL_ERROR = _event(
+    "internal.error", "de29ace4d3d541f89f06eee882169154", LogLevel.error,
+    "unexpected error: {reason}",
+    "An unexpected error occurred; the operation it interrupted will be retried or left for an operator.",
+    "予期しないエラーが発生しました。中断された処理は再試行されるか、運用者の対応待ちになります。",
+    "If it repeats, collect 'journalctl -u kei-gateway' around this entry and report it.",
+    "繰り返し発生する場合は、このエントリ前後の journalctl -u kei-gateway を添えて報告してください。",
+)
+MESSAGE = _event(
+    "message", "88bc4dfbc2c34b89a2fccea413f9b2df", LogLevel.info,
+    "{text}",
+    "A general message from the gateway or one of its libraries.",
+    "ゲートウェイまたはそのライブラリからの一般的なメッセージです。",
+    "See the message text.", "メッセージ本文を確認してください。",
+)
+
+ALL_EVENTS: tuple[EventType, ...] = tuple(
+    value for value in list(globals().values()) if isinstance(value, EventType)
+)
+_BY_NAME = {event.name: event for event in ALL_EVENTS}
+
+
+def by_name(name: str) -> EventType | None:
+    """The event type called *name*, or ``None``."""
+    return _BY_NAME.get(name)
+
+
+def emit(log: Logger, event: EventType, **fields: Any) -> None:
+    """Log *event* on *log* at its level, with its format and the given fields."""
+    log.emit(event.level, event.format, kei_event=event.name, **fields)
