@@ -1,9 +1,30 @@
-"""Placeholder, replaced in this change."""
+"""``kei-gateway check-config``: every configuration problem at once, or OK and a summary."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from kei_gateway import exitcodes
+from kei_gateway.cli import config_path_from
+from kei_gateway.config import ConfigError, load_config
+
+__all__ = ["register", "check_config"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pass
+    parser = subparsers.add_parser(
+        "check-config", help="check the configuration file and the keys and certificates it names")
+    parser.set_defaults(func=check_config)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    path = config_path_from(args)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(error.render(), file=sys.stderr)
+        return exitcodes.USAGE
+    print(f"OK: {path}")
+    print(config.summary())
+    return exitcodes.OK

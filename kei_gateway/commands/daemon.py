@@ -1,9 +1,99 @@
-"""Placeholder, replaced in this change."""
+"""``kei-gateway run``: the daemon, in the foreground (systemd ``Type=notify``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.logger import Logger
+
+from kei_gateway import __version__, events, exitcodes
+from kei_gateway.cli import config_path_from
+from kei_gateway.config import Config, ConfigError, load_config
+from kei_gateway.journal import GatewayLogObserver, begin_logging, parse_level
+from kei_gateway.ledger import Ledger, create_ledger_engine, upgrade
+from kei_gateway.sdnotify import SystemdNotifier, watchdog_interval
+
+__all__ = ["register", "run_daemon"]
+
+log = Logger(namespace="kei_gateway.daemon")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pass
+    parser = subparsers.add_parser("run", help="run the gateway daemon in the foreground")
+    parser.add_argument("--log-target", choices=("auto", "journal", "terminal"), default="auto",
+                        help="where events go: journald, one line each on stderr, or auto "
+                             "(journald when stderr is the journal, as under systemd)")
+    parser.set_defaults(func=run_daemon)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    path = config_path_from(args)
+    observer = GatewayLogObserver(target=args.log_target)
+    begin_logging(observer)
+    notifier = SystemdNotifier()
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(error.render(), file=sys.stderr)
+        first = error.problems[0] if error.problems else "unknown"
+        events.emit(log, events.DAEMON_FAILED,
+                    reason=f"{len(error.problems)} configuration problem(s) in {path}, first: {first}")
+        notifier.notify("STATUS=Configuration invalid: run 'kei-gateway check-config'")
+        return exitcodes.USAGE
+    observer.level = parse_level(config.gateway.log_level)
+    events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
+    notifier.notify("STATUS=Migrating the ledger database")
+    try:
+        engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
+        schema = upgrade(engine) or "?"
+    except Exception as error:  # any database failure at start is fatal, with its reason
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url}: {error}")
+        return exitcodes.FAILED
+    events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=_redacted(config))
+    return _serve(config, path, Ledger(engine), notifier, observer, schema)
+
+
+def _redacted(config: Config) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(config.database_url).render_as_string(hide_password=True)
+
+
+def _serve(config: Config, path: str, ledger: Ledger, notifier: SystemdNotifier,
+           observer: GatewayLogObserver, schema: str) -> int:
+    from twisted.internet import reactor as _reactor
+
+    from kei_gateway.service import make_service
+
+    reactor: Any = _reactor
+    exit_code = [exitcodes.OK]
+
+    def set_level(name: str) -> None:
+        observer.level = parse_level(name)
+
+    gateway = make_service(config, reactor, ledger, notifier=notifier, environ=os.environ,
+                           watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=schema)
+
+    def start_failed(failure: Any) -> None:
+        events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")
+        exit_code[0] = exitcodes.FAILED
+        reactor.stop()
+
+    def start() -> None:
+        gateway.ready.addErrback(start_failed)
+        gateway.startService()
+
+    def on_hangup(signum: int, frame: object) -> None:
+        reactor.callFromThread(gateway.reload_from, path)
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: events.emit(log, events.DAEMON_STOPPED))
+    reactor.run()
+    ledger.engine.dispose()
+    return exit_code[0]

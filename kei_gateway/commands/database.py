@@ -1,9 +1,44 @@
-"""Placeholder, replaced in this change."""
+"""``kei-gateway db upgrade``: migrate the ledger schema (``run`` also does it at start)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from kei_gateway import exitcodes
+from kei_gateway.cli import config_path_from
+from kei_gateway.config import ConfigError, read_config
+from kei_gateway.ledger import create_ledger_engine, current_revision, head_revision, upgrade
+
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pass
+    parser = subparsers.add_parser("db", help="ledger database maintenance")
+    db = parser.add_subparsers(dest="db_command", metavar="ACTION", parser_class=type(parser))
+    up = db.add_parser("upgrade", help="migrate the ledger schema to the newest revision")
+    up.set_defaults(func=db_upgrade)
+    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    path = config_path_from(args)
+    try:
+        config = read_config(path)
+    except ConfigError as error:
+        print(error.render(), file=sys.stderr)
+        return exitcodes.USAGE
+    try:
+        engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
+        before = current_revision(engine)
+        after = upgrade(engine)
+    except Exception as error:  # report any database failure with what to check
+        print(f"{path}: database.url: cannot migrate the ledger: {error}\n"
+              f"Check that the database is reachable and writable by this user.", file=sys.stderr)
+        return exitcodes.FAILED
+    if before == after:
+        print(f"Ledger schema already at the newest revision {after} (head {head_revision()}).")
+    else:
+        print(f"Ledger schema migrated from {before or 'empty'} to {after}.")
+    engine.dispose()
+    return exitcodes.OK

@@ -1,0 +1,68 @@
+"""Engine set-up and migrations. All of it blocks: call it through the blocking-work door."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+__all__ = ["create_ledger_engine", "upgrade", "current_revision", "head_revision", "ping"]
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create_ledger_engine(url: str, busy_timeout: float = 5.0) -> Engine:
+    """An engine for *url*; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(database)), mode=0o700, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Migrate the schema to *revision*; return the revision now in force."""
+    command.upgrade(_alembic_config(engine), revision)
+    return current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+
+
+def ping(engine: Engine) -> None:
+    """Raise if the database does not answer a trivial query."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))

@@ -1,0 +1,58 @@
+"""Ledger tables. The schema itself is owned by the Alembic migrations; these models mirror it."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Transfer", "TransferState"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TransferState(str, enum.Enum):
+    """Transfer states of SPEC §6."""
+
+    RECEIVED = "RECEIVED"
+    VALIDATED = "VALIDATED"
+    HELD = "HELD"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    DONE = "DONE"
+    RETRY_WAIT = "RETRY_WAIT"
+    QUARANTINED = "QUARANTINED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Transfer(Base):
+    """One file moving through the gateway, in either direction."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str] = mapped_column(String(3))  # "out" or "in"
+    peer: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    local_name: Mapped[str] = mapped_column(String(255))
+    remote_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    record_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    receipt_summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_transfers_flow_state", "flow", "state"),
+        Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
+    )

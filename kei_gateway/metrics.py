@@ -1,0 +1,57 @@
+"""Prometheus metrics (SPEC §8), declared once on an injected registry.
+
+Labels are bounded: flows, peers, listeners, reasons and roles come from the
+configuration or fixed sets; never a file name, an id or a personal value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from kei_gateway import __version__
+
+# The *_created series double every counter for no use of ours (promtool also prefers them gone).
+disable_created_metrics()
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE_LATEST", "exposition"]
+
+
+class GatewayMetrics:
+    """All of the gateway's metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry, process: bool = True) -> None:
+        self.registry = registry
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.build_info = Gauge("kei_gateway_build_info", "Version of the running kei-gateway (always 1).",
+                                ["version"], registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+        self.denied_connections = Counter(
+            "kei_gateway_denied_connections_total",
+            "Connections refused by a listener, by reason (address: outside the allow-list).",
+            ["listener", "reason"], registry=registry)
+        self.certificate_expiry = Gauge(
+            "kei_gateway_certificate_expiry_timestamp_seconds",
+            "When a certificate the gateway uses expires (Unix time).", ["role"], registry=registry)
+        self.queue_files = Gauge(
+            "kei_gateway_queue_files", "Transfers in the ledger by flow and state (not DONE).",
+            ["flow", "state"], registry=registry)
+        self.oldest_queued_age = Gauge(
+            "kei_gateway_oldest_queued_age_seconds", "Age of the oldest transfer waiting to be sent, by flow.",
+            ["flow"], registry=registry)
+        self.transfers = Counter("kei_gateway_transfers_total", "Finished transfers by flow and outcome.",
+                                 ["flow", "outcome"], registry=registry)
+        self.transfer_duration = Histogram(
+            "kei_gateway_transfer_duration_seconds", "Time one transfer took, by flow.", ["flow"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=registry)
+        self.database_up = Gauge("kei_gateway_database_up",
+                                 "1 when the ledger database answered its last health check.", registry=registry)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition of *registry*."""
+    return generate_latest(registry)

@@ -1,0 +1,326 @@
+"""The composition root: :func:`make_service` builds the whole service tree from a config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from kei_gateway import certs, events
+from kei_gateway.blocking import Blocking, ThreadPoolBlocking
+from kei_gateway.config import Config, HostPort, load_config
+from kei_gateway.health import CheckResult, HealthChecks
+from kei_gateway.ledger import OPEN_STATES, Ledger
+from kei_gateway.listeners import AllowListFactory, metrics_site
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
+
+__all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
+           "CERTIFICATE_CHECK_INTERVAL"]
+
+STATUS_INTERVAL = 15.0
+CERTIFICATE_CHECK_INTERVAL = 6 * 3600.0
+
+
+def server_endpoint(reactor: Any, address: HostPort) -> IStreamServerEndpoint:
+    if ":" in address.host:
+        return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
+    return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
+
+
+class ListenerService(service.Service):
+    """Listens on an endpoint while running; :attr:`listening` fires with the port."""
+
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self.setName(name)
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+
+        def bound(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            return port
+
+        d = self._endpoint.listen(self._factory)
+        d.addCallback(bound)
+        d.chainDeferred(self.listening)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload, no-any-return]
+        return None
+
+    def bound_address(self) -> str:
+        if self.port is None:
+            return "(not bound)"
+        host = self.port.getHost()
+        return str(HostPort(getattr(host, "host", "?"), getattr(host, "port", 0)))
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Keys whose change a reload cannot apply (the process must restart)."""
+    changed = []
+    pairs: list[tuple[str, object, object]] = [
+        ("gateway.lg_code", old.gateway.lg_code, new.gateway.lg_code),
+        ("gateway.spool_dir", old.gateway.spool_dir, new.gateway.spool_dir),
+        ("gateway.state_dir", old.gateway.state_dir, new.gateway.state_dir),
+        ("database", old.database_url, new.database_url),
+        ("tls", old.tls, new.tls),
+        ("keys", old.keys, new.keys),
+        ("listeners.metrics.address", old.listeners.metrics.address, new.listeners.metrics.address),
+        ("listeners.push.address", old.listeners.push and old.listeners.push.address,
+         new.listeners.push and new.listeners.push.address),
+    ]
+    for key, before, after in pairs:
+        if before != after:
+            changed.append(key)
+    return changed
+
+
+class GatewayService(service.MultiService):
+    """The running gateway: its service tree and its live configuration.
+
+    :attr:`ready` fires (with the bound listener addresses) once every listener is
+    bound; only then is ``READY=1`` sent.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, clock: Any, ledger: Ledger, blocking: Blocking,
+                 metrics: GatewayMetrics, notifier: Notifier, environ: Mapping[str, str],
+                 on_log_level: Callable[[str], None]) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.ledger = ledger
+        self.blocking = blocking
+        self.metrics = metrics
+        self.notifier = notifier
+        self.environ = environ
+        self.on_log_level = on_log_level
+        self.ready: defer.Deferred[list[str]] = defer.Deferred()
+        self.listeners: list[ListenerService] = []
+        self.health = HealthChecks(clock, blocking, ledger.ping, os.path.join(config.gateway.state_dir, "store"))
+        self.health.readiness_checks.append(self._certificate_check)
+        self.watchdog: Watchdog | None = None
+        self._certificate: certs.CertificateInfo | None = None
+        self._certificate_error: str | None = None
+        self._status_extra = ""
+
+    # -- start and stop ---------------------------------------------------
+
+    def add_listener(self, listener: ListenerService) -> None:
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        bound = defer.gatherResults([listener.listening for listener in self.listeners], consumeErrors=True)
+        bound.addCallbacks(self._listeners_bound, self._listeners_failed)
+
+    def _listeners_bound(self, _: object) -> None:
+        addresses = [f"{listener.name} {listener.bound_address()}" for listener in self.listeners]
+        for listener in self.listeners:
+            events.emit(self.log, events.LISTENER_BOUND, listener=listener.name, address=listener.bound_address())
+        self.notifier.notify("READY=1")
+        self.update_status()
+        events.emit(self.log, events.DAEMON_READY, listeners=", ".join(addresses), schema=self._schema)
+        self.ready.callback(addresses)
+
+    def _listeners_failed(self, failure: Any) -> None:
+        error = failure.value
+        while isinstance(error, defer.FirstError):
+            error = error.subFailure.value
+        self.ready.errback(error)
+
+    _schema = "?"
+
+    def stopService(self) -> defer.Deferred[None]:
+        self.notifier.notify("STOPPING=1")
+        events.emit(self.log, events.DAEMON_STOPPING)
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        return defer.maybeDeferred(super().stopService)  # type: ignore[arg-type]
+
+    # -- status and certificates -----------------------------------------
+
+    def update_status(self) -> defer.Deferred[None]:
+        """Refresh the queue gauges and systemd's STATUS= line from the ledger."""
+
+        def counted(queue: dict[tuple[str, str], int]) -> None:
+            flows = set(self.config.flows) | {flow for flow, _ in queue}
+            for flow in flows:
+                for state in OPEN_STATES:
+                    self.metrics.queue_files.labels(flow=flow, state=state).set(queue.get((flow, state), 0))
+            totals: dict[str, int] = {}
+            for (_, state), count in queue.items():
+                totals[state] = totals.get(state, 0) + count
+            summary = ", ".join(f"{totals.get(s, 0)} {s.lower().replace('_', '-')}"
+                                for s in ("QUEUED", "SENDING", "RETRY_WAIT", "HELD", "FAILED"))
+            self.metrics.database_up.set(1)
+            self.notifier.notify(f"STATUS=Ready. Queue: {summary}{self._status_extra}")
+
+        def failed(failure: Any) -> None:
+            self.metrics.database_up.set(0)
+            self.notifier.notify(f"STATUS=Database not answering: {failure.getErrorMessage()}")
+
+        return self.blocking.run(self.ledger.queue_counts).addCallbacks(counted, failed)
+
+    def check_certificate(self) -> defer.Deferred[None]:
+        """Read the gateway's certificate; set the expiry gauge; warn 30 days ahead."""
+        path = self.config.file_path(self.config.tls.certificate, self.environ)
+
+        def read() -> certs.CertificateInfo:
+            with open(path, "rb") as f:
+                return certs.read_certificate_info(f.read())
+
+        def got(info: certs.CertificateInfo) -> None:
+            self._certificate, self._certificate_error = info, None
+            self.metrics.certificate_expiry.labels(role="gateway").set(info.not_after_timestamp)
+            warning = certs.expiry_warning(info, self.clock.seconds())
+            if warning == "expired":
+                events.emit(self.log, events.CERTIFICATE_EXPIRED, role="gateway", not_after=certs.format_utc(info.not_after))
+            elif warning == "expiring":
+                events.emit(self.log, events.CERTIFICATE_EXPIRING, role="gateway",
+                            days=certs.days_left(info, self.clock.seconds()), not_after=certs.format_utc(info.not_after))
+
+        def failed(failure: Any) -> None:
+            self._certificate, self._certificate_error = None, f"{path}: {failure.getErrorMessage()}"
+            events.emit(self.log, events.INTERNAL_ERROR, reason=f"cannot read the gateway certificate {path}: {failure.getErrorMessage()}")
+
+        return self.blocking.run(read).addCallbacks(got, failed)
+
+    def _certificate_check(self) -> CheckResult:
+        if self._certificate is None:
+            return CheckResult("certificate", False, self._certificate_error or "not read yet")
+        if certs.expiry_warning(self._certificate, self.clock.seconds()) == "expired":
+            return CheckResult("certificate", False, f"expired {certs.format_utc(self._certificate.not_after)}")
+        return CheckResult("certificate", True, f"valid until {certs.format_utc(self._certificate.not_after)}")
+
+    # -- reload -----------------------------------------------------------
+
+    def reload_from(self, path: str) -> defer.Deferred[bool]:
+        """SIGHUP: re-read *path*; apply what can change live, or keep the old config."""
+        self.notifier.notify(reloading_message())
+
+        def loaded(new: Config) -> bool:
+            self.apply(new)
+            return True
+
+        def failed(failure: Any) -> bool:
+            reason = failure.getErrorMessage().replace("\n", "; ")
+            events.emit(self.log, events.CONFIG_RELOAD_FAILED, config_path=path, reason=reason)
+            self._status_extra = ". Last reload refused: run 'kei-gateway check-config'"
+            return False
+
+        def done(result: bool) -> bool:
+            self.notifier.notify("READY=1")
+            self.update_status()
+            return result
+
+        d = self.blocking.run(load_config, path, self.environ)
+        return d.addCallbacks(loaded, failed).addCallback(done)
+
+    def apply(self, new: Config) -> list[str]:
+        """Switch to *new*; return the keys that need a restart to take effect."""
+        old, self.config = self.config, new
+        self._status_extra = ""
+        self.on_log_level(new.gateway.log_level)
+        pending = restart_needed(old, new)
+        if pending:
+            events.emit(self.log, events.CONFIG_RESTART_NEEDED, keys=", ".join(pending))
+        changes = []
+        if old.listeners.metrics.allow != new.listeners.metrics.allow:
+            changes.append("metrics allow-list")
+        if old.gateway.log_level != new.gateway.log_level:
+            changes.append(f"log level {new.gateway.log_level}")
+        if dict(old.peers) != dict(new.peers):
+            changes.append("peers")
+        if dict(old.flows) != dict(new.flows):
+            changes.append("flows")
+        events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
+        return pending
+
+
+def make_service(config: Config, reactor: Any, ledger: Ledger, *, notifier: Notifier,
+                 registry: CollectorRegistry | None = None, blocking: Blocking | None = None,
+                 environ: Mapping[str, str] = os.environ, watchdog_interval: float | None = None,
+                 on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?") -> GatewayService:
+    """Build the gateway's service tree from *config*.
+
+    The caller owns the reactor and the process; everything the tree needs is
+    passed in, so tests build it with a fake clock, a synchronous blocking door,
+    a recording notifier and their own registry.
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    if blocking is None:
+        pool = ThreadPool(minthreads=1, maxthreads=4, name="kei-gateway-blocking")
+        blocking = ThreadPoolBlocking(reactor, pool)
+        pool_service = _ThreadPoolService(pool)
+    else:
+        pool_service = None
+    gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
+    gateway._schema = schema
+    if pool_service is not None:
+        pool_service.setServiceParent(gateway)
+
+    def denied(listener: str, source: str) -> None:
+        metrics.denied_connections.labels(listener=listener, reason="address").inc()
+
+    site = metrics_site(registry, gateway.health)
+    guarded = AllowListFactory(site, "metrics", lambda: gateway.config.listeners.metrics.allow, denied)
+    metrics.denied_connections.labels(listener="metrics", reason="address")  # exported as 0 from the start
+    gateway.add_listener(ListenerService("metrics", server_endpoint(reactor, config.listeners.metrics.address), guarded))
+
+    status = TimerService(STATUS_INTERVAL, gateway.update_status)
+    status.clock = reactor
+    status.setServiceParent(gateway)
+    certificate_watch = TimerService(CERTIFICATE_CHECK_INTERVAL, gateway.check_certificate)
+    certificate_watch.clock = reactor
+    certificate_watch.setServiceParent(gateway)
+
+    if watchdog_interval is not None:
+        def healthy(ok: bool) -> None:
+            metrics.database_up.set(1 if ok else 0)
+
+        gateway.watchdog = Watchdog(reactor, notifier, lambda: blocking.run(ledger.ping), watchdog_interval, healthy)
+        watchdog = gateway.watchdog
+
+        def start_watchdog(addresses: list[str]) -> list[str]:
+            watchdog.start()
+            return addresses
+
+        gateway.ready.addCallback(start_watchdog)
+    return gateway
+
+
+class _ThreadPoolService(service.Service):
+    """Starts the blocking-work pool with the tree and stops it last."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
