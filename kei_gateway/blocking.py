@@ -56,7 +56,7 @@ def is_transient(error: BaseException) -> bool:
 TRANSIENT_RETRY = dict(
     retry=tenacity.retry_if_exception(is_transient),
     stop=tenacity.stop_after_attempt(5),
-    wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0),
+    wait=tenacity.wait_exponential(multiplier=0.05, max=2.0) + tenacity.wait_random(0, 0.05),
     reraise=True,
 )
 """tenacity arguments for retrying transient blocking failures (in the worker thread)."""

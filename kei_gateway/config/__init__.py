@@ -5,7 +5,7 @@ it and never touch disk); ``check_files(config)`` checks the keys and certificat
 ``load_config(path)`` does all three.
 """
 
-from kei_gateway.config._kinds import HostPort, format_duration, lg_code_check_digit, parse_duration
+from kei_gateway.config._kinds import HostPort, format_duration, parse_duration
 from kei_gateway.config._load import (
     CREDENTIALS_ENV, Config, ConfigError, ConfigProblem, Listeners, check_files, config_from_string,
     load_config, read_config,
@@ -19,7 +19,7 @@ from kei_gateway.config._schema import (
 __all__ = [
     "Config", "ConfigError", "ConfigProblem", "Listeners", "config_from_string", "read_config",
     "check_files", "load_config", "CREDENTIALS_ENV", "HostPort", "parse_duration", "format_duration",
-    "lg_code_check_digit", "example_toml", "configuration_markdown", "FLOW_SECTIONS", "INBOUND_FLOWS",
+    "example_toml", "configuration_markdown", "FLOW_SECTIONS", "INBOUND_FLOWS",
     "OUTBOUND_FLOWS", "GatewaySection", "InboundFlowSection", "OutboundFlowSection",
     "ResultsFlowSection", "PeerSection", "RetryPolicy", "MetricsListenerSection",
 ]

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from kei_gateway.layouts.checkdigits import lg_code_check_digit
+
 __all__ = [
     "Kind", "Text", "Integer", "Boolean", "Choice", "Duration", "TimeOfDay", "Address",
     "CidrList", "Url", "DatabaseUrl", "AbsolutePath", "RelativeDir", "FileRef", "Pins",
-    "LgCode", "HostPort", "toml_literal", "parse_duration", "format_duration", "lg_code_check_digit",
+    "LgCode", "HostPort", "toml_literal", "parse_duration", "format_duration",
 ]
 
 
@@ -310,12 +312,6 @@ class Pins(Kind):
         if bad:
             raise ValueError(f"not an SPKI pin: {', '.join(bad)}; write \"sha256/\" followed by 44 base64 characters")
         return tuple(raw)
-
-
-def lg_code_check_digit(first_five: str) -> int:
-    """Check digit of a 全国地方公共団体コード (SPEC §2.5): weights 6..2, (11 - s mod 11) mod 10."""
-    total = sum(int(d) * w for d, w in zip(first_five, (6, 5, 4, 3, 2)))
-    return (11 - total % 11) % 10
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""The allow-list guard and the metrics/health resources."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from kei_gateway.allowlist import address_allowed
+from kei_gateway.health import HealthChecks
+from kei_gateway.listeners import AllowListFactory, HealthResource, MetricsResource
+from kei_gateway.metrics import GatewayMetrics, exposition
+from tests.unit.helpers import temporary_directory
+from kei_gateway.testing import SynchronousBlocking
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+class AllowListTests(SynchronousTestCase):
+    def test_when_addresses_are_checked_then_mapped_ipv6_and_garbage_are_handled(self) -> None:
+        self.assertTrue(address_allowed("127.0.0.1", LOOPBACK))
+        self.assertTrue(address_allowed("::ffff:127.0.0.1", LOOPBACK))
+        self.assertTrue(address_allowed("::1", LOOPBACK))
+        self.assertFalse(address_allowed("127.0.0.2", LOOPBACK))
+        self.assertFalse(address_allowed("/run/socket", LOOPBACK))
+        self.assertFalse(address_allowed("10.0.0.1", ()))
+
+    def test_when_a_connection_comes_from_outside_then_no_protocol_is_built_and_it_is_counted(self) -> None:
+        denied: list[tuple[str, str]] = []
+        allow = [LOOPBACK]
+        factory = AllowListFactory(Factory.forProtocol(Protocol), "metrics", lambda: allow[0],
+                                   lambda listener, source: denied.append((listener, source)))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 5555)))
+        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555)), Protocol)
+        self.assertIsInstance(factory.buildProtocol(IPv6Address("TCP", "::1", 5555)), Protocol)
+        self.assertEqual(denied, [("metrics", "127.0.0.2")])
+        allow[0] = (ipaddress.ip_network("127.0.0.0/8"),)  # a reload widens the list
+        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 5555)), Protocol)
+
+
+class ResourceTests(SynchronousTestCase):
+    def render(self, resource: object) -> DummyRequest:
+        request = DummyRequest([b""])
+        resource.render_GET(request)  # type: ignore[attr-defined]
+        return request
+
+    def test_when_metrics_are_scraped_then_the_text_exposition_is_served(self) -> None:
+        registry = CollectorRegistry()
+        metrics = GatewayMetrics(registry, process=False)
+        metrics.denied_connections.labels(listener="metrics", reason="address").inc()
+        request = DummyRequest([b""])
+        body = MetricsResource(registry).render_GET(request)
+        self.assertIn(b'kei_gateway_denied_connections_total{listener="metrics",reason="address"} 1.0', body)
+        self.assertIn(b'kei_gateway_build_info{version="', body)
+        self.assertEqual(body, exposition(registry))
+        self.assertNotIn(b"_created", body)
+
+    def test_when_every_check_passes_then_healthz_is_200_with_json(self) -> None:
+        checks = HealthChecks(task.Clock(), SynchronousBlocking(), lambda: None, temporary_directory(self))
+        request = self.render(HealthResource(checks.healthz))
+        self.assertEqual(request.responseCode, 200)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual(set(body["checks"]), {"process", "database", "store"})
+
+    def test_when_the_database_fails_then_healthz_is_503_and_names_it(self) -> None:
+        def broken() -> None:
+            raise RuntimeError("unable to open database file")
+
+        checks = HealthChecks(task.Clock(), SynchronousBlocking(), broken, temporary_directory(self))
+        request = self.render(HealthResource(checks.healthz))
+        self.assertEqual(request.responseCode, 503)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual(body["checks"]["database"], {"ok": False, "detail": "unable to open database file"})
+
+    def test_when_the_database_hangs_then_the_check_times_out_as_failed(self) -> None:
+        clock = task.Clock()
+
+        class Hanging:
+            def run(self, f: object, *args: object) -> defer.Deferred[None]:
+                return defer.Deferred()
+
+        checks = HealthChecks(clock, Hanging(), lambda: None, temporary_directory(self), timeout=5)
+        request = DummyRequest([b""])
+        HealthResource(checks.healthz).render_GET(request)
+        self.assertEqual(request.finished, 0)
+        clock.advance(5)
+        self.assertEqual(request.responseCode, 503)
+        body = json.loads(b"".join(request.written))
+        self.assertEqual(body["checks"]["database"]["detail"], "no answer within 5s")
+
+    def test_when_a_readiness_check_fails_then_readyz_is_503_but_healthz_is_200(self) -> None:
+        from kei_gateway.health import CheckResult
+
+        checks = HealthChecks(task.Clock(), SynchronousBlocking(), lambda: None, temporary_directory(self))
+        checks.readiness_checks.append(lambda: CheckResult("certificate", False, "expired"))
+        self.assertEqual(self.render(HealthResource(checks.healthz)).responseCode, 200)
+        self.assertEqual(self.render(HealthResource(checks.readyz)).responseCode, 503)

@@ -1,0 +1,146 @@
+"""The service tree built by the composition root, on a memory reactor with a fake clock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway.config import config_from_string, read_config
+from kei_gateway.ledger import Ledger, create_ledger_engine, upgrade
+from kei_gateway.pki import write_demo_credentials
+from kei_gateway.service import make_service, restart_needed
+from tests.unit.helpers import temporary_directory
+from kei_gateway.testing import RecordingNotifier, SynchronousBlocking, demo_config_text
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        write_demo_credentials(str(self.base / "credentials"))
+        self.path = self.base / "kei-gateway.toml"
+        self.path.write_text(demo_config_text(str(self.base), 19999), encoding="utf-8")
+        self.config = read_config(str(self.path))
+        engine = create_ledger_engine(self.config.database_url)
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.reactor = MemoryReactorClock()
+        self.notifier = RecordingNotifier()
+        self.registry = CollectorRegistry()
+        self.levels: list[str] = []
+        self.gateway = make_service(self.config, self.reactor, Ledger(engine), notifier=self.notifier,
+                                    registry=self.registry, blocking=SynchronousBlocking(), environ={},
+                                    watchdog_interval=10.0, on_log_level=self.levels.append)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def test_when_started_then_it_listens_and_only_then_says_ready_with_a_status(self) -> None:
+        self.assertEqual(self.notifier.messages, [])
+        self.gateway.startService()
+        self.assertEqual(self.reactor.tcpServers[0][0], 19999)
+        self.assertEqual(self.reactor.tcpServers[0][3], "127.0.0.1")
+        addresses = self.successResultOf(self.gateway.ready)
+        self.assertEqual(len(addresses), 1)
+        self.assertTrue(addresses[0].startswith("metrics ") and addresses[0].endswith(":19999"), addresses)
+        self.assertEqual(self.notifier.states("READY=1"), ["READY=1"])
+        status = self.notifier.states("STATUS=")[-1]
+        self.assertIn("0 queued", status)
+        self.assertEqual(self.notifier.states("WATCHDOG=1"), ["WATCHDOG=1"])
+        self.reactor.advance(10)
+        self.assertEqual(len(self.notifier.states("WATCHDOG=1")), 2)
+        self.assertEqual(self.metric("kei_gateway_database_up"), 1)
+        expiry = self.metric("kei_gateway_certificate_expiry_timestamp_seconds", role="gateway")
+        self.assertIsNotNone(expiry)
+
+    def test_when_stopped_then_stopping_is_notified_and_the_watchdog_stops(self) -> None:
+        self.gateway.startService()
+        self.successResultOf(self.gateway.ready)
+        self.successResultOf(self.gateway.stopService())
+        self.assertIn("STOPPING=1", self.notifier.messages)
+        pings = len(self.notifier.states("WATCHDOG=1"))
+        self.reactor.advance(60)
+        self.assertEqual(len(self.notifier.states("WATCHDOG=1")), pings)
+
+    def test_when_reloaded_with_a_valid_file_then_allow_list_and_level_change_live(self) -> None:
+        self.gateway.startService()
+        self.path.write_text(demo_config_text(str(self.base), 19999).replace(
+            'allow = ["127.0.0.1/32"]', 'allow = ["127.0.0.0/8"]').replace(
+            '[gateway]\n', '[gateway]\nlog_level = "debug"\n'), encoding="utf-8")
+        self.notifier.messages.clear()
+        self.assertTrue(self.successResultOf(self.gateway.reload_from(str(self.path))))
+        self.assertTrue(self.notifier.messages[0].startswith("RELOADING=1\nMONOTONIC_USEC="))
+        self.assertIn("READY=1", self.notifier.messages)
+        self.assertEqual([str(n) for n in self.gateway.config.listeners.metrics.allow], ["127.0.0.0/8"])
+        self.assertEqual(self.levels, ["debug"])
+
+    def test_when_reloaded_with_an_invalid_file_then_the_old_config_stays(self) -> None:
+        self.gateway.startService()
+        old = self.gateway.config
+        self.path.write_text("[gateway]\nlg_code = \"131040\"\n", encoding="utf-8")
+        self.assertFalse(self.successResultOf(self.gateway.reload_from(str(self.path))))
+        self.assertIs(self.gateway.config, old)
+        self.assertIn("READY=1", self.notifier.messages)
+        self.assertIn("check-config", self.notifier.states("STATUS=")[-1])
+
+    def test_when_a_queue_exists_then_status_and_gauges_show_it(self) -> None:
+        from datetime import datetime, timezone
+
+        from sqlalchemy.orm import Session
+
+        from kei_gateway.ledger import Transfer
+
+        now = datetime.now(timezone.utc)
+        with Session(self.gateway.ledger.engine) as session, session.begin():
+            for state in ("QUEUED", "QUEUED", "HELD", "DONE"):
+                session.add(Transfer(flow="jnks-payments", direction="out", peer="jnks", state=state,
+                                     local_name="x.dat", size=70, record_count=1, attempts=0,
+                                     created_at=now, updated_at=now))
+        self.successResultOf(self.gateway.update_status())
+        self.assertIn("2 queued", self.notifier.states("STATUS=")[-1])
+        self.assertIn("1 held", self.notifier.states("STATUS=")[-1])
+        self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="QUEUED"), 2)
+        self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="FAILED"), 0)
+
+
+class RestartNeededTests(SynchronousTestCase):
+    def test_when_listener_address_or_database_change_then_a_restart_is_needed(self) -> None:
+        base = config_from_string('[gateway]\nlg_code = "131041"\n')
+        moved = config_from_string('[gateway]\nlg_code = "131041"\n[listeners.metrics]\naddress = "127.0.0.1:9999"\n'
+                                   '[database]\nurl = "sqlite:////tmp/other.sqlite3"\n')
+        self.assertEqual(restart_needed(base, moved), ["database", "listeners.metrics.address"])
+        self.assertEqual(restart_needed(base, base), [])
+
+
+class LedgerTests(SynchronousTestCase):
+    def test_when_sqlite_is_set_up_then_wal_and_synchronous_full_are_in_force(self) -> None:
+        path = os.path.join(temporary_directory(self), "ledger.sqlite3")
+        engine = create_ledger_engine(f"sqlite:///{path}")
+        self.assertEqual(upgrade(engine), "0001")
+        with engine.connect() as connection:
+            self.assertEqual(connection.exec_driver_sql("PRAGMA journal_mode").scalar(), "wal")
+            self.assertEqual(connection.exec_driver_sql("PRAGMA synchronous").scalar(), 2)
+            self.assertEqual(connection.exec_driver_sql("PRAGMA busy_timeout").scalar(), 5000)
+        self.assertEqual(upgrade(engine), "0001", "a second upgrade is a no-op")
+        engine.dispose()
+
+    def test_when_the_database_is_locked_then_the_blocking_call_is_retried(self) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from kei_gateway.blocking import is_transient, retry_transient
+
+        calls = []
+
+        @retry_transient
+        def flaky() -> str:
+            calls.append(1)
+            if len(calls) < 3:
+                raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+            return "ok"
+
+        self.assertEqual(flaky(), "ok")
+        self.assertEqual(len(calls), 3)
+        self.assertFalse(is_transient(OperationalError("x", {}, Exception("no such table: transfers"))))
