@@ -111,7 +111,7 @@ def journal_priority(level: LogLevel) -> int:
 def _event_level(event: LogEvent) -> LogLevel:
     level = event.get("log_level")
     try:
-        return level if level in _ORDER else LogLevel.info
+        return cast(LogLevel, level) if level in _ORDER else LogLevel.info
     except TypeError:  # an unhashable value where a level belongs
         return LogLevel.info
 
