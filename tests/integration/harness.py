@@ -1,0 +1,134 @@
+"""Running the real daemon in tests: a fake ``NOTIFY_SOCKET``, a throwaway config, HTTP helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kei_gateway.pki import write_demo_credentials
+from kei_gateway.testing import demo_config_text
+
+PROCESS_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class NotifySocket:
+    """What systemd's notification socket sees: datagrams from the service."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_for(self, wanted: str, timeout: float = PROCESS_TIMEOUT) -> str:
+        """Read notifications until one contains the line *wanted* (or starts with it); bounded."""
+        deadline = time.monotonic() + timeout
+        for message in self.messages:
+            if message.startswith(wanted) or f"\n{wanted}" in message:
+                self.messages.remove(message)
+                return message
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no {wanted!r} notification within {timeout:g}s; got {self.messages}")
+            self.sock.settimeout(remaining)
+            try:
+                message = self.sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            if message.startswith(wanted) or f"\n{wanted}" in message:
+                return message
+            self.messages.append(message)
+
+
+@dataclass
+class GatewayFiles:
+    base: Path
+    config: Path
+    metrics_port: int
+
+    def write_config(self, extra: str = "", **replace: str) -> None:
+        text = demo_config_text(str(self.base), self.metrics_port, extra=extra)
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        self.config.write_text(text, encoding="utf-8")
+
+
+def make_gateway_files(base: Path) -> GatewayFiles:
+    base = base.absolute()
+    write_demo_credentials(str(base / "credentials"))
+    files = GatewayFiles(base, base / "kei-gateway.toml", free_port())
+    files.write_config()
+    return files
+
+
+@dataclass
+class DaemonProcess:
+    process: subprocess.Popen[bytes]
+    notify: NotifySocket
+    files: GatewayFiles
+    stderr_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.files.metrics_port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=PROCESS_TIMEOUT)
+        self.stopped = True
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_daemon(files: GatewayFiles, *, log_target: str = "terminal", watchdog_usec: int | None = 2_000_000,
+                 stderr: int | None = None, extra_env: dict[str, str] | None = None) -> DaemonProcess:
+    notify = NotifySocket(files.base / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                                              "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
+    env["NOTIFY_SOCKET"] = str(notify.path)
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    env.update(extra_env or {})
+    stderr_path = files.base / "daemon.stderr"
+    out = open(stderr_path, "wb") if stderr is None else None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kei_gateway", "-c", str(files.config), "run", "--log-target", log_target],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr if stderr is not None else out,
+    )
+    if out is not None:
+        out.close()
+    return DaemonProcess(process, notify, files, stderr_path)
