@@ -65,15 +65,6 @@ EXPECTED: list[tuple[str, str, str, dict[str, str]]] = [
 ]
 
 
-def run_emitter(target: str, level: str = "info", **popen: Any) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", EMITTER, target, level], cwd=ROOT, text=True, timeout=60, check=False,
-        stdout=subprocess.PIPE, **popen,
-    )
-    assert result.returncode == 0, result
-    return result
-
-
 def kei_fields(entry: dict[str, Any]) -> dict[str, str]:
     return {key: value for key, value in entry.items() if key.startswith("KEI_")}
 
