@@ -1,0 +1,763 @@
+"""The layout engine: streaming validation, parsing and rendering of record files.
+
+Pure: no clock, no files.  Bytes go in through :meth:`Validator.feed` (or the
+helpers :func:`validate_bytes` / :func:`validate_stream`); a
+:class:`ValidationReport` comes out.  ``today`` (JST) is passed in.
+
+Speed comes from a fast path: per layout and options, one compiled bytes regex
+that matches exactly a *valid* record, applied with ``findall`` to a block of
+records at once, plus column checks done in C-level ``map`` calls (check
+digits, sums, dates against each other and today, uniqueness).  A block the
+fast path does not accept whole is re-checked record by record with the
+precise validator, which finds every error and its place.  The two must agree:
+the fast path accepts a record only if the precise validator does (property
+tests check this).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field as dataclass_field
+from functools import lru_cache
+from operator import add, itemgetter
+from typing import Final
+
+from kei_gateway.layouts.encoding import (
+    GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars, is_halfwidth_katakana,
+    normalize_variants, wide_char_pattern, widen_halfwidth_katakana,
+)
+from kei_gateway.layouts.errors import InvalidFileError, LayoutError
+from kei_gateway.layouts.fields import (
+    DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, NotBefore, RuleContext, SumEquals, Unique, Value,
+    When, left_aligned_pattern,
+)
+
+__all__ = [
+    "ValidationOptions",
+    "ValidationReport",
+    "Validator",
+    "Record",
+    "validate_bytes",
+    "validate_stream",
+    "parse_records",
+    "parse_record",
+    "render_record",
+    "render_records",
+    "DEFAULT_MAX_ERRORS",
+]
+
+Record = dict[str, Value]
+"""A parsed record: field key → typed value."""
+
+DEFAULT_MAX_ERRORS: Final = 1000
+BOM: Final = b"\xef\xbb\xbf"
+_BLOCK_SIZE: Final = 1 << 18
+"""Bytes gathered before a block is validated (whole records only)."""
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How a file is read and checked: the flow's settings plus today's date (JST)."""
+
+    today: datetime.date
+    encoding: InputEncoding = "cp932"
+    charset: Charset = "jisx0208"
+    gaiji: GaijiPolicy = "reject"
+    lg_code: str | None = None
+    """The gateway's 全国地方公共団体コード; when ``None`` only the check digit is verified."""
+    max_errors: int = DEFAULT_MAX_ERRORS
+    """Errors kept in the report; counting goes on past it."""
+
+    @property
+    def rule_context(self) -> RuleContext:
+        return RuleContext(today=self.today, lg_code=self.lg_code, charset=self.charset)
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of validating one file."""
+
+    layout: str
+    records: int = 0
+    """Records read (complete lines), valid or not."""
+    errors: list[LayoutError] = dataclass_field(default_factory=list)
+    """The first ``max_errors`` errors, in file order."""
+    error_count: int = 0
+    """All errors found, including those past ``max_errors``."""
+    gaiji_substituted: int = 0
+    """外字 replaced by 〓 under ``gaiji = "substitute"``."""
+
+    @property
+    def valid(self) -> bool:
+        return self.error_count == 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.error_count > len(self.errors)
+
+
+# --------------------------------------------------------------------------- precise record checks
+
+
+@dataclass(frozen=True)
+class _FieldResult:
+    value: Value | None
+    reason: str | None = None
+    reason_offset: int = 0
+    shown: str | None = None
+    output: bytes = b""
+    substituted: int = 0
+
+
+def _ascii_text(raw: bytes) -> str:
+    return raw.decode("cp932", errors="replace")
+
+
+@lru_cache(maxsize=None)
+def _allowed_x(allowed: str) -> re.Pattern[bytes]:
+    return re.compile(b"[" + allowed.encode("ascii") + b"]*")
+
+
+def _describe_allowed(allowed: str) -> str:
+    return "printable ASCII" if allowed == " -~" else f"[{allowed.replace(chr(92), '')}]"
+
+
+def _decode_field(item: Field, raw: bytes, options: ValidationOptions) -> _FieldResult:
+    """Decode and check the encoding-level shape of one field; no rules yet."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return _FieldResult(None, "contains a NUL byte (0x00); the file is damaged or not a text file", nul)
+    kind = item.kind
+    if kind is Kind.N:
+        if not (raw.isascii() and raw.isdigit()):
+            return _FieldResult(None, "must be digits 0-9, right-aligned and zero-padded", 0, _ascii_text(raw))
+        text = raw.decode("ascii")
+        return _FieldResult(int(text) if item.as_int else text, output=raw)
+    if kind is Kind.X:
+        for position, byte in enumerate(raw):
+            if not 0x20 <= byte <= 0x7E:
+                what = "a control character" if byte < 0x20 or byte == 0x7F else "a non-ASCII (full-width?) byte"
+                return _FieldResult(None, f"has {what} at byte {position + 1} of the field; only half-width "
+                                          f"{_describe_allowed(item.allowed)} is allowed", position,
+                                   _ascii_text(raw).rstrip())
+        value = raw.rstrip(b" ")
+        if value and raw[:1] == b" ":
+            return _FieldResult(None, "is not left-aligned (starts with a space)", 0, _ascii_text(raw).strip())
+        if _allowed_x(item.allowed + (" " if " " in item.allowed else "")).fullmatch(value) is None:
+            return _FieldResult(None, f"has characters outside {_describe_allowed(item.allowed)}"
+                                      f"{'' if ' ' in item.allowed else ' (no spaces inside)'}", 0,
+                                _ascii_text(raw).rstrip())
+        return _FieldResult(value.decode("ascii"), output=raw)
+    if kind is Kind.K:
+        try:
+            text = raw.decode("cp932")
+        except UnicodeDecodeError as exc:
+            return _FieldResult(None, "has bytes that are not valid CP932 (a double-byte character may be cut "
+                                      "at the field's end)", exc.start, None)
+        return _check_wide_text(text, options, raw)
+    digits = raw.isascii() and raw.isdigit()
+    if kind is Kind.D:
+        if digits:
+            try:
+                day = datetime.date(int(raw[:4]), int(raw[4:6]), int(raw[6:8]))
+                return _FieldResult(day, output=raw)
+            except ValueError:
+                pass
+        return _FieldResult(None, "is not a real calendar date YYYYMMDD", 0, _ascii_text(raw))
+    if digits:
+        try:
+            moment = datetime.datetime(int(raw[:4]), int(raw[4:6]), int(raw[6:8]),
+                                       int(raw[8:10]), int(raw[10:12]), int(raw[12:14]))
+            return _FieldResult(moment, output=raw)
+        except ValueError:
+            pass
+    return _FieldResult(None, "is not a real date-time YYYYMMDDhhmmss", 0, _ascii_text(raw))
+
+
+_INVALID_SINGLE_BYTE_CHARS: Final = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
+"""What Python's cp932 codec makes of bytes 0x80, 0xA0, 0xFD–0xFF, which CP932 does not define."""
+
+
+def _check_wide_text(text: str, options: ValidationOptions, raw: bytes) -> _FieldResult:
+    """Check the characters of a decoded ``K`` field; substitute 外字 when the policy says so."""
+    allowed = allowed_wide_chars(options.charset)
+    chars = list(text)
+    substituted = 0
+    byte_position = 0
+    for index, char in enumerate(chars):
+        width = len(char.encode("cp932"))
+        if char in _INVALID_SINGLE_BYTE_CHARS:
+            return _FieldResult(None, "has a byte that is not valid CP932", byte_position)
+        if width == 1:
+            return _FieldResult(None, f"has a half-width character at character {index + 1}; a full-width field "
+                                      "takes full-width characters only (they are not widened)", byte_position,
+                                text.rstrip(IDEOGRAPHIC_SPACE))
+        if char not in allowed:
+            if options.gaiji == "reject":
+                return _FieldResult(None, f"has a 外字 at character {index + 1} (outside "
+                                          f"{'JIS X 0208' if options.charset == 'jisx0208' else 'CP932'}); "
+                                          "replace it in the tax system or set gaiji = \"substitute\"",
+                                    byte_position, text.rstrip(IDEOGRAPHIC_SPACE))
+            chars[index] = GETA
+            substituted += 1
+        byte_position += width
+    value = "".join(chars).rstrip(IDEOGRAPHIC_SPACE)
+    if value and chars[0] == IDEOGRAPHIC_SPACE:
+        return _FieldResult(None, "is not left-aligned (starts with a full-width space)", 0, text.strip(IDEOGRAPHIC_SPACE))
+    output = "".join(chars).encode("cp932") if substituted else raw
+    return _FieldResult(value, output=output, substituted=substituted)
+
+
+def _shown(item: Field, value: Value) -> str:
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y%m%d%H%M%S")
+    if isinstance(value, datetime.date):
+        return value.strftime("%Y%m%d")
+    return str(value)
+
+
+@dataclass
+class _RecordCheck:
+    values: Record
+    errors: list[LayoutError]
+    output: bytes
+    substituted: int
+    unique_key: object = None
+
+
+class _RecordChecker:
+    """The precise validator of one record's bytes (without CRLF)."""
+
+    def __init__(self, layout: Layout, options: ValidationOptions) -> None:
+        self.layout = layout
+        self.options = options
+        self.ctx = options.rule_context
+        self.slices = [(item, layout.offsets[item.key], layout.offsets[item.key] + item.width)
+                       for item in layout.fields]
+        self.record_rules = [rule for rule in layout.record_rules if not isinstance(rule, Unique)]
+        self.unique_keys = layout.unique_keys
+        self.unique_key_of = _unique_key_function(layout)
+
+    def check(self, data: bytes, number: int, offset: int,
+              field_offsets: Sequence[int] | None = None) -> _RecordCheck:
+        errors: list[LayoutError] = []
+        values: Record = {}
+        outputs: list[bytes] = []
+        substituted = 0
+        for index, (item, start, end) in enumerate(self.slices):
+            field_offset = offset + start if field_offsets is None else field_offsets[index]
+            result = _decode_field(item, data[start:end], self.options)
+            outputs.append(result.output or data[start:end])
+            if result.reason is not None:
+                errors.append(LayoutError(number, field_offset + result.reason_offset, result.reason, item.name,
+                                          item.key, result.shown, item.personal))
+                continue
+            assert result.value is not None
+            substituted += result.substituted
+            values[item.key] = result.value
+            for rule in item.rules:
+                reason = rule.check(result.value, self.ctx)
+                if reason is not None:
+                    errors.append(LayoutError(number, field_offset, reason, item.name, item.key,
+                                              _shown(item, result.value), item.personal))
+                    break
+        for record_rule in self.record_rules:
+            if not all(key in values for key in record_rule.keys):
+                continue
+            for key, reason in record_rule.check(values, self.ctx):
+                item = self.layout[key]
+                index = self.layout.fields.index(item)
+                field_offset = offset + self.layout.offsets[key] if field_offsets is None else field_offsets[index]
+                errors.append(LayoutError(number, field_offset, reason, item.name, key,
+                                          _shown(item, values[key]), item.personal))
+        unique_key = None
+        if self.unique_keys is not None and all(key in values for key in self.unique_keys):
+            unique_key = self.unique_key_of(
+                [data[self.layout.offsets[key]:self.layout.offsets[key] + self.layout[key].width]
+                 for key in self.unique_keys])
+        return _RecordCheck(values, errors, b"".join(outputs), substituted, unique_key)
+
+
+def _unique_key_function(layout: Layout) -> Callable[[Sequence[bytes]], object]:
+    """Compact exact key of the unique fields: an ``int`` when all are digits, else the joined bytes."""
+    keys = layout.unique_keys or ()
+    if all(layout[key].kind is Kind.N for key in keys):
+        return lambda parts: int(b"".join(parts))
+    return lambda parts: b"".join(parts)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def _wrap(pattern: bytes) -> bytes:
+    return b"(?=" + pattern + b")"
+
+
+def _base_pattern(item: Field, ctx: RuleContext) -> bytes:
+    """The regex of a well-formed field of ``item``'s kind, exactly ``item.width`` bytes."""
+    width = str(item.width).encode()
+    if item.kind is Kind.N:
+        return b"[0-9]{" + width + b"}"
+    if item.kind is Kind.D:
+        return DATE_PATTERN
+    if item.kind is Kind.T:
+        return DATE_PATTERN + TIME_PATTERN
+    if item.kind is Kind.X:
+        allowed = item.allowed.encode("ascii")
+        if " " in item.allowed:
+            return b"(?:(?! )[" + allowed + b"]{" + width + b"}| {" + width + b"})"
+        return left_aligned_pattern(b"[" + allowed + b"]", b" ", item.width)
+    units = str(item.width // 2).encode()
+    wide = wide_char_pattern(allowed_wide_chars(ctx.charset), exclude=IDEOGRAPHIC_SPACE).encode("ascii")
+    return (b"(?:(?!\\x81\\x40)(?:\\x81\\x40|" + wide + b"){" + units + b"}|(?:\\x81\\x40){" + units + b"})")
+
+
+ColumnCheck = Callable[[Callable[[str], Sequence[bytes]]], bool]
+
+
+@dataclass
+class _FastPlan:
+    regex: re.Pattern[bytes]
+    checks: list[ColumnCheck]
+    column_index: dict[str, int]
+    group_count: int
+    unique_columns: tuple[str, ...] | None
+    unique_numeric: bool
+
+
+def _when_pattern(layout: Layout, rule: When, ctx: RuleContext) -> tuple[bytes, list[FieldRule], list[FieldRule]]:
+    cond = layout[rule.key]
+    target = layout[rule.then_key]
+    codes = b"(?:" + b"|".join(re.escape(code.ljust(cond.width).encode("ascii")) for code in sorted(rule.codes)) + b")"
+    to_cond = b".{" + str(layout.offsets[rule.key]).encode() + b"}"
+    to_target = b".{" + str(layout.offsets[rule.then_key]).encode() + b"}"
+    then_left = [r for r in rule.then_rules if r.pattern(target, ctx) is None]
+    else_left = [r for r in rule.else_rules if r.pattern(target, ctx) is None]
+    then_pattern = b"".join(_wrap(p) for r in rule.then_rules if (p := r.pattern(target, ctx)) is not None)
+    else_pattern = b"".join(_wrap(p) for r in rule.else_rules if (p := r.pattern(target, ctx)) is not None)
+    pattern = (b"(?=(?=" + to_cond + codes + b")" + to_target + then_pattern
+               + b"|(?!" + to_cond + codes + b")" + to_target + else_pattern + b")")
+    return pattern, then_left, else_left
+
+
+@lru_cache(maxsize=64)
+def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
+    captured: list[str] = []
+
+    def column(key: str) -> str:
+        if key not in captured:
+            captured.append(key)
+        return key
+
+    checks: list[ColumnCheck] = []
+    prefix = b""
+    for rule in layout.record_rules:
+        if isinstance(rule, When):
+            pattern, then_left, else_left = _when_pattern(layout, rule, ctx)
+            prefix += pattern
+            if then_left or else_left:
+                cond_key, target_key = column(rule.key), column(rule.then_key)
+                codes = frozenset(code.ljust(layout[rule.key].width).encode("ascii") for code in rule.codes)
+                checks.append(_when_column_check(cond_key, target_key, codes, then_left, else_left, ctx))
+        elif isinstance(rule, SumEquals):
+            checks.append(_sum_check(rule, *(column(key) for key in rule.keys)))
+        elif isinstance(rule, NotBefore):
+            checks.append(_not_before_check(rule, column(rule.later), column(rule.earlier)))
+        elif isinstance(rule, Unique):
+            for key in rule.keys:
+                column(key)
+        else:  # pragma: no cover - a new kind of record rule must be taught to the fast path
+            raise TypeError(f"no fast path for record rule {rule!r}")
+    body = b""
+    for item in layout.fields:
+        fragment = b""
+        for field_rule in item.rules:
+            rule_pattern = field_rule.pattern(item, ctx)
+            if rule_pattern is None:
+                checks.append(_field_column_check(field_rule, column(item.key), ctx))
+            else:
+                fragment += _wrap(rule_pattern)
+        fragment += _base_pattern(item, ctx)
+        body += (b"(" + fragment + b")") if item.key in captured else (b"(?:" + fragment + b")")
+    # Group order must follow field order: rebuild the capture list in that order.
+    ordered = [item.key for item in layout.fields if item.key in captured]
+    regex = re.compile(prefix + body + b"\r\n", re.DOTALL)
+    unique = layout.unique_keys
+    return _FastPlan(
+        regex=regex,
+        checks=checks,
+        column_index={key: index for index, key in enumerate(ordered)},
+        group_count=len(ordered),
+        unique_columns=unique,
+        unique_numeric=unique is not None and all(layout[key].kind is Kind.N for key in unique),
+    )
+
+
+def _sum_check(rule: SumEquals, total: str, first: str, second: str) -> ColumnCheck:
+    return lambda col: rule.columns_ok(col(total), col(first), col(second))
+
+
+def _not_before_check(rule: NotBefore, later: str, earlier: str) -> ColumnCheck:
+    return lambda col: rule.columns_ok(col(later), col(earlier))
+
+
+def _field_column_check(rule: FieldRule, key: str, ctx: RuleContext) -> ColumnCheck:
+    return lambda col: rule.column_ok(col(key), ctx)
+
+
+def _when_column_check(cond_key: str, target_key: str, codes: frozenset[bytes], then_left: list[FieldRule],
+                       else_left: list[FieldRule], ctx: RuleContext) -> ColumnCheck:
+    def check(col: Callable[[str], Sequence[bytes]]) -> bool:
+        conditions, targets = col(cond_key), col(target_key)
+        chosen = [target for condition, target in zip(conditions, targets) if condition in codes]
+        others = [target for condition, target in zip(conditions, targets) if condition not in codes]
+        return (all(rule.column_ok([value.rstrip(b" ") for value in chosen], ctx) for rule in then_left)
+                and all(rule.column_ok([value.rstrip(b" ") for value in others], ctx) for rule in else_left))
+    return check
+
+
+# --------------------------------------------------------------------------- UTF-8 input
+
+
+def _convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, number: int, offset: int
+                         ) -> tuple[bytes | None, list[int], list[LayoutError], int]:
+    """Slice a UTF-8 record by characters and convert each field to CP932 (SPEC §2).
+
+    Returns the CP932 record (``None`` when a field cannot be converted), the
+    input byte offset of each field, the errors and the count of 〓 substitutions.
+    """
+    errors: list[LayoutError] = []
+    pieces: list[bytes] = []
+    field_offsets: list[int] = []
+    position = 0
+    byte_offset = offset
+    substituted = 0
+    allowed = allowed_wide_chars(options.charset)
+    for item in layout.fields:
+        chunk = text[position:position + item.chars]
+        position += item.chars
+        field_offsets.append(byte_offset)
+        byte_offset += len(chunk.encode("utf-8"))
+        if item.kind is not Kind.K:
+            if not chunk.isascii():
+                errors.append(LayoutError(number, field_offsets[-1], "has a non-ASCII character; this field takes "
+                                          "half-width ASCII only", item.name, item.key, chunk, item.personal))
+                continue
+            pieces.append(chunk.encode("ascii"))
+            continue
+        converted = widen_halfwidth_katakana(normalize_variants(chunk)).rstrip(IDEOGRAPHIC_SPACE)
+        chars = list(converted)
+        problem = None
+        for index, char in enumerate(chars):
+            try:
+                width = len(char.encode("cp932"))
+            except UnicodeEncodeError:
+                width = 2  # outside CP932 altogether (e.g. 𠮷): a 外字
+            if width == 1 and char not in allowed:
+                problem = (f"has a half-width character at character {index + 1}; a full-width field takes "
+                           "full-width characters only (they are not widened)")
+                break
+            if char not in allowed:
+                if options.gaiji == "reject":
+                    problem = (f"has a 外字 at character {index + 1} (outside "
+                               f"{'JIS X 0208' if options.charset == 'jisx0208' else 'CP932'}); replace it in the "
+                               "tax system or set gaiji = \"substitute\"")
+                    break
+                chars[index] = GETA
+                substituted += 1
+        if problem is not None:
+            errors.append(LayoutError(number, field_offsets[-1], problem, item.name, item.key, chunk, item.personal))
+            continue
+        pieces.append("".join(chars).ljust(item.width // 2, IDEOGRAPHIC_SPACE).encode("cp932"))
+    if errors:
+        return None, field_offsets, errors, substituted
+    return b"".join(pieces), field_offsets, errors, substituted
+
+
+# --------------------------------------------------------------------------- the streaming validator
+
+
+class Validator:
+    """Validates one file fed in pieces; push-style, so a Twisted protocol can feed it as data arrives.
+
+    ``sink``, when given, receives the CP932 bytes to pass on (converted from
+    UTF-8, 外字 substituted): use them only if the report is valid.
+    """
+
+    def __init__(self, layout: Layout, options: ValidationOptions,
+                 sink: Callable[[bytes], None] | None = None) -> None:
+        self.layout = layout
+        self.options = options
+        self.report = ValidationReport(layout=layout.name)
+        self._sink = sink
+        self._buffer = bytearray()
+        self._offset = 0  # file offset of self._buffer[0]
+        self._checker = _RecordChecker(layout, options)
+        self._plan = _fast_plan(layout, options.rule_context) if options.encoding == "cp932" else None
+        self._seen: set[object] = set()
+        self._closed = False
+
+    # -- feeding
+
+    def feed(self, data: bytes) -> None:
+        """Add the next bytes of the file."""
+        if self._closed:
+            raise RuntimeError("feed() after close()")
+        self._buffer += data
+        if len(self._buffer) >= _BLOCK_SIZE:
+            end = self._buffer.rfind(b"\n") + 1
+            if end:
+                self._process(bytes(self._buffer[:end]))
+                del self._buffer[:end]
+
+    def close(self) -> ValidationReport:
+        """The file is complete: check what is left and return the report."""
+        if self._closed:
+            return self.report
+        self._closed = True
+        end = self._buffer.rfind(b"\n") + 1
+        if end:
+            self._process(bytes(self._buffer[:end]))
+            del self._buffer[:end]
+        rest = bytes(self._buffer)
+        if rest:
+            self._trailing(rest)
+        elif self._offset == 0:
+            self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
+        return self.report
+
+    # -- internals
+
+    def _error(self, error: LayoutError) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < self.options.max_errors:
+            self.report.errors.append(error)
+
+    def _emit(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(data)
+
+    def _process(self, block: bytes) -> None:
+        """Validate a block of whole lines (ending in LF)."""
+        if self._plan is not None and self._fast_block(block):
+            self.report.records += len(block) // self.layout.record_length
+            self._emit(block)
+        else:
+            start = 0
+            while start < len(block):
+                end = block.index(b"\n", start) + 1
+                self._line(block[start:end], self._offset + start)
+                start = end
+        self._offset += len(block)
+
+    def _fast_block(self, block: bytes) -> bool:
+        plan = self._plan
+        assert plan is not None
+        rows = plan.regex.findall(block)
+        if len(rows) * self.layout.record_length != len(block):
+            return False
+        if plan.group_count == 1:
+            columns: dict[str, Sequence[bytes]] = {next(iter(plan.column_index)): rows}
+        else:
+            columns = {}
+
+        def col(key: str) -> Sequence[bytes]:
+            if key not in columns:
+                columns[key] = list(map(itemgetter(plan.column_index[key]), rows))
+            return columns[key]
+
+        for check in plan.checks:
+            if not check(col):
+                return False
+        if plan.unique_columns is not None:
+            parts = [col(key) for key in plan.unique_columns]
+            joined: Iterable[bytes] = parts[0] if len(parts) == 1 else map(add, *parts)
+            keys = set(map(int, joined)) if plan.unique_numeric else set(joined)
+            if len(keys) != len(rows) or not self._seen.isdisjoint(keys):
+                return False
+            self._seen |= keys
+        return True
+
+    def _line(self, line: bytes, offset: int) -> None:
+        """Validate one line (ending in LF) precisely."""
+        self.report.records += 1
+        number = self.report.records
+        if number == 1 and line.startswith(BOM):
+            self._error(LayoutError(1, 0, "the file starts with a byte order mark (EF BB BF); save it without BOM"))
+            line = line[3:]
+            offset += 3
+        if line.endswith(b"\r\n"):
+            data = line[:-2]
+        else:
+            self._error(LayoutError(number, offset + len(line) - 1, "ends with a bare LF (no CR before it); "
+                                                                    "records end with CR LF"))
+            data = line[:-1]
+        if self.options.encoding == "utf-8":
+            self._utf8_record(data, number, offset)
+            return
+        self._cp932_record(data, number, offset)
+
+    def _structure_ok(self, data: bytes, number: int, offset: int, expected: int, unit: str, length: int) -> bool:
+        cr = data.find(b"\r")
+        if cr >= 0:
+            self._error(LayoutError(number, offset + cr, "has a CR without LF inside the record; "
+                                                         "each record ends with CR LF"))
+        nul = data.find(b"\x00")
+        if length != expected:
+            if nul >= 0:
+                self._error(LayoutError(number, offset + nul, "contains a NUL byte (0x00); the file is damaged "
+                                                               "or not a text file"))
+            self._error(LayoutError(number, offset, f"is {length} {unit} long without CR LF, expected {expected} "
+                                                    f"({self.layout.name} records are {self.layout.record_length} "
+                                                    "bytes including CR LF)"))
+            return False
+        return cr < 0
+
+    def _cp932_record(self, data: bytes, number: int, offset: int, field_offsets: Sequence[int] | None = None,
+                      converted: bool = False) -> None:
+        if not converted and not self._structure_ok(data, number, offset, self.layout.data_length, "bytes",
+                                                    len(data)):
+            return
+        result = self._checker.check(data, number, offset, field_offsets)
+        for error in result.errors:
+            self._error(error)
+        self.report.gaiji_substituted += result.substituted
+        if result.unique_key is not None:
+            if result.unique_key in self._seen:
+                keys = self.layout.unique_keys or ()
+                first = self.layout[keys[0]]
+                index = self.layout.fields.index(first)
+                place = offset + self.layout.offsets[first.key] if field_offsets is None else field_offsets[index]
+                self._error(LayoutError(number, place, f"repeats the ({', '.join(keys)}) of an earlier record; "
+                                                       "each must be unique within a file", first.name, first.key,
+                                        str(result.values[first.key]), first.personal))
+            else:
+                self._seen.add(result.unique_key)
+        self._emit(result.output + b"\r\n")
+
+    def _utf8_record(self, data: bytes, number: int, offset: int) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._error(LayoutError(number, offset + exc.start, "has bytes that are not valid UTF-8; "
+                                                                "check the flow's encoding setting"))
+            return
+        if number == 1 and text.startswith("\ufeff"):
+            self._error(LayoutError(1, offset, "the file starts with a byte order mark (U+FEFF); save it without BOM"))
+            text = text[1:]
+            offset += 3
+            data = data[3:]
+        expected = sum(item.chars for item in self.layout.fields)
+        if not self._structure_ok(data, number, offset, expected, "characters", len(text)):
+            return
+        converted, field_offsets, errors, substituted = _convert_utf8_record(
+            self.layout, text, self.options, number, offset)
+        for error in errors:
+            self._error(error)
+        self.report.gaiji_substituted += substituted
+        if converted is not None:
+            self._cp932_record(converted, number, offset, field_offsets, converted=True)
+
+    def _trailing(self, rest: bytes) -> None:
+        number = self.report.records + 1
+        offset = self._offset
+        if rest.endswith(b"\r"):
+            reason = "the last record ends with CR but no LF; records end with CR LF"
+        elif self.report.records == 0 or len(rest) >= self.layout.data_length:
+            reason = "the last record is not terminated by CR LF"
+        else:
+            reason = f"{len(rest)} bytes of data after the last CR LF; remove them or complete the record"
+        self.report.records += 1
+        self._error(LayoutError(number, offset + len(rest), reason))
+
+
+def validate_stream(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions,
+                    sink: Callable[[bytes], None] | None = None) -> ValidationReport:
+    """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``)."""
+    validator = Validator(layout, options, sink)
+    for chunk in chunks:
+        validator.feed(chunk)
+    return validator.close()
+
+
+def validate_bytes(data: bytes, layout: Layout, options: ValidationOptions,
+                   sink: Callable[[bytes], None] | None = None) -> ValidationReport:
+    """Validate a whole file held in memory."""
+    return validate_stream((data,), layout, options, sink)
+
+
+# --------------------------------------------------------------------------- parse and render
+
+
+def parse_record(data: bytes, layout: Layout, options: ValidationOptions, number: int = 1) -> Record:
+    """Parse one CP932 record (with or without its CRLF) into typed values; ``InvalidFileError`` if invalid."""
+    body = data[:-2] if data.endswith(b"\r\n") else data
+    if len(body) != layout.data_length:
+        raise InvalidFileError([LayoutError(number, 0, f"is {len(body)} bytes long without CR LF, expected "
+                                                       f"{layout.data_length}")])
+    result = _RecordChecker(layout, options).check(body, number, 0)
+    if result.errors:
+        raise InvalidFileError(result.errors)
+    return result.values
+
+
+def parse_records(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions) -> Iterator[Record]:
+    """Stream typed records out of a CP932 (or UTF-8, per ``options``) file given in chunks.
+
+    Each record is validated precisely; at the first invalid record (or a
+    broken file structure) :class:`InvalidFileError` is raised with its errors.
+    Uniqueness across records is not checked here — validate the file first.
+    """
+    pending: list[bytes] = []
+    validator = Validator(layout, options, pending.append)
+    validator.report  # noqa: B018 - the validator drives conversion; records come out of ``pending``
+    checker = _RecordChecker(layout, options)
+    number = 0
+
+    def drain() -> Iterator[Record]:
+        nonlocal number
+        if validator.report.error_count:
+            raise InvalidFileError(validator.report.errors)
+        for output in pending:
+            number += 1
+            result = checker.check(output[:-2], number, 0)
+            yield result.values
+        pending.clear()
+
+    for chunk in chunks:
+        validator.feed(chunk)
+        yield from drain()
+    validator.close()
+    yield from drain()
+
+
+def _render_field(item: Field, value: Value) -> bytes:
+    if item.kind is Kind.N:
+        text = f"{value:0{item.width}d}" if isinstance(value, int) else str(value).rjust(item.width, "0")
+        data = text.encode("ascii")
+    elif item.kind is Kind.X:
+        data = str(value).ljust(item.width).encode("ascii")
+    elif item.kind is Kind.K:
+        data = str(value).ljust(item.width // 2, IDEOGRAPHIC_SPACE).encode("cp932")
+    elif item.kind is Kind.D:
+        assert isinstance(value, datetime.date)
+        data = value.strftime("%Y%m%d").encode("ascii")
+    else:
+        assert isinstance(value, datetime.datetime)
+        data = value.strftime("%Y%m%d%H%M%S").encode("ascii")
+    if len(data) != item.width:
+        raise ValueError(f"{item.name} ({item.key}): value does not fit in {item.width} bytes")
+    return data
+
+
+def render_record(layout: Layout, record: Mapping[str, Value]) -> bytes:
+    """The CP932 bytes of one record, CRLF included.  Renders; does not validate (use the validator)."""
+    return b"".join(_render_field(item, record[item.key]) for item in layout.fields) + b"\r\n"
+
+
+def render_records(layout: Layout, records: Iterable[Mapping[str, Value]]) -> Iterator[bytes]:
+    """Render records one by one (stream them to a file or a transport)."""
+    for record in records:
+        yield render_record(layout, record)
