@@ -90,7 +90,7 @@ class DemoCredentials:
     gateway: Issued
 
 
-def write_demo_credentials(directory: str, days: int = 30) -> DemoCredentials:
+def write_demo_credentials(directory: str, days: int = 365) -> DemoCredentials:
     """``gateway.crt``, ``gateway.key``, ``store.key``, ``audit.key`` and ``ca.pem`` in *directory*."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     ca = make_ca("kei-gateway demo CA", days=days)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-__all__ = ["SynchronousBlocking", "RecordingNotifier", "demo_config_text"]
+__all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text"]
 
 T = TypeVar("T")
 
@@ -56,3 +59,52 @@ audit = "{base}/credentials/audit.key"
 address = "127.0.0.1:{metrics_port}"
 allow = ["127.0.0.1/32"]
 {extra}"""
+
+
+class NotificationTimeout(Exception):
+    """The awaited notification did not come in time."""
+
+
+class NotifySocket:
+    """What systemd's notification socket sees: the datagrams a service sends (``$NOTIFY_SOCKET``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[str] = []
+        """Notifications read but not yet returned by :meth:`wait_for`."""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_for(self, wanted: str, timeout: float = 30.0) -> str:
+        """The first notification holding a line that starts with *wanted*; at most *timeout* seconds."""
+
+        def matches(message: str) -> bool:
+            return any(line.startswith(wanted) for line in message.splitlines())
+
+        for message in self.messages:
+            if matches(message):
+                self.messages.remove(message)
+                return message
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotificationTimeout(f"no {wanted!r} notification within {timeout:g}s; got {self.messages}")
+            self.sock.settimeout(remaining)
+            try:
+                message = self.sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            if matches(message):
+                return message
+            self.messages.append(message)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on *host*."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -256,8 +256,12 @@ def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list
         ("keys.audit", config.keys.audit, True),
     ]
     refs += [(f"peers.{name}.ca", peer.ca, False) for name, peer in sorted(config.peers.items())]
+    credentials = environ.get(CREDENTIALS_ENV)
     for key_path, ref, secret in refs:
         path = config.file_path(ref, environ)
+        # systemd owns $CREDENTIALS_DIRECTORY: it is private to the service, and on
+        # tmpfs its files may show 0440 with an ACL for the service user alone.
+        managed = bool(credentials) and os.path.dirname(path) == credentials.rstrip("/")
         where = "" if "/" in ref else (
             f" (looked up in ${CREDENTIALS_ENV})" if environ.get(CREDENTIALS_ENV) else
             f" (a bare name: ${CREDENTIALS_ENV} is not set, so it is read next to the config file)")
@@ -270,7 +274,7 @@ def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list
             problems.append(ConfigProblem(key_path, f"{path}: not a regular file"))
         elif not os.access(path, os.R_OK):
             problems.append(ConfigProblem(key_path, f"{path}: not readable by this user (uid {os.getuid()}); fix its owner or mode"))
-        elif secret and st.st_mode & 0o077:
+        elif secret and not managed and st.st_mode & 0o077:
             problems.append(ConfigProblem(key_path, f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others read a secret; "
                                                     f"run 'chmod 600 {path}' (owner: the service user)"))
     return problems

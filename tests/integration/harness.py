@@ -4,60 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import demo_config_text
+from kei_gateway.testing import NotifySocket, demo_config_text, free_port
 
-PROCESS_TIMEOUT = 30.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class NotifySocket:
-    """What systemd's notification socket sees: datagrams from the service."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[str] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def wait_for(self, wanted: str, timeout: float = PROCESS_TIMEOUT) -> str:
-        """Read notifications until one contains the line *wanted* (or starts with it); bounded."""
-        deadline = time.monotonic() + timeout
-        for message in self.messages:
-            if message.startswith(wanted) or f"\n{wanted}" in message:
-                self.messages.remove(message)
-                return message
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no {wanted!r} notification within {timeout:g}s; got {self.messages}")
-            self.sock.settimeout(remaining)
-            try:
-                message = self.sock.recv(65536).decode()
-            except socket.timeout:
-                continue
-            if message.startswith(wanted) or f"\n{wanted}" in message:
-                return message
-            self.messages.append(message)
+PROCESS_TIMEOUT = 60.0  # generous: an fsync on a busy disk can take many seconds
 
 
 @dataclass
@@ -106,7 +63,12 @@ class DaemonProcess:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=PROCESS_TIMEOUT)
+        try:
+            code = self.process.wait(timeout=PROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler dumps every thread's stack
+            self.process.wait(timeout=PROCESS_TIMEOUT)
+            raise AssertionError(f"the daemon did not exit within {PROCESS_TIMEOUT:g}s of SIGTERM:\n{self.stderr()}") from None
         self.stopped = True
         return code
 
@@ -120,6 +82,7 @@ def start_daemon(files: GatewayFiles, *, log_target: str = "terminal", watchdog_
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                                                               "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
     env["NOTIFY_SOCKET"] = str(notify.path)
+    env["PYTHONFAULTHANDLER"] = "1"
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     env.update(extra_env or {})

@@ -40,6 +40,7 @@ ACCEPTED_EXPOSURES = {
     "MemoryDenyWriteExecute=": "pyOpenSSL's cffi callbacks need W+X memory (test_mdwe_tls.py)",
     "DeviceAllow=": "char-rtc:r, added by ProtectClock=yes itself",
     "IPAddressDeny=": "an allow list exists (localhost, plus the peers' drop-in)",
+    "ProcSubset=": "prometheus-client's process_* metrics read /proc/stat; ProtectProc=invisible still hides other processes",
 }
 
 

@@ -184,6 +184,18 @@ def test_when_a_bare_name_is_given_then_it_is_read_from_the_credentials_director
     assert "$CREDENTIALS_DIRECTORY" in missing[0].message
 
 
+def test_when_a_secret_is_a_systemd_credential_then_its_mode_is_systemds_business(tmp_path: Path) -> None:
+    write_demo_credentials(str(tmp_path / "creds"))
+    os.chmod(tmp_path / "creds" / "store.key", 0o440)  # what systemd's tmpfs fallback shows (ACL for the user)
+    config = config_from_string(MINIMAL)
+    assert check_files(config, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}) == []
+    by_path = config_from_string(MINIMAL.replace('"131041"\n', f'"131041"\n[keys]\nstore = "{tmp_path}/creds/store.key"\n'))
+    assert [p.path for p in check_files(by_path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})] == [], \
+        "a path into the credentials directory is the same file systemd manages"
+    outside = {p.path: p.message for p in check_files(by_path, {})}
+    assert "0440" in outside["keys.store"], "outside systemd the same mode is refused"
+
+
 def test_when_choosing_the_config_file_then_flag_beats_environment_beats_default() -> None:
     parser = cli.build_parser()
     assert cli.config_path_from(parser.parse_args(["-c", "/x.toml", "check-config"]), {"KEI_GATEWAY_CONFIG": "/y.toml"}) == "/x.toml"
