@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kei_gateway.commands.config",
     "kei_gateway.commands.database",
     "kei_gateway.commands.layouts",
+    "kei_gateway.commands.allowlist",
     "kei_gateway.commands.demo",
 )
 

@@ -68,7 +68,7 @@ class GatewaySection:
     spool_dir: str = setting(k.AbsolutePath(), "Root of the intranet spool: outbox/, inbox/ and quarantine/ live here.", "/var/spool/kei-gateway")
     state_dir: str = setting(k.AbsolutePath(), "The gateway's private state: encrypted store, default SQLite ledger, reports.", "/var/lib/kei-gateway")
     purge_at: tuple[int, int] = setting(k.TimeOfDay(), "Local time of the daily purge of expired personal data.", (0, 30))
-    log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error")), "Lowest level of events logged; changes on reload.", "info")
+    log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error", "critical")), "Lowest level of events logged; changes on reload.", "info")
 
 
 @dataclass(frozen=True)

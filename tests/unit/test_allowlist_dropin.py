@@ -1,0 +1,43 @@
+"""``systemd-allowlist``: the kernel-level allow-list drop-in generated from the configuration."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kei_gateway import cli, exitcodes
+from kei_gateway.commands.allowlist import allowlist_dropin
+from kei_gateway.config import read_config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "etc" / "kei-gateway.toml.example"
+
+
+def test_when_peers_are_configured_then_every_cidr_is_allowed_once() -> None:
+    text = allowlist_dropin(read_config(str(EXAMPLE)))
+    allowed = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("IPAddressAllow=")]
+    assert allowed == ["localhost", "127.0.0.1/32", "::1/128", "10.20.30.0/24", "10.20.40.0/24"]
+    assert "[Service]" in text.splitlines()
+    assert "# peers.mpn.allow" in text and "# peers.mpn.push_allow" not in text, "a CIDR listed twice appears once"
+
+
+def test_when_output_is_given_then_the_file_is_written_and_readable_by_systemd(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "kei-gateway.service.d" / "50-allowlist.conf"
+    assert cli.main(["-c", str(EXAMPLE), "systemd-allowlist", "--output", str(target)]) == exitcodes.OK
+    assert target.read_text(encoding="utf-8") == allowlist_dropin(read_config(str(EXAMPLE)))
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert "daemon-reload" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_when_the_dropin_is_added_to_the_unit_then_systemd_analyze_verify_accepts_it(tmp_path: Path) -> None:
+    unit = (ROOT / "systemd" / "kei-gateway.service").read_text(encoding="utf-8")
+    venv_binary = Path(__import__("sys").executable).parent / "kei-gateway"
+    unit = unit.replace("/opt/kei-gateway/venv/bin/kei-gateway", str(venv_binary))
+    combined = tmp_path / "kei-gateway.service"
+    combined.write_text(unit + "\n" + allowlist_dropin(read_config(str(EXAMPLE))), encoding="utf-8")
+    result = subprocess.run(["systemd-analyze", "verify", str(combined)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
