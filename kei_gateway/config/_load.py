@@ -261,7 +261,7 @@ def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list
         path = config.file_path(ref, environ)
         # systemd owns $CREDENTIALS_DIRECTORY: it is private to the service, and on
         # tmpfs its files may show 0440 with an ACL for the service user alone.
-        managed = bool(credentials) and os.path.dirname(path) == credentials.rstrip("/")
+        managed = credentials is not None and os.path.dirname(path) == credentials.rstrip("/")
         where = "" if "/" in ref else (
             f" (looked up in ${CREDENTIALS_ENV})" if environ.get(CREDENTIALS_ENV) else
             f" (a bare name: ${CREDENTIALS_ENV} is not set, so it is read next to the config file)")
