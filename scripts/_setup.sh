@@ -39,8 +39,13 @@ kg_venv() {
   fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     kg_log "installing kei-gateway and its test dependencies into $KG_VENV"
-    "$KG_VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    "$KG_VENV/bin/python" -m pip install -q -e "$KG_ROOT[test]"
+    local log="$KG_VENV/pip-install.log"
+    if ! { "$KG_VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel &&
+           "$KG_VENV/bin/python" -m pip install -q -e "$KG_ROOT[test]"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      kg_log "pip install failed (log above, also in $log)"
+      return 1
+    fi
     echo "$want" >"$stamp"
   fi
 }
