@@ -69,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return exitcodes.USAGE
+    from kei_gateway.config import ConfigError
+
     try:
         return int(func(args))
+    except ConfigError as error:  # any command that reads the configuration: every problem, exit 2
+        print(error.render(), file=sys.stderr)
+        return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.FAILED

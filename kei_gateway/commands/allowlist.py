@@ -14,7 +14,7 @@ import tempfile
 
 from kei_gateway import exitcodes
 from kei_gateway.cli import config_path_from
-from kei_gateway.config import Config, ConfigError, read_config
+from kei_gateway.config import Config, read_config
 
 __all__ = ["register", "allowlist_dropin"]
 
@@ -51,13 +51,7 @@ def allowlist_dropin(config: Config) -> str:
 
 
 def systemd_allowlist(args: argparse.Namespace) -> int:
-    path = config_path_from(args)
-    try:
-        config = read_config(path)
-    except ConfigError as error:
-        print(error.render(), file=sys.stderr)
-        return exitcodes.USAGE
-    text = allowlist_dropin(config)
+    text = allowlist_dropin(read_config(config_path_from(args)))
     if not args.output:
         sys.stdout.write(text)
         return exitcodes.OK

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kei_gateway import exitcodes
 from kei_gateway.cli import config_path_from
-from kei_gateway.config import ConfigError, load_config
+from kei_gateway.config import load_config
 
 __all__ = ["register", "check_config"]
 
@@ -20,11 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def check_config(args: argparse.Namespace) -> int:
     path = config_path_from(args)
-    try:
-        config = load_config(path)
-    except ConfigError as error:
-        print(error.render(), file=sys.stderr)
-        return exitcodes.USAGE
+    config = load_config(path)
     print(f"OK: {path}")
     print(config.summary())
     return exitcodes.OK

@@ -7,7 +7,7 @@ import sys
 
 from kei_gateway import exitcodes
 from kei_gateway.cli import config_path_from
-from kei_gateway.config import ConfigError, read_config
+from kei_gateway.config import read_config
 from kei_gateway.ledger import create_ledger_engine, current_revision, head_revision, upgrade
 
 __all__ = ["register"]
@@ -23,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def db_upgrade(args: argparse.Namespace) -> int:
     path = config_path_from(args)
-    try:
-        config = read_config(path)
-    except ConfigError as error:
-        print(error.render(), file=sys.stderr)
-        return exitcodes.USAGE
+    config = read_config(path)
     try:
         engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
         before = current_revision(engine)
