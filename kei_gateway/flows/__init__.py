@@ -1,0 +1,1 @@
+"""File flows (SPEC §1): the pure rules of transfers, and the machinery that moves files."""

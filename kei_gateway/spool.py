@@ -1,0 +1,165 @@
+"""The intranet spool (SPEC §4): which outbox entries are ready, which are refused, and moving them.
+
+:func:`classify` is pure: it decides from a listing. The functions below it are the
+filesystem adapter (blocking; call them through the blocking door).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
+           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write"]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MARKER_SUFFIX = ".end"
+TEMP_SUFFIX = ".tmp"
+ERRORS_SUFFIX = ".errors.txt"
+
+EntryKind = Literal["file", "symlink", "directory", "other"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: EntryKind
+
+
+@dataclass(frozen=True)
+class Refusal:
+    name: str
+    reason: str
+    """A short reason label (also a bounded metric label): name, symlink, directory, not-regular."""
+    detail: str
+
+
+@dataclass(frozen=True)
+class SpoolDecision:
+    ready: list[str] = field(default_factory=list)
+    """Data files to ingest now, in name order."""
+    refused: list[Refusal] = field(default_factory=list)
+    """Entries to quarantine without reading them."""
+    markers: dict[str, str] = field(default_factory=dict)
+    """Data file name → its marker file name (``ready = "marker"``), to remove after ingest."""
+
+
+def _in_progress(name: str) -> bool:
+    """A writer's temporary name: a dotfile or ``*.tmp`` (SPEC §4, ``ready = "rename"``)."""
+    return name.startswith(".") or name.endswith(TEMP_SUFFIX)
+
+
+def classify(entries: Iterable[Entry], ready: str) -> SpoolDecision:
+    """Decide what to do with an outbox listing under the flow's ``ready`` mode ("rename" or "marker")."""
+    by_name = {entry.name: entry for entry in entries}
+    decision = SpoolDecision()
+    for name in sorted(by_name):
+        entry = by_name[name]
+        if _in_progress(name):
+            continue
+        if not NAME_PATTERN.fullmatch(name):
+            decision.refused.append(Refusal(name, "name", "the name must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}; "
+                                                          "rename the file and write it again"))
+            continue
+        if entry.kind == "symlink":
+            decision.refused.append(Refusal(name, "symlink", "symbolic links are never followed; write the file itself"))
+            continue
+        if entry.kind == "directory":
+            decision.refused.append(Refusal(name, "directory", "directories are not transferred; write files only"))
+            continue
+        if entry.kind != "file":
+            decision.refused.append(Refusal(name, "not-regular", "not a regular file (device, FIFO or socket)"))
+            continue
+        if ready == "marker":
+            if name.endswith(MARKER_SUFFIX):
+                continue  # a marker; its data file decides
+            marker = name + MARKER_SUFFIX
+            if marker in by_name and by_name[marker].kind == "file":
+                decision.ready.append(name)
+                decision.markers[name] = marker
+            continue
+        decision.ready.append(name)
+    return decision
+
+
+def _kind(mode: int) -> EntryKind:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def list_entries(directory: str) -> list[Entry]:
+    """The directory's entries with their kind, never following a link."""
+    entries = []
+    with os.scandir(directory) as scan:
+        for item in scan:
+            try:
+                mode = item.stat(follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue  # gone between listing and stat
+            entries.append(Entry(item.name, _kind(mode)))
+    return entries
+
+
+def fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
+    """Write *chunks* to *path* atomically: temp file, fsync, rename, fsync the directory. Returns the size."""
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    size = 0
+    try:
+        os.fchmod(fd, mode)  # the umask (0077 under the unit) must not hide the file from the tax system
+        for chunk in chunks:
+            os.write(fd, chunk)
+            size += len(chunk)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temporary)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(directory)
+    return size
+
+
+def _free_name(directory: str, name: str) -> str:
+    candidate, n = name, 1
+    while os.path.lexists(os.path.join(directory, candidate)) or os.path.lexists(
+            os.path.join(directory, candidate + ERRORS_SUFFIX)):
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
+
+
+def quarantine_entry(source_dir: str, name: str, quarantine_dir: str, safe_name: str | None = None) -> str:
+    """Move an outbox entry into *quarantine_dir* (never following it); return its name there."""
+    os.makedirs(quarantine_dir, mode=0o750, exist_ok=True)
+    target = _free_name(quarantine_dir, safe_name or name)
+    os.rename(os.path.join(source_dir, name), os.path.join(quarantine_dir, target))
+    fsync_directory(quarantine_dir)
+    fsync_directory(source_dir)
+    return target
+
+
+def write_errors_file(quarantine_dir: str, name: str, lines: Iterable[str]) -> str:
+    """``name.errors.txt`` next to a quarantined file: UTF-8, one error a line (SPEC §4)."""
+    path = os.path.join(quarantine_dir, name + ERRORS_SUFFIX)
+    atomic_write(path, ((line.rstrip("\n") + "\n").encode("utf-8") for line in lines))
+    return path
