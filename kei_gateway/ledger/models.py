@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Transfer", "TransferState"]
@@ -51,8 +51,14 @@ class Transfer(Base):
     receipt_summary: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    blob_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The encrypted payload in the store; None once purged."""
+    source_removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The plaintext original has been removed from the outbox (ingest's last step)."""
+    approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_transfers_flow_state", "flow", "state"),
         Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
+        Index("ix_transfers_flow_local_name", "flow", "local_name"),
     )

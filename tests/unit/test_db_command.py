@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kei_gateway import cli, exitcodes
+from kei_gateway.ledger import head_revision
 from kei_gateway.testing import demo_config_text
 
 
@@ -15,10 +16,10 @@ def test_when_db_upgrade_runs_twice_then_it_migrates_once_and_then_says_it_is_cu
     config = tmp_path / "k.toml"
     config.write_text(demo_config_text(str(tmp_path), 9464), encoding="utf-8")
     assert cli.main(["-c", str(config), "db", "upgrade"]) == exitcodes.OK
-    assert "migrated from empty to 0001" in capsys.readouterr().out
+    assert f"migrated from empty to {head_revision()}" in capsys.readouterr().out
     assert (tmp_path / "state" / "ledger.sqlite3").exists()
     assert cli.main(["-c", str(config), "db", "upgrade"]) == exitcodes.OK
-    assert "already at the newest revision 0001" in capsys.readouterr().out
+    assert f"already at the newest revision {head_revision()}" in capsys.readouterr().out
 
 
 def test_when_the_database_cannot_be_opened_then_db_upgrade_exits_1_naming_the_key(

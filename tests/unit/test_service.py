@@ -10,7 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kei_gateway.config import config_from_string, read_config
-from kei_gateway.ledger import Ledger, create_ledger_engine, upgrade
+from kei_gateway.ledger import Ledger, create_ledger_engine, head_revision, upgrade
 from kei_gateway.pki import write_demo_credentials
 from kei_gateway.service import make_service, restart_needed
 from tests.unit.helpers import temporary_directory
@@ -119,13 +119,26 @@ class LedgerTests(SynchronousTestCase):
     def test_when_sqlite_is_set_up_then_wal_and_synchronous_full_are_in_force(self) -> None:
         path = os.path.join(temporary_directory(self), "ledger.sqlite3")
         engine = create_ledger_engine(f"sqlite:///{path}")
-        self.assertEqual(upgrade(engine), "0001")
+        self.assertEqual(upgrade(engine), head_revision())
         with engine.connect() as connection:
             self.assertEqual(connection.exec_driver_sql("PRAGMA journal_mode").scalar(), "wal")
             self.assertEqual(connection.exec_driver_sql("PRAGMA synchronous").scalar(), 2)
             self.assertEqual(connection.exec_driver_sql("PRAGMA busy_timeout").scalar(), 5000)
-        self.assertEqual(upgrade(engine), "0001", "a second upgrade is a no-op")
+        self.assertEqual(upgrade(engine), head_revision(), "a second upgrade is a no-op")
         engine.dispose()
+
+    def test_when_migrated_then_the_schema_matches_the_models_exactly(self) -> None:
+        from alembic.autogenerate import compare_metadata
+        from alembic.runtime.migration import MigrationContext
+
+        from kei_gateway.ledger import Base
+
+        engine = create_ledger_engine(f"sqlite:///{temporary_directory(self)}/ledger.sqlite3")
+        upgrade(engine)
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        engine.dispose()
+        self.assertEqual(differences, [], "a model changed without a migration (or the reverse)")
 
     def test_when_the_database_is_locked_then_the_blocking_call_is_retried(self) -> None:
         from sqlalchemy.exc import OperationalError
