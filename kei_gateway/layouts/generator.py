@@ -18,6 +18,7 @@ import re
 import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from kei_gateway.layouts.checkdigits import gs1_check_digit, lg_code_check_digit
@@ -49,6 +50,7 @@ DEFAULT_LG_CODE: Final = "131202"
 _EPOCH: Final = datetime.date(2020, 4, 1)
 
 
+@lru_cache(maxsize=None)
 def _x_chars(allowed: str) -> str:
     chars = [c for c in string.printable[:95] if re.fullmatch(f"[{allowed}]", c)]
     return "".join(c for c in chars if c != " ")
@@ -63,8 +65,13 @@ def _gs1_code(rng: random.Random, number: int) -> str:
     return body + str(gs1_check_digit(body))
 
 
+@lru_cache(maxsize=None)
+def _wide_pool(rule: WideChars | None) -> tuple[str, ...]:
+    return tuple(sorted(c for c in JISX0208_CHARS if c != IDEOGRAPHIC_SPACE and (rule is None or rule.chars(c))))
+
+
 def _wide_text(rng: random.Random, rule: WideChars | None, length: int) -> str:
-    pool = sorted(c for c in JISX0208_CHARS if c != IDEOGRAPHIC_SPACE and (rule is None or rule.chars(c)))
+    pool = _wide_pool(rule)
     return "".join(rng.choice(pool) for _ in range(length))
 
 
