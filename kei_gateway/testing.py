@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-__all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text"]
+__all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text",
+           "InMemoryBlobStore", "DUMMY_STORE_KEY"]
 
 T = TypeVar("T")
 
@@ -108,3 +110,79 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+DUMMY_STORE_KEY = bytes(range(1, 33))
+"""A fixed store key for tests (never use it for real data)."""
+
+
+class InMemoryBlobStore:
+    """A :class:`~kei_gateway.store.BlobStore` in a dict: the same blob format, errors and behaviour.
+
+    Blobs are kept encrypted, as the file store keeps them, so tests may tamper with
+    :attr:`blobs` (id → stored bytes) and see the same :class:`~kei_gateway.store.BlobCorrupt`.
+    """
+
+    def __init__(self, keyring: Any = None, segment_size: int | None = None) -> None:
+        import threading
+
+        from kei_gateway import store
+
+        self._store = store
+        self.keyring: store.StoreKeyring = keyring if keyring is not None else store.StoreKeyring(DUMMY_STORE_KEY)
+        self.segment_size = segment_size or store.DEFAULT_SEGMENT_SIZE
+        self.blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, blob_id: str) -> bytes:
+        self._store.validate_blob_id(blob_id)
+        with self._lock:
+            data = self.blobs.get(blob_id)
+        if data is None:
+            raise self._store.BlobNotFound(blob_id)
+        return data
+
+    def write(self, blob_id: str, chunks: Iterable[bytes], *, replace: bool = False) -> Any:
+        self._store.validate_blob_id(blob_id)
+        parts: list[bytes] = []
+        info = self._store.encrypt_stream(self.keyring, blob_id, chunks, parts.append, self.segment_size)
+        with self._lock:
+            if not replace and blob_id in self.blobs:
+                raise self._store.BlobExists(blob_id)
+            self.blobs[blob_id] = b"".join(parts)
+        return info
+
+    def read(self, blob_id: str) -> Iterator[bytes]:
+        return self._store.decrypt_stream(self.keyring, blob_id, io.BytesIO(self._get(blob_id)).read)
+
+    def exists(self, blob_id: str) -> bool:
+        self._store.validate_blob_id(blob_id)
+        return blob_id in self.blobs
+
+    def delete(self, blob_id: str) -> bool:
+        self._store.validate_blob_id(blob_id)
+        with self._lock:
+            return self.blobs.pop(blob_id, None) is not None
+
+    def list_ids(self) -> list[str]:
+        return sorted(self.blobs)
+
+    def info(self, blob_id: str) -> Any:
+        data = self._get(blob_id)
+        return self._store.BlobStat(blob_id, self._store.read_header(blob_id, data).key_id, len(data))
+
+    def rekey(self, blob_id: str) -> bool:
+        data = self._get(blob_id)
+        if self._store.read_header(blob_id, data).key_id == self.keyring.current_id:
+            return False
+        parts: list[bytes] = []
+        plaintext = self._store.decrypt_stream(self.keyring, blob_id, io.BytesIO(data).read)
+        self._store.encrypt_stream(self.keyring, blob_id, plaintext, parts.append, self.segment_size)
+        with self._lock:
+            if self.blobs.get(blob_id) is not data:
+                return False  # deleted or replaced meanwhile
+            self.blobs[blob_id] = b"".join(parts)
+        return True
+
+    def recover(self) -> int:
+        return 0

@@ -16,7 +16,7 @@ from kei_gateway.layouts.checkdigits import lg_code_check_digit
 
 __all__ = [
     "Kind", "Text", "Integer", "Boolean", "Choice", "Duration", "TimeOfDay", "Address",
-    "CidrList", "Url", "DatabaseUrl", "AbsolutePath", "RelativeDir", "FileRef", "Pins",
+    "CidrList", "Url", "DatabaseUrl", "AbsolutePath", "RelativeDir", "FileRef", "FileRefList", "Pins",
     "LgCode", "HostPort", "toml_literal", "parse_duration", "format_duration",
 ]
 
@@ -297,6 +297,21 @@ class FileRef(Kind):
         if not raw.strip():
             raise ValueError("empty: give a credential name (e.g. \"gateway.key\") or an absolute path")
         return str(raw)
+
+
+@dataclass(frozen=True)
+class FileRefList(Kind):
+    """Several keys or certificates, each as :class:`FileRef`."""
+
+    secret: bool = False
+    description: str = "list of files: a bare name is looked up in $CREDENTIALS_DIRECTORY, else a path"
+
+    def parse(self, raw: Any) -> tuple[str, ...]:
+        _expect(raw, list, "a list of file names or paths")
+        bad = [repr(r) for r in raw if not (isinstance(r, str) and r.strip())]
+        if bad:
+            raise ValueError(f"not a file name: {', '.join(bad)}; give credential names (e.g. \"store-old.key\") or absolute paths")
+        return tuple(raw)
 
 
 _PIN = re.compile(r"sha256/[A-Za-z0-9+/]{43}=")

@@ -255,6 +255,7 @@ def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list
         ("keys.store", config.keys.store, True),
         ("keys.audit", config.keys.audit, True),
     ]
+    refs += [(f"keys.store_previous[{i}]", ref, True) for i, ref in enumerate(config.keys.store_previous)]
     refs += [(f"peers.{name}.ca", peer.ca, False) for name, peer in sorted(config.peers.items())]
     credentials = environ.get(CREDENTIALS_ENV)
     for key_path, ref, secret in refs:
