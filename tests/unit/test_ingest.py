@@ -1,0 +1,134 @@
+"""Ingest (SPEC §4): validate, encrypt, commit, remove the original — and crash leftovers."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kei_gateway.flows.ingest import IngestResult, ingest_file, quarantine_refused
+from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
+from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.store import FileBlobStore, StoreKeyring
+
+NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
+TODAY = datetime.date(2026, 11, 21)
+LAYOUT = get_layout("jnks-payments")
+
+
+class Spool:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.outbox = base / "outbox" / "jnks"
+        self.quarantine = base / "quarantine" / "jnks-payments"
+        self.outbox.mkdir(parents=True)
+        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
+        upgrade(engine)
+        self.engine = engine
+        self.ledger = TransferLedger(engine)
+        self.store = FileBlobStore(str(base / "store"), StoreKeyring(secrets.token_bytes(32)))
+
+    def put(self, name: str, records: int = 5, invalid_rate: float = 0.0, seed: int = 1) -> bytes:
+        data = b"".join(generate_file(LAYOUT, records, seed=seed, today=TODAY, invalid_rate=invalid_rate,
+                                      lg_code="131041"))
+        (self.outbox / name).write_bytes(data)
+        return data
+
+    def ingest(self, name: str, hold: int = 0, marker: str | None = None) -> IngestResult:
+        return ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(self.outbox),
+                           quarantine_dir=str(self.quarantine), name=name, marker=marker, layout=LAYOUT,
+                           options=ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=hold,
+                           store=self.store, ledger=self.ledger, now=NOW)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path)
+    yield s
+    s.engine.dispose()
+
+
+def test_when_a_valid_file_is_ingested_then_it_is_queued_encrypted_and_the_original_is_gone(spool: Spool) -> None:
+    data = spool.put("pay1.dat")
+    result = spool.ingest("pay1.dat")
+    assert result.outcome == "queued" and result.records == 5
+    assert os.listdir(spool.outbox) == []
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.state == "QUEUED" and row.source_removed and row.record_count == 5 and row.size == len(data)
+    assert row.blob_id is not None and b"".join(spool.store.read(row.blob_id)) == data
+    stored = spool.base / "store" / str(row.blob_id)
+    assert stored.exists() and data[:40] not in stored.read_bytes(), "the store holds no plaintext"
+
+
+def test_when_a_file_has_more_records_than_the_hold_limit_then_it_is_held(spool: Spool) -> None:
+    spool.put("bulk.dat", records=11)
+    assert spool.ingest("bulk.dat", hold=10).outcome == "held"
+
+
+def test_when_a_file_is_invalid_then_it_is_quarantined_whole_with_full_errors_and_nothing_stored(spool: Spool) -> None:
+    spool.put("bad.dat", records=20, invalid_rate=0.5, seed=3)
+    result = spool.ingest("bad.dat")
+    assert result.outcome == "quarantined" and result.error_count > 0
+    assert os.listdir(spool.outbox) == []
+    assert sorted(os.listdir(spool.quarantine)) == ["bad.dat", "bad.dat.errors.txt"]
+    errors = (spool.quarantine / "bad.dat.errors.txt").read_text(encoding="utf-8")
+    assert "record " in errors and "nothing of this file was sent" in errors
+    assert spool.store.list_ids() == []
+    assert result.transfer_id is not None and spool.ledger.get(result.transfer_id).state == "QUARANTINED"
+    assert result.reason.startswith(("record ", "file"))
+
+
+def test_when_the_daemon_crashed_after_commit_before_unlink_then_the_rescan_finishes_without_a_duplicate(
+        spool: Spool) -> None:
+    data = spool.put("pay1.dat")
+    first = spool.ingest("pay1.dat")
+    (spool.outbox / "pay1.dat").write_bytes(data)  # as if the unlink never happened …
+    assert first.transfer_id is not None
+    spool.ledger.update(first.transfer_id, NOW, source_removed=False)
+    again = spool.ingest("pay1.dat")
+    assert again.outcome == "resumed" and again.transfer_id == first.transfer_id
+    assert os.listdir(spool.outbox) == []
+    assert len(spool.ledger.list_transfers()) == 1 and len(spool.store.list_ids()) == 1
+
+
+def test_when_the_same_file_is_sent_again_later_then_it_is_a_new_transfer(spool: Spool) -> None:
+    spool.put("pay1.dat")
+    first = spool.ingest("pay1.dat")
+    spool.put("pay1.dat")
+    second = spool.ingest("pay1.dat")
+    assert second.outcome == "queued" and second.transfer_id != first.transfer_id
+
+
+def test_when_a_marker_file_announced_the_data_then_both_are_removed(spool: Spool) -> None:
+    spool.put("pay1.dat")
+    (spool.outbox / "pay1.dat.end").write_bytes(b"")
+    assert spool.ingest("pay1.dat", marker="pay1.dat.end").outcome == "queued"
+    assert os.listdir(spool.outbox) == []
+
+
+def test_when_the_file_became_a_symlink_then_it_is_not_followed_but_quarantined(spool: Spool, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.dat"
+    secret.write_bytes(b"not for the peer")
+    os.symlink(secret, spool.outbox / "pay1.dat")
+    result = spool.ingest("pay1.dat")
+    assert result.outcome == "quarantined"
+    assert os.path.islink(spool.quarantine / "pay1.dat") and spool.store.list_ids() == []
+
+
+def test_when_an_entry_has_a_bad_name_then_it_is_quarantined_under_a_safe_name(spool: Spool) -> None:
+    (spool.outbox / "納付 1.dat").write_bytes(b"x")
+    result = quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), "納付 1.dat", "name",
+                                "the name must match …", spool.ledger, "jnks", NOW)
+    assert result.outcome == "quarantined"
+    assert sorted(os.listdir(spool.quarantine)) == ["refused-name-20261121090000", "refused-name-20261121090000.errors.txt"]
+    assert "納付 1.dat" in (spool.quarantine / "refused-name-20261121090000.errors.txt").read_text(encoding="utf-8")
+
+
+def test_when_the_file_vanished_before_ingest_then_nothing_happens(spool: Spool) -> None:
+    assert spool.ingest("gone.dat").outcome == "vanished"
+    assert spool.ledger.list_transfers() == []
