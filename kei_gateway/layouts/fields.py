@@ -119,7 +119,13 @@ def int_range_pattern(low: int, high: int, width: int) -> bytes:
 
 
 class FieldRule(Protocol):
-    """A rule about one field's value."""
+    """A rule about one field's value.
+
+    ``exact`` rules have a consuming pattern that matches only well-formed
+    values of the field's kind, so the fast path needs no kind pattern next to it.
+    """
+
+    exact: bool
 
     def describe(self) -> str: ...
 
@@ -132,6 +138,8 @@ class FieldRule(Protocol):
 
 class _PatternRule:
     """Base of rules a regex says completely: no column check needed."""
+
+    exact = False
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
         return True
@@ -148,6 +156,8 @@ def _units(field: "Field") -> int:
 @dataclass(frozen=True)
 class Codes(_PatternRule):
     """The value is one of a code table's codes."""
+
+    exact = True
 
     table: Mapping[str, str]
 
@@ -167,6 +177,8 @@ class Codes(_PatternRule):
 @dataclass(frozen=True)
 class IntRange(_PatternRule):
     """The number is within ``low..high``."""
+
+    exact = True
 
     low: int
     high: int
@@ -201,6 +213,8 @@ class NotBlank(_PatternRule):
 @dataclass(frozen=True)
 class Blank(_PatternRule):
     """The value is blank (all padding)."""
+
+    exact = True
 
     def describe(self) -> str:
         return "blank"
@@ -244,6 +258,8 @@ class NotAllLetters(_PatternRule):
 class WideChars(_PatternRule):
     """A ``K`` value made only of ``chars`` (no padding inside), e.g. kanji/kana or one hiragana."""
 
+    exact = True
+
     chars: Callable[[str], bool]
     description: str
     max_chars: int | None = None
@@ -262,8 +278,8 @@ class WideChars(_PatternRule):
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
         allowed = frozenset(c for c in allowed_wide_chars(ctx.charset) if self.chars(c) and c != "\u3000")
         units = field.width // 2 if self.max_chars is None else min(self.max_chars, field.width // 2)
-        return (b"(?=" + left_aligned_pattern(wide_char_pattern(allowed).encode("ascii"), b"\\x81\\x40", units)
-                + b"(?:\\x81\\x40){" + str(field.width // 2 - units).encode() + b"})")
+        return (left_aligned_pattern(wide_char_pattern(allowed).encode("ascii"), b"\\x81\\x40", units)
+                + b"(?:\\x81\\x40){" + str(field.width // 2 - units).encode() + b"}")
 
 
 def left_aligned_pattern(char: bytes, padding: bytes, units: int) -> bytes:
@@ -277,6 +293,8 @@ def left_aligned_pattern(char: bytes, padding: bytes, units: int) -> bytes:
 @dataclass(frozen=True)
 class LgCode:
     """A 全国地方公共団体コード: valid check digit; equal to the gateway's code when one is set."""
+
+    exact = True
 
     def describe(self) -> str:
         return "valid check digit (§2.5); must equal the gateway's `lg_code`"
@@ -303,6 +321,8 @@ class LgCode:
 class Gs1CvsCode:
     """A コンビニ収納 code: 44 digits, GS1-128 AI ``91``, valid check digit."""
 
+    exact = False
+
     def describe(self) -> str:
         return "44-digit GS1-128 (AI `91`) with valid check digit (§2.5)"
 
@@ -326,6 +346,8 @@ class Gs1CvsCode:
 @dataclass(frozen=True)
 class NotInFuture:
     """A date not after today (JST)."""
+
+    exact = False
 
     def describe(self) -> str:
         return "not in the future"
