@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "kei_gateway.commands.layouts",
     "kei_gateway.commands.allowlist",
     "kei_gateway.commands.demo",
+    "kei_gateway.commands.sim",
     "kei_gateway.commands.keys",
 )
 
