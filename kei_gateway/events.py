@@ -162,6 +162,30 @@ INTERNAL_ERROR = _event(
     "If it repeats, collect 'journalctl -u kei-gateway' around this entry and report it.",
     "繰り返し発生する場合は、このエントリ前後の journalctl -u kei-gateway を添えて報告してください。",
 )
+INGEST_QUEUED = _event(
+    "ingest.queued", "c6c9f28224454d0da9fa5bd1f6c4c4fc", LogLevel.info,
+    "{flow}: took {name} ({records} records) as transfer {transfer_id}, {state}",
+    "A file from the tax system's outbox was validated, encrypted into the gateway's store and committed; the plaintext original was removed.",
+    "税務システムの送信フォルダのファイルを検証し、暗号化して保管・台帳登録しました。平文の元ファイルは削除しました。",
+    "None needed. A HELD transfer waits for 'kei-gateway transfers approve ID'.",
+    "対応は不要です。HELD の転送は kei-gateway transfers approve ID による承認を待ちます。",
+)
+INGEST_QUARANTINED = _event(
+    "ingest.quarantined", "db44db7b6fb94cc88002f1370281d4a8", LogLevel.warn,
+    "{flow}: quarantined {name}: {reason}",
+    "A file in the outbox was invalid (or not a regular file with an allowed name); it was moved whole to quarantine and nothing of it was sent.",
+    "送信フォルダのファイルが不正（または許可されない名前・種類）のため、全体を隔離フォルダへ移しました。一切送信していません。",
+    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error), correct the file at the tax system and write it to the outbox again.",
+    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください。",
+)
+INGEST_FAILED = _event(
+    "ingest.failed", "95c8b9e00a414db8a78caf20d056cdf6", LogLevel.error,
+    "{flow}: could not take {name}: {reason}",
+    "Reading, storing or committing an outbox file failed; the file stays in the outbox and is tried again at the next scan.",
+    "送信フォルダのファイルの読込・保管・台帳登録に失敗しました。ファイルは送信フォルダに残り、次回の走査で再試行します。",
+    "Check the disk space and permissions of the state directory and the database; the reason names the failing step.",
+    "状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
+)
 MESSAGE = _event(
     "message", "88bc4dfbc2c34b89a2fccea413f9b2df", LogLevel.info,
     "{text}",

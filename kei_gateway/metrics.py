@@ -43,6 +43,9 @@ class GatewayMetrics:
         self.oldest_queued_age = Gauge(
             "kei_gateway_oldest_queued_age_seconds", "Age of the oldest transfer waiting to be sent, by flow.",
             ["flow"], registry=registry)
+        self.records = Counter("kei_gateway_records_total",
+                               "Records by flow and outcome (accepted, rejected, rejected_by_peer).",
+                               ["flow", "outcome"], registry=registry)
         self.transfers = Counter("kei_gateway_transfers_total", "Finished transfers by flow and outcome.",
                                  ["flow", "outcome"], registry=registry)
         self.transfer_duration = Histogram(

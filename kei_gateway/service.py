@@ -18,12 +18,14 @@ from twisted.python.threadpool import ThreadPool
 
 from kei_gateway import certs, events
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
-from kei_gateway.config import Config, HostPort, load_config
+from kei_gateway.config import OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.flows.outbox import OutboxWatcher
 from kei_gateway.health import CheckResult, HealthChecks
-from kei_gateway.ledger import OPEN_STATES, Ledger
+from kei_gateway.ledger import OPEN_STATES, Ledger, TransferLedger
 from kei_gateway.listeners import AllowListFactory, metrics_site
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
+from kei_gateway.store import BlobStore
 
 __all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
            "CERTIFICATE_CHECK_INTERVAL"]
@@ -122,6 +124,7 @@ class GatewayService(service.MultiService):
         self._certificate: certs.CertificateInfo | None = None
         self._certificate_error: str | None = None
         self._status_extra = ""
+        self._status_pending = False
 
     # -- start and stop ---------------------------------------------------
 
@@ -181,6 +184,17 @@ class GatewayService(service.MultiService):
             self.notifier.notify(f"STATUS=Database not answering: {failure.getErrorMessage()}")
 
         return self.blocking.run(self.ledger.queue_counts).addCallbacks(counted, failed)
+
+    def status_soon(self) -> None:
+        """Refresh STATUS= and the queue gauges once the current reactor turn is over (coalesced)."""
+        if not self._status_pending:
+            self._status_pending = True
+
+            def refresh() -> None:
+                self._status_pending = False
+                self.update_status()
+
+            self.clock.callLater(0, refresh)
 
     def check_certificate(self) -> defer.Deferred[None]:
         """Read the gateway's certificate; set the expiry gauge; warn 30 days ahead."""
@@ -258,10 +272,11 @@ class GatewayService(service.MultiService):
         return pending
 
 
-def make_service(config: Config, reactor: Any, ledger: Ledger, *, notifier: Notifier,
+def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifier: Notifier,
                  registry: CollectorRegistry | None = None, blocking: Blocking | None = None,
                  environ: Mapping[str, str] = os.environ, watchdog_interval: float | None = None,
-                 on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?") -> GatewayService:
+                 on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?",
+                 store: BlobStore | None = None, use_inotify: bool = True) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
     The caller owns the reactor and the process; everything the tree needs is
@@ -288,6 +303,19 @@ def make_service(config: Config, reactor: Any, ledger: Ledger, *, notifier: Noti
     guarded = AllowListFactory(site, "metrics", lambda: gateway.config.listeners.metrics.allow, denied)
     metrics.denied_connections.labels(listener="metrics", reason="address")  # exported as 0 from the start
     gateway.add_listener(ListenerService("metrics", server_endpoint(reactor, config.listeners.metrics.address), guarded))
+
+    for flow in OUTBOUND_FLOWS:
+        settings = config.flows.get(flow)
+        if settings is None:
+            continue
+        if store is None:
+            raise ValueError("outbound flows need the encrypted store")
+        watcher = OutboxWatcher(
+            flow=flow, settings=settings, outbox_dir=config.spool_path(settings.outbox),
+            quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), lg_code=config.gateway.lg_code,
+            clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
+            on_ingested=lambda result: gateway.status_soon(), use_inotify=use_inotify)
+        watcher.setServiceParent(gateway)
 
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor

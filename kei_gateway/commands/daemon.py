@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from twisted.logger import Logger
@@ -14,7 +15,8 @@ from kei_gateway import __version__, events, exitcodes
 from kei_gateway.cli import config_path_from
 from kei_gateway.config import Config, ConfigError, load_config
 from kei_gateway.journal import GatewayLogObserver, begin_logging, parse_level
-from kei_gateway.ledger import Ledger, create_ledger_engine, upgrade
+from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.store import FileBlobStore, StoreError, open_store
 from kei_gateway.sdnotify import SystemdNotifier, watchdog_interval
 
 __all__ = ["register", "run_daemon"]
@@ -54,7 +56,20 @@ def run_daemon(args: argparse.Namespace) -> int:
         events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url}: {error}")
         return exitcodes.FAILED
     events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=_redacted(config))
-    return _serve(config, path, Ledger(engine), notifier, observer, schema)
+    try:
+        store = open_store(config)
+        store.recover()
+    except (StoreError, OSError) as error:
+        events.emit(log, events.DAEMON_FAILED, reason=f"encrypted store: {error}")
+        return exitcodes.USAGE if isinstance(error, StoreError) else exitcodes.FAILED
+    ledger = TransferLedger(engine)
+    orphans = set(store.list_ids()) - ledger.referenced_blobs()
+    for blob_id in orphans:  # written by an ingest that crashed before its ledger commit
+        store.delete(blob_id)
+    requeued = ledger.requeue_sending(datetime.now(timezone.utc))
+    if requeued:
+        events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
+    return _serve(config, path, ledger, store, notifier, observer, schema)
 
 
 def _redacted(config: Config) -> str:
@@ -63,7 +78,7 @@ def _redacted(config: Config) -> str:
     return make_url(config.database_url).render_as_string(hide_password=True)
 
 
-def _serve(config: Config, path: str, ledger: Ledger, notifier: SystemdNotifier,
+def _serve(config: Config, path: str, ledger: TransferLedger, store: FileBlobStore, notifier: SystemdNotifier,
            observer: GatewayLogObserver, schema: str) -> int:
     from twisted.internet import reactor as _reactor
 
@@ -76,7 +91,8 @@ def _serve(config: Config, path: str, ledger: Ledger, notifier: SystemdNotifier,
         observer.level = parse_level(name)
 
     gateway = make_service(config, reactor, ledger, notifier=notifier, environ=os.environ,
-                           watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=schema)
+                           watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=schema,
+                           store=store)
 
     def start_failed(failure: Any) -> None:
         events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")

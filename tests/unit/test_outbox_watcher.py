@@ -1,0 +1,128 @@
+"""The outbox watcher: scans at start, on events and periodically; one scan at a time."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway.config import OutboundFlowSection
+from kei_gateway.flows.outbox import OutboxWatcher, today_in_jst
+from kei_gateway.layouts import generate_file, get_layout
+from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.store import FileBlobStore, StoreKeyring
+from kei_gateway.testing import SynchronousBlocking
+from tests.unit.helpers import temporary_directory
+
+START = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc).timestamp()
+
+
+class DeferredBlocking:
+    """A blocking door whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((d, f, args))
+        return d
+
+    def finish_one(self) -> None:
+        d, f, args = self.waiting.pop(0)
+        d.callback(f(*args))
+
+
+class OutboxWatcherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        self.outbox = self.base / "outbox" / "jnks"
+        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.ledger = TransferLedger(engine)
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.registry = CollectorRegistry()
+        self.results: list[Any] = []
+
+    def watcher(self, blocking: Any, ready: str = "rename") -> OutboxWatcher:
+        watcher = OutboxWatcher(
+            flow="jnks-payments", settings=OutboundFlowSection(peer="jnks", outbox="outbox/jnks", ready=ready),
+            outbox_dir=str(self.outbox), quarantine_dir=str(self.base / "quarantine" / "jnks-payments"),
+            lg_code="131041", clock=self.clock, blocking=blocking, ledger=self.ledger,
+            store=FileBlobStore(str(self.base / "store"), StoreKeyring(secrets.token_bytes(32))),
+            metrics=GatewayMetrics(self.registry, process=False), on_ingested=self.results.append, use_inotify=False)
+        return watcher
+
+    def put(self, name: str, records: int = 3) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        data = b"".join(generate_file(get_layout("jnks-payments"), records, seed=len(name),
+                                      today=today_in_jst(START), lg_code="131041"))
+        (self.outbox / name).write_bytes(data)
+
+    def test_when_started_then_files_already_waiting_are_taken_and_counted(self) -> None:
+        self.put("a.dat")
+        watcher = self.watcher(SynchronousBlocking())
+        watcher.startService()
+        self.assertEqual([r.outcome for r in self.results], ["queued"])
+        self.assertEqual(os.listdir(self.outbox), [])
+        self.assertEqual(self.registry.get_sample_value(
+            "kei_gateway_records_total", {"flow": "jnks-payments", "outcome": "accepted"}), 3)
+        self.successResultOf(defer.maybeDeferred(watcher.stopService))
+
+    def test_when_a_file_arrives_later_then_the_periodic_rescan_takes_it(self) -> None:
+        watcher = self.watcher(SynchronousBlocking())
+        watcher.startService()
+        self.put("b.dat")
+        self.assertEqual(self.results, [])
+        self.clock.advance(30)
+        self.assertEqual([r.name for r in self.results], ["b.dat"])
+        watcher.stopService()
+
+    def test_when_events_come_during_a_scan_then_exactly_one_more_scan_follows(self) -> None:
+        blocking = DeferredBlocking()
+        watcher = self.watcher(blocking)
+        watcher.startService()
+        self.assertEqual(len(blocking.waiting), 1)
+        self.put("c.dat")
+        watcher.scan_soon()
+        watcher.scan_soon()
+        self.assertEqual(len(blocking.waiting), 1, "no second scan while one is in flight")
+        blocking.finish_one()
+        self.assertEqual(len(blocking.waiting), 1, "one follow-up scan for the events that came meanwhile")
+        blocking.finish_one()
+        self.assertEqual([r.name for r in self.results], ["c.dat"])
+        self.assertEqual(blocking.waiting, [])
+        watcher.stopService()
+
+    def test_when_an_invalid_file_and_a_link_arrive_then_both_are_quarantined_and_counted(self) -> None:
+        self.outbox.mkdir(parents=True)
+        (self.outbox / "bad.dat").write_bytes(b"not a record\r\n")
+        os.symlink("/etc/hostname", self.outbox / "link.dat")
+        watcher = self.watcher(SynchronousBlocking())
+        watcher.startService()
+        self.assertEqual(sorted((r.name, r.outcome) for r in self.results),
+                         [("bad.dat", "quarantined"), ("link.dat", "quarantined")])
+        self.assertEqual(self.registry.get_sample_value(
+            "kei_gateway_transfers_total", {"flow": "jnks-payments", "outcome": "quarantined"}), 2)
+        watcher.stopService()
+
+    def test_when_ready_is_marker_then_a_file_waits_for_its_marker(self) -> None:
+        watcher = self.watcher(SynchronousBlocking(), ready="marker")
+        self.put("d.dat")
+        watcher.startService()
+        self.assertEqual(self.results, [])
+        (self.outbox / "d.dat.end").write_bytes(b"")
+        self.clock.advance(30)
+        self.assertEqual([r.outcome for r in self.results], ["queued"])
+        self.assertEqual(os.listdir(self.outbox), [])
+        watcher.stopService()
