@@ -350,6 +350,8 @@ def encrypt_stream(keyring: StoreKeyring, blob_id: str, chunks: Iterable[bytes],
             pending = full
         if pending is not None and isinstance(pending, memoryview):
             pending = bytes(pending)  # do not keep a view into a chunk the caller may reuse
+        full = view = memoryview(b"")  # nor the chunk itself while the caller makes the next one
+        del chunk
     if pending is not None and partial:
         seal(pending, last=False)
         seal(partial, last=True)
