@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "kei_gateway.commands.database",
     "kei_gateway.commands.layouts",
     "kei_gateway.commands.allowlist",
+    "kei_gateway.commands.transfers",
     "kei_gateway.commands.demo",
     "kei_gateway.commands.sim",
     "kei_gateway.commands.keys",

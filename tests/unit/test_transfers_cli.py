@@ -1,0 +1,91 @@
+"""Operators' commands: status, transfers list/show/retry/cancel/approve."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from kei_gateway import cli, exitcodes
+from kei_gateway.config import read_config
+from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.testing import demo_config_text
+
+NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, TransferLedger]:
+    monkeypatch.setenv("SUDO_USER", "tanaka-dummy")
+    config = tmp_path / "k.toml"
+    config.write_text(demo_config_text(str(tmp_path), 9464), encoding="utf-8")
+    engine = create_ledger_engine(read_config(str(config)).database_url)
+    upgrade(engine)
+    return config, TransferLedger(engine)
+
+
+def add(ledger: TransferLedger, state: S, name: str = "a.dat") -> int:
+    return ledger.add_transfer(flow="jnks-payments", direction="out", peer="jnks", local_name=name, state=state,
+                               size=70, sha256="0" * 64, record_count=12, blob_id=None, now=NOW).id
+
+
+def run(config: Path, *argv: str) -> int:
+    return cli.main(["-c", str(config), *argv])
+
+
+def test_when_a_held_transfer_is_approved_then_it_is_queued_with_the_approver(
+        setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
+    config, ledger = setup
+    held = add(ledger, S.HELD)
+    assert run(config, "transfers", "approve", str(held)) == exitcodes.OK
+    assert "QUEUED (by tanaka-dummy)" in capsys.readouterr().out
+    row = ledger.get(held)
+    assert row.state == "QUEUED" and row.approved_by == "tanaka-dummy"
+
+
+def test_when_approving_something_not_held_then_it_is_refused_and_unchanged(
+        setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
+    config, ledger = setup
+    queued = add(ledger, S.QUEUED)
+    assert run(config, "transfers", "approve", str(queued)) == exitcodes.FAILED
+    assert "applies to HELD transfers only" in capsys.readouterr().err
+    assert ledger.get(queued).state == "QUEUED"
+
+
+def test_when_a_failed_transfer_is_retried_then_it_is_queued_with_fresh_attempts(
+        setup: tuple[Path, TransferLedger]) -> None:
+    config, ledger = setup
+    failed = add(ledger, S.QUEUED)
+    ledger.transition(failed, S.SENDING, NOW, attempts=8)
+    ledger.transition(failed, S.FAILED, NOW)
+    assert run(config, "transfers", "retry", str(failed)) == exitcodes.OK
+    row = ledger.get(failed)
+    assert row.state == "QUEUED" and row.attempts == 0
+
+
+def test_when_cancelled_then_the_reason_and_person_are_kept(setup: tuple[Path, TransferLedger]) -> None:
+    config, ledger = setup
+    held = add(ledger, S.HELD)
+    assert run(config, "transfers", "cancel", str(held), "--reason", "sent twice by mistake") == exitcodes.OK
+    row = ledger.get(held)
+    assert row.state == "CANCELLED" and row.last_error == "cancelled by tanaka-dummy: sent twice by mistake"
+
+
+def test_when_listing_and_showing_then_states_counts_and_json_come_out(
+        setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
+    config, ledger = setup
+    add(ledger, S.HELD, "h.dat")
+    queued = add(ledger, S.QUEUED, "q.dat")
+    assert run(config, "transfers", "list", "--state", "QUEUED") == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "q.dat" in out and "h.dat" not in out
+    assert run(config, "transfers", "show", str(queued), "--json") == exitcodes.OK
+    assert json.loads(capsys.readouterr().out)["local_name"] == "q.dat"
+    assert run(config, "status") == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "jnks-payments: 1 held, 1 queued" in out and "Needs a person" in out
+    assert run(config, "transfers", "show", "999") == exitcodes.FAILED
+    assert "no transfer 999" in capsys.readouterr().err
