@@ -35,7 +35,8 @@ from xml.sax.saxutils import escape
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web import resource, server, static
+from twisted.protocols.basic import FileSender
+from twisted.web import resource, server
 
 from kei_gateway.sim.faults import FaultState
 
@@ -391,7 +392,14 @@ class DavResource(resource.Resource):
         if request.method == b"HEAD":
             return b""
         f = open(self.store.path_of(where), "rb")
-        static.NoRangeStaticProducer(request, f).start()
+        d = FileSender().beginFileTransfer(f, request)
+
+        def done(_: object) -> None:
+            f.close()
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.finish()
+
+        d.addBoth(done)
         return server.NOT_DONE_YET
 
     _head = _get
