@@ -498,10 +498,12 @@ class Validator:
 
     ``sink``, when given, receives the CP932 bytes to pass on (converted from
     UTF-8, 外字 substituted): use them only if the report is valid.
+    ``fast_path=False`` checks every record with the precise validator only
+    (same result, slower; tests compare the two).
     """
 
     def __init__(self, layout: Layout, options: ValidationOptions,
-                 sink: Callable[[bytes], None] | None = None) -> None:
+                 sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> None:
         self.layout = layout
         self.options = options
         self.report = ValidationReport(layout=layout.name)
@@ -509,7 +511,8 @@ class Validator:
         self._buffer = bytearray()
         self._offset = 0  # file offset of self._buffer[0]
         self._checker = _RecordChecker(layout, options)
-        self._plan = _fast_plan(layout, options.rule_context) if options.encoding == "cp932" else None
+        use_fast_path = fast_path and options.encoding == "cp932"
+        self._plan = _fast_plan(layout, options.rule_context) if use_fast_path else None
         self._seen: set[object] = set()
         self._closed = False
 
@@ -688,18 +691,18 @@ class Validator:
 
 
 def validate_stream(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions,
-                    sink: Callable[[bytes], None] | None = None) -> ValidationReport:
+                    sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> ValidationReport:
     """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``)."""
-    validator = Validator(layout, options, sink)
+    validator = Validator(layout, options, sink, fast_path=fast_path)
     for chunk in chunks:
         validator.feed(chunk)
     return validator.close()
 
 
 def validate_bytes(data: bytes, layout: Layout, options: ValidationOptions,
-                   sink: Callable[[bytes], None] | None = None) -> ValidationReport:
+                   sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> ValidationReport:
     """Validate a whole file held in memory."""
-    return validate_stream((data,), layout, options, sink)
+    return validate_stream((data,), layout, options, sink, fast_path=fast_path)
 
 
 # --------------------------------------------------------------------------- parse and render
@@ -725,8 +728,7 @@ def parse_records(chunks: Iterable[bytes], layout: Layout, options: ValidationOp
     Uniqueness across records is not checked here — validate the file first.
     """
     pending: list[bytes] = []
-    validator = Validator(layout, options, pending.append)
-    validator.report  # noqa: B018 - the validator drives conversion; records come out of ``pending``
+    validator = Validator(layout, options, pending.append)  # it checks and converts; records come out of pending
     checker = _RecordChecker(layout, options)
     number = 0
 
@@ -734,10 +736,11 @@ def parse_records(chunks: Iterable[bytes], layout: Layout, options: ValidationOp
         nonlocal number
         if validator.report.error_count:
             raise InvalidFileError(validator.report.errors)
-        for output in pending:
-            number += 1
-            result = checker.check(output[:-2], number, 0)
-            yield result.values
+        size = layout.record_length
+        for output in pending:  # one record, or a whole block from the fast path
+            for start in range(0, len(output), size):
+                number += 1
+                yield checker.check(output[start:start + size - 2], number, 0).values
         pending.clear()
 
     for chunk in chunks:

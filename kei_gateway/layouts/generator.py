@@ -264,9 +264,11 @@ def _kind_breakers(item: Field) -> list[tuple[str, bytes]]:
     if item.kind is Kind.N:
         return [("a letter among digits", b"A" + b"0" * (width - 1)), ("a space", b" " * width)]
     if item.kind is Kind.X:
-        return [("a control character", b"\x7f" + b" " * (width - 1)), ("not left-aligned", b" " * (width - 1) + b"1"),
-                ("a full-width character", "Ａ".encode("cp932") + b" " * (width - 2)) if width >= 2 else
-                ("a non-ASCII byte", b"\xb1" * width)]
+        found = [("a control character", b"\x7f" + b" " * (width - 1)), ("a non-ASCII byte", b"\xb1" * width)]
+        if width >= 2:
+            found += [("not left-aligned", b" " * (width - 1) + b"1"),
+                      ("a full-width character", "Ａ".encode("cp932") + b" " * (width - 2))]
+        return found
     if item.kind is Kind.K:
         return [("a half-width character", b"A " + b"\x81\x40" * (width // 2 - 1)),
                 ("a 外字 (①)", b"\x87\x40" * (width // 2)),
