@@ -62,7 +62,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -541,11 +541,7 @@ class FileBlobStore:
         return info
 
     def read(self, blob_id: str) -> Iterator[bytes]:
-        path = self._path(blob_id)
-        try:
-            f = open(path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise BlobNotFound(blob_id) from None
+        f = _open_blob(self._path(blob_id), blob_id)
         try:
             segments = decrypt_stream(self.keyring, blob_id, f.read)
         except BaseException:
@@ -555,7 +551,7 @@ class FileBlobStore:
 
     def exists(self, blob_id: str) -> bool:
         try:
-            return stat.S_ISREG(os.stat(self._path(blob_id)).st_mode)
+            return stat.S_ISREG(os.lstat(self._path(blob_id)).st_mode)
         except FileNotFoundError:
             return False
 
@@ -581,22 +577,14 @@ class FileBlobStore:
         return sorted(ids)
 
     def info(self, blob_id: str) -> BlobStat:
-        path = self._path(blob_id)
-        try:
-            with open(path, "rb") as f:
-                header = read_header(blob_id, f.read(HEADER_SIZE))
-                size = os.fstat(f.fileno()).st_size
-        except FileNotFoundError:
-            raise BlobNotFound(blob_id) from None
+        with _open_blob(self._path(blob_id), blob_id) as f:
+            header = read_header(blob_id, _read_exact(f.read, HEADER_SIZE))
+            size = os.fstat(f.fileno()).st_size
         return BlobStat(blob_id, header.key_id, size)
 
     def rekey(self, blob_id: str) -> bool:
         final = self._path(blob_id)
-        try:
-            source = open(final, "rb", buffering=0)
-        except FileNotFoundError:
-            raise BlobNotFound(blob_id) from None
-        with source:
+        with _open_blob(final, blob_id) as source:
             header = read_header(blob_id, _read_exact(source.read, HEADER_SIZE))
             if header.key_id == self.keyring.current_id:
                 return False
@@ -649,6 +637,19 @@ class FileBlobStore:
         if removed:
             _fsync_dir(self.directory)
         return removed
+
+
+def _open_blob(path: str, blob_id: str) -> BinaryIO:
+    """The blob file, unbuffered; never through a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BlobNotFound(blob_id) from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BlobCorrupt(blob_id, None, "the store holds a symbolic link under this id, not a blob") from None
+        raise
+    return open(fd, "rb", buffering=0)
 
 
 def _discard(fd: int, path: str) -> None:

@@ -406,6 +406,15 @@ def test_when_a_blob_is_deleted_while_it_is_rekeyed_then_rekey_does_not_bring_it
     assert os.listdir(store.directory) == [".lock"]
 
 
+def test_when_a_symlink_sits_under_a_blob_id_then_it_is_not_followed(tmp_path: Path) -> None:
+    store = FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_A))
+    store.write("real", [b"dummy"])
+    os.symlink(tmp_path / "store" / "real", tmp_path / "store" / "link")
+    assert not store.exists("link") and store.list_ids() == ["real"]
+    with pytest.raises(BlobCorrupt, match="symbolic link"):
+        store.read("link")
+
+
 def test_when_blobs_are_written_then_files_are_0600_and_the_directory_0700(tmp_path: Path) -> None:
     store = FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_A))
     store.write("mode", [b"dummy"])
