@@ -213,11 +213,13 @@ class PeerEndpoint:
         try:
             try:
                 await connecting
-            except (error.ConnectError, defer.CancelledError) as failure:
-                if timed_out or isinstance(failure, (error.TimeoutError, defer.CancelledError)):
+            except Exception as failure:
+                if timed_out or isinstance(failure, (error.TimeoutError, error.ConnectingCancelledError,
+                                                     defer.CancelledError)):
                     raise TransientError(self.peer, "connect_timeout",
-                                         f"no connection to {address}:{self.port} within {self.connect_timeout:g}s")
-                raise TransientError(self.peer, "connect", f"{address}:{self.port}: {failure}")
+                                         f"no connection to {address}:{self.port} within "
+                                         f"{self.connect_timeout:g}s") from None
+                raise TransientError(self.peer, "connect", f"{address}:{self.port}: {failure}") from None
             try:
                 return await gate.ready
             except TransientError as failure:

@@ -14,6 +14,10 @@ stopped at the end of the test)::
         server.url("upload/")          # https://127.0.0.1:<port>/upload/ (the directory exists)
         server.root / "upload"         # what nginx stored
         server.requests()              # lines of the access log so far
+
+Besides the WebDAV directories, ``/busy/`` answers 503 with ``Retry-After: 120``,
+``/throttled/`` 429 with an HTTP-date ``Retry-After``, and ``/stall/`` never
+answers (proxied to a socket that listens but never accepts): for timeouts.
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ http {{
         ssl_verify_client on;
         ssl_protocols TLSv1.2 TLSv1.3;
         root {prefix}/root;
+        location /busy/ {{
+            add_header Retry-After 120 always;
+            return 503;
+        }}
+        location /throttled/ {{
+            add_header Retry-After "Wed, 21 Oct 2099 07:28:00 GMT" always;
+            return 429;
+        }}
+        location /stall/ {{
+            proxy_pass http://127.0.0.1:{stall_port};
+            proxy_read_timeout 60s;
+        }}
         location / {{
             dav_methods PUT DELETE MOVE;
             dav_ext_methods PROPFIND OPTIONS;
@@ -90,6 +106,7 @@ class NginxDav:
     prefix: Path
     port: int
     process: subprocess.Popen[bytes]
+    stall: socket.socket
 
     @property
     def root(self) -> Path:
@@ -118,6 +135,7 @@ class NginxDav:
         return {p.name: p.read_bytes() for p in sorted(base.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
     def stop(self) -> None:
+        self.stall.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -142,14 +160,18 @@ def start_nginx(prefix: Path, tls: NginxTLS) -> NginxDav:
     for directory in ("root/.client_body", "tmp", *(f"root/{d}" for d in DIRECTORIES)):
         (prefix / directory).mkdir(parents=True, exist_ok=True)
     port = free_port()
+    stall = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(8)  # never accepted: connections complete in the backlog and then hear nothing
     config = prefix / "nginx.conf"
     config.write_text(CONFIG.format(module=DAV_EXT_MODULE, prefix=prefix, port=port, certificate=tls.certificate,
+                                    stall_port=stall.getsockname()[1],
                                     private_key=tls.private_key, client_ca=tls.client_ca))
     with (prefix / "stderr.log").open("wb") as stderr:
         process = subprocess.Popen([NGINX, "-c", str(config), "-p", str(prefix), "-e", str(prefix / "error.log")],
                                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = NginxDav(prefix, port, process)
+    server = NginxDav(prefix, port, process, stall)
     deadline = time.monotonic() + START_TIMEOUT
     interval = 0.01
     while not _accepting(port):

@@ -24,7 +24,7 @@ import pytest
 from kei_gateway import pki
 from kei_gateway.blocking import ThreadPoolBlocking
 from kei_gateway.transport import (
-    BodySourceError, HttpError, OutboundDenied, PeerIdentityError, PeerTLS, RemoteConflict, WebDavClient, content_digest,
+    BodySourceError, HttpError, TransientError, OutboundDenied, PeerIdentityError, PeerTLS, RemoteConflict, WebDavClient, content_digest,
     spki_pin,
 )
 from tests.integration.nginx import NginxDav, NginxTLS, nginx_dav  # noqa: F401 (fixture)
@@ -90,7 +90,7 @@ def make_client(reactor_thread: ReactorThread, throwaway_pki: Pki) -> Iterator[C
 
     def make(server: NginxDav, allow: tuple[str, ...] = ("127.0.0.0/8",), pins: tuple[str, ...] = (),
              certificate: Path | None = None, key: Path | None = None, ca: Path | None = None,
-             transfer_timeout: float = 20.0) -> WebDavClient:
+             transfer_timeout: float = 20.0, idle_timeout: float = 60.0) -> WebDavClient:
         def tls(host: str) -> PeerTLS:
             return PeerTLS("jnks", host, str(ca or throwaway_pki.peer_ca),
                            str(certificate or throwaway_pki.gateway_cert), str(key or throwaway_pki.gateway_key),
@@ -101,7 +101,7 @@ def make_client(reactor_thread: ReactorThread, throwaway_pki: Pki) -> Iterator[C
             return WebDavClient(
                 reactor, "jnks", [server.url("upload/"), server.url("results/")],
                 [ipaddress.ip_network(a) for a in allow], tls, ThreadPoolBlocking(reactor, reactor.getThreadPool()),
-                connect_timeout=5.0, transfer_timeout=transfer_timeout)
+                connect_timeout=5.0, transfer_timeout=transfer_timeout, idle_timeout=idle_timeout)
 
         client = reactor_thread.run(build)
         clients.append(client)
@@ -313,3 +313,39 @@ def test_when_the_body_does_not_match_its_sha256_then_the_put_is_aborted(
     with pytest.raises(BodySourceError):
         put(reactor_thread, client, server, b"data" * 1000, digest="0" * 64)
     assert server.files("upload") == {}
+
+
+def test_when_the_peer_answers_503_or_429_then_retry_after_is_surfaced(
+        reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,
+        throwaway_pki: Pki) -> None:
+    server = nginx_dav(throwaway_pki.server)
+    client = make_client(server)
+    with pytest.raises(HttpError) as busy:
+        reactor_thread.run(lambda: client.propfind(server.url("busy/")), timeout=CALL_TIMEOUT)
+    assert (busy.value.status, busy.value.kind, busy.value.retry_after, busy.value.retryable) == (
+        503, "unavailable", 120.0, True)
+    with pytest.raises(HttpError) as throttled:
+        reactor_thread.run(lambda: client.get(server.url("throttled/x.dat"), lambda chunk: None),
+                           timeout=CALL_TIMEOUT)
+    assert (throttled.value.status, throttled.value.kind) == (429, "throttled")
+    assert throttled.value.retry_after is not None and throttled.value.retry_after > 365 * 86400
+
+
+def test_when_the_peer_goes_silent_then_the_idle_timeout_aborts_with_a_transient_error(
+        reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,
+        throwaway_pki: Pki) -> None:
+    server = nginx_dav(throwaway_pki.server)
+    client = make_client(server, idle_timeout=1.0)
+    with pytest.raises(TransientError) as caught:
+        reactor_thread.run(lambda: client.get(server.url("stall/x.dat"), lambda chunk: None), timeout=CALL_TIMEOUT)
+    assert (caught.value.kind, caught.value.retryable) == ("idle_timeout", True)
+
+
+def test_when_the_whole_transfer_takes_too_long_then_transfer_timeout(
+        reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,
+        throwaway_pki: Pki) -> None:
+    server = nginx_dav(throwaway_pki.server)
+    client = make_client(server, transfer_timeout=1.0, idle_timeout=30.0)
+    with pytest.raises(TransientError) as caught:
+        reactor_thread.run(lambda: client.get(server.url("stall/x.dat"), lambda chunk: None), timeout=CALL_TIMEOUT)
+    assert caught.value.kind == "transfer_timeout"
