@@ -448,6 +448,8 @@ class _SimRequest(server.Request):
             return
         self._received += len(data)
         if self._received >= self._cut_at:
+            _log.info("fault reset_mid_body_times: connection aborted after {received} body bytes of a PUT",
+                      received=self._received)
             self._cut_at = -1
             self.channel.transport.abortConnection()  # type: ignore[union-attr]
             return
