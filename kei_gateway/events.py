@@ -186,6 +186,45 @@ INGEST_FAILED = _event(
     "Check the disk space and permissions of the state directory and the database; the reason names the failing step.",
     "状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
 )
+TRANSFER_SENT = _event(
+    "transfer.sent", "0bd457284f0f41ee902dd96bcaca7a41", LogLevel.info,
+    "{flow}: transfer {transfer_id} delivered to {peer} as {remote_name} ({size} bytes, {records} records)",
+    "A file was uploaded to the peer and moved to its final name; the peer now has it exactly once.",
+    "ファイルを接続先へ送信し、最終名へ移動しました。接続先は当該ファイルを一度だけ受領しています。",
+    "None needed.", "対応は不要です。",
+)
+TRANSFER_RETRY = _event(
+    "transfer.retry", "6ae4fe2eedbb42eab5e7214c298c6625", LogLevel.warn,
+    "{flow}: transfer {transfer_id} attempt {attempts} to {peer} failed ({reason}); next attempt at {next_attempt_at}",
+    "Sending failed for a reason that may pass (network, timeout, the peer busy); the gateway tries again on its back-off schedule.",
+    "一時的な要因（ネットワーク、タイムアウト、接続先の混雑）で送信に失敗しました。再送間隔に従って再試行します。",
+    "None needed unless it repeats; then check the network path to the peer and the peer's status.",
+    "繰り返す場合は接続先までの経路と接続先の稼働状況を確認してください。",
+)
+TRANSFER_FAILED = _event(
+    "transfer.failed", "1141a3830d034859a8fd11d715e1384a", LogLevel.error,
+    "{flow}: transfer {transfer_id} to {peer} FAILED after {attempts} attempt(s): {reason}",
+    "A transfer used up its attempts or hit an error a retry cannot cure (conflicting file at the peer, a corrupt stored blob, a refused request).",
+    "再試行回数を使い切ったか、再試行で解決しない誤り（接続先の同名別内容ファイル、保管データの破損、要求の拒否）で転送が失敗しました。",
+    "Read the reason, fix the cause, then 'kei-gateway transfers retry ID' (or 'transfers cancel ID --reason ...').",
+    "理由を確認して原因を解消し、kei-gateway transfers retry ID（または transfers cancel ID --reason ...）を実行してください。",
+)
+PEER_DENIED = _event(
+    "peer.denied", "be16ee3b31614e53b1f3e20a53573524", LogLevel.error,
+    "{flow}: connection to {peer} refused before connecting: {reason}",
+    "The peer's address resolved outside its 'allow' list (or a URL pointed elsewhere); nothing was sent and the transfer waits in the queue for a person.",
+    "接続先のアドレスが allow の範囲外（または URL が別ホスト）のため接続前に拒否しました。何も送信しておらず、転送は担当者の対応を待っています。",
+    "Check DNS and the peer's addresses; if the peer really moved, update peers.<name>.allow, regenerate the systemd allow-list and reload.",
+    "DNS と接続先のアドレスを確認してください。接続先の移転であれば peers.<名前>.allow を更新し、systemd の許可リストを再生成して reload してください。",
+)
+PEER_IDENTITY_FAILED = _event(
+    "peer.identity_failed", "65d957b6505d41fa9bfa8673fd9e72c8", LogLevel.critical,
+    "{flow}: {peer} failed the TLS identity check ({reason}); nothing was sent",
+    "The peer's certificate did not chain to its configured CA, did not match the host, or did not match a pin: the other side may not be the real peer.",
+    "接続先の証明書が設定した CA に連鎖しない、ホスト名が一致しない、またはピンが一致しません。相手が正規の接続先でない可能性があります。",
+    "Treat as a security incident until explained: confirm the peer's certificate renewal with its operator, update 'ca' or 'pins' only on their word, then reload.",
+    "原因が判明するまでセキュリティ事案として扱ってください。接続先の運用者に証明書更新を確認し、確認できた場合のみ ca または pins を更新して reload してください。",
+)
 MESSAGE = _event(
     "message", "88bc4dfbc2c34b89a2fccea413f9b2df", LogLevel.info,
     "{text}",

@@ -48,6 +48,14 @@ class GatewayMetrics:
                                ["flow", "outcome"], registry=registry)
         self.transfers = Counter("kei_gateway_transfers_total", "Finished transfers by flow and outcome.",
                                  ["flow", "outcome"], registry=registry)
+        self.transfer_bytes = Counter("kei_gateway_transfer_bytes_total", "Bytes delivered by flow.", ["flow"],
+                                      registry=registry)
+        self.last_success = Gauge("kei_gateway_last_success_timestamp_seconds",
+                                  "When a transfer of the flow last succeeded (Unix time).", ["flow"], registry=registry)
+        self.peer_up = Gauge("kei_gateway_peer_up", "1 when the last exchange with the peer succeeded.", ["peer"],
+                             registry=registry)
+        self.retries = Counter("kei_gateway_retries_total", "Failed attempts that will be retried, by peer.", ["peer"],
+                               registry=registry)
         self.transfer_duration = Histogram(
             "kei_gateway_transfer_duration_seconds", "Time one transfer took, by flow.", ["flow"],
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=registry)

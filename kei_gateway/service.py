@@ -19,13 +19,16 @@ from twisted.python.threadpool import ThreadPool
 from kei_gateway import certs, events
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.config import OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.flows.ingest import IngestResult
 from kei_gateway.flows.outbox import OutboxWatcher
+from kei_gateway.flows.sender import UploadSender
 from kei_gateway.health import CheckResult, HealthChecks
 from kei_gateway.ledger import OPEN_STATES, Ledger, TransferLedger
 from kei_gateway.listeners import AllowListFactory, metrics_site
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
 from kei_gateway.store import BlobStore
+from kei_gateway.transport import WebDavClient
 
 __all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
            "CERTIFICATE_CHECK_INTERVAL"]
@@ -125,6 +128,8 @@ class GatewayService(service.MultiService):
         self._certificate_error: str | None = None
         self._status_extra = ""
         self._status_pending = False
+        self.senders: list[UploadSender] = []
+        self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
 
     # -- start and stop ---------------------------------------------------
 
@@ -266,6 +271,13 @@ class GatewayService(service.MultiService):
             changes.append(f"log level {new.gateway.log_level}")
         if dict(old.peers) != dict(new.peers):
             changes.append("peers")
+        for sender in self.senders:
+            if old.peers.get(sender.peer) != new.peers.get(sender.peer) and sender.peer in new.peers:
+                if self.client_factory is not None:
+                    sender.client = self.client_factory(self.clock, new, sender.peer, self.blocking)
+                sender.dir_url = new.peers[sender.peer].url
+                sender.policy = new.peers[sender.peer].retry
+            sender.resume()  # whatever was paused for a person is tried again with the new settings
         if dict(old.flows) != dict(new.flows):
             changes.append("flows")
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
@@ -276,7 +288,9 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                  registry: CollectorRegistry | None = None, blocking: Blocking | None = None,
                  environ: Mapping[str, str] = os.environ, watchdog_interval: float | None = None,
                  on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?",
-                 store: BlobStore | None = None, use_inotify: bool = True) -> GatewayService:
+                 store: BlobStore | None = None, use_inotify: bool = True,
+                 client_factory: Callable[[Any, Config, str, Blocking], Any] = WebDavClient.from_config,
+                 ) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
     The caller owns the reactor and the process; everything the tree needs is
@@ -292,6 +306,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     else:
         pool_service = None
     gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
+    gateway.client_factory = client_factory
     gateway._schema = schema
     if pool_service is not None:
         pool_service.setServiceParent(gateway)
@@ -310,12 +325,25 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             continue
         if store is None:
             raise ValueError("outbound flows need the encrypted store")
+        peer = config.peers[settings.peer]
+        sender = UploadSender(flow=flow, peer=settings.peer, lg_code=config.gateway.lg_code, dir_url=peer.url,
+                              client=client_factory(reactor, config, settings.peer, blocking), ledger=ledger,
+                              store=store, blocking=blocking, clock=reactor, metrics=metrics, policy=peer.retry)
+        metrics.peer_up.labels(peer=settings.peer)
+        gateway.senders.append(sender)
+
+        def ingested(result: IngestResult, sender: UploadSender = sender) -> None:
+            gateway.status_soon()
+            if result.outcome == "queued":
+                sender.kick()
+
         watcher = OutboxWatcher(
             flow=flow, settings=settings, outbox_dir=config.spool_path(settings.outbox),
             quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), lg_code=config.gateway.lg_code,
             clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
-            on_ingested=lambda result: gateway.status_soon(), use_inotify=use_inotify)
+            on_ingested=ingested, use_inotify=use_inotify)
         watcher.setServiceParent(gateway)
+        sender.setServiceParent(gateway)
 
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor

@@ -3,8 +3,8 @@
 ::
 
     RECEIVED → VALIDATED → (HELD) → QUEUED → SENDING → DONE
-                                       ↑        ↓
-                                   RETRY_WAIT ←─┘   (→ FAILED after the last attempt)
+                                                ↑↓
+                                           RETRY_WAIT       (SENDING → FAILED after the last attempt)
     plus QUARANTINED (invalid) and CANCELLED (by an operator).
 """
 
@@ -27,7 +27,7 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.HELD: frozenset({S.QUEUED, S.CANCELLED}),
     S.QUEUED: frozenset({S.SENDING, S.CANCELLED}),
     S.SENDING: frozenset({S.DONE, S.RETRY_WAIT, S.FAILED, S.QUEUED}),  # QUEUED: restart recovery
-    S.RETRY_WAIT: frozenset({S.QUEUED, S.CANCELLED}),
+    S.RETRY_WAIT: frozenset({S.SENDING, S.QUEUED, S.CANCELLED}),  # SENDING: its time has come
     S.FAILED: frozenset({S.QUEUED, S.CANCELLED}),  # QUEUED: an operator's 'transfers retry'
     S.QUARANTINED: frozenset(),
     S.DONE: frozenset(),
