@@ -202,6 +202,17 @@ def test_when_get_then_the_body_streams_in_chunks_and_is_hashed(
     assert b"".join(received) == data
     assert len(received) > 1 and max(len(c) for c in received) <= 1024 * 1024
 
+    slow: list[bytes] = []
+
+    def slow_sink(chunk: bytes) -> Any:  # a sink that is busy for a reactor turn: the download pauses
+        from twisted.internet import task
+        slow.append(chunk)
+        return task.deferLater(reactor_thread.reactor, 0.001, lambda: None)
+
+    assert reactor_thread.run(lambda: client.get(server.url("results/r.dat"), slow_sink),
+                              timeout=CALL_TIMEOUT) == (len(data), sha256(data))
+    assert b"".join(slow) == data
+
 
 def test_when_delete_then_the_file_is_gone_and_a_second_delete_reports_it_absent(
         reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,

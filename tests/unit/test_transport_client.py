@@ -230,3 +230,29 @@ class PulledBodyTests(SynchronousTestCase):
         producer.resumeProducing()
         self.successResultOf(d)
         self.assertEqual(pulled, [0, 1, 2])
+
+
+class FromConfigTests(SynchronousTestCase):
+    def test_when_built_from_config_then_the_peer_files_timeouts_and_allow_are_used(self) -> None:
+        from kei_gateway.config import config_from_string
+        from kei_gateway.testing import demo_config_text
+
+        base = temporary_directory(self)
+        credentials = pki.write_demo_credentials(f"{base}/credentials")
+        config = config_from_string(demo_config_text(base, 19999, extra=f"""
+[peers.jnks]
+url = "https://jnks.example.lg.jp/upload/"
+results_url = "https://jnks.example.lg.jp:8443/results/"
+ca = "{credentials.directory}/ca.pem"
+allow = ["10.1.2.0/24"]
+connect_timeout = "3s"
+transfer_timeout = "2m"
+"""))
+        reactor = MemoryReactorClock()
+        client = WebDavClient.from_config(reactor, config, "jnks", SynchronousBlocking(),
+                                          resolve=FakeResolver(["10.1.2.3"], ["10.9.9.9"]))
+        self.assertEqual((client.connect_timeout, client.transfer_timeout, client.idle_timeout), (3.0, 120.0, 60.0))
+        client.get("https://jnks.example.lg.jp:8443/results/a.dat", lambda chunk: None)
+        self.assertEqual([(h, p) for h, p, *_ in reactor.tcpClients], [("10.1.2.3", 8443)])
+        d = client.get("https://jnks.example.lg.jp/upload/a.dat", lambda chunk: None)
+        self.assertEqual(self.failureResultOf(d, OutboundDenied).value.reason, "address")
