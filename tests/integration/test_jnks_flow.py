@@ -1,0 +1,130 @@
+"""The JNKS payment flow end to end: the real daemon, the outbox, the JNKS simulator over mutual TLS."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kei_gateway.layouts import generate_file, get_layout
+from tests.integration.conftest import poll_until
+from tests.integration.harness import (
+    DaemonProcess, GatewayFiles, SimProcess, jnks_flow_config, make_gateway_files, start_daemon, start_jnks_sim,
+)
+
+pytestmark = pytest.mark.integration
+JST = datetime.timezone(datetime.timedelta(hours=9))
+
+
+def dummy_file(records: int, seed: int = 1, invalid_rate: float = 0.0) -> bytes:
+    today = datetime.datetime.now(JST).date()
+    return b"".join(generate_file(get_layout("jnks-payments"), records, seed=seed, today=today,
+                                  invalid_rate=invalid_rate, lg_code="131041"))
+
+
+def drop(files: GatewayFiles, name: str, data: bytes) -> None:
+    """Write as the tax system does: a temporary name, then a rename (SPEC §4, ready = "rename")."""
+    outbox = files.base / "spool" / "outbox" / "jnks"
+    outbox.mkdir(parents=True, exist_ok=True)
+    (outbox / (name + ".tmp")).write_bytes(data)
+    os.rename(outbox / (name + ".tmp"), outbox / name)
+
+
+def transfers(files: GatewayFiles) -> list[dict[str, object]]:
+    result = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "transfers", "list",
+                             "--json"], capture_output=True, text=True, timeout=60, check=True)
+    return list(json.loads(result.stdout))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[GatewayFiles, SimProcess]]:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files)
+    try:
+        yield files, sim
+    finally:
+        sim.stop()
+
+
+def run_daemon(files: GatewayFiles) -> DaemonProcess:
+    daemon = start_daemon(files)
+    daemon.notify.wait_for("READY=1")
+    return daemon
+
+
+def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under_its_final_name(
+        setup: tuple[GatewayFiles, SimProcess]) -> None:
+    files, sim = setup
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        data = dummy_file(200)
+        drop(files, "pay-001.dat", data)
+        upload = sim.root / "upload"
+        delivered = poll_until(lambda: (list(upload.glob("*.dat")) if upload.exists() else None) or None, 30,
+                               "the file at the peer", lambda: daemon.stderr()[-2000:])
+        assert len(delivered) == 1
+        assert delivered[0].name.startswith("131041_jnks-payments_") and delivered[0].name.endswith("_1.dat")
+        assert hashlib.sha256(delivered[0].read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert list(upload.glob("*.part")) == []
+        assert os.listdir(files.base / "spool" / "outbox" / "jnks") == []
+        done = poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "DONE")
+        assert done[0]["record_count"] == 200 and done[0]["sha256"] == hashlib.sha256(data).hexdigest()
+        code, body = daemon.get("/metrics")
+        assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="done"} 1.0' in body.decode()
+        assert 'kei_gateway_peer_up{peer="jnks"} 1.0' in body.decode()
+        assert "transfer.sent" in daemon.stderr()
+        state_dir = files.base / "state"
+        plaintext = data[:60]
+        for path in state_dir.rglob("*"):
+            if path.is_file() and not path.name.startswith("ledger.sqlite3"):
+                assert plaintext not in path.read_bytes(), f"plaintext in {path}"
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+
+
+def test_when_the_peer_resolves_outside_its_allow_list_then_nothing_is_sent_and_the_transfer_waits(
+        setup: tuple[GatewayFiles, SimProcess]) -> None:
+    files, sim = setup
+    files.write_config(extra=jnks_flow_config(sim.url, allow="10.20.30.0/24").replace(
+        "CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        drop(files, "pay-002.dat", dummy_file(5))
+        poll_until(lambda: "peer.denied" in daemon.stderr() or None, 30, "the refusal to be logged",
+                   lambda: daemon.stderr()[-2000:])
+        rows = transfers(files)
+        assert [r["state"] for r in rows] == ["QUEUED"] and "outbound connection refused" in str(rows[0]["last_error"])
+        assert not (sim.root / "upload").exists() or list((sim.root / "upload").iterdir()) == []
+        assert "PUT" not in sim.log_path.read_text(errors="replace"), "not even a connection reached the peer"
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+
+
+def test_when_an_invalid_file_arrives_then_it_is_quarantined_and_the_daemon_keeps_sending(
+        setup: tuple[GatewayFiles, SimProcess]) -> None:
+    files, sim = setup
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        drop(files, "bad.dat", dummy_file(50, seed=4, invalid_rate=0.3))
+        drop(files, "good.dat", dummy_file(10, seed=5))
+        quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
+        poll_until(lambda: (quarantine / "bad.dat.errors.txt").exists() or None, 30, "the errors file")
+        poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "good.dat sent")
+        errors = (quarantine / "bad.dat.errors.txt").read_text(encoding="utf-8")
+        assert "record " in errors and "nothing of this file was sent" in errors
+        assert len(list((sim.root / "upload").glob("*.dat"))) == 1
+        assert "ingest.quarantined" in daemon.stderr()
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
