@@ -64,7 +64,8 @@ http {{
         ssl_certificate_key {private_key};
         ssl_client_certificate {client_ca};
         ssl_verify_client on;
-        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_protocols {protocols};
+        ssl_ciphers {ciphers};
         root {prefix}/root;
         location /busy/ {{
             add_header Retry-After 120 always;
@@ -97,6 +98,8 @@ class NginxTLS:
     certificate: Path
     private_key: Path
     client_ca: Path
+    protocols: str = "TLSv1.2 TLSv1.3"
+    ciphers: str = "HIGH:!aNULL"
 
 
 @dataclass
@@ -165,7 +168,7 @@ def start_nginx(prefix: Path, tls: NginxTLS) -> NginxDav:
     stall.listen(8)  # never accepted: connections complete in the backlog and then hear nothing
     config = prefix / "nginx.conf"
     config.write_text(CONFIG.format(module=DAV_EXT_MODULE, prefix=prefix, port=port, certificate=tls.certificate,
-                                    stall_port=stall.getsockname()[1],
+                                    stall_port=stall.getsockname()[1], protocols=tls.protocols, ciphers=tls.ciphers,
                                     private_key=tls.private_key, client_ca=tls.client_ca))
     with (prefix / "stderr.log").open("wb") as stderr:
         process = subprocess.Popen([NGINX, "-c", str(config), "-p", str(prefix), "-e", str(prefix / "error.log")],

@@ -45,6 +45,8 @@ class ReactorThread:
 
     def run(self, f: Callable[[], defer.Deferred[T] | T], timeout: float = 30.0) -> T:
         """Call *f* in the reactor thread; return its (Deferred's) result or raise its exception."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("ReactorThread.run called from the reactor thread itself: it would deadlock")
         outcome: queue.Queue[tuple[bool, Any]] = queue.Queue()
         holder: list[defer.Deferred[Any]] = []
 

@@ -90,11 +90,11 @@ def make_client(reactor_thread: ReactorThread, throwaway_pki: Pki) -> Iterator[C
 
     def make(server: NginxDav, allow: tuple[str, ...] = ("127.0.0.0/8",), pins: tuple[str, ...] = (),
              certificate: Path | None = None, key: Path | None = None, ca: Path | None = None,
-             transfer_timeout: float = 20.0, idle_timeout: float = 60.0) -> WebDavClient:
+             transfer_timeout: float = 20.0, idle_timeout: float = 60.0, min_version: str = "1.2") -> WebDavClient:
         def tls(host: str) -> PeerTLS:
             return PeerTLS("jnks", host, str(ca or throwaway_pki.peer_ca),
                            str(certificate or throwaway_pki.gateway_cert), str(key or throwaway_pki.gateway_key),
-                           "1.2", pins)
+                           min_version, pins)
 
         def build() -> WebDavClient:
             reactor = reactor_thread.reactor
@@ -360,3 +360,30 @@ def test_when_the_whole_transfer_takes_too_long_then_transfer_timeout(
     with pytest.raises(TransientError) as caught:
         reactor_thread.run(lambda: client.get(server.url("stall/x.dat"), lambda chunk: None), timeout=CALL_TIMEOUT)
     assert caught.value.kind == "transfer_timeout"
+
+
+def test_when_the_server_offers_only_non_ecdhe_or_non_aead_suites_then_the_handshake_fails(
+        reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,
+        throwaway_pki: Pki) -> None:
+    import dataclasses
+
+    server = nginx_dav(dataclasses.replace(throwaway_pki.server, protocols="TLSv1.2", ciphers="ECDHE-ECDSA-AES128-SHA"))
+    client = make_client(server)
+    with pytest.raises(PeerIdentityError) as caught:
+        reactor_thread.run(lambda: client.propfind(server.url("upload/")), timeout=CALL_TIMEOUT)
+    assert (caught.value.kind, caught.value.alert) == ("handshake", False)
+    assert server.requests() == []
+
+
+def test_when_min_version_is_1_3_then_a_tls_1_2_only_peer_is_refused_and_a_1_3_peer_works(
+        reactor_thread: ReactorThread, nginx_dav: Callable[[NginxTLS], NginxDav], make_client: Any,
+        throwaway_pki: Pki) -> None:
+    import dataclasses
+
+    old = nginx_dav(dataclasses.replace(throwaway_pki.server, protocols="TLSv1.2"))
+    strict = make_client(old, min_version="1.3")
+    with pytest.raises(PeerIdentityError) as caught:
+        reactor_thread.run(lambda: strict.propfind(old.url("upload/")), timeout=CALL_TIMEOUT)
+    assert caught.value.kind == "handshake"
+    current = nginx_dav(throwaway_pki.server)
+    assert put(reactor_thread, make_client(current, min_version="1.3"), current, b"data").already_present is False
