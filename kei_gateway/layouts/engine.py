@@ -21,8 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from functools import lru_cache
-from itertools import repeat
-from operator import add, contains, itemgetter
+from operator import add
 from typing import Final
 
 from kei_gateway.layouts.encoding import (
@@ -32,7 +31,7 @@ from kei_gateway.layouts.encoding import (
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
 from kei_gateway.layouts.fields import (
     DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, NotBefore, RuleContext, SumEquals, Unique, Value,
-    When,
+    When, left_aligned_pattern,
 )
 
 __all__ = [
@@ -309,22 +308,54 @@ def _base_pattern(item: Field, ctx: RuleContext) -> bytes:
         allowed = item.allowed.encode("ascii")
         if " " in item.allowed:
             return b"(?:(?! )[" + allowed + b"]{" + width + b"}| {" + width + b"})"
-        # Left alignment without inner spaces is checked on the column (_left_aligned_check): cheaper than a regex.
+        if item.width <= _NESTED_X_MAX_WIDTH:
+            return left_aligned_pattern(b"[" + allowed + b"]", b" ", item.width)
+        # Wider fields: left alignment without inner spaces is checked on the column (_left_aligned_check).
         return b"[" + allowed + b" ]{" + width + b"}"
     units = str(item.width // 2).encode()
     wide = wide_char_pattern(allowed_wide_chars(ctx.charset), exclude=IDEOGRAPHIC_SPACE).encode("ascii")
     return (b"(?:(?!\\x81\\x40)(?:\\x81\\x40|" + wide + b"){" + units + b"}|(?:\\x81\\x40){" + units + b"})")
 
 
-ColumnCheck = Callable[[Callable[[str], Sequence[bytes]]], bool]
+class _Columns:
+    """Columns of a block of valid-shaped records, cut out with strided slices (C speed, no per-record objects)."""
+
+    def __init__(self, layout: Layout, block: bytes) -> None:
+        self.layout = layout
+        self.block = block
+        self.count = len(block) // layout.record_length
+        self._joined: dict[str, bytes] = {}
+        self._values: dict[str, list[bytes]] = {}
+
+    def joined(self, key: str) -> bytes:
+        """The field of every record, each followed by LF (valid fields never contain LF)."""
+        if key not in self._joined:
+            width, start, size = self.layout[key].width, self.layout.offsets[key], self.layout.record_length
+            column = bytearray(b"\n" * (self.count * (width + 1)))
+            for index in range(width):
+                column[index::width + 1] = self.block[start + index::size]
+            self._joined[key] = bytes(column)
+        return self._joined[key]
+
+    def values(self, key: str) -> list[bytes]:
+        """The field's raw bytes, one per record."""
+        if key not in self._values:
+            self._values[key] = self.joined(key).split(b"\n")[:-1]
+        return self._values[key]
+
+
+ColumnCheck = Callable[[_Columns], bool]
+
+_SPACE_BEFORE_VALUE: Final = re.compile(rb" [^ \n]")
+_NESTED_X_MAX_WIDTH: Final = 4
+"""X fields up to this width check left alignment in the regex; wider ones on the column (cheaper)."""
 
 
 @dataclass
 class _FastPlan:
     regex: re.Pattern[bytes]
+    """Matches (``fullmatch``) a run of whole valid-shaped records."""
     checks: list[ColumnCheck]
-    column_index: dict[str, int]
-    group_count: int
     unique_columns: tuple[str, ...] | None
     unique_numeric: bool
 
@@ -346,13 +377,6 @@ def _when_pattern(layout: Layout, rule: When, ctx: RuleContext) -> tuple[bytes, 
 
 @lru_cache(maxsize=64)
 def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
-    captured: list[str] = []
-
-    def column(key: str) -> str:
-        if key not in captured:
-            captured.append(key)
-        return key
-
     checks: list[ColumnCheck] = []
     prefix = b""
     for rule in layout.record_rules:
@@ -360,17 +384,13 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
             pattern, then_left, else_left = _when_pattern(layout, rule, ctx)
             prefix += pattern
             if then_left or else_left:
-                cond_key, target_key = column(rule.key), column(rule.then_key)
                 codes = frozenset(code.ljust(layout[rule.key].width).encode("ascii") for code in rule.codes)
-                checks.append(_when_column_check(cond_key, target_key, codes, then_left, else_left, ctx))
+                checks.append(_when_column_check(rule.key, rule.then_key, codes, then_left, else_left, ctx))
         elif isinstance(rule, SumEquals):
-            checks.append(_sum_check(rule, *(column(key) for key in rule.keys)))
+            checks.append(_sum_check(rule, *rule.keys))
         elif isinstance(rule, NotBefore):
-            checks.append(_not_before_check(rule, column(rule.later), column(rule.earlier)))
-        elif isinstance(rule, Unique):
-            for key in rule.keys:
-                column(key)
-        else:  # pragma: no cover - a new kind of record rule must be taught to the fast path
+            checks.append(_not_before_check(rule, rule.later, rule.earlier))
+        elif not isinstance(rule, Unique):  # pragma: no cover - a new kind of record rule needs a fast path
             raise TypeError(f"no fast path for record rule {rule!r}")
     body = b""
     for item in layout.fields:
@@ -379,52 +399,47 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
         for field_rule in item.rules:
             rule_pattern = field_rule.pattern(item, ctx)
             if rule_pattern is None:
-                checks.append(_field_column_check(field_rule, column(item.key), ctx))
+                checks.append(_field_column_check(field_rule, item.key, ctx))
             elif field_rule.exact and consumer is None:
                 consumer = rule_pattern
             else:
                 lookaheads += _wrap(rule_pattern)
         if consumer is None:
             consumer = _base_pattern(item, ctx)
-            if item.kind is Kind.X and " " not in item.allowed:
-                checks.append(_left_aligned_check(column(item.key)))
-        fragment = lookaheads + consumer
-        body += (b"(" + fragment + b")") if item.key in captured else (b"(?:" + fragment + b")")
-    # Group order must follow field order: rebuild the capture list in that order.
-    ordered = [item.key for item in layout.fields if item.key in captured]
-    regex = re.compile(prefix + body + b"\r\n", re.DOTALL)
+            if item.kind is Kind.X and " " not in item.allowed and item.width > _NESTED_X_MAX_WIDTH:
+                checks.append(_left_aligned_check(item.key))
+        body += b"(?:" + lookaheads + consumer + b")"
+    regex = re.compile(b"(?:" + prefix + body + b"\r\n)*+", re.DOTALL)
     unique = layout.unique_keys
     return _FastPlan(
         regex=regex,
         checks=checks,
-        column_index={key: index for index, key in enumerate(ordered)},
-        group_count=len(ordered),
         unique_columns=unique,
         unique_numeric=unique is not None and all(layout[key].kind is Kind.N for key in unique),
     )
 
 
 def _left_aligned_check(key: str) -> ColumnCheck:
-    """No space before or inside the value: ``b" " in value.rstrip()`` is false for every row."""
-    return lambda col: not any(map(contains, map(bytes.rstrip, col(key)), repeat(b" ")))
+    """No space before or inside any value: no space followed by a non-space within a field."""
+    return lambda columns: _SPACE_BEFORE_VALUE.search(columns.joined(key)) is None
 
 
 def _sum_check(rule: SumEquals, total: str, first: str, second: str) -> ColumnCheck:
-    return lambda col: rule.columns_ok(col(total), col(first), col(second))
+    return lambda columns: rule.columns_ok(columns.values(total), columns.values(first), columns.values(second))
 
 
 def _not_before_check(rule: NotBefore, later: str, earlier: str) -> ColumnCheck:
-    return lambda col: rule.columns_ok(col(later), col(earlier))
+    return lambda columns: rule.columns_ok(columns.values(later), columns.values(earlier))
 
 
 def _field_column_check(rule: FieldRule, key: str, ctx: RuleContext) -> ColumnCheck:
-    return lambda col: rule.column_ok(col(key), ctx)
+    return lambda columns: rule.column_ok(columns.values(key), ctx)
 
 
 def _when_column_check(cond_key: str, target_key: str, codes: frozenset[bytes], then_left: list[FieldRule],
                        else_left: list[FieldRule], ctx: RuleContext) -> ColumnCheck:
-    def check(col: Callable[[str], Sequence[bytes]]) -> bool:
-        conditions, targets = col(cond_key), col(target_key)
+    def check(columns: _Columns) -> bool:
+        conditions, targets = columns.values(cond_key), columns.values(target_key)
         chosen = [target for condition, target in zip(conditions, targets) if condition in codes]
         others = [target for condition, target in zip(conditions, targets) if condition not in codes]
         return (all(rule.column_ok([value.rstrip(b" ") for value in chosen], ctx) for rule in then_left)
@@ -572,27 +587,17 @@ class Validator:
     def _fast_block(self, block: bytes) -> bool:
         plan = self._plan
         assert plan is not None
-        rows = plan.regex.findall(block)
-        if len(rows) * self.layout.record_length != len(block):
+        if plan.regex.fullmatch(block) is None:
             return False
-        if plan.group_count == 1:
-            columns: dict[str, Sequence[bytes]] = {next(iter(plan.column_index)): rows}
-        else:
-            columns = {}
-
-        def col(key: str) -> Sequence[bytes]:
-            if key not in columns:
-                columns[key] = list(map(itemgetter(plan.column_index[key]), rows))
-            return columns[key]
-
+        columns = _Columns(self.layout, block)
         for check in plan.checks:
-            if not check(col):
+            if not check(columns):
                 return False
         if plan.unique_columns is not None:
-            parts = [col(key) for key in plan.unique_columns]
+            parts = [columns.values(key) for key in plan.unique_columns]
             joined: Iterable[bytes] = parts[0] if len(parts) == 1 else map(add, *parts)
             keys = set(map(int, joined)) if plan.unique_numeric else set(joined)
-            if len(keys) != len(rows) or not self._seen.isdisjoint(keys):
+            if len(keys) != columns.count or not self._seen.isdisjoint(keys):
                 return False
             self._seen |= keys
         return True
