@@ -31,7 +31,7 @@ from kei_gateway.layouts.encoding import (
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
 from kei_gateway.layouts.fields import (
     DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, NotBefore, RuleContext, SumEquals, Unique, Value,
-    When, left_aligned_pattern,
+    When, char_class, left_aligned_pattern,
 )
 
 __all__ = [
@@ -394,6 +394,15 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
             raise TypeError(f"no fast path for record rule {rule!r}")
     body = b""
     for item in layout.fields:
+        if item.kind is Kind.K and all(r.text_pattern(item, ctx) is not None for r in item.rules):
+            checks.append(_wide_column_check(item, ctx))
+            body += b".{" + str(item.width).encode() + b"}"
+            continue
+        if item.kind is Kind.D and all(r.pattern(item, ctx) is None for r in item.rules):
+            checks.append(_date_column_check(item.key))
+            checks.extend(_field_column_check(r, item.key, ctx) for r in item.rules)
+            body += b"[0-9]{8}"
+            continue
         lookaheads = b""
         consumer: bytes | None = None
         for field_rule in item.rules:
@@ -422,6 +431,36 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
 def _left_aligned_check(key: str) -> ColumnCheck:
     """No space before or inside any value: no space followed by a non-space within a field."""
     return lambda columns: _SPACE_BEFORE_VALUE.search(columns.joined(key)) is None
+
+
+def _wide_column_check(item: Field, ctx: RuleContext) -> ColumnCheck:
+    """A ``K`` column decoded at once (CP932 pairs checked by the codec), then one ``str`` regex over it."""
+    units = item.width // 2
+    allowed = char_class(allowed_wide_chars(ctx.charset) | {IDEOGRAPHIC_SPACE})
+    lookaheads = "".join(rule.text_pattern(item, ctx) or "" for rule in item.rules)
+    line = re.compile(f"(?:{lookaheads}(?:(?!\u3000)[{allowed}]{{{units}}}|\u3000{{{units}}})\n)*+")
+
+    def check(columns: _Columns) -> bool:
+        try:
+            text = columns.joined(item.key).decode("cp932")
+        except UnicodeDecodeError:
+            return False
+        return line.fullmatch(text) is not None
+    return check
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_real_date(raw: bytes) -> bool:
+    try:
+        datetime.date(int(raw[:4]), int(raw[4:6]), int(raw[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
+def _date_column_check(key: str) -> ColumnCheck:
+    """Dates repeat: check each distinct value once (cached)."""
+    return lambda columns: all(map(_is_real_date, set(columns.values(key))))
 
 
 def _sum_check(rule: SumEquals, total: str, first: str, second: str) -> ColumnCheck:

@@ -135,6 +135,8 @@ class FieldRule(Protocol):
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool: ...
 
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None: ...
+
 
 class _PatternRule:
     """Base of rules a regex says completely: no column check needed."""
@@ -143,6 +145,10 @@ class _PatternRule:
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
         return True
+
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        """For ``K`` fields: a lookahead on one decoded field followed by LF, or ``None``."""
+        return None
 
 
 def _padding(field: "Field") -> bytes:
@@ -209,6 +215,9 @@ class NotBlank(_PatternRule):
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
         return b"(?!(?:" + _padding(field) + b"){" + str(_units(field)).encode() + b"})"
 
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        return f"(?!\u3000{{{field.width // 2}}}\n)"
+
 
 @dataclass(frozen=True)
 class Blank(_PatternRule):
@@ -224,6 +233,9 @@ class Blank(_PatternRule):
 
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
         return b"(?:" + _padding(field) + b"){" + str(_units(field)).encode() + b"}"
+
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        return f"(?=\u3000{{{field.width // 2}}}\n)"
 
 
 @dataclass(frozen=True)
@@ -281,6 +293,25 @@ class WideChars(_PatternRule):
         return (left_aligned_pattern(wide_char_pattern(allowed).encode("ascii"), b"\\x81\\x40", units)
                 + b"(?:\\x81\\x40){" + str(field.width // 2 - units).encode() + b"}")
 
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        allowed = frozenset(c for c in allowed_wide_chars(ctx.charset) if self.chars(c) and c != "\u3000")
+        units = field.width // 2 if self.max_chars is None else min(self.max_chars, field.width // 2)
+        return f"(?=[{char_class(allowed)}]{{1,{units}}}\u3000*\n)"
+
+
+def char_class(chars: frozenset[str]) -> str:
+    """The body of a ``str`` regex character class matching exactly ``chars`` (as code point ranges)."""
+    points = sorted(ord(c) for c in chars)
+    parts: list[str] = []
+    start = prev = points[0]
+    for point in points[1:] + [-1]:
+        if point == prev + 1:
+            prev = point
+            continue
+        parts.append(f"\\U{start:08x}" if start == prev else f"\\U{start:08x}-\\U{prev:08x}")
+        start = prev = point
+    return "".join(parts)
+
 
 def left_aligned_pattern(char: bytes, padding: bytes, units: int) -> bytes:
     """Exactly ``units`` units: some ``char`` then only ``padding`` (linear-time nesting)."""
@@ -313,6 +344,9 @@ class LgCode:
             return re.escape(ctx.lg_code.encode("ascii")) if is_valid_lg_code(ctx.lg_code) else b"(?!)"
         return None
 
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        return None
+
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
         return all(is_valid_lg_code(code.decode("ascii")) for code in set(values))
 
@@ -339,6 +373,9 @@ class Gs1CvsCode:
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
         return None
 
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
+        return None
+
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
         return all(is_valid_gs1_cvs_code(code.decode("ascii")) for code in values)
 
@@ -359,6 +396,9 @@ class NotInFuture:
         return None
 
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
+        return None
+
+    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
         return None
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
