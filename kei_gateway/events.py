@@ -225,6 +225,29 @@ PEER_IDENTITY_FAILED = _event(
     "Treat as a security incident until explained: confirm the peer's certificate renewal with its operator, update 'ca' or 'pins' only on their word, then reload.",
     "原因が判明するまでセキュリティ事案として扱ってください。接続先の運用者に証明書更新を確認し、確認できた場合のみ ca または pins を更新して reload してください。",
 )
+DOWNLOAD_RELAYED = _event(
+    "download.relayed", "54e103792cac439788d4627ecb3523af", LogLevel.info,
+    "{flow}: relayed {name} from {peer} to the inbox ({records} records) as transfer {transfer_id}",
+    "A file from the peer was downloaded, verified, stored, written atomically to the tax system's inbox and then deleted at the peer.",
+    "接続先のファイルを取得・検証・保管し、税務システムの受信フォルダへ原子的に書き込んだ後、接続先から削除しました。",
+    "None needed.", "対応は不要です。",
+)
+RECEIPT_REJECTIONS = _event(
+    "receipt.rejections", "6d0e2a032745469fb186ba7c42735826", LogLevel.warn,
+    "{flow}: {peer} rejected {rejected} of {records} records of transfer {transfer_id} ({name})",
+    "軽JNKS accepted the file but refused some records (受付結果 エラー); those vehicles' payment status is not registered.",
+    "軽JNKS はファイルを受け付けましたが、一部のレコードをエラーとしました。該当車両の納付情報は登録されていません。",
+    "Open the receipt in the inbox (jnks-receipts), correct the listed records at the tax system and send them again.",
+    "受信フォルダ（jnks-receipts）の受付結果を確認し、エラーのレコードを税務システム側で修正して再送してください。",
+)
+DOWNLOAD_QUARANTINED = _event(
+    "download.quarantined", "1bc5b651772248e5b979dd93f108d4d1", LogLevel.critical,
+    "{flow}: file {name} from {peer} is invalid and was quarantined, not relayed: {reason}",
+    "A file the peer provided does not match its layout; it was kept encrypted in quarantine, recorded so it is not fetched again, and left at the peer.",
+    "接続先のファイルがレイアウトに合致しないため、中継せず暗号化して隔離しました。再取得しないよう記録し、接続先には残しています。",
+    "Contact the peer's operator with the file name and the errors listed in quarantine/<flow>/<name>.errors.txt; nothing reached the tax system.",
+    "ファイル名と quarantine/<フロー>/<名前>.errors.txt のエラー内容を添えて接続先の運用者へ連絡してください。税務システムには何も渡っていません。",
+)
 MESSAGE = _event(
     "message", "88bc4dfbc2c34b89a2fccea413f9b2df", LogLevel.info,
     "{text}",

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application import service
 from twisted.application.internet import TimerService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -18,7 +18,9 @@ from twisted.python.threadpool import ThreadPool
 
 from kei_gateway import certs, events
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
-from kei_gateway.config import OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.flows.downloads import DownloadPoller
+from kei_gateway.flows.receipts import ReceiptRecorder
 from kei_gateway.flows.ingest import IngestResult
 from kei_gateway.flows.outbox import OutboxWatcher
 from kei_gateway.flows.sender import UploadSender
@@ -128,7 +130,11 @@ class GatewayService(service.MultiService):
         self._certificate_error: str | None = None
         self._status_extra = ""
         self._status_pending = False
+        self.pool: ThreadPool | None = None
+        """The blocking-work pool: started first, stopped only after every service has finished."""
         self.senders: list[UploadSender] = []
+        self.pollers: list[DownloadPoller] = []
+        self._certificate_loop: task.LoopingCall | None = None
         self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
 
     # -- start and stop ---------------------------------------------------
@@ -138,8 +144,16 @@ class GatewayService(service.MultiService):
         listener.setServiceParent(self)
 
     def startService(self) -> None:
+        if self.pool is not None:
+            self.pool.start()
         super().startService()
-        bound = defer.gatherResults([listener.listening for listener in self.listeners], consumeErrors=True)
+        # The certificate is read before READY=1, so /readyz and the expiry metric are right from the start.
+        checked = self.check_certificate()
+        self._certificate_loop = task.LoopingCall(self.check_certificate)
+        self._certificate_loop.clock = self.clock
+        self._certificate_loop.start(CERTIFICATE_CHECK_INTERVAL, now=False)
+        waits: list[defer.Deferred[Any]] = [listener.listening for listener in self.listeners]
+        bound = defer.gatherResults(waits + [checked], consumeErrors=True)
         bound.addCallbacks(self._listeners_bound, self._listeners_failed)
 
     def _listeners_bound(self, _: object) -> None:
@@ -164,7 +178,17 @@ class GatewayService(service.MultiService):
         events.emit(self.log, events.DAEMON_STOPPING)
         if self.watchdog is not None:
             self.watchdog.stop()
-        return defer.maybeDeferred(super().stopService)  # type: ignore[arg-type]
+        if self._certificate_loop is not None and self._certificate_loop.running:
+            self._certificate_loop.stop()
+        stopped: defer.Deferred[Any] = defer.maybeDeferred(super().stopService)  # type: ignore[arg-type]
+
+        def stop_pool(result: object) -> object:
+            # Only now: until every service has finished, its last ledger writes still need the pool.
+            if self.pool is not None and self.pool.started:
+                self.pool.stop()
+            return result
+
+        return stopped.addBoth(stop_pool)
 
     # -- status and certificates -----------------------------------------
 
@@ -278,6 +302,11 @@ class GatewayService(service.MultiService):
                 sender.dir_url = new.peers[sender.peer].url
                 sender.policy = new.peers[sender.peer].retry
             sender.resume()  # whatever was paused for a person is tried again with the new settings
+        for poller in self.pollers:
+            if old.peers.get(poller.peer) != new.peers.get(poller.peer) and poller.peer in new.peers:
+                if self.client_factory is not None:
+                    poller.client = self.client_factory(self.clock, new, poller.peer, self.blocking)
+                poller.results_url = new.peers[poller.peer].results_url
         if dict(old.flows) != dict(new.flows):
             changes.append("flows")
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
@@ -302,14 +331,12 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     if blocking is None:
         pool = ThreadPool(minthreads=1, maxthreads=4, name="kei-gateway-blocking")
         blocking = ThreadPoolBlocking(reactor, pool)
-        pool_service = _ThreadPoolService(pool)
     else:
-        pool_service = None
+        pool = None
     gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
     gateway.client_factory = client_factory
     gateway._schema = schema
-    if pool_service is not None:
-        pool_service.setServiceParent(gateway)
+    gateway.pool = pool
 
     def denied(listener: str, source: str) -> None:
         metrics.denied_connections.labels(listener=listener, reason="address").inc()
@@ -345,12 +372,33 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         watcher.setServiceParent(gateway)
         sender.setServiceParent(gateway)
 
+    for flow in INBOUND_FLOWS:
+        inbound = config.flows.get(flow)
+        if inbound is None:
+            continue
+        if flow == "mpn-results":
+            # Payment results need dedupe and reconciliation before anything is relayed (exactly once):
+            # until that lands, the flow is refused loudly rather than relayed without it.
+            events.emit(GatewayService.log, events.MESSAGE,
+                        text="flows.mpn-results is configured but this version does not relay payment results yet; "
+                             "nothing is fetched from the MPN results directory", flow=flow)
+            continue
+        if store is None:
+            raise ValueError("inbound flows need the encrypted store")
+        peer = config.peers[inbound.peer]
+        hook = ReceiptRecorder(ledger, blocking, metrics, reactor) if flow == "jnks-receipts" else None
+        poller = DownloadPoller(
+            flow=flow, layout_name=flow, peer=inbound.peer, results_url=peer.results_url,
+            inbox_dir=config.spool_path(inbound.inbox), quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
+            marker=inbound.marker, client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
+            store=store, blocking=blocking, clock=reactor, metrics=metrics, poll_interval=inbound.poll_interval,
+            on_relayed=hook)
+        gateway.pollers.append(poller)
+        poller.setServiceParent(gateway)
+
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor
     status.setServiceParent(gateway)
-    certificate_watch = TimerService(CERTIFICATE_CHECK_INTERVAL, gateway.check_certificate)
-    certificate_watch.clock = reactor
-    certificate_watch.setServiceParent(gateway)
 
     if watchdog_interval is not None:
         def healthy(ok: bool) -> None:
@@ -365,18 +413,3 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
 
         gateway.ready.addCallback(start_watchdog)
     return gateway
-
-
-class _ThreadPoolService(service.Service):
-    """Starts the blocking-work pool with the tree and stops it last."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()

@@ -70,6 +70,7 @@ class TransferRow:
     blob_id: str | None
     source_removed: bool
     approved_by: str | None
+    remote_etag: str | None
 
     @classmethod
     def of(cls, transfer: Transfer) -> TransferRow:
@@ -96,11 +97,13 @@ class TransferLedger(Ledger):
     @retry_transient
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
-                     last_error: str | None = None, source_removed: bool = False) -> TransferRow:
+                     last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
+                     remote_etag: str | None = None) -> TransferRow:
         with Session(self.engine) as session, session.begin():
             transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
                                 size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
-                                created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed)
+                                created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
+                                remote_name=remote_name, remote_etag=remote_etag)
             session.add(transfer)
             session.flush()
             return TransferRow.of(transfer)
@@ -193,3 +196,20 @@ class TransferLedger(Ledger):
     def referenced_blobs(self) -> set[str]:
         with Session(self.engine) as session:
             return {b for b in session.scalars(select(Transfer.blob_id).where(Transfer.blob_id.is_not(None))) if b}
+
+    @retry_transient
+    def inbound_for(self, flow: str, remote_name: str) -> list[TransferRow]:
+        """Downloads of *remote_name* in *flow*, newest first (what the poller knows of a remote file)."""
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.direction == "in",
+                                        Transfer.remote_name == remote_name).order_by(Transfer.id.desc()))
+        with Session(self.engine) as session:
+            return [TransferRow.of(t) for t in session.scalars(query)]
+
+    @retry_transient
+    def by_remote_name(self, flow: str, remote_name: str) -> TransferRow | None:
+        """The outbound transfer of *flow* delivered under *remote_name* (to attach a peer's receipt)."""
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.direction == "out",
+                                        Transfer.remote_name == remote_name).order_by(Transfer.id.desc()).limit(1))
+        with Session(self.engine) as session:
+            transfer = session.scalars(query).first()
+            return TransferRow.of(transfer) if transfer is not None else None

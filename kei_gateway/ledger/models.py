@@ -56,9 +56,12 @@ class Transfer(Base):
     source_removed: Mapped[bool] = mapped_column(Boolean, default=False)
     """The plaintext original has been removed from the outbox (ingest's last step)."""
     approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    remote_etag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """For downloads: the peer's ETag (with size and name, what makes a remote file 'already seen')."""
 
     __table_args__ = (
         Index("ix_transfers_flow_state", "flow", "state"),
         Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
         Index("ix_transfers_flow_local_name", "flow", "local_name"),
+        Index("ix_transfers_flow_remote_name", "flow", "remote_name"),
     )

@@ -136,6 +136,7 @@ class _Gate(ProtocolWrapper):
 
 class _GateFactory(WrappingFactory):
     protocol = _Gate  # type: ignore[assignment]
+    noisy = False  # one "Starting factory" line per connection would flood the journal
 
     def __init__(self, wrapped: IProtocolFactory, peer: str, tls: PeerTLS, clock: IReactorTime,
                  idle_timeout: float) -> None:

@@ -26,7 +26,7 @@ from twisted.internet import defer, error
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, _HTTP11ClientFactory
 from twisted.web._newclient import (
     PotentialDataLoss, RequestGenerationFailed, RequestTransmissionFailed, ResponseNeverReceived,
 )
@@ -61,6 +61,12 @@ Sink = Callable[[bytes], "defer.Deferred[Any] | None"]
 
 TlsFactory = Callable[[str], PeerTLS]
 """Makes the client TLS creator for a host of the peer (the host the certificate must match)."""
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Twisted's per-connection HTTP client factory without its "Starting factory" log lines."""
+
+    noisy = False
 
 
 @dataclass(frozen=True)
@@ -299,6 +305,7 @@ class WebDavClient:
         self.idle_timeout = min(idle_timeout, transfer_timeout)
         self._resolve = resolve or reactor_resolver(reactor)
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self._pool._factory = _QuietClientFactory
         self._pool.retryAutomatically = False  # PUT and MOVE are retried by the flow, never behind its back
         self._pool.cachedConnectionTimeout = max(1, int(min(30.0, self.idle_timeout)))
         self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(self), pool=self._pool)

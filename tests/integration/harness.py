@@ -162,4 +162,9 @@ retry = {{ attempts = 5, first_delay = "1s", max_delay = "5s" }}
 [flows.jnks-payments]
 peer = "jnks"
 outbox = "outbox/jnks"
+
+[flows.jnks-receipts]
+peer = "jnks"
+inbox = "inbox/jnks-receipts"
+poll_interval = "1s"
 {extra}"""

@@ -128,3 +128,33 @@ def test_when_an_invalid_file_arrives_then_it_is_quarantined_and_the_daemon_keep
     finally:
         assert daemon.stop() == 0
         daemon.notify.close()
+
+
+def test_when_jnks_answers_then_the_receipt_is_relayed_to_the_inbox_deleted_there_and_counted(
+        tmp_path: Path) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files, "--reject-lines", "2,5")
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        drop(files, "pay-003.dat", dummy_file(8, seed=6))
+        inbox = files.base / "spool" / "inbox" / "jnks-receipts"
+        receipts = poll_until(lambda: (list(inbox.glob("*.result")) if inbox.exists() else None) or None, 30,
+                              "the receipt in the inbox", lambda: daemon.stderr()[-3000:])
+        assert len(receipts) == 1 and receipts[0].name.endswith("_1.dat.result")
+        data = receipts[0].read_bytes()
+        assert len(data) == 8 * 100 and data.count(b"\r\n") == 8
+        assert oct(receipts[0].stat().st_mode & 0o777) == "0o640", "readable by the tax system's group"
+        poll_until(lambda: (not list((sim.root / "results").iterdir())) or None, 30, "the DELETE at the peer")
+        upload = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments"
+                                     and t["receipt_summary"]] or None, 30, "the receipt summary")
+        assert upload[0]["receipt_summary"].startswith("受付 6, エラー 2")
+        code, body = daemon.get("/metrics")
+        text = body.decode()
+        assert 'kei_gateway_records_total{flow="jnks-payments",outcome="rejected_by_peer"} 2.0' in text
+        assert 'kei_gateway_transfers_total{flow="jnks-receipts",outcome="relayed"} 1.0' in text
+        assert "receipt.rejections" in daemon.stderr()
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+        sim.stop()

@@ -1,0 +1,230 @@
+"""Downloading from a peer's results directory and relaying to an inbox (SPEC §3 "Download", §4).
+
+For each file in ``results_url`` (``PROPFIND Depth: 1``) the poller, one file at a time:
+
+1. skips it if the ledger says it was quarantined before (same name, ETag and size);
+2. ``GET`` it, validating and encrypting it into the store as it streams;
+3. commits an inbound transfer (``VALIDATED``, with name, ETag, size, SHA-256);
+4. writes it atomically into the inbox (temp, fsync, rename, fsync dir; optional ``.end``);
+5. marks the transfer ``DONE`` (relayed), then ``DELETE`` s it at the peer.
+
+A crash anywhere repeats at most steps that are idempotent: a ``VALIDATED`` transfer is
+relayed again from the store (the same bytes under the same name), a ``DONE`` one is
+only deleted at the peer. An invalid file is quarantined (encrypted in the store, its
+errors in ``quarantine/<flow>/``), recorded, and left at the peer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from kei_gateway import events
+from kei_gateway.blocking import Blocking
+from kei_gateway.flows.ingest import errors_file_lines
+from kei_gateway.flows.outbox import today_in_jst
+from kei_gateway.layouts import ValidationOptions, ValidationReport, Validator, get_layout
+from kei_gateway.ledger import TransferLedger, TransferRow
+from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.spool import MARKER_SUFFIX, NAME_PATTERN, atomic_write, write_errors_file
+from kei_gateway.store import BlobStore
+from kei_gateway.transport import RemoteEntry, TransportError, WebDavClient, file_url
+
+__all__ = ["DownloadPoller", "relay_to_inbox", "Downloaded"]
+
+_END = object()
+QUEUE_TIMEOUT = 120.0
+"""Seconds a downloaded chunk may wait for the store writer before the download is abandoned."""
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    blob_id: str
+    size: int
+    sha256: str
+    report: ValidationReport
+
+
+def relay_to_inbox(store: BlobStore, blob_id: str, inbox_dir: str, name: str, marker: bool) -> int:
+    """Blocking: the stored file, atomically into the inbox (and ``name.end`` after it when asked)."""
+    os.makedirs(inbox_dir, mode=0o2770, exist_ok=True)
+    size = atomic_write(os.path.join(inbox_dir, name), store.read(blob_id))
+    if marker:
+        atomic_write(os.path.join(inbox_dir, name + MARKER_SUFFIX), [])
+    return size
+
+
+class DownloadPoller(service.Service):
+    """Polls one inbound flow's peer directory; relays each file once, then deletes it there."""
+
+    log = Logger()
+
+    def __init__(self, *, flow: str, layout_name: str, peer: str, results_url: str, inbox_dir: str,
+                 quarantine_dir: str, marker: bool, client: WebDavClient, ledger: TransferLedger,
+                 store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics, poll_interval: float,
+                 on_relayed: Callable[[TransferRow, BlobStore], Any] | None = None) -> None:
+        self.setName(f"poller:{flow}")
+        self.flow, self.peer, self.results_url = flow, peer, results_url
+        self.layout = get_layout(layout_name)
+        self.inbox_dir, self.quarantine_dir, self.marker = inbox_dir, quarantine_dir, marker
+        self.client, self.ledger, self.store = client, ledger, store
+        self.blocking, self.clock, self.metrics = blocking, clock, metrics
+        self.on_relayed = on_relayed
+        self._busy: defer.Deferred[Any] | None = None
+        self._loop = task.LoopingCall(self.poll)
+        self._loop.clock = clock
+        self._interval = poll_interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        done = defer.maybeDeferred(lambda: self._busy)
+        return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+
+    def poll(self) -> defer.Deferred[Any] | None:
+        """One pass over the peer directory (skipped while the previous pass still runs)."""
+        if self._busy is not None or not self.running:
+            return None
+        d = self._poll()
+        self._busy = d
+
+        def finished(_: object) -> None:
+            self._busy = None
+
+        d.addBoth(finished)
+        return d
+
+    @defer.inlineCallbacks
+    def _poll(self) -> Any:
+        try:
+            entries = yield self.client.propfind(self.results_url)
+        except TransportError as error:
+            self.metrics.peer_up.labels(peer=self.peer).set(0)
+            events.emit(self.log, events.TRANSFER_RETRY, flow=self.flow, peer=self.peer, transfer_id="-", attempts=1,
+                        reason=error.kind, next_attempt_at=f"+{self._interval:g}s")
+            return
+        self.metrics.peer_up.labels(peer=self.peer).set(1)
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not self.running:
+                return
+            if not NAME_PATTERN.fullmatch(entry.name) or entry.name.endswith(".part"):
+                continue
+            try:
+                yield self._one(entry)
+            except TransportError as error:
+                events.emit(self.log, events.TRANSFER_RETRY, flow=self.flow, peer=self.peer, transfer_id="-",
+                            attempts=1, reason=error.kind, next_attempt_at=f"+{self._interval:g}s")
+                return
+            except Exception as error:  # one file's trouble (disk, database) must not stop the others
+                events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow, peer=self.peer,
+                            reason=f"{entry.name}: {type(error).__name__}: {error}")
+
+    @defer.inlineCallbacks
+    def _one(self, entry: RemoteEntry) -> Any:
+        known: list[TransferRow] = yield self.blocking.run(self.ledger.inbound_for, self.flow, entry.name)
+        url = file_url(self.results_url, entry.name)
+        for row in known:
+            if row.state == S.DONE.value:
+                yield self.client.delete(url)  # relayed before; the DELETE was lost
+                return
+            if row.state == S.VALIDATED.value and row.blob_id:
+                yield self._relay(row)  # a crash came between commit and relay
+                yield self.client.delete(url)
+                return
+            if row.state == S.QUARANTINED.value and (row.remote_etag, row.size) == (entry.etag, entry.size or 0):
+                return  # known bad and unchanged: not fetched again
+        downloaded = yield self._download(url)
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        report = downloaded.report
+        if not report.valid:
+            yield self.blocking.run(self._quarantine, entry, downloaded, now)
+            return
+        row = yield self.blocking.run(
+            self.ledger.add_transfer, flow=self.flow, direction="in", peer=self.peer, local_name=entry.name,
+            state=S.RECEIVED, size=downloaded.size, sha256=downloaded.sha256, record_count=report.records,
+            blob_id=downloaded.blob_id, now=now, remote_name=entry.name, remote_etag=entry.etag)
+        row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now)
+        yield self._relay(row)
+        yield self.client.delete(url)
+
+    def _download(self, url: str) -> defer.Deferred[Downloaded]:
+        """GET *url* into the store, validating as it streams; the sink pauses the GET while the store catches up."""
+        chunks: queue.Queue[Any] = queue.Queue(maxsize=16)
+        blob_id = f"in-{uuid.uuid4().hex}"
+        options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
+        validator = Validator(self.layout, options)
+
+        def source() -> Iterator[bytes]:
+            while True:
+                chunk = chunks.get(timeout=QUEUE_TIMEOUT)  # never wait forever on a download that vanished
+                if chunk is _END:
+                    validator.close()
+                    return
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                validator.feed(chunk)
+                yield chunk
+
+        written: defer.Deferred[Any] = self.blocking.run(self.store.write, blob_id, source())
+
+        def put(item: object) -> defer.Deferred[None]:
+            # In a worker thread: waits while the writer is behind (that pauses the GET), gives up
+            # if the writer died, so no thread hangs on a full queue.
+            return self.blocking.run(chunks.put, item, True, QUEUE_TIMEOUT)
+
+        def got(_: object) -> defer.Deferred[Any]:
+            return put(_END).addCallback(lambda _: written)
+
+        def failed(failure: Any) -> defer.Deferred[Any]:
+            put(failure.value)  # the writer raises it, so no blob is left behind
+            return written.addBoth(lambda _: failure)
+
+        download: defer.Deferred[Any] = self.client.get(url, put)
+        download.addCallbacks(got, failed)
+        return download.addCallback(lambda info: Downloaded(blob_id, info.size, info.sha256, validator.report))
+
+    @defer.inlineCallbacks
+    def _relay(self, row: TransferRow) -> Any:
+        assert row.blob_id is not None
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        yield self.blocking.run(relay_to_inbox, self.store, row.blob_id, self.inbox_dir, row.local_name, self.marker)
+        done = yield self.blocking.run(self.ledger.transition, row.id, S.DONE, now)
+        self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
+        self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
+        self.metrics.last_success.labels(flow=self.flow).set(self.clock.seconds())
+        events.emit(self.log, events.DOWNLOAD_RELAYED, flow=self.flow, peer=self.peer, name=row.local_name,
+                    records=row.record_count, transfer_id=row.id, sha256=row.sha256)
+        if self.on_relayed is not None:
+            yield self.on_relayed(done, self.store)
+
+    def _quarantine(self, entry: RemoteEntry, downloaded: Downloaded, now: datetime.datetime) -> None:
+        """Blocking: keep the bad file encrypted, write its errors for a person, record it."""
+        report = downloaded.report
+        os.makedirs(self.quarantine_dir, mode=0o750, exist_ok=True)
+        write_errors_file(self.quarantine_dir, entry.name, errors_file_lines(self.flow, entry.name, report)
+                          + [f"# stored encrypted as blob {downloaded.blob_id} (SHA-256 {downloaded.sha256}); "
+                             "left at the peer"])
+        first = report.errors[0].message() if report.errors else "invalid"
+        self.ledger.add_transfer(flow=self.flow, direction="in", peer=self.peer, local_name=entry.name,
+                                 state=S.QUARANTINED, size=entry.size or downloaded.size, sha256=downloaded.sha256,
+                                 record_count=report.records, blob_id=downloaded.blob_id, now=now,
+                                 last_error=f"{report.error_count} error(s); first: {first}",
+                                 remote_name=entry.name, remote_etag=entry.etag)
+        self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
+        events.emit(self.log, events.DOWNLOAD_QUARANTINED, flow=self.flow, peer=self.peer, name=entry.name,
+                    reason=first, sha256=downloaded.sha256)
