@@ -349,6 +349,9 @@ ColumnCheck = Callable[[_Columns], bool]
 _SPACE_BEFORE_VALUE: Final = re.compile(rb" [^ \n]")
 _NESTED_X_MAX_WIDTH: Final = 4
 """X fields up to this width check left alignment in the regex; wider ones on the column (cheaper)."""
+_DISTINCT_K_MAX_WIDTH: Final = 8
+"""Narrow K fields (plate office and kana) repeat: checked per distinct value; wider ones decoded as a column."""
+_DISTINCT_CACHE_LIMIT: Final = 1 << 16
 
 
 @dataclass
@@ -394,6 +397,10 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
             raise TypeError(f"no fast path for record rule {rule!r}")
     body = b""
     for item in layout.fields:
+        if item.kind is Kind.K and item.width <= _DISTINCT_K_MAX_WIDTH:
+            checks.append(_distinct_values_check(item, ctx))
+            body += b".{" + str(item.width).encode() + b"}"
+            continue
         if item.kind is Kind.K and all(r.text_pattern(item, ctx) is not None for r in item.rules):
             checks.append(_wide_column_check(item, ctx))
             body += b".{" + str(item.width).encode() + b"}"
@@ -446,6 +453,29 @@ def _wide_column_check(item: Field, ctx: RuleContext) -> ColumnCheck:
         except UnicodeDecodeError:
             return False
         return line.fullmatch(text) is not None
+    return check
+
+
+def _distinct_values_check(item: Field, ctx: RuleContext) -> ColumnCheck:
+    """Check each distinct value of a narrow, repetitive field once with the precise checks (cached per plan)."""
+    options = ValidationOptions(today=ctx.today, charset=ctx.charset, lg_code=ctx.lg_code)
+    known: dict[bytes, bool] = {}
+
+    def precise(raw: bytes) -> bool:
+        result = _decode_field(item, raw, options)
+        ok = (result.reason is None and result.value is not None and result.substituted == 0
+              and all(rule.check(result.value, ctx) is None for rule in item.rules))
+        if len(known) >= _DISTINCT_CACHE_LIMIT:
+            known.clear()
+        known[raw] = ok
+        return ok
+
+    def check(columns: _Columns) -> bool:
+        for raw in set(columns.values(item.key)):
+            ok = known.get(raw)
+            if not (precise(raw) if ok is None else ok):
+                return False
+        return True
     return check
 
 
