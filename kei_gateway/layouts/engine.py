@@ -21,7 +21,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from functools import lru_cache
-from operator import add
+from itertools import compress
+from operator import add, not_
 from typing import Final
 
 from kei_gateway.layouts.encoding import (
@@ -369,8 +370,8 @@ def _when_pattern(layout: Layout, rule: When, ctx: RuleContext) -> tuple[bytes, 
     codes = b"(?:" + b"|".join(re.escape(code.ljust(cond.width).encode("ascii")) for code in sorted(rule.codes)) + b")"
     to_cond = b".{" + str(layout.offsets[rule.key]).encode() + b"}"
     to_target = b".{" + str(layout.offsets[rule.then_key]).encode() + b"}"
-    then_left = [r for r in rule.then_rules if r.pattern(target, ctx) is None]
-    else_left = [r for r in rule.else_rules if r.pattern(target, ctx) is None]
+    then_left = [r for r in rule.then_rules if r.pattern(target, ctx) is None or r.always_column_check]
+    else_left = [r for r in rule.else_rules if r.pattern(target, ctx) is None or r.always_column_check]
     then_pattern = b"".join(_wrap(p) for r in rule.then_rules if (p := r.pattern(target, ctx)) is not None)
     else_pattern = b"".join(_wrap(p) for r in rule.else_rules if (p := r.pattern(target, ctx)) is not None)
     pattern = (b"(?=(?=" + to_cond + codes + b")" + to_target + then_pattern
@@ -395,8 +396,17 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
             checks.append(_not_before_check(rule, rule.later, rule.earlier))
         elif not isinstance(rule, Unique):  # pragma: no cover - a new kind of record rule needs a fast path
             raise TypeError(f"no fast path for record rule {rule!r}")
+    # Fields whose every byte a When rule's lookahead already fixes (e.g. cvs_code: GS1 or blank).
+    shaped = {rule.then_key for rule in layout.record_rules if isinstance(rule, When)
+              and _shapes(rule.then_rules, layout[rule.then_key], ctx)
+              and _shapes(rule.else_rules, layout[rule.then_key], ctx)}
+    # Dates other checks read anyway are checked per distinct value; the others by the date regex.
+    date_columns = {key for rule in layout.record_rules if isinstance(rule, NotBefore) for key in rule.keys}
     body = b""
     for item in layout.fields:
+        if item.key in shaped and not item.rules:
+            body += b".{" + str(item.width).encode() + b"}"
+            continue
         if item.kind is Kind.K and item.width <= _DISTINCT_K_MAX_WIDTH:
             checks.append(_distinct_values_check(item, ctx))
             body += b".{" + str(item.width).encode() + b"}"
@@ -405,7 +415,8 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
             checks.append(_wide_column_check(item, ctx))
             body += b".{" + str(item.width).encode() + b"}"
             continue
-        if item.kind is Kind.D and all(r.pattern(item, ctx) is None for r in item.rules):
+        if (item.kind is Kind.D and all(r.pattern(item, ctx) is None for r in item.rules)
+                and (item.key in date_columns or item.rules)):
             checks.append(_date_column_check(item.key))
             checks.extend(_field_column_check(r, item.key, ctx) for r in item.rules)
             body += b"[0-9]{8}"
@@ -438,6 +449,11 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
 def _left_aligned_check(key: str) -> ColumnCheck:
     """No space before or inside any value: no space followed by a non-space within a field."""
     return lambda columns: _SPACE_BEFORE_VALUE.search(columns.joined(key)) is None
+
+
+def _shapes(rules: tuple[FieldRule, ...], item: Field, ctx: RuleContext) -> bool:
+    """Whether one of ``rules`` has a pattern that alone says every byte of a well-formed value."""
+    return any(rule.exact and rule.pattern(item, ctx) is not None for rule in rules)
 
 
 def _wide_column_check(item: Field, ctx: RuleContext) -> ColumnCheck:
@@ -494,7 +510,32 @@ def _date_column_check(key: str) -> ColumnCheck:
 
 
 def _sum_check(rule: SumEquals, total: str, first: str, second: str) -> ColumnCheck:
-    return lambda columns: rule.columns_ok(columns.values(total), columns.values(first), columns.values(second))
+    """total = first + second for every record, as decimal addition on whole columns at once.
+
+    Each digit position of a field, taken from every record with a strided
+    slice, is one big integer whose bytes are that digit of each record (the
+    fast-path regex has made sure they are ASCII digits).  Adding the columns
+    from the right with a carry lane keeps every byte below 20, so no byte
+    spills into its neighbour: a decimal adder run on all records in parallel.
+    """
+    def check(columns: _Columns) -> bool:
+        layout, block, size, count = columns.layout, columns.block, columns.layout.record_length, columns.count
+        widths = {layout[key].width for key in (total, first, second)}
+        if len(widths) != 1:  # pragma: no cover - the tables sum fields of one width
+            return rule.columns_ok(columns.values(total), columns.values(first), columns.values(second))
+        width = widths.pop()
+        ones = int.from_bytes(b"\x01" * count, "big")
+        zeros, carry_bias = 0x30 * ones, 0x76 * ones  # ASCII '0'; 0x76 + s ≥ 0x80 exactly when s ≥ 10
+        starts = layout.offsets[total], layout.offsets[first], layout.offsets[second]
+        carry = 0
+        for index in reversed(range(width)):
+            t, a, b = (int.from_bytes(block[start + index::size], "big") - zeros for start in starts)
+            digit_sum = a + b + carry
+            carry = ((digit_sum + carry_bias) >> 7) & ones
+            if digit_sum - 10 * carry != t:
+                return False
+        return carry == 0
+    return check
 
 
 def _not_before_check(rule: NotBefore, later: str, earlier: str) -> ColumnCheck:
@@ -509,10 +550,15 @@ def _when_column_check(cond_key: str, target_key: str, codes: frozenset[bytes], 
                        else_left: list[FieldRule], ctx: RuleContext) -> ColumnCheck:
     def check(columns: _Columns) -> bool:
         conditions, targets = columns.values(cond_key), columns.values(target_key)
-        chosen = [target for condition, target in zip(conditions, targets) if condition in codes]
-        others = [target for condition, target in zip(conditions, targets) if condition not in codes]
-        return (all(rule.column_ok([value.rstrip(b" ") for value in chosen], ctx) for rule in then_left)
-                and all(rule.column_ok([value.rstrip(b" ") for value in others], ctx) for rule in else_left))
+        if then_left:
+            chosen = list(map(bytes.rstrip, compress(targets, map(codes.__contains__, conditions))))
+            if not all(rule.column_ok(chosen, ctx) for rule in then_left):
+                return False
+        if else_left:
+            others = list(map(bytes.rstrip, compress(targets, map(not_, map(codes.__contains__, conditions)))))
+            if not all(rule.column_ok(others, ctx) for rule in else_left):
+                return False
+        return True
     return check
 
 

@@ -126,6 +126,8 @@ class FieldRule(Protocol):
     """
 
     exact: bool
+    always_column_check: bool
+    """The pattern gives the shape only; ``column_ok`` must still run (check digits)."""
 
     def describe(self) -> str: ...
 
@@ -142,6 +144,7 @@ class _PatternRule:
     """Base of rules a regex says completely: no column check needed."""
 
     exact = False
+    always_column_check = False
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
         return True
@@ -326,6 +329,7 @@ class LgCode:
     """A 全国地方公共団体コード: valid check digit; equal to the gateway's code when one is set."""
 
     exact = True
+    always_column_check = False
 
     def describe(self) -> str:
         return "valid check digit (§2.5); must equal the gateway's `lg_code`"
@@ -355,7 +359,8 @@ class LgCode:
 class Gs1CvsCode:
     """A コンビニ収納 code: 44 digits, GS1-128 AI ``91``, valid check digit."""
 
-    exact = False
+    exact = True
+    always_column_check = True
 
     def describe(self) -> str:
         return "44-digit GS1-128 (AI `91`) with valid check digit (§2.5)"
@@ -371,13 +376,22 @@ class Gs1CvsCode:
         return None
 
     def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return None
+        return b"91[0-9]{42}"
 
     def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
         return None
 
     def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
-        return all(is_valid_gs1_cvs_code(code.decode("ascii")) for code in values)
+        return all(map(_gs1_digits_ok, values))
+
+
+def _gs1_digits_ok(code: bytes) -> bool:
+    """The GS1 check digit of a 44-digit code given as ASCII bytes (shape already checked)."""
+    if len(code) != 44 or not code.isdigit():
+        return False
+    a = sum(code[-2::-2]) - 48 * 22
+    b = sum(code[-3::-2]) - 48 * 21
+    return (10 - (3 * a + b) % 10) % 10 == code[-1] - 48
 
 
 @dataclass(frozen=True)
@@ -385,6 +399,7 @@ class NotInFuture:
     """A date not after today (JST)."""
 
     exact = False
+    always_column_check = False
 
     def describe(self) -> str:
         return "not in the future"
