@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Final
 
 from kei_gateway.layouts.checkdigits import gs1_check_digit, lg_code_check_digit
-from kei_gateway.layouts.encoding import GETA, IDEOGRAPHIC_SPACE, JISX0208_CHARS
+from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE, JISX0208_CHARS
 from kei_gateway.layouts.engine import Record, render_record
 from kei_gateway.layouts.fields import (
     Blank, Codes, Field, FieldRule, Gs1CvsCode, IntRange, Kind, Layout, LgCode, NotAllLetters, NotAllZero,
@@ -349,5 +349,3 @@ def _codes_of(item: Field) -> Sequence[str]:
             return list(rule.table)
     return []
 
-
-assert GETA  # re-exported constant kept close to the generator's users
