@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -12,7 +15,8 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 
 __all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text",
-           "InMemoryBlobStore", "DUMMY_STORE_KEY"]
+           "jnks_flow_config_text", "start_jnks_sim_process",
+           "SimulatorNotStarted", "InMemoryBlobStore", "DUMMY_STORE_KEY"]
 
 T = TypeVar("T")
 
@@ -63,6 +67,71 @@ allow = ["127.0.0.1/32"]
 {extra}"""
 
 
+def jnks_flow_config_text(sim_url: str, ca: str, allow: str = "127.0.0.0/8", poll_interval: str = "1s",
+                          extra: str = "") -> str:
+    """``[peers.jnks]``, ``[flows.jnks-payments]`` and ``[flows.jnks-receipts]`` against a JNKS simulator.
+
+    *sim_url* is the simulator's base URL (``https://127.0.0.1:PORT/``), *ca* the CA file its
+    server certificate chains to. Short timeouts and retries, for the demo and the tests; pass
+    the result as ``extra`` to :func:`demo_config_text`.
+    """
+    return f"""
+[peers.jnks]
+url = "{sim_url}upload/"
+results_url = "{sim_url}results/"
+ca = "{ca}"
+allow = ["{allow}"]
+connect_timeout = "5s"
+transfer_timeout = "1m"
+retry = {{ attempts = 5, first_delay = "1s", max_delay = "5s" }}
+
+[flows.jnks-payments]
+peer = "jnks"
+outbox = "outbox/jnks"
+
+[flows.jnks-receipts]
+peer = "jnks"
+inbox = "inbox/jnks-receipts"
+poll_interval = "{poll_interval}"
+{extra}"""
+
+
+class SimulatorNotStarted(Exception):
+    """``kei-gateway sim jnks`` exited or did not listen in time; the message holds its log."""
+
+
+def start_jnks_sim_process(credentials: str, root: str, log_path: str, *extra: str,
+                           timeout: float = 60.0) -> tuple["subprocess.Popen[bytes]", int]:
+    """``python -m kei_gateway sim jnks`` on a free loopback port, with the demo PKI in *credentials*.
+
+    It serves ``peer-sim.crt``/``peer-sim.key`` and accepts clients whose certificate chains to
+    ``ca.pem`` (the gateway's, from :func:`~kei_gateway.pki.write_demo_credentials`); *extra* are
+    more ``sim jnks`` options (``--reject-lines 3,7``). Returns the process and its port once it
+    accepts connections; its output goes to *log_path*.
+    """
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kei_gateway", "sim", "jnks", "--listen", f"127.0.0.1:{port}", "--root", root,
+             "--cert", os.path.join(credentials, "peer-sim.crt"), "--key", os.path.join(credentials, "peer-sim.key"),
+             "--client-ca", os.path.join(credentials, "ca.pem"), *extra],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                raise SimulatorNotStarted(f"the JNKS simulator did not start (exit code {process.returncode}): "
+                                          f"{f.read()}")
+        time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
+
+
 class NotificationTimeout(Exception):
     """The awaited notification did not come in time."""
 
@@ -79,6 +148,7 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+        self.path.unlink(missing_ok=True)
 
     def wait_for(self, wanted: str, timeout: float = 30.0) -> str:
         """The first notification holding a line that starts with *wanted*; at most *timeout* seconds."""

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
+from kei_gateway.crashpoints import crashpoint
 from kei_gateway.flows.ingest import errors_file_lines
 from kei_gateway.flows.outbox import today_in_jst
 from kei_gateway.layouts import ValidationOptions, ValidationReport, Validator, get_layout
@@ -203,14 +204,16 @@ class DownloadPoller(service.Service):
         assert row.blob_id is not None
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         yield self.blocking.run(relay_to_inbox, self.store, row.blob_id, self.inbox_dir, row.local_name, self.marker)
-        done = yield self.blocking.run(self.ledger.transition, row.id, S.DONE, now)
+        crashpoint("relay.written")
+        if self.on_relayed is not None:
+            yield self.on_relayed(row, self.store)  # before DONE: after a crash here it simply runs again
+        yield self.blocking.run(self.ledger.transition, row.id, S.DONE, now)
+        crashpoint("relay.committed")
         self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.last_success.labels(flow=self.flow).set(self.clock.seconds())
         events.emit(self.log, events.DOWNLOAD_RELAYED, flow=self.flow, peer=self.peer, name=row.local_name,
                     records=row.record_count, transfer_id=row.id, sha256=row.sha256)
-        if self.on_relayed is not None:
-            yield self.on_relayed(done, self.store)
 
     def _quarantine(self, entry: RemoteEntry, downloaded: Downloaded, now: datetime.datetime) -> None:
         """Blocking: keep the bad file encrypted, write its errors for a person, record it."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from kei_gateway.crashpoints import crashpoint
 from kei_gateway.flows.states import state_after_validation
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.ledger import TransferLedger
@@ -92,12 +93,14 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
                 validator.feed(chunk)
                 yield from pending
                 pending.clear()
+                crashpoint("ingest.reading")
             validator.close()
             yield from pending
             pending.clear()
 
         blob_id = new_blob_id()
         info = store.write(blob_id, converted())
+        crashpoint("ingest.stored")
     finally:
         os.close(fd)
     report = validator.report
@@ -115,6 +118,7 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
     state = state_after_validation(report.records, hold_over_records)
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=state, size=info.size,
                               sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now)
+    crashpoint("ingest.committed")
     _remove_source(outbox_dir, name, marker)
     ledger.update(row.id, now, source_removed=True)
     return IngestResult(name, "held" if state is TransferState.HELD else "queued", row.id, report.records, info.size,

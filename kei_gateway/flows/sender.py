@@ -10,6 +10,7 @@ paused until the configuration is reloaded, since retrying cannot help.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from twisted.application import service
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.config import RetryPolicy
+from kei_gateway.crashpoints import crashpoint
 from kei_gateway.flows.states import after_failure
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
@@ -32,6 +34,13 @@ from kei_gateway.transport import (
 __all__ = ["UploadSender", "SEND_POLL_INTERVAL"]
 
 SEND_POLL_INTERVAL = 5.0
+
+
+def _with_crashpoint(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    for number, chunk in enumerate(chunks):
+        if number == 1:
+            crashpoint("send.mid-put")
+        yield chunk
 
 
 def _utc(seconds: float) -> datetime.datetime:
@@ -114,11 +123,12 @@ class UploadSender(service.Service):
         try:
             if blob_id is None:
                 raise BodySourceError(self.peer, "the stored payload is gone (purged or cancelled)")
-            result = yield self.client.put(self.dir_url, name, lambda: self.store.read(blob_id), row.size,
-                                           row.sha256 or "")
+            result = yield self.client.put(self.dir_url, name, lambda: _with_crashpoint(self.store.read(blob_id)),
+                                           row.size, row.sha256 or "")
         except TransportError as error:
             yield self._failed(row, error)
             return True
+        crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,

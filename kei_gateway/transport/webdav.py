@@ -35,6 +35,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from kei_gateway.blocking import Blocking
+from kei_gateway.crashpoints import crashpoint
 from kei_gateway.transport._dav import (
     PROPFIND_BODY, MultistatusError, RemoteEntry, file_url, parse_multistatus, parse_retry_after,
 )
@@ -455,6 +456,7 @@ class WebDavClient:
         await self._discard(response)
         if not await producer.verified:  # the peer answered before reading it all: never MOVE then
             raise BodySourceError(self.peer, "the peer answered before the whole body was sent")
+        crashpoint("send.before-move")
         response = await self._request(b"MOVE", part_url, {
             b"destination": final_url.encode("ascii"), b"overwrite": b"F",
         })

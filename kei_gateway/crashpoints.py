@@ -1,0 +1,49 @@
+"""Named points where the crash-safety tests kill the daemon, as ``kill -9`` would.
+
+Inert in production: a point fires only when ``$KEI_GATEWAY_CRASH_AT`` names it
+(``point`` or ``point@N`` for its N-th pass), which only the test suite sets. The
+process then sends itself SIGKILL: no cleanup, no flush, exactly a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["crashpoint", "CRASH_ENV", "POINTS"]
+
+CRASH_ENV = "KEI_GATEWAY_CRASH_AT"
+
+POINTS = (
+    "ingest.reading",      # part of the outbox file read and encrypted, nothing committed
+    "ingest.stored",       # the blob is durable, the ledger knows nothing
+    "ingest.committed",    # the transfer is committed, the original is still in the outbox
+    "send.mid-put",        # part of the body is on the wire (PUT name.part)
+    "send.before-move",    # the .part is complete at the peer, MOVE not sent
+    "send.after-move",     # the peer has the final name, the ledger still says SENDING
+    "relay.written",       # the receipt is in the inbox, the ledger still says VALIDATED
+    "relay.committed",     # relayed and DONE, the DELETE at the peer not sent
+)
+
+
+def _armed(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[str, int] | None:
+    value = environ.get(CRASH_ENV)
+    if not value:
+        return None
+    name, _, count = value.partition("@")
+    if name not in POINTS:
+        raise ValueError(f"{CRASH_ENV}={value!r}: unknown crash point; the points are {', '.join(POINTS)}")
+    return name, int(count or 1)
+
+
+_ARMED = _armed()
+_passes: dict[str, int] = {}
+
+
+def crashpoint(name: str) -> None:
+    """Die here with SIGKILL if the tests armed *name* (for its N-th pass)."""
+    if _ARMED is None or _ARMED[0] != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] >= _ARMED[1]:
+        os.kill(os.getpid(), signal.SIGKILL)

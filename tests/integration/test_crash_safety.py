@@ -1,0 +1,86 @@
+"""kill -9 at every step of the JNKS flow: after a restart each file reaches the peer exactly once.
+
+The daemon is armed with ``$KEI_GATEWAY_CRASH_AT`` (:mod:`kei_gateway.crashpoints`) and
+SIGKILLs itself at that point: during ingest, after the blob is stored but before the
+commit, after the commit but before the original is removed, mid-PUT, after the PUT but
+before the MOVE, after the MOVE but before the commit, and around the receipt relay.
+Then it is started again, unarmed, and must finish the work with nothing lost,
+nothing sent twice, nothing left in the outbox and no plaintext in its state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kei_gateway.crashpoints import CRASH_ENV, POINTS
+from tests.integration.conftest import poll_until
+from tests.integration.harness import jnks_flow_config, make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.test_jnks_flow import drop, dummy_file
+
+pytestmark = pytest.mark.integration
+
+LARGE = 16_000  # 1.1 MB: more than one read chunk (1 MiB), for a crash in the middle of reading
+SMALL = 1_500  # 105 KB: more than one store segment (64 KiB), for a crash in the middle of a PUT
+FILES = 3
+RUNS = 2
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("point", POINTS)
+def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exactly_once(
+        tmp_path: Path, point: str, run: int) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files)
+    try:
+        files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+        records = LARGE if point == "ingest.reading" else SMALL
+        sent = {f"pay-{run}-{n}.dat": dummy_file(records, seed=100 * run + n) for n in range(FILES)}
+
+        crashing = start_daemon(files, extra_env={CRASH_ENV: point})
+        try:
+            crashing.notify.wait_for("READY=1")
+            for name, data in sent.items():
+                drop(files, name, data)
+            code = crashing.process.wait(timeout=120)
+        finally:
+            crashing.notify.close()
+        assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
+
+        daemon = start_daemon(files)
+        try:
+            daemon.notify.wait_for("READY=1")
+            upload = sim.root / "upload"
+            inbox = files.base / "spool" / "inbox" / "jnks-receipts"
+
+            def finished() -> bool | None:
+                delivered = list(upload.glob("*.dat")) if upload.exists() else []
+                receipts = list(inbox.glob("*.result")) if inbox.exists() else []
+                leftovers = list((sim.root / "results").glob("*")) if (sim.root / "results").exists() else []
+                return (len(delivered) >= FILES and len(receipts) >= FILES and not leftovers) or None
+
+            poll_until(finished, 120, f"every file delivered and answered after a crash at {point}",
+                       lambda: daemon.stderr()[-3000:])
+            delivered = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in upload.glob("*.dat"))
+            assert delivered == sorted(hashlib.sha256(d).hexdigest() for d in sent.values()), \
+                "each file exactly once at the peer"
+            receipts = sorted(p.name for p in inbox.glob("*.result"))
+            assert len(receipts) == FILES and sorted(p.name + ".result" for p in upload.glob("*.dat")) == receipts
+            assert list((files.base / "spool" / "outbox" / "jnks").iterdir()) == []
+            for path in (files.base / "state").rglob("*"):
+                if path.is_file():
+                    content = path.read_bytes()
+                    for data in sent.values():
+                        assert data[:70] not in content, f"plaintext record in {path}"
+            listing = subprocess.run(
+                [__import__("sys").executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
+                capture_output=True, text=True, timeout=60, check=True).stdout
+            assert "Queue: empty" in listing
+        finally:
+            assert daemon.stop() == 0
+            daemon.notify.close()
+    finally:
+        sim.stop()
