@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from functools import lru_cache
 from itertools import compress
-from operator import add, not_
+from operator import not_
 from typing import Final
 
 from kei_gateway.layouts.encoding import (
@@ -337,6 +337,21 @@ class _Columns:
                 column[index::width + 1] = self.block[start + index::size]
             self._joined[key] = bytes(column)
         return self._joined[key]
+
+    def keys(self, keys: tuple[str, ...]) -> list[bytes]:
+        """The named fields of every record concatenated, one ``bytes`` per record (unique keys)."""
+        if len(keys) == 1:
+            return self.values(keys[0])
+        size = self.layout.record_length
+        parts = [(self.layout.offsets[key], self.layout[key].width) for key in keys]
+        lane = sum(width for _, width in parts) + 1
+        column = bytearray(b"\n" * (self.count * lane))
+        position = 0
+        for start, width in parts:
+            for index in range(width):
+                column[position::lane] = self.block[start + index::size]
+                position += 1
+        return bytes(column).split(b"\n")[:-1]
 
     def values(self, key: str) -> list[bytes]:
         """The field's raw bytes, one per record."""
@@ -709,8 +724,7 @@ class Validator:
             if not check(columns):
                 return False
         if plan.unique_columns is not None:
-            parts = [columns.values(key) for key in plan.unique_columns]
-            joined: Iterable[bytes] = parts[0] if len(parts) == 1 else map(add, *parts)
+            joined = columns.keys(plan.unique_columns)
             keys = set(map(int, joined)) if plan.unique_numeric else set(joined)
             if len(keys) != columns.count or not self._seen.isdisjoint(keys):
                 return False
