@@ -26,7 +26,7 @@ from operator import not_
 from typing import Final
 
 from kei_gateway.layouts.encoding import (
-    GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars, is_halfwidth_katakana,
+    GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars,
     normalize_variants, wide_char_pattern, widen_halfwidth_katakana,
 )
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
