@@ -1,34 +1,68 @@
 """``kei-gateway demo``: the gateway end to end on throwaway defaults, then a summary.
 
-It makes a throwaway PKI and keys in a temporary directory, writes a configuration
-on loopback with SQLite, starts ``kei-gateway run`` as systemd would (with a
-notification socket and a watchdog), waits for ``READY=1``, shows health,
-readiness and metrics, reloads it with SIGHUP, stops it with SIGTERM and checks
-that it stopped cleanly. Later flows extend it.
+It makes a throwaway PKI and keys in a temporary directory, starts the 軽JNKS
+simulator (``kei-gateway sim jnks``) on loopback, writes a configuration with
+SQLite and the JNKS flows pointing at it, starts ``kei-gateway run`` as systemd
+would (with a notification socket and a watchdog), waits for ``READY=1``, shows
+health, readiness and metrics, then plays the tax system: dummy payment files
+(ダミーデータ) are renamed into the outbox, one of them broken on purpose. It
+waits (bounded) until every valid file is delivered and its 受付結果 relayed to the
+inbox and the broken one is quarantined, prints what happened and where to look,
+reloads the daemon with SIGHUP, stops it with SIGTERM and checks that it stopped
+cleanly. The exit code is 0 only if all of that happened.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 from kei_gateway import exitcodes
+from kei_gateway.config import read_config
+from kei_gateway.flows.outbox import today_in_jst
+from kei_gateway.layouts import generate_file, get_layout
+from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine
 from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import NotificationTimeout, NotifySocket, demo_config_text, free_port
+from kei_gateway.testing import (
+    NotificationTimeout, NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text,
+    start_jnks_sim_process,
+)
 
 __all__ = ["register", "run_demo"]
 
 DEMO_METRICS = ("kei_gateway_build_info", "kei_gateway_denied_connections_total",
                 "kei_gateway_certificate_expiry_timestamp_seconds", "kei_gateway_database_up")
+FLOW_METRICS = ("kei_gateway_transfers_total{", "kei_gateway_records_total{", "kei_gateway_peer_up{")
+LG_CODE = "131041"
+REJECT_LINES = "3,7"
+"""Records the simulator rejects (E900) in every file, so the receipts show エラー counts."""
+DELIVERY_TIMEOUT = 30.0
+"""Seconds the demo waits for every file to be delivered, answered and relayed."""
+
+
+@dataclass(frozen=True)
+class DemoFile:
+    name: str
+    records: int
+    seed: int
+    invalid_rate: float = 0.0
+
+
+DEMO_FILES = (DemoFile("payments-001.dat", 1000, 1), DemoFile("payments-002.dat", 1000, 2),
+              DemoFile("payments-003.dat", 1000, 3), DemoFile("payments-broken.dat", 200, 4, invalid_rate=0.03))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,26 +83,56 @@ def _get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def _cli(config_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kei_gateway", "-c", config_path, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     base = tempfile.mkdtemp(prefix="kei-gateway-demo-")
     try:
-        return _demo(base)
+        return _demo(base, args.keep)
     finally:
         if args.keep:
-            _say(f"\nKept {base} (config kei-gateway.toml, state/, spool/, credentials/, daemon.log).")
+            _say(f"\nKept {base} (config kei-gateway.toml, state/, spool/, sim/, credentials/, daemon.log).")
         else:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _demo(base: str) -> int:
+def _demo(base: str, keep: bool) -> int:
+    started = time.monotonic()
     _say(f"== kei-gateway demo in {base} (dummy PKI and keys, SQLite, loopback only)")
-    write_demo_credentials(os.path.join(base, "credentials"))
+    credentials = os.path.join(base, "credentials")
+    write_demo_credentials(credentials)
+    sim_dir = os.path.join(base, "sim")
+    os.makedirs(sim_dir)
+    try:
+        sim, sim_port = start_jnks_sim_process(credentials, os.path.join(sim_dir, "root"),
+                                               os.path.join(sim_dir, "sim.log"), "--reject-lines", REJECT_LINES)
+    except SimulatorNotStarted as error:
+        _say(f"!! {error}")
+        return exitcodes.FAILED
+    sim_url = f"https://127.0.0.1:{sim_port}/"
+    _say(f"-- 軽JNKS simulator on {sim_url} (mutual TLS; rejects records {REJECT_LINES} of every file with E900)")
+    try:
+        return _with_simulator(base, sim_url, keep, started)
+    finally:
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGTERM)
+            try:
+                sim.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
+
+
+def _with_simulator(base: str, sim_url: str, keep: bool, started: float) -> int:
     port = free_port()
     config_path = os.path.join(base, "kei-gateway.toml")
+    flows = jnks_flow_config_text(sim_url, os.path.join(base, "credentials", "ca.pem"))
     with open(config_path, "w", encoding="utf-8") as f:
-        f.write(demo_config_text(base, port))
-    check = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", config_path, "check-config"],
-                           capture_output=True, text=True, timeout=60)
+        f.write(demo_config_text(base, port, lg_code=LG_CODE, extra=flows))
+    check = _cli(config_path, "check-config")
     _say("-- kei-gateway check-config\n" + (check.stdout or check.stderr).rstrip())
     if check.returncode != 0:
         return exitcodes.FAILED
@@ -81,43 +145,31 @@ def _demo(base: str) -> int:
         daemon = subprocess.Popen([sys.executable, "-m", "kei_gateway", "-c", config_path, "run",
                                    "--log-target", "terminal"], env=env, stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    outcome = "FAILED"
     try:
         notify.wait_for("READY=1")
         _say(f"-- daemon pid {daemon.pid} sent READY=1")
         _say("   " + notify.wait_for("STATUS=Ready").strip())
         notify.wait_for("WATCHDOG=1")
         _say("   watchdog is fed (WATCHDOG=1 every 2 s while the reactor and database answer)")
-        url = f"http://127.0.0.1:{port}"
-        for path in ("/healthz", "/readyz"):
-            code, body = _get(url + path)
-            checks = ", ".join(f"{name} {'ok' if c['ok'] else 'FAIL: ' + c['detail']}"
-                               for name, c in json.loads(body)["checks"].items())
-            _say(f"-- GET {url}{path}: {code} ({checks})")
-            if code != 200:
-                return exitcodes.FAILED
-        code, body = _get(url + "/metrics")
-        _say(f"-- GET {url}/metrics: {code}, {len(body)} bytes; a few lines:")
-        for line in body.decode().splitlines():
-            if line.startswith(DEMO_METRICS):
-                _say("   " + line)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as outsider:
-            outsider.settimeout(10)
-            outsider.bind(("127.0.0.2", 0))
-            outsider.connect(("127.0.0.1", port))
-            closed = outsider.recv(1) == b""
-        code, body = _get(url + "/metrics")
-        denied = [line for line in body.decode().splitlines()
-                  if line.startswith('kei_gateway_denied_connections_total{listener="metrics"')]
-        _say(f"-- a client on 127.0.0.2 (not in listeners.metrics.allow) was {'closed unanswered' if closed else 'ANSWERED'}: "
-             + (denied[0] if denied else "no counter!"))
-        daemon.send_signal(signal.SIGHUP)
-        notify.wait_for("RELOADING=1")
-        notify.wait_for("READY=1")
-        _say("-- SIGHUP: RELOADING=1 ... READY=1 (configuration re-read, allow-lists applied)")
-        daemon.send_signal(signal.SIGTERM)
-        notify.wait_for("STOPPING=1")
-        code = daemon.wait(timeout=30)
-        _say(f"-- SIGTERM: STOPPING=1, exit code {code}")
+        if not _show_health(url, port):
+            code = exitcodes.FAILED
+        else:
+            delivered = _jnks_flow(base, config_path, daemon, url)
+            daemon.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING=1")
+            notify.wait_for("READY=1")
+            _say("-- SIGHUP: RELOADING=1 ... READY=1 (configuration re-read, allow-lists applied)")
+            daemon.send_signal(signal.SIGTERM)
+            notify.wait_for("STOPPING=1")
+            code = daemon.wait(timeout=30)
+            _say(f"-- SIGTERM: STOPPING=1, exit code {code}")
+            if code == 0 and delivered:
+                outcome = ("finished: every valid file delivered and answered, the broken one quarantined, "
+                           "the daemon stopped cleanly")
+            elif code == 0:
+                code = exitcodes.FAILED
     except (NotificationTimeout, OSError, ValueError, subprocess.TimeoutExpired) as error:
         _say(f"!! demo failed: {error}")
         code = exitcodes.FAILED
@@ -130,6 +182,163 @@ def _demo(base: str) -> int:
         _say("-- the daemon's events (one line each; under systemd they go to journald):")
         for line in log:
             _say("   " + line.rstrip())
-    _say("== demo " + ("finished: a ready, healthy daemon that stopped cleanly" if code == 0 else "FAILED"))
-    _say("   Next: README.md (install on a server, configure, operate), docs/configuration.md")
+    _where_to_look(base, url, config_path, keep)
+    _say(f"== demo {outcome} ({time.monotonic() - started:.0f} s)")
+    _say("   Next: README.md (install on a server, configure, operate, the JNKS flow), docs/configuration.md")
     return exitcodes.OK if code == 0 else exitcodes.FAILED
+
+
+def _show_health(url: str, port: int) -> bool:
+    for path in ("/healthz", "/readyz"):
+        code, body = _get(url + path)
+        checks = ", ".join(f"{name} {'ok' if c['ok'] else 'FAIL: ' + c['detail']}"
+                           for name, c in json.loads(body)["checks"].items())
+        _say(f"-- GET {url}{path}: {code} ({checks})")
+        if code != 200:
+            return False
+    code, body = _get(url + "/metrics")
+    _say(f"-- GET {url}/metrics: {code}, {len(body)} bytes; a few lines:")
+    for line in body.decode().splitlines():
+        if line.startswith(DEMO_METRICS):
+            _say("   " + line)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as outsider:
+        outsider.settimeout(10)
+        outsider.bind(("127.0.0.2", 0))
+        outsider.connect(("127.0.0.1", port))
+        closed = outsider.recv(1) == b""
+    code, body = _get(url + "/metrics")
+    denied = [line for line in body.decode().splitlines()
+              if line.startswith('kei_gateway_denied_connections_total{listener="metrics"')]
+    _say(f"-- a client on 127.0.0.2 (not in listeners.metrics.allow) was {'closed unanswered' if closed else 'ANSWERED'}: "
+         + (denied[0] if denied else "no counter!"))
+    return closed
+
+
+def _drop(outbox: str, name: str, data: bytes) -> None:
+    """Write as the tax system does (``ready = "rename"``): a temporary name, then a rename."""
+    temporary = os.path.join(outbox, name + ".tmp")
+    with open(temporary, "wb") as f:
+        f.write(data)
+    os.rename(temporary, os.path.join(outbox, name))
+
+
+def _jnks_flow(base: str, config_path: str, daemon: subprocess.Popen[bytes], url: str) -> bool:
+    """Play the tax system on the JNKS payment flow; True if everything arrived where it should."""
+    config = read_config(config_path)
+    outbox = config.spool_path("outbox/jnks")
+    inbox = config.spool_path("inbox/jnks-receipts")
+    quarantine = config.spool_path("quarantine/jnks-payments")
+    upload = os.path.join(base, "sim", "root", "upload")
+    layout = get_layout("jnks-payments")
+    today = today_in_jst(time.time())
+    _say("-- JNKS payment status (軽自動車税 納付情報), end to end. The tax system writes to spool/outbox/jnks/ "
+         "(name.tmp, then rename):")
+    os.makedirs(outbox, exist_ok=True)
+    for item in DEMO_FILES:
+        data = b"".join(generate_file(layout, item.records, seed=item.seed, today=today,
+                                      invalid_rate=item.invalid_rate, lg_code=LG_CODE))
+        _drop(outbox, item.name, data)
+        broken = f", about {item.invalid_rate:.0%} of the records broken on purpose" if item.invalid_rate else ""
+        _say(f"   {item.name:<20} {item.records:>6,} records, {len(data):>7,} bytes (dummy data{broken})")
+    dropped = time.monotonic()
+
+    valid = [item for item in DEMO_FILES if not item.invalid_rate]
+    invalid = [item for item in DEMO_FILES if item.invalid_rate]
+    engine = create_ledger_engine(config.database_url)
+    ledger = TransferLedger(engine)
+    try:
+        def missing() -> tuple[list[str], dict[str, TransferRow]]:
+            rows = {row.local_name: row for row in ledger.list_transfers(flow="jnks-payments", limit=100)}
+            wanting: list[str] = []
+            for item in valid:
+                row = rows.get(item.name)
+                if row is None:
+                    wanting.append(f"{item.name}: not taken from the outbox")
+                elif row.state != "DONE" or not row.remote_name:
+                    wanting.append(f"{item.name}: transfer {row.id} is {row.state}"
+                                   + (f" ({row.last_error})" if row.last_error else ""))
+                elif not os.path.exists(os.path.join(upload, row.remote_name)):
+                    wanting.append(f"{item.name}: not at the peer as {row.remote_name}")
+                elif not os.path.exists(os.path.join(inbox, row.remote_name + ".result")):
+                    wanting.append(f"{item.name}: receipt {row.remote_name}.result not in the inbox")
+                elif not row.receipt_summary:
+                    wanting.append(f"{item.name}: receipt not counted in the ledger")
+            for item in invalid:
+                row = rows.get(item.name)
+                if row is None or row.state != "QUARANTINED":
+                    wanting.append(f"{item.name}: not quarantined" + (f" (it is {row.state})" if row else ""))
+                elif not os.path.exists(os.path.join(quarantine, item.name + ".errors.txt")):
+                    wanting.append(f"{item.name}: no {item.name}.errors.txt in the quarantine")
+            return wanting, rows
+
+        deadline = dropped + DELIVERY_TIMEOUT
+        while True:
+            wanting, rows = missing()
+            if not wanting or time.monotonic() > deadline or daemon.poll() is not None:
+                break
+            time.sleep(0.2)  # a bounded poll of the ledger and the spool, not a wait for an outcome
+    finally:
+        engine.dispose()
+    took = time.monotonic() - dropped
+
+    if wanting:
+        _say(f"!! after {took:.1f} s not everything arrived:")
+        for line in wanting:
+            _say("   " + line)
+    else:
+        _say(f"   all taken, delivered, answered and relayed within {took:.1f} s; "
+             f"outbox now {'empty' if not os.listdir(outbox) else 'NOT empty: ' + ', '.join(os.listdir(outbox))}")
+    _say("-- delivered to 軽JNKS (PUT name.part, then MOVE to the final name; the plaintext original removed):")
+    for item in valid:
+        row = rows.get(item.name)
+        if row is not None:
+            _say(f"   {item.name:<20} -> {row.remote_name or '(not yet)'}  transfer {row.id} {row.state}, "
+                 f"{row.record_count:,} records")
+    _say("-- receipts (受付結果) relayed to spool/inbox/jnks-receipts/ for the tax system:")
+    for item in valid:
+        row = rows.get(item.name)
+        if row is not None and row.remote_name:
+            receipt = os.path.join(inbox, row.remote_name + ".result")
+            if os.path.exists(receipt):
+                summary = re.sub(r"\s*\(receipt transfer \d+\)", "", row.receipt_summary or "not counted")
+                _say(f"   {os.path.basename(receipt)}  {summary}  ({os.path.getsize(receipt):,} bytes)")
+    _say("-- quarantined (nothing of it was sent); the tax division reads the .errors.txt, corrects, writes again:")
+    for item in invalid:
+        row = rows.get(item.name)
+        errors = os.path.join(quarantine, item.name + ".errors.txt")
+        if row is not None:
+            _say(f"   {item.name}: transfer {row.id} {row.state}: {row.last_error}")
+        if os.path.exists(errors):
+            _say(f"   {errors}:")
+            with open(errors, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            for line in lines[:6]:
+                _say("     " + line)
+            if len(lines) > 6:
+                _say(f"     ... ({len(lines) - 6} more line(s))")
+    for title, args in (("kei-gateway status", ("status",)), ("kei-gateway transfers list", ("transfers", "list"))):
+        result = _cli(config_path, *args)
+        _say(f"-- {title}")
+        for line in (result.stdout or result.stderr).rstrip().splitlines():
+            _say("   " + line)
+    code, body = _get(url + "/metrics")
+    _say(f"-- GET {url}/metrics (the JNKS flow's counters):")
+    for line in body.decode().splitlines():
+        if line.startswith(FLOW_METRICS):
+            _say("   " + line)
+    return not wanting
+
+
+def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
+    _say("-- where to look" + ("" if keep else " (run 'kei-gateway demo --keep' to keep these for a look afterwards)"))
+    for what, where in (
+            ("metrics and health (while the daemon runs)", f"{url}/metrics  /healthz  /readyz"),
+            ("outbox (the tax system writes here)", f"{base}/spool/outbox/jnks/"),
+            ("inbox (receipts for the tax system)", f"{base}/spool/inbox/jnks-receipts/"),
+            ("quarantine (rejected files, .errors.txt)", f"{base}/spool/quarantine/jnks-payments/"),
+            ("what the peer received (simulator)", f"{base}/sim/root/upload/"),
+            ("ledger and encrypted store", f"{base}/state/"),
+            ("daemon and simulator logs", f"{base}/daemon.log  {base}/sim/sim.log")):
+        _say(f"   {what:<44} {where}")
+    if keep:
+        _say(f"   operator commands: kei-gateway -c {config_path} status | transfers list | transfers show ID")

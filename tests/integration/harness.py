@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import NotifySocket, demo_config_text, free_port
+from kei_gateway.testing import (
+    NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text, start_jnks_sim_process,
+)
 
 PROCESS_TIMEOUT = 60.0  # generous: an fsync on a busy disk can take many seconds
 
@@ -120,51 +122,17 @@ class SimProcess:
 
 def start_jnks_sim(files: GatewayFiles, *extra: str) -> SimProcess:
     """``kei-gateway sim jnks`` on loopback, trusting the gateway's throwaway CA; waits until it accepts."""
-    import socket
-    import time
-
-    credentials = files.base / "credentials"
     sim_dir = files.base / "sim"
     sim_dir.mkdir(exist_ok=True)
-    port = free_port()
     log_path = sim_dir / "sim.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kei_gateway", "sim", "jnks", "--listen", f"127.0.0.1:{port}",
-             "--root", str(sim_dir / "root"), "--cert", str(credentials / "peer-sim.crt"),
-             "--key", str(credentials / "peer-sim.key"), "--client-ca", str(credentials / "ca.pem"), *extra],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while True:
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the JNKS simulator did not start: {log_path.read_text(errors='replace')}")
-        time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
+    try:
+        process, port = start_jnks_sim_process(str(files.base / "credentials"), str(sim_dir / "root"), str(log_path),
+                                               *extra, timeout=PROCESS_TIMEOUT)
+    except SimulatorNotStarted as error:
+        raise AssertionError(str(error)) from None
     return SimProcess(process, port, sim_dir / "root", log_path)
 
 
 def jnks_flow_config(sim_url: str, allow: str = "127.0.0.0/8", extra: str = "") -> str:
-    """``[peers.jnks]`` and ``[flows.jnks-payments]`` pointing at a simulator, for GatewayFiles.write_config."""
-    return f"""
-[peers.jnks]
-url = "{sim_url}upload/"
-results_url = "{sim_url}results/"
-ca = "CREDENTIALS/ca.pem"
-allow = ["{allow}"]
-connect_timeout = "5s"
-transfer_timeout = "1m"
-retry = {{ attempts = 5, first_delay = "1s", max_delay = "5s" }}
-
-[flows.jnks-payments]
-peer = "jnks"
-outbox = "outbox/jnks"
-
-[flows.jnks-receipts]
-peer = "jnks"
-inbox = "inbox/jnks-receipts"
-poll_interval = "1s"
-{extra}"""
+    """:func:`~kei_gateway.testing.jnks_flow_config_text` with the CA as ``CREDENTIALS/ca.pem`` (replace CREDENTIALS)."""
+    return jnks_flow_config_text(sim_url, "CREDENTIALS/ca.pem", allow=allow, extra=extra)

@@ -75,7 +75,8 @@ def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under
         assert hashlib.sha256(delivered[0].read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
         assert list(upload.glob("*.part")) == []
         assert os.listdir(files.base / "spool" / "outbox" / "jnks") == []
-        done = poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "DONE")
+        done = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments" and t["state"] == "DONE"]
+                           or None, 30, "DONE")
         assert done[0]["record_count"] == 200 and done[0]["sha256"] == hashlib.sha256(data).hexdigest()
         code, body = daemon.get("/metrics")
         assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="done"} 1.0' in body.decode()
@@ -154,6 +155,59 @@ def test_when_jnks_answers_then_the_receipt_is_relayed_to_the_inbox_deleted_ther
         assert 'kei_gateway_records_total{flow="jnks-payments",outcome="rejected_by_peer"} 2.0' in text
         assert 'kei_gateway_transfers_total{flow="jnks-receipts",outcome="relayed"} 1.0' in text
         assert "receipt.rejections" in daemon.stderr()
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+        sim.stop()
+
+
+@pytest.mark.parametrize(("faults", "expect"), [
+    (["--fault", "fail_put_503_times=2", "--fault", "retry_after_seconds=1"], "unavailable"),
+    (["--fault", "reset_mid_body_times=1"], "connection_lost"),
+    (["--fault", "replay_412=1"], None),
+])
+def test_when_the_peer_misbehaves_then_the_file_still_arrives_exactly_once(
+        tmp_path: Path, faults: list[str], expect: str | None) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files, *faults)
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        data = dummy_file(1500, seed=9)  # more than one store segment: the reset comes mid-body
+        drop(files, "pay-fault.dat", data)
+        done = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments"
+                                   and t["state"] == "DONE"] or None, 60, "DONE despite the fault",
+                          lambda: daemon.stderr()[-3000:])
+        delivered = list((sim.root / "upload").glob("*.dat"))
+        assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in delivered] == [hashlib.sha256(data).hexdigest()]
+        if expect is not None:
+            assert done[0]["attempts"] >= 2
+            assert "transfer.retry" in daemon.stderr() and expect in daemon.stderr()
+        else:
+            assert done[0]["receipt_summary"] is None or "already present" in str(done[0]["receipt_summary"]) \
+                or "受付" in str(done[0]["receipt_summary"])
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+        sim.stop()
+
+
+def test_when_the_peer_presents_a_certificate_from_an_unknown_ca_then_nothing_is_sent_and_an_alert_is_raised(
+        tmp_path: Path) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files, "--fault", "wrong_server_cert")
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        drop(files, "pay-ca.dat", dummy_file(5))
+        poll_until(lambda: "peer.identity_failed" in daemon.stderr() or None, 30, "the identity alert",
+                   lambda: daemon.stderr()[-3000:])
+        assert "[critical] peer.identity_failed" in daemon.stderr() and "reason=ca" in daemon.stderr()
+        rows = transfers(files)
+        assert [(r["flow"], r["state"]) for r in rows if r["flow"] == "jnks-payments"] == [("jnks-payments", "QUEUED")]
+        assert not (sim.root / "upload").exists() or list((sim.root / "upload").iterdir()) == []
+        code, body = daemon.get("/metrics")
+        assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="refused_ca"} 1.0' in body.decode()
     finally:
         assert daemon.stop() == 0
         daemon.notify.close()

@@ -1,0 +1,35 @@
+"""``kei-gateway demo`` end to end: the real daemon, the JNKS simulator, the outbox, the inbox, the quarantine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DEMO_TIMEOUT = 180.0  # the demo itself takes ~10 s; generous for a busy 2-core machine
+
+
+def test_when_the_demo_runs_then_it_exits_0_naming_the_delivered_files_the_receipts_and_the_quarantine() -> None:
+    result = subprocess.run([sys.executable, "-m", "kei_gateway", "demo"], capture_output=True, text=True,
+                            timeout=DEMO_TIMEOUT)
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+
+    delivered = re.findall(r"^   (payments-00\d\.dat) +-> (131041_jnks-payments_\d{14}_\d+\.dat)  transfer \d+ DONE",
+                           output, re.MULTILINE)
+    assert [local for local, _ in delivered] == ["payments-001.dat", "payments-002.dat", "payments-003.dat"]
+    for _, remote in delivered:
+        assert re.search(rf"^   {re.escape(remote)}\.result  受付 998, エラー 2 ", output, re.MULTILINE), \
+            f"no receipt line for {remote}"
+    assert re.search(r"^   payments-broken\.dat: transfer \d+ QUARANTINED: \d+ error\(s\)", output, re.MULTILINE)
+    assert "/spool/quarantine/jnks-payments/payments-broken.dat.errors.txt:" in output
+    assert "-- kei-gateway status\n   jnks-payments: 1 quarantined" in output
+    assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="done"} 3.0' in output
+    assert 'kei_gateway_records_total{flow="jnks-payments",outcome="rejected_by_peer"} 6.0' in output
+    assert 'kei_gateway_peer_up{peer="jnks"} 1.0' in output
+    assert "-- SIGTERM: STOPPING=1, exit code 0" in output
+    assert "== demo finished:" in output
