@@ -10,7 +10,9 @@ in child processes so peak RSS is per measurement:
   exactly what ``kei-gateway validate`` does.
 
 "ratio" is best validate time / best decode time; "median" is the median of
-the ratios of decode/validate pairs run back to back (robust to other load).
+the ratios of decode/validate pairs run back to back; "cpu" columns are the
+best CPU seconds (user + system) of each, less sensitive to other load on the
+machine than wall-clock time.
 
 Run: ``.venv/bin/python bench/validate.py [--records N]``.  Figures go in
 ``docs/performance.md``.
@@ -57,26 +59,29 @@ def ensure_file(layout_name: str, records: int) -> Path:
 
 def measure_decode(path: str) -> dict[str, float]:
     decoder = codecs.getincrementaldecoder("cp932")()
+    cpu = time.process_time()
     start = time.perf_counter()
     count = 0
     with open(path, "rb") as source:
         for line in source:
             decoder.decode(line)
             count += 1
-    return {"seconds": time.perf_counter() - start, "records": count}
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "records": count}
 
 
 def measure_validate(path: str, layout_name: str) -> dict[str, float]:
     from kei_gateway.layouts import ValidationOptions, get_layout, validate_stream
 
     options = ValidationOptions(today=TODAY)
+    cpu = time.process_time()
     start = time.perf_counter()
     with open(path, "rb") as source:
         report = validate_stream(iter(partial(source.read, 1 << 16), b""), get_layout(layout_name), options)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     if not report.valid:
         raise SystemExit(f"benchmark file {path} is invalid: {report.errors[:3]}")
-    return {"seconds": elapsed, "records": report.records}
+    return {"seconds": elapsed, "cpu": cpu, "records": report.records}
 
 
 def child(what: str, path: str, layout_name: str) -> None:
@@ -103,7 +108,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
     print(f"{'layout':<15} {'records':>9} {'MB':>6} {'decode s':>9} {'validate s':>10} {'records/s':>11} "
-          f"{'ratio':>6} {'median':>8} {'RSS decode':>10} {'RSS validate':>12}")
+          f"{'ratio':>6} {'median':>8} {'cpu dec':>7} {'cpu val':>7} {'cpu x':>6} {'RSS decode':>10} "
+          f"{'RSS validate':>12}")
     for name in LAYOUT_NAMES:
         path = ensure_file(name, args.records)
         # Decode and validate alternate, so load from other processes hits both alike.
@@ -111,10 +117,13 @@ def main() -> None:
         decode = min((d for d, _ in pairs), key=lambda r: r["seconds"])
         validate = min((v for _, v in pairs), key=lambda r: r["seconds"])
         ratios = sorted(v["seconds"] / d["seconds"] for d, v in pairs)
+        cpu_decode = min(d["cpu"] for d, _ in pairs)
+        cpu_validate = min(v["cpu"] for _, v in pairs)
         size = path.stat().st_size / 1e6
         print(f"{name:<15} {int(validate['records']):>9} {size:>6.0f} {decode['seconds']:>9.2f} "
               f"{validate['seconds']:>10.2f} {validate['records'] / validate['seconds']:>11,.0f} "
               f"{validate['seconds'] / decode['seconds']:>5.2f}x {ratios[len(ratios) // 2]:>7.2f}x "
+              f"{cpu_decode:>6.2f} {cpu_validate:>6.2f} {cpu_validate / cpu_decode:>5.2f}x "
               f"{decode['peak_rss_mb']:>8.0f}MB {validate['peak_rss_mb']:>10.0f}MB")
 
 

@@ -31,7 +31,7 @@ from kei_gateway.layouts.encoding import (
 )
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
 from kei_gateway.layouts.fields import (
-    DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, NotBefore, RuleContext, SumEquals, Unique, Value,
+    DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, LgCode, NotBefore, RuleContext, SumEquals, Unique, Value,
     When, char_class, left_aligned_pattern,
 )
 
@@ -558,7 +558,26 @@ def _not_before_check(rule: NotBefore, later: str, earlier: str) -> ColumnCheck:
 
 
 def _field_column_check(rule: FieldRule, key: str, ctx: RuleContext) -> ColumnCheck:
+    if isinstance(rule, LgCode):
+        return _lg_code_column_check(key)
     return lambda columns: rule.column_ok(columns.values(key), ctx)
+
+
+_DIGIT_VALUES: Final = bytes.maketrans(b"0123456789", bytes(range(10)))
+_LG_CHECK_DIGITS: Final = bytes(0x30 + (11 - total % 11) % 10 for total in range(256))
+"""Weighted sum of the first five digits → the ASCII check digit of a 全国地方公共団体コード."""
+
+
+def _lg_code_column_check(key: str) -> ColumnCheck:
+    """Check digits of a whole column at once: one byte per record holds its weighted sum (≤ 180)."""
+    def check(columns: _Columns) -> bool:
+        block, size, start = columns.block, columns.layout.record_length, columns.layout.offsets[key]
+        total = 0
+        for index, weight in enumerate((6, 5, 4, 3, 2)):
+            total += weight * int.from_bytes(block[start + index::size].translate(_DIGIT_VALUES), "big")
+        expected = total.to_bytes(columns.count, "big").translate(_LG_CHECK_DIGITS)
+        return expected == block[start + 5::size]
+    return check
 
 
 def _when_column_check(cond_key: str, target_key: str, codes: frozenset[bytes], then_left: list[FieldRule],
@@ -725,10 +744,14 @@ class Validator:
                 return False
         if plan.unique_columns is not None:
             joined = columns.keys(plan.unique_columns)
-            keys = set(map(int, joined)) if plan.unique_numeric else set(joined)
-            if len(keys) != columns.count or not self._seen.isdisjoint(keys):
+            keys: list[object] = list(map(int, joined)) if plan.unique_numeric else list(joined)
+            if not self._seen.isdisjoint(keys):
                 return False
-            self._seen |= keys
+            before = len(self._seen)
+            self._seen.update(keys)
+            if len(self._seen) - before != columns.count:  # a key repeats inside the block
+                self._seen.difference_update(keys)  # none was there before (disjoint), so this undoes the update
+                return False
         return True
 
     def _line(self, line: bytes, offset: int) -> None:
