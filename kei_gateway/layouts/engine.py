@@ -490,27 +490,35 @@ def _wide_column_check(item: Field, ctx: RuleContext) -> ColumnCheck:
 def _distinct_values_check(item: Field, ctx: RuleContext) -> ColumnCheck:
     """Check each distinct value of a narrow, repetitive field once with the precise checks (cached per plan)."""
     options = ValidationOptions(today=ctx.today, charset=ctx.charset, lg_code=ctx.lg_code)
-    known: dict[bytes, bool] = {}
 
     def precise(raw: bytes) -> bool:
         result = _decode_field(item, raw, options)
-        ok = (result.reason is None and result.value is not None and result.substituted == 0
-              and all(rule.check(result.value, ctx) is None for rule in item.rules))
-        if len(known) >= _DISTINCT_CACHE_LIMIT:
-            known.clear()
-        known[raw] = ok
-        return ok
+        return (result.reason is None and result.value is not None and result.substituted == 0
+                and all(rule.check(result.value, ctx) is None for rule in item.rules))
 
-    def check(columns: _Columns) -> bool:
-        for raw in set(columns.values(item.key)):
-            ok = known.get(raw)
-            if not (precise(raw) if ok is None else ok):
-                return False
+    return _KnownGood(item.key, precise).check
+
+
+class _KnownGood:
+    """A column check for repetitive fields: distinct values not seen before get the precise check; good ones are kept."""
+
+    def __init__(self, key: str, precise: Callable[[bytes], bool]) -> None:
+        self.key = key
+        self.precise = precise
+        self.good: set[bytes] = set()
+
+    def check(self, columns: _Columns) -> bool:
+        new = set(columns.values(self.key)) - self.good
+        if not new:
+            return True
+        if not all(map(self.precise, new)):
+            return False
+        if len(self.good) > _DISTINCT_CACHE_LIMIT:
+            self.good.clear()
+        self.good |= new
         return True
-    return check
 
 
-@lru_cache(maxsize=1 << 16)
 def _is_real_date(raw: bytes) -> bool:
     try:
         datetime.date(int(raw[:4]), int(raw[4:6]), int(raw[6:8]))
@@ -520,8 +528,8 @@ def _is_real_date(raw: bytes) -> bool:
 
 
 def _date_column_check(key: str) -> ColumnCheck:
-    """Dates repeat: check each distinct value once (cached)."""
-    return lambda columns: all(map(_is_real_date, set(columns.values(key))))
+    """Dates repeat: check each distinct value once."""
+    return _KnownGood(key, _is_real_date).check
 
 
 def _sum_check(rule: SumEquals, total: str, first: str, second: str) -> ColumnCheck:
