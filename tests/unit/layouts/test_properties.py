@@ -154,3 +154,22 @@ def test_when_records_are_generated_then_names_are_invented_dummy_names(layout: 
             assert family in DUMMY_FAMILY_NAMES and given in DUMMY_GIVEN_NAMES
         if "chassis_no" in record and layout.name == "jnks-payments":
             assert str(record["chassis_no"]).startswith("DMY")
+
+
+PROBE_BYTES = (0x00, 0x0A, 0x0D, 0x20, 0x2D, 0x30, 0x39, 0x41, 0x5A, 0x61, 0x7F, 0x81, 0x82, 0x87, 0xA0, 0xB1, 0xF0, 0xFF)
+
+
+@pytest.mark.parametrize("layout", LAYOUT_LIST, ids=lambda layout: layout.name)
+def test_when_any_byte_position_gets_a_probe_byte_then_fast_and_precise_paths_report_the_same(layout: Layout) -> None:
+    """Every position × a set of telling byte values (digits, space, CR, LF, NUL, lead and trail bytes ...)."""
+    records = dummy_records(layout, 3, seed=2)
+    for position in range(layout.record_length):
+        for value in PROBE_BYTES:
+            if records[1][position] == value:
+                continue
+            broken = bytearray(records[1])
+            broken[position] = value
+            data = records[0] + bytes(broken) + records[2]
+            fast = validate_bytes(data, layout, OPTIONS)
+            precise = validate_bytes(data, layout, OPTIONS, fast_path=False)
+            assert [e.message() for e in fast.errors] == [e.message() for e in precise.errors], (position, value)
