@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -137,42 +138,62 @@ class NotificationTimeout(Exception):
 
 
 class NotifySocket:
-    """What systemd's notification socket sees: the datagrams a service sends (``$NOTIFY_SOCKET``)."""
+    """What systemd's notification socket sees: the datagrams a service sends (``$NOTIFY_SOCKET``).
+
+    Like systemd, it reads every datagram as it comes (a background thread), so the
+    service never blocks on a full socket queue (only ~10 datagrams fit).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
         self.messages: list[str] = []
         """Notifications read but not yet returned by :meth:`wait_for`."""
+        self._lock = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
+        self._reader.start()
 
-    def close(self) -> None:
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-
-    def wait_for(self, wanted: str, timeout: float = 30.0) -> str:
-        """The first notification holding a line that starts with *wanted*; at most *timeout* seconds."""
-
-        def matches(message: str) -> bool:
-            return any(line.startswith(wanted) for line in message.splitlines())
-
-        for message in self.messages:
-            if matches(message):
-                self.messages.remove(message)
-                return message
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NotificationTimeout(f"no {wanted!r} notification within {timeout:g}s; got {self.messages}")
-            self.sock.settimeout(remaining)
+    def _read(self) -> None:
+        while not self._closed:
             try:
                 message = self.sock.recv(65536).decode()
             except socket.timeout:
                 continue
-            if matches(message):
-                return message
-            self.messages.append(message)
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(message)
+                self._lock.notify_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=5)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def wait_for(self, wanted: str, timeout: float = 30.0) -> str:
+        """The first unread notification holding a line that starts with *wanted*; at most *timeout* seconds.
+
+        Notifications before it stay unread for later calls.
+        """
+
+        def matches(message: str) -> bool:
+            return any(line.startswith(wanted) for line in message.splitlines())
+
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for message in self.messages:
+                    if matches(message):
+                        self.messages.remove(message)
+                        return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NotificationTimeout(f"no {wanted!r} notification within {timeout:g}s; got {self.messages[-20:]}")
+                self._lock.wait(remaining)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
