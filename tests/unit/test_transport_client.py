@@ -186,7 +186,20 @@ class Consumer:
 
 class PulledBodyTests(SynchronousTestCase):
     def body(self, chunks: Any, data: bytes, sha: str | None = None) -> _PulledBody:
-        return _PulledBody("jnks", chunks, len(data), sha or hashlib.sha256(data).hexdigest(), SynchronousBlocking())
+        """One piece per pull (batch of 1 byte), so the tests see each chunk's fate."""
+        return _PulledBody("jnks", chunks, len(data), sha or hashlib.sha256(data).hexdigest(), SynchronousBlocking(),
+                           batch_bytes=1)
+
+    def test_when_pieces_are_small_then_they_are_pulled_and_written_in_batches(self) -> None:
+        pieces = [bytes([65 + i]) * 1000 for i in range(10)]
+        data = b"".join(pieces)
+        blocking = SynchronousBlocking()
+        producer = _PulledBody("jnks", lambda: iter(pieces), len(data), hashlib.sha256(data).hexdigest(), blocking,
+                               batch_bytes=4000)
+        consumer = Consumer()
+        self.successResultOf(producer.startProducing(consumer))  # type: ignore[arg-type]
+        self.assertEqual(b"".join(consumer.written), data)
+        self.assertEqual([len(w) for w in consumer.written], [4000, 4000, 2000])
 
     def test_when_the_source_is_whole_then_every_chunk_is_written_and_verified(self) -> None:
         producer = self.body(lambda: iter([b"ab", b"", b"cd", b"e"]), b"abcde")
