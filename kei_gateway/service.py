@@ -39,6 +39,13 @@ STATUS_INTERVAL = 15.0
 CERTIFICATE_CHECK_INTERVAL = 6 * 3600.0
 
 
+def _utc_timestamp(when: Any) -> float:
+    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
+    from datetime import timezone
+
+    return float((when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).timestamp())
+
+
 def server_endpoint(reactor: Any, address: HostPort) -> IStreamServerEndpoint:
     if ":" in address.host:
         return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
@@ -195,11 +202,19 @@ class GatewayService(service.MultiService):
     def update_status(self) -> defer.Deferred[None]:
         """Refresh the queue gauges and systemd's STATUS= line from the ledger."""
 
-        def counted(queue: dict[tuple[str, str], int]) -> None:
+        def snapshot() -> tuple[dict[tuple[str, str], int], dict[str, Any]]:
+            return self.ledger.queue_counts(), self.ledger.oldest_queued()
+
+        def counted(result: tuple[dict[tuple[str, str], int], dict[str, Any]]) -> None:
+            queue, oldest = result
             flows = set(self.config.flows) | {flow for flow, _ in queue}
+            now = self.clock.seconds()
             for flow in flows:
                 for state in OPEN_STATES:
                     self.metrics.queue_files.labels(flow=flow, state=state).set(queue.get((flow, state), 0))
+                since = oldest.get(flow)
+                age = max(0.0, now - _utc_timestamp(since)) if since is not None else 0.0
+                self.metrics.oldest_queued_age.labels(flow=flow).set(age)
             totals: dict[str, int] = {}
             for (_, state), count in queue.items():
                 totals[state] = totals.get(state, 0) + count
@@ -212,7 +227,7 @@ class GatewayService(service.MultiService):
             self.metrics.database_up.set(0)
             self.notifier.notify(f"STATUS=Database not answering: {failure.getErrorMessage()}")
 
-        return self.blocking.run(self.ledger.queue_counts).addCallbacks(counted, failed)
+        return self.blocking.run(snapshot).addCallbacks(counted, failed)
 
     def status_soon(self) -> None:
         """Refresh STATUS= and the queue gauges once the current reactor turn is over (coalesced)."""

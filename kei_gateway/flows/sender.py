@@ -154,6 +154,7 @@ class UploadSender(service.Service):
                                     last_error=reason)
             self.paused = reason
             if isinstance(error, OutboundDenied):
+                self.metrics.denied_connections.labels(listener="outbound", reason=error.reason).inc()
                 events.emit(self.log, events.PEER_DENIED, flow=self.flow, peer=self.peer, transfer_id=row.id,
                             reason=error.reason)
             else:

@@ -138,6 +138,8 @@ class SenderTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(client.puts), 1, "paused: no more attempts until a person acts")
         self.assertIn("peer.denied", self.kinds())
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_denied_connections_total",
+                                                        {"listener": "outbound", "reason": "address"}), 1)
         sender.resume()
         self.assertEqual(self.state(), "DONE")
 

@@ -104,6 +104,9 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIn("1 held", self.notifier.states("STATUS=")[-1])
         self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="QUEUED"), 2)
         self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="FAILED"), 0)
+        self.reactor.advance(now.timestamp() + 100 - self.reactor.seconds())
+        self.successResultOf(self.gateway.update_status())
+        self.assertEqual(self.metric("kei_gateway_oldest_queued_age_seconds", flow="jnks-payments"), 100)
 
 
 class RestartNeededTests(SynchronousTestCase):
