@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
-           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write"]
+           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "free_name"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MARKER_SUFFIX = ".end"
@@ -139,7 +139,8 @@ def atomic_write(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
     return size
 
 
-def _free_name(directory: str, name: str) -> str:
+def free_name(directory: str, name: str) -> str:
+    """*name*, or ``name.2``, ``name.3`` … whichever is free in *directory* (with its ``.errors.txt``)."""
     candidate, n = name, 1
     while os.path.lexists(os.path.join(directory, candidate)) or os.path.lexists(
             os.path.join(directory, candidate + ERRORS_SUFFIX)):
@@ -151,7 +152,7 @@ def _free_name(directory: str, name: str) -> str:
 def quarantine_entry(source_dir: str, name: str, quarantine_dir: str, safe_name: str | None = None) -> str:
     """Move an outbox entry into *quarantine_dir* (never following it); return its name there."""
     os.makedirs(quarantine_dir, mode=0o750, exist_ok=True)
-    target = _free_name(quarantine_dir, safe_name or name)
+    target = free_name(quarantine_dir, safe_name or name)
     os.rename(os.path.join(source_dir, name), os.path.join(quarantine_dir, target))
     fsync_directory(quarantine_dir)
     fsync_directory(source_dir)

@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=show_transfer)
+    export = actions.add_parser("export", help="decrypt a transfer's stored file (e.g. a quarantined one) for the tax division")
+    export.add_argument("id", type=int)
+    export.add_argument("--output", required=True, metavar="FILE", help="where to write it (created 0600, never overwritten)")
+    export.set_defaults(func=export_transfer)
     for name, helptext in (("retry", "send a FAILED or RETRY_WAIT transfer again now"),
                            ("approve", "release a HELD transfer (bulk data approved by the person in charge)"),
                            ("cancel", "discard a HELD, QUEUED, RETRY_WAIT or FAILED transfer")):
@@ -160,4 +164,41 @@ def change_transfer(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
     print(f"transfer {row.id} is now {row.state} (by {who})")
+    return exitcodes.OK
+
+
+def export_transfer(args: argparse.Namespace) -> int:
+    config = read_config(config_path_from(args))
+    ledger = TransferLedger(create_ledger_engine(config.database_url, config.database.busy_timeout))
+    try:
+        row = ledger.get(args.id)
+    except TransferNotFound as error:
+        print(error, file=sys.stderr)
+        return exitcodes.FAILED
+    if not row.blob_id:
+        print(f"transfer {row.id} ({row.state}) has no stored file (never stored, or already purged)", file=sys.stderr)
+        return exitcodes.FAILED
+    from kei_gateway.store import StoreError, open_store
+
+    try:
+        store = open_store(config)
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        print(f"{args.output} exists; choose a new file name (nothing is overwritten)", file=sys.stderr)
+        return exitcodes.FAILED
+    except (StoreError, OSError) as error:
+        print(f"cannot export transfer {row.id}: {error}", file=sys.stderr)
+        return exitcodes.FAILED
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in store.read(row.blob_id):
+                out.write(chunk)
+                size += len(chunk)
+    except (StoreError, OSError) as error:
+        os.unlink(args.output)
+        print(f"cannot export transfer {row.id}: {error}", file=sys.stderr)
+        return exitcodes.FAILED
+    print(f"wrote {args.output}: {size} bytes of transfer {row.id} ({row.local_name}, {row.state}) "
+          f"by {operator_name()}; it holds personal data: delete it when done")
     return exitcodes.OK

@@ -27,7 +27,7 @@ from kei_gateway.flows.states import state_after_validation
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.ledger import TransferLedger
 from kei_gateway.ledger.models import TransferState
-from kei_gateway.spool import fsync_directory, quarantine_entry, write_errors_file
+from kei_gateway.spool import free_name, fsync_directory, quarantine_entry, write_errors_file
 from kei_gateway.store import BlobStore
 
 __all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines"]
@@ -106,7 +106,8 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
     report = validator.report
     if not report.valid:
         store.delete(blob_id)
-        return _quarantine_invalid(flow, outbox_dir, quarantine_dir, name, marker, report, ledger, peer, now)
+        return _quarantine_invalid(flow, outbox_dir, quarantine_dir, name, marker, report, store, ledger, peer, now,
+                                   new_blob_id)
 
     leftover = ledger.unremoved_source(flow, name, info.sha256)
     if leftover is not None:
@@ -143,14 +144,31 @@ def _remove_source(outbox_dir: str, *names: str | None) -> None:
 
 
 def _quarantine_invalid(flow: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
-                        report: ValidationReport, ledger: TransferLedger, peer: str, now: datetime) -> IngestResult:
-    moved = quarantine_entry(outbox_dir, name, quarantine_dir)
-    write_errors_file(quarantine_dir, moved, errors_file_lines(flow, name, report))
-    _remove_source(outbox_dir, marker)
+                        report: ValidationReport, store: BlobStore, ledger: TransferLedger, peer: str, now: datetime,
+                        new_blob_id: Callable[[], str]) -> IngestResult:
+    """Keep the invalid file encrypted in the store (SPEC §7), its errors in quarantine/, and remove the original.
+
+    The tax division reads ``name.errors.txt``; the file itself comes back with
+    ``kei-gateway transfers export ID``.
+    """
+    blob_id = "quarantine-" + new_blob_id()
+    fd = os.open(os.path.join(outbox_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = store.write(blob_id, _read_chunks(fd))
+    finally:
+        os.close(fd)
     first = report.errors[0].message() if report.errors else "invalid"
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=TransferState.QUARANTINED,
-                              size=0, sha256=None, record_count=report.records, blob_id=None, now=now,
-                              last_error=f"{report.error_count} error(s); first: {first}", source_removed=True)
+                              size=info.size, sha256=info.sha256, record_count=report.records, blob_id=blob_id,
+                              now=now, last_error=f"{report.error_count} error(s); first: {first}",
+                              source_removed=False)
+    os.makedirs(quarantine_dir, mode=0o750, exist_ok=True)
+    listed = free_name(quarantine_dir, name)
+    write_errors_file(quarantine_dir, listed, errors_file_lines(flow, name, report) + [
+        f"# The file itself is kept encrypted as transfer {row.id}: "
+        f"kei-gateway transfers export {row.id} --output FILE"])
+    _remove_source(outbox_dir, name, marker)
+    ledger.update(row.id, now, source_removed=True)
     return IngestResult(name, "quarantined", row.id, report.records, error_count=report.error_count, reason=first)
 
 

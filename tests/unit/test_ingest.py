@@ -70,17 +70,23 @@ def test_when_a_file_has_more_records_than_the_hold_limit_then_it_is_held(spool:
     assert spool.ingest("bulk.dat", hold=10).outcome == "held"
 
 
-def test_when_a_file_is_invalid_then_it_is_quarantined_whole_with_full_errors_and_nothing_stored(spool: Spool) -> None:
-    spool.put("bad.dat", records=20, invalid_rate=0.5, seed=3)
+def test_when_a_file_is_invalid_then_it_is_kept_encrypted_with_full_errors_and_the_plaintext_is_gone(
+        spool: Spool) -> None:
+    data = spool.put("bad.dat", records=20, invalid_rate=0.5, seed=3)
     result = spool.ingest("bad.dat")
     assert result.outcome == "quarantined" and result.error_count > 0
     assert os.listdir(spool.outbox) == []
-    assert sorted(os.listdir(spool.quarantine)) == ["bad.dat", "bad.dat.errors.txt"]
+    assert sorted(os.listdir(spool.quarantine)) == ["bad.dat.errors.txt"], "no plaintext copy in quarantine/"
     errors = (spool.quarantine / "bad.dat.errors.txt").read_text(encoding="utf-8")
     assert "record " in errors and "nothing of this file was sent" in errors
-    assert spool.store.list_ids() == []
-    assert result.transfer_id is not None and spool.ledger.get(result.transfer_id).state == "QUARANTINED"
+    assert f"kei-gateway transfers export {result.transfer_id}" in errors
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.state == "QUARANTINED" and row.source_removed and row.blob_id is not None
+    assert b"".join(spool.store.read(row.blob_id)) == data, "the original, byte for byte, encrypted"
+    assert data[:40] not in (spool.base / "store" / row.blob_id).read_bytes()
     assert result.reason.startswith(("record ", "file"))
+    assert spool.ledger.due("jnks-payments", NOW) == [], "a quarantined file is never sent"
 
 
 def test_when_the_daemon_crashed_after_commit_before_unlink_then_the_rescan_finishes_without_a_duplicate(

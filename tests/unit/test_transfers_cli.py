@@ -89,3 +89,27 @@ def test_when_listing_and_showing_then_states_counts_and_json_come_out(
     assert "jnks-payments: 1 held, 1 queued" in out and "Needs a person" in out
     assert run(config, "transfers", "show", "999") == exitcodes.FAILED
     assert "no transfer 999" in capsys.readouterr().err
+
+
+def test_when_a_stored_file_is_exported_then_it_comes_back_decrypted_0600_and_never_overwrites(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kei_gateway.pki import write_demo_credentials
+    from kei_gateway.store import open_store
+
+    write_demo_credentials(str(tmp_path / "credentials"))
+    config_path = tmp_path / "k.toml"
+    config_path.write_text(demo_config_text(str(tmp_path), 9464), encoding="utf-8")
+    config = read_config(str(config_path))
+    engine = create_ledger_engine(config.database_url)
+    upgrade(engine)
+    ledger = TransferLedger(engine)
+    open_store(config).write("quarantine-x", [b"dummy record\r\n"])
+    transfer = ledger.add_transfer(flow="jnks-payments", direction="out", peer="jnks", local_name="bad.dat",
+                                   state=S.QUARANTINED, size=14, sha256=None, record_count=1,
+                                   blob_id="quarantine-x", now=NOW).id
+    target = tmp_path / "out.dat"
+    assert run(config_path, "transfers", "export", str(transfer), "--output", str(target)) == exitcodes.OK
+    assert target.read_bytes() == b"dummy record\r\n" and target.stat().st_mode & 0o777 == 0o600
+    assert "delete it when done" in capsys.readouterr().out
+    assert run(config_path, "transfers", "export", str(transfer), "--output", str(target)) == exitcodes.FAILED
+    assert "nothing is overwritten" in capsys.readouterr().err
