@@ -212,3 +212,50 @@ def test_when_the_peer_presents_a_certificate_from_an_unknown_ca_then_nothing_is
         assert daemon.stop() == 0
         daemon.notify.close()
         sim.stop()
+
+
+def test_when_the_peer_key_does_not_match_its_pin_then_nothing_is_sent_and_an_alert_is_raised(tmp_path: Path) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files)
+    wrong_pin = "sha256/" + "A" * 43 + "="
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials"))
+                       .replace('allow = ["127.0.0.0/8"]', f'allow = ["127.0.0.0/8"]\npins = ["{wrong_pin}"]'))
+    daemon = run_daemon(files)
+    try:
+        drop(files, "pay-pin.dat", dummy_file(5))
+        poll_until(lambda: "peer.identity_failed" in daemon.stderr() or None, 30, "the pin alert",
+                   lambda: daemon.stderr()[-3000:])
+        assert "reason=pin" in daemon.stderr()
+        assert [r["state"] for r in transfers(files) if r["flow"] == "jnks-payments"] == ["QUEUED"]
+        assert not (sim.root / "upload").exists() or list((sim.root / "upload").iterdir()) == []
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+        sim.stop()
+
+
+def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_unread_and_the_daemon_runs_on(
+        setup: tuple[GatewayFiles, SimProcess], tmp_path: Path) -> None:
+    files, sim = setup
+    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    daemon = run_daemon(files)
+    try:
+        outbox = files.base / "spool" / "outbox" / "jnks"
+        outbox.mkdir(parents=True, exist_ok=True)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not for the peer")
+        os.symlink(secret, outbox / "link.dat")
+        (outbox / "sub").mkdir()
+        (outbox / "bad name.dat").write_bytes(dummy_file(3))
+        drop(files, "good.dat", dummy_file(4, seed=11))
+        quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
+        poll_until(lambda: (quarantine.exists() and len(list(quarantine.glob("*.errors.txt"))) == 3) or None, 30,
+                   "three refusals", lambda: daemon.stderr()[-3000:])
+        poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "good.dat delivered")
+        assert os.path.islink(quarantine / "link.dat") and (quarantine / "sub").is_dir()
+        assert sorted(p.name for p in outbox.iterdir()) == []
+        assert "not for the peer" not in "".join(p.read_text(errors="replace") for p in quarantine.glob("*.errors.txt"))
+        assert daemon.get("/healthz")[0] == 200
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
