@@ -312,10 +312,19 @@ def _jnks_flow(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
             _say(f"   {errors}:")
             with open(errors, encoding="utf-8") as f:
                 lines = f.read().splitlines()
-            for line in lines[:6]:
-                _say("     " + line)
-            if len(lines) > 6:
-                _say(f"     ... ({len(lines) - 6} more line(s))")
+            shown = skipped = 0
+            for line in lines + ["#"]:  # "#": flushes the count of skipped error lines at the end
+                if not line.startswith("#"):
+                    shown += 1
+                    skipped += shown > 3
+                    if shown <= 3:
+                        _say("     " + line)
+                    continue
+                if skipped:
+                    _say(f"     ... ({skipped} more error line(s))")
+                    skipped = 0
+                if line != "#":
+                    _say("     " + line)
     for title, args in (("kei-gateway status", ("status",)), ("kei-gateway transfers list", ("transfers", "list"))):
         result = _cli(config_path, *args)
         _say(f"-- {title}")
@@ -335,7 +344,7 @@ def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
             ("metrics and health (while the daemon runs)", f"{url}/metrics  /healthz  /readyz"),
             ("outbox (the tax system writes here)", f"{base}/spool/outbox/jnks/"),
             ("inbox (receipts for the tax system)", f"{base}/spool/inbox/jnks-receipts/"),
-            ("quarantine (rejected files, .errors.txt)", f"{base}/spool/quarantine/jnks-payments/"),
+            ("quarantine (.errors.txt of rejected files)", f"{base}/spool/quarantine/jnks-payments/"),
             ("what the peer received (simulator)", f"{base}/sim/root/upload/"),
             ("ledger and encrypted store", f"{base}/state/"),
             ("daemon and simulator logs", f"{base}/daemon.log  {base}/sim/sim.log")):
