@@ -135,8 +135,13 @@ _VARIANT_TABLE: Final = str.maketrans(MAPPING_VARIANTS)
 _HALFWIDTH_KATAKANA_RUN: Final = re.compile("[\uff61-\uff9f]+")
 
 
+_VARIANT_CHARS: Final = re.compile("[" + "".join(MAPPING_VARIANTS) + "]")
+
+
 def normalize_variants(text: str) -> str:
     """Map the known UTF-8 mapping variants (〜 U+301C, ‖, −, ¢, £, ¬) to their CP932 code points."""
+    if _VARIANT_CHARS.search(text) is None:  # str.translate is slow on long non-ASCII text
+        return text
     return text.translate(_VARIANT_TABLE)
 
 

@@ -662,6 +662,32 @@ def _convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, 
     return b"".join(pieces), field_offsets, errors, substituted
 
 
+_NEEDS_CONVERSION: Final = re.compile("[\uff61-\uff9f\ufeff]")
+"""Half-width katakana (composed and widened in K fields) and BOMs: left to the record-by-record path."""
+
+
+def _utf8_block_as_cp932(block: bytes) -> bytes | None:
+    """A UTF-8 block converted in one go, when that can only give what per-field conversion gives.
+
+    If the result then passes the fast path, every record is ASCII in its
+    ``X``/``N``/``D``/``T`` fields and double-byte in its ``K`` fields, so
+    slicing by characters and by bytes cut the same fields and the per-field
+    conversion of SPEC §2 would produce exactly these bytes.  Anything else
+    (not UTF-8, 外字, half-width katakana) returns ``None`` and goes record by
+    record.
+    """
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if _NEEDS_CONVERSION.search(text) is not None:
+        return None
+    try:
+        return normalize_variants(text).encode("cp932")
+    except UnicodeEncodeError:
+        return None
+
+
 # --------------------------------------------------------------------------- the streaming validator
 
 
@@ -683,8 +709,7 @@ class Validator:
         self._buffer = bytearray()
         self._offset = 0  # file offset of self._buffer[0]
         self._checker = _RecordChecker(layout, options)
-        use_fast_path = fast_path and options.encoding == "cp932"
-        self._plan = _fast_plan(layout, options.rule_context) if use_fast_path else None
+        self._plan = _fast_plan(layout, options.rule_context) if fast_path else None
         self._seen: set[object] = set()
         self._closed = False
 
@@ -730,9 +755,10 @@ class Validator:
 
     def _process(self, block: bytes) -> None:
         """Validate a block of whole lines (ending in LF)."""
-        if self._plan is not None and self._fast_block(block):
-            self.report.records += len(block) // self.layout.record_length
-            self._emit(block)
+        cp932 = block if self.options.encoding == "cp932" else _utf8_block_as_cp932(block)
+        if self._plan is not None and cp932 is not None and self._fast_block(cp932):
+            self.report.records += len(cp932) // self.layout.record_length
+            self._emit(cp932)
         else:
             start = 0
             while start < len(block):

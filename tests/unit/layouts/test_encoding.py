@@ -170,3 +170,33 @@ def test_when_utf8_input_is_not_valid_utf8_then_the_error_names_the_first_byte_o
     bad = data[:40] + b"\xff" + data[41:]
     report = validate_bytes(bad, MPN_SLIPS, UTF8)
     assert report.errors[0].offset == 38 and "not valid UTF-8" in report.errors[0].reason
+
+
+@pytest.mark.parametrize("name", ["ダミー\u3000花子", "ダミー\u301c\u2016\u2212\u00a2\u00a3\u00ac", "ﾀﾞﾐｰ\u3000ﾊﾅｺ", "髙橋\u3000𠮷子",
+                                  "ダミーA", "\u3000ダミー"])
+@pytest.mark.parametrize("gaiji", ["reject", "substitute"])
+def test_when_utf8_input_is_validated_then_the_block_fast_path_and_the_per_field_conversion_agree(
+        name: str, gaiji: str) -> None:
+    """Many records, so the whole-block conversion is tried; the results must be the per-record ones."""
+    one = utf8_slip(name)
+    base = render_record(MPN_SLIPS, slip()).decode("cp932")
+    many = b"".join((base[:2] + f"{n:020d}" + base[22:32] + name.ljust(40, "\u3000") + base[72:]).encode("utf-8")
+                    for n in range(1, 400))
+    options = dataclasses.replace(UTF8, gaiji=gaiji)  # type: ignore[arg-type]
+    for data in (one, many):
+        fast_out: list[bytes] = []
+        precise_out: list[bytes] = []
+        fast = validate_bytes(data, MPN_SLIPS, options, sink=fast_out.append)
+        precise = validate_bytes(data, MPN_SLIPS, options, sink=precise_out.append, fast_path=False)
+        assert [e.message() for e in fast.errors] == [e.message() for e in precise.errors]
+        assert fast.gaiji_substituted == precise.gaiji_substituted
+        if precise.valid:
+            assert b"".join(fast_out) == b"".join(precise_out)
+
+
+def test_when_a_utf8_mapping_variant_is_in_a_half_width_field_then_it_is_an_error_on_both_paths() -> None:
+    base = render_record(MPN_SLIPS, slip()).decode("cp932")
+    bad = ("\u2212" + base[1:]).encode("utf-8") * 3
+    for fast_path in (True, False):
+        report = validate_bytes(bad, MPN_SLIPS, UTF8, fast_path=fast_path)
+        assert [(e.record, e.key) for e in report.errors] == [(1, "tax_item"), (2, "tax_item"), (3, "tax_item")]
