@@ -721,20 +721,28 @@ class Validator:
             raise RuntimeError("feed() after close()")
         self._buffer += data
         if len(self._buffer) >= _BLOCK_SIZE:
-            end = self._buffer.rfind(b"\n") + 1
-            if end:
-                self._process(bytes(self._buffer[:end]))
-                del self._buffer[:end]
+            self._drain(final=False)
+
+    def _drain(self, *, final: bool) -> None:
+        """Validate the complete lines in the buffer, in blocks of about ``_BLOCK_SIZE`` (bounded memory)."""
+        buffer = self._buffer
+        start = 0
+        while len(buffer) - start >= (1 if final else _BLOCK_SIZE):
+            end = buffer.rfind(b"\n", start, start + _BLOCK_SIZE) + 1
+            if end <= start:  # a line longer than a block: take it whole
+                end = buffer.find(b"\n", start + _BLOCK_SIZE) + 1
+                if end <= 0:
+                    break
+            self._process(bytes(buffer[start:end]))
+            start = end
+        del buffer[:start]
 
     def close(self) -> ValidationReport:
         """The file is complete: check what is left and return the report."""
         if self._closed:
             return self.report
         self._closed = True
-        end = self._buffer.rfind(b"\n") + 1
-        if end:
-            self._process(bytes(self._buffer[:end]))
-            del self._buffer[:end]
+        self._drain(final=True)
         rest = bytes(self._buffer)
         if rest:
             self._trailing(rest)
