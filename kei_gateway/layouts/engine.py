@@ -368,6 +368,8 @@ _NESTED_X_MAX_WIDTH: Final = 4
 _DISTINCT_K_MAX_WIDTH: Final = 8
 """Narrow K fields (plate office and kana) repeat: checked per distinct value; wider ones decoded as a column."""
 _DISTINCT_CACHE_LIMIT: Final = 1 << 16
+_SPLIT_BELOW: Final = 32
+"""A block that fails the fast path is halved until it has fewer records than this; then record by record."""
 
 
 @dataclass
@@ -763,17 +765,28 @@ class Validator:
 
     def _process(self, block: bytes) -> None:
         """Validate a block of whole lines (ending in LF)."""
-        cp932 = block if self.options.encoding == "cp932" else _utf8_block_as_cp932(block)
-        if self._plan is not None and cp932 is not None and self._fast_block(cp932):
-            self.report.records += len(cp932) // self.layout.record_length
-            self._emit(cp932)
-        else:
-            start = 0
-            while start < len(block):
-                end = block.index(b"\n", start) + 1
-                self._line(block[start:end], self._offset + start)
-                start = end
+        self._lines(block, self._offset)
         self._offset += len(block)
+
+    def _lines(self, block: bytes, offset: int) -> None:
+        """Fast path for the block; if it fails, halves (so a few bad records cost only their neighbourhood)."""
+        if self._plan is not None:
+            cp932 = block if self.options.encoding == "cp932" else _utf8_block_as_cp932(block)
+            if cp932 is not None and self._fast_block(cp932):
+                self.report.records += len(cp932) // self.layout.record_length
+                self._emit(cp932)
+                return
+            if len(block) > _SPLIT_BELOW * self.layout.record_length:
+                middle = block.rfind(b"\n", 0, len(block) // 2) + 1
+                if 0 < middle < len(block):
+                    self._lines(block[:middle], offset)
+                    self._lines(block[middle:], offset + middle)
+                    return
+        start = 0
+        while start < len(block):
+            end = block.index(b"\n", start) + 1
+            self._line(block[start:end], offset + start)
+            start = end
 
     def _fast_block(self, block: bytes) -> bool:
         plan = self._plan

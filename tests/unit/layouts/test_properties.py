@@ -173,3 +173,15 @@ def test_when_any_byte_position_gets_a_probe_byte_then_fast_and_precise_paths_re
             fast = validate_bytes(data, layout, OPTIONS)
             precise = validate_bytes(data, layout, OPTIONS, fast_path=False)
             assert [e.message() for e in fast.errors] == [e.message() for e in precise.errors], (position, value)
+
+
+@pytest.mark.parametrize("layout", LAYOUT_LIST, ids=lambda layout: layout.name)
+def test_when_errors_are_spread_over_many_blocks_then_fast_and_precise_paths_report_the_same(layout: Layout) -> None:
+    from kei_gateway.layouts import generate_file
+
+    data = b"".join(generate_file(layout, 4000, seed=13, today=TODAY, invalid_rate=0.01))
+    fast = validate_bytes(data, layout, OPTIONS)
+    precise = validate_bytes(data, layout, OPTIONS, fast_path=False)
+    assert fast.error_count > 10
+    assert [e.message() for e in fast.errors] == [e.message() for e in precise.errors]
+    assert (fast.records, fast.error_count) == (precise.records, precise.error_count)
