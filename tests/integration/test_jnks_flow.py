@@ -81,6 +81,9 @@ def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under
         code, body = daemon.get("/metrics")
         assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="done"} 1.0' in body.decode()
         assert 'kei_gateway_peer_up{peer="jnks"} 1.0' in body.decode()
+        checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), \
+            "promtool on the exposition with flows: " + checked.stdout.decode() + checked.stderr.decode()
         assert "transfer.sent" in daemon.stderr()
         state_dir = files.base / "state"
         plaintext = data[:60]
