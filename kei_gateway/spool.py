@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
-           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "free_name"]
+           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "free_name",
+           "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MARKER_SUFFIX = ".end"
@@ -109,6 +110,26 @@ def list_entries(directory: str) -> list[Entry]:
     return entries
 
 
+SHARED_DIR_MODE = 0o2770
+"""outbox/ and inbox/ directories: the service user and the spool group (the tax system) read and write;
+setgid so files inherit the group."""
+QUARANTINE_DIR_MODE = 0o2750
+"""quarantine/ directories: the tax system reads the errors files."""
+
+
+def ensure_directory(path: str, mode: int) -> None:
+    """Create *path* (and parents) with exactly *mode* if it is missing; leave an existing one alone.
+
+    ``mkdir`` applies the umask (0077 under the unit) and ignores the setgid bit, so
+    a directory the daemon creates itself gets its mode with ``chmod``. Directories
+    made by ``scripts/install`` (or an administrator) keep theirs.
+    """
+    if os.path.isdir(path):
+        return
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+
+
 def fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -151,7 +172,7 @@ def free_name(directory: str, name: str) -> str:
 
 def quarantine_entry(source_dir: str, name: str, quarantine_dir: str, safe_name: str | None = None) -> str:
     """Move an outbox entry into *quarantine_dir* (never following it); return its name there."""
-    os.makedirs(quarantine_dir, mode=0o750, exist_ok=True)
+    ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
     target = free_name(quarantine_dir, safe_name or name)
     os.rename(os.path.join(source_dir, name), os.path.join(quarantine_dir, target))
     fsync_directory(quarantine_dir)

@@ -37,7 +37,10 @@ from kei_gateway.layouts import ValidationOptions, ValidationReport, Validator, 
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.spool import MARKER_SUFFIX, NAME_PATTERN, atomic_write, write_errors_file
+from kei_gateway.spool import (
+    MARKER_SUFFIX, NAME_PATTERN, QUARANTINE_DIR_MODE, SHARED_DIR_MODE, atomic_write, ensure_directory,
+    write_errors_file,
+)
 from kei_gateway.store import BlobStore
 from kei_gateway.transport import RemoteEntry, TransportError, WebDavClient, file_url
 
@@ -58,7 +61,7 @@ class Downloaded:
 
 def relay_to_inbox(store: BlobStore, blob_id: str, inbox_dir: str, name: str, marker: bool) -> int:
     """Blocking: the stored file, atomically into the inbox (and ``name.end`` after it when asked)."""
-    os.makedirs(inbox_dir, mode=0o2770, exist_ok=True)
+    ensure_directory(inbox_dir, SHARED_DIR_MODE)
     size = atomic_write(os.path.join(inbox_dir, name), store.read(blob_id))
     if marker:
         atomic_write(os.path.join(inbox_dir, name + MARKER_SUFFIX), [])
@@ -218,7 +221,7 @@ class DownloadPoller(service.Service):
     def _quarantine(self, entry: RemoteEntry, downloaded: Downloaded, now: datetime.datetime) -> None:
         """Blocking: keep the bad file encrypted, write its errors for a person, record it."""
         report = downloaded.report
-        os.makedirs(self.quarantine_dir, mode=0o750, exist_ok=True)
+        ensure_directory(self.quarantine_dir, QUARANTINE_DIR_MODE)
         write_errors_file(self.quarantine_dir, entry.name, errors_file_lines(self.flow, entry.name, report)
                           + [f"# stored encrypted as blob {downloaded.blob_id} (SHA-256 {downloaded.sha256}); "
                              "left at the peer"])

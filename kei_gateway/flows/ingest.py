@@ -27,7 +27,9 @@ from kei_gateway.flows.states import state_after_validation
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.ledger import TransferLedger
 from kei_gateway.ledger.models import TransferState
-from kei_gateway.spool import free_name, fsync_directory, quarantine_entry, write_errors_file
+from kei_gateway.spool import (
+    QUARANTINE_DIR_MODE, ensure_directory, free_name, fsync_directory, quarantine_entry, write_errors_file,
+)
 from kei_gateway.store import BlobStore
 
 __all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines"]
@@ -162,7 +164,7 @@ def _quarantine_invalid(flow: str, outbox_dir: str, quarantine_dir: str, name: s
                               size=info.size, sha256=info.sha256, record_count=report.records, blob_id=blob_id,
                               now=now, last_error=f"{report.error_count} error(s); first: {first}",
                               source_removed=False)
-    os.makedirs(quarantine_dir, mode=0o750, exist_ok=True)
+    ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
     listed = free_name(quarantine_dir, name)
     write_errors_file(quarantine_dir, listed, errors_file_lines(flow, name, report) + [
         f"# The file itself is kept encrypted as transfer {row.id}: "

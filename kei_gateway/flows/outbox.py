@@ -23,7 +23,7 @@ from kei_gateway.flows.ingest import IngestResult, ingest_file, quarantine_refus
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.spool import classify, list_entries
+from kei_gateway.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.store import BlobStore
 
 __all__ = ["OutboxWatcher", "JST", "RESCAN_INTERVAL", "today_in_jst"]
@@ -70,7 +70,7 @@ class OutboxWatcher(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        os.makedirs(self.outbox_dir, mode=0o2770, exist_ok=True)
+        ensure_directory(self.outbox_dir, SHARED_DIR_MODE)
         if self._use_inotify:
             from twisted.internet import inotify
 

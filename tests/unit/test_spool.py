@@ -79,3 +79,17 @@ def test_when_a_write_fails_midway_then_nothing_appears_under_the_name(tmp_path:
     with pytest.raises(OSError, match="disk full"):
         atomic_write(str(tmp_path / "r.dat"), broken())  # type: ignore[arg-type]
     assert os.listdir(tmp_path) == []
+
+
+def test_when_the_daemon_creates_a_spool_directory_then_it_gets_its_mode_despite_the_umask(tmp_path: Path) -> None:
+    from kei_gateway.spool import SHARED_DIR_MODE, ensure_directory
+
+    old = os.umask(0o077)
+    try:
+        ensure_directory(str(tmp_path / "outbox" / "jnks"), SHARED_DIR_MODE)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "outbox" / "jnks").stat().st_mode & 0o7777 == 0o2770
+    os.chmod(tmp_path / "outbox" / "jnks", 0o2700)
+    ensure_directory(str(tmp_path / "outbox" / "jnks"), SHARED_DIR_MODE)
+    assert (tmp_path / "outbox" / "jnks").stat().st_mode & 0o7777 == 0o2700, "an existing directory keeps its mode"
