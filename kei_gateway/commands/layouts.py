@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import BinaryIO
 
+from kei_gateway.commands._args import share
 from kei_gateway import exitcodes
 from kei_gateway.layouts import (
     DEFAULT_MAX_ERRORS, LAYOUTS, ValidationOptions, ValidationReport, generate_file, get_layout, is_valid_lg_code,
@@ -46,16 +47,6 @@ def _lg_code(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a valid 全国地方公共団体コード (six digits, check digit per SPEC §2.5), e.g. 131041")
     return text
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1, e.g. 0.01")
-    return value
 
 
 def _positive(text: str) -> int:
@@ -100,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     generate.add_argument("--layout", required=True, choices=layouts, help="the record layout (flow name)")
     generate.add_argument("--records", required=True, type=_positive, metavar="N", help="how many records")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    generate.add_argument("--invalid-rate", type=_rate, default=0.0, metavar="R",
+    generate.add_argument("--invalid-rate", type=share, default=0.0, metavar="R",
                           help="share of records that break one rule each, 0–1 (default: 0)")
     generate.add_argument("--encoding", choices=INPUT_ENCODINGS, default="cp932",
                           help="encoding of the output (default: cp932)")

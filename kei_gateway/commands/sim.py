@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from kei_gateway.commands._args import share
 from kei_gateway import exitcodes, pki
 from kei_gateway.sim.faults import FAULT_DOCS, Faults, parse_fault
 from kei_gateway.sim.tls import parse_listen
@@ -44,16 +45,6 @@ def _lines(text: str) -> frozenset[int]:
     return numbers
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sim = subparsers.add_parser("sim", help="run a peer simulator (WebDAV subset over mutual TLS) in the foreground")
     kinds = sim.add_subparsers(dest="simulator", metavar="PEER", parser_class=type(sim))
@@ -78,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     jnks.add_argument("--lg-code", metavar="CODE", help="reject records whose 全国地方公共団体コード differs (E116)")
     jnks.add_argument("--reject-lines", type=_lines, default=frozenset(), metavar="N,N,...",
                       help="reject these record numbers with E900 even when valid")
-    jnks.add_argument("--reject-rate", type=_rate, default=0.0, metavar="SHARE",
+    jnks.add_argument("--reject-rate", type=share, default=0.0, metavar="SHARE",
                       help="reject this share (0..1) of valid records with E900")
     jnks.add_argument("--seed", type=int, default=0, help="seed of --reject-rate (default 0)")
     jnks.add_argument("--log-target", choices=("auto", "journal", "terminal"), default="terminal",

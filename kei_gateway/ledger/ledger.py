@@ -116,30 +116,26 @@ class TransferLedger(Ledger):
                 raise TransferNotFound(transfer_id)
             return TransferRow.of(transfer)
 
-    @retry_transient
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
         """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction."""
+        return self._change(transfer_id, now, new_state, fields)
+
+    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
+        """Set *fields* without changing the state."""
+        return self._change(transfer_id, now, None, fields)
+
+    @retry_transient
+    def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
+                fields: dict[str, Any]) -> TransferRow:
         from kei_gateway.flows.states import check_transition
 
         with Session(self.engine) as session, session.begin():
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None:
                 raise TransferNotFound(transfer_id)
-            check_transition(transfer.state, new_state)
-            transfer.state = new_state.value
-            transfer.updated_at = now
-            for name, value in fields.items():
-                setattr(transfer, name, value)
-            session.flush()
-            return TransferRow.of(transfer)
-
-    @retry_transient
-    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
-        """Set *fields* without changing the state."""
-        with Session(self.engine) as session, session.begin():
-            transfer = session.get(Transfer, transfer_id, with_for_update=True)
-            if transfer is None:
-                raise TransferNotFound(transfer_id)
+            if new_state is not None:
+                check_transition(transfer.state, new_state)
+                transfer.state = new_state.value
             transfer.updated_at = now
             for name, value in fields.items():
                 setattr(transfer, name, value)
