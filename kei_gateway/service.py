@@ -98,6 +98,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         ("tls", old.tls, new.tls),
         ("keys", old.keys, new.keys),
         ("listeners.metrics.address", old.listeners.metrics.address, new.listeners.metrics.address),
+        ("flows", dict(old.flows), dict(new.flows)),
         ("listeners.push.address", old.listeners.push and old.listeners.push.address,
          new.listeners.push and new.listeners.push.address),
     ]
@@ -322,8 +323,6 @@ class GatewayService(service.MultiService):
                 if self.client_factory is not None:
                     poller.client = self.client_factory(self.clock, new, poller.peer, self.blocking)
                 poller.results_url = new.peers[poller.peer].results_url
-        if dict(old.flows) != dict(new.flows):
-            changes.append("flows")
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
         return pending
 

@@ -116,6 +116,10 @@ class RestartNeededTests(SynchronousTestCase):
                                    '[database]\nurl = "sqlite:////tmp/other.sqlite3"\n')
         self.assertEqual(restart_needed(base, moved), ["database", "listeners.metrics.address"])
         self.assertEqual(restart_needed(base, base), [])
+        with_flow = config_from_string('[gateway]\nlg_code = "131041"\n[peers.jnks]\nurl = "https://j.example/u/"\n'
+                                       'ca = "/ca.pem"\nallow = ["10.0.0.0/8"]\n[flows.jnks-payments]\npeer = "jnks"\n'
+                                       'outbox = "outbox/jnks"\n')
+        self.assertEqual(restart_needed(base, with_flow), ["flows"], "flows start and stop with the process")
 
 
 class LedgerTests(SynchronousTestCase):
