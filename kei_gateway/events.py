@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
-__all__ = ["EventType", "ALL_EVENTS", "by_name", "emit", "STANDARD_FIELDS"]
+__all__ = ["EventType", "ALL_EVENTS", "by_name", "emit", "STANDARD_FIELDS", "describe_error"]
 
 STANDARD_FIELDS = ("flow", "peer", "transfer_id", "sha256", "records", "reason")
 """Event keyword fields that map to ``KEI_<FIELD>`` journald fields."""
@@ -265,6 +265,30 @@ _BY_NAME = {event.name: event for event in ALL_EVENTS}
 def by_name(name: str) -> EventType | None:
     """The event type called *name*, or ``None``."""
     return _BY_NAME.get(name)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception in words fit for a log: never its free text when that may quote data.
+
+    Our own errors (store, transport, configuration) are written to carry no personal
+    value; an OS error gives its ``strerror``; a database error the driver's first line
+    (never the SQL parameters); anything else only its type, since library messages
+    may quote the input they choked on.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from kei_gateway.store import StoreError
+    from kei_gateway.transport import TransportError
+
+    name = type(error).__name__
+    if isinstance(error, (StoreError, TransportError)):
+        return f"{name}: {error}"
+    if isinstance(error, OSError):
+        return f"{name}: {error.strerror or 'error'}" + (f" ({error.filename})" if error.filename else "")
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        first = str(error.orig).splitlines()[0] if str(error.orig) else ""
+        return f"{name}: {type(error.orig).__name__}: {first[:200]}"
+    return name
 
 
 def emit(log: Logger, event: EventType, **fields: Any) -> None:

@@ -53,7 +53,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
         schema = upgrade(engine) or "?"
     except Exception as error:  # any database failure at start is fatal, with its reason
-        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url}: {error}")
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {_redacted(config)}: {events.describe_error(error)}")
         return exitcodes.FAILED
     events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=_redacted(config))
     try:

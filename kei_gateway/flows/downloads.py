@@ -136,7 +136,7 @@ class DownloadPoller(service.Service):
                 return
             except Exception as error:  # one file's trouble (disk, database) must not stop the others
                 events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow, peer=self.peer,
-                            reason=f"{entry.name}: {type(error).__name__}: {error}")
+                            reason=f"{entry.name}: {events.describe_error(error)}")
 
     @defer.inlineCallbacks
     def _one(self, entry: RemoteEntry) -> Any:

@@ -129,7 +129,7 @@ class OutboxWatcher(service.Service):
                     layout=self.layout, options=options, hold_over_records=self.settings.hold_over_records,
                     store=self.store, ledger=self.ledger, now=now))
             except Exception as error:  # one file's failure must not stop the others; it stays for the next scan
-                results.append(IngestResult(name, "failed", reason=f"{type(error).__name__}: {error}"))
+                results.append(IngestResult(name, "failed", reason=events.describe_error(error)))
         return results
 
     def _report(self, results: list[IngestResult]) -> None:
@@ -151,4 +151,5 @@ class OutboxWatcher(service.Service):
             self.on_ingested(result)
 
     def _scan_failed(self, failure: Any) -> None:
-        events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)", reason=failure.getErrorMessage())
+        events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)",
+                    reason=events.describe_error(failure.value))

@@ -94,7 +94,8 @@ class UploadSender(service.Service):
             return None
         self._again = False
         def crashed(failure: Any) -> bool:
-            events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow, reason=f"sender: {failure.getErrorMessage()}")
+            events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow,
+                        reason=f"sender: {events.describe_error(failure.value)}")
             return False
 
         d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)

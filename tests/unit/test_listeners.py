@@ -102,3 +102,22 @@ class ResourceTests(SynchronousTestCase):
         checks.readiness_checks.append(lambda: CheckResult("certificate", False, "expired"))
         self.assertEqual(self.render(HealthResource(checks.healthz)).responseCode, 200)
         self.assertEqual(self.render(HealthResource(checks.readyz)).responseCode, 503)
+
+
+class DescribeErrorTests(SynchronousTestCase):
+    def test_when_a_library_error_quotes_data_then_only_its_type_reaches_the_log(self) -> None:
+        from kei_gateway.events import describe_error
+
+        self.assertEqual(describe_error(ValueError("invalid literal for int(): 'ダミー 太郎'")), "ValueError")
+        self.assertEqual(describe_error(FileNotFoundError(2, "No such file or directory", "/x/y")),
+                         "FileNotFoundError: No such file or directory (/x/y)")
+
+    def test_when_a_database_error_carries_sql_parameters_then_they_are_left_out(self) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from kei_gateway.events import describe_error
+
+        error = OperationalError("INSERT INTO t VALUES (?)", ("ダミー 太郎",), Exception("database is locked"))
+        text = describe_error(error)
+        self.assertEqual(text, "OperationalError: Exception: database is locked")
+        self.assertNotIn("ダミー", text)
