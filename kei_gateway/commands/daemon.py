@@ -53,9 +53,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
         schema = upgrade(engine) or "?"
     except Exception as error:  # any database failure at start is fatal, with its reason
-        events.emit(log, events.DAEMON_FAILED, reason=f"database {_redacted(config)}: {events.describe_error(error)}")
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: {events.describe_error(error)}")
         return exitcodes.FAILED
-    events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=_redacted(config))
+    events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=config.database_url_redacted)
     try:
         store = open_store(config)
         store.recover()
@@ -70,12 +70,6 @@ def run_daemon(args: argparse.Namespace) -> int:
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
     return _serve(config, path, ledger, store, notifier, observer, schema)
-
-
-def _redacted(config: Config) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(config.database_url).render_as_string(hide_password=True)
 
 
 def _serve(config: Config, path: str, ledger: TransferLedger, store: FileBlobStore, notifier: SystemdNotifier,

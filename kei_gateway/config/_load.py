@@ -73,6 +73,11 @@ class Config:
         """The ledger URL; by default a SQLite file in ``gateway.state_dir``."""
         return self.database.url or f"sqlite:///{self.gateway.state_dir}/ledger.sqlite3"
 
+    @property
+    def database_url_redacted(self) -> str:
+        """The ledger URL without its password, for logs and summaries."""
+        return _redact_url(self.database_url)
+
     def spool_path(self, relative: str) -> str:
         """A flow directory: relative paths are under ``gateway.spool_dir``."""
         return relative if relative.startswith("/") else os.path.join(self.gateway.spool_dir, relative)
@@ -95,7 +100,7 @@ class Config:
             listeners.append(f"push {self.listeners.push.address}")
         return "\n".join([
             f"gateway: lg_code {self.gateway.lg_code}, spool {self.gateway.spool_dir}, state {self.gateway.state_dir}",
-            f"database: {_redact_url(self.database_url)}",
+            f"database: {self.database_url_redacted}",
             f"peers: {peers}",
             f"flows: {flows}",
             f"listeners: {', '.join(listeners)}",
