@@ -31,6 +31,11 @@ class GatewayFiles:
             text = text.replace(old, new)
         self.config.write_text(text, encoding="utf-8")
 
+    def write_jnks_config(self, sim_url: str, allow: str = "127.0.0.0/8", extra: str = "", **replace: str) -> None:
+        """The configuration with the JNKS flows against a simulator (or nginx) at *sim_url*."""
+        flows = jnks_flow_config_text(sim_url, str(self.base / "credentials" / "ca.pem"), allow=allow, extra=extra)
+        self.write_config(extra=flows, **replace)
+
 
 def make_gateway_files(base: Path) -> GatewayFiles:
     base = base.absolute()

@@ -18,7 +18,7 @@ import pytest
 
 from kei_gateway.crashpoints import CRASH_ENV, POINTS
 from tests.integration.conftest import poll_until
-from tests.integration.harness import jnks_flow_config, make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
 from tests.integration.test_jnks_flow import drop, dummy_file
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
     files = make_gateway_files(tmp_path)
     sim = start_jnks_sim(files)
     try:
-        files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+        files.write_jnks_config(sim.url)
         records = LARGE if point == "ingest.reading" else SMALL
         sent = {f"pay-{run}-{n}.dat": dummy_file(records, seed=100 * run + n) for n in range(FILES)}
 

@@ -16,7 +16,7 @@ import pytest
 from kei_gateway.layouts import generate_file, get_layout
 from tests.integration.conftest import poll_until
 from tests.integration.harness import (
-    DaemonProcess, GatewayFiles, SimProcess, jnks_flow_config, make_gateway_files, start_daemon, start_jnks_sim,
+    DaemonProcess, GatewayFiles, SimProcess, make_gateway_files, start_daemon, start_jnks_sim,
 )
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def run_daemon(files: GatewayFiles) -> DaemonProcess:
 def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under_its_final_name(
         setup: tuple[GatewayFiles, SimProcess]) -> None:
     files, sim = setup
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         data = dummy_file(200)
@@ -98,8 +98,7 @@ def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under
 def test_when_the_peer_resolves_outside_its_allow_list_then_nothing_is_sent_and_the_transfer_waits(
         setup: tuple[GatewayFiles, SimProcess]) -> None:
     files, sim = setup
-    files.write_config(extra=jnks_flow_config(sim.url, allow="10.20.30.0/24").replace(
-        "CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url, allow="10.20.30.0/24")
     daemon = run_daemon(files)
     try:
         drop(files, "pay-002.dat", dummy_file(5))
@@ -117,7 +116,7 @@ def test_when_the_peer_resolves_outside_its_allow_list_then_nothing_is_sent_and_
 def test_when_an_invalid_file_arrives_then_it_is_quarantined_and_the_daemon_keeps_sending(
         setup: tuple[GatewayFiles, SimProcess]) -> None:
     files, sim = setup
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         drop(files, "bad.dat", dummy_file(50, seed=4, invalid_rate=0.3))
@@ -138,7 +137,7 @@ def test_when_jnks_answers_then_the_receipt_is_relayed_to_the_inbox_deleted_ther
         tmp_path: Path) -> None:
     files = make_gateway_files(tmp_path)
     sim = start_jnks_sim(files, "--reject-lines", "2,5")
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         drop(files, "pay-003.dat", dummy_file(8, seed=6))
@@ -173,7 +172,7 @@ def test_when_the_peer_misbehaves_then_the_file_still_arrives_exactly_once(
         tmp_path: Path, faults: list[str], expect: str | None) -> None:
     files = make_gateway_files(tmp_path)
     sim = start_jnks_sim(files, *faults)
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         data = dummy_file(1500, seed=9)  # more than one store segment: the reset comes mid-body
@@ -199,7 +198,7 @@ def test_when_the_peer_presents_a_certificate_from_an_unknown_ca_then_nothing_is
         tmp_path: Path) -> None:
     files = make_gateway_files(tmp_path)
     sim = start_jnks_sim(files, "--fault", "wrong_server_cert")
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         drop(files, "pay-ca.dat", dummy_file(5))
@@ -221,8 +220,7 @@ def test_when_the_peer_key_does_not_match_its_pin_then_nothing_is_sent_and_an_al
     files = make_gateway_files(tmp_path)
     sim = start_jnks_sim(files)
     wrong_pin = "sha256/" + "A" * 43 + "="
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials"))
-                       .replace('allow = ["127.0.0.0/8"]', f'allow = ["127.0.0.0/8"]\npins = ["{wrong_pin}"]'))
+    files.write_jnks_config(sim.url, **{'allow = ["127.0.0.0/8"]': f'allow = ["127.0.0.0/8"]\npins = ["{wrong_pin}"]'})
     daemon = run_daemon(files)
     try:
         drop(files, "pay-pin.dat", dummy_file(5))
@@ -240,7 +238,7 @@ def test_when_the_peer_key_does_not_match_its_pin_then_nothing_is_sent_and_an_al
 def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_unread_and_the_daemon_runs_on(
         setup: tuple[GatewayFiles, SimProcess], tmp_path: Path) -> None:
     files, sim = setup
-    files.write_config(extra=jnks_flow_config(sim.url).replace("CREDENTIALS", str(files.base / "credentials")))
+    files.write_jnks_config(sim.url)
     daemon = run_daemon(files)
     try:
         outbox = files.base / "spool" / "outbox" / "jnks"
