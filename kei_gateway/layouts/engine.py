@@ -17,11 +17,13 @@ tests check this).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from functools import lru_cache
-from itertools import compress
+from heapq import merge
+from itertools import compress, islice
 from operator import not_
 from typing import Final
 
@@ -29,6 +31,7 @@ from kei_gateway.layouts.encoding import (
     GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars,
     normalize_variants, wide_char_pattern, widen_halfwidth_katakana,
 )
+from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, KeyFilter, lane_width
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
 from kei_gateway.layouts.fields import (
     DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, LgCode, NotBefore, RuleContext, SumEquals, Unique, Value,
@@ -90,9 +93,12 @@ class ValidationReport:
     gaiji_substituted: int = 0
     """外字 replaced by 〓 under ``gaiji = "substitute"``."""
 
+    uniqueness_pending: bool = False
+    """Suspect keys are waiting for :meth:`Validator.rescan`; until then the report is not final."""
+
     @property
     def valid(self) -> bool:
-        return self.error_count == 0
+        return self.error_count == 0 and not self.uniqueness_pending
 
     @property
     def truncated(self) -> bool:
@@ -225,7 +231,8 @@ class _RecordCheck:
     errors: list[LayoutError]
     output: bytes
     substituted: int
-    unique_key: object = None
+    unique_key: bytes | None = None
+    """The unique fields' raw bytes, joined (fixed width), when they decoded."""
 
 
 class _RecordChecker:
@@ -239,7 +246,6 @@ class _RecordChecker:
                        for item in layout.fields]
         self.record_rules = [rule for rule in layout.record_rules if not isinstance(rule, Unique)]
         self.unique_keys = layout.unique_keys
-        self.unique_key_of = _unique_key_function(layout)
 
     def check(self, data: bytes, number: int, offset: int,
               field_offsets: Sequence[int] | None = None) -> _RecordCheck:
@@ -275,18 +281,9 @@ class _RecordChecker:
                                           _shown(item, values[key]), item.personal))
         unique_key = None
         if self.unique_keys is not None and all(key in values for key in self.unique_keys):
-            unique_key = self.unique_key_of(
-                [data[self.layout.offsets[key]:self.layout.offsets[key] + self.layout[key].width]
-                 for key in self.unique_keys])
+            unique_key = b"".join(data[self.layout.offsets[key]:self.layout.offsets[key] + self.layout[key].width]
+                                  for key in self.unique_keys)
         return _RecordCheck(values, errors, b"".join(outputs), substituted, unique_key)
-
-
-def _unique_key_function(layout: Layout) -> Callable[[Sequence[bytes]], object]:
-    """Compact exact key of the unique fields: an ``int`` when all are digits, else the joined bytes."""
-    keys = layout.unique_keys or ()
-    if all(layout[key].kind is Kind.N for key in keys):
-        return lambda parts: int(b"".join(parts))
-    return lambda parts: b"".join(parts)
 
 
 # --------------------------------------------------------------------------- the fast path
@@ -353,6 +350,18 @@ class _Columns:
                 position += 1
         return bytes(column).split(b"\n")[:-1]
 
+    def packed_keys(self, keys: tuple[str, ...], lane: int) -> bytearray:
+        """The named fields of every record concatenated, each record's key zero-padded to ``lane`` bytes."""
+        size = self.layout.record_length
+        column = bytearray(self.count * lane)
+        position = 0
+        for key in keys:
+            start = self.layout.offsets[key]
+            for index in range(self.layout[key].width):
+                column[position::lane] = self.block[start + index::size]
+                position += 1
+        return column
+
     def values(self, key: str) -> list[bytes]:
         """The field's raw bytes, one per record."""
         if key not in self._values:
@@ -377,8 +386,6 @@ class _FastPlan:
     regex: re.Pattern[bytes]
     """Matches (``fullmatch``) a run of whole valid-shaped records."""
     checks: list[ColumnCheck]
-    unique_columns: tuple[str, ...] | None
-    unique_numeric: bool
 
 
 def _when_pattern(layout: Layout, rule: When, ctx: RuleContext) -> tuple[bytes, list[FieldRule], list[FieldRule]]:
@@ -454,13 +461,7 @@ def _fast_plan(layout: Layout, ctx: RuleContext) -> _FastPlan:
                 checks.append(_left_aligned_check(item.key))
         body += b"(?:" + lookaheads + consumer + b")"
     regex = re.compile(b"(?:" + prefix + body + b"\r\n)*+", re.DOTALL)
-    unique = layout.unique_keys
-    return _FastPlan(
-        regex=regex,
-        checks=checks,
-        unique_columns=unique,
-        unique_numeric=unique is not None and all(layout[key].kind is Kind.N for key in unique),
-    )
+    return _FastPlan(regex=regex, checks=checks)
 
 
 def _left_aligned_check(key: str) -> ColumnCheck:
@@ -690,6 +691,103 @@ def _utf8_block_as_cp932(block: bytes) -> bytes | None:
         return None
 
 
+# --------------------------------------------------------------------------- uniqueness
+
+
+class _ExactKeys:
+    """Every key kept exactly in a set: the uniqueness check for input that can be read only once.
+
+    About 95 bytes a record (an ``int`` when all unique fields are digits, else ``bytes``).
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.columns = layout.unique_keys or ()
+        self.numeric = all(layout[key].kind is Kind.N for key in self.columns)
+        self.seen: set[object] = set()
+
+    def block(self, columns: _Columns, first_number: int) -> bool:
+        """Fast path: ``False`` (nothing recorded) when a key of the block repeats an earlier one."""
+        joined = columns.keys(self.columns)
+        keys: list[object] = list(map(int, joined)) if self.numeric else list(joined)
+        if not self.seen.isdisjoint(keys):
+            return False
+        before = len(self.seen)
+        self.seen.update(keys)
+        if len(self.seen) - before != columns.count:  # a key repeats inside the block
+            self.seen.difference_update(keys)  # none was there before (disjoint), so this undoes the update
+            return False
+        return True
+
+    def record(self, key: bytes, number: int) -> bool:
+        """``True`` when the record repeats an earlier key."""
+        exact: object = int(key) if self.numeric else key
+        if exact in self.seen:
+            return True
+        self.seen.add(exact)
+        return False
+
+
+class _FilteredKeys:
+    """First read: keys go into a fixed-size :class:`KeyFilter`; the "maybe seen" ones are kept as suspects.
+
+    Nothing is reported here; a key equal to an earlier one is always a suspect,
+    so :class:`_SuspectKeys` can settle uniqueness exactly in a second read.
+    """
+
+    def __init__(self, layout: Layout, bits_log2: int) -> None:
+        self.columns = layout.unique_keys or ()
+        self.width = sum(layout[key].width for key in self.columns)
+        self.lane = lane_width(self.width)
+        self.filter = KeyFilter(bits_log2)
+        self.suspects: set[bytes] = set()
+        self.last_suspect = 0
+        """Record number of the last suspect: no duplicate can come after it."""
+
+    def block(self, columns: _Columns, first_number: int) -> bool:
+        packed = columns.packed_keys(self.columns, self.lane)
+        found = self.filter.add_block(packed, self.lane)
+        if found.size:
+            lane, width = self.lane, self.width
+            self.suspects.update(bytes(packed[i * lane:i * lane + width]) for i in found.tolist())
+            self.last_suspect = first_number + int(found[-1])
+        return True
+
+    def record(self, key: bytes, number: int) -> bool:
+        if self.filter.add_one(key):
+            self.suspects.add(key)
+            self.last_suspect = number
+        return False
+
+
+class _SuspectKeys:
+    """Second read: only the suspect keys are followed, exactly; a repeat of one is a duplicate."""
+
+    def __init__(self, layout: Layout, suspects: set[bytes]) -> None:
+        self.columns = layout.unique_keys or ()
+        self.suspects = suspects
+        self.seen: set[bytes] = set()
+
+    def block(self, columns: _Columns, first_number: int) -> bool:
+        hits = list(filter(self.suspects.__contains__, columns.keys(self.columns)))
+        if not hits:
+            return True
+        if len(set(hits)) != len(hits) or not self.seen.isdisjoint(hits):
+            return False  # the record-by-record path reports it at its place
+        self.seen.update(hits)
+        return True
+
+    def record(self, key: bytes, number: int) -> bool:
+        if key not in self.suspects:
+            return False
+        if key in self.seen:
+            return True
+        self.seen.add(key)
+        return False
+
+
+_Uniqueness = _ExactKeys | _FilteredKeys | _SuspectKeys
+
+
 # --------------------------------------------------------------------------- the streaming validator
 
 
@@ -700,10 +798,24 @@ class Validator:
     UTF-8, 外字 substituted): use them only if the report is valid.
     ``fast_path=False`` checks every record with the precise validator only
     (same result, slower; tests compare the two).
+
+    Uniqueness (SPEC §2: one record per key within a file) is checked one of two ways:
+
+    * ``rereadable=False`` (the default, for input that can be read only once,
+      e.g. standard input): every key is kept exactly in memory, about 95 bytes
+      a record; :meth:`close` returns the final report.
+    * ``rereadable=True``: keys go into a fixed-size Bloom filter
+      (``2 ** filter_bits_log2`` bits, 16 MiB by default) and only the keys it
+      cannot rule out (suspects) are kept.  If there are any after
+      :meth:`close`, :attr:`needs_rescan` is true, the report is not final
+      (``valid`` is false) and the caller feeds the same bytes again to
+      :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
+      record and reports them where the in-memory check would have.
     """
 
     def __init__(self, layout: Layout, options: ValidationOptions,
-                 sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> None:
+                 sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                 rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> None:
         self.layout = layout
         self.options = options
         self.report = ValidationReport(layout=layout.name)
@@ -712,8 +824,18 @@ class Validator:
         self._offset = 0  # file offset of self._buffer[0]
         self._checker = _RecordChecker(layout, options)
         self._plan = _fast_plan(layout, options.rule_context) if fast_path else None
-        self._seen: set[object] = set()
+        self._unique: _Uniqueness | None = None
+        if layout.unique_keys is not None:
+            self._unique = _FilteredKeys(layout, filter_bits_log2) if rereadable else _ExactKeys(layout)
+        self._digest = hashlib.sha256() if rereadable else None
+        self._duplicates: list[LayoutError] | None = None  # set in the second read: where duplicates go
+        self._duplicate_count = 0
         self._closed = False
+
+    @property
+    def needs_rescan(self) -> bool:
+        """Whether :meth:`rescan` must read the file again before the report is final."""
+        return self.report.uniqueness_pending
 
     # -- feeding
 
@@ -721,6 +843,8 @@ class Validator:
         """Add the next bytes of the file."""
         if self._closed:
             raise RuntimeError("feed() after close()")
+        if self._digest is not None:
+            self._digest.update(data)
         self._buffer += data
         if len(self._buffer) >= _BLOCK_SIZE:
             self._drain(final=False)
@@ -750,7 +874,109 @@ class Validator:
             self._trailing(rest)
         elif self._offset == 0:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
+        if isinstance(self._unique, _FilteredKeys):
+            if self._unique.suspects:
+                self.report.uniqueness_pending = True
+            else:
+                self._unique = None  # every key was new: the filter's 16 MiB can go now
         return self.report
+
+    def rescan(self, chunks: Iterable[bytes]) -> ValidationReport:
+        """Read the same bytes again to settle the suspect keys; return the final report.
+
+        Only the duplicate errors come from this read (the same errors, at the
+        same records, fields and offsets as the in-memory check gives); they are
+        merged into the report in file order.  ``ValueError`` if the bytes
+        differ from the first read (the file changed in between).
+        """
+        if not self._closed:
+            raise RuntimeError("rescan() before close()")
+        if not self.report.uniqueness_pending:
+            return self.report
+        first = self._unique
+        assert isinstance(first, _FilteredKeys) and self._digest is not None
+        second = Validator(self.layout, self.options, fast_path=self._plan is not None)
+        second._unique = _SuspectKeys(self.layout, first.suspects)
+        second._duplicates = []
+        digest = hashlib.sha256()
+        if self.options.encoding == "cp932":
+            second._replay_suspects(chunks, digest)
+        else:  # UTF-8: record places depend on the conversion, so validate it all again
+            second._digest = digest
+            for chunk in chunks:
+                second.feed(chunk)
+            second.close()
+        if digest.digest() != self._digest.digest():
+            raise ValueError("the file changed between the two reads of its validation; validate it again")
+        report = self.report
+        report.errors = list(islice(merge(report.errors, second._duplicates, key=_error_order),
+                                    self.options.max_errors))
+        report.error_count += second._duplicate_count
+        report.uniqueness_pending = False
+        self._unique = None
+        return report
+
+    def _replay_suspects(self, chunks: Iterable[bytes], digest: hashlib._Hash) -> None:
+        """Second read of a CP932 file: only the records whose key bytes are suspects are validated again.
+
+        Record numbers are line numbers, as in the first read.  Each line that
+        could carry a suspect key (its unique fields' bytes are one) is replayed
+        through the precise path at its number and offset, which settles it
+        exactly and reports a duplicate where the in-memory check would.
+        Runs of well-formed lines are scanned as columns, without per-record work.
+        """
+        unique = self._unique
+        assert isinstance(unique, _SuspectKeys)
+        suspects, layout = unique.suspects, self.layout
+        size, length = layout.record_length, layout.data_length
+        parts = [(layout.offsets[key], layout.offsets[key] + layout[key].width) for key in unique.columns]
+        number = offset = 0
+
+        def replay(line: bytes, at_number: int, at_offset: int) -> None:
+            self.report.records = at_number - 1
+            self._line(line, at_offset)
+
+        def scan(piece: bytes) -> None:
+            nonlocal number, offset
+            count = len(piece) // size
+            if (number > 0 and len(piece) == count * size and piece.count(b"\n") == count
+                    and piece[size - 1::size] == b"\n" * count and piece[size - 2::size] == b"\r" * count):
+                keys = _Columns(layout, piece).keys(unique.columns)
+                for index in compress(range(count), map(suspects.__contains__, keys)):
+                    replay(piece[index * size:(index + 1) * size], number + index + 1, offset + index * size)
+                number += count
+            else:
+                start = 0
+                while start < len(piece):
+                    end = piece.index(b"\n", start) + 1
+                    line = piece[start:end]
+                    number += 1
+                    data = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                    if number == 1 or (len(data) == length
+                                       and b"".join(data[a:b] for a, b in parts) in suspects):
+                        replay(line, number, offset + start)
+                    start = end
+            offset += len(piece)
+
+        def drain(buffer: bytearray, final: bool) -> None:
+            start = 0
+            while len(buffer) - start >= (1 if final else _BLOCK_SIZE):
+                end = buffer.rfind(b"\n", start, start + _BLOCK_SIZE) + 1
+                if end <= start:  # a line longer than a block: take it whole
+                    end = buffer.find(b"\n", start + _BLOCK_SIZE) + 1
+                    if end <= 0:
+                        break  # what follows the last LF is no record with a key
+                scan(bytes(buffer[start:end]))
+                start = end
+            del buffer[:start]
+
+        buffer = bytearray()
+        for chunk in chunks:
+            digest.update(chunk)
+            buffer += chunk
+            if len(buffer) >= _BLOCK_SIZE:
+                drain(buffer, False)
+        drain(buffer, True)
 
     # -- internals
 
@@ -758,6 +984,14 @@ class Validator:
         self.report.error_count += 1
         if len(self.report.errors) < self.options.max_errors:
             self.report.errors.append(error)
+
+    def _duplicate(self, error: LayoutError) -> None:
+        if self._duplicates is None:
+            self._error(error)
+            return
+        self._duplicate_count += 1
+        if len(self._duplicates) < self.options.max_errors:
+            self._duplicates.append(error)
 
     def _emit(self, data: bytes) -> None:
         if self._sink is not None:
@@ -797,17 +1031,8 @@ class Validator:
         for check in plan.checks:
             if not check(columns):
                 return False
-        if plan.unique_columns is not None:
-            joined = columns.keys(plan.unique_columns)
-            keys: list[object] = list(map(int, joined)) if plan.unique_numeric else list(joined)
-            if not self._seen.isdisjoint(keys):
-                return False
-            before = len(self._seen)
-            self._seen.update(keys)
-            if len(self._seen) - before != columns.count:  # a key repeats inside the block
-                self._seen.difference_update(keys)  # none was there before (disjoint), so this undoes the update
-                return False
-        return True
+        # Last: a uniqueness check that accepts the block has recorded its keys.
+        return self._unique is None or self._unique.block(columns, self.report.records + 1)
 
     def _line(self, line: bytes, offset: int) -> None:
         """Validate one line (ending in LF) precisely."""
@@ -853,17 +1078,15 @@ class Validator:
         for error in result.errors:
             self._error(error)
         self.report.gaiji_substituted += result.substituted
-        if result.unique_key is not None:
-            if result.unique_key in self._seen:
-                keys = self.layout.unique_keys or ()
-                first = self.layout[keys[0]]
-                index = self.layout.fields.index(first)
-                place = offset + self.layout.offsets[first.key] if field_offsets is None else field_offsets[index]
-                self._error(LayoutError(number, place, f"repeats the ({', '.join(keys)}) of an earlier record; "
+        if result.unique_key is not None and self._unique is not None \
+                and self._unique.record(result.unique_key, number):
+            keys = self.layout.unique_keys or ()
+            first = self.layout[keys[0]]
+            index = self.layout.fields.index(first)
+            place = offset + self.layout.offsets[first.key] if field_offsets is None else field_offsets[index]
+            self._duplicate(LayoutError(number, place, f"repeats the ({', '.join(keys)}) of an earlier record; "
                                                        "each must be unique within a file", first.name, first.key,
                                         str(result.values[first.key]), first.personal))
-            else:
-                self._seen.add(result.unique_key)
         self._emit(result.output + b"\r\n")
 
     def _utf8_record(self, data: bytes, number: int, offset: int) -> None:
@@ -903,18 +1126,38 @@ class Validator:
 
 
 def validate_stream(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions,
-                    sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> ValidationReport:
-    """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``)."""
-    validator = Validator(layout, options, sink, fast_path=fast_path)
+                    sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                    reread: Callable[[], Iterable[bytes]] | None = None,
+                    filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> ValidationReport:
+    """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``).
+
+    ``reread``, when the file can be read again, returns a fresh iterable of
+    the same bytes: uniqueness then takes fixed memory (see :class:`Validator`)
+    and ``reread`` is called only when suspect keys need the second read.
+    Without it every key is kept in memory.
+    """
+    validator = Validator(layout, options, sink, fast_path=fast_path, rereadable=reread is not None,
+                          filter_bits_log2=filter_bits_log2)
     for chunk in chunks:
         validator.feed(chunk)
-    return validator.close()
+    report = validator.close()
+    if validator.needs_rescan:
+        assert reread is not None
+        report = validator.rescan(reread())
+    return report
 
 
 def validate_bytes(data: bytes, layout: Layout, options: ValidationOptions,
-                   sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True) -> ValidationReport:
-    """Validate a whole file held in memory."""
-    return validate_stream((data,), layout, options, sink, fast_path=fast_path)
+                   sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                   filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> ValidationReport:
+    """Validate a whole file held in memory (read twice when uniqueness needs it)."""
+    return validate_stream((data,), layout, options, sink, fast_path=fast_path, reread=lambda: (data,),
+                           filter_bits_log2=filter_bits_log2)
+
+
+def _error_order(error: LayoutError) -> int:
+    """File order of errors: by record (``None``, the file as a whole, first); stable within a record."""
+    return 0 if error.record is None else error.record
 
 
 # --------------------------------------------------------------------------- parse and render

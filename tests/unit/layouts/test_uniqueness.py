@@ -1,0 +1,200 @@
+"""Uniqueness in fixed memory: the Bloom filter, the suspects and the second read are exact (SPEC §2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from kei_gateway.layouts import (
+    JNKS_PAYMENTS, MPN_SLIPS, Layout, ValidationOptions, ValidationReport, Validator, generate_file, validate_bytes,
+    validate_stream,
+)
+from kei_gateway.layouts._keyfilter import KeyFilter, lane_width
+from kei_gateway.layouts import engine
+from kei_gateway.layouts.engine import _ExactKeys, _FilteredKeys
+
+from .helpers import OPTIONS, TODAY
+
+SIZE = JNKS_PAYMENTS.record_length
+TINY = 6
+"""A 64-bit filter: nearly every key is a suspect, so the second read does all the work."""
+
+
+def exact(data: bytes, layout: Layout, options: ValidationOptions = OPTIONS, *,
+          fast_path: bool = True) -> ValidationReport:
+    """The reference: every key kept in memory (the behaviour before the filter)."""
+    validator = Validator(layout, options, fast_path=fast_path)
+    validator.feed(data)
+    return validator.close()
+
+
+def summary(report: ValidationReport) -> tuple[object, ...]:
+    return (report.valid, report.records, report.error_count, report.gaiji_substituted,
+            [(e.record, e.offset, e.key, e.message(full_values=True)) for e in report.errors])
+
+
+def with_duplicates(records: list[bytes], layout: Layout, pairs: list[tuple[int, int]]) -> bytes:
+    """Copy the unique fields of record ``source`` over record ``target`` for each pair."""
+    out = list(records)
+    for source, target in pairs:
+        record = bytearray(out[target])
+        for key in layout.unique_keys or ():
+            start, end = layout.offsets[key], layout.offsets[key] + layout[key].width
+            record[start:end] = out[source][start:end]
+        out[target] = bytes(record)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("layout", [JNKS_PAYMENTS, MPN_SLIPS], ids=lambda layout: layout.name)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_when_the_filter_is_tiny_then_many_false_suspects_arise_and_the_result_is_still_the_exact_one(
+        layout: Layout, data: st.DataObject) -> None:
+    count = data.draw(st.integers(1, 60))
+    seed = data.draw(st.integers(0, 10_000))
+    invalid_rate = data.draw(st.sampled_from([0.0, 0.0, 0.05, 0.3]))
+    records = list(generate_file(layout, count, seed=seed, today=TODAY, invalid_rate=invalid_rate))
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, count - 1), st.integers(0, count - 1)), max_size=5))
+    file = with_duplicates(records, layout, pairs)
+    # Structural damage too (bare LF, a split or merged line, a BOM): record numbers must still line up.
+    for position, damage in data.draw(st.lists(st.tuples(st.integers(0, len(file) - 1),
+                                                         st.sampled_from([b"", b"\n", b"\r", b"X"])), max_size=3)):
+        file = file[:position] + damage + file[position + 1:]
+    if data.draw(st.booleans()) and data.draw(st.booleans()):
+        file = b"\xef\xbb\xbf" + file
+    utf8 = data.draw(st.booleans())
+    options = OPTIONS
+    if utf8:
+        file = file.decode("cp932", errors="replace").encode("utf-8")
+        options = dataclasses.replace(options, encoding="utf-8")
+    options = dataclasses.replace(options, max_errors=data.draw(st.sampled_from([1, 3, 1000])))
+    block_size = data.draw(st.sampled_from([1 << 9, 1 << 11, 1 << 18]))  # small blocks: many fast-path blocks
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "_BLOCK_SIZE", block_size)
+        for fast_path in (True, False):
+            reference = exact(file, layout, options, fast_path=fast_path)
+            assert summary(validate_bytes(file, layout, options, fast_path=fast_path, filter_bits_log2=TINY)) \
+                == summary(reference)
+            assert summary(validate_bytes(file, layout, options, fast_path=fast_path)) == summary(reference)
+
+
+def test_when_the_filter_is_tiny_then_the_first_read_leaves_suspects_and_a_rescan_is_needed() -> None:
+    data = b"".join(generate_file(JNKS_PAYMENTS, 200, seed=3, today=TODAY))
+    # Record by record: in one fast-path block the keys are only compared among themselves (all distinct here).
+    validator = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, filter_bits_log2=TINY, fast_path=False)
+    validator.feed(data)
+    report = validator.close()
+    assert validator.needs_rescan and not report.valid and report.uniqueness_pending
+    assert validator.rescan([data]).valid and not validator.needs_rescan
+
+
+def test_when_duplicates_sit_inside_one_block_and_across_blocks_then_each_is_reported_at_the_later_record() -> None:
+    records = list(generate_file(JNKS_PAYMENTS, 9000, seed=5, today=TODAY))
+    # Records 11 → 21 inside the first block; record 2 → 8000 several blocks later (a block is ~3,700 records).
+    data = with_duplicates(records, JNKS_PAYMENTS, [(10, 20), (1, 7999)])
+    first = JNKS_PAYMENTS["chassis_no"]
+    for bits in (TINY, 27):
+        for fast_path in (True, False):
+            report = validate_bytes(data, JNKS_PAYMENTS, OPTIONS, fast_path=fast_path, filter_bits_log2=bits)
+            assert [(e.record, e.key, e.field_name, e.offset) for e in report.errors] == [
+                (21, "chassis_no", first.name, 20 * SIZE + JNKS_PAYMENTS.offsets["chassis_no"]),
+                (8000, "chassis_no", first.name, 7999 * SIZE + JNKS_PAYMENTS.offsets["chassis_no"]),
+            ]
+            assert all("repeats the (chassis_no, tax_year) of an earlier record" in e.reason for e in report.errors)
+            assert summary(report) == summary(exact(data, JNKS_PAYMENTS, fast_path=fast_path))
+
+
+def test_when_a_unique_file_has_keys_that_share_fingerprint_lanes_then_it_is_never_rejected() -> None:
+    records = list(generate_file(JNKS_PAYMENTS, 3000, seed=9, today=TODAY))
+    data = b"".join(records)
+    assert validate_bytes(data, JNKS_PAYMENTS, OPTIONS, filter_bits_log2=TINY).valid
+    assert validate_bytes(data, JNKS_PAYMENTS, OPTIONS, filter_bits_log2=TINY, fast_path=False).valid
+
+
+def one_shot(data: bytes) -> Iterator[bytes]:
+    yield data
+
+
+def test_when_the_input_cannot_be_read_again_then_every_key_is_kept_exactly_in_memory() -> None:
+    records = list(generate_file(JNKS_PAYMENTS, 50, seed=1, today=TODAY))
+    data = with_duplicates(records, JNKS_PAYMENTS, [(3, 40)])
+    validator = Validator(JNKS_PAYMENTS, OPTIONS)  # what validate_stream does without reread (stdin)
+    assert isinstance(validator._unique, _ExactKeys)
+    validator.feed(data)
+    report = validator.close()
+    assert not validator.needs_rescan
+    assert [(e.record, e.key) for e in report.errors] == [(41, "chassis_no")]
+    assert len(validator._unique.seen) == 49
+    stream_report = validate_stream(one_shot(data), JNKS_PAYMENTS, OPTIONS)
+    assert summary(stream_report) == summary(report)
+
+
+def test_when_the_file_changes_between_the_two_reads_then_rescan_refuses() -> None:
+    records = list(generate_file(JNKS_PAYMENTS, 50, seed=1, today=TODAY))
+    data = b"".join(records)
+    validator = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, filter_bits_log2=TINY, fast_path=False)
+    validator.feed(data)
+    validator.close()
+    assert validator.needs_rescan
+    with pytest.raises(ValueError, match="changed"):
+        validator.rescan([data[:-70] + records[0]])
+
+
+def large_unique_file(copies: int, block_records: int = 2000) -> Iterator[bytes]:
+    """Distinct valid JNKS records, fast: one generated block repeated with the chassis serial's high digits changed."""
+    block = bytearray(b"".join(generate_file(JNKS_PAYMENTS, block_records, seed=42, today=TODAY)))
+    serial_high = JNKS_PAYMENTS.offsets["chassis_no"] + 6  # "DMYnn-" then a 12-digit serial, high digits zero
+    for position in range(6):
+        assert set(block[serial_high + position::SIZE]) == {ord("0")}
+    for copy in range(copies):
+        for position, digit in enumerate(f"{copy:06d}".encode()):
+            block[serial_high + position::SIZE] = bytes([digit]) * block_records
+        yield bytes(block)
+
+
+def test_when_a_large_file_is_validated_then_the_uniqueness_structures_stay_bounded() -> None:
+    validator = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True)
+    unique = validator._unique
+    assert isinstance(unique, _FilteredKeys)
+    sizes = []
+    for number, block in enumerate(large_unique_file(150)):  # 300,000 records, 21 MB
+        validator.feed(block)
+        if number % 50 == 49:
+            sizes.append((unique.filter.nbytes, len(unique.suspects)))
+    report = validator.close()
+    assert report.valid and report.records == 300_000 and not validator.needs_rescan
+    assert all(nbytes == 1 << 24 for nbytes, _ in sizes)  # 16 MiB, whatever the file size
+    assert all(suspects <= 10 for _, suspects in sizes)  # expected well under 1 at this size
+    assert validator._unique is None  # no suspects: the filter is released at close()
+
+
+def test_when_a_key_filter_adds_a_block_or_one_key_at_a_time_then_the_same_bits_are_set() -> None:
+    rng = random.Random(4)
+    keys = [bytes(rng.randrange(0x30, 0x3A) for _ in range(24)) for _ in range(500)]
+    lane = lane_width(24)
+    in_block = KeyFilter(16, salt=1234)
+    in_block.add_block(b"".join(keys), lane)
+    one_by_one = KeyFilter(16, salt=1234)
+    for key in keys:
+        one_by_one.add_one(key)
+    assert np.array_equal(in_block.bits, one_by_one.bits)
+    assert all(one_by_one.add_one(key) for key in keys)  # everything added is a suspect afterwards
+
+
+def test_when_a_block_repeats_a_key_then_the_later_copy_is_a_suspect_even_in_an_empty_filter() -> None:
+    keys = [b"A" * 22, b"B" * 22, b"A" * 22]
+    found = KeyFilter(20).add_block(b"".join(key.ljust(24, b"\x00") for key in keys), 24)
+    assert 2 in found.tolist()
+
+
+def test_when_two_filters_are_made_then_their_salts_differ_so_bits_are_no_fixed_function_of_the_keys() -> None:
+    key = b"DMY01-000000000001" + b" " * 2 + b"2025"
+    first, second = KeyFilter(20), KeyFilter(20)
+    first.add_one(key)
+    second.add_one(key)
+    assert not np.array_equal(first.bits, second.bits)
