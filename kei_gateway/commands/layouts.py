@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -107,6 +108,11 @@ def _chunks(source: BinaryIO) -> Iterator[bytes]:
     return iter(partial(source.read, _READ_SIZE), b"")
 
 
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as source:
+        yield from _chunks(source)
+
+
 def _print_report(args: argparse.Namespace, report: ValidationReport) -> None:
     if args.json:
         json.dump({
@@ -148,8 +154,13 @@ def validate_file(args: argparse.Namespace) -> int:
         if args.file == "-":
             report = validate_stream(_chunks(sys.stdin.buffer), layout, options)
         else:
-            with open(args.file, "rb") as source:
-                report = validate_stream(_chunks(source), layout, options)
+            # A regular file is read a second time when the uniqueness filter leaves suspect keys
+            # (fixed memory); a pipe or device cannot be, so its keys are kept in memory.
+            reread = (lambda: _file_chunks(args.file)) if os.path.isfile(args.file) else None
+            report = validate_stream(_file_chunks(args.file), layout, options, reread=reread)
+    except ValueError as exc:  # the file changed between the two reads
+        print(f"kei-gateway validate: {args.file}: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
     except OSError as exc:
         print(f"kei-gateway validate: cannot read {args.file}: {exc.strerror or exc}; "
               "check the path and its permissions", file=sys.stderr)

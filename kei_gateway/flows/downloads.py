@@ -171,7 +171,9 @@ class DownloadPoller(service.Service):
         chunks: queue.Queue[Any] = queue.Queue(maxsize=16)
         blob_id = f"in-{uuid.uuid4().hex}"
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
-        validator = Validator(self.layout, options)
+        # The raw download is what goes into the store, so the blob can be read again when the
+        # uniqueness filter leaves suspect keys: fixed memory whatever the file size.
+        validator = Validator(self.layout, options, rereadable=True)
 
         def source() -> Iterator[bytes]:
             while True:
@@ -198,9 +200,16 @@ class DownloadPoller(service.Service):
             put(failure.value)  # the writer raises it, so no blob is left behind
             return written.addBoth(lambda _: failure)
 
+        def settled(info: Any) -> defer.Deferred[Downloaded]:
+            d: defer.Deferred[Any] = defer.succeed(None)
+            if validator.needs_rescan:
+                d = self.blocking.run(lambda: validator.rescan(self.store.read(blob_id)))
+                d.addErrback(lambda failure: self.blocking.run(self.store.delete, blob_id).addBoth(lambda _: failure))
+            return d.addCallback(lambda _: Downloaded(blob_id, info.size, info.sha256, validator.report))
+
         download: defer.Deferred[Any] = self.client.get(url, put)
         download.addCallbacks(got, failed)
-        return download.addCallback(lambda info: Downloaded(blob_id, info.size, info.sha256, validator.report))
+        return download.addCallback(settled)
 
     @defer.inlineCallbacks
     def _relay(self, row: TransferRow) -> Any:

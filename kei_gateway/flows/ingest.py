@@ -3,8 +3,10 @@
 All of it blocks: the outbound flow calls :func:`ingest_file` through the blocking door.
 The order is what makes a crash lose nothing and duplicate nothing:
 
-1. the file is read once, validated and encrypted into the store as it streams
-   (a crash leaves at most an unreferenced blob, removed at the next start);
+1. the file is read, validated and encrypted into the store as it streams; when
+   the uniqueness filter left suspect keys, the same open file is read a second
+   time to settle them exactly (a crash in either read leaves at most an
+   unreferenced blob, removed at the next start);
 2. the transfer is committed in the ledger;
 3. the plaintext original (and its marker) is unlinked and the directory fsynced;
 4. the transfer is marked ``source_removed``.
@@ -88,7 +90,10 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         if not _is_regular(fd):
             return _refuse(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file", ledger, peer, now)
         pending: list[bytes] = []
-        validator = Validator(layout, options, sink=pending.append)
+        # The file can be read again through the same descriptor (the outbox entry we opened,
+        # O_NOFOLLOW), so uniqueness takes fixed memory.  The store blob would not do: it holds
+        # the converted output, whose offsets differ from the input's for UTF-8 files.
+        validator = Validator(layout, options, sink=pending.append, rereadable=True)
 
         def converted() -> Iterator[bytes]:
             for chunk in _read_chunks(fd):
@@ -102,6 +107,13 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
 
         blob_id = new_blob_id()
         info = store.write(blob_id, converted())
+        if validator.needs_rescan:
+            os.lseek(fd, 0, os.SEEK_SET)
+            try:
+                validator.rescan(_read_chunks(fd))
+            except BaseException:  # the file changed between the reads (ValueError), or a read failed
+                store.delete(blob_id)
+                raise  # the file stays in the outbox for the next scan
         crashpoint("ingest.stored")
     finally:
         os.close(fd)

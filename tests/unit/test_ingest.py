@@ -138,3 +138,63 @@ def test_when_an_entry_has_a_bad_name_then_it_is_quarantined_under_a_safe_name(s
 def test_when_the_file_vanished_before_ingest_then_nothing_happens(spool: Spool) -> None:
     assert spool.ingest("gone.dat").outcome == "vanished"
     assert spool.ledger.list_transfers() == []
+
+
+def put_with_duplicate(spool: Spool, name: str, records: int, source: int, target: int) -> bytes:
+    """A valid file whose record ``target`` (0-based) repeats the (chassis_no, tax_year) of record ``source``."""
+    lines = list(generate_file(LAYOUT, records, seed=4, today=TODAY, lg_code="131041"))
+    record = bytearray(lines[target])
+    for key in ("chassis_no", "tax_year"):
+        start, end = LAYOUT.offsets[key], LAYOUT.offsets[key] + LAYOUT[key].width
+        record[start:end] = lines[source][start:end]
+    lines[target] = bytes(record)
+    data = b"".join(lines)
+    (spool.outbox / name).write_bytes(data)
+    return data
+
+
+def test_when_a_file_repeats_a_key_then_the_second_read_finds_it_at_the_later_record_and_it_is_quarantined(
+        spool: Spool) -> None:
+    put_with_duplicate(spool, "dup.dat", records=6000, source=2, target=5000)
+    result = spool.ingest("dup.dat")
+    assert result.outcome == "quarantined" and result.error_count == 1
+    assert result.reason.startswith("record 5001, byte 350018: 車台番号 (chassis_no): repeats the (chassis_no, tax_year)")
+    assert os.listdir(spool.outbox) == []
+
+
+def test_when_the_key_filter_leaves_false_suspects_then_a_valid_file_is_still_queued(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from functools import partial
+
+    from kei_gateway.flows import ingest
+    from kei_gateway.layouts import Validator
+
+    rescans: list[int] = []
+
+    class TinyFilterValidator(Validator):
+        def rescan(self, chunks):  # type: ignore[no-untyped-def]
+            rescans.append(1)
+            return super().rescan(chunks)
+
+    monkeypatch.setattr(ingest, "Validator", partial(TinyFilterValidator, filter_bits_log2=6, fast_path=False))
+    spool.put("pay1.dat", records=300)
+    result = spool.ingest("pay1.dat")
+    assert rescans == [1]
+    assert result.outcome == "queued" and result.records == 300
+
+
+def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_it_stays_for_the_next_scan(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kei_gateway.flows import ingest
+    from kei_gateway.layouts import Validator
+
+    class ChangingFile(Validator):
+        def rescan(self, chunks):  # type: ignore[no-untyped-def]
+            raise ValueError("the file changed between the two reads of its validation; validate it again")
+
+    monkeypatch.setattr(ingest, "Validator", ChangingFile)
+    put_with_duplicate(spool, "dup.dat", records=20, source=1, target=10)
+    with pytest.raises(ValueError, match="changed"):
+        spool.ingest("dup.dat")
+    assert os.listdir(spool.outbox) == ["dup.dat"]
+    assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
