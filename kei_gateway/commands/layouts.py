@@ -156,8 +156,10 @@ def validate_file(args: argparse.Namespace) -> int:
         else:
             # A regular file is read a second time when the uniqueness filter leaves suspect keys
             # (fixed memory); a pipe or device cannot be, so its keys are kept in memory.
-            reread = (lambda: _file_chunks(args.file)) if os.path.isfile(args.file) else None
-            report = validate_stream(_file_chunks(args.file), layout, options, reread=reread)
+            regular = os.path.isfile(args.file)
+            reread = (lambda: _file_chunks(args.file)) if regular else None
+            report = validate_stream(_file_chunks(args.file), layout, options, reread=reread,
+                                     expected_size=os.path.getsize(args.file) if regular else None)
     except ValueError as exc:  # the file changed between the two reads
         print(f"kei-gateway validate: {args.file}: {exc}", file=sys.stderr)
         return exitcodes.USAGE

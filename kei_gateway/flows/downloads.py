@@ -173,6 +173,7 @@ class DownloadPoller(service.Service):
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
         # The raw download is what goes into the store, so the blob can be read again when the
         # uniqueness filter leaves suspect keys: fixed memory whatever the file size.
+        # The full-size filter: a peer's announced size is not trusted to shrink it.
         validator = Validator(self.layout, options, rereadable=True)
 
         def source() -> Iterator[bytes]:

@@ -93,7 +93,8 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         # The file can be read again through the same descriptor (the outbox entry we opened,
         # O_NOFOLLOW), so uniqueness takes fixed memory.  The store blob would not do: it holds
         # the converted output, whose offsets differ from the input's for UTF-8 files.
-        validator = Validator(layout, options, sink=pending.append, rereadable=True)
+        validator = Validator(layout, options, sink=pending.append, rereadable=True,
+                              expected_size=os.fstat(fd).st_size)
 
         def converted() -> Iterator[bytes]:
             for chunk in _read_chunks(fd):

@@ -17,17 +17,23 @@ that both give the same positions).
 
 from __future__ import annotations
 
+import math
+import mmap
 import secrets
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyFilter", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "lane_width"]
+__all__ = ["KeyFilter", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "MIN_FILTER_BITS_LOG2", "lane_width",
+           "filter_bits_for"]
 
 DEFAULT_FILTER_BITS_LOG2: Final = 27
 """2^27 bits = 16 MiB: about 1 in 10^6 false suspects at 1 M keys, a few thousand in all at 7.7 M."""
 DEFAULT_HASHES: Final = 6
+MIN_FILTER_BITS_LOG2: Final = 16
+BITS_PER_KEY: Final = 128
+"""When the number of keys is known, the filter takes this many bits per key (up to the default size)."""
 
 _MASK64: Final = (1 << 64) - 1
 _C1: Final = 0xFF51AFD7ED558CCD
@@ -39,6 +45,14 @@ Fingerprints = npt.NDArray[np.uint64]
 def lane_width(key_width: int) -> int:
     """Bytes one key takes in a packed block: its width rounded up to whole 64-bit lanes."""
     return -(-key_width // 8) * 8
+
+
+def filter_bits_for(records: int | None, largest: int = DEFAULT_FILTER_BITS_LOG2) -> int:
+    """log2 of the filter size for about ``records`` keys (``None``: unknown, the largest)."""
+    if records is None:
+        return largest
+    wanted = max(1, records * BITS_PER_KEY)
+    return min(largest, max(MIN_FILTER_BITS_LOG2, math.ceil(math.log2(wanted))))
 
 
 def _fmix(h: Fingerprints) -> Fingerprints:
@@ -68,7 +82,10 @@ class KeyFilter:
         self.size_bits = 1 << bits_log2
         self._mask = self.size_bits - 1
         self._salt = secrets.randbits(64) if salt is None else salt & _MASK64
-        self.bits = np.zeros(self.size_bits >> 3, dtype=np.uint8)
+        # Anonymous pages, zero until touched and returned to the system when the filter goes
+        # (a heap allocation of this size could stay in the process after it is freed).
+        self._pages = mmap.mmap(-1, max(self.size_bits >> 3, 1))
+        self.bits = np.frombuffer(self._pages, dtype=np.uint8)
         self._steps = np.arange(hashes, dtype=np.uint64)
 
     @property

@@ -31,7 +31,7 @@ from kei_gateway.layouts.encoding import (
     GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars,
     normalize_variants, wide_char_pattern, widen_halfwidth_katakana,
 )
-from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, KeyFilter, lane_width
+from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, KeyFilter, filter_bits_for, lane_width
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
 from kei_gateway.layouts.fields import (
     DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, LgCode, NotBefore, RuleContext, SumEquals, Unique, Value,
@@ -805,7 +805,9 @@ class Validator:
       e.g. standard input): every key is kept exactly in memory, about 95 bytes
       a record; :meth:`close` returns the final report.
     * ``rereadable=True``: keys go into a fixed-size Bloom filter
-      (``2 ** filter_bits_log2`` bits, 16 MiB by default) and only the keys it
+      (``2 ** filter_bits_log2`` bits, 16 MiB by default; smaller when
+      ``expected_size``, the file's size in bytes, says it has fewer records
+      than that serves well) and only the keys it
       cannot rule out (suspects) are kept.  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
       (``valid`` is false) and the caller feeds the same bytes again to
@@ -815,7 +817,8 @@ class Validator:
 
     def __init__(self, layout: Layout, options: ValidationOptions,
                  sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
-                 rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> None:
+                 rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
+                 expected_size: int | None = None) -> None:
         self.layout = layout
         self.options = options
         self.report = ValidationReport(layout=layout.name)
@@ -826,7 +829,11 @@ class Validator:
         self._plan = _fast_plan(layout, options.rule_context) if fast_path else None
         self._unique: _Uniqueness | None = None
         if layout.unique_keys is not None:
-            self._unique = _FilteredKeys(layout, filter_bits_log2) if rereadable else _ExactKeys(layout)
+            if rereadable:
+                records = None if expected_size is None else expected_size // layout.record_length + 1
+                self._unique = _FilteredKeys(layout, filter_bits_for(records, filter_bits_log2))
+            else:
+                self._unique = _ExactKeys(layout)
         self._digest = hashlib.sha256() if rereadable else None
         self._duplicates: list[LayoutError] | None = None  # set in the second read: where duplicates go
         self._duplicate_count = 0
@@ -1128,7 +1135,8 @@ class Validator:
 def validate_stream(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions,
                     sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
                     reread: Callable[[], Iterable[bytes]] | None = None,
-                    filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> ValidationReport:
+                    filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
+                    expected_size: int | None = None) -> ValidationReport:
     """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``).
 
     ``reread``, when the file can be read again, returns a fresh iterable of
@@ -1137,7 +1145,7 @@ def validate_stream(chunks: Iterable[bytes], layout: Layout, options: Validation
     Without it every key is kept in memory.
     """
     validator = Validator(layout, options, sink, fast_path=fast_path, rereadable=reread is not None,
-                          filter_bits_log2=filter_bits_log2)
+                          filter_bits_log2=filter_bits_log2, expected_size=expected_size)
     for chunk in chunks:
         validator.feed(chunk)
     report = validator.close()
@@ -1152,7 +1160,7 @@ def validate_bytes(data: bytes, layout: Layout, options: ValidationOptions,
                    filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> ValidationReport:
     """Validate a whole file held in memory (read twice when uniqueness needs it)."""
     return validate_stream((data,), layout, options, sink, fast_path=fast_path, reread=lambda: (data,),
-                           filter_bits_log2=filter_bits_log2)
+                           filter_bits_log2=filter_bits_log2, expected_size=len(data))
 
 
 def _error_order(error: LayoutError) -> int:

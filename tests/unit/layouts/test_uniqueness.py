@@ -198,3 +198,14 @@ def test_when_two_filters_are_made_then_their_salts_differ_so_bits_are_no_fixed_
     first.add_one(key)
     second.add_one(key)
     assert not np.array_equal(first.bits, second.bits)
+
+
+def test_when_the_file_size_is_known_then_a_small_file_gets_a_small_filter_and_a_large_one_at_most_16_mib() -> None:
+    def filter_bytes(size: int | None) -> int:
+        unique = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=size)._unique
+        assert isinstance(unique, _FilteredKeys)
+        return unique.filter.nbytes
+
+    assert filter_bytes(3200 * SIZE) == 1 << 16  # 64 KiB: 128 bits a record
+    assert filter_bytes(0) == 1 << 13  # the smallest
+    assert filter_bytes(10**6 * SIZE) == filter_bytes(10**9) == filter_bytes(None) == 1 << 24
