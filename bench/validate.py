@@ -82,7 +82,8 @@ def measure_validate(path: str, layout_name: str) -> dict[str, float]:
             yield from iter(partial(source.read, 1 << 16), b"")
 
     # As ``kei-gateway validate FILE``: the file may be read a second time, so uniqueness takes fixed memory.
-    report = validate_stream(chunks(), get_layout(layout_name), options, reread=chunks)
+    report = validate_stream(chunks(), get_layout(layout_name), options, reread=chunks,
+                             expected_size=os.path.getsize(path))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     if not report.valid:

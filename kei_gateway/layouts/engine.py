@@ -902,8 +902,10 @@ class Validator:
             return self.report
         first = self._unique
         assert isinstance(first, _FilteredKeys) and self._digest is not None
+        self._unique = None  # the filter's pages go before the second read; only the suspects are needed
         second = Validator(self.layout, self.options, fast_path=self._plan is not None)
         second._unique = _SuspectKeys(self.layout, first.suspects)
+        del first
         second._duplicates = []
         digest = hashlib.sha256()
         if self.options.encoding == "cp932":
@@ -920,7 +922,6 @@ class Validator:
                                     self.options.max_errors))
         report.error_count += second._duplicate_count
         report.uniqueness_pending = False
-        self._unique = None
         return report
 
     def _replay_suspects(self, chunks: Iterable[bytes], digest: hashlib._Hash) -> None:
