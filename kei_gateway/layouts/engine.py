@@ -834,7 +834,8 @@ class Validator:
                 self._unique = _FilteredKeys(layout, filter_bits_for(records, filter_bits_log2))
             else:
                 self._unique = _ExactKeys(layout)
-        self._digest = hashlib.sha256() if rereadable else None
+        # Only a filtered uniqueness check may need the second read, whose bytes must be the first's.
+        self._digest = hashlib.sha256() if isinstance(self._unique, _FilteredKeys) else None
         self._duplicates: list[LayoutError] | None = None  # set in the second read: where duplicates go
         self._duplicate_count = 0
         self._closed = False
