@@ -19,17 +19,22 @@ __all__ = ["main", "build_parser", "DEFAULT_CONFIG_PATH", "config_path_from"]
 DEFAULT_CONFIG_PATH = "/etc/kei-gateway/kei-gateway.toml"
 CONFIG_ENV = "KEI_GATEWAY_CONFIG"
 
-COMMAND_MODULES = (
-    "kei_gateway.commands.daemon",
-    "kei_gateway.commands.config",
-    "kei_gateway.commands.database",
-    "kei_gateway.commands.layouts",
-    "kei_gateway.commands.allowlist",
-    "kei_gateway.commands.transfers",
-    "kei_gateway.commands.demo",
-    "kei_gateway.commands.sim",
-    "kei_gateway.commands.keys",
-)
+COMMANDS = {
+    "run": "kei_gateway.commands.daemon",
+    "check-config": "kei_gateway.commands.config",
+    "db": "kei_gateway.commands.database",
+    "validate": "kei_gateway.commands.layouts",
+    "generate": "kei_gateway.commands.layouts",
+    "systemd-allowlist": "kei_gateway.commands.allowlist",
+    "status": "kei_gateway.commands.transfers",
+    "transfers": "kei_gateway.commands.transfers",
+    "demo": "kei_gateway.commands.demo",
+    "sim": "kei_gateway.commands.sim",
+    "keys": "kei_gateway.commands.keys",
+}
+"""Sub-command → the module that registers it. Only the module of the command being run is
+imported, so ``kei-gateway validate`` does not load Twisted, SQLAlchemy and the rest."""
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 def config_path_from(args: argparse.Namespace, environ: os._Environ[str] | dict[str, str] = os.environ) -> str:
@@ -49,7 +54,24 @@ class _Parser(argparse.ArgumentParser):
                                    f"Run '{self.prog} --help' for the commands and options.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named in *argv* (skipping options and the value of ``-c``), if any."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token in ("-c", "--config"):
+            skip = True
+            continue
+        if token.startswith("-"):
+            continue
+        return token
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with *command*, only the module of that sub-command is imported."""
     parser = _Parser(
         prog="kei-gateway",
         description="LGWAN/intranet boundary gateway for 軽JNKS and the MPN 収納機関共同利用センター.",
@@ -60,14 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    module = COMMANDS.get(command or "")
+    for name in (module,) if module is not None else COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(arguments))
+    args = parser.parse_args(arguments)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

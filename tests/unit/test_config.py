@@ -225,3 +225,25 @@ def test_when_the_config_file_does_not_exist_then_check_config_says_how_to_name_
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["-c", str(tmp_path / "none.toml"), "check-config"]) == exitcodes.USAGE
     assert "KEI_GATEWAY_CONFIG" in capsys.readouterr().err
+
+
+def test_when_commands_are_registered_then_the_lazy_map_names_each_with_its_module() -> None:
+    import argparse
+    import importlib
+
+    for module in cli.COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        subparsers = parser.add_subparsers()
+        importlib.import_module(module).register(subparsers)
+        registered = set(subparsers.choices)
+        assert registered == {c for c, m in cli.COMMANDS.items() if m == module}, module
+
+
+def test_when_a_command_is_run_then_only_its_module_is_imported() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, kei_gateway.cli as c; c.build_parser(c._command_of(['-c', 'x.toml', 'validate', 'f']));"
+            "print('sqlalchemy' in sys.modules, 'twisted.internet.reactor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["False", "False"]
