@@ -25,15 +25,11 @@ from kei_gateway.layouts import (
 from kei_gateway.layouts.encoding import CHARSETS, GAIJI_POLICIES, INPUT_ENCODINGS
 from kei_gateway.layouts.generator import DEFAULT_LG_CODE
 
-__all__ = ["register", "validate_file", "generate_dummy_file", "today_in_jst"]
+from kei_gateway.jst import today_in_jst
 
-JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
+__all__ = ["register", "validate_file", "generate_dummy_file"]
+
 _READ_SIZE = 1 << 16
-
-
-def today_in_jst(now: datetime.datetime | None = None) -> datetime.date:
-    """Today's date in Japan (JST, UTC+9, no daylight saving)."""
-    return (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(JST).date()
 
 
 def _date(text: str) -> datetime.date:

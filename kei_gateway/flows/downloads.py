@@ -32,7 +32,7 @@ from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.crashpoints import crashpoint
 from kei_gateway.flows.ingest import errors_file_lines
-from kei_gateway.flows.outbox import today_in_jst
+from kei_gateway.jst import today_in_jst
 from kei_gateway.layouts import ValidationOptions, ValidationReport, Validator, get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S

@@ -19,6 +19,7 @@ from twisted.python.filepath import FilePath
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.config import OutboundFlowSection
+from kei_gateway.jst import today_in_jst
 from kei_gateway.flows.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger
@@ -26,15 +27,9 @@ from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.store import BlobStore
 
-__all__ = ["OutboxWatcher", "JST", "RESCAN_INTERVAL", "today_in_jst"]
+__all__ = ["OutboxWatcher", "RESCAN_INTERVAL"]
 
-JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
 RESCAN_INTERVAL = 30.0
-
-
-def today_in_jst(seconds: float) -> datetime.date:
-    """The date in Japan at Unix time *seconds* (更新年月日 "not in the future" is judged in JST)."""
-    return datetime.datetime.fromtimestamp(seconds, JST).date()
 
 
 class OutboxWatcher(service.Service):

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
+from kei_gateway.jst import today_in_jst
 from kei_gateway.layouts import ValidationOptions, get_layout, parse_records
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.metrics import GatewayMetrics
@@ -43,7 +44,7 @@ class ReceiptRecorder:
     @defer.inlineCallbacks
     def __call__(self, receipt: TransferRow, store: BlobStore) -> Any:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        today = (now + datetime.timedelta(hours=9)).date()
+        today = today_in_jst(self.clock.seconds())
         assert receipt.blob_id is not None
         accepted, rejected = yield self.blocking.run(count_results, store, receipt.blob_id, today)
         uploaded_name = receipt.local_name.removesuffix(RESULT_SUFFIX)

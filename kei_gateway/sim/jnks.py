@@ -34,6 +34,8 @@ from kei_gateway.sim.faults import Faults
 from kei_gateway.sim.server import RunningSim, start_simulator
 from kei_gateway.sim.tls import ServerIdentity
 
+from kei_gateway.jst import today_in_jst
+
 __all__ = [
     "RECORD_BYTES", "RESULT_BYTES", "UPLOAD", "RESULTS", "ERROR_MESSAGES", "SIMULATED_REJECT",
     "Problem", "RecordOutcome", "JnksOptions", "Receipt", "JnksPersonality",
@@ -46,7 +48,6 @@ RESULT_BYTES = 100
 UPLOAD = "upload"
 RESULTS = "results"
 SIMULATED_REJECT = "E900"
-JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
 
 ERROR_MESSAGES: dict[str, str] = {
     "E001": "レコード長が不正です",
@@ -256,7 +257,7 @@ def render_result_file(outcomes: Sequence[RecordOutcome]) -> bytes:
 
 
 def jst_today(clock: IReactorTime) -> datetime.date:
-    return datetime.datetime.fromtimestamp(clock.seconds(), JST).date()
+    return today_in_jst(clock.seconds())
 
 
 @dataclass(frozen=True)

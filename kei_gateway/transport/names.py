@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime
 import re
 
+from kei_gateway.jst import JST
+
 __all__ = ["JST", "remote_name", "part_name", "content_digest"]
 
-JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
-"""Japan Standard Time (no daylight saving), the zone of the timestamp in remote names."""
 
 _LG_CODE = re.compile(r"\d{6}")
 _FLOW = re.compile(r"[a-z0-9][a-z0-9-]*")

@@ -14,7 +14,8 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from kei_gateway.config import OutboundFlowSection
-from kei_gateway.flows.outbox import OutboxWatcher, today_in_jst
+from kei_gateway.flows.outbox import OutboxWatcher
+from kei_gateway.jst import today_in_jst
 from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.metrics import GatewayMetrics
