@@ -39,13 +39,6 @@ STATUS_INTERVAL = 15.0
 CERTIFICATE_CHECK_INTERVAL = 6 * 3600.0
 
 
-def _utc_timestamp(when: Any) -> float:
-    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
-    from datetime import timezone
-
-    return float((when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).timestamp())
-
-
 def server_endpoint(reactor: Any, address: HostPort) -> IStreamServerEndpoint:
     if ":" in address.host:
         return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
@@ -214,7 +207,7 @@ class GatewayService(service.MultiService):
                 for state in OPEN_STATES:
                     self.metrics.queue_files.labels(flow=flow, state=state).set(queue.get((flow, state), 0))
                 since = oldest.get(flow)
-                age = max(0.0, now - _utc_timestamp(since)) if since is not None else 0.0
+                age = max(0.0, now - since.timestamp()) if since is not None else 0.0
                 self.metrics.oldest_queued_age.labels(flow=flow).set(age)
             totals: dict[str, int] = {}
             for (_, state), count in queue.items():

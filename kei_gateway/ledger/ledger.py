@@ -38,13 +38,13 @@ class Ledger:
             return {(flow, state): int(count) for flow, state, count in connection.execute(query)}
 
     @retry_transient
-    def oldest_queued(self) -> dict[str, datetime]:
+    def oldest_queued(self) -> dict[str, Any]:
         """Creation time of the oldest transfer waiting to be sent, per flow."""
         waiting = (TransferState.QUEUED.value, TransferState.RETRY_WAIT.value, TransferState.SENDING.value)
         query = (select(Transfer.flow, func.min(Transfer.created_at))
                  .where(Transfer.state.in_(waiting)).group_by(Transfer.flow))
         with self.engine.connect() as connection:
-            return {flow: oldest for flow, oldest in connection.execute(query) if oldest is not None}
+            return {flow: _aware(oldest) for flow, oldest in connection.execute(query) if oldest is not None}
 
 
 @dataclass(frozen=True)
