@@ -34,7 +34,8 @@ confirmed, cancelled, mismatched or left unconfirmed).
 **Independent on purpose.** Like :mod:`kei_gateway.sim.jnks`, the slip check is
 a fixed-offset reading of §2.3's 158-byte record that deliberately does not
 import :mod:`kei_gateway.layouts`, so a bug in the gateway's layout engine is
-not mirrored by the peer. A file with any broken record gets no results at all
+not mirrored by the peer. It does not check the JIS X 0208 repertoire (a
+CP932 extension character such as ① passes). A file with any broken record gets no results at all
 (the centre refuses it; the count is in :attr:`MpnPersonality.slips`).
 """
 
@@ -234,7 +235,8 @@ def check_slip(line: bytes) -> tuple[str, ...]:
         name = line[32:112].decode("cp932")
     except UnicodeDecodeError:
         name = ""
-    if len(name) * 2 != 80 or not name.strip(IDEOGRAPHIC_SPACE):
+    if (len(name) * 2 != 80 or not name.strip(IDEOGRAPHIC_SPACE) or name.startswith(IDEOGRAPHIC_SPACE)
+            or any("\ue000" <= c <= "\uf8ff" for c in name)):  # blank, not left-aligned, user-defined (外字)
         found.append("payer_name")
     amounts = [line[a:a + 10] for a in (112, 122, 132)]
     for key, raw in zip(("amount_billed", "amount_tax", "amount_late"), amounts):
