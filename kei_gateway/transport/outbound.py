@@ -26,11 +26,11 @@ from twisted.internet.interfaces import (
     IResolutionReceiver, IStreamClientEndpoint,
 )
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kei_gateway.allowlist import Network, address_allowed
+from kei_gateway.transport._bulktls import BulkWriteTLSFactory
 from kei_gateway.transport.errors import OutboundDenied, PeerIdentityError, TransientError
 from kei_gateway.transport.tls import PeerTLS
 
@@ -199,7 +199,7 @@ class PeerEndpoint:
         endpoint_class = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_class(self._reactor, address, self.port, timeout=max(1, round(self.connect_timeout)))
         gate = _GateFactory(factory, self.peer, self.tls, self._reactor, self.idle_timeout)
-        connecting = endpoint.connect(TLSMemoryBIOFactory(self.tls, True, gate))
+        connecting = endpoint.connect(BulkWriteTLSFactory(self.tls, True, gate))
         timed_out = False
 
         def expire() -> None:

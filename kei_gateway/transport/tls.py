@@ -52,6 +52,10 @@ def spki_pin(certificate: x509.Certificate) -> str:
     return "sha256/" + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 
+_SSL_MODE_ENABLE_PARTIAL_WRITE = 0x00000001
+"""``SSL_MODE_ENABLE_PARTIAL_WRITE`` of ``openssl/ssl.h`` (pyOpenSSL sets it, but exports no name for it)."""
+
+
 def _base_context(certificate_path: str, private_key_path: str, min_version: str) -> SSL.Context:
     if min_version not in MIN_VERSIONS:
         raise ValueError(f"tls min_version must be one of {sorted(MIN_VERSIONS)}, got {min_version!r}")
@@ -89,6 +93,9 @@ class PeerTLS:
         # The peer's CA bundle only: set_default_verify_paths() is deliberately never called.
         context.load_verify_locations(ca_path.encode())
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        # Over a memory BIO a write never blocks: let SSL_write take a whole piece at once
+        # instead of returning after each 16 KiB record (see transport/_bulktls.py).
+        context.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)
         self._context = context
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:

@@ -83,11 +83,13 @@ BATCH_BYTES = 1 << 20
 """Body bytes pulled per trip through the blocking door (the store yields 64 KiB segments)."""
 
 
-def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES) -> bytes | None:
-    """The next pieces of *iterator*, joined up to about *limit* bytes; None at its end.
+def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES, digest: Any = None) -> bytes | None:
+    """The next pieces of *iterator*, joined up to about *limit* bytes, added to *digest*; None at its end.
 
     One thread hop per megabyte instead of per 64 KiB segment: the hops, not the
-    cipher, bounded the upload speed (bench/upload.py).
+    cipher, bounded the upload speed (bench/upload.py). The SHA-256 is computed
+    here, in the worker thread, so it overlaps the reactor's TLS writes instead of
+    delaying them.
     """
     pieces: list[bytes] = []
     size = 0
@@ -98,7 +100,10 @@ def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES) -> bytes | 
             break
     if not pieces:
         return None
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    if digest is not None:
+        digest.update(chunk)
+    return chunk
 
 
 def _close(iterator: Any) -> None:
@@ -150,28 +155,32 @@ class _PulledBody:
         digest = hashlib.sha256()
         count = 0
         held: bytes | None = None
+        # The next batch is read (and decrypted and hashed) in a worker thread while the
+        # reactor encrypts and writes the previous one: the two overlap instead of taking turns.
+        reading: defer.Deferred[bytes | None] | None = self._blocking.run(
+            _next_chunk, iterator, self._batch_bytes, digest)
         try:
             while True:
+                assert reading is not None
+                try:
+                    chunk = await reading
+                except Exception as failure:
+                    raise BodySourceError(self.peer, f"reading the body failed after {count} bytes: "
+                                          f"{type(failure).__name__}", failure) from failure
+                reading = None
+                if chunk is None:
+                    break
+                count += len(chunk)
+                if count > self.length:
+                    raise BodySourceError(self.peer, f"the body is longer than its declared {self.length} bytes")
                 if self._paused is not None:
                     await self._paused
                 if self._stopped:
                     return
-                try:
-                    chunk = await self._blocking.run(_next_chunk, iterator, self._batch_bytes)
-                except Exception as failure:
-                    raise BodySourceError(self.peer, f"reading the body failed after {count} bytes: "
-                                          f"{type(failure).__name__}", failure) from failure
-                if chunk is None:
-                    break
-                if not chunk:
-                    continue
-                digest.update(chunk)
-                count += len(chunk)
-                if count > self.length:
-                    raise BodySourceError(self.peer, f"the body is longer than its declared {self.length} bytes")
-                if held is not None and not self._stopped:
+                reading = self._blocking.run(_next_chunk, iterator, self._batch_bytes, digest)
+                if held is not None:
                     consumer.write(held)
-                held = bytes(chunk)
+                held = chunk
             if count != self.length:
                 raise BodySourceError(self.peer, f"the body has {count} bytes, {self.length} declared")
             if digest.hexdigest() != self._sha256:
@@ -179,7 +188,9 @@ class _PulledBody:
             if held is not None and not self._stopped:
                 consumer.write(held)
         finally:
-            self._blocking.run(_close, iterator).addErrback(lambda _: None)
+            # Close the source only after a read still in a worker has finished with it.
+            after = reading if reading is not None else defer.succeed(None)
+            after.addBoth(lambda _: self._blocking.run(_close, iterator)).addErrback(lambda _: None)
 
     def pauseProducing(self) -> None:
         if self._paused is None:

@@ -228,7 +228,7 @@ class PulledBodyTests(SynchronousTestCase):
         producer = _PulledBody("jnks", lambda: iter([b"ab", b"cd", b"ef"]), 4, "0" * 64, SynchronousBlocking())
         self.failureResultOf(producer.startProducing(Consumer()), BodySourceError)  # type: ignore[arg-type]
 
-    def test_when_paused_then_no_chunk_is_pulled_until_resumed(self) -> None:
+    def test_when_paused_then_nothing_is_written_and_at_most_one_batch_is_read_ahead(self) -> None:
         pulled: list[int] = []
 
         def source() -> Iterator[bytes]:
@@ -238,11 +238,32 @@ class PulledBodyTests(SynchronousTestCase):
 
         producer = self.body(source, b"xxx")
         producer.pauseProducing()
-        d = producer.startProducing(Consumer())  # type: ignore[arg-type]
-        self.assertEqual(pulled, [])
+        consumer = Consumer()
+        d = producer.startProducing(consumer)  # type: ignore[arg-type]
+        self.assertEqual(pulled, [0])  # the read-ahead batch, no more: memory stays bounded
+        self.assertEqual(consumer.written, [])
+        self.assertNoResult(d)
         producer.resumeProducing()
         self.successResultOf(d)
         self.assertEqual(pulled, [0, 1, 2])
+        self.assertEqual(b"".join(consumer.written), b"xxx")
+
+    def test_when_stopped_while_a_batch_is_read_then_the_source_is_closed_after_that_read(self) -> None:
+        closed: list[str] = []
+
+        def source() -> Iterator[bytes]:
+            try:
+                yield b"ab"
+                yield b"cd"
+            finally:
+                closed.append("closed")
+
+        producer = self.body(source, b"abcd")
+        producer.pauseProducing()
+        d = producer.startProducing(Consumer())  # type: ignore[arg-type]
+        producer.stopProducing()
+        self.assertNoResult(d)  # IBodyProducer: never fires after stopProducing
+        self.assertEqual(closed, ["closed"])
 
 
 class FromConfigTests(SynchronousTestCase):
