@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 
 __all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text",
-           "jnks_flow_config_text", "start_jnks_sim_process",
+           "jnks_flow_config_text", "start_jnks_sim_process", "start_mpn_sim_process",
            "SimulatorNotStarted", "InMemoryBlobStore", "DUMMY_STORE_KEY"]
 
 T = TypeVar("T")
@@ -129,6 +129,39 @@ def start_jnks_sim_process(credentials: str, root: str, log_path: str, *extra: s
             process.wait()
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 raise SimulatorNotStarted(f"the JNKS simulator did not start (exit code {process.returncode}): "
+                                          f"{f.read()}")
+        time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
+
+
+def start_mpn_sim_process(credentials: str, root: str, log_path: str, *extra: str,
+                          timeout: float = 60.0) -> tuple["subprocess.Popen[bytes]", int]:
+    """``python -m kei_gateway sim mpn`` on a free loopback port, like :func:`start_jnks_sim_process`.
+
+    It serves ``peer-sim.crt``/``peer-sim.key`` from *credentials* and accepts clients chaining to
+    ``ca.pem``; *extra* are more ``sim mpn`` options (``--confirm-after 5``, ``--report FILE``, and
+    for pushing ``--push-url``, ``--push-cert``, ``--push-key``, ``--push-ca``: the push client
+    certificate must allow client authentication, which ``peer-sim.crt`` does not).
+    Returns the process and its port once it accepts connections; its output goes to *log_path*.
+    """
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kei_gateway", "sim", "mpn", "--listen", f"127.0.0.1:{port}", "--root", root,
+             "--cert", os.path.join(credentials, "peer-sim.crt"), "--key", os.path.join(credentials, "peer-sim.key"),
+             "--client-ca", os.path.join(credentials, "ca.pem"), *extra],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                raise SimulatorNotStarted(f"the MPN simulator did not start (exit code {process.returncode}): "
                                           f"{f.read()}")
         time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
 
