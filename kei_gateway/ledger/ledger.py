@@ -71,6 +71,7 @@ class TransferRow:
     source_removed: bool
     approved_by: str | None
     remote_etag: str | None
+    relay_name: str | None
 
     @classmethod
     def of(cls, transfer: Transfer) -> TransferRow:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Transfer", "TransferState"]
+__all__ = ["Base", "Transfer", "TransferState", "PaymentResult"]
 
 
 class Base(DeclarativeBase):
@@ -58,10 +58,50 @@ class Transfer(Base):
     approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     remote_etag: Mapped[str | None] = mapped_column(String(255), nullable=True)
     """For downloads: the peer's ETag (with size and name, what makes a remote file 'already seen')."""
+    relay_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """For payment results: the inbox file the new results were relayed in, set when the relay is decided."""
 
     __table_args__ = (
         Index("ix_transfers_flow_state", "flow", "state"),
         Index("ix_transfers_state_next_attempt", "state", "next_attempt_at"),
         Index("ix_transfers_flow_local_name", "flow", "local_name"),
         Index("ix_transfers_flow_remote_name", "flow", "remote_name"),
+    )
+
+
+class PaymentResult(Base):
+    """One MPN payment result (SPEC §2.4), kept by keyed digests: no personal value in clear.
+
+    ``identity_key`` is unique (the dedupe key of SPEC §6); a 確報 or 速報取消 shares
+    its 速報's ``match_key``. See :mod:`kei_gateway.results.identity`.
+    """
+
+    __tablename__ = "payment_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    identity_key: Mapped[str] = mapped_column(String(64))
+    match_key: Mapped[str] = mapped_column(String(64))
+    amount_key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    """収納区分: 1 速報, 2 確報, 3 速報取消."""
+    channel: Mapped[str] = mapped_column(String(2))
+    tax_item: Mapped[str] = mapped_column(String(2))
+    pay_method: Mapped[str] = mapped_column(String(2))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """収納日時 (stored as UTC; shown in JST)."""
+    slip_hint: Mapped[str] = mapped_column(String(24))
+    """The 納付書番号 masked but for its last 4 digits."""
+    transfer_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("transfers.id", name="fk_payment_results_transfer", ondelete="CASCADE"))
+    """The inbound transfer that first brought this result."""
+    relay_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """The inbox file it was relayed in."""
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("identity_key", name="uq_payment_results_identity_key"),
+        Index("ix_payment_results_match_key", "match_key"),
+        Index("ix_payment_results_transfer_id", "transfer_id"),
+        Index("ix_payment_results_received_at", "received_at"),
+        Index("ix_payment_results_kind_received_at", "kind", "received_at"),
     )

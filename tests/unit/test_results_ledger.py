@@ -1,0 +1,192 @@
+"""payment_results in a real SQLite ledger built by the migrations (kei_gateway.ledger.results)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kei_gateway.flows.states import InvalidTransition
+from kei_gateway.jst import JST
+from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records
+from kei_gateway.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
+from kei_gateway.ledger.models import PaymentResult, TransferState as S
+from kei_gateway.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.results import ResultFacts, ResultKeyer, facts_from_records, facts_of, fresh_results, reconcile
+
+TODAY = dt.date(2026, 11, 21)
+NOW = dt.datetime(2026, 11, 21, 9, 0, tzinfo=dt.timezone.utc)
+LAYOUT = get_layout("mpn-results")
+OLD_KEY, NEW_KEY = b"\x01" * 32, b"\x02" * 32
+OLD, ROTATED = ResultKeyer([OLD_KEY]), ResultKeyer([NEW_KEY, OLD_KEY])
+RECORDS: list[Record] = list(parse_records([b"".join(generate_file(LAYOUT, 40, seed=3, today=TODAY))], LAYOUT,
+                                           ValidationOptions(today=TODAY)))
+
+
+@pytest.fixture
+def ledgers(tmp_path: Path) -> Iterator[tuple[TransferLedger, ResultLedger]]:
+    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+    upgrade(engine)
+    yield TransferLedger(engine), ResultLedger(engine)
+    engine.dispose()
+
+
+def inbound(transfers: TransferLedger, name: str = "r.dat", state: S = S.VALIDATED) -> int:
+    return transfers.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name=name, state=state,
+                                  size=258, sha256="ab" * 32, record_count=1, blob_id=f"blob-{name}", now=NOW).id
+
+
+def result(number: int, keyer: ResultKeyer = ROTATED, index: int = 0, **changes: Any) -> ResultFacts:
+    return facts_of({**RECORDS[number], **changes}, index, keyer)
+
+
+def test_when_a_relay_is_recorded_then_rows_transfer_and_state_change_together(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    transfer = inbound(transfers)
+    facts = facts_from_records(RECORDS[:3], ROTATED)
+    results.record_relay(transfer, facts, "mpn-20261121-0001.dat", NOW, "3 results: 3 new", done=True)
+    row = transfers.get(transfer)
+    assert (row.state, row.relay_name, row.receipt_summary) == ("DONE", "mpn-20261121-0001.dat", "3 results: 3 new")
+    assert results.known_identities({f.identity_key for f in facts} | {"f" * 64}) == {f.identity_key for f in facts}
+    assert results.identities_of_transfer(transfer) == {f.identity_key for f in facts}
+    stored = {s.identity_key: s for s in results.results_since(dt.datetime(1999, 1, 1, tzinfo=JST))}
+    first = stored[facts[0].identity_key]
+    assert (first.match_key, first.amount_key, first.kind, first.channel, first.tax_item, first.pay_method,
+            first.slip_hint) == (facts[0].match_key, facts[0].amount_key, facts[0].kind, facts[0].channel,
+                                 facts[0].tax_item, facts[0].pay_method, facts[0].slip_hint)
+    assert first.received_at == facts[0].received_at and first.received_at.utcoffset() == dt.timedelta(hours=9)
+    assert (first.transfer_id, first.relay_name, first.recorded_at) == (transfer, "mpn-20261121-0001.dat", NOW)
+
+
+def test_when_recorded_without_done_then_finish_relay_is_the_second_step(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    transfer = inbound(transfers)
+    results.record_relay(transfer, [result(0)], "x.dat", NOW, "1 new", done=False)
+    assert transfers.get(transfer).state == "VALIDATED" and transfers.get(transfer).relay_name == "x.dat"
+    later = NOW + dt.timedelta(seconds=5)
+    results.finish_relay(transfer, later)
+    assert transfers.get(transfer).state == "DONE" and transfers.get(transfer).updated_at == later
+    with pytest.raises(TransferNotFound):
+        results.finish_relay(999, NOW)
+
+
+def test_when_a_file_holds_only_known_results_then_the_decision_is_recorded_without_rows(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    transfer = inbound(transfers)
+    results.record_relay(transfer, [], None, NOW, "2 results: 0 new, 2 duplicates", done=True)
+    row = transfers.get(transfer)
+    assert (row.state, row.relay_name, row.receipt_summary) == ("DONE", None, "2 results: 0 new, 2 duplicates")
+
+
+def test_when_a_result_was_recorded_meanwhile_then_nothing_of_the_relay_is_written(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    first, second = inbound(transfers, "a.dat"), inbound(transfers, "b.dat")
+    results.record_relay(first, [result(0)], "a-relay.dat", NOW, "1 new", done=True)
+    with pytest.raises(DuplicateResult, match="recompute the new results") as caught:
+        results.record_relay(second, [result(1), result(0)], "b-relay.dat", NOW, "2 new", done=True)
+    assert caught.value.transfer_id == second
+    row = transfers.get(second)
+    assert (row.state, row.relay_name, row.receipt_summary) == ("VALIDATED", None, None), "rolled back whole"
+    assert results.known_identities({result(1).identity_key}) == set()
+    assert results.identities_of_transfer(second) == set()
+
+
+def test_when_the_transfer_cannot_become_done_then_nothing_is_written(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    transfer = inbound(transfers, state=S.RECEIVED)
+    with pytest.raises(InvalidTransition):
+        results.record_relay(transfer, [result(0)], "x.dat", NOW, "1 new", done=True)
+    assert results.known_identities({result(0).identity_key}) == set()
+    with pytest.raises(TransferNotFound):
+        results.record_relay(999, [result(0)], "x.dat", NOW, "1 new", done=True)
+    with pytest.raises(ValueError, match="repeat an identity"):
+        results.record_relay(transfer, [result(0), result(0, index=1)], "x.dat", NOW, "", done=False)
+
+
+def test_when_the_key_was_rotated_then_results_recorded_under_the_old_key_are_still_known(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    results.record_relay(inbound(transfers, "a.dat"), [result(0, OLD)], "a.dat", NOW, "1 new", done=True)
+    again = result(0, ROTATED)
+    assert again.identity_key != result(0, OLD).identity_key, "new rows would use the new key"
+    known = results.known_identities(ROTATED.identity_candidates(again))
+    assert known == {result(0, OLD).identity_key}
+    assert fresh_results([again, result(1, ROTATED)], known) == [result(1, ROTATED)]
+    later = inbound(transfers, "b.dat")
+    with pytest.raises(DuplicateResult):  # even if a caller skipped the lookup, the old-key row is found
+        results.record_relay(later, [again], "b.dat", NOW, "1 new", done=True)
+    assert transfers.get(later).state == "VALIDATED"
+
+
+def test_when_a_final_arrives_after_a_rotation_then_it_is_recorded_under_its_provisionals_key_and_matches(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    provisional = result(0, OLD, result_kind="1")
+    other = result(1, ROTATED, result_kind="1")
+    results.record_relay(inbound(transfers, "a.dat"), [provisional], "a.dat", NOW, "1 new", done=True)
+    final = result(0, ROTATED, result_kind="2")
+    other_final = result(1, ROTATED, result_kind="2")
+    assert final.match_key != provisional.match_key
+    results.record_relay(inbound(transfers, "b.dat"), [other], "b.dat", NOW, "1 new", done=True)
+    results.record_relay(inbound(transfers, "c.dat"), [final, other_final], "c.dat", NOW, "2 new", done=True)
+    rows = results.results_since(dt.datetime(1999, 1, 1, tzinfo=JST))
+    stored_final = next(r for r in rows if r.kind == 2 and r.slip_hint == provisional.slip_hint)
+    assert stored_final.match_key == provisional.match_key and stored_final.identity_key == final.under(1).identity_key
+    assert next(r for r in rows if r.kind == 2 and r.slip_hint == other.slip_hint).match_key == other.match_key, \
+        "a group under the current key stays there"
+    report = reconcile(rows, NOW, 3 * 86400)
+    assert report.total.confirmed == 2 and report.problems == ()
+
+
+def test_when_more_identities_than_one_query_holds_are_asked_then_all_are_found(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    base = dt.datetime(2026, 1, 1, 9, 0)
+    facts = [result(0, ROTATED, index=i, received_at=base + dt.timedelta(minutes=i)) for i in range(1200)]
+    results.record_relay(inbound(transfers), facts, "big.dat", NOW, "1200 new", done=True)
+    wanted = {f.identity_key for f in facts}
+    assert results.known_identities(wanted | {"0" * 64}) == wanted
+
+
+def test_when_asked_for_a_day_then_the_day_is_taken_in_jst(ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    times = {"late-20th": dt.datetime(2026, 11, 20, 23, 59, 59), "early-21st": dt.datetime(2026, 11, 21, 0, 0, 0),
+             "late-21st": dt.datetime(2026, 11, 21, 23, 59, 59), "22nd": dt.datetime(2026, 11, 22, 0, 0, 0)}
+    facts = {label: result(i, received_at=when, index=i) for i, (label, when) in enumerate(times.items())}
+    results.record_relay(inbound(transfers), list(facts.values()), "r.dat", NOW, "4 new", done=True)
+    on_21st = results.results_received_on(dt.date(2026, 11, 21))
+    assert [r.identity_key for r in on_21st] == [facts["early-21st"].identity_key, facts["late-21st"].identity_key]
+    with Session(results.engine) as session:  # stored as UTC: 00:00 JST is 15:00 the day before
+        stored = session.scalars(select(PaymentResult.received_at).where(
+            PaymentResult.identity_key == facts["early-21st"].identity_key)).one()
+    assert stored.replace(tzinfo=None) == dt.datetime(2026, 11, 20, 15, 0, 0)
+    since = results.results_since(dt.datetime(2026, 11, 21, 12, 0, tzinfo=JST))
+    assert [r.identity_key for r in since] == [facts["late-21st"].identity_key, facts["22nd"].identity_key]
+
+
+def test_when_asked_for_open_provisionals_then_only_those_without_final_or_cancel_come(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    recent = dt.datetime(2026, 11, 20, 10, 0)
+    long_ago = dt.datetime(2026, 9, 1, 10, 0)
+    facts = [result(0, result_kind="1", received_at=recent), result(0, result_kind="2", received_at=recent),
+             result(1, result_kind="1", received_at=recent), result(1, result_kind="3", received_at=recent),
+             result(2, result_kind="1", received_at=recent), result(3, result_kind="1", received_at=long_ago),
+             result(4, result_kind="2", received_at=recent)]
+    facts = [dataclasses.replace(f, record_index=i) for i, f in enumerate(facts)]
+    results.record_relay(inbound(transfers), facts, "r.dat", NOW, "7 new", done=True)
+    open_ones = results.open_provisional(NOW)
+    assert {r.identity_key for r in open_ones} == {facts[4].identity_key, facts[5].identity_key}
+    assert [r.identity_key for r in results.open_provisional(NOW, within=dt.timedelta(days=30))] == [
+        facts[4].identity_key]
