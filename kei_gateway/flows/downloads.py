@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import queue
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -31,32 +28,20 @@ from twisted.logger import Logger
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.crashpoints import crashpoint
-from kei_gateway.flows.ingest import errors_file_lines
+from kei_gateway.flows.intake import Received, StreamIntake, first_error, quarantine_received
 from kei_gateway.jst import today_in_jst
-from kei_gateway.layouts import ValidationOptions, ValidationReport, Validator, get_layout
+from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.spool import (
-    MARKER_SUFFIX, NAME_PATTERN, QUARANTINE_DIR_MODE, SHARED_DIR_MODE, atomic_write, ensure_directory,
-    write_errors_file,
-)
+from kei_gateway.spool import MARKER_SUFFIX, NAME_PATTERN, SHARED_DIR_MODE, atomic_write, ensure_directory
 from kei_gateway.store import BlobStore
 from kei_gateway.transport import RemoteEntry, TransportError, WebDavClient, file_url
 
 __all__ = ["DownloadPoller", "relay_to_inbox", "Downloaded"]
 
-_END = object()
-QUEUE_TIMEOUT = 120.0
-"""Seconds a downloaded chunk may wait for the store writer before the download is abandoned."""
-
-
-@dataclass(frozen=True)
-class Downloaded:
-    blob_id: str
-    size: int
-    sha256: str
-    report: ValidationReport
+Downloaded = Received
+"""The former name of :class:`~kei_gateway.flows.intake.Received`."""
 
 
 def relay_to_inbox(store: BlobStore, blob_id: str, inbox_dir: str, name: str, marker: bool) -> int:
@@ -166,51 +151,16 @@ class DownloadPoller(service.Service):
         yield self._relay(row)
         yield self.client.delete(url)
 
-    def _download(self, url: str) -> defer.Deferred[Downloaded]:
-        """GET *url* into the store, validating as it streams; the sink pauses the GET while the store catches up."""
-        chunks: queue.Queue[Any] = queue.Queue(maxsize=16)
-        blob_id = f"in-{uuid.uuid4().hex}"
-        options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
-        # The raw download is what goes into the store, so the blob can be read again when the
-        # uniqueness filter leaves suspect keys: fixed memory whatever the file size.
-        # The full-size filter: a peer's announced size is not trusted to shrink it.
-        validator = Validator(self.layout, options, rereadable=True)
-
-        def source() -> Iterator[bytes]:
-            while True:
-                chunk = chunks.get(timeout=QUEUE_TIMEOUT)  # never wait forever on a download that vanished
-                if chunk is _END:
-                    validator.close()
-                    return
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                validator.feed(chunk)
-                yield chunk
-
-        written: defer.Deferred[Any] = self.blocking.run(self.store.write, blob_id, source())
-
-        def put(item: object) -> defer.Deferred[None]:
-            # In a worker thread: waits while the writer is behind (that pauses the GET), gives up
-            # if the writer died, so no thread hangs on a full queue.
-            return self.blocking.run(chunks.put, item, True, QUEUE_TIMEOUT)
-
-        def got(_: object) -> defer.Deferred[Any]:
-            return put(_END).addCallback(lambda _: written)
+    def _download(self, url: str) -> defer.Deferred[Received]:
+        """GET *url* into the store, validating as it streams; the intake pauses the GET while the store catches up."""
+        intake = StreamIntake(layout=self.layout, options=ValidationOptions(today=today_in_jst(self.clock.seconds())),
+                              store=self.store, blocking=self.blocking)
 
         def failed(failure: Any) -> defer.Deferred[Any]:
-            put(failure.value)  # the writer raises it, so no blob is left behind
-            return written.addBoth(lambda _: failure)
+            return intake.abort(failure.value).addCallback(lambda _: failure)
 
-        def settled(info: Any) -> defer.Deferred[Downloaded]:
-            d: defer.Deferred[Any] = defer.succeed(None)
-            if validator.needs_rescan:
-                d = self.blocking.run(lambda: validator.rescan(self.store.read(blob_id)))
-                d.addErrback(lambda failure: self.blocking.run(self.store.delete, blob_id).addBoth(lambda _: failure))
-            return d.addCallback(lambda _: Downloaded(blob_id, info.size, info.sha256, validator.report))
-
-        download: defer.Deferred[Any] = self.client.get(url, put)
-        download.addCallbacks(got, failed)
-        return download.addCallback(settled)
+        download: defer.Deferred[Any] = self.client.get(url, intake.put)
+        return download.addCallbacks(lambda _: intake.finish(), failed)
 
     @defer.inlineCallbacks
     def _relay(self, row: TransferRow) -> Any:
@@ -228,19 +178,11 @@ class DownloadPoller(service.Service):
         events.emit(self.log, events.DOWNLOAD_RELAYED, flow=self.flow, peer=self.peer, name=row.local_name,
                     records=row.record_count, transfer_id=row.id, sha256=row.sha256)
 
-    def _quarantine(self, entry: RemoteEntry, downloaded: Downloaded, now: datetime.datetime) -> None:
+    def _quarantine(self, entry: RemoteEntry, downloaded: Received, now: datetime.datetime) -> None:
         """Blocking: keep the bad file encrypted, write its errors for a person, record it."""
-        report = downloaded.report
-        ensure_directory(self.quarantine_dir, QUARANTINE_DIR_MODE)
-        write_errors_file(self.quarantine_dir, entry.name, errors_file_lines(self.flow, entry.name, report)
-                          + [f"# stored encrypted as blob {downloaded.blob_id} (SHA-256 {downloaded.sha256}); "
-                             "left at the peer"])
-        first = report.errors[0].message() if report.errors else "invalid"
-        self.ledger.add_transfer(flow=self.flow, direction="in", peer=self.peer, local_name=entry.name,
-                                 state=S.QUARANTINED, size=entry.size or downloaded.size, sha256=downloaded.sha256,
-                                 record_count=report.records, blob_id=downloaded.blob_id, now=now,
-                                 last_error=f"{report.error_count} error(s); first: {first}",
-                                 remote_name=entry.name, remote_etag=entry.etag)
+        quarantine_received(ledger=self.ledger, flow=self.flow, peer=self.peer, name=entry.name,
+                            quarantine_dir=self.quarantine_dir, received=downloaded, now=now,
+                            note="left at the peer", size=entry.size, remote_etag=entry.etag)
         self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
         events.emit(self.log, events.DOWNLOAD_QUARANTINED, flow=self.flow, peer=self.peer, name=entry.name,
-                    reason=first, sha256=downloaded.sha256)
+                    reason=first_error(downloaded.report), sha256=downloaded.sha256)
