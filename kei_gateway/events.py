@@ -255,6 +255,52 @@ MESSAGE = _event(
     "ゲートウェイまたはそのライブラリからの一般的なメッセージです。",
     "See the message text.", "メッセージ本文を確認してください。",
 )
+PUSH_ACCEPTED = _event(
+    "push.accepted", "52b0c4f4ca994f82a1b4e020bda7fd76", LogLevel.info,
+    "{flow}: push {name} from {peer} accepted ({records} records) as transfer {transfer_id}",
+    "A peer pushed a file to the push listener; it was validated, stored encrypted and committed, and the peer was told 201.",
+    "接続先からプッシュされたファイルを検証し、暗号化して保管・台帳登録しました。接続先には 201 を返しました。",
+    "None needed.", "対応は不要です。",
+)
+PUSH_REPEATED = _event(
+    "push.repeated", "2570908fa3f842a29fab2d62b5fe5014", LogLevel.info,
+    "{flow}: push {name} from {peer} repeats transfer {transfer_id} (same SHA-256); nothing stored or relayed again",
+    "A peer pushed a file it had already pushed, byte for byte (typically after a lost response); the gateway answered 204 and kept only the first.",
+    "接続先が送信済みと同一内容のファイルを再度プッシュしました（応答の消失後の再送など）。204 を返し、最初のものだけを保持しています。",
+    "None needed.", "対応は不要です。",
+)
+PUSH_CONFLICT = _event(
+    "push.conflict", "16efdafc12ad4179b59d9629f8fe12f1", LogLevel.warn,
+    "{flow}: push {name} from {peer} refused with 409: transfer {transfer_id} already has that name with other content",
+    "A peer pushed a file under a name it had already used for a different file; the new file was not kept.",
+    "接続先が、受信済みファイルと同じ名前で異なる内容のファイルをプッシュしました。新しいファイルは保持していません。",
+    "Ask the peer's operator why the file changed under the same name; if the new content is the right one, they must push it under a new name.",
+    "同じ名前で内容が変わった理由を接続先の運用者に確認してください。新しい内容が正しい場合は、別の名前でプッシュしてもらってください。",
+)
+PUSH_QUARANTINED = _event(
+    "push.quarantined", "606d048b55d34a379d01351c455b16ce", LogLevel.warn,
+    "{flow}: push {name} from {peer} is invalid, quarantined and refused with 422: {reason}",
+    "A file a peer pushed does not match its layout; it was kept encrypted in quarantine, not relayed, and the peer was told 422 with the errors.",
+    "接続先からプッシュされたファイルがレイアウトに合致しないため、中継せず暗号化して隔離し、エラー一覧とともに 422 を返しました。",
+    "Contact the peer's operator with the file name and the errors in quarantine/<flow>/<name>.errors.txt; nothing reached the tax system.",
+    "ファイル名と quarantine/<フロー>/<名前>.errors.txt のエラー内容を添えて接続先の運用者へ連絡してください。税務システムには何も渡っていません。",
+)
+PUSH_REFUSED = _event(
+    "push.refused", "18ac947a69ed458e82aaad4715e14d49", LogLevel.warn,
+    "push from {source} refused ({status}, {reason}): {detail}",
+    "A connection or request to the push listener was refused: no or an unknown client certificate, a pin mismatch, a peer pushing to a flow that is not its own, a wrong path or method, a body too large, or the listener busy.",
+    "プッシュ受付で接続または要求を拒否しました（クライアント証明書なし・不明な CA・ピン不一致・他の接続先のフローへの送信・不正なパスやメソッド・サイズ超過・混雑）。",
+    "The reason names the check. A legitimate peer refused for its certificate: check peers.<name>.ca, pins and push_allow and reload; 'busy' needs nothing (the peer retries). Otherwise investigate the source.",
+    "理由に該当する検査が示されます。正当な接続先が証明書で拒否された場合は peers.<名前>.ca・pins・push_allow を確認して reload してください。busy は対応不要です（接続先が再送します）。それ以外は接続元を調査してください。",
+)
+PUSH_FAILED = _event(
+    "push.failed", "cf98e2a6fc964f13be3d89c42a066b9e", LogLevel.error,
+    "{flow}: push {name} from {peer} not taken: {reason}",
+    "A pushed file could not be stored or committed (store, disk or database trouble, or the connection broke mid-body); nothing of it was kept and the peer was told 503 (or saw the connection close), so it pushes again.",
+    "プッシュされたファイルを保管・台帳登録できませんでした（保管領域・ディスク・データベースの障害、または受信途中の切断）。何も保持しておらず、接続先には 503 を返した（または切断された）ため再送されます。",
+    "If it repeats, check the disk space and permissions of the state directory and the database; the reason names the failing step.",
+    "繰り返す場合は、状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
+)
 
 ALL_EVENTS: tuple[EventType, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EventType)
