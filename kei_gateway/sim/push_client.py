@@ -37,7 +37,7 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
@@ -113,6 +113,10 @@ class ClientTLSPolicy:
                                    extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2})
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
 class _Discard(_Protocol):
     """Reads and drops a response body; ``done`` fires when it ends (however it ends)."""
 
@@ -150,6 +154,7 @@ class PushClient:
                  **settings: Any) -> PushClient:
         """The real client: a Twisted Agent with :class:`ClientTLSPolicy`, no persistent connections."""
         pool = HTTPConnectionPool(reactor, persistent=False)
+        pool._factory = _QuietClientFactory  # no "Starting factory" line per connection
         agent = Agent(reactor, contextFactory=ClientTLSPolicy(client_cert_pem, client_key_pem, ca_pem), pool=pool)
         return cls(reactor, push_url, agent=agent, **settings)
 
