@@ -28,6 +28,7 @@ COMMANDS = {
     "systemd-allowlist": "kei_gateway.commands.allowlist",
     "status": "kei_gateway.commands.transfers",
     "transfers": "kei_gateway.commands.transfers",
+    "results": "kei_gateway.commands.results",
     "demo": "kei_gateway.commands.demo",
     "sim": "kei_gateway.commands.sim",
     "keys": "kei_gateway.commands.keys",
