@@ -1,0 +1,353 @@
+"""The push listener's request and intake logic (SPEC §5), driven over an in-memory HTTP connection.
+
+The TLS layer is left out here (``_PushSite(tls=None, assumed_peers=...)`` stands for a
+connection whose client certificate identified those peers); tests/integration/
+test_push_listener.py covers TLS with real certificates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
+
+from kei_gateway.config import Config, config_from_string
+from kei_gateway.layouts import generate_file, get_layout
+from kei_gateway.layouts.generator import violations
+from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.push import PushReceiver, PushTarget, Refusal, _PushSite, route_push
+from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking, demo_config_text
+from tests.unit.helpers import temporary_directory
+
+NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
+TODAY = datetime.date(2026, 11, 21)
+LAYOUT = get_layout("mpn-results")
+
+PEERS = """
+[peers.mpn]
+url = "https://127.0.0.1:9/upload/"
+results_url = "https://127.0.0.1:9/mpn-results/"
+ca = "/nonexistent/mpn-ca.pem"
+allow = ["127.0.0.0/8"]
+push_allow = ["127.0.0.1/32"]
+
+[peers.jnks]
+url = "https://127.0.0.1:9/jnks/"
+results_url = "https://127.0.0.1:9/results/"
+ca = "/nonexistent/jnks-ca.pem"
+allow = ["127.0.0.0/8"]
+push_allow = ["127.0.0.1/32"]
+
+[flows.mpn-results]
+peer = "mpn"
+inbox = "inbox/mpn-results"
+
+[flows.jnks-receipts]
+peer = "jnks"
+inbox = "inbox/jnks-receipts"
+"""
+
+
+def results_file(records: int = 3, seed: int = 1, invalid_rate: float = 0.0) -> bytes:
+    return b"".join(generate_file(LAYOUT, records, seed=seed, today=TODAY, invalid_rate=invalid_rate))
+
+
+class FailingLedger:
+    """A ledger whose reads fail, as a database that went away."""
+
+    def inbound_for(self, flow: str, name: str) -> list[TransferRow]:
+        raise OSError(5, "Input/output error")
+
+
+class PushHarness:
+    def __init__(self, case: SynchronousTestCase, *, max_bytes: int | None = None, ledger: Any = None,
+                 on_committed: Any = None) -> None:
+        base = temporary_directory(case)
+        self.config: Config = config_from_string(demo_config_text(base, 9464, extra=PEERS))
+        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
+        upgrade(engine)
+        case.addCleanup(engine.dispose)
+        self.ledger = TransferLedger(engine)
+        self.store = InMemoryBlobStore()
+        self.clock = task.Clock()
+        self.clock.advance(NOW.timestamp())
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry, process=False)
+        self.committed: list[tuple[TransferRow, float, str]] = []
+
+        def record(row: TransferRow, started_at: float) -> None:
+            state = self.ledger.get(row.id).state  # what the ledger holds when the hook runs
+            self.committed.append((row, started_at, state))
+
+        kwargs: dict[str, Any] = {}
+        if max_bytes is not None:
+            kwargs["max_bytes"] = max_bytes
+        self.receiver = PushReceiver(config_source=lambda: self.config, ledger=ledger or self.ledger,
+                                     store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
+                                     metrics=self.metrics, on_committed=on_committed or record, **kwargs)
+        self.peers = frozenset({"mpn"})
+
+    def connect(self, peers: Iterable[str] | None = None) -> tuple[HTTPChannel, StringTransport]:
+        site = _PushSite(self.receiver, None, self.clock, frozenset(peers) if peers is not None else self.peers)
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def request(self, method: str, path: str, body: bytes = b"", *, peers: Iterable[str] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+        channel, transport = self.connect(peers)
+        lines = [f"{method} {path} HTTP/1.1", "Host: gateway"]
+        if body or method == "PUT":
+            lines.append(f"Content-Length: {len(body)}")
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return parse_response(transport.value())
+
+    def denied(self, reason: str) -> float:
+        value = self.registry.get_sample_value("kei_gateway_denied_connections_total",
+                                               {"listener": "push", "reason": reason})
+        return value or 0.0
+
+    def transfers(self, outcome: str) -> float:
+        return self.registry.get_sample_value("kei_gateway_transfers_total",
+                                              {"flow": "mpn-results", "outcome": outcome}) or 0.0
+
+
+def parse_response(raw: bytes) -> tuple[int, bytes, bytes]:
+    """(status, headers block, body) of the first response in *raw*; (0, b"", b"") when there is none."""
+    if not raw:
+        return 0, b"", b""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, head.lower(), body
+
+
+class RouteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.config = config_from_string(demo_config_text("/tmp/kei-route", 9464, extra=PEERS))
+
+    def test_when_the_owner_pushes_a_valid_name_then_the_target_is_its_flow(self) -> None:
+        self.assertEqual(route_push(b"PUT", b"/push/mpn-results/R0001.dat", {"mpn"}, self.config, 10),
+                         PushTarget("mpn-results", "R0001.dat", "mpn"))
+
+    def test_when_path_method_owner_or_size_is_wrong_then_each_has_its_status_and_reason(self) -> None:
+        cases = [
+            (b"PUT", b"/push/mpn-results/.hidden", {"mpn"}, 10, 404, "path"),
+            (b"PUT", b"/push/mpn-results/a%2Fb", {"mpn"}, 10, 404, "path"),
+            (b"PUT", b"/push/mpn-results/x?y=1", {"mpn"}, 10, 404, "path"),
+            (b"PUT", b"/push/mpn-results/a/b", {"mpn"}, 10, 404, "path"),
+            (b"PUT", b"/push/jnks-receipts/R1", {"jnks"}, 10, 404, "path"),  # not a push flow
+            (b"PUT", b"/push/mpn-slips/R1", {"mpn"}, 10, 404, "path"),
+            (b"PUT", b"/upload/R1", {"mpn"}, 10, 404, "path"),
+            (b"GET", b"/push/mpn-results/R1", {"mpn"}, None, 405, "method"),
+            (b"DELETE", b"/push/mpn-results/R1", {"mpn"}, None, 405, "method"),
+            (b"PUT", b"/push/mpn-results/R1", {"jnks"}, 10, 403, "flow"),
+            (b"PUT", b"/push/mpn-results/R1", set(), 10, 403, "flow"),
+            (b"PUT", b"/push/mpn-results/R1", {"mpn"}, 1001, 413, "too_large"),
+        ]
+        for method, path, peers, length, status, reason in cases:
+            decision = route_push(method, path, peers, self.config, length, max_bytes=1000)
+            self.assertIsInstance(decision, Refusal, path)
+            assert isinstance(decision, Refusal)
+            self.assertEqual((decision.status, decision.reason), (status, reason), (method, path))
+
+
+class PushTests(SynchronousTestCase):
+    def test_when_the_peer_pushes_a_valid_file_then_201_comes_after_the_commit_and_the_hook_runs_once(self) -> None:
+        h = PushHarness(self)
+        body = results_file(3)
+        status, headers, _ = h.request("PUT", "/push/mpn-results/R20261121.dat", body)
+        self.assertEqual(status, 201)
+        self.assertIn(b"location: /push/mpn-results/r20261121.dat", headers)
+        [row] = h.ledger.inbound_for("mpn-results", "R20261121.dat")
+        self.assertEqual((row.state, row.direction, row.peer, row.local_name, row.size, row.record_count),
+                         ("VALIDATED", "in", "mpn", "R20261121.dat", len(body), 3))
+        import hashlib
+        self.assertEqual(row.sha256, hashlib.sha256(body).hexdigest())
+        assert row.blob_id is not None
+        self.assertEqual(b"".join(h.store.read(row.blob_id)), body)
+        self.assertEqual(len(h.committed), 1)
+        hooked, started_at, state_then = h.committed[0]
+        self.assertEqual((hooked.id, started_at, state_then), (row.id, NOW.timestamp(), "VALIDATED"))
+        self.assertEqual(h.transfers("received"), 1)
+
+    def test_when_the_same_file_is_pushed_again_then_204_and_nothing_is_stored_or_handed_over_again(self) -> None:
+        h = PushHarness(self)
+        body = results_file(3)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 201)
+        blobs = h.store.list_ids()
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 204)
+        self.assertEqual(h.store.list_ids(), blobs)
+        self.assertEqual(len(h.ledger.inbound_for("mpn-results", "R1.dat")), 1)
+        self.assertEqual(len(h.committed), 1)
+
+    def test_when_the_same_name_comes_with_other_content_then_409_and_nothing_is_kept(self) -> None:
+        h = PushHarness(self)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(3, seed=1))[0], 201)
+        blobs = h.store.list_ids()
+        status, _, body = h.request("PUT", "/push/mpn-results/R1.dat", results_file(3, seed=2))
+        self.assertEqual(status, 409)
+        self.assertIn(b"new name", body)
+        self.assertEqual(h.store.list_ids(), blobs)
+        self.assertEqual(len(h.ledger.inbound_for("mpn-results", "R1.dat")), 1)
+        self.assertEqual(len(h.committed), 1)
+
+    def test_when_the_file_is_invalid_then_422_lists_masked_errors_and_it_is_quarantined(self) -> None:
+        h = PushHarness(self)
+        data = results_file(20, invalid_rate=0.5, seed=3)
+        status, _, body = h.request("PUT", "/push/mpn-results/BAD.dat", data)
+        self.assertEqual(status, 422)
+        text = body.decode("utf-8")
+        self.assertIn("rejected by kei-gateway, flow mpn-results", text)
+        self.assertRegex(text, r"record \d+")
+        [row] = h.ledger.inbound_for("mpn-results", "BAD.dat")
+        self.assertEqual(row.state, "QUARANTINED")
+        assert row.blob_id is not None
+        self.assertEqual(b"".join(h.store.read(row.blob_id)), data)  # kept, encrypted
+        errors = os.path.join(h.config.spool_path("quarantine/mpn-results"), "BAD.dat.errors.txt")
+        self.assertTrue(os.path.exists(errors))
+        self.assertEqual(h.committed, [])
+        self.assertEqual(h.transfers("quarantined"), 1)
+        # Pushed again unchanged: 422 again, but quarantined only once.
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", data)[0], 422)
+        self.assertEqual(len(h.ledger.inbound_for("mpn-results", "BAD.dat")), 1)
+        self.assertEqual(len(h.store.list_ids()), 1)
+        # The corrected file under the same name is accepted.
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", results_file(3))[0], 201)
+
+    def test_when_the_422_body_is_built_then_values_are_masked(self) -> None:
+        h = PushHarness(self)
+        record = results_file(1)
+        way = next(w for w in violations(LAYOUT, TODAY) if w.description == "amount_billed is not the sum")
+        broken = way.apply(record, record)
+        amount = broken[112:122].decode("ascii").lstrip("0")  # 請求金額, a personal value
+        status, _, body = h.request("PUT", "/push/mpn-results/BAD2.dat", broken)
+        self.assertEqual(status, 422)
+        self.assertIn("請求金額 (amount_billed): is not the sum".encode(), body)
+        self.assertIn(b"[value '****']", body)
+        self.assertNotIn(amount.encode(), body)
+        # The errors file for the tax division keeps the full value, as for the poller.
+        errors = os.path.join(h.config.spool_path("quarantine/mpn-results"), "BAD2.dat.errors.txt")
+        with open(errors, encoding="utf-8") as f:
+            self.assertIn(f"[value '{amount}']", f.read())
+
+    def test_when_path_method_or_flow_are_wrong_then_404_405_403_are_answered_and_counted(self) -> None:
+        h = PushHarness(self)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/..", b"x")[0], 404)
+        status, headers, _ = h.request("GET", "/push/mpn-results/R1.dat")
+        self.assertEqual(status, 405)
+        self.assertIn(b"allow: put", headers)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(1), peers={"jnks"})[0], 403)
+        self.assertEqual((h.denied("path"), h.denied("method"), h.denied("flow")), (1, 1, 1))
+        self.assertEqual(h.store.list_ids(), [])
+        self.assertEqual(h.ledger.inbound_for("mpn-results", "R1.dat"), [])
+        # The listed peer still gets in.
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(1))[0], 201)
+
+    def test_when_a_refused_request_expects_100_continue_then_the_refusal_is_sent_at_once(self) -> None:
+        h = PushHarness(self)
+        channel, transport = h.connect({"jnks"})
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nContent-Length: 2580\r\n"
+                             b"Expect: 100-continue\r\n\r\n")
+        status, headers, _ = parse_response(transport.value())
+        self.assertEqual(status, 403)
+        self.assertNotIn(b"100 continue", transport.value().lower())
+        self.assertTrue(transport.disconnecting)
+
+    def test_when_the_announced_length_is_too_large_then_413_before_the_body_and_nothing_stored(self) -> None:
+        h = PushHarness(self, max_bytes=1000)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\n\r\n")
+        self.assertEqual(parse_response(transport.value())[0], 413)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.denied("too_large"), 1)
+        self.assertEqual(h.store.list_ids(), [])
+
+    def test_when_a_chunked_body_grows_past_the_limit_then_413_and_nothing_is_kept(self) -> None:
+        h = PushHarness(self, max_bytes=600)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = results_file(3)  # 774 bytes
+        for piece in (body[:400], body[400:]):
+            channel.dataReceived(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        self.assertEqual(parse_response(transport.value())[0], 413)
+        self.assertEqual(h.denied("too_large"), 1)
+        self.assertEqual(h.store.list_ids(), [])
+        self.assertEqual(h.ledger.inbound_for("mpn-results", "R1.dat"), [])
+        # The name is free again.
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body[:258])[0], 201)
+
+    def test_when_the_connection_breaks_mid_body_then_nothing_is_committed_or_stored(self) -> None:
+        h = PushHarness(self)
+        body = results_file(3)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nContent-Length: %d\r\n\r\n"
+                             % len(body) + body[:300])
+        channel.connectionLost(Failure(ConnectionError("reset")))
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(h.store.list_ids(), [])
+        self.assertEqual(h.ledger.inbound_for("mpn-results", "R1.dat"), [])
+        self.assertEqual(h.committed, [])
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 201)  # and it may come again
+
+    def test_when_the_body_arrives_in_pieces_then_it_is_stored_whole(self) -> None:
+        h = PushHarness(self)
+        body = results_file(5)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nContent-Length: %d\r\n\r\n"
+                             % len(body))
+        for start in range(0, len(body), 100):
+            channel.dataReceived(body[start:start + 100])
+        self.assertEqual(parse_response(transport.value())[0], 201)
+        [row] = h.ledger.inbound_for("mpn-results", "R1.dat")
+        assert row.blob_id is not None
+        self.assertEqual(b"".join(h.store.read(row.blob_id)), body)
+
+    def test_when_the_ledger_fails_then_503_with_retry_after_and_the_blob_is_gone(self) -> None:
+        h = PushHarness(self, ledger=FailingLedger())
+        status, headers, _ = h.request("PUT", "/push/mpn-results/R1.dat", results_file(2))
+        self.assertEqual(status, 503)
+        self.assertIn(b"retry-after: 30", headers)
+        self.assertEqual(h.store.list_ids(), [])
+        self.assertEqual(h.committed, [])
+
+    def test_when_the_hook_fails_then_the_push_is_still_201_and_committed(self) -> None:
+        calls: list[int] = []
+
+        def hook(row: TransferRow, started_at: float) -> defer.Deferred[None]:
+            calls.append(row.id)
+            return defer.fail(RuntimeError("relay down"))
+
+        h = PushHarness(self, on_committed=hook)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(2))[0], 201)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(h.ledger.inbound_for("mpn-results", "R1.dat")[0].state, "VALIDATED")
+
+    def test_when_the_hook_does_not_finish_then_201_is_not_held_back(self) -> None:
+        pending: defer.Deferred[None] = defer.Deferred()
+        h = PushHarness(self, on_committed=lambda row, started_at: pending)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(2))[0], 201)
+        self.assertFalse(pending.called)
+
+    def test_when_the_same_name_is_being_received_then_a_second_push_gets_503(self) -> None:
+        h = PushHarness(self)
+        body = results_file(3)
+        first, first_transport = h.connect()
+        first.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\nContent-Length: %d\r\n\r\n"
+                           % len(body) + body[:100])
+        status, headers, _ = h.request("PUT", "/push/mpn-results/R1.dat", body)
+        self.assertEqual(status, 503)
+        self.assertIn(b"retry-after", headers)
+        first.dataReceived(body[100:])
+        self.assertEqual(parse_response(first_transport.value())[0], 201)
+        self.assertEqual(h.denied("path") + h.denied("flow"), 0)  # busy is not a denial
