@@ -454,3 +454,29 @@ class StartTests(SynchronousTestCase):
                                 os.path.join(base, "none"), os.path.join(base, "none"),
                                 options=MpnOptions(push_share=1.0, **PUSH_OPTIONS))
         self.failureResultOf(d, OSError)
+
+
+class CommandTests(SynchronousTestCase):
+    def test_when_a_push_share_is_given_without_a_push_url_then_the_command_exits_2_and_says_so(self) -> None:
+        import contextlib
+        import io
+
+        from kei_gateway.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["sim", "mpn", "--root", temporary_directory(self), "--make-pki",
+                         os.path.join(temporary_directory(self), "pki"), "--push-share", "0.5"])
+        self.assertEqual(code, 2)
+        self.assertIn("need push-url", err.getvalue())
+
+    def test_when_mpn_options_are_parsed_then_they_reach_the_arguments(self) -> None:
+        from kei_gateway.cli import build_parser
+
+        args = build_parser("sim").parse_args(
+            ["sim", "mpn", "--root", "r", "--both-share", "0.25", "--confirm-after", "30", "--batch-size", "7",
+             "--push-confirmations"])
+        self.assertEqual((args.both_share, args.confirm_after, args.batch_size, args.push_confirmations),
+                         (0.25, 30.0, 7, True))
+        self.assertRaises(SystemExit, build_parser("sim").parse_args, ["sim", "mpn", "--root", "r",
+                                                                        "--batch-size", "0"])
