@@ -83,13 +83,11 @@ BATCH_BYTES = 1 << 20
 """Body bytes pulled per trip through the blocking door (the store yields 64 KiB segments)."""
 
 
-def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES, digest: Any = None) -> bytes | None:
-    """The next pieces of *iterator*, joined up to about *limit* bytes, added to *digest*; None at its end.
+def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES) -> bytes | None:
+    """The next pieces of *iterator*, joined up to about *limit* bytes; None at its end.
 
     One thread hop per megabyte instead of per 64 KiB segment: the hops, not the
-    cipher, bounded the upload speed (bench/upload.py). The SHA-256 is computed
-    here, in the worker thread, so it overlaps the reactor's TLS writes instead of
-    delaying them.
+    cipher, bounded the upload speed (bench/upload.py).
     """
     pieces: list[bytes] = []
     size = 0
@@ -100,10 +98,7 @@ def _next_chunk(iterator: Iterator[bytes], limit: int = BATCH_BYTES, digest: Any
             break
     if not pieces:
         return None
-    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    if digest is not None:
-        digest.update(chunk)
-    return chunk
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _close(iterator: Any) -> None:
@@ -155,10 +150,11 @@ class _PulledBody:
         digest = hashlib.sha256()
         count = 0
         held: bytes | None = None
-        # The next batch is read (and decrypted and hashed) in a worker thread while the
-        # reactor encrypts and writes the previous one: the two overlap instead of taking turns.
-        reading: defer.Deferred[bytes | None] | None = self._blocking.run(
-            _next_chunk, iterator, self._batch_bytes, digest)
+        # A three-stage pipeline, each stage in its own thread: a worker reads (and decrypts)
+        # batch n+1 while another hashes batch n and the reactor encrypts and writes batch n-1.
+        # Each stage waits for its previous step, so at most four batches are in memory.
+        reading: defer.Deferred[bytes | None] | None = self._blocking.run(_next_chunk, iterator, self._batch_bytes)
+        hashing: defer.Deferred[None] | None = None
         try:
             while True:
                 assert reading is not None
@@ -173,14 +169,19 @@ class _PulledBody:
                 count += len(chunk)
                 if count > self.length:
                     raise BodySourceError(self.peer, f"the body is longer than its declared {self.length} bytes")
+                if hashing is not None:
+                    await hashing
+                hashing = self._blocking.run(digest.update, chunk)
                 if self._paused is not None:
                     await self._paused
                 if self._stopped:
                     return
-                reading = self._blocking.run(_next_chunk, iterator, self._batch_bytes, digest)
+                reading = self._blocking.run(_next_chunk, iterator, self._batch_bytes)
                 if held is not None:
                     consumer.write(held)
                 held = chunk
+            if hashing is not None:
+                await hashing
             if count != self.length:
                 raise BodySourceError(self.peer, f"the body has {count} bytes, {self.length} declared")
             if digest.hexdigest() != self._sha256:
