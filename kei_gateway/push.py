@@ -64,7 +64,7 @@ from kei_gateway.listeners import AllowListFactory
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.spool import NAME_PATTERN
 from kei_gateway.store import BlobStore
-from kei_gateway.transport.tls import server_context, spki_pin
+from kei_gateway.transport.tls import _base_context, spki_pin
 
 __all__ = [
     "make_push_listener", "PushListener", "PushReceiver", "PushTLS", "route_push", "PushTarget", "Refusal",
@@ -160,6 +160,7 @@ class _ConnectionTrust:
     source: str
     candidates: tuple[str, ...]
     policy: _Policy
+    context: SSL.Context
     chain: set[str] = field(default_factory=set)
     peers: frozenset[str] = frozenset()
     failure: tuple[str, str] | None = None
@@ -209,18 +210,16 @@ class _Policy:
         return context
 
     def _build(self, candidates: tuple[str, ...]) -> SSL.Context:
+        # The same policy as the client side (TLS minimum, ECDHE + AEAD suites, options): transport.tls.
         tls = self.config.tls
-        paths = [self.peers[name].ca_path for name in candidates]
-        context = server_context(self.config.file_path(tls.certificate, self._environ),
-                                 self.config.file_path(tls.private_key, self._environ), paths[0], tls.min_version)
-        subjects = []
-        for path in paths:
-            if path != paths[0]:
-                context.load_verify_locations(path.encode())
+        context = _base_context(self.config.file_path(tls.certificate, self._environ),
+                                self.config.file_path(tls.private_key, self._environ), tls.min_version)
+        for name in candidates:  # these peers' CA bundles only: never the system store
+            path = self.peers[name].ca_path
+            context.load_verify_locations(path.encode())
             with open(path, "rb") as bundle:
-                subjects += [crypto.X509.from_cryptography(c).get_subject()
-                             for c in x509.load_pem_x509_certificates(bundle.read())]
-        context.set_client_ca_list(subjects)
+                for authority in x509.load_pem_x509_certificates(bundle.read()):
+                    context.add_client_ca(authority)
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         # No session resumption: every connection runs the verify callback that identifies the peer.
         context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -242,7 +241,6 @@ class PushTLS:
         self._environ = environ
         self._policy: _Policy | None = None
         self._trust: WeakKeyDictionary[Any, _ConnectionTrust] = WeakKeyDictionary()
-        self._sources: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
 
     def policy(self) -> _Policy:
         """The policy of the current configuration (rebuilt when the configuration object changes)."""
@@ -263,19 +261,22 @@ class PushTLS:
             config = self._config_source()
             return [net for peer in config.peers.values() for net in peer.push_allow]
 
-    def note_source(self, tls_protocol: Any, source: str) -> None:
-        self._sources[tls_protocol] = source
+    def prepare(self, tls_protocol: Any, source: str) -> None:
+        """Before the handshake of *tls_protocol* (from *source*): pick the peers it may be and their context.
+
+        Raises when the context cannot be built (a CA, certificate or key file unreadable).
+        """
+        policy = self.policy()
+        candidates = policy.candidates(source)
+        context = policy.context(candidates)
+        self._trust[tls_protocol] = _ConnectionTrust(source, candidates, policy, context)
 
     def trust_of(self, tls_protocol: Any) -> _ConnectionTrust | None:
         return self._trust.get(tls_protocol)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        source = self._sources.get(tlsProtocol, "")
-        policy = self.policy()
-        candidates = policy.candidates(source)
-        self._trust[tlsProtocol] = _ConnectionTrust(source, candidates, policy)
-        # No candidate cannot happen behind the allow-list guard; an empty context list would be a bug.
-        connection = SSL.Connection(policy.context(candidates or tuple(policy.peers)[:1]), None)
+        trust = self._trust[tlsProtocol]  # set by prepare() when the protocol was built
+        connection = SSL.Connection(trust.context, None)
         connection.set_app_data(tlsProtocol)
         connection.set_accept_state()
         return connection
@@ -318,15 +319,15 @@ class _PushTLSFactory(TLSMemoryBIOFactory):
     log = Logger()
 
     def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
         try:
-            self._tls.policy()
+            self._tls.prepare(protocol, str(getattr(addr, "host", "")))
         except Exception as error:  # e.g. a CA file unreadable after a reload: refuse, say why, keep serving
             events.emit(self.log, events.INTERNAL_ERROR,
                         reason=f"push listener TLS setup: {events.describe_error(error)}")
             return None
-        protocol = super().buildProtocol(addr)
-        if protocol is not None:
-            self._tls.note_source(protocol, str(getattr(addr, "host", "")))
         return protocol
 
 
