@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
+from zope.interface import provider
 
 from kei_gateway import pki
 from kei_gateway.blocking import ThreadPoolBlocking
@@ -144,6 +145,7 @@ address = "127.0.0.1:{port}"
     captured: list[dict[str, Any]] = []
     committed: list[tuple[TransferRow, float]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if "kei_event" in event:
             captured.append(dict(event))
