@@ -255,6 +255,30 @@ MESSAGE = _event(
     "ゲートウェイまたはそのライブラリからの一般的なメッセージです。",
     "See the message text.", "メッセージ本文を確認してください。",
 )
+RESULTS_RELAYED = _event(
+    "results.relayed", "8659306411734b459fad08b5ff7ddc74", LogLevel.info,
+    "{flow}: transfer {transfer_id}: {records} new payment results relayed to the inbox as {name}, {duplicates} duplicates not relayed again",
+    "The new payment results of a received file were written to the inbox as one file and recorded; results relayed before (by push or pull, or repeated) were counted and left out.",
+    "受信ファイルのうち未中継の納付結果を 1 ファイルにまとめて受信フォルダへ書き出し、記録しました。中継済み（プッシュ・取得の重複や再送）の結果は件数のみ数え、再中継していません。",
+    "None needed. A name of '-' means every result of the file had been relayed before.",
+    "対応は不要です。名前が「-」の場合は、ファイル内の結果がすべて中継済みだったことを示します。",
+)
+RESULTS_RELAY_FINISHED = _event(
+    "results.relay_finished", "9b90a41fcd8b4dfd927560b29ee95be8", LogLevel.info,
+    "{flow}: transfer {transfer_id}: the relay of {name} decided before a stop or crash was completed",
+    "The gateway stopped (or crashed) after recording a file's results but before marking the relay done; at start it finished the relay without writing the results twice.",
+    "納付結果の記録後、中継完了の記録前にゲートウェイが停止（異常終了）していたため、起動時に中継を完了させました。結果を二重に書き出してはいません。",
+    "None needed. If the daemon crashed, find out why in the journal before this entry.",
+    "対応は不要です。異常終了していた場合は、この前のジャーナルで原因を確認してください。",
+)
+RESULTS_UNCONFIRMED = _event(
+    "results.unconfirmed", "7cc9b618a7a340f290d32a13a3f84664", LogLevel.warn,
+    "{flow}: {records} 速報 have had no 確報 or cancellation for more than {limit}",
+    "Provisional payment results (速報) were relayed, but neither their confirmation (確報) nor a cancellation (速報取消) arrived within flows.mpn-results.unconfirmed_after.",
+    "速報を中継しましたが、flows.mpn-results.unconfirmed_after を過ぎても確報・速報取消が届いていません。",
+    "Run 'kei-gateway results reconcile' to list them (masked slip numbers, channel, time) and ask the MPN centre about each; check that the results flow is being fetched (kei_gateway_peer_up).",
+    "kei-gateway results reconcile で該当分（マスクした納付番号・チャネル・日時）を確認し、MPN センターに照会してください。結果ファイルの取得が行われているか（kei_gateway_peer_up）も確認してください。",
+)
 PUSH_ACCEPTED = _event(
     "push.accepted", "52b0c4f4ca994f82a1b4e020bda7fd76", LogLevel.info,
     "{flow}: push {name} from {peer} accepted ({records} records) as transfer {transfer_id}",

@@ -59,6 +59,17 @@ class GatewayMetrics:
         self.transfer_duration = Histogram(
             "kei_gateway_transfer_duration_seconds", "Time one transfer took, by flow.", ["flow"],
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=registry)
+        self.payment_results = Counter(
+            "kei_gateway_payment_results_total",
+            "MPN payment results by kind (provisional 速報, final 確報, cancellation 速報取消) and outcome "
+            "(relayed, duplicate, rejected).", ["kind", "outcome"], registry=registry)
+        self.unconfirmed_results = Gauge(
+            "kei_gateway_unconfirmed_results",
+            "速報 with neither 確報 nor cancellation, by age: pending (within unconfirmed_after) or overdue.",
+            ["age"], registry=registry)
+        self.relay_latency = Histogram(
+            "kei_gateway_relay_latency_seconds", "From a pushed results file's arrival to its new results durable in the inbox.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
         self.database_up = Gauge("kei_gateway_database_up",
                                  "1 when the ledger database answered its last health check.", registry=registry)
 

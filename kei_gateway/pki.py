@@ -93,8 +93,9 @@ class DemoCredentials:
 def write_demo_credentials(directory: str, days: int = 365) -> DemoCredentials:
     """``gateway.crt``, ``gateway.key``, ``store.key``, ``audit.key`` and ``ca.pem`` in *directory*.
 
-    Also ``peer-sim.crt``/``peer-sim.key``: a server certificate for 127.0.0.1 and
-    localhost from the same CA, for the peer simulators of the demo and the tests.
+    Also ``peer-sim.crt``/``peer-sim.key``: a certificate for 127.0.0.1 and localhost from
+    the same CA, for the peer simulators of the demo and the tests — as their server
+    certificate and as the MPN simulator's client certificate when it pushes.
     """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     ca = make_ca("kei-gateway demo CA", days=days)
@@ -104,7 +105,7 @@ def write_demo_credentials(directory: str, days: int = 365) -> DemoCredentials:
     with open(os.path.join(directory, "gateway.crt"), "wb") as f:
         f.write(gateway.certificate_pem() + ca.certificate_pem())
     write_secret(os.path.join(directory, "gateway.key"), gateway.key_pem())
-    simulator = issue(ca, "kei-gateway demo peer simulator", days=days, client=False)
+    simulator = issue(ca, "kei-gateway demo peer simulator", days=days)
     with open(os.path.join(directory, "peer-sim.crt"), "wb") as f:
         f.write(simulator.certificate_pem() + ca.certificate_pem())
     write_secret(os.path.join(directory, "peer-sim.key"), simulator.key_pem())

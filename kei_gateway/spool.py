@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
-           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "free_name",
+           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "write_durable", "publish", "free_name",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -138,11 +138,13 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
-    """Write *chunks* to *path* atomically: temp file, fsync, rename, fsync the directory. Returns the size."""
-    directory = os.path.dirname(path)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+def write_durable(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
+    """Write *chunks* to *path* (replacing it), fsync the file and its directory. Returns the size.
+
+    The building block of :func:`atomic_write`; on its own it stages a file under a
+    name readers skip (a dotfile) that a later :func:`publish` renames into place.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     size = 0
     try:
         os.fchmod(fd, mode)  # the umask (0077 under the unit) must not hide the file from the tax system
@@ -152,11 +154,25 @@ def atomic_write(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(temporary)
+        os.unlink(path)
         raise
     os.close(fd)
-    os.replace(temporary, path)
-    fsync_directory(directory)
+    fsync_directory(os.path.dirname(path))
+    return size
+
+
+def publish(staged: str, path: str) -> None:
+    """Rename the durable *staged* file to *path* (same directory) and make the rename durable."""
+    os.replace(staged, path)
+    fsync_directory(os.path.dirname(path))
+
+
+def atomic_write(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
+    """Write *chunks* to *path* atomically: temp file, fsync, rename, fsync the directory. Returns the size."""
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    size = write_durable(temporary, chunks, mode)
+    publish(temporary, path)
     return size
 
 

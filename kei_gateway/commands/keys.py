@@ -7,7 +7,10 @@ Rotating the store key:
 3. restart the daemon: new blobs are written under the new key, old ones still read;
 4. ``kei-gateway keys rotate`` (as the service user) re-encrypts every blob still under an old
    key; it is safe to interrupt and to run again, also while the daemon runs;
-5. when it reports none left, empty ``keys.store_previous`` and restart the daemon.
+5. when it reports none left *and* payment results from before the rotation can no longer
+   arrive (``flows.mpn-results.unconfirmed_after`` plus a margin, e.g. 30 days: their dedupe
+   and 速報/確報 matching use keys derived from every listed store key, see docs/reconcile.md),
+   empty ``keys.store_previous`` and restart the daemon.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "rotate", help="re-encrypt every blob of the store that is not under keys.store",
         description="Re-encrypt every blob still under a key of keys.store_previous with keys.store. "
                     "Run it as the service user after restarting the daemon with the new keys.store; "
-                    "safe to interrupt and run again. When it reports none left, empty keys.store_previous.")
+                    "safe to interrupt and run again. When it reports none left and payment results from before the "
+                    "rotation can no longer arrive (unconfirmed_after plus a margin, e.g. 30 days), "
+                    "empty keys.store_previous.")
     rot.set_defaults(func=rotate)
     gen = keys.add_parser("generate", help="write a new store or audit key: 32 random bytes, mode 0600")
     gen.add_argument("--output", metavar="FILE", required=True, help="the key file to create (never overwritten)")

@@ -104,7 +104,7 @@ class KeysSection:
 
     store: str = setting(k.FileRef(secret=True), "Key of the encrypted store: 32 random bytes, raw or base64 (AES-256-GCM).", "store.key")
     audit: str = setting(k.FileRef(secret=True), "HMAC key of the audit chain: 32 random bytes, raw or base64.", "audit.key")
-    store_previous: tuple[str, ...] = setting(k.FileRefList(secret=True), "Keys of blobs not yet re-encrypted after a rotation: earlier values of store, readable until 'kei-gateway keys rotate' reports none left.", ())
+    store_previous: tuple[str, ...] = setting(k.FileRefList(secret=True), "Keys of blobs not yet re-encrypted after a rotation: earlier values of store, readable until 'kei-gateway keys rotate' reports none left; keep them until payment results from before the rotation can no longer arrive (unconfirmed_after plus a margin), since result dedupe uses every listed key.", ())
 
 
 @dataclass(frozen=True)

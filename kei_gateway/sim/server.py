@@ -68,7 +68,10 @@ class RunningSim:
         return self.fault_state.fired
 
     def stop(self) -> Deferred[None]:
-        """Stop listening and close every open connection."""
+        """Stop listening, close every open connection, and stop the personality's timers (if it has any)."""
+        personality_stop = getattr(self.personality, "stop", None)
+        if personality_stop is not None:
+            personality_stop()
         for protocol in list(self._connections.protocols):
             protocol.transport.abortConnection()
         return defer.maybeDeferred(self._listening.stopListening)

@@ -1,0 +1,201 @@
+"""ResultRelay: each payment result reaches the inbox exactly once, whatever arrives twice or stops half way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import task
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway.flows.mpn_results import RelayOutcome, ResultRelay, select_records, staged_name
+from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
+from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.ledger.results import ResultLedger
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.results import ResultKeyer
+from kei_gateway.spool import MARKER_SUFFIX
+from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
+from tests.unit.helpers import temporary_directory
+
+LAYOUT = get_layout("mpn-results")
+TODAY = dt.date(2026, 11, 21)
+START = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc).timestamp()
+RECORDS: list[Record] = list(parse_records([b"".join(generate_file(LAYOUT, 12, seed=7, today=TODAY))], LAYOUT,
+                                           ValidationOptions(today=TODAY)))
+
+
+def with_kind(record: Record, kind: str) -> Record:
+    return {**record, "result_kind": kind}
+
+
+def data_of(records: list[Record]) -> bytes:
+    return b"".join(render_record(LAYOUT, record) for record in records)
+
+
+class RelayTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.ledger, self.results = TransferLedger(engine), ResultLedger(engine)
+        self.store = InMemoryBlobStore()
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry, process=False)
+        self.inbox = self.base / "inbox" / "mpn-results"
+        self.logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        self.relay = self.make_relay()
+
+    def make_relay(self, marker: bool = False) -> ResultRelay:
+        return ResultRelay(inbox_dir=str(self.inbox), marker=marker, lg_code="131041", ledger=self.ledger,
+                           results=self.results, keyer=ResultKeyer([b"\x05" * 32]), store=self.store,
+                           blocking=SynchronousBlocking(), clock=self.clock, metrics=self.metrics,
+                           unconfirmed_after=3 * 86400.0)
+
+    def received(self, records: list[Record], name: str) -> TransferRow:
+        data = data_of(records)
+        blob = f"in-{name}"
+        info = self.store.write(blob, [data])
+        now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
+        return self.ledger.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name=name,
+                                        state=S.VALIDATED, size=len(data), sha256=info.sha256,
+                                        record_count=len(records), blob_id=blob, now=now, remote_name=name)
+
+    def relayed(self, row: TransferRow, received_at: float | None = None) -> RelayOutcome:
+        return self.successResultOf(self.relay.relay(row, received_at))
+
+    def inbox_files(self) -> dict[str, bytes]:
+        if not self.inbox.exists():
+            return {}
+        return {entry.name: entry.read_bytes() for entry in self.inbox.iterdir()}
+
+    def counted(self, kind: str, outcome: str) -> float | None:
+        return self.registry.get_sample_value("kei_gateway_payment_results_total", {"kind": kind, "outcome": outcome})
+
+    def test_when_a_file_of_new_results_is_relayed_then_the_inbox_gets_its_records_and_the_transfer_is_done(self) -> None:
+        records = RECORDS[:5]
+        row = self.received(records, "r1.dat")
+        outcome = self.relayed(row, received_at=self.clock.seconds())
+        self.assertEqual(self.inbox_files(), {outcome.relay_name: data_of(records)})
+        self.assertEqual(outcome.relay_name, f"131041_mpn-results_20261121120000_{row.id}.dat")
+        after = self.ledger.get(row.id)
+        self.assertEqual((after.state, after.relay_name), (S.DONE.value, outcome.relay_name))
+        self.assertIn("新規 5, 重複 0", after.receipt_summary or "")
+        kinds = [r["result_kind"] for r in records]
+        self.assertEqual(self.counted("provisional", "relayed"), kinds.count("1"))
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_relay_latency_seconds_count"), 1)
+        self.assertEqual([e["kei_event"] for e in self.logged if e.get("kei_event", "").startswith("results.")],
+                         ["results.relayed"])
+
+    def test_when_the_same_results_come_again_by_the_other_way_then_nothing_is_relayed_twice(self) -> None:
+        records = [with_kind(r, "1") for r in RECORDS[:4]]
+        first = self.relayed(self.received(records, "push-1.dat"))
+        second_row = self.received(records, "pull-1.dat")
+        second = self.relayed(second_row)
+        self.assertIsNone(second.relay_name)
+        self.assertEqual(list(self.inbox_files()), [first.relay_name])
+        self.assertEqual(self.ledger.get(second_row.id).state, S.DONE.value)
+        self.assertEqual(self.counted("provisional", "relayed"), 4)
+        self.assertEqual(self.counted("provisional", "duplicate"), 4)
+
+    def test_when_a_file_mixes_known_and_new_results_then_only_the_new_records_are_relayed_byte_for_byte(self) -> None:
+        provisional = [with_kind(r, "1") for r in RECORDS[:6]]
+        self.relayed(self.received(provisional[:3], "a.dat"))
+        final = [with_kind(r, "2") for r in RECORDS[:2]]
+        mixed = [provisional[1], final[0], provisional[4], provisional[1], final[1]]  # a repeat inside the file too
+        outcome = self.relayed(self.received(mixed, "b.dat"))
+        self.assertEqual(self.inbox_files()[outcome.relay_name], data_of([final[0], provisional[4], final[1]]))
+        self.assertEqual(outcome.relayed, {1: 1, 2: 2})
+        self.assertEqual(outcome.duplicates, {1: 2})
+
+    def test_when_the_relay_had_been_recorded_but_not_renamed_then_the_staged_file_is_published_not_rewritten(self) -> None:
+        records = RECORDS[:3]
+        row = self.received(records, "r.dat")
+        self.inbox.mkdir(parents=True)
+        name = "131041_mpn-results_20261121120000_1.dat"
+        (self.inbox / staged_name(name)).write_bytes(b"as staged before the crash")
+        self.results.record_relay(row.id, [], name, dt.datetime.now(dt.timezone.utc), "decided", done=False)
+        outcome = self.relayed(row)
+        self.assertTrue(outcome.recovered)
+        self.assertEqual(self.inbox_files(), {name: b"as staged before the crash"})
+        self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
+
+    def test_when_the_relayed_file_was_already_taken_by_the_tax_system_then_it_is_not_written_again(self) -> None:
+        row = self.received(RECORDS[:3], "r.dat")
+        self.results.record_relay(row.id, [], "gone.dat", dt.datetime.now(dt.timezone.utc), "decided", done=False)
+        outcome = self.relayed(row)
+        self.assertTrue(outcome.recovered)
+        self.assertEqual(self.inbox_files(), {})
+        self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
+
+    def test_when_a_staged_file_was_left_before_anything_was_recorded_then_it_is_rewritten_and_relayed(self) -> None:
+        records = RECORDS[:3]
+        row = self.received(records, "r.dat")
+        self.inbox.mkdir(parents=True)
+        name = f"131041_mpn-results_20261121120000_{row.id}.dat"
+        (self.inbox / staged_name(name)).write_bytes(b"half")
+        self.relayed(row)
+        self.assertEqual(self.inbox_files(), {name: data_of(records)})
+
+    def test_when_markers_are_asked_for_then_the_end_file_follows_the_data(self) -> None:
+        self.relay = self.make_relay(marker=True)
+        outcome = self.relayed(self.received(RECORDS[:2], "r.dat"))
+        assert outcome.relay_name is not None
+        self.assertEqual(self.inbox_files()[outcome.relay_name + MARKER_SUFFIX], b"")
+
+    def test_when_the_service_starts_then_received_files_not_yet_relayed_are_relayed(self) -> None:
+        rows = [self.received(RECORDS[:2], "a.dat"), self.received(RECORDS[2:4], "b.dat")]
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.assertEqual([self.ledger.get(r.id).state for r in rows], [S.DONE.value, S.DONE.value])
+        self.assertEqual(len(self.inbox_files()), 2)
+
+    def test_when_a_done_transfer_is_relayed_again_then_nothing_happens(self) -> None:
+        row = self.received(RECORDS[:2], "a.dat")
+        self.relayed(row)
+        again = self.relayed(row)  # the stale snapshot of a poller that saw it VALIDATED
+        self.assertTrue(again.already_done)
+        self.assertEqual(len(self.inbox_files()), 1)
+
+    def test_when_provisionals_stay_unconfirmed_past_the_limit_then_the_gauge_and_a_warning_say_so(self) -> None:
+        week_ago = dt.datetime(2026, 11, 15, 10, 0)
+        provisional = [with_kind({**r, "received_at": week_ago}, "1") for r in RECORDS[:3]]
+        confirmed = [with_kind(provisional[0], "2")]
+        self.relayed(self.received(provisional + confirmed, "r.dat"))
+        self.relay.check_unconfirmed()
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 2)
+        warnings = [e for e in self.logged if e.get("kei_event") == "results.unconfirmed"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+        self.relay.check_unconfirmed()  # no new overdue ones: no second warning
+        self.assertEqual(len([e for e in self.logged if e.get("kei_event") == "results.unconfirmed"]), 1)
+
+
+class SelectRecordsTests(SynchronousTestCase):
+    def test_when_chunks_split_records_anywhere_then_the_wanted_records_come_out_whole(self) -> None:
+        data = b"".join(bytes([65 + i]) * 10 for i in range(7))
+        chunks = [data[i:i + 7] for i in range(0, len(data), 7)]
+        self.assertEqual(b"".join(select_records(chunks, 10, {0, 3, 6})), b"A" * 10 + b"D" * 10 + b"G" * 10)
+
+    def test_when_the_file_ends_mid_record_then_it_is_an_error(self) -> None:
+        with self.assertRaises(ValueError):
+            list(select_records([b"x" * 15], 10, {0}))
+
+
+class UnconfirmedWindowTests(RelayTests):
+    def test_when_a_provisional_is_older_than_the_window_then_the_gauge_no_longer_counts_it(self) -> None:
+        old = [with_kind({**RECORDS[0], "received_at": dt.datetime(2026, 10, 1, 10, 0)}, "1")]
+        recent = [with_kind({**RECORDS[1], "received_at": dt.datetime(2026, 11, 10, 10, 0)}, "1")]
+        self.relayed(self.received(old + recent, "r.dat"))
+        self.relay.check_unconfirmed()
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 1)
