@@ -180,6 +180,13 @@ class RelayTests(SynchronousTestCase):
         self.relay.check_unconfirmed()  # no new overdue ones: no second warning
         self.assertEqual(len([e for e in self.logged if e.get("kei_event") == "results.unconfirmed"]), 1)
 
+    def test_when_a_provisional_is_older_than_the_window_then_the_gauge_no_longer_counts_it(self) -> None:
+        old = [with_kind({**RECORDS[0], "received_at": dt.datetime(2026, 10, 1, 10, 0)}, "1")]
+        recent = [with_kind({**RECORDS[1], "received_at": dt.datetime(2026, 11, 10, 10, 0)}, "1")]
+        self.relayed(self.received(old + recent, "r.dat"))
+        self.relay.check_unconfirmed()
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 1)
+
 
 class SelectRecordsTests(SynchronousTestCase):
     def test_when_chunks_split_records_anywhere_then_the_wanted_records_come_out_whole(self) -> None:
@@ -190,12 +197,3 @@ class SelectRecordsTests(SynchronousTestCase):
     def test_when_the_file_ends_mid_record_then_it_is_an_error(self) -> None:
         with self.assertRaises(ValueError):
             list(select_records([b"x" * 15], 10, {0}))
-
-
-class UnconfirmedWindowTests(RelayTests):
-    def test_when_a_provisional_is_older_than_the_window_then_the_gauge_no_longer_counts_it(self) -> None:
-        old = [with_kind({**RECORDS[0], "received_at": dt.datetime(2026, 10, 1, 10, 0)}, "1")]
-        recent = [with_kind({**RECORDS[1], "received_at": dt.datetime(2026, 11, 10, 10, 0)}, "1")]
-        self.relayed(self.received(old + recent, "r.dat"))
-        self.relay.check_unconfirmed()
-        self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 1)
