@@ -20,14 +20,18 @@ from kei_gateway import certs, events
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
 from kei_gateway.flows.downloads import DownloadPoller
+from kei_gateway.flows.mpn_results import ResultRelay
 from kei_gateway.flows.receipts import ReceiptRecorder
 from kei_gateway.flows.ingest import IngestResult
 from kei_gateway.flows.outbox import OutboxWatcher
 from kei_gateway.flows.sender import UploadSender
 from kei_gateway.health import CheckResult, HealthChecks
 from kei_gateway.ledger import OPEN_STATES, Ledger, TransferLedger
+from kei_gateway.ledger.results import ResultLedger
 from kei_gateway.listeners import AllowListFactory, metrics_site
 from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.push import DENIAL_REASONS, make_push_listener
+from kei_gateway.results import ResultKeyer
 from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
 from kei_gateway.store import BlobStore
 from kei_gateway.transport import WebDavClient
@@ -135,6 +139,9 @@ class GatewayService(service.MultiService):
         """The blocking-work pool: started first, stopped only after every service has finished."""
         self.senders: list[UploadSender] = []
         self.pollers: list[DownloadPoller] = []
+        self.relay: ResultRelay | None = None
+        self.on_reconfigure: list[Callable[[Config], None]] = []
+        """Reload hooks of services that cache something derived from the config (the push listener's TLS)."""
         self._certificate_loop: task.LoopingCall | None = None
         self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
 
@@ -316,8 +323,28 @@ class GatewayService(service.MultiService):
                 if self.client_factory is not None:
                     poller.client = self.client_factory(self.clock, new, poller.peer, self.blocking)
                 poller.results_url = new.peers[poller.peer].results_url
+        for hook in self.on_reconfigure:
+            hook(new)  # e.g. the push listener re-reads peer CAs and pins for new connections
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
         return pending
+
+
+def _result_relay(gateway: GatewayService, config: Config, ledger: TransferLedger, store: BlobStore,
+                  blocking: Blocking, metrics: GatewayMetrics) -> ResultRelay:
+    """The one relay of payment results, shared by the pull poller and the push listener."""
+    if gateway.relay is None:
+        keyring = getattr(store, "keyring", None)
+        if keyring is None:
+            raise ValueError("payment results need the store's keyring (their dedupe keys derive from it)")
+        settings = config.flows.get("mpn-results")
+        inbox = settings.inbox if settings is not None else "inbox/mpn-results"
+        gateway.relay = ResultRelay(
+            inbox_dir=config.spool_path(inbox), marker=bool(settings and settings.marker),
+            lg_code=config.gateway.lg_code, ledger=ledger, results=ResultLedger(ledger.engine),
+            keyer=ResultKeyer.from_keyring(keyring), store=store, blocking=blocking, clock=gateway.clock,
+            metrics=metrics, unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
+        gateway.relay.setServiceParent(gateway)
+    return gateway.relay
 
 
 def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifier: Notifier,
@@ -383,25 +410,32 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         inbound = config.flows.get(flow)
         if inbound is None:
             continue
-        if flow == "mpn-results":
-            # Payment results need dedupe and reconciliation before anything is relayed (exactly once):
-            # until that lands, the flow is refused loudly rather than relayed without it.
-            events.emit(GatewayService.log, events.MESSAGE,
-                        text="flows.mpn-results is configured but this version does not relay payment results yet; "
-                             "nothing is fetched from the MPN results directory", flow=flow)
-            continue
         if store is None:
             raise ValueError("inbound flows need the encrypted store")
         peer = config.peers[inbound.peer]
         hook = ReceiptRecorder(ledger, blocking, metrics, reactor) if flow == "jnks-receipts" else None
+        relay = _result_relay(gateway, config, ledger, store, blocking, metrics) if flow == "mpn-results" else None
         poller = DownloadPoller(
             flow=flow, layout_name=flow, peer=inbound.peer, results_url=peer.results_url,
             inbox_dir=config.spool_path(inbound.inbox), quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
             marker=inbound.marker, client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
             store=store, blocking=blocking, clock=reactor, metrics=metrics, poll_interval=inbound.poll_interval,
-            on_relayed=hook)
+            on_relayed=hook, relay=relay.relay if relay is not None else None)
         gateway.pollers.append(poller)
         poller.setServiceParent(gateway)
+
+    if config.listeners.push is not None:
+        if store is None:
+            raise ValueError("the push listener needs the encrypted store")
+        relay = gateway.relay or _result_relay(gateway, config, ledger, store, blocking, metrics)
+        push = make_push_listener(lambda: gateway.config, reactor, ledger=ledger, store=store, blocking=blocking,
+                                  metrics=metrics, environ=environ,
+                                  on_committed=lambda row, received_at: relay.relay(row, received_at))
+        gateway.on_reconfigure.append(push.reconfigure)
+        for reason in DENIAL_REASONS:
+            metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start
+        gateway.add_listener(ListenerService("push", server_endpoint(reactor, config.listeners.push.address),
+                                             push.factory))
 
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor
