@@ -114,8 +114,8 @@ LISTENER_DENIED = _event(
     "{listener} listener refused a connection from {source}: {reason}",
     "A connection came from an address outside the listener's allow-list and was closed before any request was read.",
     "許可リスト外のアドレスからの接続を、要求を読む前に切断しました。",
-    "If the source is a legitimate client (e.g. a new Prometheus server), add its address to the listener's 'allow' and reload; otherwise investigate the source.",
-    "正当な接続元（新しい Prometheus サーバなど）であればリスナーの allow に追加して reload してください。そうでなければ接続元を調査してください。",
+    "If the source is a legitimate client (e.g. a new Prometheus server), add its address to the listener's 'allow' (for the push listener: the peer's peers.<name>.push_allow) and reload; otherwise investigate the source.",
+    "正当な接続元（新しい Prometheus サーバなど）であればリスナーの allow（プッシュ受付では接続先の peers.<名前>.push_allow）に追加して reload してください。そうでなければ接続元を調査してください。",
 )
 LISTENER_BOUND = _event(
     "listener.bound", "a610b8fcaf2544fa9e59203535610005", LogLevel.info,

@@ -64,7 +64,7 @@ from kei_gateway.listeners import AllowListFactory
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.spool import NAME_PATTERN
 from kei_gateway.store import BlobStore
-from kei_gateway.transport.tls import _base_context, spki_pin
+from kei_gateway.transport.tls import base_context, spki_pin
 
 __all__ = [
     "make_push_listener", "PushListener", "PushReceiver", "PushTLS", "route_push", "PushTarget", "Refusal",
@@ -212,7 +212,7 @@ class _Policy:
     def _build(self, candidates: tuple[str, ...]) -> SSL.Context:
         # The same policy as the client side (TLS minimum, ECDHE + AEAD suites, options): transport.tls.
         tls = self.config.tls
-        context = _base_context(self.config.file_path(tls.certificate, self._environ),
+        context = base_context(self.config.file_path(tls.certificate, self._environ),
                                 self.config.file_path(tls.private_key, self._environ), tls.min_version)
         for name in candidates:  # these peers' CA bundles only: never the system store
             path = self.peers[name].ca_path

@@ -363,7 +363,9 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
     if blocking is None:
-        pool = ThreadPool(minthreads=1, maxthreads=4, name="kei-gateway-blocking")
+        # Up to 8: an upload takes a reader and a hasher, each push or download being received a
+        # writer and a feeder, and the ledger, health checks and pollers need the rest.
+        pool = ThreadPool(minthreads=1, maxthreads=8, name="kei-gateway-blocking")
         blocking = ThreadPoolBlocking(reactor, pool)
     else:
         pool = None

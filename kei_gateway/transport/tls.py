@@ -31,7 +31,7 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-__all__ = ["PeerTLS", "spki_pin", "server_context", "TLS12_CIPHERS", "MIN_VERSIONS"]
+__all__ = ["PeerTLS", "spki_pin", "server_context", "base_context", "TLS12_CIPHERS", "MIN_VERSIONS"]
 
 TLS12_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -56,7 +56,8 @@ _SSL_MODE_ENABLE_PARTIAL_WRITE = 0x00000001
 """``SSL_MODE_ENABLE_PARTIAL_WRITE`` of ``openssl/ssl.h`` (pyOpenSSL sets it, but exports no name for it)."""
 
 
-def _base_context(certificate_path: str, private_key_path: str, min_version: str) -> SSL.Context:
+def base_context(certificate_path: str, private_key_path: str, min_version: str) -> SSL.Context:
+    """Our TLS policy (minimum version, ECDHE+AEAD suites, options) with the gateway's certificate and key."""
     if min_version not in MIN_VERSIONS:
         raise ValueError(f"tls min_version must be one of {sorted(MIN_VERSIONS)}, got {min_version!r}")
     context = SSL.Context(SSL.TLS_METHOD)
@@ -89,7 +90,7 @@ class PeerTLS:
         except ValueError:
             self._ip = None
         self._failures: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
-        context = _base_context(certificate_path, private_key_path, min_version)
+        context = base_context(certificate_path, private_key_path, min_version)
         # The peer's CA bundle only: set_default_verify_paths() is deliberately never called.
         context.load_verify_locations(ca_path.encode())
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
@@ -144,10 +145,11 @@ def server_context(certificate_path: str, private_key_path: str, client_ca_path:
     Use with ``twisted.internet.ssl.ContextFactory``-style objects, e.g.
     ``TLSMemoryBIOFactory(ServerContext(ctx), False, factory)`` or ``listenSSL``.
     """
-    context = _base_context(certificate_path, private_key_path, min_version)
+    context = base_context(certificate_path, private_key_path, min_version)
     context.load_verify_locations(client_ca_path.encode())
     with open(client_ca_path, "rb") as bundle:
         authorities = x509.load_pem_x509_certificates(bundle.read())
-    context.set_client_ca_list([crypto.X509.from_cryptography(c).get_subject() for c in authorities])
+    for authority in authorities:
+        context.add_client_ca(authority)
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: bool(args[-1]))
     return context
