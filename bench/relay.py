@@ -1,0 +1,518 @@
+"""Benchmark (issue 5): payment-result relay throughput and latency, pushed 速報 → inbox.
+
+One run, one real daemon (``python -m kei_gateway -c CONFIG run``, started with the
+``tests/integration/harness.py`` helpers) on loopback with the embedded SQLite ledger,
+``[listeners.push]`` on a free loopback port, ``[peers.mpn]`` trusting the demo
+``ca.pem`` with ``push_allow = ["127.0.0.1/32"]`` and ``[flows.mpn-results]`` (its pull
+side points at a closed loopback port and polls once an hour, so only pushes relay).
+
+* **pusher**: ``--clients`` threads (default 2, the listener's ``MAX_CONCURRENT_PUSHES``),
+  each with one keep-alive ``http.client.HTTPSConnection`` presenting ``peer-sim.crt`` (the
+  demo CA signs it, as it signs the MPN simulator's pushes). For each target rate R
+  (results/s) batches of B 速報 (収納区分 1) records are pushed open-loop: batch k is due at
+  ``t0 + k·B/R`` whatever happened to the batches before; a client that is late sends at
+  once. B is ``R/10`` (10 batches a second, at least 25 records) unless ``--batch`` says.
+  Every record of a run is distinct (the 納付書番号 carries a run prefix and a counter), so
+  every result is new and relayed exactly once. A ``503`` is counted, not retried.
+* **external latency**: from the start of a batch's ``PUT`` until its relayed file appears
+  under its final name in ``inbox/mpn-results/`` (inotify ``IN_MOVED_TO`` on the inbox,
+  timestamped when the event is read; the file is matched to its batch by its first record,
+  then deleted, as the tax system would take it). It includes the TLS request, the store
+  write with fsync, the ledger commits, the relay (fsynced ``.part``, one transaction,
+  rename, fsync of the directory) and any wait behind earlier files.
+* **daemon latency**: ``kei_gateway_relay_latency_seconds`` (push request received →
+  new results durable in the inbox) from ``/metrics``, the bucket deltas of each rate step,
+  p50/p99 interpolated linearly inside the bucket as Prometheus' ``histogram_quantile`` does
+  (so they are only as fine as the buckets: 5, 10, 25, 50, 100, 250 ms ...).
+* **throughput**: results relayed (counted in the inbox files) divided by
+  ``max(schedule length, last relayed file − t0)``; it equals R when the daemon keeps up.
+  The check: ``kei_gateway_payment_results_total{kind="provisional",outcome="relayed"}``
+  grew by the same count.
+
+After each rate the pusher waits (bounded) for every accepted batch to be relayed. The
+rates stop rising once the daemon falls behind: under 90 % of R relayed, any ``503``, or a
+batch not relayed in time.
+
+Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--seconds S]``
+(about 2 minutes; ``--quick``: 2 s at 100 and 250 results/s, about 15 s).
+``KEI_BENCH_PROFILE=DIR`` runs the daemon under cProfile (every thread) and writes
+``DIR/relay.prof``. Figures go in ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import http.client
+import os
+import re
+import secrets
+import select
+import ssl
+import struct
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from upload import _drain_notifications, _start_profiled_daemon, machine, percentile, stop_gateway  # noqa: E402
+
+from kei_gateway.jst import today_in_jst  # noqa: E402
+from kei_gateway.layouts import get_layout  # noqa: E402
+from kei_gateway.layouts.engine import render_record  # noqa: E402
+from kei_gateway.layouts.generator import generate_records  # noqa: E402
+from kei_gateway.testing import free_port  # noqa: E402
+from tests.integration.harness import DaemonProcess, GatewayFiles, make_gateway_files, start_daemon  # noqa: E402
+
+LAYOUT = get_layout("mpn-results")
+RECORD = LAYOUT.record_length
+FULL_RATES = (250, 500, 1000, 2000, 4000, 8000)
+QUICK_RATES = (100, 250)
+BATCHES_PER_SECOND = 10
+MIN_BATCH = 25
+TEMPLATE_RECORDS = 1000
+BEHIND = 0.9
+"""A rate is kept up with when at least this share of it is relayed (and no 503, nothing left over)."""
+TARGET_THROUGHPUT = 2000.0
+TARGET_P99_RATE = 500
+TARGET_P99_SECONDS = 0.050
+
+
+# --------------------------------------------------------------------------- dummy 速報 batches
+
+
+class BatchMaker:
+    """Distinct valid 速報 records: generated templates whose 納付書番号 is replaced by run prefix + counter."""
+
+    def __init__(self, seed: int = 5) -> None:
+        today = today_in_jst(time.time())
+        templates = []
+        for record in generate_records(LAYOUT, TEMPLATE_RECORDS, seed=seed, today=today):
+            record["result_kind"] = "1"  # 速報
+            templates.append(render_record(LAYOUT, record))
+        self.templates = templates
+        self.slip_at = LAYOUT.offsets["slip_no"]
+        self.slip_width = LAYOUT["slip_no"].width
+        self.prefix = f"{secrets.randbelow(10 ** 5) + 1:05d}"
+        self.counter = 0
+
+    def batch(self, size: int) -> bytes:
+        out = []
+        for _ in range(size):
+            self.counter += 1
+            template = self.templates[self.counter % len(self.templates)]
+            slip = f"{self.prefix}{self.counter:0{self.slip_width - len(self.prefix)}d}".encode()
+            out.append(template[:self.slip_at] + slip + template[self.slip_at + self.slip_width:])
+        return b"".join(out)
+
+
+# --------------------------------------------------------------------------- the inbox, watched with inotify
+
+
+_IN_MOVED_TO = 0x00000080
+_IN_NONBLOCK = 0o4000
+_EVENT = struct.Struct("iIII")
+
+
+class InboxWatcher:
+    """Timestamps each file that appears under its final name in *directory*, matches it by its first record.
+
+    ``expect(first_record, started)`` registers a batch before it is sent; ``arrived`` maps
+    each batch's first record to ``(PUT start, arrival, results in the file)``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.fd = libc.inotify_init1(_IN_NONBLOCK)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if libc.inotify_add_watch(self.fd, str(directory).encode(), _IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+        self.lock = threading.Lock()
+        self.started: dict[bytes, float] = {}
+        self.arrived: dict[bytes, tuple[float, float, int]] = {}
+        self.strays = 0
+        self.results = 0
+        self.last_arrival = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inbox-watch", daemon=True)
+        self._thread.start()
+
+    def expect(self, first_record: bytes, started: float) -> None:
+        with self.lock:
+            self.started[first_record] = started
+
+    def reset(self) -> None:
+        with self.lock:
+            self.started.clear()
+            self.arrived.clear()
+            self.results = 0
+            self.last_arrival = 0.0
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrived)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if not ready:
+                continue
+            now = time.perf_counter()
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset < len(data):
+                _, _, _, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0").decode()
+                offset += _EVENT.size + length
+                if name.startswith(".") or name.endswith(".end"):
+                    continue
+                self._take(name, now)
+
+    def _take(self, name: str, now: float) -> None:
+        path = self.directory / name
+        try:
+            with open(path, "rb") as file:
+                first = file.read(RECORD)
+                size = os.fstat(file.fileno()).st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        with self.lock:
+            started = self.started.get(first)
+            if started is None or first in self.arrived:
+                self.strays += 1
+                return
+            self.arrived[first] = (started, now, size // RECORD)
+            self.results += size // RECORD
+            self.last_arrival = max(self.last_arrival, now)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------- the pusher
+
+
+@dataclass
+class Step:
+    rate: int
+    batch: int
+    seconds: float
+    clients: int
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    late: float = 0.0
+    """The largest delay of a send behind its due time (s)."""
+    t0: float = 0.0
+    put_seconds: list[float] = field(default_factory=list)
+    """Each 201's PUT start → response (s)."""
+
+
+def client_context(credentials: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(str(credentials / "ca.pem"))
+    context.load_cert_chain(str(credentials / "peer-sim.crt"), str(credentials / "peer-sim.key"))
+    return context
+
+
+def push_step(port: int, context: ssl.SSLContext, watcher: InboxWatcher, maker: BatchMaker, step: Step,
+              prefix: str) -> None:
+    """Push ``step.rate`` results/s for ``step.seconds`` seconds, open loop, with ``step.clients`` connections."""
+    count = max(1, round(step.rate * step.seconds / step.batch))
+    bodies = [maker.batch(step.batch) for _ in range(count)]  # made before the clock starts
+    interval = step.batch / step.rate
+    lock = threading.Lock()
+    next_index = [0]
+    connections = [http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+                   for _ in range(step.clients)]
+    for connection in connections:
+        connection.connect()  # the handshakes are not timed
+    step.t0 = t0 = time.perf_counter() + 0.05
+
+    def work(connection: http.client.HTTPSConnection) -> None:
+        while True:
+            with lock:
+                index = next_index[0]
+                if index >= count:
+                    return
+                next_index[0] += 1
+            due = t0 + index * interval
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            body = bodies[index]
+            started = time.perf_counter()
+            watcher.expect(body[:RECORD], started)
+            try:
+                connection.request("PUT", f"/push/mpn-results/{prefix}-{step.rate}-{index:06d}.dat", body=body,
+                                   headers={"Content-Type": "application/octet-stream"})
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()  # reconnects on the next request
+                with lock:
+                    step.errors += 1
+                continue
+            answered = time.perf_counter()
+            with lock:
+                step.statuses[status] = step.statuses.get(status, 0) + 1
+                step.late = max(step.late, started - due)
+                if status == 201:
+                    step.put_seconds.append(answered - started)
+            if response.will_close:
+                connection.close()
+
+    threads = [threading.Thread(target=work, args=(c,), name=f"pusher-{n}") for n, c in enumerate(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for connection in connections:
+        connection.close()
+
+
+# --------------------------------------------------------------------------- the daemon's metrics
+
+
+def metric_values(daemon: DaemonProcess) -> dict[str, float]:
+    """Every sample of the two metrics read here, by its text (``name{labels}``)."""
+    _, body = daemon.get("/metrics")
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith(("kei_gateway_relay_latency_seconds", "kei_gateway_payment_results_total")):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+_BUCKET = re.compile(r'^kei_gateway_relay_latency_seconds_bucket\{le="([^"]+)"\}$')
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float]) -> list[tuple[float, float]]:
+    """``(upper bound, cumulative count)`` of the relay-latency buckets, after minus before."""
+    buckets = []
+    for key, value in after.items():
+        found = _BUCKET.match(key)
+        if found:
+            bound = float("inf") if found.group(1) == "+Inf" else float(found.group(1))
+            buckets.append((bound, value - before.get(key, 0.0)))
+    return sorted(buckets)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Like Prometheus' ``histogram_quantile``: linear inside the bucket holding the q-th observation."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower  # above the largest finite bound: that bound, as Prometheus answers
+            if cumulative == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
+
+
+def relayed_total(values: dict[str, float]) -> float:
+    return values.get('kei_gateway_payment_results_total{kind="provisional",outcome="relayed"}', 0.0)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Row:
+    step: Step
+    relayed: int
+    relayed_metric: float
+    achieved: float
+    missing: int
+    external: list[float]
+    daemon_p50: float | None
+    daemon_p99: float | None
+    load: float
+
+    @property
+    def kept_up(self) -> bool:
+        return (self.achieved >= BEHIND * self.step.rate and self.missing == 0
+                and not self.step.statuses.get(503) and not self.step.errors)
+
+
+def configure(files: GatewayFiles, push_port: int) -> None:
+    credentials = files.base / "credentials"
+    closed = free_port()  # nothing listens there: the pull side finds no peer
+    files.write_config(extra=f"""
+[peers.mpn]
+url = "https://127.0.0.1:{closed}/slips/"
+results_url = "https://127.0.0.1:{closed}/results/"
+ca = "{credentials}/ca.pem"
+allow = ["127.0.0.1/32"]
+push_allow = ["127.0.0.1/32"]
+connect_timeout = "2s"
+
+[flows.mpn-results]
+peer = "mpn"
+inbox = "inbox/mpn-results"
+poll_interval = "1h"
+
+[listeners.push]
+address = "127.0.0.1:{push_port}"
+""")
+
+
+def start_gateway(files: GatewayFiles) -> DaemonProcess:
+    profile_dir = os.environ.get("KEI_BENCH_PROFILE")
+    if profile_dir:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        extra_env = {"KEI_BENCH_PROFILE_OUT": str(Path(profile_dir).resolve() / "relay.prof"),
+                     "PYTHONPATH": str(Path(__file__).resolve().parent) + os.pathsep + str(ROOT),
+                     "PYTHONSTARTUP": ""}
+        daemon = _start_profiled_daemon(files, extra_env)
+    else:
+        daemon = start_daemon(files, watchdog_usec=None)
+    daemon.notify.wait_for("READY=1", timeout=60)
+    _drain_notifications(daemon)
+    return daemon
+
+
+def wait_relayed(watcher: InboxWatcher, accepted: int, timeout: float, daemon: DaemonProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while watcher.count() < accepted and time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise SystemExit(f"the daemon exited ({daemon.process.returncode}):\n{daemon.stderr()[-3000:]}")
+        time.sleep(0.01)
+
+
+def run_step(daemon: DaemonProcess, port: int, context: ssl.SSLContext, watcher: InboxWatcher, maker: BatchMaker,
+             step: Step, prefix: str) -> Row:
+    watcher.reset()
+    before = metric_values(daemon)
+    push_step(port, context, watcher, maker, step, prefix)
+    accepted = step.statuses.get(201, 0)
+    wait_relayed(watcher, accepted, max(30.0, 3 * step.seconds), daemon)
+    time.sleep(0.05)  # the metrics are updated right after the rename's fsync
+    after = metric_values(daemon)
+    with watcher.lock:
+        arrivals = list(watcher.arrived.values())
+        results, last = watcher.results, watcher.last_arrival
+    schedule = max(1, round(step.rate * step.seconds / step.batch)) * step.batch / step.rate
+    window = max(schedule, last - step.t0) if arrivals else schedule
+    buckets = histogram_delta(before, after)
+    return Row(step, results, relayed_total(after) - relayed_total(before), results / window,
+               accepted - len(arrivals), [arrival - start for start, arrival, _ in arrivals],
+               histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets), os.getloadavg()[0])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.0f}" if value >= 0.0995 else f"{value * 1000:.1f}"
+
+
+def row_text(row: Row) -> str:
+    step, samples = row.step, row.external
+    other = sum(n for status, n in step.statuses.items() if status not in (201, 503)) + step.errors
+    external = (f"{ms(percentile(samples, 50))} | {ms(percentile(samples, 99))} | {ms(max(samples))}"
+                if samples else "– | – | –")
+    return (f"| {step.rate:,} | {step.batch} | {row.achieved:,.0f} | {step.statuses.get(201, 0)} | "
+            f"{step.statuses.get(503, 0)} | {other} | {row.missing} | {external} | "
+            f"{ms(row.daemon_p50)} | {ms(row.daemon_p99)} | {ms(step.late)} | {row.load:.2f} |")
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    sustained = [row for row in rows if row.kept_up]
+    best = max((row.achieved for row in sustained), default=0.0)
+    lines = [f"- sustained throughput: {best:,.0f} results/s (highest rate kept up with: ≥ {BEHIND:.0%} relayed, "
+             f"no 503, nothing left over) — target ≥ {TARGET_THROUGHPUT:,.0f}: "
+             f"{'met' if best >= TARGET_THROUGHPUT else 'NOT met'}"]
+    at = [row for row in rows if row.step.rate == TARGET_P99_RATE]
+    if at and at[0].external:
+        p99 = percentile(at[0].external, 99)
+        daemon = at[0].daemon_p99
+        lines.append(f"- p99 at {TARGET_P99_RATE} results/s: {ms(p99)} ms external (PUT start → inbox), "
+                     f"{ms(daemon)} ms in the daemon's histogram — target ≤ {TARGET_P99_SECONDS * 1000:.0f} ms: "
+                     f"{'met' if p99 <= TARGET_P99_SECONDS else 'NOT met'}")
+    else:
+        lines.append(f"- p99 at {TARGET_P99_RATE} results/s: not measured (rate not in this run)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s at 100 and 250 results/s (a smoke run)")
+    parser.add_argument("--rates", help="comma-separated target rates in results/s (default 250,...,8000)")
+    parser.add_argument("--seconds", type=float, help="push duration per rate (default 10, 2 with --quick)")
+    parser.add_argument("--batch", type=int, help=f"results per batch (default rate/{BATCHES_PER_SECOND}, "
+                                                  f"at least {MIN_BATCH})")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent pushing connections (default 2)")
+    parser.add_argument("--all-rates", action="store_true", help="keep raising the rate after it falls behind")
+    args = parser.parse_args(argv)
+    rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else QUICK_RATES if args.quick else FULL_RATES
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+    print(f"# kei-gateway relay benchmark — {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"# {machine()}")
+    print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"# {args.clients} pushing connection(s), {seconds:g} s per rate, open loop; SQLite ledger", flush=True)
+    rows: list[Row] = []
+    maker = BatchMaker()
+    prefix = secrets.token_hex(3)
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kei-bench-relay-", dir=ROOT / "bench" / "out") as tmp:
+        files = make_gateway_files(Path(tmp) / "gateway")
+        port = free_port()
+        configure(files, port)
+        inbox = files.base / "spool" / "inbox" / "mpn-results"
+        inbox.mkdir(parents=True, exist_ok=True)
+        watcher = InboxWatcher(inbox)
+        context = client_context(files.base / "credentials")
+        daemon = start_gateway(files)
+        try:
+            for rate in rates:
+                batch = args.batch or max(MIN_BATCH, rate // BATCHES_PER_SECOND)
+                row = run_step(daemon, port, context, watcher, maker,
+                               Step(rate, batch, seconds, args.clients), prefix)
+                rows.append(row)
+                print(f"# {rate:,}/s: {row.relayed:,} results relayed ({row.relayed_metric:,.0f} by the daemon's "
+                      f"counter), {row.achieved:,.0f}/s, statuses {dict(sorted(row.step.statuses.items()))}, "
+                      f"errors {row.step.errors}, not relayed {row.missing}, strays {watcher.strays}", flush=True)
+                if not row.kept_up and not args.all_rates:
+                    print(f"# the daemon fell behind at {rate:,} results/s: no higher rate is tried", flush=True)
+                    break
+        finally:
+            watcher.close()
+            stop_gateway(daemon)
+    print()
+    print("## Relay: pushed 速報 → inbox (ms; external = PUT start → file in the inbox; daemon = "
+          "kei_gateway_relay_latency_seconds, interpolated in its buckets)")
+    print()
+    print("| target results/s | batch | relayed results/s | 201 | 503 | other | not relayed | external p50 | "
+          "external p99 | external max | daemon p50 | daemon p99 | max send lag | load |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(row_text(row))
+    print()
+    print("\n".join(verdict(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
