@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 
 __all__ = ["SynchronousBlocking", "RecordingNotifier", "NotifySocket", "NotificationTimeout", "free_port", "demo_config_text",
-           "jnks_flow_config_text", "start_jnks_sim_process", "start_mpn_sim_process",
+           "jnks_flow_config_text", "mpn_flow_config_text", "start_jnks_sim_process", "start_mpn_sim_process",
            "SimulatorNotStarted", "InMemoryBlobStore", "DUMMY_STORE_KEY"]
 
 T = TypeVar("T")
@@ -94,6 +94,43 @@ outbox = "outbox/jnks"
 peer = "jnks"
 inbox = "inbox/jnks-receipts"
 poll_interval = "{poll_interval}"
+{extra}"""
+
+
+def mpn_flow_config_text(sim_url: str, ca: str, push_port: int, allow: str = "127.0.0.0/8",
+                         push_allow: str = "127.0.0.1/32", poll_interval: str = "1s",
+                         unconfirmed_after: str = "3d", extra: str = "") -> str:
+    """``[peers.mpn]``, ``[flows.mpn-slips]``, ``[flows.mpn-results]`` and ``[listeners.push]`` against an MPN simulator.
+
+    *sim_url* is the simulator's base URL (``https://127.0.0.1:PORT/``: slips go to ``slips/``,
+    results are pulled from ``results/``), *ca* the CA file its server certificate and its push
+    client certificate chain to, *push_port* the loopback port of the gateway's push listener
+    (the simulator pushes to ``https://127.0.0.1:<push_port>/push/mpn-results``). Short timeouts
+    and retries, for the demo and the tests; pass the result as ``extra`` to :func:`demo_config_text`.
+    """
+    return f"""
+[peers.mpn]
+url = "{sim_url}slips/"
+results_url = "{sim_url}results/"
+ca = "{ca}"
+allow = ["{allow}"]
+push_allow = ["{push_allow}"]
+connect_timeout = "5s"
+transfer_timeout = "1m"
+retry = {{ attempts = 5, first_delay = "1s", max_delay = "5s" }}
+
+[flows.mpn-slips]
+peer = "mpn"
+outbox = "outbox/mpn-slips"
+
+[flows.mpn-results]
+peer = "mpn"
+inbox = "inbox/mpn-results"
+poll_interval = "{poll_interval}"
+unconfirmed_after = "{unconfirmed_after}"
+
+[listeners.push]
+address = "127.0.0.1:{push_port}"
 {extra}"""
 
 

@@ -1,15 +1,22 @@
 """``kei-gateway demo``: the gateway end to end on throwaway defaults, then a summary.
 
 It makes a throwaway PKI and keys in a temporary directory, starts the 軽JNKS
-simulator (``kei-gateway sim jnks``) on loopback, writes a configuration with
-SQLite and the JNKS flows pointing at it, starts ``kei-gateway run`` as systemd
+simulator (``kei-gateway sim jnks``) and the MPN centre simulator (``kei-gateway
+sim mpn``) on loopback, writes a configuration with SQLite, the JNKS and MPN flows
+pointing at them and the push listener, starts ``kei-gateway run`` as systemd
 would (with a notification socket and a watchdog), waits for ``READY=1``, shows
-health, readiness and metrics, then plays the tax system: dummy payment files
-(ダミーデータ) are renamed into the outbox, one of them broken on purpose. It
-waits (bounded) until every valid file is delivered and its 受付結果 relayed to the
-inbox and the broken one is quarantined, prints what happened and where to look,
-reloads the daemon with SIGHUP, stops it with SIGTERM and checks that it stopped
-cleanly. The exit code is 0 only if all of that happened.
+health, readiness and metrics, then plays the tax system:
+
+* JNKS: dummy payment files (ダミーデータ) are renamed into the outbox, one of them
+  broken on purpose; it waits (bounded) until every valid file is delivered and its
+  受付結果 relayed to the inbox and the broken one is quarantined;
+* MPN: 1,000 payment slips go out; the simulator answers with 速報 by push, by pull
+  and both, later 確報 and some 取消, duplicates and repeated pushes; it waits until
+  every distinct result is in the inbox exactly once and prints the reconcile summary.
+
+It prints what happened and where to look, reloads the daemon with SIGHUP, stops it
+with SIGTERM and checks that it stopped cleanly. The exit code is 0 only if all of
+that happened.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine
 from kei_gateway.pki import write_demo_credentials
 from kei_gateway.testing import (
     NotificationTimeout, NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text,
-    start_jnks_sim_process,
+    mpn_flow_config_text, start_jnks_sim_process, start_mpn_sim_process,
 )
 
 __all__ = ["register", "run_demo"]
@@ -51,6 +58,15 @@ REJECT_LINES = "3,7"
 """Records the simulator rejects (E900) in every file, so the receipts show エラー counts."""
 DELIVERY_TIMEOUT = 30.0
 """Seconds the demo waits for every file to be delivered, answered and relayed."""
+MPN_SLIPS = 1000
+MPN_OPTIONS = ("--seed", "1", "--results-share", "0.9", "--push-share", "0.4", "--both-share", "0.2",
+               "--cancel-share", "0.05", "--mismatch-share", "0.02", "--missing-share", "0.03",
+               "--duplicate-share", "0.02", "--repeat-push-share", "0.2", "--batch-size", "100",
+               "--confirm-after", "2")
+"""The MPN simulator's behaviour in the demo: every way a result can arrive, at once."""
+RESULT_RECORD = 258
+IDENTITY_SLICES = ((0, 2), (2, 22), (22, 28), (28, 32), (203, 205), (188, 202), (202, 203))
+"""Byte offsets of 税目, 納付書番号, 確認番号, 納付区分, チャネル, 収納日時, 収納区分 in a 258-byte result (SPEC §2.4)."""
 
 
 @dataclass(frozen=True)
@@ -106,30 +122,51 @@ def _demo(base: str, keep: bool) -> int:
     write_demo_credentials(credentials)
     sim_dir = os.path.join(base, "sim")
     os.makedirs(sim_dir)
+    push_port = free_port()
+    sims: list[subprocess.Popen[bytes]] = []
     try:
         sim, sim_port = start_jnks_sim_process(credentials, os.path.join(sim_dir, "root"),
                                                os.path.join(sim_dir, "sim.log"), "--reject-lines", REJECT_LINES)
+        sims.append(sim)
+        mpn, mpn_port = start_mpn_sim_process(
+            credentials, os.path.join(sim_dir, "mpn-root"), os.path.join(sim_dir, "mpn.log"), *MPN_OPTIONS,
+            "--push-url", f"https://127.0.0.1:{push_port}/push/mpn-results",
+            "--push-cert", os.path.join(credentials, "peer-sim.crt"),
+            "--push-key", os.path.join(credentials, "peer-sim.key"),
+            "--push-ca", os.path.join(credentials, "ca.pem"), "--report", os.path.join(sim_dir, "mpn-report.json"))
+        sims.append(mpn)
     except SimulatorNotStarted as error:
         _say(f"!! {error}")
+        _stop_all(sims)
         return exitcodes.FAILED
     sim_url = f"https://127.0.0.1:{sim_port}/"
+    mpn_url = f"https://127.0.0.1:{mpn_port}/"
     _say(f"-- 軽JNKS simulator on {sim_url} (mutual TLS; rejects records {REJECT_LINES} of every file with E900)")
+    _say(f"-- MPN centre simulator on {mpn_url} (mutual TLS; pushes 速報 to the gateway's push listener on "
+         f"127.0.0.1:{push_port})")
     try:
-        return _with_simulator(base, sim_url, keep, started)
+        return _with_simulator(base, sim_url, mpn_url, push_port, keep, started)
     finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait()
+        _stop_all(sims)
 
 
-def _with_simulator(base: str, sim_url: str, keep: bool, started: float) -> int:
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep: bool, started: float) -> int:
     port = free_port()
     config_path = os.path.join(base, "kei-gateway.toml")
-    flows = jnks_flow_config_text(sim_url, os.path.join(base, "credentials", "ca.pem"))
+    ca = os.path.join(base, "credentials", "ca.pem")
+    flows = jnks_flow_config_text(sim_url, ca) + mpn_flow_config_text(mpn_url, ca, push_port)
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(demo_config_text(base, port, lg_code=LG_CODE, extra=flows))
     check = _cli(config_path, "check-config")
@@ -157,6 +194,7 @@ def _with_simulator(base: str, sim_url: str, keep: bool, started: float) -> int:
             code = exitcodes.FAILED
         else:
             delivered = _jnks_flow(base, config_path, daemon, url)
+            delivered = _mpn_flows(base, config_path, daemon, url) and delivered
             daemon.send_signal(signal.SIGHUP)
             notify.wait_for("RELOADING=1")
             notify.wait_for("READY=1")
@@ -167,7 +205,7 @@ def _with_simulator(base: str, sim_url: str, keep: bool, started: float) -> int:
             _say(f"-- SIGTERM: STOPPING=1, exit code {code}")
             if code == 0 and delivered:
                 outcome = ("finished: every valid file delivered and answered, the broken one quarantined, "
-                           "the daemon stopped cleanly")
+                           "every payment result relayed once, the daemon stopped cleanly")
             elif code == 0:
                 code = exitcodes.FAILED
     except (NotificationTimeout, OSError, ValueError, subprocess.TimeoutExpired) as error:
@@ -338,16 +376,114 @@ def _jnks_flow(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
     return not wanting
 
 
+def _inbox_identities(inbox: str) -> tuple[list[tuple[str, ...]], int]:
+    """The identity (SPEC §2.4) of every result record in the inbox files, and the number of files.
+
+    Read by fixed offsets, independently of the gateway's layout engine: what the tax
+    system would see.
+    """
+    found: list[tuple[str, ...]] = []
+    files = 0
+    for name in sorted(os.listdir(inbox)) if os.path.isdir(inbox) else []:
+        if name.startswith(".") or name.endswith(".end"):
+            continue
+        files += 1
+        with open(os.path.join(inbox, name), "rb") as f:
+            data = f.read()
+        for offset in range(0, len(data), RESULT_RECORD):
+            r = data[offset:offset + RESULT_RECORD]  # byte offsets: 納税義務者氏名 is CP932, 2 bytes a character
+            found.append(tuple(r[a:b].decode("ascii") for a, b in IDENTITY_SLICES))
+    return found, files
+
+
+def _mpn_flows(base: str, config_path: str, daemon: subprocess.Popen[bytes], url: str) -> bool:
+    """Play the tax system and the MPN centre; True if every result was relayed exactly once."""
+    config = read_config(config_path)
+    outbox = config.spool_path("outbox/mpn-slips")
+    inbox = config.spool_path("inbox/mpn-results")
+    report_path = os.path.join(base, "sim", "mpn-report.json")
+    today = today_in_jst(time.time())
+    data = b"".join(generate_file(get_layout("mpn-slips"), MPN_SLIPS, seed=11, today=today, lg_code=LG_CODE))
+    os.makedirs(outbox, exist_ok=True)
+    _say(f"-- MPN: the tax system writes {MPN_SLIPS:,} payment slips (納付書情報, dummy data) to "
+         "spool/outbox/mpn-slips/:")
+    _drop(outbox, "slips-001.dat", data)
+    _say(f"   slips-001.dat {MPN_SLIPS:>10,} records, {len(data):>7,} bytes")
+    dropped = time.monotonic()
+
+    def state() -> tuple[list[str], dict[str, object]]:
+        wanting: list[str] = []
+        report: dict[str, object] = {}
+        try:
+            with open(report_path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            return ["the simulator has not answered yet"], report
+        truth = {tuple(item) for item in report["truth"]["results"]}  # type: ignore[index]
+        if report.get("pending"):
+            wanting.append(f"the simulator still has {report['pending']} file(s) to deliver")
+        relayed, _ = _inbox_identities(inbox)
+        if len(relayed) != len(set(relayed)):
+            wanting.append(f"{len(relayed) - len(set(relayed))} result(s) relayed MORE THAN ONCE")
+        missing = truth - set(relayed)
+        if missing:
+            wanting.append(f"{len(missing)} of {len(truth)} result(s) not in the inbox yet")
+        extra = set(relayed) - truth
+        if extra:
+            wanting.append(f"{len(extra)} result(s) in the inbox that the centre never sent")
+        return wanting, report
+
+    deadline = dropped + DELIVERY_TIMEOUT
+    while True:
+        wanting, report = state()
+        if not wanting or time.monotonic() > deadline or daemon.poll() is not None:
+            break
+        time.sleep(0.2)  # a bounded poll of the inbox and the simulator's report
+    took = time.monotonic() - dropped
+    if wanting:
+        _say(f"!! after {took:.1f} s:")
+        for line in wanting:
+            _say("   " + line)
+        return False
+    produced: list[dict[str, object]] = report["produced"]  # type: ignore[assignment]
+    truth_block: dict[str, list[object]] = report["truth"]  # type: ignore[assignment]
+    by_delivery: dict[str, int] = {}
+    for item in produced:
+        key = str(item["delivery"])
+        by_delivery[key] = by_delivery.get(key, 0) + int(item["records"])  # type: ignore[call-overload]
+    relayed, files = _inbox_identities(inbox)
+    _say(f"   uploaded to the centre's slips/ and answered within {took:.1f} s: the centre sent "
+         f"{sum(by_delivery.values()):,} result records in {len(produced)} files "
+         f"({', '.join(f'{count:,} by {how}' for how, count in sorted(by_delivery.items()))}),")
+    _say(f"   {len(truth_block['results']):,} distinct results; {truth_block['duplicates']} 速報 repeated, "
+         f"{report['push_statuses']} push answers")
+    _say(f"-- spool/inbox/mpn-results/: {files} file(s) with {len(relayed):,} results, each exactly once "
+         "(checked against the simulator's ground truth)")
+    code, body = _get(url + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(("kei_gateway_payment_results_total{", "kei_gateway_relay_latency_seconds_count",
+                            "kei_gateway_unconfirmed_results{", 'kei_gateway_transfers_total{flow="mpn')):
+            _say("   " + line)
+    since = (datetime.datetime.fromisoformat(today.isoformat()) - datetime.timedelta(days=1)).date()
+    result = _cli(config_path, "results", "reconcile", "--since", since.isoformat())
+    _say(f"-- kei-gateway results reconcile --since {since.isoformat()}")
+    for line in (result.stdout or result.stderr).rstrip().splitlines():
+        _say("   " + line)
+    return True
+
+
 def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
     _say("-- where to look" + ("" if keep else " (run 'kei-gateway demo --keep' to keep these for a look afterwards)"))
     for what, where in (
             ("metrics and health (while the daemon runs)", f"{url}/metrics  /healthz  /readyz"),
             ("outbox (the tax system writes here)", f"{base}/spool/outbox/jnks/"),
             ("inbox (receipts for the tax system)", f"{base}/spool/inbox/jnks-receipts/"),
+            ("inbox (payment results for the tax system)", f"{base}/spool/inbox/mpn-results/"),
             ("quarantine (.errors.txt of rejected files)", f"{base}/spool/quarantine/jnks-payments/"),
-            ("what the peer received (simulator)", f"{base}/sim/root/upload/"),
+            ("what the peers received (simulators)", f"{base}/sim/root/upload/  {base}/sim/mpn-root/slips/"),
             ("ledger and encrypted store", f"{base}/state/"),
-            ("daemon and simulator logs", f"{base}/daemon.log  {base}/sim/sim.log")):
+            ("daemon and simulator logs", f"{base}/daemon.log  {base}/sim/sim.log  {base}/sim/mpn.log")):
         _say(f"   {what:<44} {where}")
     if keep:
-        _say(f"   operator commands: kei-gateway -c {config_path} status | transfers list | transfers show ID")
+        _say(f"   operator commands: kei-gateway -c {config_path} status | transfers list | transfers show ID | "
+             "results reconcile")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 DEMO_TIMEOUT = 100.0  # the demo takes ~10 s; generous for a busy 2-core machine, under pytest-timeout's 120 s
 
 
-def test_when_the_demo_runs_then_it_exits_0_naming_the_delivered_files_the_receipts_and_the_quarantine() -> None:
+def test_when_the_demo_runs_then_it_exits_0_naming_the_delivered_files_the_receipts_the_quarantine_and_results() -> None:
     result = subprocess.run([sys.executable, "-m", "kei_gateway", "demo"], capture_output=True, text=True,
                             timeout=DEMO_TIMEOUT)
     output = result.stdout
@@ -31,5 +31,14 @@ def test_when_the_demo_runs_then_it_exits_0_naming_the_delivered_files_the_recei
     assert 'kei_gateway_transfers_total{flow="jnks-payments",outcome="done"} 3.0' in output
     assert 'kei_gateway_records_total{flow="jnks-payments",outcome="rejected_by_peer"} 6.0' in output
     assert 'kei_gateway_peer_up{peer="jnks"} 1.0' in output
+    mpn = re.search(r"^-- spool/inbox/mpn-results/: (\d+) file\(s\) with ([\d,]+) results, each exactly once", output,
+                    re.MULTILINE)
+    assert mpn, "no line on the relayed payment results"
+    distinct = re.search(r"^   ([\d,]+) distinct results; (\d+) 速報 repeated", output, re.MULTILINE)
+    assert distinct and distinct.group(1) == mpn.group(2)
+    assert re.search(r'^   kei_gateway_payment_results_total\{kind="provisional",outcome="duplicate"\} [1-9]', output,
+                     re.MULTILINE), "the demo's repeated 速報 were not counted as duplicates"
+    assert re.search(r"^   確認済 \(confirmed\) .* [1-9]\d*$", output, re.MULTILINE)
+    assert re.search(r"^   金額不一致 \(amount mismatch\) .* [1-9]\d*$", output, re.MULTILINE)
     assert "-- SIGTERM: STOPPING=1, exit code 0" in output
     assert "== demo finished:" in output
