@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kei_gateway.pki import write_demo_credentials
 from kei_gateway.testing import (
-    NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text, start_jnks_sim_process,
+    NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text, mpn_flow_config_text,
+    start_jnks_sim_process, start_mpn_sim_process,
 )
 
 PROCESS_TIMEOUT = 60.0  # generous: an fsync on a busy disk can take many seconds
@@ -34,6 +37,13 @@ class GatewayFiles:
     def write_jnks_config(self, sim_url: str, allow: str = "127.0.0.0/8", extra: str = "", **replace: str) -> None:
         """The configuration with the JNKS flows against a simulator (or nginx) at *sim_url*."""
         flows = jnks_flow_config_text(sim_url, str(self.base / "credentials" / "ca.pem"), allow=allow, extra=extra)
+        self.write_config(extra=flows, **replace)
+
+    def write_mpn_config(self, sim_url: str, push_port: int, unconfirmed_after: str = "3d", extra: str = "",
+                         **replace: str) -> None:
+        """The configuration with the MPN flows against a simulator at *sim_url*, pushing to *push_port*."""
+        flows = mpn_flow_config_text(sim_url, str(self.base / "credentials" / "ca.pem"), push_port,
+                                     unconfirmed_after=unconfirmed_after, extra=extra)
         self.write_config(extra=flows, **replace)
 
 
@@ -141,3 +151,41 @@ def start_jnks_sim(files: GatewayFiles, *extra: str) -> SimProcess:
 def jnks_flow_config(sim_url: str, allow: str = "127.0.0.0/8", extra: str = "") -> str:
     """:func:`~kei_gateway.testing.jnks_flow_config_text` with the CA as ``CREDENTIALS/ca.pem`` (replace CREDENTIALS)."""
     return jnks_flow_config_text(sim_url, "CREDENTIALS/ca.pem", allow=allow, extra=extra)
+
+
+@dataclass
+class MpnSimProcess(SimProcess):
+    """The MPN simulator process and its ``--report`` file."""
+
+    report_path: Path = field(default_factory=Path)
+
+    def report(self) -> dict[str, Any] | None:
+        """The last report (written whenever nothing is pending), or None before the first."""
+        try:
+            return dict(json.loads(self.report_path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+
+
+def start_mpn_sim(files: GatewayFiles, push_port: int | None, *extra: str) -> MpnSimProcess:
+    """``kei-gateway sim mpn`` on loopback with a ``--report``; pushing to the gateway on *push_port* if given.
+
+    It pushes with ``peer-sim.crt`` (chaining to the gateway's ``ca.pem``) and trusts ``ca.pem`` for the
+    gateway's server certificate; *extra* are more ``sim mpn`` options (shares, batch size, seed).
+    """
+    sim_dir = files.base / "mpn-sim"
+    sim_dir.mkdir(exist_ok=True)
+    log_path = sim_dir / "sim.log"
+    report_path = sim_dir / "report.json"
+    credentials = files.base / "credentials"
+    push: list[str] = []
+    if push_port is not None:
+        push = ["--push-url", f"https://127.0.0.1:{push_port}/push/mpn-results",
+                "--push-cert", str(credentials / "peer-sim.crt"), "--push-key", str(credentials / "peer-sim.key"),
+                "--push-ca", str(credentials / "ca.pem")]
+    try:
+        process, port = start_mpn_sim_process(str(credentials), str(sim_dir / "root"), str(log_path),
+                                              "--report", str(report_path), *push, *extra, timeout=PROCESS_TIMEOUT)
+    except SimulatorNotStarted as error:
+        raise AssertionError(str(error)) from None
+    return MpnSimProcess(process, port, sim_dir / "root", log_path, report_path)
