@@ -55,7 +55,8 @@ from kei_gateway import events
 from kei_gateway.allowlist import Network, address_allowed
 from kei_gateway.blocking import Blocking
 from kei_gateway.config import Config
-from kei_gateway.flows.intake import Received, StreamIntake, first_error, quarantine_received
+from kei_gateway.crashpoints import crashpoint
+from kei_gateway.flows.intake import Received, StreamIntake, count_quarantined, first_error, quarantine_received
 from kei_gateway.jst import today_in_jst
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
@@ -466,16 +467,18 @@ class PushReceiver:
                 except Exception:
                     yield self._discard(received.blob_id)
                     raise
-                self.metrics.transfers.labels(flow=target.flow, outcome="quarantined").inc()
+                count_quarantined(self.metrics, target.flow, report)
             events.emit(self.log, events.PUSH_QUARANTINED, flow=target.flow, peer=target.peer, name=target.name,
                         reason=first_error(report), sha256=received.sha256, records=report.records)
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
         # The commit: from here on a failure may leave a row pointing at the blob, so the blob stays
         # (an unreferenced one is the purge's to remove).
+        crashpoint("push.stored")
         row: TransferRow = yield self.blocking.run(
             self.ledger.add_transfer, flow=target.flow, direction="in", peer=target.peer, local_name=target.name,
             state=S.VALIDATED, size=received.size, sha256=received.sha256, record_count=report.records,
             blob_id=received.blob_id, now=now, remote_name=target.name)
+        crashpoint("push.committed")
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
                     records=report.records, transfer_id=row.id, sha256=row.sha256)

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.crashpoints import crashpoint
-from kei_gateway.flows.intake import Received, StreamIntake, first_error, quarantine_received
+from kei_gateway.flows.intake import Received, StreamIntake, count_quarantined, first_error, quarantine_received
 from kei_gateway.jst import today_in_jst
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
@@ -190,6 +190,6 @@ class DownloadPoller(service.Service):
         quarantine_received(ledger=self.ledger, flow=self.flow, peer=self.peer, name=entry.name,
                             quarantine_dir=self.quarantine_dir, received=downloaded, now=now,
                             note="left at the peer", size=entry.size, remote_etag=entry.etag)
-        self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
+        count_quarantined(self.metrics, self.flow, downloaded.report)
         events.emit(self.log, events.DOWNLOAD_QUARANTINED, flow=self.flow, peer=self.peer, name=entry.name,
                     reason=first_error(downloaded.report), sha256=downloaded.sha256)

@@ -29,11 +29,12 @@ from kei_gateway.flows.ingest import errors_file_lines
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
 from kei_gateway.store import BlobStore
 
-__all__ = ["Received", "StreamIntake", "quarantine_received", "new_inbound_blob_id", "first_error",
-           "first_error_summary", "QUEUE_SIZE", "QUEUE_TIMEOUT"]
+__all__ = ["Received", "StreamIntake", "quarantine_received", "count_quarantined", "new_inbound_blob_id",
+           "first_error", "first_error_summary", "QUEUE_SIZE", "QUEUE_TIMEOUT"]
 
 QUEUE_SIZE = 16
 """Chunks held between the reactor and the store writer (the writer starts once this many wait, or at the end)."""
@@ -221,3 +222,13 @@ def first_error(report: ValidationReport) -> str:
     """The first error, masked, or ``"invalid"``."""
     return report.errors[0].message() if report.errors else "invalid"
 
+
+def count_quarantined(metrics: GatewayMetrics, flow: str, report: ValidationReport) -> None:
+    """Count a received file quarantined: a transfer, and for payment results its records as rejected.
+
+    An invalid results file's records are not classified (速報/確報/取消 may be what is
+    broken), so they count with ``kind="unknown"``.
+    """
+    metrics.transfers.labels(flow=flow, outcome="quarantined").inc()
+    if flow == "mpn-results":
+        metrics.payment_results.labels(kind="unknown", outcome="rejected").inc(report.records)

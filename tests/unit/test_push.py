@@ -218,6 +218,8 @@ class PushTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(errors))
         self.assertEqual(h.committed, [])
         self.assertEqual(h.transfers("quarantined"), 1)
+        self.assertEqual(h.registry.get_sample_value("kei_gateway_payment_results_total",
+                                                     {"kind": "unknown", "outcome": "rejected"}), 20)
         # Pushed again unchanged: 422 again, but quarantined only once.
         self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", data)[0], 422)
         self.assertEqual(len(h.ledger.inbound_for("mpn-results", "BAD.dat")), 1)
