@@ -325,6 +325,20 @@ PUSH_FAILED = _event(
     "If it repeats, check the disk space and permissions of the state directory and the database; the reason names the failing step.",
     "繰り返す場合は、状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
 )
+# -- controls (issue 6): approvals waiting too long ----------------------------
+TRANSFER_HELD_OVERDUE = _event(
+    "transfer.held_overdue", "7f7d834cc2344fa8b03a21fe26b9895f", LogLevel.warn,
+    "{flow}: transfer {transfer_id} ({records} records) has been HELD for {hours} hours, since {held_since}, "
+    "waiting for approval",
+    "A bulk file (over hold_over_records) has waited more than 24 hours for the approval of the person in charge. "
+    "This warning repeats once a day while it waits.",
+    "大量データのファイル（hold_over_records 超過）が責任者の承認を 24 時間以上待っています。"
+    "承認待ちの間、この警告は 1 日 1 回繰り返されます。",
+    "Ask the person in charge to decide: 'kei-gateway transfers show ID', then 'kei-gateway transfers approve ID' "
+    "or 'kei-gateway transfers cancel ID --reason ...'.",
+    "責任者に判断を依頼してください。kei-gateway transfers show ID で確認し、kei-gateway transfers approve ID "
+    "または kei-gateway transfers cancel ID --reason ... を実行します。",
+)
 
 ALL_EVENTS: tuple[EventType, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EventType)

@@ -20,6 +20,7 @@ from kei_gateway import certs, events
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
 from kei_gateway.flows.downloads import DownloadPoller
+from kei_gateway.flows.held import HeldWatch
 from kei_gateway.flows.mpn_results import ResultRelay
 from kei_gateway.flows.receipts import ReceiptRecorder
 from kei_gateway.flows.ingest import IngestResult
@@ -438,6 +439,11 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start
         gateway.add_listener(ListenerService("push", server_endpoint(reactor, config.listeners.push.address),
                                              push.factory))
+
+    # Controls (issue 6): a HELD transfer waiting more than 24 h is warned about, once a day.
+    # Always on (holds made under an earlier config still count); a bare Ledger (tests) has no transfers to list.
+    if isinstance(ledger, TransferLedger):
+        HeldWatch(ledger, blocking, reactor).setServiceParent(gateway)
 
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor
