@@ -26,6 +26,8 @@ POINTS = (
     "results.staged",      # payment results: the new records are durable as .name.part, nothing recorded
     "results.recorded",    # the results and the relay name are committed, the .part not yet renamed
     "results.published",   # the results file is in the inbox, the transfer still VALIDATED
+    "push.stored",         # a pushed file's blob is durable and valid, nothing committed, no answer sent
+    "push.committed",      # the pushed file's transfer is committed VALIDATED, the 201 not yet sent
 )
 
 
