@@ -251,9 +251,20 @@ def read_config(path: str) -> Config:
     return config_from_string(text, source=path)
 
 
-def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list[ConfigProblem]:
-    """Problems with the files the configuration names: missing, unreadable, or secrets open to others."""
+def check_files(config: Config, environ: Mapping[str, str] = os.environ,
+                euid: int | None = None) -> list[ConfigProblem]:
+    """Problems with the files the configuration names: missing, unreadable, or secrets not private.
+
+    A secret (the TLS private key, ``keys.store``, ``keys.audit``, each of
+    ``keys.store_previous``) must be a regular file with mode 0600 or 0400 owned by
+    *euid* (default: this process's effective uid, i.e. the service user), so that no
+    other account can read it, change it or change its mode. A file systemd put in
+    ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``/``LoadCredentialEncrypted=``) is
+    systemd's: it may be owned by root and show 0440 (read granted to the service
+    user alone by an ACL), but never be writable by the group or open to others.
+    """
     problems: list[ConfigProblem] = []
+    uid = os.geteuid() if euid is None else euid
     refs: list[tuple[str, str, bool]] = [
         ("tls.certificate", config.tls.certificate, False),
         ("tls.private_key", config.tls.private_key, True),
@@ -276,14 +287,43 @@ def check_files(config: Config, environ: Mapping[str, str] = os.environ) -> list
         except OSError as error:
             problems.append(ConfigProblem(key_path, f"{path}{where}: {error.strerror}; create the file or correct the name"))
             continue
+        mode = stat.S_IMODE(st.st_mode)
         if not stat.S_ISREG(st.st_mode):
             problems.append(ConfigProblem(key_path, f"{path}: not a regular file"))
         elif not os.access(path, os.R_OK):
             problems.append(ConfigProblem(key_path, f"{path}: not readable by this user (uid {os.getuid()}); fix its owner or mode"))
-        elif secret and not managed and st.st_mode & 0o077:
-            problems.append(ConfigProblem(key_path, f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others read a secret; "
+        elif not secret:
+            continue
+        elif managed:
+            if st.st_uid not in (uid, 0):
+                problems.append(ConfigProblem(key_path, f"{path}: a credential owned by {_user(st.st_uid)}, neither root "
+                                                        f"(systemd) nor the service user {_user(uid)}; let systemd provide "
+                                                        f"it with LoadCredential="))
+            elif mode & 0o027:
+                problems.append(ConfigProblem(key_path, f"{path}: mode {mode:04o} lets others read or the group write a "
+                                                        f"secret; let systemd provide it with LoadCredential="))
+        elif mode & 0o077:
+            problems.append(ConfigProblem(key_path, f"{path}: mode {mode:04o} lets group or others read a secret; "
                                                     f"run 'chmod 600 {path}' (owner: the service user)"))
+        elif mode & 0o100:
+            problems.append(ConfigProblem(key_path, f"{path}: mode {mode:04o}: a secret must be mode 0600 or 0400; "
+                                                    f"run 'chmod 600 {path}'"))
+        elif st.st_uid != uid:
+            problems.append(ConfigProblem(key_path, f"{path}: owned by {_user(st.st_uid)}, not by the service user "
+                                                    f"{_user(uid)} that reads it; run 'chown {_user(uid, bare=True)} {path}' "
+                                                    f"(or deliver it with systemd's LoadCredential=)"))
     return problems
+
+
+def _user(uid: int, bare: bool = False) -> str:
+    """``name (uid N)``, or the bare name (the number when it has none)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid) if bare else f"uid {uid}"
+    return name if bare else f"{name} (uid {uid})"
 
 
 def load_config(path: str, environ: Mapping[str, str] = os.environ) -> Config:
