@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Transfer", "TransferState", "PaymentResult"]
+__all__ = ["Base", "Transfer", "TransferState", "PaymentResult", "AuditEntry", "AuditHead"]
 
 
 class Base(DeclarativeBase):
@@ -105,3 +105,44 @@ class PaymentResult(Base):
         Index("ix_payment_results_received_at", "received_at"),
         Index("ix_payment_results_kind_received_at", "kind", "received_at"),
     )
+
+
+class AuditEntry(Base):
+    """One record of the tamper-evident audit trail (see :mod:`kei_gateway.audit`): no personal value.
+
+    ``sequence`` is assigned by the writer (the head's sequence + 1), never by the database.
+    """
+
+    __tablename__ = "audit"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(64))
+    flow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    listener: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    transfer_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    anchor_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    anchor_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_mac: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_time", "time"),
+        Index("ix_audit_event", "event"),
+    )
+
+
+class AuditHead(Base):
+    """The audit chain's head: one row (id 1) with the newest sequence and MAC; appends lock it."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    mac: Mapped[str] = mapped_column(String(64))

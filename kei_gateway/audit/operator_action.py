@@ -1,0 +1,112 @@
+"""``record_operator_action``: what a state-changing CLI command calls after it acted.
+
+The actor is the operator's login (``$SUDO_USER``, else the name of the uid). The record is
+appended to the same chain as the daemon's, and the same event goes to journald (when the
+host has one; in a terminal nothing extra is printed: the audit record is the durable trace).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from kei_gateway.audit.chain import AuditRecord, StoredRecord
+from kei_gateway.audit.log import AuditError, AuditLog, AuditUnavailable, audit_key_from_config
+
+if TYPE_CHECKING:
+    from kei_gateway.config import Config
+
+__all__ = ["record_operator_action", "operator_login", "record_from_fields"]
+
+_COUNT_FIELDS = ("count", "records", "files")
+_TEXT_FIELDS = ("flow", "peer", "listener", "source", "sha256", "reason")
+
+
+def operator_login(environ: Mapping[str, str] = os.environ) -> str:
+    """``$SUDO_USER`` if set, else the login name of this process's uid (``uid N`` if it has none)."""
+    sudo = environ.get("SUDO_USER")
+    if sudo:
+        return sudo
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def record_from_fields(event: str, actor: str, now: datetime, fields: Mapping[str, Any]) -> AuditRecord:
+    """An audit record of *event* from an event's keyword fields; fields it has no column for are left out.
+
+    ``records``, ``files`` or ``count`` become ``count``; only the standard fields and
+    ``listener``/``source`` are kept, so names of files and free text never reach the table
+    (``reason`` is kept, cut to 255 characters).
+    """
+    count = next((_int(fields[name]) for name in _COUNT_FIELDS if _int(fields.get(name)) is not None), None)
+    text = {name: (str(fields[name]) if fields.get(name) is not None else None) for name in _TEXT_FIELDS}
+    return AuditRecord(time=now, actor=actor, event=event, transfer_id=_int(fields.get("transfer_id")), count=count,
+                       flow=text["flow"], peer=text["peer"], listener=text["listener"], source=text["source"],
+                       sha256=text["sha256"], reason=text["reason"])
+
+
+def _to_journal(event_name: str, actor: str, fields: Mapping[str, Any]) -> None:
+    """The same event to journald, if this host has one and the event is declared."""
+    from kei_gateway import events
+
+    event_type = events.by_name(event_name)
+    if event_type is None:
+        return
+    if not os.path.exists("/run/systemd/journal/socket"):
+        return
+    from twisted.logger import Logger
+
+    from kei_gateway.journal import GatewayLogObserver
+
+    observer = GatewayLogObserver(target="journal")
+    if observer.target != "journal":
+        return
+    events.emit(Logger(namespace="kei_gateway.cli", observer=observer), event_type, actor=actor, **fields)
+
+
+def record_operator_action(config: Config, event_name: str, *, environ: Mapping[str, str] = os.environ,
+                           now: datetime | None = None, journal: bool = True, **fields: Any) -> StoredRecord:
+    """Append an audit record of *event_name* with the operator as actor; also log it to journald.
+
+    *fields* are event fields (``transfer_id=…``, ``reason=…``, ``records=…``); never pass a
+    personal value. Raises :class:`~kei_gateway.audit.AuditError` (key, database, no audit
+    table) with a message that says what to do: the caller tells the operator that the action
+    was done but is not in the audit trail.
+    """
+    from kei_gateway.ledger import create_ledger_engine
+
+    actor = operator_login(environ)
+    record = record_from_fields(event_name, actor, now or datetime.now(timezone.utc), fields)
+    if journal:  # first, so that the action is in journald even if the audit trail cannot be written
+        try:
+            _to_journal(event_name, actor, fields)
+        except Exception:
+            pass  # journald is the second copy, never a reason to fail the command
+    key = audit_key_from_config(config, environ)
+    engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
+    try:
+        if not AuditLog(engine, key).available():
+            raise AuditUnavailable("the ledger has no audit table: run 'kei-gateway db upgrade'")
+        return AuditLog(engine, key).append(record)
+    except AuditError:
+        raise
+    except Exception as error:  # the database: its first line, never parameters
+        from kei_gateway.events import describe_error
+
+        raise AuditError(f"cannot write the audit record: {describe_error(error)}") from None
+    finally:
+        engine.dispose()
