@@ -7,7 +7,21 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 
-__all__ = ["CertificateInfo", "read_certificate_info", "expiry_warning", "WARN_BEFORE_SECONDS"]
+__all__ = ["CertificateInfo", "read_certificate_info", "read_bundle_info", "expiry_warning", "WARN_BEFORE_SECONDS",
+           "GATEWAY_ROLE", "peer_role", "ca_role"]
+
+GATEWAY_ROLE = "gateway"
+"""The ``role`` label of the gateway's own certificate (``tls.certificate``)."""
+
+
+def peer_role(peer: str) -> str:
+    """The ``role`` label of *peer*'s server certificate, as seen in the last verified TLS handshake."""
+    return f"peer:{peer}"
+
+
+def ca_role(peer: str) -> str:
+    """The ``role`` label of *peer*'s configured CA bundle (``peers.<name>.ca``): its earliest-expiring certificate."""
+    return f"ca:{peer}"
 
 WARN_BEFORE_SECONDS = 30 * 86400
 
@@ -26,6 +40,16 @@ def read_certificate_info(pem: bytes) -> CertificateInfo:
     """The first certificate of a PEM bundle. Raises ValueError if there is none."""
     cert = x509.load_pem_x509_certificate(pem)
     return CertificateInfo(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+
+
+def read_bundle_info(pem: bytes) -> CertificateInfo:
+    """The certificate of a PEM bundle that expires first (a CA bundle is only as good as it).
+
+    Raises ValueError if there is none.
+    """
+    bundle = x509.load_pem_x509_certificates(pem)
+    first = min(bundle, key=lambda cert: cert.not_valid_after_utc)
+    return CertificateInfo(first.subject.rfc4514_string(), first.not_valid_after_utc)
 
 
 def expiry_warning(info: CertificateInfo, now: float) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,13 +36,15 @@ from kei_gateway.push import DENIAL_REASONS, make_push_listener
 from kei_gateway.results import ResultKeyer
 from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
 from kei_gateway.store import BlobStore
-from kei_gateway.transport import WebDavClient
+from kei_gateway.transport import PeerTLS, WebDavClient
 
-__all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
+__all__ = ["make_service", "peer_client", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
            "CERTIFICATE_CHECK_INTERVAL"]
 
 STATUS_INTERVAL = 15.0
 CERTIFICATE_CHECK_INTERVAL = 6 * 3600.0
+EXPIRY_WARNING_REPEAT = 86400.0
+"""A certificate's expiry warning repeats at most once a day per role (checks and handshakes are more frequent)."""
 
 
 def server_endpoint(reactor: Any, address: HostPort) -> IStreamServerEndpoint:
@@ -144,6 +147,8 @@ class GatewayService(service.MultiService):
         self.on_reconfigure: list[Callable[[Config], None]] = []
         """Reload hooks of services that cache something derived from the config (the push listener's TLS)."""
         self._certificate_loop: task.LoopingCall | None = None
+        self._expiry_roles: set[str] = set()
+        self._expiry_warned: dict[str, float] = {}
         self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
 
     # -- start and stop ---------------------------------------------------
@@ -243,7 +248,7 @@ class GatewayService(service.MultiService):
             self.clock.callLater(0, refresh)
 
     def check_certificate(self) -> defer.Deferred[None]:
-        """Read the gateway's certificate; set the expiry gauge; warn 30 days ahead."""
+        """Read the gateway's certificate and each peer's CA bundle; set the expiry gauges; warn 30 days ahead."""
         path = self.config.file_path(self.config.tls.certificate, self.environ)
 
         def read() -> certs.CertificateInfo:
@@ -252,19 +257,77 @@ class GatewayService(service.MultiService):
 
         def got(info: certs.CertificateInfo) -> None:
             self._certificate, self._certificate_error = info, None
-            self.metrics.certificate_expiry.labels(role="gateway").set(info.not_after_timestamp)
-            warning = certs.expiry_warning(info, self.clock.seconds())
-            if warning == "expired":
-                events.emit(self.log, events.CERTIFICATE_EXPIRED, role="gateway", not_after=certs.format_utc(info.not_after))
-            elif warning == "expiring":
-                events.emit(self.log, events.CERTIFICATE_EXPIRING, role="gateway",
-                            days=certs.days_left(info, self.clock.seconds()), not_after=certs.format_utc(info.not_after))
+            self._certificate_expiry(certs.GATEWAY_ROLE, info)
 
         def failed(failure: Any) -> None:
             self._certificate, self._certificate_error = None, f"{path}: {failure.getErrorMessage()}"
             events.emit(self.log, events.INTERNAL_ERROR, reason=f"cannot read the gateway certificate {path}: {failure.getErrorMessage()}")
 
-        return self.blocking.run(read).addCallbacks(got, failed)
+        d = self.blocking.run(read).addCallbacks(got, failed)
+        return d.addCallback(lambda _: self.check_ca_certificates())
+
+    def check_ca_certificates(self) -> defer.Deferred[None]:
+        """Each configured peer's CA bundle: gauge ``role="ca:<peer>"`` = its earliest notAfter; warn 30 days ahead.
+
+        Gauges of peers no longer configured are removed, so the labels stay bounded by the configuration.
+        """
+        bundles = {name: self.config.file_path(peer.ca, self.environ) for name, peer in sorted(self.config.peers.items())}
+        self._forget_unconfigured_roles()
+
+        def read() -> dict[str, certs.CertificateInfo | str]:
+            found: dict[str, certs.CertificateInfo | str] = {}
+            for name, path in bundles.items():
+                try:
+                    with open(path, "rb") as f:
+                        found[name] = certs.read_bundle_info(f.read())
+                except (OSError, ValueError) as error:
+                    found[name] = f"{path}: {events.describe_error(error)}"
+            return found
+
+        def got(found: dict[str, certs.CertificateInfo | str]) -> None:
+            for name, info in found.items():
+                if isinstance(info, str):
+                    events.emit(self.log, events.INTERNAL_ERROR, peer=name,
+                                reason=f"cannot read the CA bundle of peer {name}: {info}")
+                else:
+                    self._certificate_expiry(certs.ca_role(name), info)
+
+        return self.blocking.run(read).addCallback(got)
+
+    def peer_certificate_seen(self, peer: str, not_after: datetime.datetime) -> None:
+        """A peer's server certificate passed every TLS check: gauge ``role="peer:<peer>"``; warn 30 days ahead.
+
+        Called from the TLS verify callback of every handshake, so the warning is rate-limited (once a day per role).
+        """
+        if peer not in self.config.peers:
+            return
+        self._certificate_expiry(certs.peer_role(peer), certs.CertificateInfo(f"peer {peer}", not_after))
+
+    def _certificate_expiry(self, role: str, info: certs.CertificateInfo) -> None:
+        self.metrics.certificate_expiry.labels(role=role).set(info.not_after_timestamp)
+        self._expiry_roles.add(role)
+        now = self.clock.seconds()
+        warning = certs.expiry_warning(info, now)
+        if warning is None:
+            self._expiry_warned.pop(role, None)
+            return
+        last = self._expiry_warned.get(role)
+        if last is not None and now - last < EXPIRY_WARNING_REPEAT:
+            return
+        self._expiry_warned[role] = now
+        if warning == "expired":
+            events.emit(self.log, events.CERTIFICATE_EXPIRED, role=role, not_after=certs.format_utc(info.not_after))
+        else:
+            events.emit(self.log, events.CERTIFICATE_EXPIRING, role=role,
+                        days=certs.days_left(info, now), not_after=certs.format_utc(info.not_after))
+
+    def _forget_unconfigured_roles(self) -> None:
+        wanted = {certs.GATEWAY_ROLE} | {role for name in self.config.peers
+                                          for role in (certs.peer_role(name), certs.ca_role(name))}
+        for role in sorted(self._expiry_roles - wanted):
+            self.metrics.certificate_expiry.remove(role)
+            self._expiry_roles.discard(role)
+            self._expiry_warned.pop(role, None)
 
     def _certificate_check(self) -> CheckResult:
         if self._certificate is None:
@@ -330,6 +393,24 @@ class GatewayService(service.MultiService):
         return pending
 
 
+def peer_client(reactor: Any, config: Config, peer: str, blocking: Blocking, *,
+                environ: Mapping[str, str] = os.environ,
+                on_certificate: Callable[[str, datetime.datetime], None] | None = None) -> WebDavClient:
+    """:meth:`WebDavClient.from_config` whose TLS reports each verified server certificate to *on_certificate*."""
+    section = config.peers[peer]
+    ca = config.file_path(section.ca, environ)
+    certificate = config.file_path(config.tls.certificate, environ)
+    key = config.file_path(config.tls.private_key, environ)
+
+    def tls(host: str) -> PeerTLS:
+        return PeerTLS(peer, host, ca, certificate, key, config.tls.min_version, section.pins,
+                       on_certificate=on_certificate)
+
+    return WebDavClient(reactor, peer, [section.url, section.results_url], section.allow, tls, blocking,
+                        connect_timeout=section.connect_timeout, transfer_timeout=section.transfer_timeout,
+                        resolve=None)
+
+
 def _result_relay(gateway: GatewayService, config: Config, ledger: TransferLedger, store: BlobStore,
                   blocking: Blocking, metrics: GatewayMetrics) -> ResultRelay:
     """The one relay of payment results, shared by the pull poller and the push listener."""
@@ -353,7 +434,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                  environ: Mapping[str, str] = os.environ, watchdog_interval: float | None = None,
                  on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?",
                  store: BlobStore | None = None, use_inotify: bool = True,
-                 client_factory: Callable[[Any, Config, str, Blocking], Any] = WebDavClient.from_config,
+                 client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None,
                  ) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
@@ -371,6 +452,11 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     else:
         pool = None
     gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
+    if client_factory is None:
+        # Controls (issue 6): each verified handshake reports the peer's certificate expiry.
+        def client_factory(reactor: Any, config: Config, peer: str, blocking: Blocking) -> Any:
+            return peer_client(reactor, config, peer, blocking, environ=environ,
+                               on_certificate=gateway.peer_certificate_seen)
     gateway.client_factory = client_factory
     gateway._schema = schema
     gateway.pool = pool

@@ -9,7 +9,9 @@ host with ``service_identity``, and optional SHA-256 SPKI pins on the leaf.
 All checks run in the OpenSSL verify callback, so a failed check aborts the
 handshake with an alert: no application byte is sent. The kind of failure
 (``ca``, ``hostname``, ``pin``) is recorded per connection and read back with
-:meth:`PeerTLS.failure_kind`; anything else is ``handshake``.
+:meth:`PeerTLS.failure_kind`; anything else is ``handshake``. A server
+certificate that passed every check is reported to ``on_certificate`` (its
+notAfter feeds ``kei_gateway_certificate_expiry_timestamp_seconds{role="peer:<name>"}``).
 
 Server side (:func:`server_context`): a context for simulators and tests that
 presents a certificate and requires a client certificate chaining to a CA.
@@ -21,6 +23,8 @@ import base64
 import hashlib
 import ipaddress
 import weakref
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -81,8 +85,11 @@ class PeerTLS:
     """
 
     def __init__(self, peer: str, host: str, ca_path: str, certificate_path: str, private_key_path: str,
-                 min_version: str = "1.2", pins: tuple[str, ...] = ()) -> None:
+                 min_version: str = "1.2", pins: tuple[str, ...] = (),
+                 on_certificate: Callable[[str, datetime], None] | None = None) -> None:
         self.peer = peer
+        self.on_certificate = on_certificate
+        """Called with (peer, notAfter) of the server certificate once it passed every check (expiry metrics)."""
         self.host = host
         self.pins = frozenset(pins)
         try:
@@ -135,6 +142,11 @@ class PeerTLS:
             pin = spki_pin(leaf)
             if pin not in self.pins:
                 return self._fail(connection, "pin", f"server key {pin} matches none of the configured pins")
+        if self.on_certificate is not None:
+            try:
+                self.on_certificate(self.peer, leaf.not_valid_after_utc)
+            except Exception:  # a metrics hook must never break a handshake
+                pass
         return True
 
 
