@@ -340,6 +340,135 @@ TRANSFER_HELD_OVERDUE = _event(
     "または kei-gateway transfers cancel ID --reason ... を実行します。",
 )
 
+# -- the daily purge (kei_gateway.purge) ---------------------------------------------------
+PURGE_DONE = _event(
+    "purge.done", "6d3720f17282442cbb49dfed58f9a077", LogLevel.info,
+    "purge erased {files} item(s): store {store}, inbox {inbox}, quarantine {quarantine}, ledger {ledger}; "
+    "{kept_failed} FAILED transfer(s) kept; report {report}",
+    "The daily purge erased the payloads, inbox and quarantine files and ledger metadata past their retention "
+    "and appended the day's deletion report (消去報告).",
+    "日次消去で、保存期間を過ぎた保管データ・受信フォルダと隔離フォルダのファイル・台帳メタデータを消去し、"
+    "当日の消去報告に追記しました。",
+    "None needed. The report under state_dir/reports lists every item; FAILED transfers keep their payload "
+    "until 'kei-gateway transfers retry ID' or 'transfers cancel ID --reason ...'.",
+    "対応は不要です。state_dir/reports の消去報告に各項目が記載されています。送信失敗 (FAILED) の転送は、"
+    "kei-gateway transfers retry ID または transfers cancel ID --reason ... まで保管データを保持します。",
+)
+PURGE_FAILED = _event(
+    "purge.failed", "251e747f40b04bf3a1d4f88511dcc7a7", LogLevel.error,
+    "purge did not finish: {reason}",
+    "The daily purge could not erase everything due (a permission, disk or database problem); what it erased is in "
+    "the report, the rest is tried again in an hour and at the next start.",
+    "日次消去で一部を消去できませんでした（権限・ディスク・データベースの問題）。消去済みの分は消去報告に記載され、"
+    "残りは 1 時間後と次回起動時に再試行されます。",
+    "Read the reason (it names the item and the failing step), fix it, then run 'kei-gateway purge' to finish now.",
+    "理由（対象と失敗した処理が示されます）を確認して修正し、kei-gateway purge を実行して消去を完了してください。",
+)
+PURGE_MISSED = _event(
+    "purge.missed", "0f7495484c0449449bf85a40fd4e1462", LogLevel.warn,
+    "the purge due at {due} did not run (last completed: {last}); running it now",
+    "The daemon was not running (or the purge failed) at gateway.purge_at, so the daily purge runs at start.",
+    "gateway.purge_at の時刻にデーモンが停止していた（または消去が失敗した）ため、起動時に日次消去を実行します。",
+    "None needed; check that the purge.done event follows.",
+    "対応は不要です。続いて purge.done が記録されることを確認してください。",
+)
+
+# -- the audit trail and operators' commands (kei_gateway.audit, docs/audit.md) -------------
+OPERATOR_TRANSFER_APPROVED = _event(
+    "operator.transfer_approved", "ad9fa703aefe4fbea4e5d24d775b6170", LogLevel.info,
+    "transfer {transfer_id} ({flow}, {records} records) approved by {actor}",
+    "An operator released a HELD transfer (bulk data approved by the person in charge) with 'kei-gateway transfers approve'.",
+    "運用者が kei-gateway transfers approve で保留 (HELD) の転送を承認しました（大量データの取扱いについて責任者の承認済み）。",
+    "None needed; the approval is in the audit trail ('kei-gateway audit report').",
+    "対応は不要です。承認は監査証跡に記録されています（kei-gateway audit report）。",
+)
+OPERATOR_TRANSFER_CANCELLED = _event(
+    "operator.transfer_cancelled", "df8e0efa8eca4877827b1b8d0c5d3a55", LogLevel.warn,
+    "transfer {transfer_id} ({flow}) cancelled by {actor}: {reason}",
+    "An operator discarded a transfer with 'kei-gateway transfers cancel'; it is not sent and its stored file is purged like the rest.",
+    "運用者が kei-gateway transfers cancel で転送を取り消しました。送信されず、保管データは通常どおり消去されます。",
+    "None needed if the cancellation was intended; the reason is in the audit trail.",
+    "意図した取消であれば対応は不要です。理由は監査証跡に記録されています。",
+)
+OPERATOR_TRANSFER_RETRIED = _event(
+    "operator.transfer_retried", "86ae1796d8564215aaa248f42caeeaa9", LogLevel.info,
+    "transfer {transfer_id} ({flow}) queued again by {actor}",
+    "An operator sent a FAILED or RETRY_WAIT transfer again with 'kei-gateway transfers retry'.",
+    "運用者が kei-gateway transfers retry で失敗・再送待ちの転送を再送キューに戻しました。",
+    "None needed; watch for transfer.sent or transfer.failed of this transfer.",
+    "対応は不要です。この転送の transfer.sent または transfer.failed を確認してください。",
+)
+OPERATOR_TRANSFER_EXPORTED = _event(
+    "operator.transfer_exported", "dc6281a1ae6a4239a26898cbacc15fa7", LogLevel.warn,
+    "transfer {transfer_id} ({flow}) decrypted to a file by {actor}",
+    "An operator decrypted a stored file with 'kei-gateway transfers export' (e.g. a quarantined file for the tax division): personal data left the encrypted store.",
+    "運用者が kei-gateway transfers export で保管ファイルを復号して書き出しました（例：隔離ファイルを税務課へ渡すため）。個人情報が暗号化保管の外に出ています。",
+    "Make sure the exported file is handed over and deleted as the procedure says.",
+    "書き出したファイルが手順どおり引き渡され、削除されることを確認してください。",
+)
+OPERATOR_KEYS_ROTATED = _event(
+    "operator.keys_rotated", "83520f7082b542ab9b56be02b2d03aeb", LogLevel.info,
+    "store re-encrypted by {actor}: {count} blob(s) re-encrypted, {failed} failed",
+    "An operator ran 'kei-gateway keys rotate': blobs under a previous store key were re-encrypted with the current one.",
+    "運用者が kei-gateway keys rotate を実行し、旧鍵の保管データを現行鍵で再暗号化しました。",
+    "If some failed, follow the command's output; otherwise see docs/operations.md for when keys.store_previous can be emptied.",
+    "失敗があればコマンドの出力に従ってください。なければ keys.store_previous を空にできる時期を docs/operations.md で確認してください。",
+)
+OPERATOR_KEY_GENERATED = _event(
+    "operator.key_generated", "758f9e0409844c8887a74b40b9b671a1", LogLevel.info,
+    "a new 32-byte key file was generated by {actor}",
+    "An operator created a new store or audit key with 'kei-gateway keys generate'.",
+    "運用者が kei-gateway keys generate で新しい保管鍵または監査鍵を作成しました。",
+    "None needed; keep the key file mode 0600 and owned by the service user.",
+    "対応は不要です。鍵ファイルはモード 0600・サービスユーザ所有としてください。",
+)
+OPERATOR_DB_UPGRADED = _event(
+    "operator.db_upgraded", "0350be51f2a74706b7eef9bbc5c84f49", LogLevel.info,
+    "ledger schema migrated by {actor}: {reason}",
+    "An operator ran 'kei-gateway db upgrade' and the ledger schema changed revision.",
+    "運用者が kei-gateway db upgrade を実行し、台帳のスキーマを移行しました。",
+    "None needed.", "対応は不要です。",
+)
+AUDIT_PURGED = _event(
+    "audit.purged", "5140a181aa0e452c93a4b96fd364934a", LogLevel.info,
+    "{count} audit record(s) up to {anchor_sequence} purged; anchor record {sequence} keeps the chain verifiable",
+    "Audit records older than retention.ledger were deleted; an anchor record carrying the MAC of the last deleted one was appended.",
+    "retention.ledger を過ぎた監査記録を削除し、最後に削除した記録の MAC を持つアンカー記録を追加しました。",
+    "None needed; 'kei-gateway audit verify' still verifies the whole remaining chain.",
+    "対応は不要です。kei-gateway audit verify で残りの記録全体を検証できます。",
+)
+AUDIT_WRITE_FAILED = _event(
+    "audit.write_failed", "f7060e574cf64aa0bd01575356555441", LogLevel.error,
+    "audit records could not be written: {reason}; {queued} kept in memory, {dropped} dropped so far",
+    "The daemon could not append audit records to the ledger (database down or locked); it keeps them in memory up to a bound and retries. Records beyond the bound are dropped and counted.",
+    "監査記録を台帳に追記できませんでした（データベース停止・ロック）。上限までメモリに保持して再試行します。上限を超えた分は破棄し、件数を数えています。",
+    "Restore the database (see database.unavailable). If records were dropped, the journal still holds those events: note the period for the auditor.",
+    "データベースを復旧してください（database.unavailable 参照）。破棄があった場合も journald には同じイベントが残っています。監査担当者のため期間を記録してください。",
+)
+AUDIT_CHAIN_VERIFIED = _event(
+    "audit.chain_verified", "f00f5eba2ee34a00b110aea2e0f93223", LogLevel.info,
+    "audit chain verified: OK, {count} records",
+    "The daily verification walked the audit chain: no record was changed, deleted, inserted or reordered.",
+    "日次検証で監査記録の連鎖を確認しました。改ざん・削除・挿入・並べ替えはありません。",
+    "None needed.", "対応は不要です。",
+)
+AUDIT_CHAIN_BROKEN = _event(
+    "audit.chain_broken", "cf321d04aeb047e48d579944d38d3cec", LogLevel.critical,
+    "audit chain verification failed: record {sequence} {kind}: {reason}",
+    "The audit chain does not verify: a record was changed, deleted, inserted or reordered outside the gateway (or the audit key changed).",
+    "監査記録の連鎖が検証できません。ゲートウェイ以外の手段で記録が変更・削除・挿入・並べ替えされたか、監査鍵が変わっています。",
+    "Treat it as a security incident: keep the database as it is (copy it), run 'kei-gateway audit verify', and report to the person in charge of information security.",
+    "セキュリティ事案として扱ってください。データベースをそのまま保全（複製）し、kei-gateway audit verify を実行して、情報セキュリティ責任者へ報告してください。",
+)
+AUDIT_VERIFY_FAILED = _event(
+    "audit.verify_failed", "0449751ffaa94980966d063dc25a4229", LogLevel.error,
+    "the audit chain could not be verified: {reason}",
+    "The daily verification could not read the audit chain (database down, audit key unreadable).",
+    "日次検証で監査記録を読み込めませんでした（データベース停止、監査鍵の読込不可）。",
+    "Fix the reason, then run 'kei-gateway audit verify'.",
+    "原因を解消し、kei-gateway audit verify を実行してください。",
+)
+
 ALL_EVENTS: tuple[EventType, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EventType)
 )

@@ -72,6 +72,24 @@ class GatewayMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
         self.database_up = Gauge("kei_gateway_database_up",
                                  "1 when the ledger database answered its last health check.", registry=registry)
+        # The daily purge (kei_gateway.purge).
+        self.purged_files = Counter(
+            "kei_gateway_purged_files_total",
+            "Items the daily purge erased, by area (store, inbox, quarantine, ledger).", ["area"], registry=registry)
+        self.last_purge = Gauge("kei_gateway_last_purge_timestamp_seconds",
+                                "When the last purge run completed without failure (Unix time).", registry=registry)
+        # The audit trail (kei_gateway.audit): labels are event names, a fixed set.
+        self.audit_events = Counter(
+            "kei_gateway_audit_events_total", "Audit records the daemon appended to the audit chain, by event.",
+            ["event"], registry=registry)
+        self.audit_chain_ok = Gauge(
+            "kei_gateway_audit_chain_ok",
+            "1 when the last verification of the audit chain found it intact; 0 when it found a changed, deleted, "
+            "inserted or reordered record, or could not run.", registry=registry)
+        self.audit_dropped = Counter(
+            "kei_gateway_audit_dropped_events_total",
+            "Audited events the daemon could not keep while the database was unavailable (in journald only).",
+            registry=registry)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

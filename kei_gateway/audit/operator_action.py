@@ -48,12 +48,14 @@ def _int(value: Any) -> int | None:
 def record_from_fields(event: str, actor: str, now: datetime, fields: Mapping[str, Any]) -> AuditRecord:
     """An audit record of *event* from an event's keyword fields; fields it has no column for are left out.
 
-    ``records``, ``files`` or ``count`` become ``count``; only the standard fields and
-    ``listener``/``source`` are kept, so names of files and free text never reach the table
+    ``records``, ``files`` or ``count`` become ``count``; a ``state`` (without a ``reason``)
+    becomes the reason ``state HELD``; only the standard fields and ``listener``/``source`` are kept, so names of files and free text never reach the table
     (``reason`` is kept, cut to 255 characters).
     """
     count = next((_int(fields[name]) for name in _COUNT_FIELDS if _int(fields.get(name)) is not None), None)
     text = {name: (str(fields[name]) if fields.get(name) is not None else None) for name in _TEXT_FIELDS}
+    if text["reason"] is None and fields.get("state") is not None:
+        text["reason"] = f"state {fields['state']}"  # ingest.queued: QUEUED or HELD
     return AuditRecord(time=now, actor=actor, event=event, transfer_id=_int(fields.get("transfer_id")), count=count,
                        flow=text["flow"], peer=text["peer"], listener=text["listener"], source=text["source"],
                        sha256=text["sha256"], reason=text["reason"])

@@ -1,0 +1,235 @@
+"""The audit chain on a real SQLite ledger: tampering is named, purges and concurrent writers keep it valid."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from kei_gateway.audit import AuditLog, AuditRecord, ChainHead, StoredRecord, canonical, mac, verify_chain
+from kei_gateway.audit.chain import GENESIS_MAC, chain
+from kei_gateway.ledger import create_ledger_engine, upgrade
+
+T0 = datetime(2026, 11, 1, 0, 0, tzinfo=timezone.utc)
+KEY = bytes(range(32))
+
+
+def record(i: int, when: datetime | None = None) -> AuditRecord:
+    return AuditRecord(time=when or T0 + timedelta(minutes=i), actor="kei-gateway", event="transfer.sent",
+                       flow="jnks-payments", peer="jnks", transfer_id=i, sha256=f"{i:064x}", count=10 + i)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def log(engine: Engine) -> AuditLog:
+    log = AuditLog(engine, KEY)
+    log.append_batch([record(i) for i in range(1, 11)])
+    return log
+
+
+def sql(engine: Engine, statement: str, **params: object) -> None:
+    with engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+# --- the pure core -------------------------------------------------------------------
+
+def test_when_any_field_differs_then_the_canonical_bytes_and_the_mac_differ() -> None:
+    base = record(1)
+    assert canonical(base) == canonical(AuditRecord(**{**base.__dict__}))
+    for change in ({"count": 12}, {"reason": "x"}, {"time": base.time + timedelta(microseconds=1)}, {"actor": "ope"}):
+        other = AuditRecord(**{**base.__dict__, **change})
+        assert canonical(other) != canonical(base)
+        assert mac(KEY, other, GENESIS_MAC) != mac(KEY, base, GENESIS_MAC)
+    assert mac(KEY, base, GENESIS_MAC) != mac(KEY, base, "1" * 64)
+    assert mac(KEY, base, GENESIS_MAC) != mac(bytes(32), base, GENESIS_MAC)
+
+
+def test_when_a_naive_time_comes_back_from_sqlite_then_it_means_utc_and_the_mac_is_the_same() -> None:
+    naive = AuditRecord(**{**record(1).__dict__, "time": T0.replace(tzinfo=None) + timedelta(minutes=1)})
+    assert canonical(naive) == canonical(record(1))
+
+
+def test_when_a_chain_is_untouched_then_verify_says_ok_with_the_count() -> None:
+    stored = chain(KEY, [record(i) for i in range(1, 6)], ChainHead(0, GENESIS_MAC))
+    report = verify_chain(stored, KEY, ChainHead(5, stored[-1].mac))
+    assert report.ok and report.count == 5 and report.text() == "OK, 5 records"
+
+
+def test_when_verified_under_another_key_then_the_first_record_is_reported_changed() -> None:
+    stored = chain(KEY, [record(i) for i in range(1, 4)], ChainHead(0, GENESIS_MAC))
+    report = verify_chain(stored, bytes(32))
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (1, "changed")
+
+
+# --- tampering with the table ----------------------------------------------------------
+
+def kind_of(log: AuditLog) -> tuple[int, str]:
+    report = log.verify()
+    assert report.problem is not None, report.text()
+    return report.problem.sequence, report.problem.kind
+
+
+def test_when_the_chain_is_untouched_then_the_ledger_verifies_ok(log: AuditLog) -> None:
+    report = log.verify()
+    assert report.ok and report.count == 10
+
+
+def test_when_a_field_of_a_record_is_edited_then_verify_names_it_changed(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit SET count = 9999 WHERE sequence = 4")
+    assert kind_of(log) == (4, "changed")
+
+
+def test_when_a_records_time_is_edited_then_verify_names_it_changed(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit SET time = :t WHERE sequence = 7", t=(T0 - timedelta(days=1)).replace(tzinfo=None))
+    assert kind_of(log) == (7, "changed")
+
+
+def test_when_a_record_is_deleted_then_verify_names_the_missing_sequence(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "DELETE FROM audit WHERE sequence = 5")
+    sequence, kind = kind_of(log)
+    assert (sequence, kind) == (5, "deleted")
+    assert "5" in (log.verify().problem.detail if log.verify().problem else "")  # type: ignore[union-attr]
+
+
+def test_when_a_record_is_deleted_and_the_rest_renumbered_then_verify_says_deleted(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "DELETE FROM audit WHERE sequence = 5")
+    sql(engine, "UPDATE audit SET sequence = sequence + 1000 WHERE sequence > 5")
+    sql(engine, "UPDATE audit SET sequence = sequence - 1001 WHERE sequence > 1000")
+    sql(engine, "UPDATE audit_head SET sequence = 9")
+    assert kind_of(log) == (5, "deleted")
+
+
+def test_when_the_last_records_are_deleted_then_verify_says_the_end_was_deleted(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "DELETE FROM audit WHERE sequence >= 9")
+    assert kind_of(log) == (9, "deleted")
+
+
+def test_when_the_first_records_are_deleted_outside_a_purge_then_verify_says_deleted(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "DELETE FROM audit WHERE sequence <= 3")
+    assert kind_of(log) == (1, "deleted")
+
+
+def _forge(engine: Engine, sequence: int, previous_mac: str, mac_value: str, event: str = "transfer.sent") -> None:
+    sql(engine, "INSERT INTO audit (sequence, time, actor, event, previous_mac, mac) "
+                "VALUES (:s, :t, 'kei-gateway', :e, :p, :m)",
+        s=sequence, t=T0.replace(tzinfo=None), e=event, p=previous_mac, m=mac_value)
+
+
+def test_when_a_forged_record_is_inserted_in_the_middle_then_verify_names_it_inserted(log: AuditLog, engine: Engine) -> None:
+    records = list(log.iter_records())
+    sql(engine, "UPDATE audit SET sequence = sequence + 1000 WHERE sequence >= 6")
+    sql(engine, "UPDATE audit SET sequence = sequence - 999 WHERE sequence > 1000")
+    sql(engine, "UPDATE audit_head SET sequence = 11")
+    _forge(engine, 6, records[4].mac, secrets.token_hex(32))
+    assert kind_of(log) == (6, "inserted")
+
+
+def test_when_a_forged_record_is_appended_at_the_end_then_verify_names_it_inserted(log: AuditLog, engine: Engine) -> None:
+    _forge(engine, 11, log.head().mac, secrets.token_hex(32))
+    assert kind_of(log) == (11, "inserted")
+
+
+def test_when_a_valid_record_is_copied_into_the_chain_then_verify_names_the_copy_inserted(log: AuditLog, engine: Engine) -> None:
+    copy = list(log.iter_records())[2]
+    sql(engine, "UPDATE audit SET sequence = sequence + 1000 WHERE sequence >= 6")
+    sql(engine, "UPDATE audit SET sequence = sequence - 999 WHERE sequence > 1000")
+    sql(engine, "UPDATE audit_head SET sequence = 11")
+    _forge(engine, 6, copy.previous_mac, copy.mac)
+    sql(engine, "UPDATE audit SET count = :c, transfer_id = :i, sha256 = :h, flow = :f, peer = :p, time = :t WHERE sequence = 6",
+        c=copy.record.count, i=copy.record.transfer_id, h=copy.record.sha256, f=copy.record.flow, p=copy.record.peer,
+        t=copy.record.time.replace(tzinfo=None))
+    assert kind_of(log) == (6, "inserted")
+
+
+def test_when_two_records_are_swapped_then_verify_names_the_first_reordered(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit SET sequence = 1000 WHERE sequence = 5")
+    sql(engine, "UPDATE audit SET sequence = 5 WHERE sequence = 6")
+    sql(engine, "UPDATE audit SET sequence = 6 WHERE sequence = 1000")
+    sequence, kind = kind_of(log)
+    assert (sequence, kind) == (5, "reordered")
+
+
+def test_when_the_mac_column_is_edited_then_verify_names_the_record_changed(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit SET mac = :m WHERE sequence = 2", m="f" * 64)
+    assert kind_of(log) == (2, "changed")
+
+
+# --- purging ---------------------------------------------------------------------------
+
+def test_when_old_records_are_purged_then_an_anchor_keeps_the_chain_verifiable(log: AuditLog) -> None:
+    result = log.purge_before(T0 + timedelta(minutes=6), now=T0 + timedelta(days=1))
+    assert result.deleted == 5 and result.anchor is not None
+    assert result.anchor.record.anchor_sequence == 5 and result.anchor.record.event == "audit.purged"
+    records = list(log.iter_records())
+    assert [r.sequence for r in records] == [6, 7, 8, 9, 10, 11]
+    report = log.verify()
+    assert report.ok and report.count == 6
+
+
+def test_when_purged_twice_and_appended_between_then_the_chain_still_verifies(log: AuditLog) -> None:
+    log.purge_before(T0 + timedelta(minutes=3), now=T0 + timedelta(days=1))
+    log.append_batch([record(i, T0 + timedelta(days=2, minutes=i)) for i in range(20, 25)])
+    second = log.purge_before(T0 + timedelta(days=1, hours=1), now=T0 + timedelta(days=3))
+    assert second.deleted == 9  # records 3..10 and the first anchor
+    assert log.verify().ok
+    assert log.purge_before(T0, now=T0 + timedelta(days=3)).deleted == 0
+
+
+def test_when_everything_is_purged_then_the_anchor_alone_verifies(log: AuditLog) -> None:
+    log.purge_before(T0 + timedelta(days=30), now=T0 + timedelta(days=30))
+    report = log.verify()
+    assert report.ok and report.count == 1
+
+
+def test_when_records_after_a_purge_anchor_are_deleted_then_verify_says_deleted(log: AuditLog, engine: Engine) -> None:
+    log.purge_before(T0 + timedelta(minutes=4), now=T0 + timedelta(days=1))
+    sql(engine, "DELETE FROM audit WHERE sequence IN (4, 5)")
+    assert kind_of(log) == (4, "deleted")
+
+
+def test_when_an_anchor_is_edited_to_hide_a_deletion_then_verify_names_the_anchor_changed(log: AuditLog, engine: Engine) -> None:
+    result = log.purge_before(T0 + timedelta(minutes=4), now=T0 + timedelta(days=1))
+    assert result.anchor is not None
+    sql(engine, "UPDATE audit SET anchor_sequence = 5 WHERE sequence = :s", s=result.anchor.sequence)
+    assert kind_of(log) == (result.anchor.sequence, "changed")
+
+
+# --- concurrent writers ------------------------------------------------------------------
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from datetime import datetime, timezone
+    from kei_gateway.audit import AuditLog, AuditRecord
+    from kei_gateway.ledger import create_ledger_engine
+    log = AuditLog(create_ledger_engine(sys.argv[1]), bytes(range(32)))
+    for i in range(200):
+        log.append(AuditRecord(time=datetime.now(timezone.utc), actor=sys.argv[2], event="operator.test", count=i))
+""")
+
+
+def test_when_two_processes_append_200_records_each_then_the_chain_holds_all_400_and_verifies(
+        tmp_path: Path, engine: Engine) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, url, f"writer-{n}"]) for n in (1, 2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0
+    log = AuditLog(engine, KEY)
+    records: list[StoredRecord] = list(log.iter_records())
+    assert [r.sequence for r in records] == list(range(1, 401))
+    assert sorted(r.record.count or 0 for r in records if r.record.actor == "writer-1") == list(range(200))
+    assert sorted(r.record.count or 0 for r in records if r.record.actor == "writer-2") == list(range(200))
+    report = log.verify()
+    assert report.ok and report.count == 400

@@ -1,0 +1,176 @@
+"""The daemon's audit observer: audited events become records, in batches, surviving a database outage."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway import events
+from kei_gateway.audit import AuditLog, AuditRecord, StoredRecord
+from kei_gateway.audit.observer import AUDITED, AuditObserver, audited_event_names, verify_now
+from kei_gateway.ledger import create_ledger_engine, upgrade
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.testing import SynchronousBlocking
+
+KEY = bytes(range(32))
+
+
+class FlakyAuditLog(AuditLog):
+    """A real AuditLog whose database can be 'down'; counts the batches it was given."""
+
+    down = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def append_batch(self, records: Sequence[AuditRecord]) -> list[StoredRecord]:
+        if self.down:
+            from sqlalchemy.exc import OperationalError
+
+            raise OperationalError("INSERT", {}, Exception("unable to open database file"))
+        self.batches.append(len(records))
+        return super().append_batch(records)
+
+
+class AuditObserverTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="audit-observer-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.engine = create_ledger_engine(f"sqlite:///{directory}/ledger.sqlite3")
+        upgrade(self.engine)
+        self.audit_log = FlakyAuditLog(self.engine, KEY)
+        self.clock = Clock()
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry, process=False)
+        self.logged: list[dict[str, Any]] = []
+        self.log = Logger(observer=cast(ILogObserver, self._both))
+        self.observer = AuditObserver(self.clock, max_queue=50, batch_size=10, log=self.log)
+
+    def _both(self, event: Any) -> None:
+        self.logged.append(event)
+        self.observer(event)
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels or None) or 0.0
+
+    def emit_sent(self, n: int) -> None:
+        for i in range(n):
+            events.emit(self.log, events.TRANSFER_SENT, flow="jnks-payments", transfer_id=i, peer="jnks",
+                        remote_name="KEI-DUMMY.dat", size=10, records=3, sha256="a" * 64)
+
+    def test_when_audited_events_are_logged_then_they_are_written_in_batches_of_at_most_batch_size(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.emit_sent(25)
+        self.clock.advance(1)
+        self.assertEqual(self.audit_log.batches, [10, 10, 5])
+        records = list(self.audit_log.iter_records())
+        self.assertEqual([r.record.transfer_id for r in records], list(range(25)))
+        self.assertEqual({(r.record.actor, r.record.event, r.record.count) for r in records},
+                         {("kei-gateway", "transfer.sent", 3)})
+        self.assertNotIn("KEI-DUMMY", repr(records))  # file names are not recorded
+        self.assertEqual(self.sample("kei_gateway_audit_events_total", event="transfer.sent"), 25)
+        self.assertTrue(self.audit_log.verify().ok)
+
+    def test_when_a_message_or_an_undeclared_event_is_logged_then_it_is_not_audited(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        events.emit(self.log, events.MESSAGE, text="hello")
+        self.log.info("plain {x}", x=1)
+        self.clock.advance(1)
+        self.assertEqual(list(self.audit_log.iter_records()), [])
+
+    def test_when_the_database_is_down_then_records_wait_in_memory_and_are_written_in_order_when_it_is_back(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.audit_log.down = True
+        self.emit_sent(5)
+        self.clock.advance(1)
+        failures = [e for e in self.logged if e.get("kei_event") == "audit.write_failed"]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.observer.queued, 6)  # the five, and audit.write_failed itself
+        self.emit_sent(3)
+        self.clock.advance(1)
+        self.assertEqual(len([e for e in self.logged if e.get("kei_event") == "audit.write_failed"]), 1)  # once per minute
+        self.audit_log.down = False
+        self.clock.advance(1)
+        records = list(self.audit_log.iter_records())
+        self.assertEqual([r.record.event for r in records],
+                         ["transfer.sent"] * 5 + ["audit.write_failed"] + ["transfer.sent"] * 3)
+        self.assertEqual(self.observer.queued, 0)
+        self.assertTrue(self.audit_log.verify().ok)
+
+    def test_when_the_outage_outlasts_the_bound_then_the_excess_is_dropped_counted_and_said(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.audit_log.down = True
+        self.emit_sent(70)
+        self.clock.advance(61)
+        self.assertEqual(self.observer.queued, 50)
+        last = [e for e in self.logged if e.get("kei_event") == "audit.write_failed"][-1]
+        self.assertEqual((last["queued"], last["dropped"]), (50, 20))
+        # the notice itself found the queue full: dropped from the audit table, but it is in the journal
+        self.assertEqual(self.observer.dropped, 21)
+        self.assertEqual(self.sample("kei_gateway_audit_dropped_events_total"), 21)
+
+    def test_when_events_come_before_start_then_they_are_written_at_start(self) -> None:
+        self.emit_sent(2)
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.assertEqual(len(list(self.audit_log.iter_records())), 2)
+
+    def test_when_stopped_then_what_is_queued_is_flushed(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.emit_sent(4)
+        self.successResultOf(self.observer.stop())
+        self.assertEqual(len(list(self.audit_log.iter_records())), 4)
+
+    def test_when_stopped_with_the_database_down_then_the_loss_is_logged(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.audit_log.down = True
+        self.emit_sent(4)
+        self.successResultOf(self.observer.stop())
+        last = [e for e in self.logged if e.get("kei_event") == "audit.write_failed"][-1]
+        self.assertIn("stopping", last["reason"])
+
+    def test_when_verify_now_finds_the_chain_intact_then_chain_ok_is_1_and_then_0_after_tampering(self) -> None:
+        self.audit_log.append_batch([AuditRecord(time=events_time(), actor="t", event="operator.test", count=i)
+                                     for i in range(3)])
+        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log))
+        assert report is not None
+        self.assertTrue(report.ok)
+        self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 1)
+        with self.engine.begin() as connection:
+            connection.execute(text("UPDATE audit SET count = 7 WHERE sequence = 2"))
+        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log))
+        assert report is not None and report.problem is not None
+        self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 0)
+        broken = [e for e in self.logged if e.get("kei_event") == "audit.chain_broken"]
+        self.assertEqual((broken[0]["sequence"], broken[0]["kind"]), (2, "changed"))
+
+    def test_when_verify_cannot_read_the_database_then_chain_ok_is_0_and_verify_failed_is_logged(self) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(text("DROP TABLE audit_head"))
+        self.metrics.audit_chain_ok.set(1)
+        self.assertIsNone(self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log)))
+        self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 0)
+        self.assertTrue(any(e.get("kei_event") == "audit.verify_failed" for e in self.logged))
+
+
+def events_time() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def test_when_the_audited_set_is_derived_then_messages_debug_and_the_purge_anchor_are_left_out() -> None:
+    assert "message" not in AUDITED and "audit.purged" not in AUDITED
+    assert {"listener.denied", "ingest.queued", "transfer.failed", "operator.transfer_approved",
+            "audit.write_failed", "config.reloaded"} <= AUDITED
+    debug = events.EventType("x.debug", "0" * 32, LogLevel.debug, "", "", "", "", "")
+    assert "x.debug" not in audited_event_names([debug])
