@@ -134,6 +134,10 @@ class DownloadPoller(service.Service):
             if row.state == S.DONE.value:
                 yield self.client.delete(url)  # relayed before; the DELETE was lost
                 return
+            if row.state == S.RECEIVED.value and row.blob_id:
+                # Stored and valid (a RECEIVED row is only added for a valid file); a crash came before VALIDATED.
+                now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+                row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now)
             if row.state == S.VALIDATED.value and row.blob_id:
                 yield self._relay(row)  # a crash came between commit and relay
                 yield self.client.delete(url)

@@ -1,0 +1,86 @@
+"""DownloadPoller: a file stored and committed before a crash is relayed from the store, not fetched again."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway.flows.downloads import DownloadPoller
+from kei_gateway.layouts import generate_file, get_layout
+from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
+from kei_gateway.transport import RemoteEntry
+from tests.unit.helpers import temporary_directory
+
+RESULTS_URL = "https://127.0.0.1:9/results/"
+NAME = "pay-001.dat.result"
+START = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc).timestamp()
+
+
+class FakeDavClient:
+    """The peer's results directory: one file; records what the poller asked for."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.files = {RESULTS_URL + name: data}
+        self.calls: list[tuple[str, str]] = []
+
+    def propfind(self, dir_url: str) -> defer.Deferred[list[RemoteEntry]]:
+        self.calls.append(("PROPFIND", dir_url))
+        return defer.succeed([RemoteEntry(url[len(dir_url):], len(data), '"e1"', None)
+                              for url, data in self.files.items()])
+
+    def get(self, url: str, sink: Any) -> defer.Deferred[tuple[int, str]]:
+        self.calls.append(("GET", url))
+        waited = sink(self.files[url])
+        d: defer.Deferred[Any] = waited if isinstance(waited, defer.Deferred) else defer.succeed(None)
+        return d.addCallback(lambda _: (len(self.files[url]), ""))
+
+    def delete(self, url: str) -> defer.Deferred[bool]:
+        self.calls.append(("DELETE", url))
+        return defer.succeed(self.files.pop(url, None) is not None)
+
+
+class CommittedBeforeACrashTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.ledger = TransferLedger(engine)
+        self.store = InMemoryBlobStore()
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.data = b"".join(generate_file(get_layout("jnks-receipts"), 3, seed=4, today=dt.date(2026, 11, 21)))
+        self.client = FakeDavClient(NAME, self.data)
+        self.inbox = self.base / "inbox"
+        self.poller = DownloadPoller(
+            flow="jnks-receipts", layout_name="jnks-receipts", peer="jnks", results_url=RESULTS_URL,
+            inbox_dir=str(self.inbox), quarantine_dir=str(self.base / "quarantine"), marker=False,
+            client=self.client, ledger=self.ledger, store=self.store,  # type: ignore[arg-type]
+            blocking=SynchronousBlocking(), clock=self.clock,
+            metrics=GatewayMetrics(CollectorRegistry(), process=False), poll_interval=60.0)
+
+    def test_when_a_download_was_committed_received_but_not_yet_validated_then_it_is_relayed_once_not_fetched_again(
+            self) -> None:
+        info = self.store.write("in-before-crash", [self.data])
+        now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
+        before = self.ledger.add_transfer(
+            flow="jnks-receipts", direction="in", peer="jnks", local_name=NAME, state=S.RECEIVED,
+            size=len(self.data), sha256=info.sha256, record_count=3, blob_id="in-before-crash", now=now,
+            remote_name=NAME, remote_etag='"e1"')
+
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+
+        rows = self.ledger.inbound_for("jnks-receipts", NAME)
+        self.assertEqual([(r.id, r.state) for r in rows], [(before.id, S.DONE.value)])
+        self.assertNotIn("GET", [method for method, _ in self.client.calls])
+        self.assertEqual(self.client.files, {}, "deleted at the peer once relayed")
+        self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
