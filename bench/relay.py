@@ -34,7 +34,7 @@ rates stop rising once the daemon falls behind: under 90 % of R relayed, any ``5
 batch not relayed in time.
 
 Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--seconds S]``
-(about 2 minutes; ``--quick``: 2 s at 100 and 250 results/s, about 15 s).
+(about a minute; ``--quick``: 2 s at 100 and 250 results/s, about 6 s).
 ``KEI_BENCH_PROFILE=DIR`` runs the daemon under cProfile (every thread) and writes
 ``DIR/relay.prof``. Figures go in ``docs/performance.md``.
 """
