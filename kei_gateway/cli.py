@@ -32,6 +32,7 @@ COMMANDS = {
     "demo": "kei_gateway.commands.demo",
     "sim": "kei_gateway.commands.sim",
     "keys": "kei_gateway.commands.keys",
+    "purge": "kei_gateway.commands.purge",
 }
 """Sub-command → the module that registers it. Only the module of the command being run is
 imported, so ``kei-gateway validate`` does not load Twisted, SQLAlchemy and the rest."""

@@ -372,6 +372,13 @@ PURGE_MISSED = _event(
     "None needed; check that the purge.done event follows.",
     "対応は不要です。続いて purge.done が記録されることを確認してください。",
 )
+PURGE_BY_OPERATOR = _event(
+    "operator.purged", "71d6bc6692f6490680cf38515ed051f0", LogLevel.info,
+    "purge run by {actor} with 'kei-gateway purge': {files} item(s) erased; report {report}",
+    "An operator ran the purge by hand ('kei-gateway purge'); what it erased is in the day's deletion report.",
+    "運用者が kei-gateway purge で消去を手動実行しました。消去した項目は当日の消去報告に記載されています。",
+    "None needed.", "対応は不要です。",
+)
 
 # -- the audit trail and operators' commands (kei_gateway.audit, docs/audit.md) -------------
 OPERATOR_TRANSFER_APPROVED = _event(

@@ -531,6 +531,14 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     if isinstance(ledger, TransferLedger):
         HeldWatch(ledger, blocking, reactor).setServiceParent(gateway)
 
+    # The daily purge (issue 6, docs/purge.md): at gateway.purge_at JST, and at start when the last run was
+    # missed. Found by name ("purge"); append to its after_purge list to act after each run (audit verify).
+    if store is not None and isinstance(ledger, TransferLedger):
+        from kei_gateway.purge.service import make_purge_service
+
+        make_purge_service(config=lambda: gateway.config, clock=reactor, engine=ledger.engine, store=store,
+                           blocking=blocking, metrics=metrics, environ=environ).setServiceParent(gateway)
+
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor
     status.setServiceParent(gateway)
