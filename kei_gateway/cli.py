@@ -32,6 +32,7 @@ COMMANDS = {
     "demo": "kei_gateway.commands.demo",
     "sim": "kei_gateway.commands.sim",
     "keys": "kei_gateway.commands.keys",
+    "audit": "kei_gateway.commands.audit",
     "purge": "kei_gateway.commands.purge",
 }
 """Sub-command → the module that registers it. Only the module of the command being run is

@@ -16,11 +16,11 @@ from kei_gateway.audit.chain import (
 from kei_gateway.audit.log import (
     AuditError, AuditKeyError, AuditLog, AuditUnavailable, PurgeResult, audit_key_from_config, load_audit_key,
 )
-from kei_gateway.audit.operator_action import operator_login, record_from_fields, record_operator_action
+from kei_gateway.audit.operator_action import operator_login, record_from_fields, record_operator_action, record_or_warn
 
 __all__ = [
     "AuditRecord", "StoredRecord", "ChainHead", "ChainProblem", "ChainReport", "canonical", "mac", "verify_chain",
     "GENESIS_MAC", "ANCHOR_EVENT",
     "AuditLog", "AuditError", "AuditKeyError", "AuditUnavailable", "PurgeResult", "audit_key_from_config", "load_audit_key",
-    "record_operator_action", "operator_login", "record_from_fields",
+    "record_operator_action", "record_or_warn", "operator_login", "record_from_fields",
 ]

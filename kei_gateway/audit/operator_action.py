@@ -11,7 +11,7 @@ import os
 import pwd
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kei_gateway.audit.chain import AuditRecord, StoredRecord
 from kei_gateway.audit.log import AuditError, AuditLog, AuditUnavailable, audit_key_from_config
@@ -19,7 +19,7 @@ from kei_gateway.audit.log import AuditError, AuditLog, AuditUnavailable, audit_
 if TYPE_CHECKING:
     from kei_gateway.config import Config
 
-__all__ = ["record_operator_action", "operator_login", "record_from_fields"]
+__all__ = ["record_operator_action", "record_or_warn", "operator_login", "record_from_fields"]
 
 _COUNT_FIELDS = ("count", "records", "files")
 _TEXT_FIELDS = ("flow", "peer", "listener", "source", "sha256", "reason")
@@ -62,22 +62,30 @@ def record_from_fields(event: str, actor: str, now: datetime, fields: Mapping[st
 
 
 def _to_journal(event_name: str, actor: str, fields: Mapping[str, Any]) -> None:
-    """The same event to journald, if this host has one and the event is declared."""
+    """The same event as a native journald entry, if this host has journald and the event is declared.
+
+    Not through :class:`~kei_gateway.journal.GatewayLogObserver`: in a terminal it would fall back
+    to printing the line, and a command's output is for the operator, not for the log.
+    """
+    import importlib
+
+    from twisted.logger import ILogObserver, LogEvent, Logger
+
     from kei_gateway import events
+    from kei_gateway.journal import journal_fields
 
     event_type = events.by_name(event_name)
-    if event_type is None:
+    if event_type is None or not os.path.exists("/run/systemd/journal/socket"):
         return
-    if not os.path.exists("/run/systemd/journal/socket"):
+    try:
+        send = importlib.import_module("systemd.journal").send
+    except ImportError:
         return
-    from twisted.logger import Logger
-
-    from kei_gateway.journal import GatewayLogObserver
-
-    observer = GatewayLogObserver(target="journal")
-    if observer.target != "journal":
-        return
-    events.emit(Logger(namespace="kei_gateway.cli", observer=observer), event_type, actor=actor, **fields)
+    captured: list[LogEvent] = []
+    events.emit(Logger(namespace="kei_gateway.cli", observer=cast(ILogObserver, captured.append)), event_type,
+                actor=actor, **fields)
+    entry = journal_fields(captured[0])
+    send(entry.pop("MESSAGE"), **entry)
 
 
 def record_operator_action(config: Config, event_name: str, *, environ: Mapping[str, str] = os.environ,
@@ -112,3 +120,19 @@ def record_operator_action(config: Config, event_name: str, *, environ: Mapping[
         raise AuditError(f"cannot write the audit record: {describe_error(error)}") from None
     finally:
         engine.dispose()
+
+
+def record_or_warn(config: Config, event_name: str, **fields: Any) -> bool:
+    """:func:`record_operator_action`, for a command that has already acted: a failure is said on stderr.
+
+    The command keeps its exit status (what it did is done); the warning tells the operator
+    that the audit trail misses it and what to fix. The event still went to journald.
+    """
+    import sys
+
+    try:
+        record_operator_action(config, event_name, **fields)
+    except AuditError as error:
+        print(f"warning: done, but not recorded in the audit trail: {error}", file=sys.stderr)
+        return False
+    return True

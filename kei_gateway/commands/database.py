@@ -37,4 +37,8 @@ def db_upgrade(args: argparse.Namespace) -> int:
     else:
         print(f"Ledger schema migrated from {before or 'empty'} to {after}.")
     engine.dispose()
+    if before != after:  # a no-op upgrade changes nothing: not an operation to audit
+        from kei_gateway.audit import record_or_warn
+
+        record_or_warn(config, "operator.db_upgraded", reason=f"from {before or 'empty'} to {after}")
     return exitcodes.OK

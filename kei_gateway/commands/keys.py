@@ -105,6 +105,11 @@ def rotate(args: argparse.Namespace) -> int:
         print(f"{directory}: {error.strerror or error}; check the store directory and its permissions, then run "
               f"'kei-gateway keys rotate' again (it continues where it stopped).", file=sys.stderr)
         return exitcodes.FAILED
+    from kei_gateway.audit import record_or_warn
+
+    record_or_warn(config, "operator.keys_rotated", count=counts.reencrypted, failed=len(counts.failed),
+                   reason=f"{counts.reencrypted} re-encrypted, {counts.current} current, {len(counts.failed)} failed; "
+                          f"key id {keyring.current_id}")
     print(f"Store {directory}: {counts.total} blob(s); current key id {keyring.current_id}, "
           f"previous key ids: {', '.join(keyring.previous_ids) or 'none'}.")
     print(f"  re-encrypted now:            {counts.reencrypted}")
@@ -159,4 +164,22 @@ def generate(args: argparse.Namespace) -> int:
         os.close(fd)
     print(f"Wrote a new {KEY_BYTES}-byte key to {target} (mode 0600). Make it owned by the service user, "
           f"or load it with LoadCredential=.")
+    _audit_key_generated(args)
     return exitcodes.OK
+
+
+def _audit_key_generated(args: argparse.Namespace) -> None:
+    """Record ``operator.key_generated`` when there is a configuration and an audit trail to record it in.
+
+    ``keys generate`` also makes the first keys of an installation, before any configuration,
+    ledger or audit key exists: then there is nothing to record in, and nothing is said.
+    """
+    from kei_gateway.audit import AuditError, record_operator_action
+
+    path = config_path_from(args)
+    if not os.path.exists(path):
+        return
+    try:
+        record_operator_action(read_config(path), "operator.key_generated")
+    except (AuditError, ConfigError) as error:
+        print(f"note: the new key is not recorded in the audit trail ({error})", file=sys.stderr)

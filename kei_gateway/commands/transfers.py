@@ -7,7 +7,6 @@ look at the queue). Nothing personal is shown: names of files, counts, hashes, s
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -57,14 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def operator_name(environ: Any = os.environ) -> str:
-    """Who runs the command: ``SUDO_USER`` if set, else the login name of the uid."""
-    sudo = environ.get("SUDO_USER")
-    if sudo:
-        return str(sudo)
-    try:
-        return getpass.getuser()
-    except Exception:
-        return f"uid {os.getuid()}"
+    """Who runs the command: ``SUDO_USER`` if set, else the login name of the uid (the audit trail's actor)."""
+    from kei_gateway.audit import operator_login
+
+    return operator_login(environ)
 
 
 def _ledger(args: argparse.Namespace) -> TransferLedger:
@@ -141,8 +136,15 @@ _ACTIONS = {
 }
 
 
+_AUDIT_EVENTS = {"retry": "operator.transfer_retried", "approve": "operator.transfer_approved",
+                 "cancel": "operator.transfer_cancelled"}
+
+
 def change_transfer(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    from kei_gateway.audit import record_or_warn
+
+    config = read_config(config_path_from(args))
+    ledger = TransferLedger(create_ledger_engine(config.database_url, config.database.busy_timeout))
     target, allowed = _ACTIONS[args.action]
     now = datetime.now(timezone.utc)
     who = operator_name()
@@ -164,6 +166,8 @@ def change_transfer(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
     print(f"transfer {row.id} is now {row.state} (by {who})")
+    record_or_warn(config, _AUDIT_EVENTS[args.action], transfer_id=row.id, flow=row.flow, peer=row.peer,
+                   records=row.record_count, sha256=row.sha256, reason=getattr(args, "reason", None))
     return exitcodes.OK
 
 
@@ -201,4 +205,8 @@ def export_transfer(args: argparse.Namespace) -> int:
         return exitcodes.FAILED
     print(f"wrote {args.output}: {size} bytes of transfer {row.id} ({row.local_name}, {row.state}) "
           f"by {operator_name()}; it holds personal data: delete it when done")
+    from kei_gateway.audit import record_or_warn
+
+    record_or_warn(config, "operator.transfer_exported", transfer_id=row.id, flow=row.flow, peer=row.peer,
+                   records=row.record_count, sha256=row.sha256)
     return exitcodes.OK
