@@ -23,6 +23,8 @@ POINTS = (
     "send.after-move",     # the peer has the final name, the ledger still says SENDING
     "relay.written",       # the receipt is in the inbox, the ledger still says VALIDATED
     "relay.committed",     # relayed and DONE, the DELETE at the peer not sent
+    "download.committed",  # a downloaded file is stored and VALIDATED, not relayed, still at the peer
+    "download.relayed",    # relayed (and DONE), the DELETE at the peer not sent
     "results.staged",      # payment results: the new records are durable as .name.part, nothing recorded
     "results.recorded",    # the results and the relay name are committed, the .part not yet renamed
     "results.published",   # the results file is in the inbox, the transfer still VALIDATED

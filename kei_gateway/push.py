@@ -70,7 +70,7 @@ from kei_gateway.transport.tls import base_context, spki_pin
 __all__ = [
     "make_push_listener", "PushListener", "PushReceiver", "PushTLS", "route_push", "PushTarget", "Refusal",
     "Response", "OnCommitted", "PUSH_FLOWS", "DENIAL_REASONS", "MAX_PUSH_BYTES", "MAX_CONCURRENT_PUSHES",
-    "RETRY_AFTER_SECONDS", "IDLE_TIMEOUT",
+    "RETRY_AFTER_SECONDS", "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT",
 ]
 
 PUSH_FLOWS = ("mpn-results",)
@@ -83,6 +83,9 @@ MAX_PUSH_BYTES = 256 * 1024 * 1024
 MAX_CONCURRENT_PUSHES = 2
 """Bodies received at once; more are answered ``503`` with ``Retry-After`` (each holds store-writer threads)."""
 RETRY_AFTER_SECONDS = 30
+"""``Retry-After`` of a 503 for store or ledger trouble (it takes a person or some minutes to clear)."""
+BUSY_RETRY_AFTER_SECONDS = 2
+"""``Retry-After`` of a 503 ``busy`` (too many pushes at once): it clears as soon as one finishes."""
 IDLE_TIMEOUT = 60.0
 """Seconds a connection may stay silent (handshake, headers or body) before it is closed."""
 
@@ -685,7 +688,8 @@ class _PushRequest(server.Request):
 def _refusal_response(refusal: Refusal) -> Response:
     headers = {"allow": "PUT"} if refusal.status == 405 else {}
     if refusal.status == 503:
-        headers = {"retry-after": str(RETRY_AFTER_SECONDS)}
+        wait = BUSY_RETRY_AFTER_SECONDS if refusal.reason == "busy" else RETRY_AFTER_SECONDS
+        headers = {"retry-after": str(wait)}
     return Response(refusal.status, f"refused: {refusal.detail}\n", headers)
 
 

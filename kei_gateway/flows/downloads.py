@@ -155,7 +155,9 @@ class DownloadPoller(service.Service):
             state=S.RECEIVED, size=downloaded.size, sha256=downloaded.sha256, record_count=report.records,
             blob_id=downloaded.blob_id, now=now, remote_name=entry.name, remote_etag=entry.etag)
         row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now)
+        crashpoint("download.committed")
         yield self._relay(row)
+        crashpoint("download.relayed")
         yield self.client.delete(url)
 
     def _download(self, url: str) -> defer.Deferred[Received]:

@@ -42,14 +42,15 @@ DELIVERY = {
     "push": ("--push-share", "0.4", "--both-share", "0.6", "--repeat-push-share", "0.5"),  # every 速報 pushed
     "pull": (),
 }
-RUNS = [("push.stored", "push"), ("push.committed", "push"),
+RUNS = [("push.stored", "push"), ("push.committed", "push"), ("download.committed", "pull"),
+        ("download.relayed", "pull"),
         *((point, mode) for point in ("results.staged", "results.recorded", "results.published")
           for mode in ("push", "pull"))]
 
 
 def test_every_mpn_crash_point_is_covered() -> None:
     """When a crash point is added on the MPN paths, then this loop must kill the daemon there too."""
-    mpn_points = {p for p in POINTS if p.startswith(("push.", "results."))}
+    mpn_points = {p for p in POINTS if p.startswith(("push.", "results.", "download."))}
     assert mpn_points == {point for point, _ in RUNS}
 
 
