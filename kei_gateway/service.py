@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from kei_gateway import certs, events
+from kei_gateway.audit import AuditLog
+from kei_gateway.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
 from kei_gateway.flows.downloads import DownloadPoller
@@ -150,6 +152,9 @@ class GatewayService(service.MultiService):
         self._expiry_roles: set[str] = set()
         self._expiry_warned: dict[str, float] = {}
         self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
+        self.audit: AuditObserver | None = None
+        self.audit_log: AuditLog | None = None
+        """The audit trail (docs/audit.md): the observer starts writing at start and is flushed last at stop."""
 
     # -- start and stop ---------------------------------------------------
 
@@ -160,6 +165,8 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         if self.pool is not None:
             self.pool.start()
+        if self.audit is not None and self.audit_log is not None:
+            self.audit.start(self.audit_log, self.blocking, self.metrics)
         super().startService()
         # The certificate is read before READY=1, so /readyz and the expiry metric are right from the start.
         checked = self.check_certificate()
@@ -202,7 +209,13 @@ class GatewayService(service.MultiService):
                 self.pool.stop()
             return result
 
-        return stopped.addBoth(stop_pool)
+        def flush_audit(result: Any) -> Any:
+            # After every service has stopped (their last events are queued), before the pool goes.
+            if self.audit is None:
+                return result
+            return self.audit.stop().addBoth(lambda _: result)
+
+        return stopped.addBoth(flush_audit).addBoth(stop_pool)
 
     # -- status and certificates -----------------------------------------
 
@@ -435,6 +448,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                  on_log_level: Callable[[str], None] = lambda level: None, schema: str = "?",
                  store: BlobStore | None = None, use_inotify: bool = True,
                  client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None,
+                 audit: AuditObserver | None = None, audit_log: AuditLog | None = None,
                  ) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
@@ -538,6 +552,24 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
 
         make_purge_service(config=lambda: gateway.config, clock=reactor, engine=ledger.engine, store=store,
                            blocking=blocking, metrics=metrics, environ=environ).setServiceParent(gateway)
+
+    # The audit trail (issue 6, docs/audit.md): *audit* is already on the log publisher (the entry point
+    # installs it); here it gets the ledger and the blocking door. The chain is verified at start and
+    # after each daily purge (kei_gateway_audit_chain_ok); without a purge service, every 24 h.
+    if audit is not None and audit_log is not None:
+        gateway.audit, gateway.audit_log = audit, audit_log
+
+        def verify_audit_chain() -> defer.Deferred[Any]:
+            return verify_now(audit_log, blocking, metrics)
+
+        purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
+        if purge_service is not None:
+            purge_service.after_purge.append(verify_audit_chain)
+            gateway.ready.addCallback(lambda addresses: (verify_audit_chain(), addresses)[1])
+        else:
+            verifier = TimerService(VERIFY_INTERVAL, verify_audit_chain)
+            verifier.clock = reactor
+            verifier.setServiceParent(gateway)
 
     status = TimerService(STATUS_INTERVAL, gateway.update_status)
     status.clock = reactor

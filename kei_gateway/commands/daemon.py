@@ -47,6 +47,24 @@ def run_daemon(args: argparse.Namespace) -> int:
         notifier.notify("STATUS=Configuration invalid: run 'kei-gateway check-config'")
         return exitcodes.USAGE
     observer.level = parse_level(config.gateway.log_level)
+    # The audit trail (docs/audit.md): installed before the first event of the run, so daemon.starting
+    # and the migration are recorded too; it writes once the service has started.
+    from twisted.internet import reactor as _reactor
+    from twisted.logger import globalLogPublisher
+
+    from kei_gateway.audit.observer import AuditObserver
+
+    audit = AuditObserver(_reactor)
+    globalLogPublisher.addObserver(audit)
+    try:
+        return _start(config, path, notifier, observer, audit)
+    finally:
+        globalLogPublisher.removeObserver(audit)
+
+
+def _start(config: Config, path: str, notifier: SystemdNotifier, observer: GatewayLogObserver, audit: Any) -> int:
+    from kei_gateway.audit import AuditError, AuditLog, audit_key_from_config
+
     events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
     notifier.notify("STATUS=Migrating the ledger database")
     try:
@@ -56,6 +74,11 @@ def run_daemon(args: argparse.Namespace) -> int:
         events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: {events.describe_error(error)}")
         return exitcodes.FAILED
     events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=config.database_url_redacted)
+    try:
+        audit_log = AuditLog(engine, audit_key_from_config(config))
+    except AuditError as error:
+        events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: {error}")
+        return exitcodes.USAGE
     try:
         store = open_store(config)
         store.recover()
@@ -69,11 +92,11 @@ def run_daemon(args: argparse.Namespace) -> int:
     requeued = ledger.requeue_sending(datetime.now(timezone.utc))
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
-    return _serve(config, path, ledger, store, notifier, observer, schema)
+    return _serve(config, path, ledger, store, notifier, observer, schema, audit, audit_log)
 
 
 def _serve(config: Config, path: str, ledger: TransferLedger, store: FileBlobStore, notifier: SystemdNotifier,
-           observer: GatewayLogObserver, schema: str) -> int:
+           observer: GatewayLogObserver, schema: str, audit: Any = None, audit_log: Any = None) -> int:
     from twisted.internet import reactor as _reactor
 
     from kei_gateway.service import make_service
@@ -86,7 +109,7 @@ def _serve(config: Config, path: str, ledger: TransferLedger, store: FileBlobSto
 
     gateway = make_service(config, reactor, ledger, notifier=notifier, environ=os.environ,
                            watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=schema,
-                           store=store)
+                           store=store, audit=audit, audit_log=audit_log)
 
     def start_failed(failure: Any) -> None:
         events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")
