@@ -69,7 +69,8 @@ class GatewayMetrics:
             ["age"], registry=registry)
         self.relay_latency = Histogram(
             "kei_gateway_relay_latency_seconds", "From a pushed results file's arrival to its new results durable in the inbox.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry)
         self.database_up = Gauge("kei_gateway_database_up",
                                  "1 when the ledger database answered its last health check.", registry=registry)
         # The daily purge (kei_gateway.purge).

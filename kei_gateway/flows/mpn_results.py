@@ -39,13 +39,13 @@ from twisted.logger import Logger
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
 from kei_gateway.crashpoints import crashpoint
-from kei_gateway.jst import today_in_jst
-from kei_gateway.layouts import ValidationOptions, get_layout, parse_records
+from kei_gateway.layouts import get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.ledger.results import DuplicateResult, ResultLedger
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.results import ResultFacts, ResultKeyer, facts_from_records, fresh_results, unconfirmed_counts
+from kei_gateway.results.identity import raw_fields
 from kei_gateway.spool import MARKER_SUFFIX, SHARED_DIR_MODE, atomic_write, ensure_directory, publish, write_durable
 from kei_gateway.store import BlobStore
 from kei_gateway.transport.names import remote_name
@@ -125,7 +125,7 @@ def _publish_decided(inbox_dir: str, name: str, marker: bool) -> None:
 
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: ResultLedger, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
-                         now: datetime.datetime, today: datetime.date) -> RelayOutcome:
+                         now: datetime.datetime) -> RelayOutcome:
     """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring)."""
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
@@ -139,17 +139,20 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: R
             results.finish_relay(transfer_id, now)
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
-            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now, today)
+            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
         except DuplicateResult:
             continue  # recorded meanwhile by another relay: compute the new ones again
     raise RuntimeError(f"transfer {transfer_id}: its results kept changing while being relayed")
 
 
 def _relay_once(row: TransferRow, results: ResultLedger, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
-                marker: bool, lg_code: str, now: datetime.datetime, today: datetime.date) -> RelayOutcome:
+                marker: bool, lg_code: str, now: datetime.datetime) -> RelayOutcome:
     assert row.blob_id is not None
     layout = get_layout(FLOW)
-    facts = facts_from_records(parse_records(store.read(row.blob_id), layout, ValidationOptions(today=today)), keyer)
+    widths = {item.key: item.width for item in layout.fields}
+    # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
+    facts = facts_from_records(raw_fields(store.read(row.blob_id), layout.offsets, widths, layout.record_length),
+                               keyer)
     candidates: set[str] = set()
     for item in facts:
         candidates |= keyer.identity_candidates(item)
@@ -244,7 +247,7 @@ class ResultRelay(service.Service):
         outcome: RelayOutcome = yield self.blocking.run(
             relay_stored_results, transfer_id=transfer_id, ledger=self.ledger, results=self.results,
             store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
-            now=now, today=today_in_jst(now_seconds))
+            now=now)
         if outcome.already_done:
             return outcome
         if received_at is not None:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, exists, select
+from sqlalchemy import Engine, Select, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -132,11 +132,12 @@ class ResultLedger:
                 rows = self._under_recorded_keys(session, results)
                 if self._any_known_under_previous_keys(session, rows):
                     raise DuplicateResult(transfer_id)
-                session.add_all(PaymentResult(
-                    identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
-                    channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
-                    received_at=_utc(r.received_at), slip_hint=r.slip_hint, transfer_id=transfer_id,
-                    relay_name=relay_name, recorded_at=recorded_at) for r in rows)
+                if rows:  # one executemany, not an ORM object and an INSERT per result (bench/relay.py)
+                    session.execute(insert(PaymentResult), [dict(
+                        identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
+                        channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
+                        received_at=_utc(r.received_at), slip_hint=r.slip_hint, transfer_id=transfer_id,
+                        relay_name=relay_name, recorded_at=recorded_at) for r in rows])
                 transfer.relay_name = relay_name
                 transfer.receipt_summary = summary
                 transfer.updated_at = recorded_at

@@ -18,7 +18,8 @@ from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.ledger.results import ResultLedger
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.results import ResultKeyer
+from kei_gateway.results import ResultKeyer, facts_from_records
+from kei_gateway.results.identity import raw_fields
 from kei_gateway.spool import MARKER_SUFFIX
 from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
@@ -186,6 +187,18 @@ class RelayTests(SynchronousTestCase):
         self.relayed(self.received(old + recent, "r.dat"))
         self.relay.check_unconfirmed()
         self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 1)
+
+
+class RawFieldsTests(SynchronousTestCase):
+    def test_when_identity_fields_are_sliced_raw_then_the_facts_equal_those_of_full_parsing(self) -> None:
+        keyer = ResultKeyer([b"\x07" * 32])
+        data = b"".join(generate_file(LAYOUT, 300, seed=11, today=TODAY))
+        widths = {item.key: item.width for item in LAYOUT.fields}
+        chunks = [data[i:i + 1000] for i in range(0, len(data), 1000)]  # records split across chunks
+        raw = facts_from_records(raw_fields(chunks, LAYOUT.offsets, widths, LAYOUT.record_length), keyer)
+        parsed = facts_from_records(parse_records([data], LAYOUT, ValidationOptions(today=TODAY)), keyer)
+        self.assertEqual(raw, parsed)
+        self.assertEqual(len(raw), 300)
 
 
 class SelectRecordsTests(SynchronousTestCase):
