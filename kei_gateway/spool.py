@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
-           "quarantine_entry", "write_errors_file", "fsync_directory", "atomic_write", "write_durable", "publish", "free_name",
+           "quarantine_entry", "write_errors_file", "fsync_directory", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -87,7 +87,8 @@ def classify(entries: Iterable[Entry], ready: str) -> SpoolDecision:
     return decision
 
 
-def _kind(mode: int) -> EntryKind:
+def entry_kind(mode: int) -> EntryKind:
+    """What a directory entry of *mode* (from ``lstat``) is, as the spool classifies it."""
     if stat.S_ISLNK(mode):
         return "symlink"
     if stat.S_ISDIR(mode):
@@ -106,7 +107,7 @@ def list_entries(directory: str) -> list[Entry]:
                 mode = item.stat(follow_symlinks=False).st_mode
             except FileNotFoundError:
                 continue  # gone between listing and stat
-            entries.append(Entry(item.name, _kind(mode)))
+            entries.append(Entry(item.name, entry_kind(mode)))
     return entries
 
 

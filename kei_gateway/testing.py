@@ -147,43 +147,26 @@ def start_jnks_sim_process(credentials: str, root: str, log_path: str, *extra: s
     more ``sim jnks`` options (``--reject-lines 3,7``). Returns the process and its port once it
     accepts connections; its output goes to *log_path*.
     """
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kei_gateway", "sim", "jnks", "--listen", f"127.0.0.1:{port}", "--root", root,
-             "--cert", os.path.join(credentials, "peer-sim.crt"), "--key", os.path.join(credentials, "peer-sim.key"),
-             "--client-ca", os.path.join(credentials, "ca.pem"), *extra],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                raise SimulatorNotStarted(f"the JNKS simulator did not start (exit code {process.returncode}): "
-                                          f"{f.read()}")
-        time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
+    return _start_sim_process("jnks", "JNKS", credentials, root, log_path, extra, timeout)
 
 
 def start_mpn_sim_process(credentials: str, root: str, log_path: str, *extra: str,
                           timeout: float = 60.0) -> tuple["subprocess.Popen[bytes]", int]:
     """``python -m kei_gateway sim mpn`` on a free loopback port, like :func:`start_jnks_sim_process`.
 
-    It serves ``peer-sim.crt``/``peer-sim.key`` from *credentials* and accepts clients chaining to
-    ``ca.pem``; *extra* are more ``sim mpn`` options (``--confirm-after 5``, ``--report FILE``, and
-    for pushing ``--push-url``, ``--push-cert``, ``--push-key``, ``--push-ca``: the push client
-    certificate must allow client authentication, which ``peer-sim.crt`` does not).
-    Returns the process and its port once it accepts connections; its output goes to *log_path*.
+    *extra* are more ``sim mpn`` options (``--confirm-after 5``, ``--report FILE``, and for
+    pushing ``--push-url``, ``--push-cert``, ``--push-key``, ``--push-ca``; ``peer-sim.crt``
+    also serves as the push client certificate).
     """
+    return _start_sim_process("mpn", "MPN", credentials, root, log_path, extra, timeout)
+
+
+def _start_sim_process(kind: str, title: str, credentials: str, root: str, log_path: str, extra: tuple[str, ...],
+                       timeout: float) -> tuple["subprocess.Popen[bytes]", int]:
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kei_gateway", "sim", "mpn", "--listen", f"127.0.0.1:{port}", "--root", root,
+            [sys.executable, "-m", "kei_gateway", "sim", kind, "--listen", f"127.0.0.1:{port}", "--root", root,
              "--cert", os.path.join(credentials, "peer-sim.crt"), "--key", os.path.join(credentials, "peer-sim.key"),
              "--client-ca", os.path.join(credentials, "ca.pem"), *extra],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -198,7 +181,7 @@ def start_mpn_sim_process(credentials: str, root: str, log_path: str, *extra: st
                 process.kill()
             process.wait()
             with open(log_path, encoding="utf-8", errors="replace") as f:
-                raise SimulatorNotStarted(f"the MPN simulator did not start (exit code {process.returncode}): "
+                raise SimulatorNotStarted(f"the {title} simulator did not start (exit code {process.returncode}): "
                                           f"{f.read()}")
         time.sleep(0.05)  # bounded poll of the port, not a wait for an outcome
 

@@ -37,10 +37,11 @@ from kei_gateway.events import describe_error
 from kei_gateway.ledger.ledger import Ledger, TransferRow
 from kei_gateway.ledger.models import PaymentResult, Transfer
 from kei_gateway.purge.plan import (
-    LEDGER_PRUNABLE_STATES, RESULTS_FLOW, Erasure, EntryKind, Listed, PurgePlan, Retention,
+    LEDGER_PRUNABLE_STATES, RESULTS_FLOW, Erasure, Listed, PurgePlan, Retention,
     plan_purge,
 )
 from kei_gateway.purge.report import ErasedItem, PurgeRun, parse_completed, render_csv, render_text, report_names
+from kei_gateway.spool import entry_kind
 from kei_gateway.store import BlobStore
 
 __all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
@@ -120,16 +121,6 @@ def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 # --- the filesystem ---------------------------------------------------------------------
 
-def _kind(mode: int) -> EntryKind:
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "other"
-
-
 def list_directory(directory: str, *, arrival: str = "mtime") -> list[Listed]:
     """The entries of *directory* (none if it does not exist), never following a link.
 
@@ -149,7 +140,7 @@ def list_directory(directory: str, *, arrival: str = "mtime") -> list[Listed]:
                 continue
             since = st.st_mtime if arrival == "mtime" else max(st.st_mtime, st.st_ctime)
             listed.append(Listed(item.name, st.st_size if stat.S_ISREG(st.st_mode) else 0,
-                                 datetime.datetime.fromtimestamp(since, datetime.timezone.utc), _kind(st.st_mode)))
+                                 datetime.datetime.fromtimestamp(since, datetime.timezone.utc), entry_kind(st.st_mode)))
     return listed
 
 

@@ -45,13 +45,13 @@ from typing import Literal
 
 from kei_gateway.ledger.ledger import TransferRow
 from kei_gateway.ledger.models import TransferState
+from kei_gateway.spool import EntryKind
 
 __all__ = ["Area", "AREAS", "Listed", "Erasure", "PurgePlan", "Retention", "plan_purge", "EntryKind",
            "ERASABLE_STATES", "LEDGER_PRUNABLE_STATES", "REPORT_NAME", "format_duration", "RESULTS_FLOW"]
 
 Area = Literal["store", "inbox", "quarantine", "ledger"]
 AREAS: tuple[Area, ...] = ("store", "inbox", "quarantine", "ledger")
-EntryKind = Literal["file", "symlink", "directory", "other"]
 
 ERASABLE_STATES = (TransferState.DONE.value, TransferState.CANCELLED.value)
 """Transfers whose payload goes after ``retention.payloads``."""

@@ -39,8 +39,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
+
+from kei_gateway.transport.webdav import BytesBody
 
 __all__ = ["PushOutcome", "Pusher", "PushClient", "ClientTLSPolicy", "push_backoff", "retry_after_seconds",
            "RETRY_STATUSES"]
@@ -192,7 +194,7 @@ class PushClient:
 
     async def _attempt(self, url: str, data: bytes) -> tuple[int, float | None]:
         headers = Headers({b"content-type": [b"application/octet-stream"]})
-        d = self._agent.request(b"PUT", url.encode("ascii"), headers, _BytesBody(data))
+        d = self._agent.request(b"PUT", url.encode("ascii"), headers, BytesBody(data))
         d.addTimeout(self.timeout, self._clock)
         response = await d
         drain = _Discard()
@@ -208,24 +210,3 @@ class PushClient:
 def _first(values: Sequence[bytes] | None) -> bytes | None:
     return values[0] if values else None
 
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    """A request body from bytes in memory (a batch file is small), written at once."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass

@@ -46,7 +46,8 @@ from kei_gateway.transport.names import content_digest, part_name
 from kei_gateway.transport.outbound import PeerEndpoint, Resolver, reactor_resolver
 from kei_gateway.transport.tls import PeerTLS
 
-__all__ = ["WebDavClient", "PutResult", "RemoteEntry", "BodySource", "Sink", "TlsFactory", "DEFAULT_IDLE_TIMEOUT"]
+__all__ = ["WebDavClient", "PutResult", "RemoteEntry", "BodySource", "Sink", "TlsFactory", "BytesBody",
+           "DEFAULT_IDLE_TIMEOUT"]
 
 DEFAULT_IDLE_TIMEOUT = 60.0
 """Seconds without a byte sent or received before a connection is aborted."""
@@ -208,7 +209,9 @@ class _PulledBody:
 
 
 @implementer(IBodyProducer)
-class _BytesBody:
+class BytesBody:
+    """A small in-memory request body (an :class:`IBodyProducer`)."""
+
     def __init__(self, data: bytes) -> None:
         self._data = data
         self.length = len(data)
@@ -513,7 +516,7 @@ class WebDavClient:
     async def _propfind(self, dir_url: str) -> list[RemoteEntry]:
         response = await self._request(b"PROPFIND", dir_url, {
             b"depth": b"1", b"content-type": b'application/xml; charset="utf-8"',
-        }, _BytesBody(PROPFIND_BODY))
+        }, BytesBody(PROPFIND_BODY))
         if response.code != 207:
             raise await self._status_error("PROPFIND", dir_url, response)
         chunks: list[bytes] = []
