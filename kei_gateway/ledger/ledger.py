@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -13,10 +14,28 @@ from kei_gateway.blocking import retry_transient
 from kei_gateway.ledger.db import ping as _ping
 from kei_gateway.ledger.models import Transfer, TransferState
 
-__all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES"]
+__all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK"]
 
 OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
 """States of transfers that still need something: shown in the queue gauge and STATUS=."""
+
+
+IN_CHUNK = 500
+"""Values per ``IN (...)`` list: well under SQLite's and PostgreSQL's parameter limits."""
+
+T = TypeVar("T")
+
+
+def in_chunks(items: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """*items* in lists of at most *size*, for ``column.in_(chunk)`` queries."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class Ledger:

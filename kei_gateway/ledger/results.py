@@ -9,9 +9,9 @@ offset) and handed back aware, ``received_at`` in JST.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, Select, exists, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -19,17 +19,15 @@ from sqlalchemy.orm import Session, aliased
 
 from kei_gateway.blocking import retry_transient
 from kei_gateway.jst import JST
-from kei_gateway.ledger.ledger import TransferNotFound
+from kei_gateway.ledger.ledger import IN_CHUNK, TransferNotFound, in_chunks
 from kei_gateway.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts
 from kei_gateway.results.reconcile import StoredResult
 
 __all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK"]
 
-IN_CHUNK = 500
 """Digests per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits."""
 
-T = TypeVar("T")
 
 
 class DuplicateResult(Exception):
@@ -42,17 +40,6 @@ class DuplicateResult(Exception):
         super().__init__(f"a payment result of transfer {transfer_id} was recorded by another relay meanwhile; "
                          "nothing of this relay was written: recompute the new results and record again")
         self.transfer_id = transfer_id
-
-
-def _chunks(items: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _utc(value: datetime) -> datetime:
@@ -87,7 +74,7 @@ class ResultLedger:
         """Those of *keys* (identity keys, under any key: see ``ResultKeyer.identity_candidates``) already recorded."""
         found: set[str] = set()
         with self.engine.connect() as connection:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in in_chunks(sorted(set(keys))):
                 query = select(PaymentResult.identity_key).where(PaymentResult.identity_key.in_(chunk))
                 found.update(connection.execute(query).scalars())
         return found
@@ -154,7 +141,7 @@ class ResultLedger:
         if not previous:
             return list(results)
         found: set[str] = set()
-        for chunk in _chunks(sorted(previous | {r.match_key for r in results})):
+        for chunk in in_chunks(sorted(previous | {r.match_key for r in results})):
             found.update(session.scalars(select(PaymentResult.match_key).where(
                 PaymentResult.match_key.in_(chunk)).distinct()))
         chosen = []
@@ -169,7 +156,7 @@ class ResultLedger:
     def _any_known_under_previous_keys(session: Session, results: Sequence[ResultFacts]) -> bool:
         """The unique constraint catches a result recorded under the same key; this, under another one."""
         others = {d.identity_key for r in results for d in r.variants} - {r.identity_key for r in results}
-        for chunk in _chunks(sorted(others)):
+        for chunk in in_chunks(sorted(others)):
             if session.scalars(select(PaymentResult.id).where(PaymentResult.identity_key.in_(chunk)).limit(1)).first():
                 return True
         return False

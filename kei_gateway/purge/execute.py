@@ -25,7 +25,7 @@ import fcntl
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, or_, select, update
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from kei_gateway.blocking import retry_transient
 from kei_gateway.config import INBOUND_FLOWS, Config
 from kei_gateway.events import describe_error
-from kei_gateway.ledger.ledger import Ledger, TransferRow
+from kei_gateway.ledger.ledger import TransferLedger, TransferRow, in_chunks
 from kei_gateway.ledger.models import PaymentResult, Transfer
 from kei_gateway.purge.plan import (
     LEDGER_PRUNABLE_STATES, RESULTS_FLOW, Erasure, Listed, PurgePlan, Retention,
@@ -59,7 +59,7 @@ def reports_directory(config: Config) -> str:
     return os.path.join(config.gateway.state_dir, "reports")
 
 
-class PurgeLedger(Ledger):
+class PurgeLedger(TransferLedger):
     """The ledger queries of the purge. Every method blocks."""
 
     @retry_transient
@@ -72,16 +72,11 @@ class PurgeLedger(Ledger):
             if not names:
                 continue
             column = Transfer.relay_name if flow == RESULTS_FLOW else Transfer.local_name
-            for chunk in _chunks(sorted(names), _BATCH):
+            for chunk in in_chunks(sorted(names), _BATCH):
                 conditions.append((Transfer.flow == flow) & (Transfer.direction == "in") & column.in_(chunk))
         query = select(Transfer).where(or_(*conditions)).order_by(Transfer.id)
         with Session(self.engine) as session:
             return [TransferRow.of(t) for t in session.scalars(query)]
-
-    @retry_transient
-    def referenced_blobs(self) -> set[str]:
-        with Session(self.engine) as session:
-            return {b for b in session.scalars(select(Transfer.blob_id).where(Transfer.blob_id.is_not(None))) if b}
 
     @retry_transient
     def forget_blob(self, transfer_id: int, blob_id: str, states: Sequence[str]) -> bool:
@@ -112,11 +107,6 @@ class PurgeLedger(Ledger):
             session.execute(delete(PaymentResult).where(PaymentResult.transfer_id.in_(still)))
             session.execute(delete(Transfer).where(Transfer.id.in_(still)))
             return sorted(still), int(results)
-
-
-def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
 
 
 # --- the filesystem ---------------------------------------------------------------------
