@@ -24,7 +24,7 @@ DENIALS = ("listener.denied", "peer.denied", "push.refused", "peer.identity_fail
 FAILURES = ("transfer.failed", "transfer.retry", "ingest.failed", "push.failed")
 QUARANTINES = ("ingest.quarantined", "download.quarantined", "push.quarantined")
 HOLDS = ("operator.transfer_approved", "operator.transfer_cancelled", "transfer.held_overdue")
-PURGES = ("purge.done", "purge.failed", "purge.missed", ANCHOR_EVENT)
+PURGES = ("purge.done", "purge.failed", "purge.missed", "operator.purged", ANCHOR_EVENT)
 SECTIONS = (
     ("denials", "接続拒否 (denied connections)"),
     ("failures", "送信失敗・再試行 (failed and retried transfers)"),
