@@ -29,11 +29,11 @@ FILES = 3
 RUNS = 2
 
 
-@pytest.mark.parametrize("run", range(RUNS))
 JNKS_POINTS = [p for p in POINTS if p.startswith(("ingest.", "send.", "relay."))]
 """The points on the JNKS paths (the MPN ones are killed in test_mpn_crash_safety.py)."""
 
 
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("point", JNKS_POINTS)
 def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exactly_once(
         tmp_path: Path, point: str, run: int) -> None:
