@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 __all__ = [
@@ -222,7 +222,7 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
                                else f"{previous.sequence + 1}..{record.sequence - 1}")
                     return ChainReport(count, ChainProblem(previous.sequence + 1, "deleted",
                                                            f"record(s) {missing} are missing between {previous.sequence} and {record.sequence}"))
-                later = _find_later(items, following, record.previous_mac)
+                later = _find_later(items, record.previous_mac)
                 if later is not None:
                     return ChainReport(count, ChainProblem(record.sequence, "reordered",
                                                            f"it is out of order: it belongs after record {later}"))
@@ -258,14 +258,10 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
     return ChainReport(count)
 
 
-def _find_later(items: _Peekable, following: StoredRecord | None, wanted: str) -> int | None:
+def _find_later(items: _Peekable, wanted: str) -> int | None:
     """The sequence of a record still to come whose MAC is *wanted* (consumes the rest)."""
     for candidate in items:
         if candidate.mac == wanted:
             return candidate.sequence
     return None
 
-
-def with_time(record: AuditRecord, when: datetime) -> AuditRecord:
-    """*record* at another time (tests, and the observer stamping queued events)."""
-    return replace(record, time=utc(when))

@@ -99,9 +99,10 @@ def test_when_a_records_time_is_edited_then_verify_names_it_changed(log: AuditLo
 
 def test_when_a_record_is_deleted_then_verify_names_the_missing_sequence(log: AuditLog, engine: Engine) -> None:
     sql(engine, "DELETE FROM audit WHERE sequence = 5")
-    sequence, kind = kind_of(log)
-    assert (sequence, kind) == (5, "deleted")
-    assert "5" in (log.verify().problem.detail if log.verify().problem else "")  # type: ignore[union-attr]
+    report = log.verify()
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (5, "deleted")
+    assert "record(s) 5 are missing between 4 and 6" in report.problem.detail
+    assert report.count == 4
 
 
 def test_when_a_record_is_deleted_and_the_rest_renumbered_then_verify_says_deleted(log: AuditLog, engine: Engine) -> None:
