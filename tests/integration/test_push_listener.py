@@ -36,7 +36,7 @@ from kei_gateway.store import FileBlobStore, StoreKeyring
 from kei_gateway.testing import demo_config_text, free_port
 from kei_gateway.transport.tls import spki_pin
 from tests.integration.conftest import poll_until
-from tests.integration.reactor_thread import ReactorThread, reactor_thread  # noqa: F401 (fixture)
+from tests.integration.reactor_thread import ReactorThread
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -96,7 +96,7 @@ def write_pem(path: Path, issued: pki.Issued) -> None:
 
 
 @pytest.fixture
-def push(reactor_thread: ReactorThread, tmp_path: Path) -> Iterator[PushSetup]:  # noqa: F811
+def push(reactor_thread: ReactorThread, tmp_path: Path) -> Iterator[PushSetup]:
     gateway_ca = pki.make_ca("push test gateway CA")
     (tmp_path / "gateway-ca.pem").write_bytes(gateway_ca.certificate_pem())
     credentials = tmp_path / "credentials"

@@ -28,7 +28,7 @@ from kei_gateway.transport import (
     spki_pin,
 )
 from tests.integration.nginx import NginxDav, NginxTLS, nginx_dav  # noqa: F401 (fixture)
-from tests.integration.reactor_thread import ReactorThread, reactor_thread  # noqa: F401 (fixture)
+from tests.integration.reactor_thread import ReactorThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
