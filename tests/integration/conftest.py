@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from tests.integration.reactor_thread import reactor_thread  # noqa: F401 (the one session fixture: one reactor)
 
 JOURNALD_BINARY = Path("/lib/systemd/systemd-journald")
