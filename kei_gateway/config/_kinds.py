@@ -259,8 +259,8 @@ class DatabaseUrl(Kind):
             return str(raw)
         if re.match(r"postgresql(\+\w+)?://", raw):
             return str(raw)
-        raise ValueError(f"unsupported database URL: use \"sqlite:////var/lib/kei-gateway/ledger.sqlite3\" "
-                         f"or \"postgresql+psycopg://user@host/dbname\"")
+        raise ValueError("unsupported database URL: use \"sqlite:////var/lib/kei-gateway/ledger.sqlite3\" "
+                         "or \"postgresql+psycopg://user@host/dbname\"")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ for one more scan afterwards, so nothing is missed and nothing runs twice at onc
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from typing import Any
 
