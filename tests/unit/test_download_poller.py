@@ -84,3 +84,47 @@ class CommittedBeforeACrashTests(SynchronousTestCase):
         self.assertNotIn("GET", [method for method, _ in self.client.calls])
         self.assertEqual(self.client.files, {}, "deleted at the peer once relayed")
         self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
+
+
+class InvalidPaymentResultsTests(SynchronousTestCase):
+    """When a pulled mpn-results file is invalid, then it is quarantined, alerted, counted, left and not fetched again."""
+
+    def test_when_a_pulled_results_file_is_invalid_then_it_is_quarantined_once_and_left_at_the_peer(self) -> None:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        base = Path(temporary_directory(self))
+        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        ledger = TransferLedger(engine)
+        clock = task.Clock()
+        clock.advance(START)
+        data = b"".join(generate_file(get_layout("mpn-results"), 10, seed=5, today=dt.date(2026, 11, 21),
+                                      invalid_rate=0.5))
+        client = FakeDavClient("r-001.dat", data)
+        registry = CollectorRegistry()
+        relayed: list[Any] = []
+        poller = DownloadPoller(
+            flow="mpn-results", layout_name="mpn-results", peer="mpn", results_url=RESULTS_URL,
+            inbox_dir=str(base / "inbox"), quarantine_dir=str(base / "quarantine"), marker=False,
+            client=client, ledger=ledger, store=InMemoryBlobStore(),  # type: ignore[arg-type]
+            blocking=SynchronousBlocking(), clock=clock, metrics=GatewayMetrics(registry, process=False),
+            poll_interval=60.0, relay=relayed.append)
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+
+        poller.startService()
+        self.addCleanup(poller.stopService)
+        clock.advance(60.0)  # a second poll sees the same file: not fetched again
+
+        [row] = ledger.inbound_for("mpn-results", "r-001.dat")
+        self.assertEqual(row.state, S.QUARANTINED.value)
+        self.assertEqual(relayed, [])
+        self.assertEqual([method for method, _ in client.calls].count("GET"), 1)
+        self.assertNotIn("DELETE", [method for method, _ in client.calls])
+        self.assertTrue((base / "quarantine" / "r-001.dat.errors.txt").exists())
+        alerts = [e for e in logged if e.get("kei_event") == "download.quarantined"]
+        self.assertEqual([e["log_level"] for e in alerts], [LogLevel.critical])
+        self.assertEqual(registry.get_sample_value("kei_gateway_payment_results_total",
+                                                   {"kind": "unknown", "outcome": "rejected"}), 10)
