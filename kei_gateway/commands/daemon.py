@@ -86,9 +86,9 @@ def _start(config: Config, path: str, notifier: SystemdNotifier, observer: Gatew
         events.emit(log, events.DAEMON_FAILED, reason=f"encrypted store: {error}")
         return exitcodes.USAGE if isinstance(error, StoreError) else exitcodes.FAILED
     ledger = TransferLedger(engine)
-    orphans = set(store.list_ids()) - ledger.referenced_blobs()
-    for blob_id in orphans:  # written by an ingest that crashed before its ledger commit
-        store.delete(blob_id)
+    # Blobs no transfer refers to (a crash between the store write and the ledger commit) are left to the
+    # daily purge: it erases them past retention.payloads and lists them in the deletion report. Deleting
+    # them here would erase unreported, and erase the whole store if database.url named a new, empty ledger.
     requeued = ledger.requeue_sending(datetime.now(timezone.utc))
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")

@@ -6,8 +6,8 @@ the 消去報告. The order makes every crash harmless:
 
 * a payload: the ledger forgets the blob first (``blob_id`` NULL, only while the
   transfer is still in the state the plan saw), then the blob is deleted; a crash in
-  between leaves an unreferenced blob, which the next purge (or the next start)
-  removes;
+  between leaves an unreferenced blob, which a later purge removes (past
+  ``retention.payloads`` since it was written, listed in the report);
 * a plaintext file: renamed out of sight, overwritten with zeros, fsynced, unlinked,
   its directory fsynced (:func:`secure_unlink`); its SHA-256 is taken before the
   overwrite, for the report;
