@@ -35,6 +35,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kei_gateway import events
 from kei_gateway.blocking import Blocking
@@ -57,7 +58,7 @@ FLOW = "mpn-results"
 KIND_LABELS = {1: "provisional", 2: "final", 3: "cancellation"}
 """``kind`` label of ``kei_gateway_payment_results_total`` for 収納区分 1 速報, 2 確報, 3 速報取消."""
 UNCONFIRMED_CHECK_INTERVAL = 300.0
-"""Seconds between refreshes of ``kei_gateway_unconfirmed_results``."""
+"""Seconds between refreshes of ``kei_gateway_unconfirmed_results`` and retries of failed relays."""
 UNCONFIRMED_WINDOW = datetime.timedelta(days=35)
 """Only 速報 this recent count in the gauge: one nobody will ever confirm stops alerting after a month
 (``results reconcile`` still lists it for its day)."""
@@ -200,7 +201,7 @@ class ResultRelay(service.Service):
         self.unconfirmed_after = unconfirmed_after
         self._lock = defer.DeferredLock()
         self._overdue = 0
-        self._check = task.LoopingCall(self.check_unconfirmed)
+        self._check = task.LoopingCall(self._periodic)
         self._check.clock = clock
         self._check_interval = check_interval
         self._recovering: defer.Deferred[Any] | None = None
@@ -212,8 +213,23 @@ class ResultRelay(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._recovering = self.relay_pending()
-        self._check.start(self._check_interval, now=True)
+        self._check.start(self._check_interval, now=True)  # relays what is pending at once (see _periodic)
+
+    def _periodic(self) -> defer.Deferred[None]:
+        """Every check interval (and at start): relay the files still pending, refresh the unconfirmed gauge.
+
+        Relaying pending files again is what retries a relay that failed (inbox not
+        writable, database locked past its retries): nothing else would, since the push
+        listener and the poller hand a file over once, and a repeated push is a ``204``.
+        """
+        if self._recovering is None or self._recovering.called:
+            def unlisted(failure: Failure) -> None:
+                events.emit(log, events.INTERNAL_ERROR, flow=FLOW,
+                            reason=f"listing the results files to relay: {failure.getErrorMessage()}")
+
+            self._recovering = self.relay_pending()
+            self._recovering.addErrback(unlisted)
+        return self.check_unconfirmed()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -223,12 +239,15 @@ class ResultRelay(service.Service):
         return self._lock.run(lambda: defer.succeed(None))
 
     def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[RelayOutcome]:
-        """Relay the committed results file *row*; *received_at* (clock seconds) times a push."""
+        """Relay the committed results file *row*; *received_at* (clock seconds) times a push.
+
+        When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
+        """
         return self._lock.run(self._relay, row.id, received_at)
 
     @defer.inlineCallbacks
     def relay_pending(self) -> Any:
-        """Relay every received file still VALIDATED (at start: a stop or crash came between)."""
+        """Relay every received file still VALIDATED (a stop, crash or failed relay came between)."""
         pending: list[TransferRow] = yield self.blocking.run(
             self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000)
         for row in sorted(pending, key=lambda r: r.id):

@@ -12,7 +12,9 @@ from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.flows.mpn_results import RelayOutcome, ResultRelay, select_records, staged_name
+from kei_gateway.flows.mpn_results import (
+    UNCONFIRMED_CHECK_INTERVAL, RelayOutcome, ResultRelay, select_records, staged_name,
+)
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
 from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
 from kei_gateway.ledger.models import TransferState as S
@@ -160,6 +162,22 @@ class RelayTests(SynchronousTestCase):
         self.addCleanup(self.relay.stopService)
         self.assertEqual([self.ledger.get(r.id).state for r in rows], [S.DONE.value, S.DONE.value])
         self.assertEqual(len(self.inbox_files()), 2)
+
+    def test_when_a_relay_fails_then_it_is_tried_again_at_the_next_check_without_a_restart(self) -> None:
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.inbox.parent.mkdir(parents=True)
+        self.inbox.write_bytes(b"")  # a file where the inbox directory should be: the relay cannot write
+        row = self.received(RECORDS[:2], "a.dat")
+        self.failureResultOf(self.relay.relay(row))  # what the push listener's hook sees (it only logs it)
+        self.assertEqual(self.ledger.get(row.id).state, S.VALIDATED.value)
+        self.inbox.unlink()
+        self.clock.advance(UNCONFIRMED_CHECK_INTERVAL)
+        self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
+        self.assertEqual(list(self.inbox_files().values()), [data_of(RECORDS[:2])])
+        self.clock.advance(UNCONFIRMED_CHECK_INTERVAL)  # done once: nothing is relayed again
+        self.assertEqual(len(self.inbox_files()), 1)
+        self.assertEqual(self.counted("provisional", "relayed"), [r["result_kind"] for r in RECORDS[:2]].count("1"))
 
     def test_when_a_done_transfer_is_relayed_again_then_nothing_happens(self) -> None:
         row = self.received(RECORDS[:2], "a.dat")
