@@ -161,7 +161,13 @@ def change_transfer(args: argparse.Namespace) -> int:
             fields["last_error"] = f"cancelled by {who}: {args.reason}"
         elif args.action == "retry":
             fields.update(next_attempt_at=None, attempts=0)
-        row = ledger.transition(row.id, target, now, **fields)
+        changed = _transition_from(ledger, row.id, allowed, target, now, fields)
+        if changed is None:
+            now_state = ledger.get(row.id).state
+            print(f"transfer {row.id} became {now_state} meanwhile (the daemon moved it); '{args.action}' applies to "
+                  f"{', '.join(allowed)} transfers only: nothing was changed", file=sys.stderr)
+            return exitcodes.FAILED
+        row = changed
     except (TransferNotFound, InvalidTransition) as error:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
@@ -169,6 +175,29 @@ def change_transfer(args: argparse.Namespace) -> int:
     record_or_warn(config, _AUDIT_EVENTS[args.action], transfer_id=row.id, flow=row.flow, peer=row.peer,
                    records=row.record_count, sha256=row.sha256, reason=getattr(args, "reason", None))
     return exitcodes.OK
+
+
+def _transition_from(ledger: TransferLedger, transfer_id: int, allowed: tuple[str, ...], target: TransferState,
+                     now: datetime, fields: dict[str, Any]) -> TransferRow | None:
+    """Move the transfer to *target* only if it is still in one of *allowed*, in one statement; None if it is not.
+
+    The state read before is stale: the daemon may have moved the transfer since (a
+    RETRY_WAIT one to SENDING, and SENDING -> QUEUED is a legal move, so a plain
+    transition would queue a transfer that is being sent).
+    """
+    from sqlalchemy import update
+
+    from kei_gateway.flows.states import check_transition
+    from kei_gateway.ledger.models import Transfer
+
+    for state in allowed:
+        check_transition(state, target)
+    with ledger.engine.begin() as connection:
+        result = connection.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.state.in_(allowed))
+                                    .values(state=target.value, updated_at=now, **fields))
+    if result.rowcount != 1:
+        return None
+    return ledger.get(transfer_id)
 
 
 def export_transfer(args: argparse.Namespace) -> int:

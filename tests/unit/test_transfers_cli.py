@@ -113,3 +113,16 @@ def test_when_a_stored_file_is_exported_then_it_comes_back_decrypted_0600_and_ne
     assert "delete it when done" in capsys.readouterr().out
     assert run(config_path, "transfers", "export", str(transfer), "--output", str(target)) == exitcodes.FAILED
     assert "nothing is overwritten" in capsys.readouterr().err
+
+
+def test_when_the_daemon_starts_sending_a_transfer_being_retried_then_the_retry_changes_nothing(
+        setup: tuple[Path, TransferLedger], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config, ledger = setup
+    waiting = add(ledger, S.RETRY_WAIT)
+    seen = ledger.get(waiting)  # what the command reads ...
+    ledger.transition(waiting, S.SENDING, NOW)  # ... before the daemon takes the transfer to send it
+    monkeypatch.setattr(TransferLedger, "get", lambda self, transfer_id: seen if transfer_id == waiting else None)
+    assert run(config, "transfers", "retry", str(waiting)) == exitcodes.FAILED
+    assert "nothing was changed" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert ledger.get(waiting).state == "SENDING"
