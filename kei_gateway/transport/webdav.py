@@ -123,7 +123,8 @@ class _PulledBody:
         self._paused: defer.Deferred[None] | None = None
         self._stopped = False
         self.verified: defer.Deferred[bool] = defer.Deferred()
-        """Fires True once every byte was read, counted and hashed and matched; errbacks on a source error."""
+        """Fires True once every byte was read, counted and hashed and matched; False when the consumer
+        stopped the body first (the connection went away); errbacks on a source error."""
 
     def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
         done: defer.Deferred[None] = defer.Deferred()
@@ -205,6 +206,8 @@ class _PulledBody:
 
     def stopProducing(self) -> None:
         self._stopped = True
+        if not self.verified.called:
+            self.verified.callback(False)  # never left unfired: the PUT waits on it before any MOVE
         self.resumeProducing()
 
 
@@ -490,7 +493,8 @@ class WebDavClient:
             raise await self._status_error("PUT", part_url, response)
         await self._discard(response)
         if not await producer.verified:  # the peer answered before reading it all: never MOVE then
-            raise BodySourceError(self.peer, "the peer answered before the whole body was sent")
+            # The blob is fine (that would have errbacked): the peer or the connection cut the body short.
+            raise TransientError(self.peer, "connection_lost", "the peer answered before the whole body was sent")
         crashpoint("send.before-move")
         response = await self._request(b"MOVE", part_url, {
             b"destination": final_url.encode("ascii"), b"overwrite": b"F",

@@ -265,6 +265,20 @@ class PulledBodyTests(SynchronousTestCase):
         self.assertNoResult(d)  # IBodyProducer: never fires after stopProducing
         self.assertEqual(closed, ["closed"])
 
+    def test_when_stopped_before_the_end_then_verified_says_false_instead_of_never_firing(self) -> None:
+        """The PUT awaits ``verified`` before its MOVE: unfired, it would hang until the transfer timeout."""
+        producer = self.body(lambda: [b"ab", b"cd"], b"abcd")
+        producer.pauseProducing()
+        producer.startProducing(Consumer())  # type: ignore[arg-type]
+        producer.stopProducing()
+        self.assertIs(self.successResultOf(producer.verified), False)
+
+    def test_when_stopped_after_the_whole_body_then_verified_stays_true(self) -> None:
+        producer = self.body(lambda: [b"ab", b"cd"], b"abcd")
+        self.successResultOf(producer.startProducing(Consumer()))  # type: ignore[arg-type]
+        producer.stopProducing()
+        self.assertIs(self.successResultOf(producer.verified), True)
+
 
 class FromConfigTests(SynchronousTestCase):
     def test_when_built_from_config_then_the_peer_files_timeouts_and_allow_are_used(self) -> None:
