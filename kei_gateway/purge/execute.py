@@ -38,7 +38,7 @@ from kei_gateway.ledger.ledger import TransferLedger, TransferRow, in_chunks
 from kei_gateway.ledger.models import PaymentResult, Transfer
 from kei_gateway.purge.plan import (
     LEDGER_PRUNABLE_STATES, RESULTS_FLOW, Erasure, Listed, PurgePlan, Retention,
-    plan_purge,
+    plan_purge, unhidden,
 )
 from kei_gateway.purge.report import ErasedItem, PurgeRun, parse_completed, render_csv, render_text, report_names
 from kei_gateway.spool import entry_kind
@@ -250,7 +250,7 @@ def plan_from_config(config: Config, ledger: PurgeLedger, store: BlobStore | Non
         if entry.kind == "directory":
             path = os.path.join(quarantine_root, entry.name)
             quarantine[entry.name] = (path, f"quarantine/{entry.name}", list_directory(path, arrival="changed"))
-    names = {flow: {e.name.removesuffix(".end") for e in entries} for flow, (_, _, entries) in inbox.items()}
+    names = {flow: {unhidden(e.name).removesuffix(".end") for e in entries} for flow, (_, _, entries) in inbox.items()}
     cutoff = now - datetime.timedelta(seconds=retention.ledger)
     rows = ledger.candidates(cutoff, names)
     blobs: list[Listed] = []

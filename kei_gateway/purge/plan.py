@@ -21,8 +21,9 @@ retention when ``now - since >= retention``:
 * **inbox** — a file in a flow's inbox past ``retention.inbox`` (its mtime: when
   the gateway relayed it) *whose name the gateway relayed in that flow*: the
   ``local_name`` of a ``DONE`` inbound transfer, or for ``mpn-results`` its
-  ``relay_name``; with its ``name.end`` marker. Nothing else in an inbox is ever
-  touched.
+  ``relay_name``; with its ``name.end`` marker; also such a file left as
+  ``.purge-<pid>-<name>`` by a purge killed in :func:`secure_unlink`. Nothing else in
+  an inbox is ever touched.
 * **quarantine** — every entry of ``quarantine/<flow>/`` (the gateway's own
   directory: errors files and refused entries it moved there) past
   ``retention.quarantine``; an entry and its ``name.errors.txt`` go together, timed
@@ -48,7 +49,7 @@ from kei_gateway.ledger.models import TransferState
 from kei_gateway.spool import EntryKind
 
 __all__ = ["Area", "AREAS", "Listed", "Erasure", "PurgePlan", "Retention", "plan_purge", "EntryKind",
-           "ERASABLE_STATES", "LEDGER_PRUNABLE_STATES", "REPORT_NAME", "format_duration", "RESULTS_FLOW"]
+           "ERASABLE_STATES", "LEDGER_PRUNABLE_STATES", "REPORT_NAME", "PURGE_LEFTOVER", "unhidden", "format_duration", "RESULTS_FLOW"]
 
 Area = Literal["store", "inbox", "quarantine", "ledger"]
 AREAS: tuple[Area, ...] = ("store", "inbox", "quarantine", "ledger")
@@ -61,6 +62,9 @@ RESULTS_FLOW = "mpn-results"
 """Its inbox files are named by ``relay_name`` (only the new results of a file are relayed)."""
 MARKER_SUFFIX = ".end"
 ERRORS_SUFFIX = ".errors.txt"
+PURGE_LEFTOVER = re.compile(r"\.purge-\d+-(.+)")
+"""The dotfile :func:`~kei_gateway.purge.execute.secure_unlink` renames a file to before erasing it: a purge
+killed between the rename and the unlink leaves it behind, and the next run erases it like the file it was."""
 REPORT_NAME = re.compile(r"erasure-(\d{8})\.(csv|txt)")
 """A deletion report's file name: ``erasure-YYYYMMDD.csv`` or ``.txt`` (the JST date of the run)."""
 
@@ -260,6 +264,12 @@ def _relayed_names(rows: Sequence[TransferRow]) -> dict[str, dict[str, int]]:
     return names
 
 
+def unhidden(name: str) -> str:
+    """The name a file had before an interrupted purge renamed it (see :data:`PURGE_LEFTOVER`), else *name*."""
+    match = PURGE_LEFTOVER.fullmatch(name)
+    return match.group(1) if match else name
+
+
 def _inbox_items(flow: str, directory: _Directory, relayed: Mapping[str, int], retention: Retention,
                  now: datetime.datetime) -> list[Erasure]:
     items = []
@@ -267,13 +277,16 @@ def _inbox_items(flow: str, directory: _Directory, relayed: Mapping[str, int], r
     for entry in sorted(directory.entries, key=lambda e: e.name):
         if entry.kind != "file":
             continue
-        base = entry.name.removesuffix(MARKER_SUFFIX) if entry.name.endswith(MARKER_SUFFIX) else entry.name
-        transfer_id = relayed.get(entry.name)
-        if transfer_id is None and base != entry.name:
+        name = unhidden(entry.name)
+        base = name.removesuffix(MARKER_SUFFIX) if name.endswith(MARKER_SUFFIX) else name
+        transfer_id = relayed.get(name)
+        if transfer_id is None and base != name:
             transfer_id = relayed.get(base)
         if transfer_id is None or not _past(entry.since, retention.inbox, now):
             continue
-        what = "終了マーカー (marker)" if entry.name != base and entry.name not in relayed else "中継したファイル (relayed file)"
+        what = "終了マーカー (marker)" if name != base and name not in relayed else "中継したファイル (relayed file)"
+        if name != entry.name:
+            what += "、中断した消去の残り (left by an interrupted purge)"
         items.append(Erasure("inbox", f"{directory.label}/{entry.name}", _CATEGORY["inbox"],
                              f"{what}、税務システムが未取得のまま保存期間 {period} 経過 (retention.inbox); "
                              f"転送 {transfer_id} ({flow})",

@@ -277,3 +277,20 @@ def test_when_the_entry_is_a_symlink_then_only_the_link_goes(tmp_path: Path) -> 
     os.symlink(target, tmp_path / "link")
     assert secure_unlink(str(tmp_path / "link")) == (0, None)
     assert target.read_bytes() == b"elsewhere" and not os.path.lexists(tmp_path / "link")
+
+
+def test_when_a_purge_was_killed_after_hiding_an_inbox_file_then_the_next_run_erases_the_hidden_file(
+        world: World) -> None:
+    receipt = world.add(state=TransferState.DONE, age_days=8, flow="jnks-receipts", direction="in", name="R001.dat",
+                        data=None)
+    world.file("inbox/jnks-receipts/R001.dat", b"relayed receipt\r\n", 8)
+    # secure_unlink's first step, then kill -9: the plaintext is left under a dotfile name
+    os.rename(world.spool("inbox", "jnks-receipts", "R001.dat"), world.spool("inbox", "jnks-receipts", ".purge-4242-R001.dat"))
+    world.file("inbox/jnks-receipts/.purge-4242-theirs.dat", b"not ours\r\n", 100)
+
+    outcome = world.purge(0)
+
+    assert outcome.ok and outcome.run is not None
+    assert sorted(os.listdir(world.spool("inbox", "jnks-receipts"))) == [".purge-4242-theirs.dat"]
+    (item,) = outcome.run.items
+    assert item.name == "inbox/jnks-receipts/.purge-4242-R001.dat" and f"転送 {receipt.id}" in item.reason

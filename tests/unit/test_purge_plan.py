@@ -194,3 +194,17 @@ def test_when_the_next_run_is_computed_then_it_is_purge_at_in_jst_across_the_day
 
 def test_when_states_are_listed_then_the_open_ones_are_those_that_still_need_something() -> None:
     assert set(OPEN) | {"DONE", "CANCELLED", "QUARANTINED", "FAILED"} == {s.value for s in TransferState}
+
+
+def test_when_an_interrupted_purge_left_a_relayed_file_hidden_then_it_goes_only_past_the_inbox_retention() -> None:
+    rows = [row(10, flow="jnks-receipts", direction="in", local_name="R001.dat", blob=None)]
+
+    def listing(since: datetime.datetime) -> dict[str, Any]:
+        return {"jnks-receipts": ("/in", "inbox/r", [Listed(".purge-77-R001.dat", 9, since),
+                                                     Listed(".purge-77-R001.dat.end", 0, since),
+                                                     Listed(".purge-77-theirs.dat", 9, ago(100 * DAY))])}
+
+    assert plan(rows, inbox=listing(ago(7 * DAY) + SECOND)).items == ()
+    items = plan(rows, inbox=listing(ago(7 * DAY))).items
+    assert [(i.name, i.entry, i.transfer_id) for i in items] == [
+        ("inbox/r/.purge-77-R001.dat", ".purge-77-R001.dat", 10), ("inbox/r/.purge-77-R001.dat.end", ".purge-77-R001.dat.end", 10)]
