@@ -30,7 +30,7 @@ from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Val
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
+from kei_gateway.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
 from kei_gateway.store import BlobStore
 
 __all__ = ["Received", "StreamIntake", "quarantine_received", "count_quarantined", "new_inbound_blob_id",
@@ -205,7 +205,9 @@ def quarantine_received(*, ledger: TransferLedger, flow: str, peer: str, name: s
     """
     report = received.report
     ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
-    write_errors_file(quarantine_dir, name, errors_file_lines(flow, name, report)
+    # The same name may come again with other invalid content (a push, a file replaced at the peer):
+    # each keeps its own errors file (name.2.errors.txt …), as it keeps its own blob and row.
+    write_errors_file(quarantine_dir, free_name(quarantine_dir, name), errors_file_lines(flow, name, report)
                       + [f"# stored encrypted as blob {received.blob_id} (SHA-256 {received.sha256}); {note}"])
     return ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.QUARANTINED,
                                size=size or received.size, sha256=received.sha256, record_count=report.records,

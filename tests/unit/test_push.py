@@ -227,6 +227,22 @@ class PushTests(SynchronousTestCase):
         # The corrected file under the same name is accepted.
         self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", results_file(3))[0], 201)
 
+    def test_when_the_same_name_comes_with_other_invalid_content_then_each_keeps_its_errors_file(self) -> None:
+        h = PushHarness(self)
+        first, second = (results_file(10, invalid_rate=0.5, seed=seed) for seed in (3, 4))
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", first)[0], 422)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", second)[0], 422)
+        rows = h.ledger.inbound_for("mpn-results", "BAD.dat")
+        self.assertEqual([row.state for row in rows], ["QUARANTINED", "QUARANTINED"])
+        quarantine = h.config.spool_path("quarantine/mpn-results")
+        texts = []
+        for name in ("BAD.dat.errors.txt", "BAD.dat.2.errors.txt"):
+            with open(os.path.join(quarantine, name), encoding="utf-8") as f:
+                texts.append(f.read())
+        # Each errors file points at its own encrypted blob: the first is not overwritten by the second.
+        self.assertEqual(sorted(row.blob_id for row in rows if row.blob_id),
+                         sorted(blob for text in texts for blob in h.store.list_ids() if blob in text))
+
     def test_when_the_422_body_is_built_then_values_are_masked(self) -> None:
         h = PushHarness(self)
         record = results_file(1)
