@@ -76,6 +76,12 @@ class AuditRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time", utc(self.time))
+        for name in ("actor", "event", "flow", "peer", "listener", "source", "sha256", "reason", "anchor_mac"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.isascii():
+                # A lone surrogate (an undecodable file name in an OS error) cannot be encoded or stored:
+                # the record would fail every append, and the observer would retry its batch forever.
+                object.__setattr__(self, name, value.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
         if self.reason is not None and len(self.reason) > _REASON_MAX:
             object.__setattr__(self, "reason", self.reason[:_REASON_MAX - 1] + "…")
 

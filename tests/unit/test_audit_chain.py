@@ -234,3 +234,12 @@ def test_when_two_processes_append_200_records_each_then_the_chain_holds_all_400
     assert sorted(r.record.count or 0 for r in records if r.record.actor == "writer-2") == list(range(200))
     report = log.verify()
     assert report.ok and report.count == 400
+
+
+def test_when_a_reason_holds_an_undecodable_file_name_then_the_record_is_appended_and_verifies(log: AuditLog) -> None:
+    reason = "PermissionError: Permission denied (/spool/outbox/jnks/\udc94\udc5b.dat)"  # os.listdir of CP932 bytes
+    stored = log.append(AuditRecord(time=datetime(2026, 11, 21, tzinfo=timezone.utc), actor="kei-gateway",
+                                    event="ingest.failed", reason=reason))
+    assert stored.record.reason is not None and "\ufffd" in stored.record.reason and ".dat)" in stored.record.reason
+    report = log.verify()
+    assert report.ok and report.count == 11
