@@ -9,8 +9,9 @@ For each file in ``results_url`` (``PROPFIND Depth: 1``) the poller, one file at
 5. marks the transfer ``DONE`` (relayed), then ``DELETE`` s it at the peer.
 
 A crash anywhere repeats at most steps that are idempotent: a ``VALIDATED`` transfer is
-relayed again from the store (the same bytes under the same name), a ``DONE`` one is
-only deleted at the peer. An invalid file is quarantined (encrypted in the store, its
+relayed again from the store (the same bytes under the same name), a ``DONE`` one with
+the same ETag and size is only deleted at the peer (a file that merely reuses a name is
+fetched and judged anew). An invalid file is quarantined (encrypted in the store, its
 errors in ``quarantine/<flow>/``), recorded, and left at the peer.
 """
 
@@ -132,8 +133,12 @@ class DownloadPoller(service.Service):
         url = file_url(self.results_url, entry.name)
         for row in known:
             if row.state == S.DONE.value:
-                yield self.client.delete(url)  # relayed before; the DELETE was lost
-                return
+                if row.remote_etag is not None and (row.remote_etag, row.size) == (entry.etag, entry.size):
+                    yield self.client.delete(url)  # this very file was relayed before; the DELETE was lost
+                    return
+                # A name seen before (or pushed) but not provably the same file: fetched and judged anew
+                # (payment results are deduplicated result by result; a receipt replaces its namesake).
+                continue
             if row.state == S.RECEIVED.value and row.blob_id:
                 # Stored and valid (a RECEIVED row is only added for a valid file); a crash came before VALIDATED.
                 now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)

@@ -269,7 +269,8 @@ class ResultRelay(service.Service):
             now=now)
         if outcome.already_done:
             return outcome
-        if received_at is not None:
+        if received_at is not None and outcome.relay_name is not None and not outcome.recovered:
+            # Push received → its new results durable in the inbox (nothing is written for duplicates).
             self.metrics.relay_latency.observe(max(0.0, self.clock.seconds() - received_at))
         for kind, count in outcome.relayed.items():
             self.metrics.payment_results.labels(kind=KIND_LABELS.get(kind, "unknown"), outcome="relayed").inc(count)

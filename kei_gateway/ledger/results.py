@@ -26,8 +26,6 @@ from kei_gateway.results.reconcile import StoredResult
 
 __all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK"]
 
-"""Digests per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits."""
-
 
 
 class DuplicateResult(Exception):

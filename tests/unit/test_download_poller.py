@@ -47,7 +47,9 @@ class FakeDavClient:
         return defer.succeed(self.files.pop(url, None) is not None)
 
 
-class CommittedBeforeACrashTests(SynchronousTestCase):
+class PollerCase(SynchronousTestCase):
+    """A jnks-receipts poller over a fake peer directory holding one receipt."""
+
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
         engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
@@ -67,6 +69,8 @@ class CommittedBeforeACrashTests(SynchronousTestCase):
             blocking=SynchronousBlocking(), clock=self.clock,
             metrics=GatewayMetrics(CollectorRegistry(), process=False), poll_interval=60.0)
 
+
+class CommittedBeforeACrashTests(PollerCase):
     def test_when_a_download_was_committed_received_but_not_yet_validated_then_it_is_relayed_once_not_fetched_again(
             self) -> None:
         info = self.store.write("in-before-crash", [self.data])
@@ -128,3 +132,36 @@ class InvalidPaymentResultsTests(SynchronousTestCase):
         self.assertEqual([e["log_level"] for e in alerts], [LogLevel.critical])
         self.assertEqual(registry.get_sample_value("kei_gateway_payment_results_total",
                                                    {"kind": "unknown", "outcome": "rejected"}), 10)
+
+
+class NameSeenBeforeTests(PollerCase):
+    """A DONE transfer of the same name: deleted unread only when ETag and size prove it is the same file."""
+
+    def relayed_before(self, etag: str | None) -> None:
+        info = self.store.write("in-earlier", [self.data])
+        now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
+        self.ledger.add_transfer(flow="jnks-receipts", direction="in", peer="jnks", local_name=NAME, state=S.DONE,
+                                 size=len(self.data), sha256=info.sha256, record_count=3, blob_id="in-earlier",
+                                 now=now, remote_name=NAME, remote_etag=etag)
+
+    def test_when_the_same_file_was_relayed_before_then_it_is_deleted_without_fetching(self) -> None:
+        self.relayed_before('"e1"')
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        self.assertEqual([m for m, _ in self.client.calls], ["PROPFIND", "DELETE"])
+
+    def test_when_a_name_was_used_by_another_file_then_the_new_one_is_fetched_and_relayed(self) -> None:
+        self.relayed_before('"older"')
+        self.fetched_anew()
+
+    def test_when_the_name_was_pushed_before_then_the_pulled_file_is_fetched_and_judged(self) -> None:
+        self.relayed_before(None)  # a pushed file has no ETag: not provably the same
+        self.fetched_anew()
+
+    def fetched_anew(self) -> None:
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        self.assertEqual([m for m, _ in self.client.calls], ["PROPFIND", "GET", "DELETE"])
+        rows = self.ledger.inbound_for("jnks-receipts", NAME)
+        self.assertEqual([r.state for r in rows], [S.DONE.value, S.DONE.value])
+        self.assertEqual((self.inbox / NAME).read_bytes(), self.data)

@@ -104,8 +104,10 @@ class RelayTests(SynchronousTestCase):
         records = [with_kind(r, "1") for r in RECORDS[:4]]
         first = self.relayed(self.received(records, "push-1.dat"))
         second_row = self.received(records, "pull-1.dat")
-        second = self.relayed(second_row)
+        second = self.relayed(second_row, received_at=self.clock.seconds())
         self.assertIsNone(second.relay_name)
+        # Nothing was written to the inbox, so there is no relay latency to observe.
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_relay_latency_seconds_count"), 0)
         self.assertEqual(list(self.inbox_files()), [first.relay_name])
         self.assertEqual(self.ledger.get(second_row.id).state, S.DONE.value)
         self.assertEqual(self.counted("provisional", "relayed"), 4)
