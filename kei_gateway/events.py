@@ -504,11 +504,28 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, (StoreError, TransportError)):
         return f"{name}: {error}"
     if isinstance(error, OSError):
-        return f"{name}: {error.strerror or 'error'}" + (f" ({error.filename})" if error.filename else "")
+        return f"{name}: {error.strerror or 'error'}" + (f" ({_safe_path(error.filename)})" if error.filename else "")
     if isinstance(error, DBAPIError) and error.orig is not None:
         first = str(error.orig).splitlines()[0] if str(error.orig) else ""
         return f"{name}: {type(error.orig).__name__}: {first[:200]}"
     return name
+
+
+def _safe_path(path: Any) -> str:
+    """*path* for a log: its directory, and its last part only if it is a spool-style name.
+
+    A name the tax system or a peer chose that breaks the spool pattern (SPEC §4) may carry
+    anything, a person's name included, and is replaced by ``<name withheld>``.
+    """
+    import os
+
+    from kei_gateway.spool import NAME_PATTERN
+
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    directory, base = os.path.split(text)
+    if not NAME_PATTERN.fullmatch(base):
+        base = "<name withheld>"
+    return os.path.join(directory, base) if directory else base
 
 
 def emit(log: Logger, event: EventType, **fields: Any) -> None:

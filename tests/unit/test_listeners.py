@@ -111,6 +111,10 @@ class DescribeErrorTests(SynchronousTestCase):
         self.assertEqual(describe_error(ValueError("invalid literal for int(): 'ダミー 太郎'")), "ValueError")
         self.assertEqual(describe_error(FileNotFoundError(2, "No such file or directory", "/x/y")),
                          "FileNotFoundError: No such file or directory (/x/y)")
+        # A name outside the spool pattern (here a person's name, or undecodable CP932) is withheld.
+        for name in ("/spool/outbox/jnks/ダミー太郎.dat", b"/spool/outbox/jnks/\x83_\x83~.dat"):
+            text = describe_error(PermissionError(13, "Permission denied", name))
+            self.assertEqual(text, "PermissionError: Permission denied (/spool/outbox/jnks/<name withheld>)")
 
     def test_when_a_database_error_carries_sql_parameters_then_they_are_left_out(self) -> None:
         from sqlalchemy.exc import OperationalError
