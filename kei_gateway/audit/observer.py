@@ -144,17 +144,54 @@ class AuditObserver:
             try:
                 yield self._blocking.run(self._audit_log.append_batch, batch)
             except Exception as error:
-                with self._lock:
-                    self._queue.extendleft(reversed(batch))  # back in front, in order
-                self._write_failed(events.describe_error(error))
-                return total
+                if _database_unavailable(error):
+                    with self._lock:
+                        self._queue.extendleft(reversed(batch))  # back in front, in order
+                    self._write_failed(events.describe_error(error))
+                    return total
+                # The database answers but refuses something in the batch (a value it cannot store):
+                # retrying would stop the trail for good, so write the records one by one and drop
+                # (and count, and log) only the refused ones.
+                written = yield self._append_one_by_one(batch)
+                if written is None:
+                    return total
+                total += written
+                continue
             total += len(batch)
-            self.written += len(batch)
-            if self._metrics is not None:
-                for record in batch:
-                    self._metrics.audit_events.labels(event=record.event).inc()
+            self._counted(batch)
         self._failing_since = None
         return total
+
+    def _counted(self, records: list[AuditRecord]) -> None:
+        self.written += len(records)
+        if self._metrics is not None:
+            for record in records:
+                self._metrics.audit_events.labels(event=record.event).inc()
+
+    @defer.inlineCallbacks
+    def _append_one_by_one(self, batch: list[AuditRecord]) -> Any:
+        """Append *batch* record by record; None (the rest queued again) if the database goes away meanwhile."""
+        assert self._audit_log is not None and self._blocking is not None
+        written = 0
+        for index, record in enumerate(batch):
+            try:
+                yield self._blocking.run(self._audit_log.append_batch, [record])
+            except Exception as error:
+                if _database_unavailable(error):
+                    with self._lock:
+                        self._queue.extendleft(reversed(batch[index:]))
+                    self._write_failed(events.describe_error(error))
+                    return None
+                self.dropped += 1
+                if self._metrics is not None:
+                    self._metrics.audit_dropped.inc()
+                events.emit(self.log, events.AUDIT_WRITE_FAILED,
+                            reason=f"the database refused the record of {record.event}: {events.describe_error(error)}",
+                            queued=self.queued, dropped=self.dropped)
+                continue
+            written += 1
+            self._counted([record])
+        return written
 
     def _write_failed(self, reason: str) -> None:
         now = self._clock.seconds()
@@ -210,3 +247,12 @@ def verify_now(audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics 
 
     d: defer.Deferred[ChainReport | None] = blocking.run(audit_log.verify).addCallbacks(done, failed)
     return d
+
+
+def _database_unavailable(error: BaseException) -> bool:
+    """Trouble that passes (the database down, locked, a connection lost), as opposed to a refused value."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(error, (OperationalError, OSError)):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)

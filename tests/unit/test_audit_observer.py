@@ -107,6 +107,32 @@ class AuditObserverTests(SynchronousTestCase):
         self.assertEqual(self.observer.queued, 0)
         self.assertTrue(self.audit_log.verify().ok)
 
+    def test_when_the_database_refuses_one_record_then_only_that_one_is_dropped_and_the_trail_goes_on(self) -> None:
+        from sqlalchemy.exc import DataError
+
+        refused = 3
+        original = self.audit_log.append_batch
+
+        def refusing(records: Sequence[AuditRecord]) -> list[StoredRecord]:
+            if any(r.transfer_id == refused for r in records):  # e.g. a value too long for its column
+                raise DataError("INSERT", {}, Exception("value too long"))
+            return original(records)
+
+        self.audit_log.append_batch = refusing  # type: ignore[method-assign]
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        self.emit_sent(6)
+        self.clock.advance(1)
+        self.emit_sent(2)  # later events are not held behind the refused one
+        self.clock.advance(1)
+        written = [r.record.transfer_id for r in self.audit_log.iter_records() if r.record.event == "transfer.sent"]
+        self.assertEqual(written, [0, 1, 2, 4, 5, 0, 1])
+        self.assertEqual(self.observer.queued, 0)
+        self.assertEqual(self.sample("kei_gateway_audit_dropped_events_total"), 1)
+        said = [e for e in self.logged if e.get("kei_event") == "audit.write_failed"]
+        self.assertEqual(len(said), 1)
+        self.assertIn("transfer.sent", said[0]["reason"])
+        self.assertTrue(self.audit_log.verify().ok)
+
     def test_when_the_outage_outlasts_the_bound_then_the_excess_is_dropped_counted_and_said(self) -> None:
         self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
         self.audit_log.down = True
