@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
+from twisted.logger import Logger
 
 from kei_gateway.blocking import retry_transient
 from kei_gateway.config import INBOUND_FLOWS, Config
@@ -46,6 +47,8 @@ from kei_gateway.store import BlobStore
 
 __all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
            "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME"]
+
+_log = Logger(namespace="kei_gateway.purge")
 
 AuditPruner = Callable[[datetime.datetime], int]
 """Erase the audit records older than the time given (keeping the chain verifiable); the number erased."""
@@ -259,6 +262,13 @@ def plan_from_config(config: Config, ledger: PurgeLedger, store: BlobStore | Non
     if store is not None and isinstance(directory, str):
         blobs = [b for b in list_directory(directory) if b.kind == "file" and not b.name.startswith(".")]
         referenced = ledger.referenced_blobs()
+        if blobs and not ledger.list_transfers(limit=1):
+            # A store full of blobs and a ledger without a single transfer: most likely the wrong
+            # database (database.url), not thousands of leftovers. Judging every blob unreferenced
+            # would erase the queue; leftovers wait until the ledger and the store agree again.
+            referenced = None
+            _log.warn("purge: the ledger has no transfers but the store holds {blobs} blobs; leftover blobs are "
+                      "not erased (check database.url)", blobs=len(blobs))
     reports = list_directory(reports_directory(config))
     return plan_purge(rows, retention=retention, now=now, inbox=inbox, quarantine=quarantine, blobs=blobs,
                       referenced_blobs=referenced, reports=reports, audit=audit)

@@ -294,3 +294,11 @@ def test_when_a_purge_was_killed_after_hiding_an_inbox_file_then_the_next_run_er
     assert sorted(os.listdir(world.spool("inbox", "jnks-receipts"))) == [".purge-4242-theirs.dat"]
     (item,) = outcome.run.items
     assert item.name == "inbox/jnks-receipts/.purge-4242-R001.dat" and f"転送 {receipt.id}" in item.reason
+
+
+def test_when_the_ledger_has_no_transfers_but_the_store_has_blobs_then_no_blob_is_erased(world: World) -> None:
+    """A wrong or new database.url must not turn the whole store into "leftovers" (review finding)."""
+    world.store.write("out-queued-elsewhere", [b"a payload the other ledger still queues\r\n"])
+    outcome = world.purge(30)
+    assert world.store.exists("out-queued-elsewhere")
+    assert outcome.ok and outcome.run is not None and outcome.run.counts()["store"] == 0
