@@ -7,8 +7,6 @@ operator commands, purges. Headings are Japanese with English, like ``results re
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from datetime import datetime
 
 from kei_gateway.audit.chain import ANCHOR_EVENT, StoredRecord
 from kei_gateway.jst import JST
-from kei_gateway.results.reconcile import _ljust, _rjust, _width
+from kei_gateway.report_format import csv_rows, display_width, ljust, rjust
 
 __all__ = ["AuditReport", "build_report", "render_text", "render_csv", "SECTIONS"]
 
@@ -34,7 +32,6 @@ SECTIONS = (
     ("purges", "消去 (purges)"),
 )
 _REASON_WIDTH = 60
-_CSV_BOM = "\ufeff"
 
 
 def _is_hold(stored: StoredRecord) -> bool:
@@ -115,10 +112,10 @@ def _short(text: str, width: int = _REASON_WIDTH) -> str:
 
 
 def _table(headings: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(_width(row[i]) for row in (headings, *rows)) + 2 for i in range(len(headings) - 1)]
+    widths = [max(display_width(row[i]) for row in (headings, *rows)) + 2 for i in range(len(headings) - 1)]
     lines = []
     for row in (headings, *rows):
-        cells = "".join(_rjust(cell, w - 2) + "  " if cell.isdigit() else _ljust(cell, w) for cell, w in zip(row, widths))
+        cells = "".join(rjust(cell, w - 2) + "  " if cell.isdigit() else ljust(cell, w) for cell, w in zip(row, widths))
         lines.append(("  " + cells + row[-1]).rstrip())
     return lines
 
@@ -182,16 +179,15 @@ def render_text(report: AuditReport) -> str:
 
 def render_csv(report: AuditReport) -> bytes:
     """Every record of the six sections, one row each, for Excel (UTF-8 with BOM, CRLF)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["区分 (section)", "日時 (time, JST)", "通番 (sequence)", "実行者 (actor)", "イベント (event)",
-                     "フロー (flow)", "接続先 (peer)", "リスナー (listener)", "接続元 (source)", "転送ID (transfer id)",
-                     "件数 (count)", "SHA-256", "理由 (reason)"])
     titles = dict(SECTIONS)
+    rows: list[Sequence[object]] = [[
+        "区分 (section)", "日時 (time, JST)", "通番 (sequence)", "実行者 (actor)", "イベント (event)",
+        "フロー (flow)", "接続先 (peer)", "リスナー (listener)", "接続元 (source)", "転送ID (transfer id)",
+        "件数 (count)", "SHA-256", "理由 (reason)"]]
     for section, s in report.rows:
         r = s.record
-        writer.writerow([titles[section], r.time.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S"), s.sequence, r.actor,
-                         r.event, r.flow or "", r.peer or "", r.listener or "", r.source or "",
-                         "" if r.transfer_id is None else r.transfer_id, "" if r.count is None else r.count,
-                         r.sha256 or "", r.reason or ""])
-    return (_CSV_BOM + out.getvalue()).encode("utf-8")
+        rows.append([titles[section], r.time.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S"), s.sequence, r.actor,
+                     r.event, r.flow or "", r.peer or "", r.listener or "", r.source or "",
+                     "" if r.transfer_id is None else r.transfer_id, "" if r.count is None else r.count,
+                     r.sha256 or "", r.reason or ""])
+    return csv_rows(rows)

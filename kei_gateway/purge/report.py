@@ -15,21 +15,20 @@ file's contents.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kei_gateway.jst import JST
+from kei_gateway.report_format import BOM, csv_rows, display_width
 
 __all__ = ["ErasedItem", "PurgeRun", "HEADINGS", "CSV_BOM", "report_names", "render_csv", "render_text",
            "parse_completed", "COMPLETED_LABEL"]
 
 HEADINGS = ("消去日時", "ファイル名", "SHA-256", "サイズ", "区分", "理由")
 """The report's columns: erased at (JST), file name, SHA-256, size (bytes), category, reason."""
-CSV_BOM = "\ufeff"
+CSV_BOM = BOM
 COMPLETED_LABEL = "完了時刻 (completed at): "
 _COMPLETED = re.compile(r"^" + re.escape(COMPLETED_LABEL) + r"(\S+)\s*$", re.MULTILINE)
 _AREA_JA = {"store": "保管データ", "inbox": "受信フォルダ", "quarantine": "隔離フォルダ", "ledger": "台帳"}
@@ -85,14 +84,10 @@ def _jst(when: datetime.datetime) -> str:
 
 def render_csv(items: Iterable[ErasedItem], *, heading: bool) -> bytes:
     """CSV rows for *items* (UTF-8, CRLF); with *heading*, the BOM and the heading row first (a new file)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    if heading:
-        writer.writerow(HEADINGS)
-    for item in items:
-        writer.writerow([_jst(item.erased_at), item.name, item.sha256 or "", "" if item.size is None else item.size,
-                         item.category, item.reason])
-    return ((CSV_BOM if heading else "") + out.getvalue()).encode("utf-8")
+    rows: list[Sequence[object]] = [HEADINGS] if heading else []
+    rows += [[_jst(item.erased_at), item.name, item.sha256 or "", "" if item.size is None else item.size,
+              item.category, item.reason] for item in items]
+    return csv_rows(rows, bom=heading)
 
 
 def render_text(run: PurgeRun, *, title: bool) -> str:
@@ -121,22 +116,15 @@ def render_text(run: PurgeRun, *, title: bool) -> str:
     for number, item in enumerate(run.items, 1):
         values = (_jst(item.erased_at) + " JST", item.name, item.sha256 or "-",
                   "-" if item.size is None else f"{item.size:,} バイト (bytes)", item.category, item.reason)
-        label_width = max(_width(h) for h in HEADINGS)
+        label_width = max(display_width(h) for h in HEADINGS)
         for index, (heading, value) in enumerate(zip(HEADINGS, values)):
             prefix = f"[{number}] " if index == 0 else " " * len(f"[{number}] ")
-            lines.append(f"{prefix}{heading}{' ' * (label_width - _width(heading))}: {value}")
+            lines.append(f"{prefix}{heading}{' ' * (label_width - display_width(heading))}: {value}")
         lines.append("")
     if run.ok:
         lines.append(COMPLETED_LABEL + run.finished_at.astimezone(JST).isoformat(timespec="seconds"))
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def _width(text: str) -> int:
-    """Display width: full-width characters take two columns."""
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def parse_completed(text: str) -> datetime.datetime | None:

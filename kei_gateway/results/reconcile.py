@@ -13,22 +13,20 @@ Only digests, codes, times and the masked slip hint go in and come out.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 from kei_gateway.jst import JST
+from kei_gateway.report_format import BOM, csv_rows, display_width, ljust, rjust
 from kei_gateway.layouts.codes import CHANNELS, TAX_ITEMS
 from kei_gateway.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL
 
 __all__ = ["StoredResult", "ChannelSummary", "Problem", "ReconcileReport", "PROBLEMS", "MEASURES",
            "reconcile", "unconfirmed_counts", "render_text", "render_csv", "channel_name", "CSV_BOM"]
 
-CSV_BOM = "\ufeff"
+CSV_BOM = BOM
 """The CSV starts with a UTF-8 BOM so that Excel (the tax division's tool) reads it as UTF-8, not CP932."""
 
 
@@ -216,19 +214,6 @@ def unconfirmed_counts(rows: Iterable[StoredResult], now: datetime.datetime, lim
 
 # --------------------------------------------------------------------------- rendering
 
-def _width(text: str) -> int:
-    """Terminal columns of *text*: full-width and wide characters take two."""
-    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
-
-
-def _ljust(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
-
-
-def _rjust(text: str, width: int) -> str:
-    return " " * max(0, width - _width(text)) + text
-
-
 def _duration(seconds: float) -> str:
     if seconds % 86400 == 0:
         return f"{int(seconds // 86400)}日 ({int(seconds // 86400)}d)"
@@ -256,13 +241,13 @@ def render_text(report: ReconcileReport, notes: Sequence[str] = ()) -> str:
     lines.append("チャネル区分 (channel):")
     lines += [f"  {c.channel} {c.channel_name}" for c in report.channels]
     lines.append("")
-    label_width = max(_width(heading) for _, heading in MEASURES) + 2
+    label_width = max(display_width(heading) for _, heading in MEASURES) + 2
     column = max(7, *(len(str(report.total.count(m))) + 2 for m in _COUNTED))
     heads = [c.channel for c in report.channels] + ["合計"]
-    lines.append(_ljust("", label_width) + "".join(_rjust(h, column) for h in heads))
+    lines.append(ljust("", label_width) + "".join(rjust(h, column) for h in heads))
     for measure, heading in MEASURES:
         values = [c.count(measure) for c in (*report.channels, report.total)]
-        lines.append((_ljust(heading, label_width) + "".join(_rjust(str(v), column) for v in values)).rstrip())
+        lines.append((ljust(heading, label_width) + "".join(rjust(str(v), column) for v in values)).rstrip())
     lines.append("")
     if not report.problems:
         lines.append("要確認 (to check): なし (none)")
@@ -272,9 +257,9 @@ def render_text(report: ReconcileReport, notes: Sequence[str] = ()) -> str:
     table = [[_time(p.received_at), f"{p.channel} {channel_name(p.channel)}",
               f"{p.tax_item} {TAX_ITEMS.get(p.tax_item, '')}".strip(), p.slip_hint, p.description]
              for p in report.problems]
-    widths = [max(_width(row[i]) for row in (list(headings), *table)) + 2 for i in range(len(headings) - 1)]
+    widths = [max(display_width(row[i]) for row in (list(headings), *table)) + 2 for i in range(len(headings) - 1)]
     for row in (list(headings), *table):
-        lines.append(("  " + "".join(_ljust(cell, w) for cell, w in zip(row, widths)) + row[-1]).rstrip())
+        lines.append(("  " + "".join(ljust(cell, w) for cell, w in zip(row, widths)) + row[-1]).rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -284,19 +269,17 @@ def render_csv(report: ReconcileReport) -> bytes:
     First the counts (one row per channel, then ``合計``), then an empty line and the
     results to check (one row each). Headings are Japanese with English in parentheses.
     """
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["集計 (summary)", report.scope, f"作成 (generated) {_time(report.generated_at)} JST",
-                     f"未確報の基準 (unconfirmed after) {_duration(report.unconfirmed_after)}"])
-    writer.writerow(["チャネル区分 (channel)", "チャネル名 (channel name)", *(h for _, h in MEASURES)])
-    for summary in (*report.channels, report.total):
-        writer.writerow([summary.channel, summary.channel_name, *(summary.count(m) for m, _ in MEASURES)])
-    writer.writerow([])
-    writer.writerow(["要確認 (to check)"])
-    writer.writerow(["収納日時 (received at, JST)", "チャネル区分 (channel)", "チャネル名 (channel name)",
-                     "税目 (tax item)", "納付書番号 下4桁 (slip no., last 4 digits)", "問題 (problem code)",
-                     "内容 (problem)"])
-    for problem in report.problems:
-        writer.writerow([_time(problem.received_at), problem.channel, channel_name(problem.channel),
-                         problem.tax_item, problem.slip_hint, problem.problem, problem.description])
-    return (CSV_BOM + out.getvalue()).encode("utf-8")
+    rows: list[Sequence[object]] = [
+        ["集計 (summary)", report.scope, f"作成 (generated) {_time(report.generated_at)} JST",
+         f"未確報の基準 (unconfirmed after) {_duration(report.unconfirmed_after)}"],
+        ["チャネル区分 (channel)", "チャネル名 (channel name)", *(h for _, h in MEASURES)]]
+    rows += [[summary.channel, summary.channel_name, *(summary.count(m) for m, _ in MEASURES)]
+             for summary in (*report.channels, report.total)]
+    rows += [[], ["要確認 (to check)"],
+             ["収納日時 (received at, JST)", "チャネル区分 (channel)", "チャネル名 (channel name)",
+              "税目 (tax item)", "納付書番号 下4桁 (slip no., last 4 digits)", "問題 (problem code)",
+              "内容 (problem)"]]
+    rows += [[_time(problem.received_at), problem.channel, channel_name(problem.channel),
+              problem.tax_item, problem.slip_hint, problem.problem, problem.description]
+             for problem in report.problems]
+    return csv_rows(rows)
