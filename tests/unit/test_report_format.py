@@ -9,7 +9,7 @@ def test_when_a_text_cell_starts_like_a_formula_then_it_is_written_as_text() -> 
     data = csv_rows([["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "plain", -5, 0]])
     assert data.startswith(BOM.encode("utf-8"))
     text = data.decode("utf-8").removeprefix(BOM)
-    assert text == "'=HYPERLINK(\"http://x\"),'+1,'-2,'@SUM(A1),'\tx,plain,-5,0\r\n"
+    assert text == "\"'=HYPERLINK(\"\"http://x\"\")\",'+1,'-2,'@SUM(A1),'\tx,plain,-5,0\r\n"
 
 
 def test_when_no_bom_is_asked_then_rows_append_to_an_existing_file() -> None:
