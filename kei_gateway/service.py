@@ -38,9 +38,9 @@ from kei_gateway.push import DENIAL_REASONS, make_push_listener
 from kei_gateway.results import ResultKeyer
 from kei_gateway.sdnotify import Notifier, Watchdog, reloading_message
 from kei_gateway.store import BlobStore
-from kei_gateway.transport import PeerTLS, WebDavClient
+from kei_gateway.transport import WebDavClient
 
-__all__ = ["make_service", "peer_client", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
+__all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed", "STATUS_INTERVAL",
            "CERTIFICATE_CHECK_INTERVAL"]
 
 STATUS_INTERVAL = 15.0
@@ -406,24 +406,6 @@ class GatewayService(service.MultiService):
         return pending
 
 
-def peer_client(reactor: Any, config: Config, peer: str, blocking: Blocking, *,
-                environ: Mapping[str, str] = os.environ,
-                on_certificate: Callable[[str, datetime.datetime], None] | None = None) -> WebDavClient:
-    """:meth:`WebDavClient.from_config` whose TLS reports each verified server certificate to *on_certificate*."""
-    section = config.peers[peer]
-    ca = config.file_path(section.ca, environ)
-    certificate = config.file_path(config.tls.certificate, environ)
-    key = config.file_path(config.tls.private_key, environ)
-
-    def tls(host: str) -> PeerTLS:
-        return PeerTLS(peer, host, ca, certificate, key, config.tls.min_version, section.pins,
-                       on_certificate=on_certificate)
-
-    return WebDavClient(reactor, peer, [section.url, section.results_url], section.allow, tls, blocking,
-                        connect_timeout=section.connect_timeout, transfer_timeout=section.transfer_timeout,
-                        resolve=None)
-
-
 def _result_relay(gateway: GatewayService, config: Config, ledger: TransferLedger, store: BlobStore,
                   blocking: Blocking, metrics: GatewayMetrics) -> ResultRelay:
     """The one relay of payment results, shared by the pull poller and the push listener."""
@@ -469,8 +451,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     if client_factory is None:
         # Controls (issue 6): each verified handshake reports the peer's certificate expiry.
         def client_factory(reactor: Any, config: Config, peer: str, blocking: Blocking) -> Any:
-            return peer_client(reactor, config, peer, blocking, environ=environ,
-                               on_certificate=gateway.peer_certificate_seen)
+            return WebDavClient.from_config(reactor, config, peer, blocking, environ=environ,
+                                            on_certificate=gateway.peer_certificate_seen)
     gateway.client_factory = client_factory
     gateway._schema = schema
     gateway.pool = pool

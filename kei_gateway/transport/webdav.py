@@ -16,8 +16,9 @@ never sees the final name.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -351,15 +352,23 @@ class WebDavClient:
 
     @classmethod
     def from_config(cls, reactor: Any, config: Any, peer: str, blocking: Blocking,
-                    idle_timeout: float = DEFAULT_IDLE_TIMEOUT, resolve: Resolver | None = None) -> WebDavClient:
-        """The client of ``[peers.<peer>]`` in a :class:`~kei_gateway.config.Config`, with ``[tls]`` as identity."""
+                    idle_timeout: float = DEFAULT_IDLE_TIMEOUT, resolve: Resolver | None = None, *,
+                    environ: Mapping[str, str] | None = None,
+                    on_certificate: Callable[[str, datetime.datetime], None] | None = None) -> WebDavClient:
+        """The client of ``[peers.<peer>]`` in a :class:`~kei_gateway.config.Config`, with ``[tls]`` as identity.
+
+        *on_certificate* hears of each server certificate that passed every TLS check
+        (the peer's name and its notAfter), for the expiry metric.
+        """
         section = config.peers[peer]
-        ca = config.file_path(section.ca)
-        certificate = config.file_path(config.tls.certificate)
-        key = config.file_path(config.tls.private_key)
+        paths = {} if environ is None else {"environ": environ}
+        ca = config.file_path(section.ca, **paths)
+        certificate = config.file_path(config.tls.certificate, **paths)
+        key = config.file_path(config.tls.private_key, **paths)
 
         def tls(host: str) -> PeerTLS:
-            return PeerTLS(peer, host, ca, certificate, key, config.tls.min_version, section.pins)
+            return PeerTLS(peer, host, ca, certificate, key, config.tls.min_version, section.pins,
+                           on_certificate=on_certificate)
 
         return cls(reactor, peer, [section.url, section.results_url], section.allow, tls, blocking,
                    connect_timeout=section.connect_timeout, transfer_timeout=section.transfer_timeout,
