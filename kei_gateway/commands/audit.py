@@ -14,6 +14,7 @@ import sys
 
 from kei_gateway import exitcodes
 from kei_gateway.cli import config_path_from
+from kei_gateway.commands._args import save_csv
 
 __all__ = ["register", "verify_command", "report_command", "parse_since"]
 
@@ -140,12 +141,6 @@ def report_command(args: argparse.Namespace) -> int:
     finally:
         audit_log.engine.dispose()
     sys.stdout.write(render_text(report))
-    if args.csv:
-        try:
-            with open(args.csv, "wb") as out:
-                out.write(render_csv(report))
-        except OSError as error:
-            print(f"cannot write {args.csv}: {error.strerror}; choose a writable path for --csv", file=sys.stderr)
-            return exitcodes.FAILED
-        print(f"CSV: {args.csv}")
+    if args.csv and not save_csv(args.csv, render_csv(report)):
+        return exitcodes.FAILED
     return exitcodes.OK

@@ -13,6 +13,7 @@ import sys
 
 from kei_gateway import exitcodes
 from kei_gateway.cli import config_path_from
+from kei_gateway.commands._args import save_csv
 
 __all__ = ["register", "reconcile_command", "parse_day"]
 
@@ -129,14 +130,8 @@ def reconcile_command(args: argparse.Namespace) -> int:
         return exitcodes.FAILED
     report = reconcile(rows, now, unconfirmed_after, scope=scope)
     sys.stdout.write(render_text(report, notes))
-    if args.csv:
-        try:
-            with open(args.csv, "wb") as out:
-                out.write(render_csv(report))
-        except OSError as error:
-            print(f"cannot write {args.csv}: {error.strerror}; choose a writable path for --csv", file=sys.stderr)
-            return exitcodes.FAILED
-        print(f"CSV: {args.csv}")
+    if args.csv and not save_csv(args.csv, render_csv(report)):
+        return exitcodes.FAILED
     if args.check and report.needs_attention:
         return exitcodes.FAILED
     return exitcodes.OK
