@@ -319,7 +319,9 @@ class GatewayLogObserver:
             _stat_stderr(),
             journal_available=self._send is not None,
         )
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler runs between the bytecodes of a write on the same thread
+        # (Twisted logs "Received SIGTERM" from it), and a plain Lock would deadlock there.
+        self._lock = threading.RLock()
         self._journal_failure_noted = False
 
     @property

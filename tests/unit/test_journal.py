@@ -434,3 +434,29 @@ def test_when_the_event_reference_is_generated_then_it_lists_every_event_with_it
     text = events_markdown()
     for event in events.ALL_EVENTS:
         assert f"| `{event.name}` | `{event.message_id}` | {event.level.name} " in text
+
+
+def test_when_a_signal_handler_logs_during_a_write_then_both_lines_are_written_without_deadlock() -> None:
+    """A second SIGTERM while the daemon logs "stopping" once hung it for good (a plain Lock)."""
+    import io
+    import threading
+
+    written: list[str] = []
+    observer: GatewayLogObserver
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            if not written:  # like a signal handler running between the bytecodes of this write
+                written.append("outer")
+                observer(dict(log_level=LogLevel.info, log_format="Received SIGTERM, shutting down.",
+                              log_namespace="twisted.internet.base", log_time=0.0))
+            written.append(text)
+            return len(text)
+
+    observer = GatewayLogObserver(target="terminal", stream=Stream(), environ={}, send=FakeSend())
+    worker = threading.Thread(target=observer, args=(dict(
+        log_level=LogLevel.info, log_format="stopping", log_namespace="kei_gateway", log_time=0.0),), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the nested write deadlocked"
+    assert len([line for line in written if line.endswith("\n")]) == 2
