@@ -70,7 +70,7 @@ class AuditObserver:
         self.batch_size = batch_size
         self.interval = interval
         self._queue: deque[AuditRecord] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: an event may be logged from a signal handler mid-append
         self._audit_log: AuditLog | None = None
         self._blocking: Blocking | None = None
         self._metrics: GatewayMetrics | None = None
