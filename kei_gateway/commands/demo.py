@@ -222,7 +222,8 @@ def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep:
             _say("   " + line.rstrip())
     _where_to_look(base, url, config_path, keep)
     _say(f"== demo {outcome} ({time.monotonic() - started:.0f} s)")
-    _say("   Next: README.md (install on a server, configure, operate, the JNKS flow), docs/configuration.md")
+    _say("   Next: README.md (install on a server, configure, operate, the JNKS and MPN flows, privacy and audit), "
+         "docs/configuration.md, docs/privacy.md")
     return exitcodes.OK if code == 0 else exitcodes.FAILED
 
 
@@ -456,7 +457,8 @@ def _mpn_flows(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
          f"{sum(by_delivery.values()):,} result records in {len(produced)} files "
          f"({', '.join(f'{count:,} by {how}' for how, count in sorted(by_delivery.items()))}),")
     _say(f"   {len(truth_block['results']):,} distinct results; {truth_block['duplicates']} 速報 repeated, "
-         f"{report['push_statuses']} push answers")
+         "push answers " + ", ".join(f"{status} ×{count}" for status, count in sorted(
+             dict(report["push_statuses"]).items())))  # type: ignore[call-overload]
     _say(f"-- spool/inbox/mpn-results/: {files} file(s) with {len(relayed):,} results, each exactly once "
          "(checked against the simulator's ground truth)")
     code, body = _get(url + "/metrics")
