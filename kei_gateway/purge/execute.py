@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -42,10 +43,11 @@ from kei_gateway.purge.plan import (
     plan_purge, unhidden,
 )
 from kei_gateway.purge.report import ErasedItem, PurgeRun, parse_completed, render_csv, render_text, report_names
-from kei_gateway.spool import entry_kind
+from kei_gateway.spool import entry_kind, write_durable
 from kei_gateway.store import BlobStore
 
 __all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
+           "recovered_from_journal", "JOURNAL_NAME", "INTERRUPTED_NOTE",
            "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME"]
 
 _log = Logger(namespace="kei_gateway.purge")
@@ -53,6 +55,12 @@ _log = Logger(namespace="kei_gateway.purge")
 AuditPruner = Callable[[datetime.datetime], int]
 """Erase the audit records older than the time given (keeping the chain verifiable); the number erased."""
 LOCK_NAME = ".purge.lock"
+JOURNAL_NAME = ".purge-journal.jsonl"
+"""The plan of the run in progress, written (and fsynced) before the first erasure; removed with the report.
+
+A run killed part-way leaves it behind, and the next run reports from it what is gone —
+so every erasure reaches a 消去報告 even when its run never finished."""
+INTERRUPTED_NOTE = "（中断した前回の実行で消去 / erased by an interrupted run）"
 _CHUNK = 1 << 16
 _BATCH = 500
 
@@ -80,6 +88,11 @@ class PurgeLedger(TransferLedger):
         query = select(Transfer).where(or_(*conditions)).order_by(Transfer.id)
         with Session(self.engine) as session:
             return [TransferRow.of(t) for t in session.scalars(query)]
+
+    @retry_transient
+    def transfer_exists(self, transfer_id: int) -> bool:
+        with Session(self.engine) as session:
+            return session.get(Transfer, transfer_id) is not None
 
     @retry_transient
     def forget_blob(self, transfer_id: int, blob_id: str, states: Sequence[str]) -> bool:
@@ -298,7 +311,8 @@ def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, n
         if dry_run:
             return PurgeOutcome(plan)
         outcome = PurgeOutcome(plan)
-        erased: list[ErasedItem] = []
+        erased: list[ErasedItem] = recovered_from_journal(reports, store, ledger)
+        _write_journal(reports, plan.items, started)
         errors: list[str] = []
         results = 0
         ledger_rows = [item for item in plan.items if item.area == "ledger" and item.transfer_id is not None]
@@ -333,10 +347,64 @@ def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, n
         run = PurgeRun(started, now(), erased, errors, plan.kept_failed, results, actor)
         outcome.run = run
         outcome.report_paths = append_report(reports, run)
+        _remove_journal(reports)
         return outcome
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _write_journal(directory: str, items: Sequence[Erasure], started: datetime.datetime) -> None:
+    """The run's plan, durable before anything is erased (one fsync for the whole list)."""
+    lines = [json.dumps({"planned_at": started.isoformat(), "area": item.area, "name": item.name,
+                         "category": item.category, "reason": item.reason, "sha256": item.sha256,
+                         "size": item.size, "transfer_id": item.transfer_id, "blob_id": item.blob_id,
+                         "path": os.path.join(item.directory, item.entry) if item.directory and item.entry else None},
+                        ensure_ascii=False) for item in items if item.audit_before is None]
+    write_durable(os.path.join(directory, JOURNAL_NAME), [("\n".join(lines) + "\n").encode("utf-8")], mode=0o600)
+
+
+def _remove_journal(directory: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, JOURNAL_NAME))
+    except FileNotFoundError:
+        pass
+
+
+def recovered_from_journal(directory: str, store: BlobStore | None, ledger: PurgeLedger) -> list[ErasedItem]:
+    """What a killed earlier run erased (planned there, gone now), as report lines; [] if no run was cut off.
+
+    Only what is provably gone is reported: a file no longer at its path, a blob no longer in
+    the store and no longer referenced, a ledger row no longer there. Its 消去日時 is the
+    time that run was planned (the moment of each erasure was lost with the run).
+    """
+    path = os.path.join(directory, JOURNAL_NAME)
+    try:
+        with open(path, encoding="utf-8") as journal:
+            entries = [json.loads(line) for line in journal if line.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as error:
+        _log.warn("purge: the journal of an interrupted run is unreadable ({reason}); its erasures are not reported",
+                  reason=describe_error(error))
+        return []
+    referenced = ledger.referenced_blobs()
+    gone: list[ErasedItem] = []
+    for entry in entries:
+        if entry.get("path"):
+            erased = not os.path.lexists(entry["path"])
+        elif entry["area"] == "store" and entry.get("blob_id"):
+            erased = (store is not None and not store.exists(entry["blob_id"])
+                      and entry["blob_id"] not in referenced)
+        elif entry["area"] == "ledger" and entry.get("transfer_id") is not None:
+            erased = not ledger.transfer_exists(int(entry["transfer_id"]))
+        else:
+            erased = False
+        if erased:
+            gone.append(ErasedItem(datetime.datetime.fromisoformat(entry["planned_at"]), entry["area"], entry["name"],
+                                   entry.get("sha256"), entry.get("size"), entry["category"],
+                                   f"{entry['reason']} {INTERRUPTED_NOTE}"))
+    return gone
 
 
 def _erase(item: Erasure, store: BlobStore | None, ledger: PurgeLedger,

@@ -302,3 +302,38 @@ def test_when_the_ledger_has_no_transfers_but_the_store_has_blobs_then_no_blob_i
     outcome = world.purge(30)
     assert world.store.exists("out-queued-elsewhere")
     assert outcome.ok and outcome.run is not None and outcome.run.counts()["store"] == 0
+
+
+def test_when_a_run_is_killed_part_way_then_the_next_run_reports_what_it_had_erased(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every erasure reaches a 消去報告, even one made by a run that never finished (kill -9)."""
+    from kei_gateway.purge import execute
+
+    first = world.add(state=TransferState.DONE, age_days=2, name="first.dat")
+    second = world.add(state=TransferState.DONE, age_days=2, name="second.dat")
+    real_erase = execute._erase
+    calls: list[str] = []
+
+    def killed_after_one(item: Any, *args: Any) -> Any:
+        if calls:
+            raise KeyboardInterrupt  # stands for the kill: nothing after this line of the run happens
+        calls.append(item.name)
+        return real_erase(item, *args)
+
+    monkeypatch.setattr(execute, "_erase", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        world.purge(0)
+    assert not (world.base / "state" / "reports" / "erasure-*.csv").exists()
+    monkeypatch.setattr(execute, "_erase", real_erase)
+
+    outcome = world.purge(0)
+
+    assert outcome.ok and outcome.run is not None
+    reasons = {item.name: item.reason for item in outcome.run.items}
+    erased_first, erased_second = (calls[0], "second.dat") if calls[0] == "first.dat" else (calls[0], "first.dat")
+    assert reasons[erased_first].endswith(execute.INTERRUPTED_NOTE)  # reported from the journal
+    assert not reasons[erased_second].endswith(execute.INTERRUPTED_NOTE)  # erased by this run
+    assert not world.store.exists(first.blob_id) and not world.store.exists(second.blob_id)
+    assert not os.path.exists(os.path.join(outcome.report_paths[0].rsplit("/", 1)[0], execute.JOURNAL_NAME))
+    csv_text = open(outcome.report_paths[0], encoding="utf-8-sig").read()
+    assert erased_first in csv_text and "interrupted run" in csv_text
