@@ -123,5 +123,5 @@ class HeldWatch(service.Service):
                         reason=f"cannot list HELD transfers: {events.describe_error(failure.value)}")
             return []
 
-        d = self.blocking.run(self.ledger.list_transfers, state="HELD", limit=HELD_LIMIT)
+        d = self.blocking.run(self.ledger.list_transfers, state="HELD", limit=HELD_LIMIT, oldest_first=True)
         return d.addCallbacks(warn, failed)

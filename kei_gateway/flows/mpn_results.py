@@ -249,7 +249,7 @@ class ResultRelay(service.Service):
     def relay_pending(self) -> Any:
         """Relay every received file still VALIDATED (a stop, crash or failed relay came between)."""
         pending: list[TransferRow] = yield self.blocking.run(
-            self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000)
+            self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
         for row in sorted(pending, key=lambda r: r.id):
             if not self.running:
                 return

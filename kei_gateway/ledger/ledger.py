@@ -199,8 +199,10 @@ class TransferLedger(Ledger):
 
     @retry_transient
     def list_transfers(self, *, state: str | None = None, flow: str | None = None,
-                       limit: int = 100) -> list[TransferRow]:
-        query = select(Transfer).order_by(Transfer.id.desc()).limit(limit)
+                       limit: int = 100, oldest_first: bool = False) -> list[TransferRow]:
+        """Transfers, newest first (or oldest first: what has waited longest comes within *limit*)."""
+        order = Transfer.id.asc() if oldest_first else Transfer.id.desc()
+        query = select(Transfer).order_by(order).limit(limit)
         if state is not None:
             query = query.where(Transfer.state == state)
         if flow is not None:

@@ -104,6 +104,17 @@ class HeldWatchTests(SynchronousTestCase):
             self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(len(self.warnings()), 2)
 
+    def test_when_more_holds_wait_than_one_check_reads_then_the_oldest_are_the_ones_read(self) -> None:
+        from kei_gateway.flows import held as held_module
+
+        oldest = self.add(S.HELD, created=T0 - timedelta(days=3))
+        for _ in range(3):
+            self.add(S.HELD)  # newer, not yet overdue
+        self.patch(held_module, "HELD_LIMIT", 2)
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+        self.assertEqual([w["transfer_id"] for w in self.warnings()], [oldest])
+
     def test_when_the_hold_is_approved_then_the_warnings_stop(self) -> None:
         held = self.add(S.HELD, created=T0 - timedelta(days=2))
         self.watch.startService()
