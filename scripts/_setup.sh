@@ -5,7 +5,7 @@ set -euo pipefail
 
 KG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KG_VENV="${KG_VENV:-$KG_ROOT/.venv}"
-KG_APT_PACKAGES=(libsystemd-dev pkg-config systemd nginx-light libnginx-mod-http-dav-ext prometheus openssl curl locales util-linux)
+KG_APT_PACKAGES=(libsystemd-dev pkg-config systemd nginx-light libnginx-mod-http-dav-ext prometheus openssl curl locales util-linux postgresql)
 
 kg_log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -22,7 +22,8 @@ kg_apt() {
   kg_log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d keeps the packages' own services (nginx, prometheus) from starting.
+  # policy-rc.d keeps the packages' own services (nginx, prometheus, postgresql) from starting;
+  # the tests start their own throwaway PostgreSQL cluster (tests/pg.py).
   local policy=/usr/sbin/policy-rc.d created_policy=0
   if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1; fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
