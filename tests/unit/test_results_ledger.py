@@ -1,11 +1,10 @@
-"""payment_results in a real SQLite ledger built by the migrations (kei_gateway.ledger.results)."""
+"""payment_results in a real ledger (SQLite and PostgreSQL) built by the migrations (kei_gateway.ledger.results)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ RECORDS: list[Record] = list(parse_records([b"".join(generate_file(LAYOUT, 40, s
 
 
 @pytest.fixture
-def ledgers(tmp_path: Path) -> Iterator[tuple[TransferLedger, ResultLedger]]:
-    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+def ledgers(ledger_url: str) -> Iterator[tuple[TransferLedger, ResultLedger]]:
+    engine = create_ledger_engine(ledger_url)
     upgrade(engine)
     yield TransferLedger(engine), ResultLedger(engine)
     engine.dispose()
@@ -170,6 +169,8 @@ def test_when_asked_for_a_day_then_the_day_is_taken_in_jst(ledgers: tuple[Transf
     with Session(results.engine) as session:  # stored as UTC: 00:00 JST is 15:00 the day before
         stored = session.scalars(select(PaymentResult.received_at).where(
             PaymentResult.identity_key == facts["early-21st"].identity_key)).one()
+    if stored.tzinfo is not None:  # PostgreSQL's timestamptz: the instant, shown in the server's time zone
+        stored = stored.astimezone(dt.timezone.utc)
     assert stored.replace(tzinfo=None) == dt.datetime(2026, 11, 20, 15, 0, 0)
     since = results.results_since(dt.datetime(2026, 11, 21, 12, 0, tzinfo=JST))
     assert [r.identity_key for r in since] == [facts["late-21st"].identity_key, facts["22nd"].identity_key]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,8 @@ NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[TransferLedger]:
-    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+def ledger(ledger_url: str) -> Iterator[TransferLedger]:
+    engine = create_ledger_engine(ledger_url)
     upgrade(engine)
     yield TransferLedger(engine)
     engine.dispose()
