@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from kei_gateway.audit.chain import (
     ANCHOR_EVENT, FIELD_NAMES, AuditRecord, ChainHead, ChainReport, StoredRecord, chain, utc, verify_chain,
@@ -127,7 +127,7 @@ class AuditLog:
             try:
                 row = connection.execute(
                     select(AuditHead.sequence, AuditHead.mac).where(AuditHead.id == _HEAD_ID).with_for_update()).first()
-            except OperationalError as error:
+            except (OperationalError, ProgrammingError) as error:  # PostgreSQL: UndefinedTable is a ProgrammingError
                 connection.rollback()
                 if "no such table" in str(error) or "does not exist" in str(error):
                     raise AuditUnavailable("the ledger has no audit table: run 'kei-gateway db upgrade'") from None

@@ -1,4 +1,4 @@
-"""The audit chain on a real SQLite ledger: tampering is named, purges and concurrent writers keep it valid."""
+"""The audit chain on a real ledger (SQLite and PostgreSQL): tampering is named, purges and concurrent writers keep it valid."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import secrets
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
-from kei_gateway.audit import AuditLog, AuditRecord, ChainHead, StoredRecord, canonical, mac, verify_chain
+from kei_gateway.audit import AuditLog, AuditRecord, AuditUnavailable, ChainHead, StoredRecord, canonical, mac, verify_chain
 from kei_gateway.audit.chain import GENESIS_MAC, chain
 from kei_gateway.ledger import create_ledger_engine, upgrade
 
@@ -26,10 +26,11 @@ def record(i: int, when: datetime | None = None) -> AuditRecord:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+def engine(ledger_url: str) -> Iterator[Engine]:
+    engine = create_ledger_engine(ledger_url)
     upgrade(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
@@ -42,6 +43,11 @@ def log(engine: Engine) -> AuditLog:
 def sql(engine: Engine, statement: str, **params: object) -> None:
     with engine.begin() as connection:
         connection.execute(text(statement), params)
+
+
+def as_stored(engine: Engine, when: datetime) -> datetime:
+    """*when* as a raw SQL parameter for a timestamp column: naive UTC on SQLite, aware on PostgreSQL."""
+    return when.astimezone(timezone.utc).replace(tzinfo=None) if engine.dialect.name == "sqlite" else when
 
 
 # --- the pure core -------------------------------------------------------------------
@@ -93,7 +99,7 @@ def test_when_a_field_of_a_record_is_edited_then_verify_names_it_changed(log: Au
 
 
 def test_when_a_records_time_is_edited_then_verify_names_it_changed(log: AuditLog, engine: Engine) -> None:
-    sql(engine, "UPDATE audit SET time = :t WHERE sequence = 7", t=(T0 - timedelta(days=1)).replace(tzinfo=None))
+    sql(engine, "UPDATE audit SET time = :t WHERE sequence = 7", t=as_stored(engine, T0 - timedelta(days=1)))
     assert kind_of(log) == (7, "changed")
 
 
@@ -126,7 +132,7 @@ def test_when_the_first_records_are_deleted_outside_a_purge_then_verify_says_del
 def _forge(engine: Engine, sequence: int, previous_mac: str, mac_value: str, event: str = "transfer.sent") -> None:
     sql(engine, "INSERT INTO audit (sequence, time, actor, event, previous_mac, mac) "
                 "VALUES (:s, :t, 'kei-gateway', :e, :p, :m)",
-        s=sequence, t=T0.replace(tzinfo=None), e=event, p=previous_mac, m=mac_value)
+        s=sequence, t=as_stored(engine, T0), e=event, p=previous_mac, m=mac_value)
 
 
 def test_when_a_forged_record_is_inserted_in_the_middle_then_verify_names_it_inserted(log: AuditLog, engine: Engine) -> None:
@@ -151,7 +157,7 @@ def test_when_a_valid_record_is_copied_into_the_chain_then_verify_names_the_copy
     _forge(engine, 6, copy.previous_mac, copy.mac)
     sql(engine, "UPDATE audit SET count = :c, transfer_id = :i, sha256 = :h, flow = :f, peer = :p, time = :t WHERE sequence = 6",
         c=copy.record.count, i=copy.record.transfer_id, h=copy.record.sha256, f=copy.record.flow, p=copy.record.peer,
-        t=copy.record.time.replace(tzinfo=None))
+        t=as_stored(engine, copy.record.time))
     assert kind_of(log) == (6, "inserted")
 
 
@@ -222,8 +228,8 @@ _WRITER = textwrap.dedent("""
 
 
 def test_when_two_processes_append_200_records_each_then_the_chain_holds_all_400_and_verifies(
-        tmp_path: Path, engine: Engine) -> None:
-    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+        ledger_url: str, engine: Engine) -> None:
+    url = ledger_url
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, url, f"writer-{n}"]) for n in (1, 2)]
     for writer in writers:
         assert writer.wait(timeout=120) == 0
@@ -243,3 +249,13 @@ def test_when_a_reason_holds_an_undecodable_file_name_then_the_record_is_appende
     assert stored.record.reason is not None and "\ufffd" in stored.record.reason and ".dat)" in stored.record.reason
     report = log.verify()
     assert report.ok and report.count == 11
+
+
+def test_when_the_ledger_has_no_audit_table_then_an_append_says_to_run_db_upgrade(ledger_url: str) -> None:
+    engine = create_ledger_engine(ledger_url)
+    upgrade(engine, "0004")
+    log = AuditLog(engine, KEY, sleep=lambda _: None)
+    assert not log.available()
+    with pytest.raises(AuditUnavailable, match="db upgrade"):
+        log.append(record(1))
+    engine.dispose()
