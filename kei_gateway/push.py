@@ -354,9 +354,12 @@ class PushReceiver:
 
     def __init__(self, *, config_source: Callable[[], Config], ledger: TransferLedger, store: BlobStore,
                  blocking: Blocking, clock: Any, metrics: GatewayMetrics, on_committed: OnCommitted | None = None,
-                 max_bytes: int = MAX_PUSH_BYTES, max_concurrent: int = MAX_CONCURRENT_PUSHES) -> None:
+                 max_bytes: int = MAX_PUSH_BYTES, max_concurrent: int = MAX_CONCURRENT_PUSHES,
+                 intake_blocking: Blocking | None = None) -> None:
         self.config_source = config_source
         self.ledger, self.store, self.blocking = ledger, store, blocking
+        self.intake_blocking = intake_blocking or blocking
+        """The door of the store writers, which wait on the network for the whole body."""
         self.clock, self.metrics = clock, metrics
         self.on_committed = on_committed
         self.max_bytes = max_bytes
@@ -399,7 +402,7 @@ class PushReceiver:
         self._in_flight.add(key)
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
         intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
-                              blocking=self.blocking)
+                              blocking=self.intake_blocking)
         return _Accepted(decision, intake, started_at)
 
     def too_large(self, accepted: _Accepted, source: str) -> defer.Deferred[None]:
@@ -768,7 +771,8 @@ class PushListener(NamedTuple):
 def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, ledger: TransferLedger,
                        store: BlobStore, blocking: Blocking, metrics: GatewayMetrics,
                        environ: Mapping[str, str] = os.environ,
-                       on_committed: OnCommitted | None = None) -> PushListener:
+                       on_committed: OnCommitted | None = None,
+                       intake_blocking: Blocking | None = None) -> PushListener:
     """The push listener's protocol factory (allow-list guard → TLS → HTTP) and its reload hook.
 
     *config_source* returns the live configuration; it is read for every new
@@ -778,7 +782,8 @@ def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, led
     under the same names are re-read. *on_committed* runs after each ``201``.
     """
     receiver = PushReceiver(config_source=config_source, ledger=ledger, store=store, blocking=blocking,
-                            clock=reactor, metrics=metrics, on_committed=on_committed)
+                            clock=reactor, metrics=metrics, on_committed=on_committed,
+                            intake_blocking=intake_blocking)
     tls = PushTLS(config_source, environ)
     site = _PushSite(receiver, tls, reactor)
     guarded = AllowListFactory(_PushTLSFactory(tls, site, reactor), "push", tls.allowed_networks,

@@ -142,6 +142,9 @@ class GatewayService(service.MultiService):
         self._status_extra = ""
         self._status_pending = False
         self.pool: ThreadPool | None = None
+        self.intake_pool: ThreadPool | None = None
+        """The store writers of pushes and downloads (they wait on the network): kept apart, so
+        their waits never hold back the ledger, the health checks or the watchdog's ping."""
         """The blocking-work pool: started first, stopped only after every service has finished."""
         self.senders: list[UploadSender] = []
         self.pollers: list[DownloadPoller] = []
@@ -163,8 +166,9 @@ class GatewayService(service.MultiService):
         listener.setServiceParent(self)
 
     def startService(self) -> None:
-        if self.pool is not None:
-            self.pool.start()
+        for pool in (self.pool, self.intake_pool):
+            if pool is not None:
+                pool.start()
         if self.audit is not None and self.audit_log is not None:
             self.audit.start(self.audit_log, self.blocking, self.metrics)
         super().startService()
@@ -205,8 +209,9 @@ class GatewayService(service.MultiService):
 
         def stop_pool(result: object) -> object:
             # Only now: until every service has finished, its last ledger writes still need the pool.
-            if self.pool is not None and self.pool.started:
-                self.pool.stop()
+            for pool in (self.intake_pool, self.pool):
+                if pool is not None and pool.started:
+                    pool.stop()
             return result
 
         def flush_audit(result: Any) -> Any:
@@ -440,13 +445,17 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
+    pool: ThreadPool | None = None
+    intake_pool: ThreadPool | None = None
     if blocking is None:
-        # Up to 8: an upload takes a reader and a hasher, each push or download being received a
-        # writer and a feeder, and the ledger, health checks and pollers need the rest.
+        # Up to 8: an upload takes a reader and a hasher; the ledger, health checks and pollers the rest.
         pool = ThreadPool(minthreads=1, maxthreads=8, name="kei-gateway-blocking")
         blocking = ThreadPoolBlocking(reactor, pool)
+        # The store writers of pushes and downloads: two of each at once, a writer and a feeder each.
+        intake_pool = ThreadPool(minthreads=0, maxthreads=8, name="kei-gateway-intake")
+        intake_blocking: Blocking = ThreadPoolBlocking(reactor, intake_pool)
     else:
-        pool = None
+        intake_blocking = blocking
     gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
     if client_factory is None:
         # Controls (issue 6): each verified handshake reports the peer's certificate expiry.
@@ -455,7 +464,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                                             on_certificate=gateway.peer_certificate_seen)
     gateway.client_factory = client_factory
     gateway._schema = schema
-    gateway.pool = pool
+    gateway.pool, gateway.intake_pool = pool, intake_pool
 
     def denied(listener: str, source: str) -> None:
         metrics.denied_connections.labels(listener=listener, reason="address").inc()
@@ -505,7 +514,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             inbox_dir=config.spool_path(inbound.inbox), quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
             marker=inbound.marker, client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
             store=store, blocking=blocking, clock=reactor, metrics=metrics, poll_interval=inbound.poll_interval,
-            on_relayed=hook, relay=relay.relay if relay is not None else None)
+            on_relayed=hook, relay=relay.relay if relay is not None else None, intake_blocking=intake_blocking)
         gateway.pollers.append(poller)
         poller.setServiceParent(gateway)
 
@@ -515,7 +524,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         relay = gateway.relay or _result_relay(gateway, config, ledger, store, blocking, metrics)
         push = make_push_listener(lambda: gateway.config, reactor, ledger=ledger, store=store, blocking=blocking,
                                   metrics=metrics, environ=environ,
-                                  on_committed=lambda row, received_at: relay.relay(row, received_at))
+                                  on_committed=lambda row, received_at: relay.relay(row, received_at),
+                                  intake_blocking=intake_blocking)
         gateway.on_reconfigure.append(push.reconfigure)
         for reason in DENIAL_REASONS:
             metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start

@@ -63,8 +63,9 @@ class DownloadPoller(service.Service):
                  quarantine_dir: str, marker: bool, client: WebDavClient, ledger: TransferLedger,
                  store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics, poll_interval: float,
                  on_relayed: Callable[[TransferRow, BlobStore], Any] | None = None,
-                 relay: Callable[[TransferRow], Any] | None = None) -> None:
-        """*relay*, when given, replaces the relay of the whole file (payment results: dedupe first)."""
+                 relay: Callable[[TransferRow], Any] | None = None, intake_blocking: Blocking | None = None) -> None:
+        """*relay*, when given, replaces the relay of the whole file (payment results: dedupe first);
+        *intake_blocking* is the door of the store writer, which waits on the network for the whole file."""
         self.setName(f"poller:{flow}")
         self.flow, self.peer, self.results_url = flow, peer, results_url
         self.layout = get_layout(layout_name)
@@ -73,6 +74,7 @@ class DownloadPoller(service.Service):
         self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.on_relayed = on_relayed
         self.relay = relay
+        self.intake_blocking = intake_blocking or blocking
         self._busy: defer.Deferred[Any] | None = None
         self._loop = task.LoopingCall(self.poll)
         self._loop.clock = clock
@@ -168,7 +170,7 @@ class DownloadPoller(service.Service):
     def _download(self, url: str) -> defer.Deferred[Received]:
         """GET *url* into the store, validating as it streams; the intake pauses the GET while the store catches up."""
         intake = StreamIntake(layout=self.layout, options=ValidationOptions(today=today_in_jst(self.clock.seconds())),
-                              store=self.store, blocking=self.blocking)
+                              store=self.store, blocking=self.intake_blocking)
 
         def failed(failure: Any) -> defer.Deferred[Any]:
             return intake.abort(failure.value).addCallback(lambda _: failure)

@@ -9,12 +9,17 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from kei_gateway.blocking import ThreadPoolBlocking
 from kei_gateway.config import config_from_string, read_config
-from kei_gateway.ledger import Ledger, create_ledger_engine, head_revision, upgrade
+from kei_gateway.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
 from kei_gateway.pki import write_demo_credentials
 from kei_gateway.service import make_service, restart_needed
+from kei_gateway.store import StoreKeyring
 from tests.unit.helpers import temporary_directory
-from kei_gateway.testing import RecordingNotifier, SynchronousBlocking, demo_config_text
+from kei_gateway.testing import (
+    DUMMY_STORE_KEY, InMemoryBlobStore, RecordingNotifier, SynchronousBlocking, demo_config_text, jnks_flow_config_text,
+    mpn_flow_config_text,
+)
 
 
 class ServiceTreeTests(SynchronousTestCase):
@@ -164,3 +169,29 @@ class LedgerTests(SynchronousTestCase):
         self.assertEqual(flaky(), "ok")
         self.assertEqual(len(calls), 3)
         self.assertFalse(is_transient(OperationalError("x", {}, Exception("no such table: transfers"))))
+
+
+class ThreadPoolTests(SynchronousTestCase):
+    def test_when_built_for_real_then_store_writers_have_their_own_pool_apart_from_the_ledger_and_watchdog(
+            self) -> None:
+        """A push or download waiting on the network must never hold a thread the watchdog's ping needs."""
+
+        base = Path(temporary_directory(self))
+        credentials = write_demo_credentials(str(base / "credentials"))
+        ca = f"{credentials.directory}/ca.pem"
+        flows = (jnks_flow_config_text("https://127.0.0.1:9/", ca)
+                 + mpn_flow_config_text("https://127.0.0.1:9/", ca, 19998))
+        config = config_from_string(demo_config_text(str(base), 19999, extra=flows))
+        engine = create_ledger_engine(config.database_url)
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        gateway = make_service(config, MemoryReactorClock(), TransferLedger(engine), notifier=RecordingNotifier(),
+                               registry=CollectorRegistry(), environ={}, store=InMemoryBlobStore(
+                                   StoreKeyring(DUMMY_STORE_KEY)))
+        assert gateway.pool is not None and gateway.intake_pool is not None
+        self.assertIsNot(gateway.intake_pool, gateway.pool)
+        self.assertIsInstance(gateway.blocking, ThreadPoolBlocking)
+        self.assertIs(gateway.blocking.pool, gateway.pool)  # type: ignore[attr-defined]
+        for poller in gateway.pollers:
+            self.assertIs(poller.intake_blocking.pool, gateway.intake_pool)  # type: ignore[attr-defined]
+            self.assertIs(poller.blocking, gateway.blocking)
