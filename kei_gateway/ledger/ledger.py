@@ -99,9 +99,10 @@ class TransferRow:
 
 
 def _aware(value: object) -> object:
-    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+    """Every time in the ledger is UTC: SQLite hands back naive datetimes, PostgreSQL aware ones in the
+    server's time zone (``timezone`` setting); both come back aware in UTC."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     return value
 
 

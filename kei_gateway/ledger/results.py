@@ -47,8 +47,8 @@ def _utc(value: datetime) -> datetime:
 
 
 def _from_db(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    """Aware, in UTC: SQLite hands back naive UTC datetimes, PostgreSQL aware ones in the server's time zone."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _stored(row: PaymentResult) -> StoredResult:

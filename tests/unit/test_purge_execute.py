@@ -1,4 +1,4 @@
-"""The purge executor on a temporary directory, a real SQLite ledger and a real FileBlobStore."""
+"""The purge executor on a temporary directory, a real ledger (SQLite and PostgreSQL) and a real FileBlobStore."""
 
 from __future__ import annotations
 
@@ -99,9 +99,9 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, ledger_url: str) -> Iterator[World]:
     config = config_from_string(demo_config_text(str(tmp_path), 9464, extra=FLOWS))
-    engine = create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3")
+    engine = create_ledger_engine(ledger_url)
     upgrade(engine)
     store_dir = tmp_path / "state" / "store"
     store_dir.mkdir(parents=True)
@@ -129,7 +129,8 @@ def test_when_the_purge_runs_then_what_is_due_is_erased_and_everything_else_is_k
 
     assert outcome.ok and outcome.run is not None
     assert not world.store.exists(done.blob_id) and world.row(done.id).blob_id is None
-    assert world.row(done.id).updated_at == world.ledger.get(done.id).updated_at.replace(tzinfo=None)
+    raw = world.row(done.id).updated_at  # SQLite: naive UTC; PostgreSQL: aware, in the server's time zone
+    assert (raw if raw.tzinfo else raw.replace(tzinfo=UTC)) == world.ledger.get(done.id).updated_at
     for kept in (young, queued, failed):
         assert world.store.exists(kept.blob_id) and world.row(kept.id).blob_id == kept.blob_id
     assert not world.store.exists(receipt.blob_id) and not world.store.exists(results.blob_id)

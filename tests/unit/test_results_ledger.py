@@ -62,6 +62,7 @@ def test_when_a_relay_is_recorded_then_rows_transfer_and_state_change_together(
                                  facts[0].tax_item, facts[0].pay_method, facts[0].slip_hint)
     assert first.received_at == facts[0].received_at and first.received_at.utcoffset() == dt.timedelta(hours=9)
     assert (first.transfer_id, first.relay_name, first.recorded_at) == (transfer, "mpn-20261121-0001.dat", NOW)
+    assert first.recorded_at.utcoffset() == dt.timedelta(0), "UTC whatever the database server's time zone"
 
 
 def test_when_recorded_without_done_then_finish_relay_is_the_second_step(

@@ -30,6 +30,9 @@ def add(ledger: TransferLedger, name: str = "a.dat", state: S = S.QUEUED, flow: 
 def test_when_a_transfer_is_added_then_it_reads_back_with_utc_times(ledger: TransferLedger) -> None:
     row = ledger.get(add(ledger))
     assert row.state == "QUEUED" and row.created_at == NOW and row.created_at.tzinfo is not None
+    # UTC whatever the database server's time zone (the test cluster's is Asia/Tokyo)
+    assert row.created_at.utcoffset() == row.updated_at.utcoffset() == timedelta(0)
+    assert ledger.list_transfers()[0].created_at.utcoffset() == timedelta(0)
     assert row.blob_id == "blob-a.dat" and row.source_removed is False
 
 
