@@ -1,0 +1,76 @@
+"""The real daemon with its ledger on PostgreSQL (SPEC §6: the production/HA choice).
+
+A JNKS payment file goes through the outbox to the simulator and its receipt comes back
+to the inbox, with ``[database] url`` naming a database of the session's throwaway
+PostgreSQL cluster (see tests/pg.py): migrations at start, transfers, the HMAC audit
+chain, all there and nothing in a SQLite file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from kei_gateway.audit import AuditLog, audit_key_from_config
+from kei_gateway.config import read_config
+from kei_gateway.ledger import create_ledger_engine, current_revision, head_revision
+from kei_gateway.ledger.models import Transfer
+from tests.integration.conftest import poll_until
+from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.test_jnks_flow import drop, dummy_file, transfers
+
+pytestmark = pytest.mark.integration
+
+
+def test_when_the_ledger_is_on_postgresql_then_a_file_goes_to_the_peer_and_its_receipt_comes_back(
+        tmp_path: Path, postgresql_url: str) -> None:
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files, "--reject-lines", "3")
+    try:
+        files.write_jnks_config(sim.url, extra=f'\n[database]\nurl = "{postgresql_url}"\n')
+        config = read_config(str(files.config))
+        assert config.database_url == postgresql_url
+        daemon = start_daemon(files)
+        try:
+            daemon.notify.wait_for("READY=1")
+            drop(files, "pay-pg-001.dat", dummy_file(8, seed=11))
+            inbox = files.base / "spool" / "inbox" / "jnks-receipts"
+            receipts = poll_until(lambda: (list(inbox.glob("*.result")) if inbox.exists() else None) or None, 60,
+                                  "the receipt in the inbox", lambda: daemon.stderr()[-3000:])
+            assert len(receipts) == 1 and len(receipts[0].read_bytes()) == 8 * 100
+            delivered = list((sim.root / "upload").glob("*.dat"))
+            assert len(delivered) == 1 and delivered[0].name.endswith("_1.dat")
+            upload = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments"
+                                         and t["state"] == "DONE" and t["receipt_summary"]] or None, 60,
+                                "the upload DONE with its receipt summary", lambda: daemon.stderr()[-3000:])
+            assert upload[0]["receipt_summary"].startswith("受付 7, エラー 1")
+            assert str(upload[0]["updated_at"]).endswith("+00:00")
+            status = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
+                                    capture_output=True, text=True, timeout=60, check=False)
+            assert status.returncode == 0, status.stderr
+        finally:
+            assert daemon.stop() == 0, daemon.stderr()[-3000:]
+            daemon.notify.close()
+    finally:
+        sim.stop()
+
+    assert not list((files.base / "state").glob("ledger.sqlite3*")), "the ledger is PostgreSQL, not a SQLite file"
+    engine = create_ledger_engine(postgresql_url)
+    try:
+        assert current_revision(engine) == head_revision(), "the daemon migrated the database at start"
+        with engine.connect() as connection:
+            flows = dict(connection.execute(select(Transfer.flow, func.count()).group_by(Transfer.flow)).all())
+        assert flows == {"jnks-payments": 1, "jnks-receipts": 1}
+        audit = AuditLog(engine, audit_key_from_config(config, {}))
+        events = {stored.record.event for stored in audit.iter_records()}
+        assert {"daemon.starting", "database.migrated", "ingest.queued", "transfer.sent"} <= events
+        assert audit.verify().ok
+    finally:
+        engine.dispose()
+    verified = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "audit", "verify"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK, "), verified.stdout + verified.stderr
