@@ -47,7 +47,7 @@ def test_when_the_ledger_is_on_postgresql_then_a_file_goes_to_the_peer_and_its_r
             upload = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments"
                                          and t["state"] == "DONE" and t["receipt_summary"]] or None, 60,
                                 "the upload DONE with its receipt summary", lambda: daemon.stderr()[-3000:])
-            assert upload[0]["receipt_summary"].startswith("受付 7, エラー 1")
+            assert str(upload[0]["receipt_summary"]).startswith("受付 7, エラー 1")
             assert str(upload[0]["updated_at"]).endswith("+00:00")
             status = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
                                     capture_output=True, text=True, timeout=60, check=False)
