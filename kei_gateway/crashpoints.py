@@ -21,6 +21,7 @@ POINTS = (
     "send.mid-put",        # part of the body is on the wire (PUT name.part)
     "send.before-move",    # the .part is complete at the peer, MOVE not sent
     "send.after-move",     # the peer has the final name, the ledger still says SENDING
+    "relay.staged",        # the receipt is durable as inbox/.name.part, the relay not yet recorded
     "relay.written",       # the receipt is in the inbox, the ledger still says VALIDATED
     "relay.committed",     # relayed and DONE, the DELETE at the peer not sent
     "download.committed",  # a downloaded file is stored and VALIDATED, not relayed, still at the peer

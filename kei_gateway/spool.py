@@ -15,6 +15,7 @@ from typing import Literal
 
 __all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
            "quarantine_entry", "write_errors_file", "fsync_directory", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
+           "staged_name", "stage_for_inbox", "publish_staged",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -202,3 +203,31 @@ def write_errors_file(quarantine_dir: str, name: str, lines: Iterable[str]) -> s
     path = os.path.join(quarantine_dir, name + ERRORS_SUFFIX)
     atomic_write(path, ((line.rstrip("\n") + "\n").encode("utf-8") for line in lines))
     return path
+
+
+def staged_name(name: str) -> str:
+    """The dotfile a relayed file is written as before it is renamed into the inbox (readers skip dotfiles)."""
+    return f".{name}.part"
+
+
+def stage_for_inbox(inbox_dir: str, name: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
+    """Step 1 of an exactly-once relay: *chunks* durable as ``inbox_dir/.name.part``. Returns the size.
+
+    Then the caller records the relay decision (the name) in the ledger, then calls
+    :func:`publish_staged`. After a crash: no decision recorded → stage again; decision
+    recorded → :func:`publish_staged` again, which renames the staged file if it is still
+    there and writes nothing if it is gone (renamed already — and perhaps taken by the
+    tax system, when writing it again would deliver it twice).
+    """
+    ensure_directory(inbox_dir, SHARED_DIR_MODE)
+    return write_durable(os.path.join(inbox_dir, staged_name(name)), chunks, mode)
+
+
+def publish_staged(inbox_dir: str, name: str, marker: bool) -> None:
+    """Step 3 (safe to repeat): rename the staged file into place if it is still staged; then ``name.end``."""
+    staged = os.path.join(inbox_dir, staged_name(name))
+    final = os.path.join(inbox_dir, name)
+    if os.path.exists(staged):
+        publish(staged, final)
+    if marker and os.path.exists(final) and not os.path.exists(final + MARKER_SUFFIX):
+        atomic_write(final + MARKER_SUFFIX, [])

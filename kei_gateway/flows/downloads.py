@@ -5,11 +5,14 @@ For each file in ``results_url`` (``PROPFIND Depth: 1``) the poller, one file at
 1. skips it if the ledger says it was quarantined before (same name, ETag and size);
 2. ``GET`` it, validating and encrypting it into the store as it streams;
 3. commits an inbound transfer (``VALIDATED``, with name, ETag, size, SHA-256);
-4. writes it atomically into the inbox (temp, fsync, rename, fsync dir; optional ``.end``);
+4. relays it into the inbox exactly once: staged as ``.name.part`` (fsync), the decision
+   recorded on the transfer, renamed into place (fsync dir; optional ``.end``) — payment
+   results instead go through their own relay (``relay=``, dedupe first);
 5. marks the transfer ``DONE`` (relayed), then ``DELETE`` s it at the peer.
 
 A crash anywhere repeats at most steps that are idempotent: a ``VALIDATED`` transfer is
-relayed again from the store (the same bytes under the same name), a ``DONE`` one with
+relayed again from the store unless its relay was already decided (then only the rename
+is finished, never the file written again), a ``DONE`` one with
 the same ETag and size is only deleted at the peer (a file that merely reuses a name is
 fetched and judged anew). An invalid file is quarantined (encrypted in the store, its
 errors in ``quarantine/<flow>/``), recorded, and left at the peer.
@@ -18,7 +21,6 @@ errors in ``quarantine/<flow>/``), recorded, and left at the peer.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,7 @@ from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.ledger import TransferLedger, TransferRow
 from kei_gateway.ledger.models import TransferState as S
 from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.spool import MARKER_SUFFIX, NAME_PATTERN, SHARED_DIR_MODE, atomic_write, ensure_directory
+from kei_gateway.spool import NAME_PATTERN, publish_staged, stage_for_inbox
 from kei_gateway.store import BlobStore
 from kei_gateway.transport import RemoteEntry, TransportError, WebDavClient, file_url
 
@@ -45,13 +47,21 @@ Downloaded = Received
 """The former name of :class:`~kei_gateway.flows.intake.Received`."""
 
 
-def relay_to_inbox(store: BlobStore, blob_id: str, inbox_dir: str, name: str, marker: bool) -> int:
-    """Blocking: the stored file, atomically into the inbox (and ``name.end`` after it when asked)."""
-    ensure_directory(inbox_dir, SHARED_DIR_MODE)
-    size = atomic_write(os.path.join(inbox_dir, name), store.read(blob_id))
-    if marker:
-        atomic_write(os.path.join(inbox_dir, name + MARKER_SUFFIX), [])
-    return size
+def relay_to_inbox(ledger: TransferLedger, store: BlobStore, row: TransferRow, inbox_dir: str, marker: bool,
+                   now: datetime.datetime) -> None:
+    """Blocking: the stored file into the inbox under its name, exactly once (SPEC §4).
+
+    Staged as ``.name.part`` (fsynced), the decision recorded on the transfer
+    (``relay_name``), then renamed into place; a transfer whose decision is recorded is
+    only published again, never rewritten — see :func:`kei_gateway.spool.stage_for_inbox`.
+    """
+    assert row.blob_id is not None
+    if row.relay_name is None:
+        stage_for_inbox(inbox_dir, row.local_name, store.read(row.blob_id))
+        crashpoint("relay.staged")
+        row = ledger.update(row.id, now, relay_name=row.local_name)
+    assert row.relay_name is not None
+    publish_staged(inbox_dir, row.relay_name, marker)
 
 
 class DownloadPoller(service.Service):
@@ -186,7 +196,7 @@ class DownloadPoller(service.Service):
             self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
             return
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        yield self.blocking.run(relay_to_inbox, self.store, row.blob_id, self.inbox_dir, row.local_name, self.marker)
+        yield self.blocking.run(relay_to_inbox, self.ledger, self.store, row, self.inbox_dir, self.marker, now)
         crashpoint("relay.written")
         if self.on_relayed is not None:
             yield self.on_relayed(row, self.store)  # before DONE: after a crash here it simply runs again

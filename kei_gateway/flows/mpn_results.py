@@ -26,7 +26,6 @@ results are all duplicates writes nothing and becomes ``DONE`` in step 3.
 from __future__ import annotations
 
 import datetime
-import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,11 +46,11 @@ from kei_gateway.ledger.results import DuplicateResult, ResultLedger
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.results import ResultFacts, ResultKeyer, facts_from_records, fresh_results, unconfirmed_counts
 from kei_gateway.results.identity import raw_fields
-from kei_gateway.spool import MARKER_SUFFIX, SHARED_DIR_MODE, atomic_write, ensure_directory, publish, write_durable
+from kei_gateway.spool import publish_staged, stage_for_inbox
 from kei_gateway.store import BlobStore
 from kei_gateway.transport.names import remote_name
 
-__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS", "staged_name", "select_records",
+__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS", "select_records",
            "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW"]
 
 FLOW = "mpn-results"
@@ -85,11 +84,6 @@ class RelayOutcome:
     """The relay had been decided before a stop or crash; only its last steps ran now."""
 
 
-def staged_name(name: str) -> str:
-    """The dotfile a relayed file is written as before it is renamed into the inbox."""
-    return f".{name}.part"
-
-
 def select_records(chunks: Iterable[bytes], record_length: int, wanted: Collection[int]) -> Iterator[bytes]:
     """The records (0-based indexes in *wanted*) of a fixed-length file given in chunks, in file order."""
     pending = b""
@@ -114,16 +108,6 @@ def select_records(chunks: Iterable[bytes], record_length: int, wanted: Collecti
         yield b"".join(out)
 
 
-def _publish_decided(inbox_dir: str, name: str, marker: bool) -> None:
-    """Steps 4 of the module docstring, safe to repeat: the decision (step 3) is durable."""
-    staged = os.path.join(inbox_dir, staged_name(name))
-    final = os.path.join(inbox_dir, name)
-    if os.path.exists(staged):
-        publish(staged, final)
-    if marker and os.path.exists(final) and not os.path.exists(final + MARKER_SUFFIX):
-        atomic_write(final + MARKER_SUFFIX, [])
-
-
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: ResultLedger, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
                          now: datetime.datetime) -> RelayOutcome:
@@ -135,7 +119,7 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: R
         if row.state != S.VALIDATED.value or row.blob_id is None:
             raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
         if row.relay_name is not None:  # decided before a stop or crash: finish it
-            _publish_decided(inbox_dir, row.relay_name, marker)
+            publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
             results.finish_relay(transfer_id, now)
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
@@ -165,14 +149,12 @@ def _relay_once(row: TransferRow, results: ResultLedger, store: BlobStore, keyer
         results.record_relay(row.id, [], None, now, summary, done=True)
         return RelayOutcome(row.id, None, relayed, duplicates)
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
-    ensure_directory(inbox_dir, SHARED_DIR_MODE)
     wanted = {item.record_index for item in fresh}
-    write_durable(os.path.join(inbox_dir, staged_name(name)),
-                  select_records(store.read(row.blob_id), layout.record_length, wanted))
+    stage_for_inbox(inbox_dir, name, select_records(store.read(row.blob_id), layout.record_length, wanted))
     crashpoint("results.staged")
     results.record_relay(row.id, fresh, name, now, summary, done=False)
     crashpoint("results.recorded")
-    _publish_decided(inbox_dir, name, marker)
+    publish_staged(inbox_dir, name, marker)
     crashpoint("results.published")
     results.finish_relay(row.id, now)
     return RelayOutcome(row.id, name, relayed, duplicates)

@@ -165,3 +165,34 @@ class NameSeenBeforeTests(PollerCase):
         rows = self.ledger.inbound_for("jnks-receipts", NAME)
         self.assertEqual([r.state for r in rows], [S.DONE.value, S.DONE.value])
         self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
+
+
+class ReceiptRelayedOnceTests(PollerCase):
+    """A receipt whose relay was decided before a crash is never written to the inbox a second time."""
+
+    def decided_before_a_crash(self) -> int:
+        info = self.store.write("in-decided", [self.data])
+        now = dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc)
+        row = self.ledger.add_transfer(
+            flow="jnks-receipts", direction="in", peer="jnks", local_name=NAME, state=S.VALIDATED,
+            size=len(self.data), sha256=info.sha256, record_count=3, blob_id="in-decided", now=now,
+            remote_name=NAME, remote_etag='"e1"')
+        self.ledger.update(row.id, now, relay_name=NAME)
+        return row.id
+
+    def test_when_the_tax_system_had_taken_the_receipt_then_it_is_not_written_again(self) -> None:
+        transfer_id = self.decided_before_a_crash()  # renamed into the inbox, then taken: nothing is left
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        self.assertFalse(self.inbox.exists() and any(self.inbox.iterdir()))
+        self.assertEqual(self.ledger.get(transfer_id).state, S.DONE.value)
+        self.assertEqual(self.client.files, {})
+
+    def test_when_the_staged_receipt_was_not_yet_renamed_then_it_is_renamed(self) -> None:
+        transfer_id = self.decided_before_a_crash()
+        self.inbox.mkdir(parents=True)
+        (self.inbox / f".{NAME}.part").write_bytes(self.data)
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        self.assertEqual(sorted(p.name for p in self.inbox.iterdir()), [NAME])
+        self.assertEqual(self.ledger.get(transfer_id).state, S.DONE.value)

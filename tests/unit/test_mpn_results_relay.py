@@ -13,7 +13,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from kei_gateway.flows.mpn_results import (
-    UNCONFIRMED_CHECK_INTERVAL, RelayOutcome, ResultRelay, select_records, staged_name,
+    UNCONFIRMED_CHECK_INTERVAL, RelayOutcome, ResultRelay, select_records,
 )
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
 from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
@@ -22,7 +22,7 @@ from kei_gateway.ledger.results import ResultLedger
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.results import ResultKeyer, facts_from_records
 from kei_gateway.results.identity import raw_fields
-from kei_gateway.spool import MARKER_SUFFIX
+from kei_gateway.spool import MARKER_SUFFIX, staged_name
 from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
