@@ -23,6 +23,28 @@ def test_when_peers_are_configured_then_every_cidr_is_allowed_once() -> None:
     assert "# peers.mpn.allow" in text and "# peers.mpn.push_allow" not in text, "a CIDR listed twice appears once"
 
 
+def test_when_the_database_is_on_another_host_then_its_address_is_allowed_too() -> None:
+    from kei_gateway.commands.allowlist import database_address
+
+    assert database_address("sqlite:////var/lib/kei-gateway/ledger.sqlite3") is None
+    assert database_address("postgresql+psycopg://kei@/kei?host=/run/postgresql") is None  # unix socket
+    assert database_address("postgresql+psycopg://kei@localhost/kei") is None  # loopback is allowed anyway
+    assert database_address("postgresql+psycopg://kei@10.9.8.7:5432/kei") == "10.9.8.7"
+    assert database_address("postgresql+psycopg://kei@[fd00::5]/kei") == "fd00::5"
+    import dataclasses
+
+    config = read_config(str(EXAMPLE))
+
+    def with_database(url: str) -> str:
+        return allowlist_dropin(dataclasses.replace(config, database=dataclasses.replace(config.database, url=url)))
+
+    remote = with_database("postgresql+psycopg://kei@10.9.8.7/kei")
+    assert "# database.url\nIPAddressAllow=10.9.8.7/32" in remote
+    named = with_database("postgresql+psycopg://kei@db.example.lg.jp/kei")
+    assert "# database.url names the host 'db.example.lg.jp'" in named
+    assert "IPAddressAllow=db.example" not in named
+
+
 def test_when_output_is_given_then_the_file_is_written_and_readable_by_systemd(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "kei-gateway.service.d" / "50-allowlist.conf"
