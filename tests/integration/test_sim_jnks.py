@@ -117,7 +117,8 @@ def _accepting(port: int) -> bool:
         return False
 
 
-def start_sim(base: Path, keys: Pki, *extra: str) -> Sim:
+def start_sim(base: Path, keys: Pki, *extra: str, kind: str = "jnks") -> Sim:
+    """``kei-gateway sim <kind>`` (jnks or mpn) as a process on loopback; waits (bounded) until it accepts."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     base.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def start_sim(base: Path, keys: Pki, *extra: str) -> Sim:
     log_path = base / "sim.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kei_gateway", "sim", "jnks", "--listen", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "kei_gateway", "sim", kind, "--listen", f"127.0.0.1:{port}",
              "--root", str(base / "root"), "--cert", str(keys.server_cert), "--key", str(keys.server_key),
              "--client-ca", str(keys.ca), *extra],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -133,11 +134,11 @@ def start_sim(base: Path, keys: Pki, *extra: str) -> Sim:
 
     def ready() -> bool:
         if process.poll() is not None:
-            pytest.fail(f"kei-gateway sim jnks exited with {process.returncode}:\n{sim.log()}")
+            pytest.fail(f"kei-gateway sim {kind} exited with {process.returncode}:\n{sim.log()}")
         return _accepting(port)
 
     try:
-        poll_until(ready, START_TIMEOUT, f"the simulator to accept on 127.0.0.1:{port}", sim.log)
+        poll_until(ready, START_TIMEOUT, f"the {kind} simulator to accept on 127.0.0.1:{port}", sim.log)
     except BaseException:
         process.kill()
         process.wait(timeout=10)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,11 +24,10 @@ import pytest
 from kei_gateway import pki
 from kei_gateway.testing import free_port
 from tests.integration.conftest import poll_until
-from tests.integration.test_sim_jnks import Pki, Sim, content_digest
+from tests.integration.test_sim_jnks import Pki, Sim, content_digest, start_sim
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT = 30.0
 RESULT_TIMEOUT = 30.0
 RESULT_BYTES = 258
 
@@ -67,40 +64,8 @@ def mpn_pki(tmp_path_factory: pytest.TempPathFactory) -> MpnPki:
     return MpnPki(keys, base / "push.crt", base / "push.key", base / "receiver.crt", base / "receiver.key")
 
 
-def _accepting(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def start_mpn(base: Path, keys: MpnPki, *extra: str) -> Sim:
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = base / "sim.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kei_gateway", "sim", "mpn", "--listen", f"127.0.0.1:{port}",
-             "--root", str(base / "root"), "--cert", str(keys.keys.server_cert), "--key", str(keys.keys.server_key),
-             "--client-ca", str(keys.keys.ca), "--report", str(base / "report.json"), *extra],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    sim = Sim(process, port, base / "root", log_path, keys.keys, base)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"kei-gateway sim mpn exited with {process.returncode}:\n{sim.log()}")
-        return _accepting(port)
-
-    try:
-        poll_until(ready, START_TIMEOUT, f"the MPN simulator to accept on 127.0.0.1:{port}", sim.log)
-    except BaseException:
-        process.kill()
-        process.wait(timeout=10)
-        raise
-    return sim
+    return start_sim(base, keys.keys, "--report", str(base / "report.json"), *extra, kind="mpn")
 
 
 @pytest.fixture
