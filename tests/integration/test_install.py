@@ -179,6 +179,30 @@ def test_when_given_an_unknown_option_then_the_installer_exits_2_and_says_so(tmp
     assert os.listdir(tmp_path) == []
 
 
+def test_when_help_is_asked_then_every_option_is_explained(tmp_path: Path) -> None:
+    result = subprocess.run([str(INSTALL), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0
+    for option in ("--prefix", "--no-user", "--python", "--wheelhouse", "--generate-keys", "--with-postgresql",
+                   "--reuse-site-packages"):
+        assert f"  {option}" in result.stdout, option
+
+
+def test_when_the_postgresql_extra_is_asked_with_reused_packages_then_the_driver_is_importable(
+        tmp_path: Path) -> None:
+    """--with-postgresql is accepted; with --reuse-site-packages the driver comes from the reused packages."""
+    import sysconfig
+
+    root = tmp_path / "root"
+    root.mkdir()
+    result = subprocess.run([str(INSTALL), "--prefix", str(root), "--with-postgresql", "--reuse-site-packages",
+                             sysconfig.get_path("purelib")], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    venv_python = root / "opt" / "kei-gateway" / "venv" / "bin" / "python"
+    check = subprocess.run([str(venv_python), "-c", "import psycopg, kei_gateway"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert check.returncode == 0, check.stderr
+
+
 def test_when_both_keys_are_generated_then_they_are_independent(installed: Installed) -> None:
     """When the two keys were generated, then they differ from each other (two independent random draws)."""
     digests = {hashlib.sha256(v).hexdigest() for v in installed.keys_before.values()}
