@@ -19,6 +19,18 @@ A purge (:meth:`kei_gateway.audit.AuditLog.purge_before`) deletes the oldest rec
 appends an *anchor* record (event ``audit.purged``) that carries the sequence and MAC of the
 last record it deleted; the first kept record must link to exactly that MAC (or to
 ``GENESIS_MAC`` when nothing was ever purged).
+
+**The head is authenticated.** The head row (newest sequence and MAC) carries its own MAC,
+``HMAC-SHA256(key, HEAD_DOMAIN || sequence || 0x00 || mac)`` (:func:`head_mac`), so cutting
+records off the end and moving the head back to match needs the key; a head that does not
+match its MAC is reported **truncated**. Records written since the head was authenticated
+use the record domain ``v2`` (records written before — schema 0005 — use ``v1``, and are
+accepted only before the first ``v2`` record): a chain holding a ``v2`` record must have an
+authenticated head, so removing the head's MAC is tampering too, not a legacy head. A head
+written before the upgrade (no MAC yet, only ``v1`` records) verifies with a warning until
+the first append authenticates it. An append that finds the head not matching its MAC does
+not authenticate the new head: it writes :data:`BROKEN_HEAD_PREFIX` and the sequence it was
+appending, so the next appends cannot hide the break (see :meth:`AuditLog.append_batch`).
 """
 
 from __future__ import annotations
@@ -33,14 +45,20 @@ from datetime import datetime, timezone
 __all__ = [
     "AuditRecord", "StoredRecord", "ChainHead", "ChainProblem", "ChainReport",
     "canonical", "mac", "chain", "verify_chain", "utc", "GENESIS_MAC", "ANCHOR_EVENT", "KINDS",
+    "head_mac", "head_authentic", "record_version", "BROKEN_HEAD_PREFIX", "UNAUTHENTICATED_HEAD",
 ]
 
 GENESIS_MAC = "0" * 64
 """What the first record ever written links to."""
 ANCHOR_EVENT = "audit.purged"
 """The event of a purge's anchor record."""
-KINDS = ("changed", "deleted", "inserted", "reordered")
-_DOMAIN = b"kei-gateway audit v1\x00"
+KINDS = ("changed", "deleted", "inserted", "reordered", "truncated")
+BROKEN_HEAD_PREFIX = "broken:"
+"""A head MAC that says: an append found the head forged; ``broken:<the first sequence appended then>``."""
+UNAUTHENTICATED_HEAD = "head not yet authenticated"
+"""The start of the warning for a head written before schema 0006 (no MAC yet)."""
+_DOMAINS = {1: b"kei-gateway audit v1\x00", 2: b"kei-gateway audit v2\x00"}
+_HEAD_DOMAIN = b"kei-gateway audit head v1\x00"
 _REASON_MAX = 255
 
 
@@ -101,10 +119,15 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class ChainHead:
-    """The newest record's sequence and MAC, kept in one row that every append updates."""
+    """The newest record's sequence and MAC, kept in one row that every append updates.
+
+    ``head_mac`` authenticates the two (:func:`head_mac`); ``None`` on a head written before
+    schema 0006 that no append has authenticated yet, or a :data:`BROKEN_HEAD_PREFIX` mark.
+    """
 
     sequence: int
     mac: str
+    head_mac: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,10 +141,14 @@ class ChainProblem:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """What a walk found: OK with the number of records, or the first problem."""
+    """What a walk found: OK with the number of records, or the first problem.
+
+    ``warning`` is set on an OK walk that could not check everything (a head not yet authenticated).
+    """
 
     count: int
     problem: ChainProblem | None = None
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,7 +156,7 @@ class ChainReport:
 
     def text(self) -> str:
         if self.problem is None:
-            return f"OK, {self.count} records"
+            return f"OK, {self.count} records" + (f" (warning: {self.warning})" if self.warning else "")
         return f"TAMPERED: record {self.problem.sequence} {self.problem.kind}: {self.problem.detail}"
 
 
@@ -144,26 +171,62 @@ def canonical(record: AuditRecord) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def mac(key: bytes, record: AuditRecord, previous_mac: str) -> str:
-    """The record's HMAC-SHA256 (hex) under *key*, chained to *previous_mac*."""
-    message = _DOMAIN + previous_mac.encode("ascii") + b"\x00" + canonical(record)
+def mac(key: bytes, record: AuditRecord, previous_mac: str, version: int = 2) -> str:
+    """The record's HMAC-SHA256 (hex) under *key*, chained to *previous_mac* (*version* 1: before schema 0006)."""
+    message = _DOMAINS[version] + previous_mac.encode("ascii") + b"\x00" + canonical(record)
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def chain(key: bytes, records: Iterable[AuditRecord], head: ChainHead) -> list[StoredRecord]:
-    """*records* chained after *head*: sequence numbers and MACs, in order."""
+def head_mac(key: bytes, sequence: int, last_mac: str) -> str:
+    """The head row's HMAC-SHA256 (hex) under *key*: it ends at *sequence*, whose MAC is *last_mac*."""
+    message = _HEAD_DOMAIN + str(int(sequence)).encode("ascii") + b"\x00" + last_mac.encode("ascii")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def head_authentic(key: bytes, head: ChainHead) -> bool:
+    """Whether *head* carries the MAC of its sequence and last MAC (``False`` without one, or when marked broken)."""
+    if head.head_mac is None or head.head_mac.startswith(BROKEN_HEAD_PREFIX):
+        return False
+    return hmac.compare_digest(head_mac(key, head.sequence, head.mac), head.head_mac)
+
+
+def record_version(key: bytes, stored: StoredRecord) -> int:
+    """2 or 1 when *stored*'s MAC matches its content and link under that domain, 0 when it matches neither."""
+    for version in (2, 1):
+        if hmac.compare_digest(mac(key, stored.record, stored.previous_mac, version), stored.mac):
+            return version
+    return 0
+
+
+def chain(key: bytes, records: Iterable[AuditRecord], head: ChainHead, version: int = 2) -> list[StoredRecord]:
+    """*records* chained after *head*: sequence numbers and MACs, in order (*version* 1 only to build old chains in tests)."""
     stored: list[StoredRecord] = []
     sequence, previous = head.sequence, head.mac
     for record in records:
         sequence += 1
-        value = mac(key, record, previous)
+        value = mac(key, record, previous, version)
         stored.append(StoredRecord(sequence, record, previous, value))
         previous = value
     return stored
 
 
-def _self_consistent(key: bytes, stored: StoredRecord) -> bool:
-    return hmac.compare_digest(mac(key, stored.record, stored.previous_mac), stored.mac)
+class _Versions:
+    """Which record domain a walk accepts: ``v1`` only until the first ``v2`` record."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.newest = 0
+        self.v2_up_to_head = False
+
+    def consistent(self, stored: StoredRecord) -> bool:
+        version = record_version(self.key, stored)
+        return version == 2 or (version == 1 and self.newest < 2)
+
+    def accept(self, stored: StoredRecord, head: ChainHead | None) -> None:
+        version = record_version(self.key, stored)
+        self.newest = max(self.newest, version)
+        if version == 2 and (head is None or stored.sequence <= head.sequence):
+            self.v2_up_to_head = True
 
 
 class _Peekable:
@@ -193,8 +256,12 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
 
     *head* (the stored head row) lets the walk notice records deleted from the end and
     records inserted after it; records after the head that chain correctly were appended
-    while the walk read (they count). Reads *records* once, in bounded memory.
+    while the walk read (they count). The head must carry its MAC (:func:`head_mac`), except
+    a head written before schema 0006 with only ``v1`` records up to it: that walk is OK with
+    a warning. Reads *records* once, in bounded memory.
     """
+    versions = _Versions(key)
+    at_head: str | None = None
     items = _Peekable(records)
     count = 0
     previous: StoredRecord | None = None
@@ -203,7 +270,7 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
     for record in items:
         following = items.peek()
         if previous is None:
-            if not _self_consistent(key, record):
+            if not versions.consistent(record):
                 if following is not None and following.previous_mac == record.previous_mac:
                     return ChainReport(count, ChainProblem(record.sequence, "inserted",
                                                            "it is not part of the chain (its MAC does not match, and the next record links past it)"))
@@ -215,7 +282,7 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
             links_past = ((following is not None and following.previous_mac == expected)
                           or (following is None and head is not None and head.mac == expected
                               and head.sequence == previous.sequence))
-            if not _self_consistent(key, record):
+            if not versions.consistent(record):
                 if links_past:
                     return ChainReport(count, ChainProblem(record.sequence, "inserted",
                                                            f"it is not part of the chain (its MAC does not match, and the next "
@@ -241,6 +308,9 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
                                                        f"(and the rest renumbered): it links to a record that is gone"))
         if record.record.event == ANCHOR_EVENT and record.record.anchor_mac is not None:
             anchor = (record.record.anchor_sequence or 0, record.record.anchor_mac)
+        versions.accept(record, head)
+        if head is not None and record.sequence == head.sequence:
+            at_head = record.mac
         count += 1
         previous = record
     # where the chain must start: after the last purge's anchor, else at the genesis
@@ -250,18 +320,38 @@ def verify_chain(records: Iterable[StoredRecord], key: bytes, head: ChainHead | 
         return ChainReport(count, ChainProblem(start_sequence + 1, "deleted",
                                                f"records {where} up to {first.sequence - 1} were deleted outside a purge; "
                                                f"the first record left is {first.sequence}"))
+    warning: str | None = None
     if head is not None:
         last_sequence = previous.sequence if previous is not None else start_sequence
+        last_kept = min(last_sequence, head.sequence)
+        cut = (f"the newest records after {last_kept} were deleted, or the head was changed "
+               f"(the head row says the chain ends at {head.sequence})")
+        if head.head_mac is not None and head.head_mac.startswith(BROKEN_HEAD_PREFIX):
+            marked = head.head_mac[len(BROKEN_HEAD_PREFIX):]
+            return ChainReport(count, ChainProblem(int(marked) if marked.isdigit() else head.sequence, "truncated",
+                                                   f"the head did not match its MAC when record {marked} was appended: "
+                                                   f"records before {marked} were deleted, or the head was changed"))
+        if head.head_mac is not None and not head_authentic(key, head):
+            return ChainReport(count, ChainProblem(last_kept + 1, "truncated",
+                                                   f"the head row does not match its MAC: {cut}"))
+        if head.head_mac is None:
+            if versions.v2_up_to_head:
+                return ChainReport(count, ChainProblem(last_kept + 1, "truncated",
+                                                       f"the head row's MAC was removed (records written since the "
+                                                       f"upgrade to schema 0006 are in the chain): {cut}"))
+            if head.sequence > 0:
+                warning = (f"{UNAUTHENTICATED_HEAD}: it was written before schema 0006, so records cut off after "
+                           f"{head.sequence} are not detected until the next record is written")
+        if at_head is not None and at_head != head.mac:
+            return ChainReport(count, ChainProblem(head.sequence, "truncated",
+                                                   f"record {head.sequence} is not the one the head names: {cut}"))
         if previous is None and head.sequence > 0 and head.mac != GENESIS_MAC:
             return ChainReport(count, ChainProblem(1, "deleted", f"every record up to {head.sequence} was deleted"))
         if last_sequence < head.sequence:
             return ChainReport(count, ChainProblem(last_sequence + 1, "deleted",
                                                    f"record(s) {last_sequence + 1}..{head.sequence} at the end of the chain were deleted "
                                                    f"(the head says it ends at {head.sequence})"))
-        if previous is not None and previous.sequence == head.sequence and previous.mac != head.mac:
-            return ChainReport(count, ChainProblem(head.sequence, "changed",
-                                                   "the head row does not match the last record (one of them was changed)"))
-    return ChainReport(count)
+    return ChainReport(count, warning=warning)
 
 
 def _find_later(items: _Peekable, wanted: str) -> int | None:

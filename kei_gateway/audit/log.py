@@ -6,6 +6,12 @@ head row ``audit_head``: on SQLite the transaction starts with ``BEGIN IMMEDIATE
 database's write lock is taken *before* the head is read); on PostgreSQL the head row is read
 ``SELECT … FOR UPDATE``. Either way the head is then updated only if it still holds the
 sequence that was read (a guard that turns any surprise into a retry, never a fork).
+
+The head row also carries ``head_mac`` (:func:`kei_gateway.audit.chain.head_mac`), written in
+the same transaction as the head: an append authenticates the new head only if the head it
+read was authentic (or a head from before schema 0006, with a ``v1`` record or nothing at its
+sequence); otherwise it carries a ``broken:<sequence>`` mark forward, so writing more records
+never hides a head that was moved back.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from kei_gateway.audit.chain import (
-    ANCHOR_EVENT, FIELD_NAMES, AuditRecord, ChainHead, ChainReport, StoredRecord, chain, utc, verify_chain,
+    ANCHOR_EVENT, BROKEN_HEAD_PREFIX, FIELD_NAMES, GENESIS_MAC, AuditRecord, ChainHead, ChainReport, StoredRecord, chain,
+    head_authentic, head_mac, record_version, utc, verify_chain,
 )
 from kei_gateway.ledger.models import AuditEntry, AuditHead
 
@@ -126,7 +133,8 @@ class AuditLog:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 row = connection.execute(
-                    select(AuditHead.sequence, AuditHead.mac).where(AuditHead.id == _HEAD_ID).with_for_update()).first()
+                    select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac)
+                    .where(AuditHead.id == _HEAD_ID).with_for_update()).first()
             except (OperationalError, ProgrammingError) as error:  # PostgreSQL: UndefinedTable is a ProgrammingError
                 connection.rollback()
                 if "no such table" in str(error) or "does not exist" in str(error):
@@ -136,16 +144,34 @@ class AuditLog:
                 connection.rollback()
                 raise AuditUnavailable("the audit chain's head row (audit_head id 1) is missing: the table was tampered with")
             try:
-                yield connection, ChainHead(int(row.sequence), row.mac)
+                yield connection, ChainHead(int(row.sequence), row.mac, row.head_mac)
                 connection.commit()
             except BaseException:
                 connection.rollback()
                 raise
 
-    def _move_head(self, connection: Connection, old: ChainHead, new: ChainHead) -> None:
+    def _head_mark(self, connection: Connection, head: ChainHead) -> str | None:
+        """``None`` when *head* may be followed by an authenticated head, else the ``broken:`` mark to carry.
+
+        Called before anything in the transaction changes the table (a purge deletes the record at the head).
+        """
+        if head.head_mac is not None:
+            if head.head_mac.startswith(BROKEN_HEAD_PREFIX):
+                return head.head_mac  # the first break stays named
+            return None if head_authentic(self._key, head) else f"{BROKEN_HEAD_PREFIX}{head.sequence + 1}"
+        # no MAC: a head from before schema 0006 -- unless the record it names was written since
+        if head.sequence == 0 and head.mac == GENESIS_MAC:
+            return None
+        row = connection.execute(select(AuditEntry).where(AuditEntry.sequence == head.sequence)).first()
+        if row is not None and record_version(self._key, _stored(row)) == 2:
+            return f"{BROKEN_HEAD_PREFIX}{head.sequence + 1}"
+        return None
+
+    def _move_head(self, connection: Connection, old: ChainHead, new: ChainHead, mark: str | None) -> None:
+        sealed = mark if mark is not None else head_mac(self._key, new.sequence, new.mac)
         result = connection.execute(update(AuditHead)
                                     .where(AuditHead.id == _HEAD_ID, AuditHead.sequence == old.sequence, AuditHead.mac == old.mac)
-                                    .values(sequence=new.sequence, mac=new.mac))
+                                    .values(sequence=new.sequence, mac=new.mac, head_mac=sealed))
         if result.rowcount != 1:
             raise _HeadMoved()
 
@@ -173,8 +199,9 @@ class AuditLog:
 
         def attempt() -> list[StoredRecord]:
             with self._locked() as (connection, head):
+                mark = self._head_mark(connection, head)
                 stored = chain(self._key, records, head)
-                self._move_head(connection, head, ChainHead(stored[-1].sequence, stored[-1].mac))
+                self._move_head(connection, head, ChainHead(stored[-1].sequence, stored[-1].mac), mark)
                 connection.execute(insert(AuditEntry), [_row_values(s) for s in stored])
                 return stored
 
@@ -196,6 +223,7 @@ class AuditLog:
 
         def attempt() -> PurgeResult:
             with self._locked() as (connection, head):
+                mark = self._head_mark(connection, head)
                 last = connection.execute(
                     select(AuditEntry.sequence, AuditEntry.mac).where(AuditEntry.time < cutoff)
                     .order_by(AuditEntry.sequence.desc()).limit(1)).first()
@@ -206,7 +234,7 @@ class AuditLog:
                                      reason=f"records before {cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')}",
                                      anchor_sequence=int(last.sequence), anchor_mac=last.mac)
                 [stored] = chain(self._key, [anchor], head)
-                self._move_head(connection, head, ChainHead(stored.sequence, stored.mac))
+                self._move_head(connection, head, ChainHead(stored.sequence, stored.mac), mark)
                 connection.execute(insert(AuditEntry), [_row_values(stored)])
                 return PurgeResult(int(deleted), stored)
 
@@ -217,10 +245,11 @@ class AuditLog:
 
     def head(self) -> ChainHead:
         with self._engine.connect() as connection:
-            row = connection.execute(select(AuditHead.sequence, AuditHead.mac).where(AuditHead.id == _HEAD_ID)).first()
+            row = connection.execute(select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac)
+                                     .where(AuditHead.id == _HEAD_ID)).first()
         if row is None:
             raise AuditUnavailable("the audit chain's head row (audit_head id 1) is missing")
-        return ChainHead(int(row.sequence), row.mac)
+        return ChainHead(int(row.sequence), row.mac, row.head_mac)
 
     def iter_records(self, since: datetime | None = None, batch: int = 1000) -> Iterator[StoredRecord]:
         """Every record (or those at or after *since*) in sequence order, read in pages."""

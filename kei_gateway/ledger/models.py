@@ -139,10 +139,15 @@ class AuditEntry(Base):
 
 
 class AuditHead(Base):
-    """The audit chain's head: one row (id 1) with the newest sequence and MAC; appends lock it."""
+    """The audit chain's head: one row (id 1) with the newest sequence and MAC; appends lock it.
+
+    ``head_mac`` authenticates the two (:func:`kei_gateway.audit.chain.head_mac`): NULL until the
+    first append after migration 0006, or a ``broken:<sequence>`` mark once an append found it forged.
+    """
 
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     sequence: Mapped[int] = mapped_column(BigInteger)
     mac: Mapped[str] = mapped_column(String(64))
+    head_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, text
 
 from kei_gateway.audit import AuditLog, AuditRecord, AuditUnavailable, ChainHead, StoredRecord, canonical, mac, verify_chain
-from kei_gateway.audit.chain import GENESIS_MAC, chain
+from kei_gateway.audit.chain import FIELD_NAMES, GENESIS_MAC, chain, head_mac
 from kei_gateway.ledger import create_ledger_engine, upgrade
+from kei_gateway.ledger.models import AuditEntry
 
 T0 = datetime(2026, 11, 1, 0, 0, tzinfo=timezone.utc)
 KEY = bytes(range(32))
@@ -70,7 +71,7 @@ def test_when_a_naive_time_comes_back_from_sqlite_then_it_means_utc_and_the_mac_
 
 def test_when_a_chain_is_untouched_then_verify_says_ok_with_the_count() -> None:
     stored = chain(KEY, [record(i) for i in range(1, 6)], ChainHead(0, GENESIS_MAC))
-    report = verify_chain(stored, KEY, ChainHead(5, stored[-1].mac))
+    report = verify_chain(stored, KEY, ChainHead(5, stored[-1].mac, head_mac(KEY, 5, stored[-1].mac)))
     assert report.ok and report.count == 5 and report.text() == "OK, 5 records"
 
 
@@ -259,3 +260,134 @@ def test_when_the_ledger_has_no_audit_table_then_an_append_says_to_run_db_upgrad
     with pytest.raises(AuditUnavailable, match="db upgrade"):
         log.append(record(1))
     engine.dispose()
+
+
+# --- the authenticated head: truncation ------------------------------------------------------
+
+def move_head_back(engine: Engine, to: int) -> None:
+    """Cut the records after *to* off the end and move the head back to match (what the head MAC is for)."""
+    sql(engine, "DELETE FROM audit WHERE sequence > :s", s=to)
+    sql(engine, "UPDATE audit_head SET sequence = :s, mac = (SELECT mac FROM audit WHERE sequence = :s)", s=to)
+
+
+def test_when_the_newest_records_are_deleted_and_the_head_moved_back_then_verify_says_truncated(
+        log: AuditLog, engine: Engine) -> None:
+    move_head_back(engine, 8)
+    report = log.verify()
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (9, "truncated")
+    assert "the newest records after 8 were deleted, or the head was changed" in report.problem.detail
+
+
+def test_when_the_head_is_moved_back_and_its_mac_removed_then_verify_still_says_truncated(
+        log: AuditLog, engine: Engine) -> None:
+    move_head_back(engine, 8)
+    sql(engine, "UPDATE audit_head SET head_mac = NULL")
+    report = log.verify()
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (9, "truncated")
+    assert "MAC was removed" in report.problem.detail
+
+
+def test_when_the_head_mac_is_edited_then_verify_says_truncated(log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit_head SET head_mac = :m", m="0" * 64)
+    assert kind_of(log) == (11, "truncated")
+
+
+def test_when_the_head_names_another_record_at_its_sequence_then_verify_says_truncated(
+        log: AuditLog, engine: Engine) -> None:
+    sql(engine, "UPDATE audit SET mac = :m WHERE sequence = 10", m="e" * 64)  # and record 10 no longer verifies
+    assert kind_of(log) == (10, "changed")  # the record's own break is named first
+
+
+def test_when_records_are_appended_after_the_head_was_moved_back_then_the_break_stays_named(
+        log: AuditLog, engine: Engine) -> None:
+    move_head_back(engine, 8)
+    log.append_batch([record(i) for i in range(30, 33)])  # records 9..11 again, chained after 8
+    log.append(record(40))
+    assert (log.head().head_mac or "").startswith("broken:")
+    report = log.verify()
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (9, "truncated")
+    assert "when record 9 was appended" in report.problem.detail
+    log.purge_before(T0 + timedelta(days=30), now=T0 + timedelta(days=30))
+    assert kind_of(log) == (9, "truncated"), "a purge does not clear the mark either"
+
+
+def test_when_records_are_purged_then_the_head_stays_authenticated_and_verifies(log: AuditLog) -> None:
+    log.purge_before(T0 + timedelta(minutes=6), now=T0 + timedelta(days=1))
+    head = log.head()
+    assert head.head_mac == head_mac(KEY, 11, head.mac)
+    report = log.verify()
+    assert report.ok and report.warning is None and report.text() == "OK, 6 records"
+
+
+def test_when_an_older_head_row_is_put_back_with_everything_after_it_deleted_then_verify_cannot_tell(
+        log: AuditLog, engine: Engine) -> None:
+    """The documented limit (docs/audit.md): a copy of an earlier head is an authentic head, like a rollback."""
+    old = log.head()
+    log.append_batch([record(i) for i in range(11, 14)])
+    sql(engine, "DELETE FROM audit WHERE sequence > 10")
+    sql(engine, "UPDATE audit_head SET sequence = :s, mac = :m, head_mac = :h", s=old.sequence, m=old.mac, h=old.head_mac)
+    assert log.verify().ok
+
+
+# --- a ledger written before schema 0006 ------------------------------------------------------
+
+def legacy_ledger(ledger_url: str, n: int) -> Engine:
+    """A ledger migrated to 0005 with *n* records written by that version (v1 MACs, head without a MAC), then upgraded."""
+    engine = create_ledger_engine(ledger_url)
+    upgrade(engine, "0005")
+    stored = chain(KEY, [record(i) for i in range(1, n + 1)], ChainHead(0, GENESIS_MAC), version=1)
+    rows = [{**{name: getattr(s.record, name) for name in FIELD_NAMES},
+             "sequence": s.sequence, "previous_mac": s.previous_mac, "mac": s.mac} for s in stored]
+    with engine.begin() as connection:
+        connection.execute(insert(AuditEntry), rows)
+        connection.execute(text("UPDATE audit_head SET sequence = :s, mac = :m"), {"s": n, "m": stored[-1].mac})
+    upgrade(engine)
+    return engine
+
+
+def test_when_a_ledger_with_records_is_upgraded_from_0005_then_verify_warns_until_the_next_append(ledger_url: str) -> None:
+    engine = legacy_ledger(ledger_url, 6)
+    log = AuditLog(engine, KEY)
+    assert log.head().head_mac is None
+    report = log.verify()
+    assert report.ok and report.count == 6
+    assert report.text().startswith("OK, 6 records (warning: head not yet authenticated")
+    log.append(record(7))
+    assert log.head().head_mac == head_mac(KEY, 7, log.head().mac)
+    report = log.verify()
+    assert report.ok and report.warning is None and report.text() == "OK, 7 records"
+    log.append(record(8))
+    move_head_back(engine, 7)
+    sql(engine, "UPDATE audit_head SET head_mac = NULL")
+    assert kind_of(log) == (8, "truncated"), "once a v2 record exists, a head without a MAC is not a legacy head"
+    move_head_back(engine, 6)  # every record since the upgrade gone: a rollback to before it (docs/audit.md, limits)
+    assert log.verify().warning is not None
+    engine.dispose()
+
+
+def test_when_a_legacy_chain_is_purged_then_the_anchor_authenticates_the_head(ledger_url: str) -> None:
+    engine = legacy_ledger(ledger_url, 6)
+    log = AuditLog(engine, KEY)
+    log.purge_before(T0 + timedelta(minutes=4), now=T0 + timedelta(days=1))
+    report = log.verify()
+    assert report.ok and report.warning is None and report.count == 4
+    engine.dispose()
+
+
+def test_when_a_v1_record_follows_a_v2_record_then_verify_names_it_changed() -> None:
+    new = chain(KEY, [record(i) for i in range(1, 4)], ChainHead(0, GENESIS_MAC))
+    old = chain(KEY, [record(i) for i in range(4, 6)], ChainHead(3, new[-1].mac), version=1)
+    report = verify_chain([*new, *old], KEY)
+    assert report.problem is not None and (report.problem.sequence, report.problem.kind) == (4, "changed")
+    legacy_then_new = [*chain(KEY, [record(1)], ChainHead(0, GENESIS_MAC), version=1)]
+    legacy_then_new += chain(KEY, [record(2)], ChainHead(1, legacy_then_new[0].mac))
+    assert verify_chain(legacy_then_new, KEY, ChainHead(2, legacy_then_new[-1].mac, head_mac(KEY, 2, legacy_then_new[-1].mac))).ok
+
+
+def test_when_the_head_is_moved_back_without_its_mac_and_a_record_appended_then_the_break_stays_named(
+        log: AuditLog, engine: Engine) -> None:
+    move_head_back(engine, 8)
+    sql(engine, "UPDATE audit_head SET head_mac = NULL")
+    log.append(record(30))
+    assert log.head().head_mac == "broken:9"
+    assert kind_of(log) == (9, "truncated")

@@ -114,6 +114,10 @@ def test_when_the_chain_is_intact_then_verify_exits_0_with_the_count(config: Pat
      "record 10 inserted"),
     ("UPDATE audit SET sequence = 100 WHERE sequence = 6; UPDATE audit SET sequence = 6 WHERE sequence = 7; "
      "UPDATE audit SET sequence = 7 WHERE sequence = 100", "record 6 reordered"),
+    ("DELETE FROM audit WHERE sequence >= 8; "
+     "UPDATE audit_head SET sequence = 7, mac = (SELECT mac FROM audit WHERE sequence = 7)",
+     "record 8 truncated: the head row does not match its MAC: the newest records after 7 were deleted, or the head was changed"),
+    ("UPDATE audit_head SET head_mac = '" + "0" * 64 + "'", "record 10 truncated"),
 ])
 def test_when_a_record_is_tampered_with_then_verify_exits_1_naming_it(
         config: Path, capsys: pytest.CaptureFixture[str], tamper: str, named: str) -> None:
@@ -122,6 +126,14 @@ def test_when_a_record_is_tampered_with_then_verify_exits_1_naming_it(
     assert run(config, "audit", "verify") == exitcodes.FAILED
     err = capsys.readouterr().err
     assert f"TAMPERED: {named}" in err, err
+
+
+def test_when_records_are_purged_then_verify_exits_0(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fill(config)
+    assert audit_log(config).purge_before(NOW + timedelta(seconds=1), now=NOW).deleted == 9
+    capsys.readouterr()
+    assert run(config, "audit", "verify") == exitcodes.OK
+    assert capsys.readouterr().out.strip() == "OK, 1 records"
 
 
 def test_when_the_audit_key_is_readable_by_others_then_verify_exits_2_naming_keys_audit(
