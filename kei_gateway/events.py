@@ -462,8 +462,8 @@ AUDIT_CHAIN_VERIFIED = _event(
 AUDIT_CHAIN_BROKEN = _event(
     "audit.chain_broken", "cf321d04aeb047e48d579944d38d3cec", LogLevel.critical,
     "audit chain verification failed: record {sequence} {kind}: {reason}",
-    "The audit chain does not verify: a record was changed, deleted, inserted or reordered outside the gateway (or the audit key changed).",
-    "監査記録の連鎖が検証できません。ゲートウェイ以外の手段で記録が変更・削除・挿入・並べ替えされたか、監査鍵が変わっています。",
+    "The audit chain does not verify: a record was changed, deleted, inserted or reordered, or the newest records were cut off (truncated), outside the gateway (or the audit key changed).",
+    "監査記録の連鎖が検証できません。ゲートウェイ以外の手段で記録が変更・削除・挿入・並べ替えされたか、最新の記録が切り取られた（truncated）か、監査鍵が変わっています。",
     "Treat it as a security incident: keep the database as it is (copy it), run 'kei-gateway audit verify', and report to the person in charge of information security.",
     "セキュリティ事案として扱ってください。データベースをそのまま保全（複製）し、kei-gateway audit verify を実行して、情報セキュリティ責任者へ報告してください。",
 )

@@ -234,6 +234,8 @@ def verify_now(audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics 
             metrics.audit_chain_ok.set(1 if report.ok else 0)
         if report.problem is None:
             events.emit(logger, events.AUDIT_CHAIN_VERIFIED, count=report.count)
+            if report.warning:  # e.g. a head not yet authenticated after the upgrade to 0006
+                events.emit(logger, events.MESSAGE, text=f"audit chain: {report.warning}")
         else:
             events.emit(logger, events.AUDIT_CHAIN_BROKEN, sequence=report.problem.sequence,
                         kind=report.problem.kind, reason=report.problem.detail)
