@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from typing import Any
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -391,3 +392,21 @@ def test_when_the_head_is_moved_back_without_its_mac_and_a_record_appended_then_
     log.append(record(30))
     assert log.head().head_mac == "broken:9"
     assert kind_of(log) == (9, "truncated")
+
+
+def test_when_a_purge_runs_during_the_walk_then_verify_does_not_call_it_a_deletion(
+        log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's purge between two pages of the walk made the start look cut (a false alarm)."""
+    real_iter = AuditLog.iter_records
+    purged: list[bool] = []
+
+    def walk_with_a_purge(self: AuditLog, since: Any = None, batch: int = 1000) -> Iterator[Any]:
+        for index, item in enumerate(real_iter(self, since, batch=3)):
+            yield item
+            if index == 4 and not purged:  # mid-walk: the purge deletes records 1..6 and appends its anchor
+                purged.append(True)
+                self.purge_before(T0 + timedelta(minutes=6), now=T0 + timedelta(days=1))
+
+    monkeypatch.setattr(AuditLog, "iter_records", walk_with_a_purge)
+    report = log.verify()
+    assert purged and report.ok, report.text()
