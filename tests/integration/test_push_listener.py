@@ -37,6 +37,7 @@ from kei_gateway.testing import demo_config_text, free_port
 from kei_gateway.transport.tls import spki_pin
 from tests.integration.conftest import poll_until
 from tests.integration.reactor_thread import ReactorThread
+from tests.unit.helpers import push_peers_config
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -107,29 +108,7 @@ def push(reactor_thread: ReactorThread, tmp_path: Path) -> Iterator[PushSetup]:
         (tmp_path / f"{peer}-ca.pem").write_bytes(ca.certificate_pem())
         write_pem(tmp_path / peer, pki.issue(ca, f"{peer} client", server=False))
     port = free_port()
-    peers = f"""
-[peers.mpn]
-url = "https://127.0.0.1:9/upload/"
-results_url = "https://127.0.0.1:9/results/"
-ca = "{tmp_path}/mpn-ca.pem"
-allow = ["127.0.0.0/8"]
-push_allow = ["127.0.0.1/32"]
-
-[peers.jnks]
-url = "https://127.0.0.1:9/jnks/"
-results_url = "https://127.0.0.1:9/jnks-results/"
-ca = "{tmp_path}/jnks-ca.pem"
-allow = ["127.0.0.0/8"]
-push_allow = ["127.0.0.1/32"]
-
-[flows.mpn-results]
-peer = "mpn"
-inbox = "inbox/mpn-results"
-
-[flows.jnks-receipts]
-peer = "jnks"
-inbox = "inbox/jnks-receipts"
-
+    peers = push_peers_config(str(tmp_path)) + f"""
 [listeners.push]
 address = "127.0.0.1:{port}"
 """

@@ -26,35 +26,13 @@ from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine
 from kei_gateway.metrics import GatewayMetrics
 from kei_gateway.push import PushReceiver, PushTarget, Refusal, _PushSite, route_push
 from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking, demo_config_text
-from tests.unit.helpers import temporary_directory
+from tests.unit.helpers import push_peers_config, temporary_directory
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 TODAY = datetime.date(2026, 11, 21)
 LAYOUT = get_layout("mpn-results")
 
-PEERS = """
-[peers.mpn]
-url = "https://127.0.0.1:9/upload/"
-results_url = "https://127.0.0.1:9/mpn-results/"
-ca = "/nonexistent/mpn-ca.pem"
-allow = ["127.0.0.0/8"]
-push_allow = ["127.0.0.1/32"]
-
-[peers.jnks]
-url = "https://127.0.0.1:9/jnks/"
-results_url = "https://127.0.0.1:9/results/"
-ca = "/nonexistent/jnks-ca.pem"
-allow = ["127.0.0.0/8"]
-push_allow = ["127.0.0.1/32"]
-
-[flows.mpn-results]
-peer = "mpn"
-inbox = "inbox/mpn-results"
-
-[flows.jnks-receipts]
-peer = "jnks"
-inbox = "inbox/jnks-receipts"
-"""
+PEERS = push_peers_config("/nonexistent")
 
 
 def results_file(records: int = 3, seed: int = 1, invalid_rate: float = 0.0) -> bytes:
