@@ -19,7 +19,6 @@ gateway's own transport code: the simulator is a second, independent peer.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,9 +41,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
+from kei_gateway.transport import parse_retry_after
 from kei_gateway.transport.webdav import BytesBody
 
-__all__ = ["PushOutcome", "Pusher", "PushClient", "ClientTLSPolicy", "push_backoff", "retry_after_seconds",
+__all__ = ["PushOutcome", "Pusher", "PushClient", "ClientTLSPolicy", "push_backoff",
            "RETRY_STATUSES"]
 
 RETRY_STATUSES = frozenset({429, 503})
@@ -81,20 +81,6 @@ def push_backoff(attempt: int, first_delay: float, max_delay: float) -> float:
     if attempt < 1:
         raise ValueError("attempts are numbered from 1")
     return float(min(max_delay, first_delay * 2 ** (attempt - 1)))
-
-
-def retry_after_seconds(value: bytes | None, now: float) -> float | None:
-    """A ``Retry-After`` header as seconds from *now* (delay-seconds or HTTP-date), or None if absent/unreadable."""
-    if value is None:
-        return None
-    text = value.decode("latin-1").strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _certificates(pem: bytes) -> list[Certificate]:
@@ -202,7 +188,7 @@ class PushClient:
         finished = drain.done
         finished.addTimeout(self.timeout, self._clock)
         await finished
-        retry_after = retry_after_seconds(_first(response.headers.getRawHeaders(b"retry-after")),
+        retry_after = parse_retry_after(_first(response.headers.getRawHeaders(b"retry-after")),
                                           self._clock.seconds())
         return int(response.code), retry_after
 

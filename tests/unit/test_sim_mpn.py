@@ -29,7 +29,8 @@ from kei_gateway.sim.mpn import (
     BOTH, CANCELLED, CHANNEL_PAY_METHODS, CONFIRMED, PRELIMINARY, PULL, PUSH, PUSH_FAILED, RESULT_BYTES, RESULTS,
     SLIPS, MpnPersonality, PaymentResult, Plan, check_slip, check_slips, cvs_code, gs1_check_digit, plan_results,
 )
-from kei_gateway.sim.push_client import PushClient, PushOutcome, push_backoff, retry_after_seconds
+from kei_gateway.sim.push_client import PushClient, PushOutcome, push_backoff
+from kei_gateway.transport import parse_retry_after as retry_after_seconds
 from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
