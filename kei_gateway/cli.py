@@ -33,6 +33,7 @@ COMMANDS = {
     "sim": "kei_gateway.commands.sim",
     "keys": "kei_gateway.commands.keys",
     "audit": "kei_gateway.commands.audit",
+    "airis": "kei_gateway.commands.airis",
     "purge": "kei_gateway.commands.purge",
 }
 """Sub-command → the module that registers it. Only the module of the command being run is

@@ -1,0 +1,256 @@
+"""One AIRIS 突合 run (SPEC §13): open the AIRIS ZIP in memory, check both inputs, match, write the results.
+
+The one implementation behind the daemon flow ``airis-reconcile`` and the command
+``kei-gateway airis reconcile``.  :func:`reconcile` is everything but the writing: it takes the
+inputs as bytes (the ZIP as received, its key file, the register extract) and gives a
+:class:`Reconciliation` — rows, counts, hashes and the three outputs rendered on demand.
+:func:`write_outputs` puts the ``.dat``, ``.csv`` and ``.txt`` into a directory atomically:
+all three are made durable under dotfile names first, then renamed; a failure before the
+renames removes what was staged, so a reader sees all three or none.
+
+Errors of the inputs are :class:`AirisInputError` (the CLI's exit 3), naming the file, row
+or record, column or field and what to do; values are masked; nothing is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from kei_gateway.adapters.airis_zip import AirisContainer, AirisContainerError, WinZipAesContainer, read_key
+from kei_gateway.core.airis_match import (
+    MatchRow, RegisterVehicle, category_counts, match_vehicles, normalise_chassis, register_vehicle,
+)
+from kei_gateway.jst import JST
+from kei_gateway.layouts import ValidationOptions, parse_records, render_record, validate_bytes
+from kei_gateway.layouts.airis import (
+    AIRIS_RECONCILE, CATEGORIES, NORMALISATIONS, TAX_REGISTER_2W, AirisCsvError, AirisVehicle, parse_airis_csv,
+)
+from kei_gateway.layouts.degenerate import degenerate_text
+from kei_gateway.layouts.fields import Value
+from kei_gateway.layouts.encoding import GETA, IDEOGRAPHIC_SPACE, JISX0208_CHARS, widen_halfwidth_katakana
+from kei_gateway.report_format import csv_rows
+from kei_gateway.spool import fsync_directory, publish, write_durable
+
+__all__ = [
+    "FLOW",
+    "audit_fields",
+    "AirisInputError",
+    "Reconciliation",
+    "output_names",
+    "reconcile",
+    "write_outputs",
+]
+
+FLOW: Final = "airis-reconcile"
+MAX_ERRORS_SHOWN: Final = 20
+_CSV_BATCH: Final = 5000
+
+
+class AirisInputError(ValueError):
+    """An input is invalid: ``problems`` are lines naming file, row/record, column/field (values masked)."""
+
+    def __init__(self, label: str, problems: Sequence[str], total: int | None = None) -> None:
+        self.label = label
+        self.problems = list(problems)
+        self.total = total if total is not None else len(self.problems)
+        super().__init__(f"{label}: " + "; ".join(self.problems[:3])
+                         + (f" (and {self.total - 3} more)" if self.total > 3 else ""))
+
+
+@dataclass
+class Reconciliation:
+    """The outcome of one 突合, in memory; nothing written yet."""
+
+    lg_code: str
+    at: datetime.datetime
+    register: list[RegisterVehicle]
+    airis: list[AirisVehicle]
+    rows: list[MatchRow]
+    airis_sha256: str
+    register_sha256: str
+    airis_label: str
+    register_label: str
+    counts: dict[str, int] = field(default_factory=dict)
+    degenerated: int = 0
+    """AIRIS characters outside JIS X 0208 written as their 縮退 in the ``.dat``."""
+    substituted: int = 0
+    """AIRIS characters with no unique 縮退, written as 〓 in the ``.dat``."""
+
+    def __post_init__(self) -> None:
+        self.counts = category_counts(self.rows)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.lg_code}_{FLOW}_{self.at.astimezone(JST).strftime('%Y%m%d%H%M%S')}"
+
+    def dat_chunks(self) -> Iterator[bytes]:
+        """The ``.dat``: 突合結果 records (226 bytes, CP932), in category order."""
+        batch: list[bytes] = []
+        for row in self.rows:
+            batch.append(render_record(AIRIS_RECONCILE, self._record(row)))
+            if len(batch) >= _CSV_BATCH:
+                yield b"".join(batch)
+                batch.clear()
+        if batch:
+            yield b"".join(batch)
+
+    def csv_chunks(self) -> Iterator[bytes]:
+        """The ``.csv`` for Excel (the project's one CSV writer: BOM, CRLF, no formulas), both sides' values."""
+        heading = ["突合区分", "区分名", "納税義務者番号", "車台番号（台帳）", "車台番号（AIRIS）", "標板番号（運輸支局等名）",
+                   "分類番号", "かな文字", "一連番号", "所有者氏名（台帳）", "所有者氏名（AIRIS）", "所有者住所（台帳）",
+                   "所有者住所（AIRIS）", "登録年月日（AIRIS）", "正規化", "正規化の内容", "AIRIS 行"]
+        batch: list[Sequence[object]] = [heading]
+        first = True
+        for row in self.rows:
+            ours = self.register[row.register] if row.register is not None else None
+            theirs = self.airis[row.airis] if row.airis is not None else None
+            plate = theirs if theirs is not None and row.category != "05" else ours
+            assert plate is not None
+            batch.append([
+                row.category, CATEGORIES[row.category], ours.taxpayer_id if ours else "",
+                ours.chassis_no if ours else "", theirs.chassis_no if theirs else "",
+                plate.plate_office, plate.plate_class, plate.plate_kana, plate.plate_serial,
+                ours.owner_name if ours else "", theirs.owner_name if theirs else "",
+                ours.owner_address if ours else "", theirs.owner_address if theirs else "",
+                theirs.registered_on if theirs else "", row.normalised, NORMALISATIONS[row.normalised],
+                theirs.row if theirs else ""])
+            if len(batch) >= _CSV_BATCH:
+                yield csv_rows(batch, bom=first)
+                first = False
+                batch = []
+        if batch:
+            yield csv_rows(batch, bom=first)
+
+    def text(self) -> str:
+        """The ``.txt``: counts per category and the inputs' SHA-256 (no personal value)."""
+        lines = [
+            f"AIRIS 突合結果 (reconciliation) {self.stem}",
+            f"実行日時 (run at): {self.at.astimezone(JST).isoformat(timespec='seconds')}",
+            f"全国地方公共団体コード (lg_code): {self.lg_code}",
+            f"AIRIS ファイル (as received): {self.airis_label}  SHA-256 {self.airis_sha256}",
+            f"課税台帳 (register): {self.register_label}  SHA-256 {self.register_sha256}",
+            f"車両数 (vehicles): 台帳 (register) {len(self.register)}, AIRIS {len(self.airis)}",
+            "",
+            "突合区分 (category)                 件数 (rows)",
+        ]
+        for code, name in CATEGORIES.items():
+            lines.append(f"{code} {name}{' ' * max(1, 28 - 2 * len(name))}{self.counts[code]:>10}")
+        lines.append(f"合計 (total){' ' * 25}{len(self.rows):>10}")
+        normalised = {code: 0 for code in NORMALISATIONS}
+        for row in self.rows:
+            normalised[row.normalised] += 1
+        lines += ["", "正規化 (normalisation): " + ", ".join(f"{code} {NORMALISATIONS[code]} {count}"
+                                                          for code, count in normalised.items()),
+                  f"外字 (AIRIS characters outside JIS X 0208, .dat only): 縮退 (degenerated) {self.degenerated}, "
+                  f"〓 (substituted) {self.substituted}",
+                  "", "区分ごとの対応は docs/airis.md を参照 (what to do with each category: docs/airis.md)."]
+        return "\r\n".join(lines) + "\r\n"
+
+    def _wide(self, text: str, chars: int) -> str:
+        """An AIRIS value for a ``K`` field: full width, 外字 by 縮退 (fallback 〓), cut to *chars*."""
+        text = widen_halfwidth_katakana(text).translate(_WIDEN_ASCII)
+        if any(char not in JISX0208_CHARS for char in text):
+            text, done, unresolved = degenerate_text(text)
+            self.degenerated += len(done)
+            if unresolved:
+                self.substituted += len(unresolved)
+                text = "".join(GETA if char not in JISX0208_CHARS else char for char in text)
+        return text[:chars]
+
+    def _record(self, row: MatchRow) -> dict[str, Value]:
+        ours = self.register[row.register] if row.register is not None else None
+        theirs = self.airis[row.airis] if row.airis is not None else None
+        if theirs is None or (row.category == "05"):
+            assert ours is not None
+            return {"category": row.category, "taxpayer_id": ours.taxpayer_id, "chassis_no": ours.chassis_no,
+                    "plate_office": ours.plate_office, "plate_class": ours.plate_class,
+                    "plate_kana": ours.plate_kana, "plate_serial": ours.plate_serial,
+                    "airis_owner_name": "", "airis_owner_address": "", "airis_registered_on": "00000000",
+                    "normalised": row.normalised}
+        chassis = unicodedata.normalize("NFKC", theirs.chassis_no).upper().replace(" ", "")
+        return {"category": row.category, "taxpayer_id": ours.taxpayer_id if ours else "0" * 15,
+                "chassis_no": chassis,
+                "plate_office": self._wide(theirs.plate_office, 4),
+                "plate_class": theirs.plate_class, "plate_kana": self._wide(theirs.plate_kana, 1),
+                "plate_serial": f"{int(theirs.plate_serial):04d}",
+                "airis_owner_name": self._wide(theirs.owner_name, 30),
+                "airis_owner_address": self._wide(theirs.owner_address, 50),
+                "airis_registered_on": theirs.registered_on, "normalised": row.normalised}
+
+
+_WIDEN_ASCII: Final = {code: code + 0xFEE0 for code in range(0x21, 0x7F)} | {0x20: ord(IDEOGRAPHIC_SPACE)}
+
+
+def _register(data: bytes, label: str, today: datetime.date) -> list[RegisterVehicle]:
+    options = ValidationOptions(today=today, max_errors=MAX_ERRORS_SHOWN)
+    report = validate_bytes(data, TAX_REGISTER_2W, options)
+    if not report.valid:
+        raise AirisInputError(label, [error.message() for error in report.errors], report.error_count)
+    return [register_vehicle(record) for record in parse_records((data,), TAX_REGISTER_2W, options)]
+
+
+def _airis(container: AirisContainer, data: bytes, key: str, label: str) -> list[AirisVehicle]:
+    chunks = container.csv_chunks(data, key, label=label)
+    try:
+        return parse_airis_csv(chunks, max_errors=MAX_ERRORS_SHOWN)
+    except AirisCsvError as error:
+        for _ in chunks:
+            pass  # the ZIP's own check (HMAC) comes at its end: a damaged file is named damaged, not garbled
+        raise AirisInputError(f"{label} (its CSV)", [problem.message() for problem in error.problems],
+                              error.total) from None
+
+
+def reconcile(*, airis_zip: bytes, key_file: bytes, register: bytes, lg_code: str, at: datetime.datetime,
+              airis_label: str = "AIRIS ZIP", key_label: str = "key file", register_label: str = "register",
+              container: AirisContainer | None = None) -> Reconciliation:
+    """Check both inputs and match them; :class:`AirisInputError` names what is wrong (nothing written)."""
+    try:
+        key = read_key(key_file, label=key_label)
+        vehicles = _airis(container or WinZipAesContainer(), airis_zip, key, airis_label)
+    except AirisContainerError as error:
+        raise AirisInputError(airis_label, [str(error)]) from None
+    register_vehicles = _register(register, register_label, at.astimezone(JST).date())
+    rows = match_vehicles(register_vehicles, vehicles)
+    return Reconciliation(lg_code, at, register_vehicles, vehicles, rows, hashlib.sha256(airis_zip).hexdigest(),
+                          hashlib.sha256(register).hexdigest(), airis_label, register_label)
+
+
+def output_names(stem: str) -> tuple[str, str, str]:
+    return f"{stem}.dat", f"{stem}.csv", f"{stem}.txt"
+
+
+def write_outputs(result: Reconciliation, directory: str, *, mode: int = 0o640) -> tuple[str, str, str]:
+    """The ``.dat``, ``.csv`` and ``.txt`` into *directory*, all three or none (staged, fsynced, renamed)."""
+    names = output_names(result.stem)
+    bodies: tuple[Iterable[bytes], ...] = (result.dat_chunks(), result.csv_chunks(),
+                                           (result.text().encode("utf-8"),))
+    staged: list[str] = []
+    try:
+        for name, body in zip(names, bodies):
+            path = os.path.join(directory, f".{name}.part")
+            write_durable(path, body, mode)
+            staged.append(path)
+        for name, path in zip(names, staged):
+            publish(path, os.path.join(directory, name))
+    except BaseException:
+        for path in staged:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fsync_directory(directory)
+        raise
+    return names
+
+
+def audit_fields(result: Reconciliation) -> dict[str, object]:
+    """The audit record's and the log event's fields of a run: hashes and counts, never a personal value."""
+    counts = " ".join(f"{code}={count}" for code, count in result.counts.items())
+    return {"flow": FLOW, "sha256": result.airis_sha256, "records": len(result.rows), "name": result.stem + ".dat",
+            "reason": f"register sha256={result.register_sha256}; {counts}"}
