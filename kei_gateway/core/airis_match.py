@@ -199,7 +199,7 @@ def _tail_key(chassis: str, vehicle: VehicleValues) -> tuple[str, tuple[str, str
 
 
 def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues]) -> list[MatchRow]:
-    """Every output row of SPEC §13's categories, ordered by category, then register, then AIRIS order.
+    """Every output row of SPEC §13's categories, ordered by category, then as found (register, then AIRIS).
 
     * the same normalised 車台番号 twice on one side: ``08`` for each of those rows, none matched;
     * found on both sides: ``01``, or ``02``/``03``/``04`` for each value that differs;
@@ -232,8 +232,10 @@ def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleV
         elif not matched_airis[index]:
             airis_left.append(index)
     rows.extend(_by_tail(register, airis, register_keys, airis_keys, register_left, airis_left))
-    rows.sort(key=_row_order)
-    return rows
+    by_category: dict[str, list[MatchRow]] = {code: [] for code in CATEGORIES}
+    for row in rows:  # each category keeps the order rows were made in: register order, then AIRIS order
+        by_category[row.category].append(row)
+    return [row for code in CATEGORIES for row in by_category[code]]
 
 
 def _by_tail(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues], register_keys: list[str],
@@ -258,10 +260,6 @@ def _by_tail(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues]
     for index in airis_left:
         if index not in paired_airis:
             yield MatchRow("06", None, index, "00")
-
-
-def _row_order(row: MatchRow) -> tuple[str, int, int]:
-    return row.category, -1 if row.register is None else row.register, -1 if row.airis is None else row.airis
 
 
 def category_counts(rows: Iterable[MatchRow]) -> dict[str, int]:

@@ -112,3 +112,15 @@ def test_when_the_output_directory_is_readable_by_others_then_it_is_refused(
     assert main(argv) == exitcodes.USAGE
     assert "readable by group or others" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_when_results_are_rendered_by_the_fast_path_then_they_equal_the_layout_engines_rendering() -> None:
+    from kei_gateway.flows.airis_reconcile import reconcile, render_result
+    from kei_gateway.layouts import render_record
+
+    case = generate_airis_case(50, PLANT, seed=8, variants={"degenerate": 3, "width": 3})
+    result = reconcile(airis_zip=write_airis_zip(airis_csv_bytes(case.airis), KEY), key_file=KEY.encode(),
+                       register=b"".join(render_records(TAX_REGISTER_2W, case.register)), lg_code="131202",
+                       at=datetime.datetime(2025, 7, 1, tzinfo=datetime.timezone.utc))
+    records = [result._record(row) for row in result.rows]
+    assert [render_result(record) for record in records] == [render_record(AIRIS_RECONCILE, r) for r in records]
