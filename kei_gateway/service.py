@@ -22,6 +22,7 @@ from kei_gateway.audit import AuditLog
 from kei_gateway.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
 from kei_gateway.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.flows.airis_flow import build_airis_flow
 from kei_gateway.flows.downloads import DownloadPoller
 from kei_gateway.flows.held import HeldWatch
 from kei_gateway.flows.mpn_results import ResultRelay
@@ -517,6 +518,9 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             on_relayed=hook, relay=relay.relay if relay is not None else None, intake_blocking=intake_blocking)
         gateway.pollers.append(poller)
         poller.setServiceParent(gateway)
+
+    build_airis_flow(gateway, config, clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
+                     use_inotify=use_inotify)
 
     if config.listeners.push is not None:
         if store is None:

@@ -19,10 +19,7 @@ from kei_gateway import exitcodes
 if TYPE_CHECKING:
     from kei_gateway.config import Config
 
-__all__ = ["register", "reconcile_command", "MAX_INPUT_BYTES"]
-
-MAX_INPUT_BYTES = 2 << 30
-"""An input over 2 GiB is refused unread (as [gateway] max_file_size's default)."""
+__all__ = ["register", "reconcile_command"]
 
 _EPILOG = """\
 Matches the 小型二輪 tax register (tax-register-2w, fixed-length CP932) against the
@@ -54,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _read(path: str, what: str) -> bytes:
+    from kei_gateway.flows.airis_reconcile import MAX_INPUT_BYTES
+
     try:
         size = os.stat(path).st_size
         if size > MAX_INPUT_BYTES:

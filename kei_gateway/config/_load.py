@@ -93,7 +93,8 @@ class Config:
 
     def summary(self) -> str:
         """A few lines a sysadmin reads after ``check-config``."""
-        flows = ", ".join(f"{n} (peer {f.peer})" for n, f in sorted(self.flows.items())) or "none"
+        flows = ", ".join(f"{n} (peer {f.peer})" if hasattr(f, "peer") else n
+                          for n, f in sorted(self.flows.items())) or "none"
         peers = ", ".join(f"{n} ({p.url})" for n, p in sorted(self.peers.items())) or "none"
         listeners = [f"metrics {self.listeners.metrics.address}"]
         if self.listeners.push is not None:
@@ -192,6 +193,8 @@ def config_from_string(text: str, source: str = "<string>") -> Config:
         if flow is None:
             continue
         flows[name] = flow
+        if not hasattr(flow, "peer"):
+            continue  # airis-reconcile: no peer
         if flow.peer not in data.get("peers", {}):
             problems.append(ConfigProblem(f"flows.{name}.peer", f"no peer {flow.peer!r}: add a [peers.{flow.peer}] section or name one of: {', '.join(sorted(peers)) or '(none configured)'}"))
         elif name in INBOUND_FLOWS and flow.peer in peers and not peers[flow.peer].results_url:

@@ -18,7 +18,7 @@ __all__ = [
     "REQUIRED", "SettingMeta", "setting", "section_settings",
     "GatewaySection", "RetentionSection", "DatabaseSection", "TlsSection", "KeysSection",
     "RetryPolicy", "PeerSection", "OutboundFlowSection", "InboundFlowSection",
-    "ResultsFlowSection", "ListenerSection", "MetricsListenerSection", "FLOW_SECTIONS",
+    "ResultsFlowSection", "AirisFlowSection", "ListenerSection", "MetricsListenerSection", "FLOW_SECTIONS",
     "OUTBOUND_FLOWS", "INBOUND_FLOWS",
 ]
 
@@ -162,6 +162,15 @@ class ResultsFlowSection(InboundFlowSection):
 
 
 @dataclass(frozen=True)
+class AirisFlowSection:
+    """The AIRIS 突合 flow (``[flows.airis-reconcile]``, SPEC §13): no peer, two outboxes and an inbox."""
+
+    airis_outbox: str = setting(k.RelativeDir(), "Where the AIRIS download (the AES-256 ZIP as received) and its key file <name>.key are put.", example="outbox/airis")
+    register_outbox: str = setting(k.RelativeDir(), "Where the tax system writes its 小型二輪 register extract (tax-register-2w).", example="outbox/airis-register")
+    inbox: str = setting(k.RelativeDir(), "Where the results (.dat, .csv, .txt) are written for the tax division.", example="inbox/airis-reconcile")
+
+
+@dataclass(frozen=True)
 class ListenerSection:
     """The LGWAN push listener (``[listeners.push]``); absent means no push."""
 
@@ -183,6 +192,7 @@ FLOW_SECTIONS: dict[str, type] = {
     "jnks-receipts": InboundFlowSection,
     "mpn-slips": OutboundFlowSection,
     "mpn-results": ResultsFlowSection,
+    "airis-reconcile": AirisFlowSection,
 }
 OUTBOUND_FLOWS = ("jnks-payments", "mpn-slips")
 INBOUND_FLOWS = ("jnks-receipts", "mpn-results")

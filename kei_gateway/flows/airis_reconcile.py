@@ -19,9 +19,10 @@ import hashlib
 import os
 import re
 import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from kei_gateway.adapters.airis_zip import AirisContainer, AirisContainerError, WinZipAesContainer, read_key
 from kei_gateway.core.airis_match import (
@@ -40,6 +41,12 @@ from kei_gateway.spool import fsync_directory, publish, write_durable
 
 __all__ = [
     "FLOW",
+    "FlowPaths",
+    "FlowRun",
+    "MAX_INPUT_BYTES",
+    "find_inputs",
+    "note_erased_inputs",
+    "run_flow_once",
     "audit_fields",
     "AirisInputError",
     "Reconciliation",
@@ -312,3 +319,186 @@ def audit_fields(result: Reconciliation) -> dict[str, object]:
     counts = " ".join(f"{code}={count}" for code, count in result.counts.items())
     return {"flow": FLOW, "sha256": result.airis_sha256, "records": len(result.rows), "name": result.stem + ".dat",
             "reason": f"register sha256={result.register_sha256}; {counts}"}
+
+
+# --------------------------------------------------------------------------- the daemon flow
+
+MAX_INPUT_BYTES: Final = 2 << 30
+"""An input over 2 GiB is refused unread."""
+PEER: Final = "airis"
+"""The ledger's peer column for this flow's transfers (AIRIS and the tax system are not LGWAN peers)."""
+_INPUT_CATEGORY: Final = "AIRIS 突合の入力 (AIRIS reconciliation input)"
+
+
+@dataclass(frozen=True)
+class FlowPaths:
+    """The flow's directories: two outboxes, the inbox, its quarantine (errors files) and the reports."""
+
+    airis_outbox: str
+    register_outbox: str
+    inbox: str
+    quarantine: str
+    reports: str
+    airis_label: str = "outbox/airis"
+    register_label: str = "outbox/airis-register"
+
+
+@dataclass
+class FlowRun:
+    """What one run of the flow did, for the reactor side to log and count."""
+
+    inputs: tuple[str, str, str]
+    result: Reconciliation | None = None
+    error: AirisInputError | None = None
+    names: tuple[str, ...] = ()
+    errors_file: str | None = None
+
+
+def _ready_names(directory: str) -> list[str]:
+    from kei_gateway.spool import NAME_PATTERN, TEMP_SUFFIX, list_entries
+
+    try:
+        entries = list_entries(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(entry.name for entry in entries if entry.kind == "file" and NAME_PATTERN.fullmatch(entry.name)
+                  and not entry.name.endswith(TEMP_SUFFIX))
+
+
+def find_inputs(paths: FlowPaths) -> tuple[str, str, str] | None:
+    """The first AIRIS file whose ``<name>.key`` is there too, and the first register extract; else None."""
+    airis = _ready_names(paths.airis_outbox)
+    present = set(airis)
+    downloads = [name for name in airis if not name.endswith(".key") and name + ".key" in present]
+    registers = _ready_names(paths.register_outbox)
+    if not downloads or not registers:
+        return None
+    return downloads[0], downloads[0] + ".key", registers[0]
+
+
+def _read_input(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise AirisInputError(os.path.basename(path), [f"over {MAX_INPUT_BYTES} bytes: not an AIRIS 突合 input"])
+    return data
+
+
+def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, now: datetime.datetime) -> FlowRun | None:
+    """Blocking: one run if all three inputs are there (see :func:`find_inputs`), else None.
+
+    1. each input is encrypted into the store (a ``DONE`` inbound transfer of this flow keeps it until
+       ``retention.payloads``, then the purge erases it and lists it in the 消去報告);
+    2. the 突合 runs in memory; on an invalid input ``quarantine/airis-reconcile/<name>.errors.txt``
+       names every problem (values masked) and nothing reaches the inbox;
+    3. the results are encrypted into the store, recorded as ``DONE`` transfers (so the purge erases
+       them from the inbox after ``retention.inbox``), then written to the inbox all three or none;
+    4. the plaintext inputs are erased from the outboxes and listed in the day's 消去報告 at once.
+    """
+    from kei_gateway.ledger.models import TransferState
+
+    found = find_inputs(paths)
+    if found is None:
+        return None
+    zip_name, key_name, register_name = found
+    sources = ((paths.airis_outbox, paths.airis_label, zip_name), (paths.airis_outbox, paths.airis_label, key_name),
+               (paths.register_outbox, paths.register_label, register_name))
+    run = FlowRun(found)
+    data = [_read_input(os.path.join(directory, name)) for directory, _, name in sources]
+    stored = []
+    for (_, label, name), body in zip(sources, data):
+        blob_id = f"in-{uuid.uuid4().hex}"
+        store.write(blob_id, [body])
+        digest = hashlib.sha256(body).hexdigest()
+        row = ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.DONE,
+                                  size=len(body), sha256=digest, record_count=0, blob_id=blob_id, now=now,
+                                  source_removed=True)
+        stored.append((f"{label}/{name}", digest, len(body), row.id))
+    try:
+        run.result = reconcile(airis_zip=data[0], key_file=data[1], register=data[2], lg_code=lg_code, at=now,
+                               airis_label=zip_name, key_label=key_name, register_label=register_name)
+    except AirisInputError as error:
+        run.error = error
+        from kei_gateway.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
+
+        ensure_directory(paths.quarantine, QUARANTINE_DIR_MODE)
+        stem = f"{lg_code}_{FLOW}_{now.astimezone(JST).strftime('%Y%m%d%H%M%S')}"
+        run.errors_file = write_errors_file(paths.quarantine, stem, [
+            f"{error.label}: {problem}" for problem in error.problems] + [
+            f"{error.total} problem(s); inputs {zip_name}, {key_name}, {register_name} were erased from the outboxes "
+            "(encrypted copies kept until retention.payloads): correct them and put all three there again"])
+    del data
+    if run.result is not None:
+        result = run.result
+        outputs = [b"".join(result.dat_chunks()), b"".join(result.csv_chunks()), result.text().encode("utf-8")]
+        names = output_names(result.stem)
+        for name, body in zip(names, outputs):
+            blob_id = f"in-{uuid.uuid4().hex}"
+            store.write(blob_id, [body])
+            ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.DONE,
+                                size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                                record_count=len(result.rows) if name.endswith(".dat") else 0, blob_id=blob_id,
+                                now=now)
+        from kei_gateway.spool import SHARED_DIR_MODE, ensure_directory
+
+        ensure_directory(paths.inbox, SHARED_DIR_MODE)
+        run.names = _write_all(paths.inbox, names, outputs)
+    for directory, _, name in sources:
+        os.unlink(os.path.join(directory, name))
+    for directory in {paths.airis_outbox, paths.register_outbox}:
+        fsync_directory(directory)
+    note_erased_inputs(paths.reports, stored, now)
+    return run
+
+
+def _write_all(directory: str, names: Sequence[str], bodies: Sequence[bytes]) -> tuple[str, ...]:
+    staged: list[str] = []
+    try:
+        for name, body in zip(names, bodies):
+            path = os.path.join(directory, f".{name}.part")
+            write_durable(path, [body])
+            staged.append(path)
+        for name, path in zip(names, staged):
+            publish(path, os.path.join(directory, name))
+    except BaseException:
+        for path in staged:
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
+    return tuple(names)
+
+
+def note_erased_inputs(directory: str, erased: Sequence[tuple[str, str, int, int]], when: datetime.datetime) -> None:
+    """List the plaintext inputs a run erased in the day's 消去報告 (CSV rows and a text block), fsynced.
+
+    The block carries no "completed" line: it is not a purge run, and the daemon reads those lines
+    to know whether the daily purge was missed.
+    """
+    from kei_gateway.purge.report import ErasedItem, render_csv, report_names
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    items = [ErasedItem(when, "store", name, digest, size, _INPUT_CATEGORY,
+                        f"突合の実行後に平文を消去 (plaintext erased after the run); 暗号化した写しは "
+                        f"retention.payloads まで保管 (encrypted copy: transfer {transfer_id})")
+             for name, digest, size, transfer_id in erased]
+    csv_name, text_name = report_names(when)
+    stamp = when.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S")
+    block = ["=" * 72, f"AIRIS 突合の入力の消去 (AIRIS inputs erased after the run): {stamp} JST", ""]
+    for number, item in enumerate(items, 1):
+        block += [f"[{number}] ファイル名 (file): {item.name}", f"    SHA-256: {item.sha256}",
+                  f"    サイズ (size): {item.size:,} バイト (bytes)", f"    理由 (reason): {item.reason}"]
+    block.append("")
+    for name, render in ((csv_name, lambda new: render_csv(items, heading=new)),
+                         (text_name, lambda new: ("\n".join(block) + "\n").encode("utf-8"))):
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        try:
+            data = render(os.fstat(fd).st_size == 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_directory(directory)

@@ -247,7 +247,7 @@ class PurgeOutcome:
 def _inbox_dirs(config: Config) -> dict[str, tuple[str, str]]:
     """Inbound flow → (its inbox directory, the label under spool_dir)."""
     dirs = {}
-    for flow in INBOUND_FLOWS:
+    for flow in (*INBOUND_FLOWS, "airis-reconcile"):  # airis-reconcile: results of AIRIS 突合 runs (SPEC §13)
         settings = config.flows.get(flow)
         inbox = getattr(settings, "inbox", None)
         if inbox:
