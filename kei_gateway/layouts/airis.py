@@ -31,7 +31,7 @@ from kei_gateway.layouts.codes import DEREGISTERED_FLAGS, PLATE_KANA_LETTERS, VE
 from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE
 from kei_gateway.layouts.errors import mask
 from kei_gateway.layouts.fields import (
-    DATE_PATTERN, Codes, Field, IntRange, Kind, Layout, NotAllZero, NotBlank, NotInFuture,
+    DATE_PATTERN, Codes, Field, IntRange, Kind, Layout, NotAllZero, NotBlank, NotInFuture, Value,
 )
 from kei_gateway.layouts.tables import JNKS_PAYMENTS
 
@@ -525,7 +525,7 @@ VARIANTS: Final = ("width", "degenerate", "address")
 class AirisCase:
     """A dummy register and AIRIS download, and what matching them must give."""
 
-    register: list[dict[str, object]]
+    register: list[dict[str, Value]]
     """Register records (typed values of :data:`TAX_REGISTER_2W`)."""
     airis: list[dict[str, str]]
     """AIRIS rows (column key → cell text)."""
@@ -557,13 +557,13 @@ def generate_airis_case(vehicles: int, plant: Mapping[str, int] | None = None, *
     variants = dict(variants or {})
     today = today or datetime.date(2025, 6, 30)
     rng = random.Random(seed)
-    register: list[dict[str, object]] = []
+    register: list[dict[str, Value]] = []
     airis: list[dict[str, str]] = []
     expected = {code: 0 for code in CATEGORIES}
     expected_normalised = {code: 0 for code in NORMALISATIONS}
     serials = iter(range(1, 10 ** 7))
 
-    def base() -> tuple[dict[str, object], dict[str, str]]:
+    def base() -> tuple[dict[str, Value], dict[str, str]]:
         number = next(serials)
         family = rng.choice(_FAMILY)
         given = rng.choice(_GIVEN)
@@ -577,7 +577,7 @@ def generate_airis_case(vehicles: int, plant: Mapping[str, int] | None = None, *
         prefix = rng.choice(("DMY", "TST", "EXM"))
         chassis = f"{prefix}{rng.randint(10, 99)}-{number:07d}"
         registered = today - datetime.timedelta(days=rng.randint(30, 3000))
-        record: dict[str, object] = {
+        record: dict[str, Value] = {
             "taxpayer_id": f"{rng.randint(1, 99999):05d}{number:010d}",
             "plate_office": office, "plate_class": plate_class, "plate_kana": kana, "plate_serial": f"{serial:04d}",
             "chassis_no": chassis, "vehicle_type": SMALL_MOTORCYCLE,

@@ -50,7 +50,7 @@ def marked_case() -> tuple[bytes, bytes, dict[str, int]]:
         values["owner_address"] = MARKERS["address"] + str(values["owner_address"])
         values["plate_office"] = MARKERS["plate"]
         values["chassis_no"] = MARKERS["chassis"] + str(values["chassis_no"])
-    return (airis_csv_bytes(case.airis), b"".join(render_records(TAX_REGISTER_2W, case.register)),  # type: ignore[arg-type]
+    return (airis_csv_bytes(case.airis), b"".join(render_records(TAX_REGISTER_2W, case.register)),
             case.expected)
 
 
