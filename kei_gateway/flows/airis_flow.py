@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from kei_gateway import events
-from kei_gateway.blocking import Blocking
-from kei_gateway.flows.airis_reconcile import FLOW, FlowPaths, FlowRun, audit_fields, run_flow_once
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
 from kei_gateway.layouts.airis import CATEGORIES
-from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["AirisReconcileService", "RESCAN_INTERVAL", "build_airis_flow"]
 
@@ -34,7 +35,8 @@ class AirisReconcileService(service.Service):
     log = Logger()
 
     def __init__(self, *, paths: FlowPaths, lg_code: str, clock: Any, blocking: Blocking, ledger: Any, store: Any,
-                 metrics: GatewayMetrics, use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
+                 metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
+                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -43,6 +45,7 @@ class AirisReconcileService(service.Service):
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
+        self.note_erased = note_erased
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -54,7 +57,7 @@ class AirisReconcileService(service.Service):
             metrics.airis_vehicles.labels(category=code)  # exported as 0 from the start
 
     def startService(self) -> None:
-        from kei_gateway.spool import SHARED_DIR_MODE, ensure_directory
+        from kei_gateway.adapters.spool import SHARED_DIR_MODE, ensure_directory
 
         super().startService()
         for directory in (self.paths.airis_outbox, self.paths.register_outbox):
@@ -89,8 +92,8 @@ class AirisReconcileService(service.Service):
         self._again = False
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
-            run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now
-        ).addCallback(self._report)
+            run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
+            note_erased=self.note_erased).addCallback(self._report)
         d.addErrback(self._failed)
         self._scanning = d
 
@@ -121,21 +124,26 @@ class AirisReconcileService(service.Service):
 
 
 def build_airis_flow(parent: service.MultiService, config: Any, *, clock: Any, blocking: Blocking, ledger: Any,
-                     store: Any, metrics: GatewayMetrics, use_inotify: bool = True) -> AirisReconcileService | None:
-    """The flow's service under *parent* when ``[flows.airis-reconcile]`` is configured (the one builder)."""
+                     store: Any, metrics: GatewayMetrics,
+                     note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
+                     use_inotify: bool = True) -> AirisReconcileService | None:
+    """The flow's service under *parent* when ``[flows.airis-reconcile]`` is configured (the one builder).
+
+    *note_erased* lists the plaintext inputs a run erased in the day's 消去報告 (the purge's report,
+    which flows do not import: the composition root passes it in).
+    """
     settings = config.flows.get(FLOW)
     if settings is None:
         return None
     if store is None:
         raise ValueError("the airis-reconcile flow needs the encrypted store")
-    from kei_gateway.purge.execute import reports_directory
-
     paths = FlowPaths(
         airis_outbox=config.spool_path(settings.airis_outbox), register_outbox=config.spool_path(settings.register_outbox),
         inbox=config.spool_path(settings.inbox), quarantine=config.spool_path(os.path.join("quarantine", FLOW)),
-        reports=reports_directory(config), airis_label=settings.airis_outbox.rstrip("/"),
+        airis_label=settings.airis_outbox.rstrip("/"),
         register_label=settings.register_outbox.rstrip("/"))
     flow = AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=clock, blocking=blocking,
-                                 ledger=ledger, store=store, metrics=metrics, use_inotify=use_inotify)
+                                 ledger=ledger, store=store, metrics=metrics, note_erased=note_erased,
+                                 use_inotify=use_inotify)
     flow.setServiceParent(parent)
     return flow

@@ -20,7 +20,7 @@ import os
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,7 +28,7 @@ from kei_gateway.adapters.airis_zip import AirisContainer, AirisContainerError, 
 from kei_gateway.core.airis_match import (
     MatchRow, RegisterVehicle, category_counts, match_vehicles,
 )
-from kei_gateway.jst import JST
+from kei_gateway.core.jst import JST
 from kei_gateway.layouts import Kind, ValidationOptions, validate_bytes
 from kei_gateway.layouts.airis import (
     AIRIS_RECONCILE, CATEGORIES, NORMALISATIONS, TAX_REGISTER_2W, AirisCsvError, AirisVehicle, parse_airis_csv,
@@ -36,8 +36,8 @@ from kei_gateway.layouts.airis import (
 from kei_gateway.layouts.degenerate import degenerate_text
 from kei_gateway.layouts.fields import Value, char_class
 from kei_gateway.layouts.encoding import GETA, IDEOGRAPHIC_SPACE, JISX0208_CHARS, widen_halfwidth_katakana
-from kei_gateway.report_format import csv_rows
-from kei_gateway.spool import fsync_directory, publish, write_durable
+from kei_gateway.core.report_format import csv_rows
+from kei_gateway.adapters.spool import fsync_directory, publish, write_durable
 
 __all__ = [
     "FLOW",
@@ -45,7 +45,7 @@ __all__ = [
     "FlowRun",
     "MAX_INPUT_BYTES",
     "find_inputs",
-    "note_erased_inputs",
+    "ErasedInput",
     "run_flow_once",
     "audit_fields",
     "AirisInputError",
@@ -327,7 +327,6 @@ MAX_INPUT_BYTES: Final = 2 << 30
 """An input over 2 GiB is refused unread."""
 PEER: Final = "airis"
 """The ledger's peer column for this flow's transfers (AIRIS and the tax system are not LGWAN peers)."""
-_INPUT_CATEGORY: Final = "AIRIS 突合の入力 (AIRIS reconciliation input)"
 
 
 @dataclass(frozen=True)
@@ -338,7 +337,6 @@ class FlowPaths:
     register_outbox: str
     inbox: str
     quarantine: str
-    reports: str
     airis_label: str = "outbox/airis"
     register_label: str = "outbox/airis-register"
 
@@ -355,7 +353,7 @@ class FlowRun:
 
 
 def _ready_names(directory: str) -> list[str]:
-    from kei_gateway.spool import NAME_PATTERN, TEMP_SUFFIX, list_entries
+    from kei_gateway.adapters.spool import NAME_PATTERN, TEMP_SUFFIX, list_entries
 
     try:
         entries = list_entries(directory)
@@ -385,7 +383,13 @@ def _read_input(path: str) -> bytes:
     return data
 
 
-def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, now: datetime.datetime) -> FlowRun | None:
+ErasedInput = tuple[str, str, int, int]
+"""A plaintext input erased after a run: its path under ``spool_dir``, SHA-256, size, and the transfer
+holding its encrypted copy — what the 消去報告 lists (written by the operations side, injected)."""
+
+
+def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, now: datetime.datetime,
+                  note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object]) -> FlowRun | None:
     """Blocking: one run if all three inputs are there (see :func:`find_inputs`), else None.
 
     1. each input is encrypted into the store (a ``DONE`` inbound transfer of this flow keeps it until
@@ -396,7 +400,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, no
        them from the inbox after ``retention.inbox``), then written to the inbox all three or none;
     4. the plaintext inputs are erased from the outboxes and listed in the day's 消去報告 at once.
     """
-    from kei_gateway.ledger.models import TransferState
+    from kei_gateway.core.transfer import TransferState
 
     found = find_inputs(paths)
     if found is None:
@@ -406,7 +410,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, no
                (paths.register_outbox, paths.register_label, register_name))
     run = FlowRun(found)
     data = [_read_input(os.path.join(directory, name)) for directory, _, name in sources]
-    stored = []
+    stored: list[ErasedInput] = []
     for (_, label, name), body in zip(sources, data):
         blob_id = f"in-{uuid.uuid4().hex}"
         store.write(blob_id, [body])
@@ -420,7 +424,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, no
                                airis_label=zip_name, key_label=key_name, register_label=register_name)
     except AirisInputError as error:
         run.error = error
-        from kei_gateway.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
+        from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
 
         ensure_directory(paths.quarantine, QUARANTINE_DIR_MODE)
         stem = f"{lg_code}_{FLOW}_{now.astimezone(JST).strftime('%Y%m%d%H%M%S')}"
@@ -440,7 +444,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, no
                                 size=len(body), sha256=hashlib.sha256(body).hexdigest(),
                                 record_count=len(result.rows) if name.endswith(".dat") else 0, blob_id=blob_id,
                                 now=now)
-        from kei_gateway.spool import SHARED_DIR_MODE, ensure_directory
+        from kei_gateway.adapters.spool import SHARED_DIR_MODE, ensure_directory
 
         ensure_directory(paths.inbox, SHARED_DIR_MODE)
         run.names = _write_all(paths.inbox, names, outputs)
@@ -448,7 +452,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: Any, ledger: Any, no
         os.unlink(os.path.join(directory, name))
     for directory in {paths.airis_outbox, paths.register_outbox}:
         fsync_directory(directory)
-    note_erased_inputs(paths.reports, stored, now)
+    note_erased(stored, now)
     return run
 
 
@@ -467,38 +471,3 @@ def _write_all(directory: str, names: Sequence[str], bodies: Sequence[bytes]) ->
                 os.unlink(path)
         raise
     return tuple(names)
-
-
-def note_erased_inputs(directory: str, erased: Sequence[tuple[str, str, int, int]], when: datetime.datetime) -> None:
-    """List the plaintext inputs a run erased in the day's 消去報告 (CSV rows and a text block), fsynced.
-
-    The block carries no "completed" line: it is not a purge run, and the daemon reads those lines
-    to know whether the daily purge was missed.
-    """
-    from kei_gateway.purge.report import ErasedItem, render_csv, report_names
-
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    items = [ErasedItem(when, "store", name, digest, size, _INPUT_CATEGORY,
-                        f"突合の実行後に平文を消去 (plaintext erased after the run); 暗号化した写しは "
-                        f"retention.payloads まで保管 (encrypted copy: transfer {transfer_id})")
-             for name, digest, size, transfer_id in erased]
-    csv_name, text_name = report_names(when)
-    stamp = when.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S")
-    block = ["=" * 72, f"AIRIS 突合の入力の消去 (AIRIS inputs erased after the run): {stamp} JST", ""]
-    for number, item in enumerate(items, 1):
-        block += [f"[{number}] ファイル名 (file): {item.name}", f"    SHA-256: {item.sha256}",
-                  f"    サイズ (size): {item.size:,} バイト (bytes)", f"    理由 (reason): {item.reason}"]
-    block.append("")
-    for name, render in ((csv_name, lambda new: render_csv(items, heading=new)),
-                         (text_name, lambda new: ("\n".join(block) + "\n").encode("utf-8"))):
-        path = os.path.join(directory, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-        try:
-            data = render(os.fstat(fd).st_size == 0)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_directory(directory)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import exitcodes
+from kei_gateway.cli import exitcodes
 from kei_gateway.adapters.airis_zip import write_airis_zip
-from kei_gateway.cli import main
+from kei_gateway.cli.main import main
 from kei_gateway.layouts import ValidationOptions, render_records, validate_bytes
 from kei_gateway.layouts.airis import (
     AIRIS_COLUMNS, AIRIS_RECONCILE, TAX_REGISTER_2W, AirisCase, airis_csv_bytes, generate_airis_case,
