@@ -207,49 +207,59 @@ def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleV
       ``07`` (one row, both indexes);
     * left over: ``05`` (register only, deregistered or not), ``06`` (AIRIS only).
     """
-    register_keys = [normalise_chassis(vehicle.chassis_no) for vehicle in register]
     airis_keys = [normalise_chassis(vehicle.chassis_no) for vehicle in airis]
-    register_counts = Counter(register_keys)
-    airis_counts = Counter(airis_keys)
-    airis_by_key = {key: index for index, key in enumerate(airis_keys) if airis_counts[key] == 1}
+    airis_by_key, airis_repeated = _index(airis_keys)
+    register_repeated = _index(normalise_chassis(vehicle.chassis_no) for vehicle in register)[1]
     matched_airis = bytearray(len(airis))
     rows: list[MatchRow] = []
-    register_left: list[int] = []
-    for index, (vehicle, key) in enumerate(zip(register, register_keys)):
-        if register_counts[key] > 1:
+    register_left: dict[int, str] = {}
+    """Register vehicles not found in AIRIS, with their key (the keys of all are not kept: memory)."""
+    for index, vehicle in enumerate(register):
+        key = normalise_chassis(vehicle.chassis_no)
+        if key in register_repeated:
             rows.append(MatchRow("08", index, None, "00"))
             continue
         found = airis_by_key.get(key)
-        if found is None:
-            register_left.append(index)
+        if found is None or key in airis_repeated:
+            register_left[index] = key
             continue
         matched_airis[found] = 1
         rows.extend(_compare(vehicle, airis[found], index, found))
     airis_left: list[int] = []
     for index, key in enumerate(airis_keys):
-        if airis_counts[key] > 1:
+        if key in airis_repeated:
             rows.append(MatchRow("08", None, index, "00"))
         elif not matched_airis[index]:
             airis_left.append(index)
-    rows.extend(_by_tail(register, airis, register_keys, airis_keys, register_left, airis_left))
+    rows.extend(_by_tail(register, airis, airis_keys, register_left, airis_left))
     by_category: dict[str, list[MatchRow]] = {code: [] for code in CATEGORIES}
     for row in rows:  # each category keeps the order rows were made in: register order, then AIRIS order
         by_category[row.category].append(row)
     return [row for code in CATEGORIES for row in by_category[code]]
 
 
-def _by_tail(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues], register_keys: list[str],
-             airis_keys: list[str], register_left: list[int], airis_left: list[int]) -> Iterable[MatchRow]:
+def _index(keys: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+    """Each key's first index, and the keys seen more than once (less memory than a Counter)."""
+    first: dict[str, int] = {}
+    repeated: set[str] = set()
+    for index, key in enumerate(keys):
+        if first.setdefault(key, index) != index:
+            repeated.add(key)
+    return first, repeated
+
+
+def _by_tail(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues], airis_keys: list[str],
+             register_left: dict[int, str], airis_left: list[int]) -> Iterable[MatchRow]:
     """07 for the unambiguous pairs of leftovers (last 7 and plate equal), 05 and 06 for the rest."""
     register_tails: defaultdict[tuple[str, tuple[str, str, str, int]], list[int]] = defaultdict(list)
     airis_tails: defaultdict[tuple[str, tuple[str, str, str, int]], list[int]] = defaultdict(list)
-    for index in register_left:
-        register_tails[_tail_key(register_keys[index], register[index])].append(index)
+    for index, key in register_left.items():
+        register_tails[_tail_key(key, register[index])].append(index)
     for index in airis_left:
         airis_tails[_tail_key(airis_keys[index], airis[index])].append(index)
     paired_airis: set[int] = set()
-    for index in register_left:
-        tail = _tail_key(register_keys[index], register[index])
+    for index, key in register_left.items():
+        tail = _tail_key(key, register[index])
         candidates = airis_tails.get(tail, [])
         if len(candidates) == 1 and len(register_tails[tail]) == 1:
             other = candidates[0]

@@ -478,8 +478,8 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
                 if total:
                     continue  # already invalid: keep checking, stop collecting
                 vehicles.append(AirisVehicle(
-                    intern(cells[0]), intern(cells[1]), intern(cells[2]), cells[3], cells[4], cells[5], cells[6],
-                    cells[10], row))
+                    intern(cells[0]), intern(cells[1]), intern(cells[2]), intern(cells[3]), cells[4], cells[5], cells[6],
+                    intern(cells[10]), row))
     except csv.Error as error:
         add(CsvProblem(reader.line_num, f"broken CSV quoting ({error}): an AIRIS v1 CSV follows RFC 4180"))
     for problem in decode_problems:
@@ -490,7 +490,7 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
 
 
 class _Intern(dict[str, str]):
-    """Plate offices, classes and kana repeat: one string object each saves memory per vehicle."""
+    """Plate parts and dates repeat: one string object each saves memory per vehicle."""
 
     def __call__(self, value: str) -> str:
         return self.setdefault(value, value)
