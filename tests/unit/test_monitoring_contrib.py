@@ -132,6 +132,15 @@ def test_when_the_rules_are_read_then_each_alert_has_a_severity_both_languages_a
     assert len(names) == len(set(names))
 
 
+def test_when_a_rule_aggregates_then_it_keeps_every_label_but_the_ones_it_sums_over() -> None:
+    """``sum by`` would drop labels a site adds at scrape time (say city="131041") from the alert."""
+    for expression in rule_expressions():
+        for node in nodes(expression):
+            if isinstance(node, promql_parser.AggregateExpr):
+                assert node.modifier is not None and node.modifier.type == promql_parser.AggModifierType.Without, \
+                    f"{expression.where}: aggregate with 'without (...)'"
+
+
 def test_when_the_promtool_tests_are_read_then_every_alert_fires_in_one_case_and_is_silent_in_another() -> None:
     spec = load_yaml(RULES_TEST)
     assert spec["rule_files"] == ["kei-gateway.rules.yml"]
