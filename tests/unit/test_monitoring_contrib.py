@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from kei_gateway.metrics import GatewayMetrics, exposition
+from kei_gateway.runtime.metrics import GatewayMetrics, exposition
 from tests.monitoring import (
     ALERTS_DOC, Expression, alert_rules, dashboard, dashboard_expressions, doc_anchors, github_anchor, load_yaml,
     panels, rule_expressions, RULES_TEST,

@@ -8,11 +8,16 @@ import pytest
 from hypothesis import given, strategies as st
 
 from kei_gateway.config import RetryPolicy
-from kei_gateway.flows.states import (
-    TERMINAL_STATES, InvalidTransition, after_failure, check_transition, longest_wait, retry_delay,
+from kei_gateway.core.transfer import (
+    TERMINAL_STATES,
+    InvalidTransition,
+    after_failure,
+    check_transition,
+    longest_wait,
+    retry_delay,
     state_after_validation,
 )
-from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.core.transfer import TransferState as S
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 
