@@ -61,7 +61,7 @@ from kei_gateway.operations.purge.report import (
 from kei_gateway.runtime.blocking import retry_transient
 from kei_gateway.runtime.events import describe_error
 
-__all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
+__all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "append_input_erasures", "plan_from_config", "secure_unlink", "list_directory",
            "recovered_from_journal", "JOURNAL_NAME", "INTERRUPTED_NOTE",
            "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME"]
 

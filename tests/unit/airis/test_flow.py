@@ -127,3 +127,27 @@ class AirisFlowTests(SynchronousTestCase):
         self.reactor.advance(31)
         self.assertEqual(sorted(os.listdir(self.spool / "outbox" / "airis")), ["AIRIS20250701.zip"])
         self.assertEqual(self.ledger.list_transfers(flow="airis-reconcile"), [])
+
+    def test_when_retention_passes_then_the_purge_erases_the_results_and_the_encrypted_inputs_and_reports_them(
+            self) -> None:
+        import datetime
+
+        from kei_gateway.operations.purge.execute import PurgeLedger, run_purge
+
+        self.put_inputs()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(1)
+        inbox = self.spool / "inbox" / "airis-reconcile"
+        self.assertEqual(len(os.listdir(inbox)), 3)
+        for name in os.listdir(inbox):  # inbox files are timed by their mtime: put them on the fake clock
+            os.utime(inbox / name, (self.reactor.seconds(), self.reactor.seconds()))
+        later = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc) + datetime.timedelta(days=8)
+        outcome = run_purge(self.config, PurgeLedger(self.ledger.engine), open_store(self.config, {}),
+                            now=lambda: later)
+        self.assertTrue(outcome.ok)
+        erased = {(item.area, item.name) for item in outcome.run.items} if outcome.run else set()
+        self.assertEqual(os.listdir(inbox), [])
+        self.assertEqual(len([name for area, name in erased if area == "inbox"]), 3)
+        self.assertEqual(len([name for area, name in erased if area == "store"]), 6)
+        self.assertTrue(all(row.blob_id is None for row in self.ledger.list_transfers(flow="airis-reconcile")))
