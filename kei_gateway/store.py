@@ -77,7 +77,7 @@ __all__ = [
     "StoreError", "StoreKeyError", "InvalidBlobId", "BlobNotFound", "BlobExists", "BlobUnreadable",
     "BlobCorrupt", "UnknownStoreKey",
     "load_store_key", "parse_store_key", "key_id_of", "store_directory", "keyring_from_config", "open_store", "validate_blob_id",
-    "encrypt_stream", "decrypt_stream", "read_header",
+    "encrypt_stream", "decrypt_stream", "read_header", "degenerations_blob_id",
     "KEY_BYTES", "DEFAULT_SEGMENT_SIZE", "MAX_SEGMENT_SIZE", "HEADER_SIZE", "TAG_SIZE", "MAGIC", "FORMAT_VERSION",
 ]
 
@@ -292,6 +292,12 @@ def validate_blob_id(blob_id: str) -> str:
     if not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id):
         raise InvalidBlobId(f"blob id {blob_id!r}: use 1 to 128 characters A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return blob_id
+
+
+def degenerations_blob_id(blob_id: str) -> str:
+    """The blob holding the 縮退 list of the transfer whose payload is *blob_id* (written, read and
+    erased with it: ingest, ``transfers show --degenerations``, purge)."""
+    return f"{blob_id}.degenerations"
 
 
 def _blob_cipher(key: bytes, salt: bytes) -> AESGCM:

@@ -3,7 +3,8 @@
 All of it blocks: the outbound flow calls :func:`ingest_file` through the blocking door.
 The order is what makes a crash lose nothing and duplicate nothing:
 
-1. the file is read, validated and encrypted into the store as it streams; when
+1. the file is read, validated and encrypted into the store as it streams (the list
+   of 縮退 made under ``gaiji = "degenerate"`` goes into a second blob); when
    the uniqueness filter left suspect keys, the same open file is read a second
    time to settle them exactly (a crash in either read leaves at most an
    unreferenced blob, removed at the next start);
@@ -27,14 +28,16 @@ from datetime import datetime
 from kei_gateway.crashpoints import crashpoint
 from kei_gateway.flows.states import state_after_validation
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
+from kei_gateway.layouts.degenerate import MAP_VERSIONS
 from kei_gateway.ledger import TransferLedger
 from kei_gateway.ledger.models import TransferState
 from kei_gateway.spool import (
     QUARANTINE_DIR_MODE, ensure_directory, free_name, fsync_directory, quarantine_entry, write_errors_file,
 )
-from kei_gateway.store import BlobStore
+from kei_gateway.store import BlobStore, degenerations_blob_id
 
-__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines"]
+__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines",
+           "degenerations_document"]
 
 READ_CHUNK = 1 << 20
 
@@ -52,6 +55,8 @@ class IngestResult:
     reason: str = ""
     """For quarantines: the first error, masked (fit for a log)."""
     gaiji_substituted: int = 0
+    degenerated: int = 0
+    """外字 replaced by their 縮退 candidate; the list is in the store (:func:`degenerations_blob_id`)."""
 
 
 def _read_chunks(fd: int) -> Iterator[bytes]:
@@ -71,6 +76,17 @@ def errors_file_lines(flow: str, name: str, report: ValidationReport) -> list[st
     if report.error_count > len(report.errors):
         lines.append(f"... and {report.error_count - len(report.errors)} more error(s) not listed")
     return lines
+
+
+def degenerations_document(report: ValidationReport) -> bytes:
+    """What the store keeps of a file's 縮退 (personal: encrypted, never logged): a header, then one a line.
+
+    ``# degenerated TOTAL listed N maps VERSIONS`` then ``record TAB key TAB from TAB to`` lines,
+    read back by :func:`kei_gateway.layouts.parse_degenerations`.
+    """
+    listed = report.degeneration_lines.count(b"\n")
+    header = f"# degenerated {report.degenerated} listed {listed} maps {MAP_VERSIONS}\n".encode("utf-8")
+    return header + bytes(report.degeneration_lines)
 
 
 def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
@@ -131,6 +147,12 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         ledger.update(leftover.id, now, source_removed=True)
         return IngestResult(name, "resumed", leftover.id, leftover.record_count, leftover.size, leftover.sha256)
 
+    if report.degenerated:
+        try:
+            store.write(degenerations_blob_id(blob_id), (degenerations_document(report),))
+        except BaseException:
+            store.delete(blob_id)
+            raise  # the file stays in the outbox for the next scan
     state = state_after_validation(report.records, hold_over_records)
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=state, size=info.size,
                               sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now)
@@ -138,7 +160,7 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
     _remove_source(outbox_dir, name, marker)
     ledger.update(row.id, now, source_removed=True)
     return IngestResult(name, "held" if state is TransferState.HELD else "queued", row.id, report.records, info.size,
-                        info.sha256, gaiji_substituted=report.gaiji_substituted)
+                        info.sha256, gaiji_substituted=report.gaiji_substituted, degenerated=report.degenerated)
 
 
 def _is_regular(fd: int) -> bool:

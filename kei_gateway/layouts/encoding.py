@@ -44,11 +44,11 @@ __all__ = [
 ]
 
 Charset = Literal["jisx0208", "cp932"]
-GaijiPolicy = Literal["reject", "substitute"]
+GaijiPolicy = Literal["reject", "substitute", "degenerate"]
 InputEncoding = Literal["cp932", "utf-8"]
 
 CHARSETS: Final[tuple[Charset, ...]] = ("jisx0208", "cp932")
-GAIJI_POLICIES: Final[tuple[GaijiPolicy, ...]] = ("reject", "substitute")
+GAIJI_POLICIES: Final[tuple[GaijiPolicy, ...]] = ("reject", "substitute", "degenerate")
 INPUT_ENCODINGS: Final[tuple[InputEncoding, ...]] = ("cp932", "utf-8")
 
 GETA: Final = "\u3013"

@@ -25,14 +25,16 @@ from functools import lru_cache
 from heapq import merge
 from itertools import compress, islice
 from operator import not_
-from typing import Final
+from typing import Final, NamedTuple
 
+from kei_gateway.layouts.degenerate import clusters
 from kei_gateway.layouts.encoding import (
-    GETA, IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars,
+    IDEOGRAPHIC_SPACE, Charset, GaijiPolicy, InputEncoding, allowed_wide_chars,
     normalize_variants, wide_char_pattern, widen_halfwidth_katakana,
 )
 from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, KeyFilter, filter_bits_for, lane_width
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError
+from kei_gateway.layouts.gaiji import GaijiFallback, Replacement, apply_gaiji_policy
 from kei_gateway.layouts.fields import (
     DATE_PATTERN, TIME_PATTERN, Field, FieldRule, Kind, Layout, LgCode, NotBefore, RuleContext, SumEquals, Unique, Value,
     When, char_class, left_aligned_pattern,
@@ -50,12 +52,17 @@ __all__ = [
     "render_record",
     "render_records",
     "DEFAULT_MAX_ERRORS",
+    "DEFAULT_MAX_DEGENERATIONS",
+    "Degenerated",
+    "parse_degenerations",
 ]
 
 Record = dict[str, Value]
 """A parsed record: field key → typed value."""
 
 DEFAULT_MAX_ERRORS: Final = 1000
+DEFAULT_MAX_DEGENERATIONS: Final = 100_000
+"""縮退 kept in a report's list (about 25 bytes each, packed); counting goes on past it."""
 BOM: Final = b"\xef\xbb\xbf"
 _BLOCK_SIZE: Final = 1 << 18
 """Bytes gathered before a block is validated (whole records only)."""
@@ -69,10 +76,14 @@ class ValidationOptions:
     encoding: InputEncoding = "cp932"
     charset: Charset = "jisx0208"
     gaiji: GaijiPolicy = "reject"
+    gaiji_fallback: GaijiFallback = "reject"
+    """Under ``gaiji = "degenerate"``: what happens to a 外字 with no unique 縮退 candidate."""
     lg_code: str | None = None
     """The gateway's 全国地方公共団体コード; when ``None`` only the check digit is verified."""
     max_errors: int = DEFAULT_MAX_ERRORS
     """Errors kept in the report; counting goes on past it."""
+    max_degenerations: int = DEFAULT_MAX_DEGENERATIONS
+    """縮退 kept in the report's list; counting goes on past it."""
 
     @property
     def rule_context(self) -> RuleContext:
@@ -91,7 +102,15 @@ class ValidationReport:
     error_count: int = 0
     """All errors found, including those past ``max_errors``."""
     gaiji_substituted: int = 0
-    """外字 replaced by 〓 under ``gaiji = "substitute"``."""
+    """外字 replaced by 〓 under ``gaiji = "substitute"`` (or ``degenerate`` with fallback ``substitute``)."""
+    degenerated: int = 0
+    """外字 replaced by their 縮退 candidate under ``gaiji = "degenerate"``."""
+    degeneration_lines: bytearray = dataclass_field(default_factory=bytearray, repr=False)
+    """The first ``max_degenerations`` 縮退, packed as UTF-8 lines ``record TAB key TAB from TAB to``.
+
+    Personal data (characters of names): keep it encrypted, never log it.  Read it with
+    :attr:`degenerations`.
+    """
 
     uniqueness_pending: bool = False
     """Suspect keys are waiting for :meth:`Validator.rescan`; until then the report is not final."""
@@ -103,6 +122,38 @@ class ValidationReport:
     @property
     def truncated(self) -> bool:
         return self.error_count > len(self.errors)
+
+    @property
+    def degenerations(self) -> list[Degenerated]:
+        """The kept 縮退 in file order (record, field key, from, to)."""
+        return parse_degenerations(bytes(self.degeneration_lines))
+
+    def add_degenerations(self, record: int, key: str, replacements: Iterable[Replacement], limit: int) -> None:
+        for replacement in replacements:
+            self.degenerated += 1
+            if self.degenerated <= limit:
+                self.degeneration_lines += (f"{record}\t{key}\t{replacement.source}\t{replacement.target}\n"
+                                            .encode("utf-8"))
+
+
+class Degenerated(NamedTuple):
+    """One 縮退 made in a file: 1-based record number, field key, the character before and after."""
+
+    record: int
+    key: str
+    source: str
+    target: str
+
+
+def parse_degenerations(data: bytes) -> list[Degenerated]:
+    """The entries of :attr:`ValidationReport.degeneration_lines` (e.g. read back from the store)."""
+    entries = []
+    for line in data.decode("utf-8").splitlines():
+        if line.startswith("#"):
+            continue
+        record, key, source, target = line.split("\t")
+        entries.append(Degenerated(int(record), key, source, target))
+    return entries
 
 
 # --------------------------------------------------------------------------- precise record checks
@@ -116,6 +167,7 @@ class _FieldResult:
     shown: str | None = None
     output: bytes = b""
     substituted: int = 0
+    replacements: tuple[Replacement, ...] = ()
 
 
 def _ascii_text(raw: bytes) -> str:
@@ -188,33 +240,40 @@ _INVALID_SINGLE_BYTE_CHARS: Final = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
 
 
 def _check_wide_text(text: str, options: ValidationOptions, raw: bytes) -> _FieldResult:
-    """Check the characters of a decoded ``K`` field; substitute 外字 when the policy says so."""
-    allowed = allowed_wide_chars(options.charset)
-    chars = list(text)
-    substituted = 0
+    """Check the characters of a decoded ``K`` field; apply the 外字 policy (substitute, degenerate)."""
     byte_position = 0
-    for index, char in enumerate(chars):
-        width = len(char.encode("cp932"))
+    shape_problem: _FieldResult | None = None
+    for index, char in enumerate(text):
         if char in _INVALID_SINGLE_BYTE_CHARS:
-            return _FieldResult(None, "has a byte that is not valid CP932", byte_position)
-        if width == 1:
-            return _FieldResult(None, f"has a half-width character at character {index + 1}; a full-width field "
-                                      "takes full-width characters only (they are not widened)", byte_position,
-                                text.rstrip(IDEOGRAPHIC_SPACE))
-        if char not in allowed:
-            if options.gaiji == "reject":
-                return _FieldResult(None, f"has a 外字 at character {index + 1} (outside "
-                                          f"{'JIS X 0208' if options.charset == 'jisx0208' else 'CP932'}); "
-                                          "replace it in the tax system or set gaiji = \"substitute\"",
-                                    byte_position, text.rstrip(IDEOGRAPHIC_SPACE))
-            chars[index] = GETA
-            substituted += 1
-        byte_position += width
+            shape_problem = _FieldResult(None, "has a byte that is not valid CP932", byte_position)
+        elif len(char.encode("cp932")) == 1:
+            shape_problem = _FieldResult(None, f"has a half-width character at character {index + 1}; a full-width "
+                                               "field takes full-width characters only (they are not widened)",
+                                         byte_position, text.rstrip(IDEOGRAPHIC_SPACE))
+        if shape_problem is not None:
+            text_before = text[:index]
+            break
+        byte_position += 2
+    else:
+        text_before = text
+    # Every character before the first malformed one is double-byte, so character i is at byte 2i.
+    outcome = apply_gaiji_policy(text_before, allowed_wide_chars(options.charset), charset=options.charset,
+                                 gaiji=options.gaiji, fallback=options.gaiji_fallback)
+    if outcome.problem is not None:
+        return _FieldResult(None, outcome.problem, 2 * outcome.problem_index, text.rstrip(IDEOGRAPHIC_SPACE))
+    if shape_problem is not None:
+        return shape_problem
+    chars = outcome.chars
     value = "".join(chars).rstrip(IDEOGRAPHIC_SPACE)
     if value and chars[0] == IDEOGRAPHIC_SPACE:
         return _FieldResult(None, "is not left-aligned (starts with a full-width space)", 0, text.strip(IDEOGRAPHIC_SPACE))
-    output = "".join(chars).encode("cp932") if substituted else raw
-    return _FieldResult(value, output=output, substituted=substituted)
+    output = raw
+    if outcome.substituted or outcome.replacements:
+        output = value.ljust(len(raw) // 2, IDEOGRAPHIC_SPACE).encode("cp932")
+        if len(output) != len(raw):
+            return _FieldResult(None, f"is longer than its {len(raw)} bytes after 縮退 (a character became several); "
+                                      "shorten it in the tax system", 0, text.rstrip(IDEOGRAPHIC_SPACE))
+    return _FieldResult(value, output=output, substituted=outcome.substituted, replacements=outcome.replacements)
 
 
 def _shown(item: Field, value: Value) -> str:
@@ -233,6 +292,8 @@ class _RecordCheck:
     substituted: int
     unique_key: bytes | None = None
     """The unique fields' raw bytes, joined (fixed width), when they decoded."""
+    replacements: list[tuple[str, tuple[Replacement, ...]]] = dataclass_field(default_factory=list)
+    """縮退 made, per field key."""
 
 
 class _RecordChecker:
@@ -253,6 +314,7 @@ class _RecordChecker:
         values: Record = {}
         outputs: list[bytes] = []
         substituted = 0
+        replacements: list[tuple[str, tuple[Replacement, ...]]] = []
         for index, (item, start, end) in enumerate(self.slices):
             field_offset = offset + start if field_offsets is None else field_offsets[index]
             result = _decode_field(item, data[start:end], self.options)
@@ -263,6 +325,8 @@ class _RecordChecker:
                 continue
             assert result.value is not None
             substituted += result.substituted
+            if result.replacements:
+                replacements.append((item.key, result.replacements))
             values[item.key] = result.value
             for rule in item.rules:
                 reason = rule.check(result.value, self.ctx)
@@ -283,7 +347,7 @@ class _RecordChecker:
         if self.unique_keys is not None and all(key in values for key in self.unique_keys):
             unique_key = b"".join(data[self.layout.offsets[key]:self.layout.offsets[key] + self.layout[key].width]
                                   for key in self.unique_keys)
-        return _RecordCheck(values, errors, b"".join(outputs), substituted, unique_key)
+        return _RecordCheck(values, errors, b"".join(outputs), substituted, unique_key, replacements)
 
 
 # --------------------------------------------------------------------------- the fast path
@@ -497,6 +561,7 @@ def _distinct_values_check(item: Field, ctx: RuleContext) -> ColumnCheck:
     def precise(raw: bytes) -> bool:
         result = _decode_field(item, raw, options)
         return (result.reason is None and result.value is not None and result.substituted == 0
+                and not result.replacements
                 and all(rule.check(result.value, ctx) is None for rule in item.rules))
 
     return _KnownGood(item.key, precise).check
@@ -610,16 +675,25 @@ def _when_column_check(cond_key: str, target_key: str, codes: frozenset[bytes], 
 # --------------------------------------------------------------------------- UTF-8 input
 
 
-def _convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, number: int, offset: int
-                         ) -> tuple[bytes | None, list[int], list[LayoutError], int]:
-    """Slice a UTF-8 record by characters and convert each field to CP932 (SPEC §2).
+class _Utf8Conversion(NamedTuple):
+    record: bytes | None
+    """The CP932 record, ``None`` when a field cannot be converted."""
+    field_offsets: list[int]
+    """The input byte offset of each field."""
+    errors: list[LayoutError]
+    substituted: int
+    """外字 replaced by 〓."""
+    replacements: list[tuple[str, tuple[Replacement, ...]]]
+    """縮退 made, per field key."""
 
-    Returns the CP932 record (``None`` when a field cannot be converted), the
-    input byte offset of each field, the errors and the count of 〓 substitutions.
-    """
+
+def _convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, number: int,
+                         offset: int) -> _Utf8Conversion:
+    """Slice a UTF-8 record by characters and convert each field to CP932 (SPEC §2)."""
     errors: list[LayoutError] = []
     pieces: list[bytes] = []
     field_offsets: list[int] = []
+    replacements: list[tuple[str, tuple[Replacement, ...]]] = []
     position = 0
     byte_offset = offset
     substituted = 0
@@ -636,33 +710,37 @@ def _convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, 
                 continue
             pieces.append(chunk.encode("ascii"))
             continue
-        converted = widen_halfwidth_katakana(normalize_variants(chunk)).rstrip(IDEOGRAPHIC_SPACE)
-        chars = list(converted)
+        chars = clusters(widen_halfwidth_katakana(normalize_variants(chunk)).rstrip(IDEOGRAPHIC_SPACE))
         problem = None
+        checked = len(chars)
         for index, char in enumerate(chars):
             try:
                 width = len(char.encode("cp932"))
             except UnicodeEncodeError:
-                width = 2  # outside CP932 altogether (e.g. 𠮷): a 外字
+                width = 2  # outside CP932 altogether (e.g. 𠮷, or a character with an IVS): a 外字
             if width == 1 and char not in allowed:
                 problem = (f"has a half-width character at character {index + 1}; a full-width field takes "
                            "full-width characters only (they are not widened)")
+                checked = index
                 break
-            if char not in allowed:
-                if options.gaiji == "reject":
-                    problem = (f"has a 外字 at character {index + 1} (outside "
-                               f"{'JIS X 0208' if options.charset == 'jisx0208' else 'CP932'}); replace it in the "
-                               "tax system or set gaiji = \"substitute\"")
-                    break
-                chars[index] = GETA
-                substituted += 1
+        outcome = apply_gaiji_policy(chars[:checked], allowed, charset=options.charset, gaiji=options.gaiji,
+                                     fallback=options.gaiji_fallback)
+        if outcome.problem is not None:
+            problem = outcome.problem
+        value = "".join(outcome.chars)
+        if problem is None and len(value) > item.width // 2:
+            problem = (f"is longer than its {item.width // 2} characters after 縮退 (a character became several); "
+                       "shorten it in the tax system")
         if problem is not None:
             errors.append(LayoutError(number, field_offsets[-1], problem, item.name, item.key, chunk, item.personal))
             continue
-        pieces.append("".join(chars).ljust(item.width // 2, IDEOGRAPHIC_SPACE).encode("cp932"))
+        substituted += outcome.substituted
+        if outcome.replacements:
+            replacements.append((item.key, outcome.replacements))
+        pieces.append(value.ljust(item.width // 2, IDEOGRAPHIC_SPACE).encode("cp932"))
     if errors:
-        return None, field_offsets, errors, substituted
-    return b"".join(pieces), field_offsets, errors, substituted
+        return _Utf8Conversion(None, field_offsets, errors, substituted, replacements)
+    return _Utf8Conversion(b"".join(pieces), field_offsets, errors, substituted, replacements)
 
 
 _NEEDS_CONVERSION: Final = re.compile("[\uff61-\uff9f\ufeff]")
@@ -1087,6 +1165,8 @@ class Validator:
         for error in result.errors:
             self._error(error)
         self.report.gaiji_substituted += result.substituted
+        for key, replacements in result.replacements:
+            self.report.add_degenerations(number, key, replacements, self.options.max_degenerations)
         if result.unique_key is not None and self._unique is not None \
                 and self._unique.record(result.unique_key, number):
             keys = self.layout.unique_keys or ()
@@ -1113,13 +1193,14 @@ class Validator:
         expected = sum(item.chars for item in self.layout.fields)
         if not self._structure_ok(data, number, offset, expected, "characters", len(text)):
             return
-        converted, field_offsets, errors, substituted = _convert_utf8_record(
-            self.layout, text, self.options, number, offset)
-        for error in errors:
+        conversion = _convert_utf8_record(self.layout, text, self.options, number, offset)
+        for error in conversion.errors:
             self._error(error)
-        self.report.gaiji_substituted += substituted
-        if converted is not None:
-            self._cp932_record(converted, number, offset, field_offsets, converted=True)
+        self.report.gaiji_substituted += conversion.substituted
+        if conversion.record is not None:
+            for key, replacements in conversion.replacements:
+                self.report.add_degenerations(number, key, replacements, self.options.max_degenerations)
+            self._cp932_record(conversion.record, number, offset, conversion.field_offsets, converted=True)
 
     def _trailing(self, rest: bytes) -> None:
         number = self.report.records + 1

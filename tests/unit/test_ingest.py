@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kei_gateway.flows.ingest import IngestResult, ingest_file, quarantine_refused
-from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
+from kei_gateway.layouts import ValidationOptions, generate_file, get_layout, parse_degenerations
 from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.store import FileBlobStore, StoreKeyring
+from kei_gateway.store import FileBlobStore, StoreKeyring, degenerations_blob_id
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 TODAY = datetime.date(2026, 11, 21)
@@ -38,10 +38,11 @@ class Spool:
         (self.outbox / name).write_bytes(data)
         return data
 
-    def ingest(self, name: str, hold: int = 0, marker: str | None = None) -> IngestResult:
+    def ingest(self, name: str, hold: int = 0, marker: str | None = None,
+               options: ValidationOptions | None = None) -> IngestResult:
         return ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(self.outbox),
                            quarantine_dir=str(self.quarantine), name=name, marker=marker, layout=LAYOUT,
-                           options=ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=hold,
+                           options=options or ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=hold,
                            store=self.store, ledger=self.ledger, now=NOW)
 
 
@@ -198,3 +199,33 @@ def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_
         spool.ingest("dup.dat")
     assert os.listdir(spool.outbox) == ["dup.dat"]
     assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
+
+
+def test_when_utf8_mj_characters_are_degenerated_then_the_list_is_kept_encrypted_beside_the_payload(
+        spool: Spool) -> None:
+    data = b"".join(generate_file(LAYOUT, 200, seed=4, today=TODAY, lg_code="131041", encoding="utf-8",
+                                  mj_rate=0.1))
+    (spool.outbox / "std.dat").write_bytes(data)
+    options = ValidationOptions(today=TODAY, lg_code="131041", encoding="utf-8", gaiji="degenerate")
+    result = spool.ingest("std.dat", options=options)
+    assert result.outcome == "queued" and result.degenerated > 0
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.blob_id is not None
+    document = b"".join(spool.store.read(degenerations_blob_id(row.blob_id)))
+    entries = parse_degenerations(document)
+    assert document.startswith(f"# degenerated {result.degenerated} listed {result.degenerated} maps ".encode())
+    assert len(entries) == result.degenerated and {e.key for e in entries} == {"plate_office"}
+    stored = (spool.base / "store" / degenerations_blob_id(row.blob_id)).read_bytes()
+    assert entries[0].source.encode("utf-8") not in stored, "the list is encrypted at rest"
+    payload = b"".join(spool.store.read(row.blob_id))
+    assert all(e.target.encode("cp932") in payload.splitlines()[e.record - 1] for e in entries)
+
+
+def test_when_nothing_is_degenerated_then_no_list_is_written(spool: Spool) -> None:
+    spool.put("plain.dat")
+    options = ValidationOptions(today=TODAY, lg_code="131041", gaiji="degenerate")
+    result = spool.ingest("plain.dat", options=options)
+    assert result.outcome == "queued" and result.degenerated == 0 and result.transfer_id is not None
+    blob_id = spool.ledger.get(result.transfer_id).blob_id
+    assert blob_id is not None and not spool.store.exists(degenerations_blob_id(blob_id))
