@@ -179,6 +179,27 @@ def _pack_code(code: str, width: int) -> int:
     return int.from_bytes(code.ljust(width).encode("ascii"), "big")
 
 
+def _code_check(start: int, width: int, codes: list[str]) -> FieldCheck:
+    """The field's bytes are one of ``codes`` (each left-aligned and space-padded to the width)."""
+    packed = [_pack_code(code, width) for code in codes if len(code) <= width]
+    if width <= 2:  # a table indexed by the field's bytes
+        table = np.zeros(1 << (8 * width), dtype=np.bool_)
+        table[packed] = True
+        if width == 1:
+            return lambda block: table[block.matrix[:, start]]
+        return lambda block: table[(block.matrix[:, start].astype(np.intp) << 8) | block.matrix[:, start + 1]]
+    wanted = np.array(packed, dtype=np.uint64)
+    if len(packed) <= 4:
+        def few(block: _Block) -> Mask:
+            values = block.packed(start, width)
+            found = np.zeros(block.count, dtype=np.bool_)
+            for code in wanted:
+                found |= values == code
+            return found
+        return few
+    return lambda block: np.isin(block.packed(start, width), wanted)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -275,9 +296,7 @@ def _rule_check(rule: FieldRule, item: Field, start: int, layout: Layout, ctx: R
             return blank or _never
         return (lambda block: ~blank(block)) if blank is not None else _always
     if isinstance(rule, Codes) and item.kind in (Kind.N, Kind.X) and not item.as_int and width <= 8:
-        codes = np.array([_pack_code(code, width) for code in rule.table if len(code) <= width
-                          and code == code.rstrip(" ")], dtype=np.uint64)
-        return lambda block: np.isin(block.packed(start, width), codes)
+        return _code_check(start, width, [code for code in rule.table if code == code.rstrip(" ")])
     if isinstance(rule, IntRange) and item.kind is Kind.N and width <= 18:
         low, high = rule.low, rule.high
         return lambda block: (lambda number: (number >= low) & (number <= high))(block.number(start, width))
@@ -390,14 +409,13 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
         target = layout[rule.then_key]
         if cond.as_int or cond.kind not in (Kind.N, Kind.X) or cond.width > 8:
             raise TypeError(f"no column form for {rule!r}")  # pragma: no cover - codes are N or X fields
-        codes = np.array([_pack_code(code, cond.width) for code in rule.codes if len(code) <= cond.width],
-                         dtype=np.uint64)
+        chosen_by = _code_check(offsets[cond.key], cond.width, list(rule.codes))
         start = offsets[target.key]
         then_checks = [_rule_check(r, target, start, layout, ctx) for r in rule.then_rules]
         else_checks = [_rule_check(r, target, start, layout, ctx) for r in rule.else_rules]
 
         def when(block: _Block) -> Mask:
-            chosen = np.isin(block.packed(offsets[cond.key], cond.width), codes)
+            chosen = chosen_by(block)
             ok = np.ones(block.count, dtype=np.bool_)
             for check in then_checks:
                 ok &= ~chosen | check(block)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from kei_gateway.layouts.degenerate import clusters, degenerate_char
+from kei_gateway.layouts.degenerate import degenerate_char
 from kei_gateway.layouts.encoding import GETA, Charset, GaijiPolicy
 
 __all__ = ["GaijiFallback", "GAIJI_FALLBACKS", "GaijiOutcome", "Replacement", "apply_gaiji_policy"]

@@ -94,6 +94,8 @@ def convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, n
 
 _NEEDS_CONVERSION: Final = re.compile("[\uff61-\uff9f\ufeff]")
 """Half-width katakana (composed and widened in K fields) and BOMs: left to the precise path."""
+_NEEDS_CONVERSION_UTF8: Final = re.compile(rb"\xef(?:\xbd[\xa1-\xbf]|\xbe[\x80-\x9f]|\xbb\xbf)")
+"""The same characters in UTF-8 (searched in the bytes: the literal prefix makes it a fast scan)."""
 _NOT_CP932: Final = "\ufffe"
 """A noncharacter standing in for them: it encodes to the mark below, like any 外字."""
 _MARK_ERRORS: Final = "kei-gateway-mark"
@@ -122,6 +124,9 @@ def utf8_block_as_cp932(block: bytes) -> bytes | None:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if _NEEDS_CONVERSION.search(text) is not None:
+    if _NEEDS_CONVERSION_UTF8.search(block) is not None:
         text = _NEEDS_CONVERSION.sub(_NOT_CP932, text)
-    return normalize_variants(text).encode("cp932", errors=_MARK_ERRORS)
+    # No normalize_variants(): Python's cp932 encoder already writes the mapping variants (〜 U+301C,
+    # ‖, −, ¢, £, ¬) as the bytes of their CP932 characters (～ U+FF5E ...), which per-field
+    # conversion gives too (a test checks this for the six).
+    return text.encode("cp932", errors=_MARK_ERRORS)

@@ -26,13 +26,14 @@ from kei_gateway.layouts.fields import Layout
 from kei_gateway.layouts.precise import RecordChecker
 from kei_gateway.layouts.report import ValidationOptions, ValidationReport
 from kei_gateway.layouts.uniqueness import Columns, ExactKeys, FilteredKeys, SuspectKeys, Uniqueness
-from kei_gateway.layouts.utf8 import convert_utf8_record, utf8_block_as_cp932
+from kei_gateway.layouts.utf8 import Utf8Conversion, convert_utf8_record, utf8_block_as_cp932
 
 __all__ = ["BOM", "Validator", "validate_bytes", "validate_stream"]
 
 BOM: Final = b"\xef\xbb\xbf"
-_BLOCK_SIZE: Final = 1 << 18
-"""Bytes gathered before a block is validated (whole records only)."""
+_BLOCK_SIZE: Final = 1 << 20
+"""Bytes gathered before a block is validated (whole records only): 1 MiB, thousands of records a
+numpy call, while the block and its temporaries stay a few MiB."""
 _SPLIT_BELOW: Final = 32
 """A block whose records are not whole is halved until it has fewer records than this; then record by record."""
 
@@ -296,7 +297,10 @@ class Validator:
         """Pass on the runs of accepted records; check the others precisely, in file order.
 
         ``block`` is the input (CP932 or UTF-8), ``cp932`` the same records in CP932 (the
-        same object for CP932 input); record ``i`` is line ``i`` of both.
+        same object for CP932 input); record ``i`` is line ``i`` of both.  UTF-8 records
+        the fast path rejected are first converted field by field, as the precise path
+        converts them (外字 policy included), and checked again column-wise: those that
+        pass then join the runs with their 縮退 and 〓 counted.
         """
         size = self.layout.record_length
         count = len(ok)
@@ -311,17 +315,70 @@ class Validator:
             begin, finish = int(line_starts[index]), int(line_starts[index + 1])
             return block[begin:finish], offset + begin
 
+        converted: dict[int, Utf8Conversion] = {}
+        if line_starts is not None and not ok.all():
+            cp932, converted = self._convert_rejected(cp932, ok, line, offset)
         changes = np.flatnonzero(np.diff(ok.view(np.int8))) + 1
         bounds = [0, *changes.tolist(), count]
         for first, last in zip(bounds, bounds[1:]):
             if ok[first]:
                 run = cp932[first * size:last * size]
                 if self._unique is None or self._unique.block(Columns(self.layout, run), self.report.records + 1):
+                    for index in range(first, last) if converted else ():
+                        conversion = converted.get(index)
+                        if conversion is not None:
+                            self.report.gaiji_substituted += conversion.substituted
+                            for key, replacements in conversion.replacements:
+                                self.report.add_degenerations(self.report.records + 1 + index - first, key,
+                                                              replacements, self.options.max_degenerations)
                     self.report.records += last - first
                     self._emit(run)
                     continue
             for index in range(first, last):  # rejected records, or a run whose keys repeat: one by one
                 self._line(*line(index))
+
+    def _convert_rejected(self, cp932: bytes, ok: npt.NDArray[np.bool_], line: Callable[[int], tuple[bytes, int]],
+                          offset: int) -> tuple[bytes, dict[int, Utf8Conversion]]:
+        """UTF-8 records the fast path rejected, converted by the precise conversion and checked column-wise again.
+
+        Marks in ``ok`` the records that now pass; returns the block with their CP932 bytes
+        and their conversions (for the 縮退 and 〓 counts).  The others stay rejected.
+        """
+        assert self._plan is not None
+        size = self.layout.record_length
+        expected = sum(item.chars for item in self.layout.fields)
+        candidates: dict[int, Utf8Conversion] = {}
+        for index in np.flatnonzero(~ok).tolist():
+            raw, _ = line(index)
+            if not raw.endswith(b"\r\n") or (index == 0 and self.report.records == 0 and offset == 0):
+                continue  # structure and the BOM of record 1 are the precise path's
+            try:
+                text = raw[:-2].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if len(text) != expected:
+                continue
+            conversion = convert_utf8_record(self.layout, text, self.options, 0, 0)
+            if conversion.record is not None and len(conversion.record) == size - 2:
+                candidates[index] = conversion
+        if not candidates:
+            return cp932, {}
+        indexes = list(candidates)
+        retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
+        matrix = as_matrix(retry, size)
+        if matrix is None:
+            return cp932, {}
+        passed = self._plan.check(retry, matrix)
+        if not passed.any():
+            return cp932, {}
+        repaired = bytearray(cp932)
+        kept: dict[int, Utf8Conversion] = {}
+        for position, index in enumerate(indexes):
+            if passed[position]:
+                repaired[index * size:(index + 1) * size] = retry[position * size:(position + 1) * size]
+                ok[index] = True
+                kept[index] = candidates[index]
+        return bytes(repaired), kept
 
     def _line(self, line: bytes, offset: int) -> None:
         """Validate one line (ending in LF) precisely."""

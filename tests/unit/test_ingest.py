@@ -232,3 +232,37 @@ def test_when_nothing_is_degenerated_then_no_list_is_written(spool: Spool) -> No
     assert result.outcome == "queued" and result.degenerated == 0 and result.transfer_id is not None
     blob_id = spool.ledger.get(result.transfer_id).blob_id
     assert blob_id is not None and not spool.store.exists(degenerations_blob_id(blob_id))
+
+
+def test_when_chunks_go_through_the_helper_thread_then_they_arrive_in_order_and_an_error_after_them() -> None:
+    from kei_gateway.flows.outbound.ingest import in_helper_thread
+
+    def source() -> Iterator[bytes]:
+        yield from (bytes([n]) * 10 for n in range(20))
+        raise ValueError("the file changed")
+
+    received: list[bytes] = []
+    with pytest.raises(ValueError, match="the file changed"):
+        for chunk in in_helper_thread(source(), "test", depth=2):
+            received.append(chunk)
+    assert received == [bytes([n]) * 10 for n in range(20)]
+
+
+def test_when_the_consumer_stops_early_then_the_helper_stops_too_and_is_joined() -> None:
+    import threading
+
+    from kei_gateway.flows.outbound.ingest import in_helper_thread
+
+    produced: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for n in range(1000):
+            produced.append(n)
+            yield b"x"
+
+    before = threading.active_count()
+    chunks = in_helper_thread(source(), "test-early", depth=2)
+    assert next(chunks) == b"x"
+    chunks.close()  # as store.write does when it fails
+    assert threading.active_count() == before
+    assert len(produced) <= 1 + 2 + 2, "the helper stopped within the queue's depth"

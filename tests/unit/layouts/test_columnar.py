@@ -163,3 +163,11 @@ def test_when_dates_are_checked_then_leap_years_and_month_ends_follow_the_calend
             continue  # valid_until ≥ updated_on would fail for another reason
         assert bool(plan.check(changed, matrix)[0]) == valid, text
     assert TODAY.year == 2025
+
+
+def test_when_a_mapping_variant_is_encoded_then_its_bytes_are_those_of_its_cp932_character() -> None:
+    """The UTF-8 block conversion relies on it instead of mapping the variants first."""
+    from kei_gateway.layouts.encoding import MAPPING_VARIANTS
+
+    for variant, cp932_char in MAPPING_VARIANTS.items():
+        assert variant.encode("cp932") == cp932_char.encode("cp932")
