@@ -29,7 +29,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from kei_gateway.layouts.encoding import Charset, allowed_wide_chars
+from kei_gateway.layouts.encoding import CP932_PAIRS, Charset, allowed_wide_chars
 from kei_gateway.layouts.fields import (
     Blank, Codes, Field, FieldRule, Gs1CvsCode, IntRange, Kind, Layout, LgCode, NotAllLetters, NotAllZero, NotBefore,
     NotBlank, NotInFuture, RuleContext, SumEquals, Unique, When, WideChars,
@@ -50,22 +50,6 @@ _DISTINCT_LIMIT: Final = 1 << 14
 
 
 @lru_cache(maxsize=None)
-def _decoded_pairs() -> dict[int, str]:
-    """Every CP932 double-byte code (``lead << 8 | trail``) that decodes to one double-byte character."""
-    pairs: dict[int, str] = {}
-    for lead in list(range(0x81, 0xA0)) + list(range(0xE0, 0xFD)):
-        for trail in range(0x40, 0xFD):
-            code = bytes((lead, trail))
-            try:
-                char = code.decode("cp932")
-            except UnicodeDecodeError:
-                continue
-            if len(char) == 1 and len(char.encode("cp932")) == 2:
-                pairs[lead << 8 | trail] = char
-    return pairs
-
-
-@lru_cache(maxsize=None)
 def wide_code_table(charset: Charset, predicate: Callable[[str], bool] | None = None) -> npt.NDArray[np.bool_]:
     """65,536 booleans: which double-byte codes a ``K`` field accepts (padding included) under ``charset``.
 
@@ -73,9 +57,9 @@ def wide_code_table(charset: Charset, predicate: Callable[[str], bool] | None = 
     """
     allowed = allowed_wide_chars(charset)
     table = np.zeros(1 << 16, dtype=np.bool_)
-    for code, char in _decoded_pairs().items():
-        if char in allowed and (predicate is None or predicate(char)):
-            table[code] = True
+    for code, char in CP932_PAIRS.items():
+        if char in allowed and (predicate is None or predicate(char)) and len(char.encode("cp932")) == 2:
+            table[code[0] << 8 | code[1]] = True
     if predicate is None:
         table[_PAD] = True
     return table

@@ -35,6 +35,7 @@ __all__ = [
     "IDEOGRAPHIC_SPACE",
     "JISX0208_CHARS",
     "CP932_WIDE_CHARS",
+    "CP932_PAIRS",
     "MAPPING_VARIANTS",
     "allowed_wide_chars",
     "normalize_variants",
@@ -72,12 +73,13 @@ def _decodable_pairs(leads: Iterable[int]) -> dict[bytes, str]:
     return pairs
 
 
-_JISX0208_CODES: Final = _decodable_pairs(_JISX0208_LEADS)
-_CP932_CODES: Final = _decodable_pairs(_CP932_LEADS)
+CP932_PAIRS: Final[dict[bytes, str]] = _decodable_pairs(_CP932_LEADS)
+"""Every CP932 double-byte code (lead, trail) outside the user-defined area → the character it decodes to."""
 
-JISX0208_CHARS: Final[frozenset[str]] = frozenset(_JISX0208_CODES.values())
+JISX0208_CHARS: Final[frozenset[str]] = frozenset(
+    char for code, char in CP932_PAIRS.items() if code[0] in _JISX0208_LEADS)
 """Characters of JIS X 0208 as CP932 decodes them (e.g. 〜 is U+FF5E)."""
-CP932_WIDE_CHARS: Final[frozenset[str]] = frozenset(_CP932_CODES.values())
+CP932_WIDE_CHARS: Final[frozenset[str]] = frozenset(CP932_PAIRS.values())
 """Every CP932 double-byte character except the user-defined area."""
 
 
