@@ -31,10 +31,11 @@ from kei_gateway.core.airis_match import (
 from kei_gateway.core.jst import JST
 from kei_gateway.layouts import Kind, ValidationOptions, validate_bytes
 from kei_gateway.layouts.airis import (
-    AIRIS_RECONCILE, CATEGORIES, NORMALISATIONS, TAX_REGISTER_2W, AirisCsvError, AirisVehicle, parse_airis_csv,
+    AIRIS_RECONCILE, CATEGORIES, NORMALISATIONS, OUTSIDE_JISX0208, TAX_REGISTER_2W, AirisCsvError, AirisVehicle,
+    parse_airis_csv,
 )
 from kei_gateway.layouts.degenerate import degenerate_text
-from kei_gateway.layouts.fields import Value, char_class
+from kei_gateway.layouts.fields import Value
 from kei_gateway.layouts.encoding import GETA, IDEOGRAPHIC_SPACE, JISX0208_CHARS, widen_halfwidth_katakana
 from kei_gateway.core.report_format import csv_rows
 from kei_gateway.adapters.spool import fsync_directory, publish, write_durable
@@ -166,7 +167,7 @@ class Reconciliation:
         """An AIRIS value for a ``K`` field: full width, 外字 by 縮退 (fallback 〓), cut to *chars*."""
         if _HALF_WIDTH.search(text) is not None:
             text = widen_halfwidth_katakana(text).translate(_WIDEN_ASCII)
-        if _NOT_JISX0208.search(text) is not None:
+        if OUTSIDE_JISX0208.search(text) is not None:
             text, done, unresolved = degenerate_text(text)
             self.degenerated += len(done)
             if unresolved:
@@ -239,7 +240,6 @@ def render_result(record: Mapping[str, Value]) -> bytes:
 
 
 _HALF_WIDTH: Final = re.compile("[ -~\uff61-\uff9f]")
-_NOT_JISX0208: Final = re.compile(f"[^{char_class(JISX0208_CHARS)}]")
 _WIDEN_ASCII: Final = {code: code + 0xFEE0 for code in range(0x21, 0x7F)} | {0x20: ord(IDEOGRAPHIC_SPACE)}
 
 

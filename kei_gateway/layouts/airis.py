@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from kei_gateway.layouts.codes import DEREGISTERED_FLAGS, PLATE_KANA_LETTERS, VEHICLE_TYPES
-from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE
+from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE, JISX0208_CHARS
 from kei_gateway.layouts.errors import mask
 from kei_gateway.layouts.fields import (
-    DATE_PATTERN, Codes, Field, IntRange, Kind, Layout, NotAllZero, NotBlank, NotInFuture, Value,
+    Codes, Field, IntRange, Kind, Layout, NotAllZero, NotBlank, NotInFuture, Value,
 )
 from kei_gateway.layouts.tables import JNKS_PAYMENTS
 
@@ -48,6 +48,7 @@ __all__ = [
     "CsvProblem",
     "MAX_AIRIS_LINE_BYTES",
     "NORMALISATIONS",
+    "OUTSIDE_JISX0208",
     "TAX_REGISTER_2W",
     "airis_csv_bytes",
     "generate_airis_case",
@@ -144,7 +145,31 @@ class CsvKind(enum.Enum):
     """``YYYYMM``."""
 
 
-_DATE: Final = DATE_PATTERN.decode("ascii")
+_YEAR: Final = "(?!0000)[0-9]{4}"
+_LEAP_YEAR: Final = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+_DATE: Final = (
+    "(?:" + _YEAR + "(?:(?:0[13578]|1[02])(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)(?:0[1-9]|[12][0-9]|30)"
+    "|02(?:0[1-9]|1[0-9]|2[0-8]))|(?!0000)" + _LEAP_YEAR + "0229)"
+)
+"""Exactly the real calendar dates ``YYYYMMDD`` of years 0001–9999 (a regex: the CSV row is checked by one)."""
+
+
+def _char_class(chars: frozenset[str]) -> str:
+    """The body of a regex character class matching exactly *chars* (as code point ranges)."""
+    points = sorted(ord(char) for char in chars)
+    parts: list[str] = []
+    start = previous = points[0]
+    for point in points[1:] + [-1]:
+        if point == previous + 1:
+            previous = point
+            continue
+        parts.append(f"\\U{start:08x}" if start == previous else f"\\U{start:08x}-\\U{previous:08x}")
+        start = previous = point
+    return "".join(parts)
+
+
+OUTSIDE_JISX0208: Final = re.compile(f"[^{_char_class(JISX0208_CHARS)}]")
+"""Finds a character outside JIS X 0208 (a 外字 for the ``K`` fields of the results)."""
 _TEXT_CHAR: Final = "[^\\x00-\\x1f\\x7f-\\x9f\\uf8f0-\\uf8f3]"
 _KANJI_KANA: Final = "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff\u3041-\u3096\u30a1-\u30fa\u3005\u30fc"
 _PLATE_KANA: Final = "\u3041-\u3093" + PLATE_KANA_LETTERS + "ABEHKMTY"
