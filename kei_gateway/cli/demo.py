@@ -517,13 +517,16 @@ def _airis_flow(base: str, daemon: subprocess.Popen[bytes]) -> bool:
     inbox = os.path.join(spool, "inbox", "airis-reconcile")
     deadline = time.monotonic() + DELIVERY_TIMEOUT
     found: list[str] = []
+    left: list[str] = []
     while time.monotonic() < deadline and daemon.poll() is None:
         found = sorted(n for n in os.listdir(inbox) if n.endswith(".dat")) if os.path.isdir(inbox) else []
-        if found:
+        left = os.listdir(airis_outbox) + os.listdir(register_outbox)
+        if found and not left:  # the inputs are erased just after the results are written
             break
         time.sleep(0.2)
-    if not found:
-        _say("!! the AIRIS 突合 results did not appear in the inbox")
+    if not found or left:
+        _say("!! the AIRIS 突合 results did not appear in the inbox" if not found else
+             "!! the AIRIS inputs were not erased from the outboxes")
         return False
     with open(os.path.join(inbox, found[0]), "rb") as f:
         data = f.read()
@@ -535,8 +538,7 @@ def _airis_flow(base: str, daemon: subprocess.Popen[bytes]) -> bool:
         count = rows.count(code)
         ok = ok and count == case.expected[code]
         _say(f"   {code} {name}{' ' * max(1, 24 - 2 * len(name))}{count:>6}  {case.expected[code]:>6}")
-    left = os.listdir(airis_outbox) + os.listdir(register_outbox)
-    return ok and not left
+    return ok
 
 
 def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
