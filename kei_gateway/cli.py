@@ -21,6 +21,7 @@ CONFIG_ENV = "KEI_GATEWAY_CONFIG"
 
 COMMANDS = {
     "run": "kei_gateway.commands.daemon",
+    "reload": "kei_gateway.commands.reload",
     "check-config": "kei_gateway.commands.config",
     "db": "kei_gateway.commands.database",
     "validate": "kei_gateway.commands.layouts",
