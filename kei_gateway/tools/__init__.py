@@ -1,0 +1,1 @@
+"""Document and catalog generators (run by hand; the tests check their output is current)."""
