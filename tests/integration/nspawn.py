@@ -263,16 +263,12 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
             "--keep-unit", "--private-network", "--system-call-filter=bpf", f"--overlay=/usr:{upper}:/usr",
             *binds, "--console=read-only", "--boot", "--", "systemd.unit=multi-user.target"]
     environ = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
-    procs = str(cgroup / "cgroup.procs")
-
-    def into_own_cgroup() -> None:
-        with open(procs, "w", encoding="ascii") as f:
-            f.write("0")
-
+    # Into its own cgroup before exec (a shell, not preexec_fn: pytest may run threads).
+    in_own_cgroup = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
     leader: int | None = None
     with open(log, "wb") as console:
-        nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                  env=environ, preexec_fn=into_own_cgroup)
+        nspawn = subprocess.Popen([*in_own_cgroup, *argv], stdin=subprocess.DEVNULL, stdout=console,
+                                  stderr=subprocess.STDOUT, env=environ)
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while leader is None and nspawn.poll() is None and time.monotonic() < deadline:
