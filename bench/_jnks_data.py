@@ -17,7 +17,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out"
 RECORD = 70
 BLOCK = 100_000
-LG_CODE = "131041"  # the lg_code of kei_gateway.testing.demo_config_text
+LG_CODE = "131041"  # the lg_code of kei_gateway.sim.harness.demo_config_text
 SERIAL_HIGH = 18 + 6  # offset of the serial's first digit inside the record (chassis_no at 18, "DMYnn-")
 JST = datetime.timezone(datetime.timedelta(hours=9))
 

@@ -63,11 +63,11 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from upload import _drain_notifications, _start_profiled_daemon, machine, percentile, stop_gateway  # noqa: E402
 
-from kei_gateway.jst import today_in_jst  # noqa: E402
+from kei_gateway.core.jst import today_in_jst  # noqa: E402
 from kei_gateway.layouts import get_layout  # noqa: E402
 from kei_gateway.layouts.engine import render_record  # noqa: E402
 from kei_gateway.layouts.generator import generate_records  # noqa: E402
-from kei_gateway.testing import free_port  # noqa: E402
+from kei_gateway.sim.harness import free_port  # noqa: E402
 from tests.integration.harness import DaemonProcess, GatewayFiles, make_gateway_files, start_daemon  # noqa: E402
 
 LAYOUT = get_layout("mpn-results")

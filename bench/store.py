@@ -61,7 +61,8 @@ def pieces(path: Path):  # type: ignore[no-untyped-def]
 
 def measure(what: str, path: Path, work: Path) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from kei_gateway.store import FileBlobStore, StoreKeyring
+    from kei_gateway.adapters.store.blobs import FileBlobStore
+    from kei_gateway.adapters.store.keys import StoreKeyring
 
     store = FileBlobStore(str(work / "store"), StoreKeyring(BENCH_KEY))
     start = time.perf_counter()

@@ -193,7 +193,7 @@ def _drain_notifications(daemon: DaemonProcess) -> None:
 
 def _start_profiled_daemon(files: GatewayFiles, extra_env: dict[str, str]) -> DaemonProcess:
     """Like ``start_daemon``, but ``python bench/_profiled_daemon.py`` (cProfile on every thread) instead of ``-m``."""
-    from kei_gateway.testing import NotifySocket
+    from kei_gateway.sim.harness import NotifySocket
 
     notify = NotifySocket(files.base / "notify.sock")
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -304,10 +304,11 @@ def upload_stage_child(config_path: str, source: str, work: str) -> None:
     from twisted.internet import reactor
     from twisted.python.threadpool import ThreadPool
 
-    from kei_gateway.blocking import ThreadPoolBlocking
+    from kei_gateway.runtime.blocking import ThreadPoolBlocking
     from kei_gateway.config import read_config
-    from kei_gateway.store import FileBlobStore, StoreKeyring
-    from kei_gateway.transport import WebDavClient
+    from kei_gateway.adapters.store.blobs import FileBlobStore
+    from kei_gateway.adapters.store.keys import StoreKeyring
+    from kei_gateway.adapters.transport import WebDavClient
 
     config = read_config(config_path)
     store = FileBlobStore(os.path.join(work, "store"), StoreKeyring.from_files(config.file_path(config.keys.store)))

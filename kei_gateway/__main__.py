@@ -2,6 +2,6 @@
 
 import sys
 
-from kei_gateway.cli import main
+from kei_gateway.cli.main import main
 
 sys.exit(main())

@@ -34,7 +34,7 @@ from kei_gateway.sim.faults import Faults
 from kei_gateway.sim.server import RunningSim, start_simulator
 from kei_gateway.sim.tls import ServerIdentity
 
-from kei_gateway.jst import today_in_jst
+from kei_gateway.core.jst import today_in_jst
 
 __all__ = [
     "RECORD_BYTES", "RESULT_BYTES", "UPLOAD", "RESULTS", "ERROR_MESSAGES", "SIMULATED_REJECT",

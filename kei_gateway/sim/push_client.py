@@ -41,8 +41,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
-from kei_gateway.transport import parse_retry_after
-from kei_gateway.transport.webdav import BytesBody
+from kei_gateway.adapters.transport import parse_retry_after
+from kei_gateway.adapters.transport.webdav import BytesBody
 
 __all__ = ["PushOutcome", "Pusher", "PushClient", "ClientTLSPolicy", "push_backoff",
            "RETRY_STATUSES"]

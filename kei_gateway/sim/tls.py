@@ -19,7 +19,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from kei_gateway import pki
+from kei_gateway.sim import pki
 
 __all__ = ["ServerIdentity", "MutualTLSContextFactory", "make_server_context", "wrong_identity", "parse_listen"]
 

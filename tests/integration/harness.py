@@ -13,11 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import (
-    NotifySocket, SimulatorNotStarted, demo_config_text, free_port, jnks_flow_config_text, mpn_flow_config_text,
-    start_jnks_sim_process, start_mpn_sim_process,
+from kei_gateway.sim.harness import (
+    NotifySocket,
+    SimulatorNotStarted,
+    demo_config_text,
+    free_port,
+    jnks_flow_config_text,
+    mpn_flow_config_text,
+    start_jnks_sim_process,
+    start_mpn_sim_process,
 )
+from kei_gateway.sim.pki import write_demo_credentials
 
 PROCESS_TIMEOUT = 60.0  # generous: an fsync on a busy disk can take many seconds
 
@@ -149,7 +155,7 @@ def start_jnks_sim(files: GatewayFiles, *extra: str) -> SimProcess:
 
 
 def jnks_flow_config(sim_url: str, allow: str = "127.0.0.0/8", extra: str = "") -> str:
-    """:func:`~kei_gateway.testing.jnks_flow_config_text` with the CA as ``CREDENTIALS/ca.pem`` (replace CREDENTIALS)."""
+    """:func:`~kei_gateway.sim.harness.jnks_flow_config_text` with the CA as ``CREDENTIALS/ca.pem`` (replace CREDENTIALS)."""
     return jnks_flow_config_text(sim_url, "CREDENTIALS/ca.pem", allow=allow, extra=extra)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.testing import free_port
+from kei_gateway.sim.harness import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DAV_EXT_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")

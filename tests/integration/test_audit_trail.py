@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.audit import AuditLog, audit_key_from_config
+from kei_gateway.adapters.ledger import create_ledger_engine
 from kei_gateway.config import read_config
-from kei_gateway.ledger import create_ledger_engine
+from kei_gateway.operations.audit import AuditLog, audit_key_from_config
 from tests.integration.conftest import poll_until
 from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
 from tests.integration.test_jnks_flow import drop, dummy_file, transfers

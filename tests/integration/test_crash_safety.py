@@ -1,6 +1,6 @@
 """kill -9 at every step of the JNKS flow: after a restart each file reaches the peer exactly once.
 
-The daemon is armed with ``$KEI_GATEWAY_CRASH_AT`` (:mod:`kei_gateway.crashpoints`) and
+The daemon is armed with ``$KEI_GATEWAY_CRASH_AT`` (:mod:`kei_gateway.runtime.crashpoints`) and
 SIGKILLs itself at that point: during ingest, after the blob is stored but before the
 commit, after the commit but before the original is removed, mid-PUT, after the PUT but
 before the MOVE, after the MOVE but before the commit, and around the receipt relay.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.crashpoints import CRASH_ENV, POINTS
+from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
 from tests.integration.conftest import poll_until
 from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
 from tests.integration.test_jnks_flow import drop, dummy_file

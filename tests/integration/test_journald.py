@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from kei_gateway import events
-from kei_gateway.journal import catalog_text
+from kei_gateway.runtime import events
+from kei_gateway.tools.event_catalog import catalog_text
 
 from .conftest import Journald
 
@@ -26,8 +26,8 @@ SHA = "5f" * 32
 EMITTER = r"""
 import logging, sys
 from twisted.logger import Logger
-from kei_gateway import events
-from kei_gateway.journal import GatewayLogObserver, begin_logging, parse_level
+from kei_gateway.runtime import events
+from kei_gateway.runtime.journal import GatewayLogObserver, begin_logging, parse_level
 
 observer = GatewayLogObserver(target=sys.argv[1], level=parse_level(sys.argv[2]))
 begin_logging(observer)

@@ -1,6 +1,6 @@
 """kill -9 at every step of the MPN results paths: after a restart each payment result is relayed exactly once.
 
-The daemon is armed with ``$KEI_GATEWAY_CRASH_AT`` (:mod:`kei_gateway.crashpoints`) and
+The daemon is armed with ``$KEI_GATEWAY_CRASH_AT`` (:mod:`kei_gateway.runtime.crashpoints`) and
 SIGKILLs itself at the second pass of a point: on the push path after the pushed file is
 durable but not committed (``push.stored``) and after the commit but before the ``201``
 (``push.committed``: the simulator's retry comes back as a repeat, ``204``); in the relay
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.crashpoints import CRASH_ENV, POINTS
-from kei_gateway.testing import free_port
+from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
+from kei_gateway.sim.harness import free_port
 from tests.integration.harness import make_gateway_files, start_daemon, start_mpn_sim
 from tests.integration.test_jnks_flow import transfers
 from tests.integration.test_mpn_flow import (

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from kei_gateway.core.results.reconcile import MEASURES
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout, parse_records
-from kei_gateway.results.reconcile import MEASURES
-from kei_gateway.testing import free_port
+from kei_gateway.sim.harness import free_port
 from tests.integration.conftest import poll_until
 from tests.integration.harness import (
     DaemonProcess, GatewayFiles, MpnSimProcess, make_gateway_files, start_daemon, start_mpn_sim,

@@ -34,7 +34,7 @@ import pytest
 
 from kei_gateway.layouts import generate_records, get_layout
 from kei_gateway.layouts.engine import render_record
-from kei_gateway.testing import free_port, jnks_flow_config_text, mpn_flow_config_text
+from kei_gateway.sim.harness import free_port, jnks_flow_config_text, mpn_flow_config_text
 from tests.integration.conftest import Journald, poll_until
 from tests.integration.harness import GatewayFiles, make_gateway_files, start_daemon, start_jnks_sim, start_mpn_sim
 from tests.integration.test_jnks_flow import drop, transfers

@@ -24,17 +24,18 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from zope.interface import provider
 
-from kei_gateway import pki
-from kei_gateway.blocking import ThreadPoolBlocking
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
+from kei_gateway.adapters.transport.tls import spki_pin
 from kei_gateway.config import Config, config_from_string
-from kei_gateway.jst import today_in_jst
+from kei_gateway.core.jst import today_in_jst
+from kei_gateway.flows.inbound.push_listener import PushListener, make_push_listener
 from kei_gateway.layouts import generate_file, get_layout
-from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.push import PushListener, make_push_listener
-from kei_gateway.store import FileBlobStore, StoreKeyring
-from kei_gateway.testing import demo_config_text, free_port
-from kei_gateway.transport.tls import spki_pin
+from kei_gateway.runtime.blocking import ThreadPoolBlocking
+from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.sim import pki
+from kei_gateway.sim.harness import demo_config_text, free_port
 from tests.integration.conftest import poll_until
 from tests.integration.reactor_thread import ReactorThread
 from tests.unit.helpers import push_peers_config

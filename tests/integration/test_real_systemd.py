@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from kei_gateway import events
-from kei_gateway.pki import write_demo_credentials
+from kei_gateway.runtime import events
+from kei_gateway.sim.pki import write_demo_credentials
 from tests.integration.nspawn import Machine, exposure, install, machine, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import pki
-from kei_gateway.testing import free_port
+from kei_gateway.sim import pki
+from kei_gateway.sim.harness import free_port
 from tests.integration.conftest import poll_until
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from kei_gateway import pki
-from kei_gateway.testing import free_port
+from kei_gateway.sim import pki
+from kei_gateway.sim.harness import free_port
 from tests.integration.conftest import poll_until
 from tests.integration.test_sim_jnks import Pki, Sim, content_digest, start_sim
 

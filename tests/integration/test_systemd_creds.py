@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.pki import write_demo_credentials
+from kei_gateway.sim.pki import write_demo_credentials
 
 pytestmark = [
     pytest.mark.integration,

@@ -21,12 +21,20 @@ from typing import Any
 
 import pytest
 
-from kei_gateway import pki
-from kei_gateway.blocking import ThreadPoolBlocking
-from kei_gateway.transport import (
-    BodySourceError, HttpError, TransientError, OutboundDenied, PeerIdentityError, PeerTLS, RemoteConflict, WebDavClient, content_digest,
+from kei_gateway.adapters.transport import (
+    BodySourceError,
+    HttpError,
+    TransientError,
+    OutboundDenied,
+    PeerIdentityError,
+    PeerTLS,
+    RemoteConflict,
+    WebDavClient,
+    content_digest,
     spki_pin,
 )
+from kei_gateway.runtime.blocking import ThreadPoolBlocking
+from kei_gateway.sim import pki
 from tests.integration.nginx import NginxDav, NginxTLS, nginx_dav  # noqa: F401 (fixture)
 from tests.integration.reactor_thread import ReactorThread
 

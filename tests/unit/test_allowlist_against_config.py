@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.commands.allowlist import allowlist_dropin
+from kei_gateway.cli.allowlist import allowlist_dropin
 from kei_gateway.config import Config, config_from_string
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
-from kei_gateway.commands.allowlist import allowlist_dropin
+from kei_gateway.cli import main as cli, exitcodes
+from kei_gateway.cli.allowlist import allowlist_dropin
 from kei_gateway.config import read_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def test_when_peers_are_configured_then_every_cidr_is_allowed_once() -> None:
 
 
 def test_when_the_database_is_on_another_host_then_its_address_is_allowed_too() -> None:
-    from kei_gateway.commands.allowlist import database_address
+    from kei_gateway.cli.allowlist import database_address
 
     assert database_address("sqlite:////var/lib/kei-gateway/ledger.sqlite3") is None
     assert database_address("postgresql+psycopg://kei@/kei?host=/run/postgresql") is None  # unix socket

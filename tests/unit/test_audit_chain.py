@@ -13,10 +13,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, insert, text
 
-from kei_gateway.audit import AuditLog, AuditRecord, AuditUnavailable, ChainHead, StoredRecord, canonical, mac, verify_chain
-from kei_gateway.audit.chain import FIELD_NAMES, GENESIS_MAC, chain, head_mac
-from kei_gateway.ledger import create_ledger_engine, upgrade
-from kei_gateway.ledger.models import AuditEntry
+from kei_gateway.adapters.ledger import create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.models import AuditEntry
+from kei_gateway.operations.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    ChainHead,
+    StoredRecord,
+    canonical,
+    mac,
+    verify_chain,
+)
+from kei_gateway.operations.audit.chain import FIELD_NAMES, GENESIS_MAC, chain, head_mac
 
 T0 = datetime(2026, 11, 1, 0, 0, tzinfo=timezone.utc)
 KEY = bytes(range(32))
@@ -221,8 +230,8 @@ def test_when_an_anchor_is_edited_to_hide_a_deletion_then_verify_names_the_ancho
 _WRITER = textwrap.dedent("""
     import sys
     from datetime import datetime, timezone
-    from kei_gateway.audit import AuditLog, AuditRecord
-    from kei_gateway.ledger import create_ledger_engine
+    from kei_gateway.operations.audit import AuditLog, AuditRecord
+    from kei_gateway.adapters.ledger import create_ledger_engine
     log = AuditLog(create_ledger_engine(sys.argv[1]), bytes(range(32)))
     for i in range(200):
         log.append(AuditRecord(time=datetime.now(timezone.utc), actor=sys.argv[2], event="operator.test", count=i))

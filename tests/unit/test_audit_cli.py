@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from kei_gateway import cli, exitcodes
-from kei_gateway.audit import AuditLog, AuditRecord, load_audit_key
-from kei_gateway.commands.audit import parse_since
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine
+from kei_gateway.cli import main as cli, exitcodes
+from kei_gateway.cli.audit import parse_since
 from kei_gateway.config import read_config
-from kei_gateway.ledger import TransferLedger, create_ledger_engine
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.testing import demo_config_text
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.operations.audit import AuditLog, AuditRecord, load_audit_key
+from kei_gateway.sim.harness import demo_config_text
 
 NOW = datetime.now(timezone.utc)
 

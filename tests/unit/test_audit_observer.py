@@ -14,11 +14,11 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import events
-from kei_gateway.audit import AuditLog, AuditRecord, StoredRecord
-from kei_gateway.audit.observer import AUDITED, AuditObserver, audited_event_names, verify_now
-from kei_gateway.ledger import create_ledger_engine, upgrade
-from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.adapters.ledger import create_ledger_engine, upgrade
+from kei_gateway.operations.audit import AuditLog, AuditRecord, StoredRecord
+from kei_gateway.operations.audit.observer import AUDITED, AuditObserver, audited_event_names, verify_now
+from kei_gateway.runtime import events
+from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import SynchronousBlocking
 
 KEY = bytes(range(32))

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.audit import AuditError, AuditKeyError, AuditLog, load_audit_key, operator_login, record_operator_action
+from kei_gateway.adapters.ledger import create_ledger_engine, upgrade
 from kei_gateway.config import Config, read_config
-from kei_gateway.ledger import create_ledger_engine, upgrade
-from kei_gateway.testing import demo_config_text
+from kei_gateway.operations.audit import (
+    AuditError,
+    AuditKeyError,
+    AuditLog,
+    load_audit_key,
+    operator_login,
+    record_operator_action,
+)
+from kei_gateway.sim.harness import demo_config_text
 
 
 def make_config(tmp_path: Path, *, migrate: bool = True, key: bool = True) -> Config:

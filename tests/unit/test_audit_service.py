@@ -9,13 +9,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.audit import AuditLog, audit_key_from_config
-from kei_gateway.audit.observer import VERIFY_INTERVAL, AuditObserver
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.config import read_config
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.pki import write_demo_credentials
-from kei_gateway.service import make_service
-from kei_gateway.testing import RecordingNotifier, SynchronousBlocking, demo_config_text
+from kei_gateway.operations.audit import AuditLog, audit_key_from_config
+from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver
+from kei_gateway.runtime.service import make_service
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.sim.pki import write_demo_credentials
+from kei_gateway.testing import RecordingNotifier, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 

@@ -13,11 +13,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import pki
+from kei_gateway.adapters.transport import PeerTLS
+from kei_gateway.adapters.transport._bulktls import WRITE_PIECE, BulkWriteTLSFactory
+from kei_gateway.adapters.transport.tls import server_context
+from kei_gateway.sim import pki
 from kei_gateway.sim.tls import MutualTLSContextFactory
-from kei_gateway.transport import PeerTLS
-from kei_gateway.transport._bulktls import WRITE_PIECE, BulkWriteTLSFactory
-from kei_gateway.transport.tls import server_context
 from tests.unit.helpers import temporary_directory
 
 

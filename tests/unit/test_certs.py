@@ -10,12 +10,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import certs
+from kei_gateway.adapters.ledger import Ledger, create_ledger_engine, upgrade
 from kei_gateway.config import read_config
-from kei_gateway.ledger import Ledger, create_ledger_engine, upgrade
-from kei_gateway.pki import issue, make_ca, write_demo_credentials
-from kei_gateway.service import make_service
-from kei_gateway.testing import RecordingNotifier, SynchronousBlocking, demo_config_text
+from kei_gateway.operations import certificates as certs
+from kei_gateway.runtime.service import make_service
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.sim.pki import issue, make_ca, write_demo_credentials
+from kei_gateway.testing import RecordingNotifier, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 NOW = datetime.datetime(2026, 11, 21, tzinfo=datetime.timezone.utc)
@@ -52,7 +53,7 @@ class ExpiryTests(SynchronousTestCase):
         seen: list[dict[str, object]] = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
-        self.successResultOf(gateway.check_certificate())
+        self.successResultOf(gateway.certificates.check_certificate())
         warnings = [e for e in seen if e.get("kei_event") == "certificate.expiring"]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["log_level"], LogLevel.warn)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
+from kei_gateway.cli import main as cli, exitcodes
 from tests.unit.test_config import write_config
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
+from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.config import (
     ConfigError, HostPort, check_files, config_from_string, configuration_markdown, example_toml,
     format_duration, parse_duration, read_config,
 )
-from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import demo_config_text
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.sim.pki import write_demo_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = '[gateway]\nlg_code = "131041"\n'
@@ -243,7 +243,7 @@ def test_when_a_command_is_run_then_only_its_module_is_imported() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, kei_gateway.cli as c; c.build_parser(c._command_of(['-c', 'x.toml', 'validate', 'f']));"
+    code = ("import sys, kei_gateway.cli.main as c; c.build_parser(c._command_of(['-c', 'x.toml', 'validate', 'f']));"
             "print('sqlalchemy' in sys.modules, 'twisted.internet.reactor' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from kei_gateway import exitcodes
-from kei_gateway.commands import daemon
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
+from kei_gateway.cli import exitcodes
+from kei_gateway.cli import daemon
 from kei_gateway.config import read_config
-from kei_gateway.store import FileBlobStore, StoreKeyring
-from kei_gateway.testing import DUMMY_STORE_KEY, RecordingNotifier, demo_config_text
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import DUMMY_STORE_KEY, RecordingNotifier
 
 AUDIT_KEY = bytes(range(101, 133))
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
-from kei_gateway.ledger import head_revision
-from kei_gateway.testing import demo_config_text
+from kei_gateway.adapters.ledger import head_revision
+from kei_gateway.cli import main as cli, exitcodes
+from kei_gateway.sim.harness import demo_config_text
 
 
 def test_when_db_upgrade_runs_twice_then_it_migrates_once_and_then_says_it_is_current(
@@ -45,8 +45,8 @@ def test_when_the_config_is_invalid_then_any_command_exits_2_with_the_problems(
 
 def test_when_database_url_is_postgresql_then_db_upgrade_migrates_it_and_status_reads_it(
         tmp_path: Path, postgresql_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from kei_gateway.ledger import TransferLedger, create_ledger_engine
-    from kei_gateway.ledger.models import TransferState
+    from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine
+    from kei_gateway.core.transfer import TransferState
 
     config = tmp_path / "k.toml"
     config.write_text(demo_config_text(str(tmp_path), 9464) + f'\n[database]\nurl = "{postgresql_url}"\n',

@@ -10,13 +10,13 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.flows.downloads import DownloadPoller
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.transport import RemoteEntry
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.inbound.downloads import DownloadPoller
 from kei_gateway.layouts import generate_file, get_layout
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.metrics import GatewayMetrics
+from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
-from kei_gateway.transport import RemoteEntry
 from tests.unit.helpers import temporary_directory
 
 RESULTS_URL = "https://127.0.0.1:9/results/"

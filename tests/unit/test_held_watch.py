@@ -11,12 +11,13 @@ from twisted.internet import task
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import cli, exitcodes
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.config import read_config
-from kei_gateway.flows.held import CHECK_INTERVAL, HeldWatch, overdue_holds
-from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.testing import SynchronousBlocking, demo_config_text
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.outbound.held import CHECK_INTERVAL, HeldWatch, overdue_holds
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
@@ -105,7 +106,7 @@ class HeldWatchTests(SynchronousTestCase):
         self.assertEqual(len(self.warnings()), 2)
 
     def test_when_more_holds_wait_than_one_check_reads_then_the_oldest_are_the_ones_read(self) -> None:
-        from kei_gateway.flows import held as held_module
+        from kei_gateway.flows.outbound import held as held_module
 
         oldest = self.add(S.HELD, created=T0 - timedelta(days=3))
         for _ in range(3):

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.flows.ingest import IngestResult, ingest_file, quarantine_refused
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
+from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.store import FileBlobStore, StoreKeyring
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 TODAY = datetime.date(2026, 11, 21)
@@ -166,7 +167,7 @@ def test_when_the_key_filter_leaves_false_suspects_then_a_valid_file_is_still_qu
         spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     from functools import partial
 
-    from kei_gateway.flows import ingest
+    from kei_gateway.flows.outbound import ingest
     from kei_gateway.layouts import Validator
 
     rescans: list[int] = []
@@ -185,7 +186,7 @@ def test_when_the_key_filter_leaves_false_suspects_then_a_valid_file_is_still_qu
 
 def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_it_stays_for_the_next_scan(
         spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kei_gateway.flows import ingest
+    from kei_gateway.flows.outbound import ingest
     from kei_gateway.layouts import Validator
 
     class ChangingFile(Validator):

@@ -13,13 +13,11 @@ from typing import Any
 import pytest
 from twisted.logger import Logger, LogLevel
 
-from kei_gateway import events
-from kei_gateway.journal import (
+from kei_gateway.runtime import events
+from kei_gateway.runtime.journal import (
     SYSLOG_IDENTIFIER,
     GatewayLogObserver,
     _StdlibToTwisted,
-    catalog_text,
-    events_markdown,
     journal_fields,
     journal_priority,
     parse_level,
@@ -27,6 +25,7 @@ from kei_gateway.journal import (
     stderr_is_journal,
     terminal_line,
 )
+from kei_gateway.tools.event_catalog import catalog_text, events_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEN = 1795786200.0  # 2026-11-21 13:30:00 UTC
@@ -393,12 +392,12 @@ def test_when_a_library_logs_through_stdlib_logging_then_the_observer_gets_it_wi
 
 
 def test_when_the_catalog_is_generated_then_it_equals_the_committed_file() -> None:
-    """When events.py changes, then regenerate: python -m kei_gateway.journal catalog > systemd/kei-gateway.catalog"""
+    """When events.py changes, then regenerate: python -m kei_gateway.tools.event_catalog catalog > systemd/kei-gateway.catalog"""
     assert (ROOT / "systemd" / "kei-gateway.catalog").read_text(encoding="utf-8") == catalog_text()
 
 
 def test_when_the_event_reference_is_generated_then_it_equals_the_committed_docs() -> None:
-    """When events.py changes, then regenerate: python -m kei_gateway.journal events-md > docs/events.md"""
+    """When events.py changes, then regenerate: python -m kei_gateway.tools.event_catalog events-md > docs/events.md"""
     assert (ROOT / "docs" / "events.md").read_text(encoding="utf-8") == events_markdown()
 
 

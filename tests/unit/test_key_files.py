@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import exitcodes
+from kei_gateway.cli import exitcodes
 from kei_gateway.config import check_files, config_from_string, read_config
-from kei_gateway.pki import write_demo_credentials
-from kei_gateway.testing import demo_config_text
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.sim.pki import write_demo_credentials
 
 OTHER_UID = 65534  # "nobody": neither root nor the user running the tests
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")

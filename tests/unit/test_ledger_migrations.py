@@ -10,8 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
-from kei_gateway.ledger import Base, create_ledger_engine, current_revision, head_revision, upgrade
-from kei_gateway.ledger.db import _MIGRATIONS, _alembic_config
+from kei_gateway.adapters.ledger import Base, create_ledger_engine, current_revision, head_revision, upgrade
+from kei_gateway.adapters.ledger.db import _MIGRATIONS, _alembic_config
 
 TABLES = {"transfers", "payment_results", "audit", "audit_head"}
 

@@ -12,10 +12,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from kei_gateway.allowlist import address_allowed
-from kei_gateway.health import HealthChecks
-from kei_gateway.listeners import AllowListFactory, HealthResource, MetricsResource
-from kei_gateway.metrics import GatewayMetrics, exposition
+from kei_gateway.core.allowlist import address_allowed
+from kei_gateway.runtime.health import HealthChecks
+from kei_gateway.runtime.listeners import AllowListFactory, HealthResource, MetricsResource
+from kei_gateway.runtime.metrics import GatewayMetrics, exposition
 from tests.unit.helpers import temporary_directory
 from kei_gateway.testing import SynchronousBlocking
 
@@ -96,7 +96,7 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(body["checks"]["database"]["detail"], "no answer within 5s")
 
     def test_when_a_readiness_check_fails_then_readyz_is_503_but_healthz_is_200(self) -> None:
-        from kei_gateway.health import CheckResult
+        from kei_gateway.runtime.health import CheckResult
 
         checks = HealthChecks(task.Clock(), SynchronousBlocking(), lambda: None, temporary_directory(self))
         checks.readiness_checks.append(lambda: CheckResult("certificate", False, "expired"))
@@ -106,7 +106,7 @@ class ResourceTests(SynchronousTestCase):
 
 class DescribeErrorTests(SynchronousTestCase):
     def test_when_a_library_error_quotes_data_then_only_its_type_reaches_the_log(self) -> None:
-        from kei_gateway.events import describe_error
+        from kei_gateway.runtime.events import describe_error
 
         self.assertEqual(describe_error(ValueError("invalid literal for int(): 'ダミー 太郎'")), "ValueError")
         self.assertEqual(describe_error(FileNotFoundError(2, "No such file or directory", "/x/y")),
@@ -119,7 +119,7 @@ class DescribeErrorTests(SynchronousTestCase):
     def test_when_a_database_error_carries_sql_parameters_then_they_are_left_out(self) -> None:
         from sqlalchemy.exc import OperationalError
 
-        from kei_gateway.events import describe_error
+        from kei_gateway.runtime.events import describe_error
 
         error = OperationalError("INSERT INTO t VALUES (?)", ("ダミー 太郎",), Exception("database is locked"))
         text = describe_error(error)

@@ -12,17 +12,20 @@ from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.flows.mpn_results import (
-    UNCONFIRMED_CHECK_INTERVAL, RelayOutcome, ResultRelay, select_records,
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.results import ResultLedger
+from kei_gateway.adapters.spool import MARKER_SUFFIX, staged_name
+from kei_gateway.core.results import ResultKeyer, facts_from_records
+from kei_gateway.core.results.identity import raw_fields
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.inbound.mpn_results import (
+    UNCONFIRMED_CHECK_INTERVAL,
+    RelayOutcome,
+    ResultRelay,
+    select_records,
 )
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
-from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.ledger.results import ResultLedger
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.results import ResultKeyer, facts_from_records
-from kei_gateway.results.identity import raw_fields
-from kei_gateway.spool import MARKER_SUFFIX, staged_name
+from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 

@@ -13,13 +13,14 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import OutboundFlowSection
-from kei_gateway.flows.outbox import OutboxWatcher
-from kei_gateway.jst import today_in_jst
+from kei_gateway.core.jst import today_in_jst
+from kei_gateway.flows.outbound.outbox import OutboxWatcher
 from kei_gateway.layouts import generate_file, get_layout
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.store import FileBlobStore, StoreKeyring
+from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 

@@ -12,14 +12,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import pki
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.transport import PeerTLS
 from kei_gateway.config import config_from_string, read_config
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.service import make_service
-from kei_gateway.testing import (
-    InMemoryBlobStore, RecordingNotifier, SynchronousBlocking, demo_config_text, jnks_flow_config_text,
-)
-from kei_gateway.transport import PeerTLS
+from kei_gateway.runtime.service import make_service
+from kei_gateway.sim import pki
+from kei_gateway.sim.harness import demo_config_text, jnks_flow_config_text
+from kei_gateway.testing import InMemoryBlobStore, RecordingNotifier, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -106,7 +105,7 @@ class GatewayExpiryTests(SynchronousTestCase):
         return [e for e in self.logged if e.get("kei_event") == "certificate.expiring" and e.get("role") == role]
 
     def test_when_certificates_are_checked_then_each_peers_ca_bundle_has_a_gauge_and_a_warning(self) -> None:
-        self.successResultOf(self.gateway.check_certificate())
+        self.successResultOf(self.gateway.certificates.check_certificate())
         self.assertEqual(self.registry.get_sample_value(GAUGE, {"role": "ca:jnks"}), self.ca_not_after,
                          "the bundle's earliest end date")
         self.assertIsNotNone(self.registry.get_sample_value(GAUGE, {"role": "gateway"}))
@@ -115,26 +114,26 @@ class GatewayExpiryTests(SynchronousTestCase):
 
     def test_when_a_verified_handshake_reports_the_server_certificate_then_the_peer_gauge_is_set(self) -> None:
         soon = NOW + datetime.timedelta(days=10)
-        self.gateway.peer_certificate_seen("jnks", soon)
-        self.gateway.peer_certificate_seen("jnks", soon)  # every handshake reports; one warning
+        self.gateway.certificates.peer_certificate_seen("jnks", soon)
+        self.gateway.certificates.peer_certificate_seen("jnks", soon)  # every handshake reports; one warning
         self.assertEqual(self.registry.get_sample_value(GAUGE, {"role": "peer:jnks"}), soon.timestamp())
         self.assertEqual(len(self.expiring("peer:jnks")), 1)
         self.reactor.advance(DAY)
-        self.gateway.peer_certificate_seen("jnks", soon)
+        self.gateway.certificates.peer_certificate_seen("jnks", soon)
         self.assertEqual([e["days"] for e in self.expiring("peer:jnks")], [10, 9], "again a day later")
-        self.gateway.peer_certificate_seen("stranger", soon)
+        self.gateway.certificates.peer_certificate_seen("stranger", soon)
         self.assertIsNone(self.registry.get_sample_value(GAUGE, {"role": "peer:stranger"}), "labels: configured peers only")
 
     def test_when_the_default_client_is_built_then_its_tls_reports_to_the_gateway(self) -> None:
         client = self.gateway.senders[0].client
         tls = client._tls_factory("127.0.0.1")
-        self.assertEqual(tls.on_certificate, self.gateway.peer_certificate_seen)
+        self.assertEqual(tls.on_certificate, self.gateway.certificates.peer_certificate_seen)
 
     def test_when_a_peer_is_removed_by_a_reload_then_its_gauges_go_too(self) -> None:
-        self.successResultOf(self.gateway.check_certificate())
-        self.gateway.peer_certificate_seen("jnks", NOW + datetime.timedelta(days=100))
+        self.successResultOf(self.gateway.certificates.check_certificate())
+        self.gateway.certificates.peer_certificate_seen("jnks", NOW + datetime.timedelta(days=100))
         self.gateway.apply(config_from_string(demo_config_text(str(self.base), 19996), source=str(self.base / "k.toml")))
-        self.successResultOf(self.gateway.check_certificate())
+        self.successResultOf(self.gateway.certificates.check_certificate())
         self.assertIsNone(self.registry.get_sample_value(GAUGE, {"role": "ca:jnks"}))
         self.assertIsNone(self.registry.get_sample_value(GAUGE, {"role": "peer:jnks"}))
         self.assertIsNotNone(self.registry.get_sample_value(GAUGE, {"role": "gateway"}))

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
-from kei_gateway.audit import AuditLog
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
+from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.config import read_config
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.store import FileBlobStore, StoreKeyring
-from kei_gateway.testing import DUMMY_STORE_KEY, demo_config_text
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.operations.audit import AuditLog
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import DUMMY_STORE_KEY
 
 AUDIT_KEY = bytes(range(101, 133))
 

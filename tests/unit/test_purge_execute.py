@@ -15,14 +15,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
+from kei_gateway.adapters.spool import atomic_write
+from kei_gateway.adapters.store.blobs import FileBlobStore
+from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import Config, config_from_string
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import PaymentResult, Transfer, TransferState
-from kei_gateway.purge import PurgeLedger, last_completed, run_purge, secure_unlink
-from kei_gateway.purge.report import CSV_BOM, HEADINGS
-from kei_gateway.spool import atomic_write
-from kei_gateway.store import FileBlobStore, StoreKeyring
-from kei_gateway.testing import DUMMY_STORE_KEY, demo_config_text
+from kei_gateway.operations.purge import PurgeLedger, last_completed, run_purge, secure_unlink
+from kei_gateway.operations.purge.report import CSV_BOM, HEADINGS
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import DUMMY_STORE_KEY
 
 UTC = datetime.timezone.utc
 DAY = 86400.0
@@ -308,7 +310,7 @@ def test_when_the_ledger_has_no_transfers_but_the_store_has_blobs_then_no_blob_i
 def test_when_a_run_is_killed_part_way_then_the_next_run_reports_what_it_had_erased(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every erasure reaches a 消去報告, even one made by a run that never finished (kill -9)."""
-    from kei_gateway.purge import execute
+    from kei_gateway.operations.purge import execute
 
     first = world.add(state=TransferState.DONE, age_days=2, name="first.dat")
     second = world.add(state=TransferState.DONE, age_days=2, name="second.dat")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kei_gateway.ledger.ledger import TransferRow
-from kei_gateway.ledger.models import TransferState
-from kei_gateway.purge.plan import Listed, Retention, format_duration, plan_purge
-from kei_gateway.purge.schedule import missed_run, next_scheduled, scheduled_before
+from kei_gateway.adapters.ledger.ledger import TransferRow
+from kei_gateway.core.transfer import TransferState
+from kei_gateway.operations.purge.plan import Listed, Retention, format_duration, plan_purge
+from kei_gateway.operations.purge.schedule import missed_run, next_scheduled, scheduled_before
 
 UTC = datetime.timezone.utc
 JST = datetime.timezone(datetime.timedelta(hours=9))

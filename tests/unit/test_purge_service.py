@@ -10,11 +10,11 @@ from twisted.internet import defer, task
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.purge.execute import PurgeOutcome
-from kei_gateway.purge.plan import PurgePlan
-from kei_gateway.purge.report import ErasedItem, PurgeRun
-from kei_gateway.purge.service import RETRY_AFTER_FAILURE, PurgeService
+from kei_gateway.operations.purge.execute import PurgeOutcome
+from kei_gateway.operations.purge.plan import PurgePlan
+from kei_gateway.operations.purge.report import ErasedItem, PurgeRun
+from kei_gateway.operations.purge.service import RETRY_AFTER_FAILURE, PurgeService
+from kei_gateway.runtime.metrics import GatewayMetrics
 
 UTC = datetime.timezone.utc
 JST = datetime.timezone(datetime.timedelta(hours=9))

@@ -1,6 +1,6 @@
 """The push listener's request and intake logic (SPEC §5), driven over an in-memory HTTP connection.
 
-The TLS layer is left out here (``_PushSite(tls=None, assumed_peers=...)`` stands for a
+The TLS layer is left out here (``PushSite(tls=None, assumed_peers=...)`` stands for a
 connection whose client certificate identified those peers); tests/integration/
 test_push_listener.py covers TLS with real certificates.
 """
@@ -19,13 +19,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
 from kei_gateway.config import Config, config_from_string
+from kei_gateway.flows.inbound.push import PushReceiver
+from kei_gateway.flows.inbound.push_listener import PushSite
+from kei_gateway.flows.inbound.push_routing import PushTarget, Refusal, route_push
 from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.layouts.generator import violations
-from kei_gateway.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.push import PushReceiver, PushTarget, Refusal, _PushSite, route_push
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking, demo_config_text
+from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
 from tests.unit.helpers import push_peers_config, temporary_directory
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
@@ -75,7 +78,7 @@ class PushHarness:
         self.peers = frozenset({"mpn"})
 
     def connect(self, peers: Iterable[str] | None = None) -> tuple[HTTPChannel, StringTransport]:
-        site = _PushSite(self.receiver, None, self.clock, frozenset(peers) if peers is not None else self.peers)
+        site = PushSite(self.receiver, None, self.clock, frozenset(peers) if peers is not None else self.peers)
         channel = site.buildProtocol(None)
         transport = StringTransport()
         channel.makeConnection(transport)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import exitcodes
-from kei_gateway.commands.reload import reload_daemon
+from kei_gateway.cli import exitcodes
+from kei_gateway.cli.reload import reload_daemon
 from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, read_outcome, wait_for_outcome, write_outcome
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kei_gateway.report_format import BOM, csv_rows, display_width, ljust, rjust
+from kei_gateway.core.report_format import BOM, csv_rows, display_width, ljust, rjust
 
 
 def test_when_a_text_cell_starts_like_a_formula_then_it_is_written_as_text() -> None:

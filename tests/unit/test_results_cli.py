@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from kei_gateway import cli, exitcodes
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.results import ResultLedger
+from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.config import read_config
-from kei_gateway.jst import JST
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results import ResultKeyer, facts_of
+from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.ledger.results import ResultLedger
-from kei_gateway.results import ResultKeyer, facts_of
-from kei_gateway.testing import demo_config_text
+from kei_gateway.sim.harness import demo_config_text
 
 LAYOUT = get_layout("mpn-results")
 TODAY = dt.date(2026, 11, 21)

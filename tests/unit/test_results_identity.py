@@ -1,4 +1,4 @@
-"""Payment-result identity: keyed digests, slip hint, key rotation (kei_gateway.results.identity)."""
+"""Payment-result identity: keyed digests, slip hint, key rotation (kei_gateway.core.results.identity)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kei_gateway.jst import JST
+from kei_gateway.adapters.store.keys import StoreKeyring
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results import ResultKeyer, facts_from_records, facts_of, fresh_results, slip_hint
+from kei_gateway.core.results.identity import HKDF_INFO, IDENTITY_ITEMS
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records
-from kei_gateway.results import ResultKeyer, facts_from_records, facts_of, fresh_results, slip_hint
-from kei_gateway.results.identity import HKDF_INFO, IDENTITY_ITEMS
-from kei_gateway.store import StoreKeyring
 
 TODAY = datetime.date(2026, 11, 21)
 LAYOUT = get_layout("mpn-results")

@@ -1,4 +1,4 @@
-"""payment_results in a real ledger (SQLite and PostgreSQL) built by the migrations (kei_gateway.ledger.results)."""
+"""payment_results in a real ledger (SQLite and PostgreSQL) built by the migrations (kei_gateway.adapters.ledger.results)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kei_gateway.flows.states import InvalidTransition
-from kei_gateway.jst import JST
+from kei_gateway.adapters.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.models import PaymentResult, TransferState as S
+from kei_gateway.adapters.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results import (
+    ResultFacts,
+    ResultKeyer,
+    facts_from_records,
+    facts_of,
+    fresh_results,
+    reconcile,
+)
+from kei_gateway.core.transfer import InvalidTransition
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records
-from kei_gateway.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import PaymentResult, TransferState as S
-from kei_gateway.ledger.results import DuplicateResult, ResultLedger
-from kei_gateway.results import ResultFacts, ResultKeyer, facts_from_records, facts_of, fresh_results, reconcile
 
 TODAY = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 11, 21, 9, 0, tzinfo=dt.timezone.utc)

@@ -1,4 +1,4 @@
-"""Reconciliation of 速報 against 確報 and 速報取消, and its text and CSV reports (kei_gateway.results.reconcile)."""
+"""Reconciliation of 速報 against 確報 and 速報取消, and its text and CSV reports (kei_gateway.core.results.reconcile)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings, strategies as st
 
-from kei_gateway.jst import JST
-from kei_gateway.results import StoredResult, reconcile, render_csv, render_text, unconfirmed_counts
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results import StoredResult, reconcile, render_csv, render_text, unconfirmed_counts
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=JST)
 LIMIT = 3 * 86400.0

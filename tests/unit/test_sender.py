@@ -11,15 +11,20 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.config import RetryPolicy
-from kei_gateway.flows.sender import UploadSender
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.metrics import GatewayMetrics
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
-from kei_gateway.transport import (
-    HttpError, OutboundDenied, PeerIdentityError, PutResult, RemoteConflict, TransientError,
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.transport import (
+    HttpError,
+    OutboundDenied,
+    PeerIdentityError,
+    PutResult,
+    RemoteConflict,
+    TransientError,
 )
+from kei_gateway.config import RetryPolicy
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.outbound.sender import UploadSender
+from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 START = datetime.datetime(2026, 11, 21, 0, 0, tzinfo=datetime.timezone.utc)

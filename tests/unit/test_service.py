@@ -9,17 +9,15 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.blocking import ThreadPoolBlocking
+from kei_gateway.adapters.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
+from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import config_from_string, read_config
-from kei_gateway.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
-from kei_gateway.pki import write_demo_credentials
-from kei_gateway.service import make_service, restart_needed
-from kei_gateway.store import StoreKeyring
+from kei_gateway.runtime.blocking import ThreadPoolBlocking
+from kei_gateway.runtime.service import make_service, restart_needed
+from kei_gateway.sim.pki import write_demo_credentials
 from tests.unit.helpers import temporary_directory
-from kei_gateway.testing import (
-    DUMMY_STORE_KEY, InMemoryBlobStore, RecordingNotifier, SynchronousBlocking, demo_config_text, jnks_flow_config_text,
-    mpn_flow_config_text,
-)
+from kei_gateway.sim.harness import demo_config_text, jnks_flow_config_text, mpn_flow_config_text
+from kei_gateway.testing import DUMMY_STORE_KEY, InMemoryBlobStore, RecordingNotifier, SynchronousBlocking
 
 
 class ServiceTreeTests(SynchronousTestCase):
@@ -115,7 +113,7 @@ class ServiceTreeTests(SynchronousTestCase):
 
         from sqlalchemy.orm import Session
 
-        from kei_gateway.ledger import Transfer
+        from kei_gateway.adapters.ledger import Transfer
 
         now = datetime.now(timezone.utc)
         with Session(self.gateway.ledger.engine) as session, session.begin():
@@ -123,13 +121,13 @@ class ServiceTreeTests(SynchronousTestCase):
                 session.add(Transfer(flow="jnks-payments", direction="out", peer="jnks", state=state,
                                      local_name="x.dat", size=70, record_count=1, attempts=0,
                                      created_at=now, updated_at=now))
-        self.successResultOf(self.gateway.update_status())
+        self.successResultOf(self.gateway.status.update())
         self.assertIn("2 queued", self.notifier.states("STATUS=")[-1])
         self.assertIn("1 held", self.notifier.states("STATUS=")[-1])
         self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="QUEUED"), 2)
         self.assertEqual(self.metric("kei_gateway_queue_files", flow="jnks-payments", state="FAILED"), 0)
         self.reactor.advance(now.timestamp() + 100 - self.reactor.seconds())
-        self.successResultOf(self.gateway.update_status())
+        self.successResultOf(self.gateway.status.update())
         self.assertEqual(self.metric("kei_gateway_oldest_queued_age_seconds", flow="jnks-payments"), 100)
 
 
@@ -162,7 +160,7 @@ class LedgerTests(SynchronousTestCase):
         from alembic.autogenerate import compare_metadata
         from alembic.runtime.migration import MigrationContext
 
-        from kei_gateway.ledger import Base
+        from kei_gateway.adapters.ledger import Base
 
         engine = create_ledger_engine(f"sqlite:///{temporary_directory(self)}/ledger.sqlite3")
         upgrade(engine)
@@ -174,7 +172,7 @@ class LedgerTests(SynchronousTestCase):
     def test_when_the_database_is_locked_then_the_blocking_call_is_retried(self) -> None:
         from sqlalchemy.exc import OperationalError
 
-        from kei_gateway.blocking import is_transient, retry_transient
+        from kei_gateway.runtime.blocking import is_transient, retry_transient
 
         calls = []
 

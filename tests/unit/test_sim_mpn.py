@@ -19,10 +19,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from kei_gateway import pki
+from kei_gateway.adapters.transport import parse_retry_after as retry_after_seconds
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout, gs1_check_digit as layouts_gs1
 from kei_gateway.layouts import validate_bytes
 from kei_gateway.layouts.generator import violations
+from kei_gateway.sim import pki
 from kei_gateway.sim import MpnOptions, RunningSim, start_mpn_simulator
 from kei_gateway.sim.dav import DavPath, DavStore
 from kei_gateway.sim.mpn import (
@@ -30,7 +31,6 @@ from kei_gateway.sim.mpn import (
     SLIPS, MpnPersonality, PaymentResult, Plan, check_slip, check_slips, cvs_code, gs1_check_digit, plan_results,
 )
 from kei_gateway.sim.push_client import PushClient, PushOutcome, push_backoff
-from kei_gateway.transport import parse_retry_after as retry_after_seconds
 from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
@@ -462,7 +462,7 @@ class CommandTests(SynchronousTestCase):
         import contextlib
         import io
 
-        from kei_gateway.cli import main
+        from kei_gateway.cli.main import main
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -472,7 +472,7 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("need push-url", err.getvalue())
 
     def test_when_mpn_options_are_parsed_then_they_reach_the_arguments(self) -> None:
-        from kei_gateway.cli import build_parser
+        from kei_gateway.cli.main import build_parser
 
         args = build_parser("sim").parse_args(
             ["sim", "mpn", "--root", "r", "--both-share", "0.25", "--confirm-after", "30", "--batch-size", "7",

@@ -8,7 +8,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import pki
+from kei_gateway.sim import pki
 from kei_gateway.sim import Faults, JnksOptions, RunningSim, start_jnks_simulator
 from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory

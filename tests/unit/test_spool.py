@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.spool import Entry, atomic_write, classify, list_entries, quarantine_entry, write_errors_file
+from kei_gateway.adapters.spool import (
+    Entry,
+    atomic_write,
+    classify,
+    list_entries,
+    quarantine_entry,
+    write_errors_file,
+)
 
 
 def names(decision_refused: list) -> dict[str, str]:  # type: ignore[type-arg]
@@ -82,7 +89,7 @@ def test_when_a_write_fails_midway_then_nothing_appears_under_the_name(tmp_path:
 
 
 def test_when_the_daemon_creates_a_spool_directory_then_it_gets_its_mode_despite_the_umask(tmp_path: Path) -> None:
-    from kei_gateway.spool import SHARED_DIR_MODE, ensure_directory
+    from kei_gateway.adapters.spool import SHARED_DIR_MODE, ensure_directory
 
     old = os.umask(0o077)
     try:

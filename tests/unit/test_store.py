@@ -18,14 +18,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kei_gateway import cli, exitcodes
-from kei_gateway.config import check_files, config_from_string
-from kei_gateway.store import (
-    DEFAULT_SEGMENT_SIZE, HEADER_SIZE, TAG_SIZE, BlobCorrupt, BlobExists, BlobInfo, BlobNotFound, BlobStore,
-    BlobUnreadable, FileBlobStore, InvalidBlobId, StoreKeyError, StoreKeyring, UnknownStoreKey, key_id_of,
-    load_store_key,
+from kei_gateway.adapters.store.blobs import BlobStore, FileBlobStore
+from kei_gateway.adapters.store.errors import (
+    BlobCorrupt,
+    BlobExists,
+    BlobNotFound,
+    BlobUnreadable,
+    InvalidBlobId,
+    StoreKeyError,
+    UnknownStoreKey,
 )
-from kei_gateway.testing import InMemoryBlobStore, demo_config_text
+from kei_gateway.adapters.store.format import DEFAULT_SEGMENT_SIZE, HEADER_SIZE, TAG_SIZE, BlobInfo
+from kei_gateway.adapters.store.keys import StoreKeyring, key_id_of, load_store_key
+from kei_gateway.cli import main as cli, exitcodes
+from kei_gateway.config import check_files, config_from_string
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import InMemoryBlobStore
 
 KEY_A = bytes(range(1, 33))
 KEY_B = bytes(range(101, 133))

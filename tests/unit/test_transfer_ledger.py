@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kei_gateway.flows.states import InvalidTransition
-from kei_gateway.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.adapters.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
+from kei_gateway.core.transfer import InvalidTransition
+from kei_gateway.core.transfer import TransferState as S
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 

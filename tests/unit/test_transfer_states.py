@@ -7,10 +7,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kei_gateway.config import RetryPolicy
-from kei_gateway.flows.states import (
-    TERMINAL_STATES, InvalidTransition, after_failure, check_transition, retry_delay, state_after_validation,
+from kei_gateway.core.transfer import (
+    TERMINAL_STATES,
+    InvalidTransition,
+    after_failure,
+    check_transition,
+    retry_delay,
+    state_after_validation,
 )
-from kei_gateway.ledger.models import TransferState as S
+from kei_gateway.core.transfer import TransferState as S
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import cli, exitcodes
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.config import read_config
-from kei_gateway.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.ledger.models import TransferState as S
-from kei_gateway.testing import demo_config_text
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.sim.harness import demo_config_text
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 
@@ -93,8 +93,8 @@ def test_when_listing_and_showing_then_states_counts_and_json_come_out(
 
 def test_when_a_stored_file_is_exported_then_it_comes_back_decrypted_0600_and_never_overwrites(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from kei_gateway.pki import write_demo_credentials
-    from kei_gateway.store import open_store
+    from kei_gateway.sim.pki import write_demo_credentials
+    from kei_gateway.adapters.store.blobs import open_store
 
     write_demo_credentials(str(tmp_path / "credentials"))
     config_path = tmp_path / "k.toml"

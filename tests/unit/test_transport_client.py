@@ -15,13 +15,19 @@ from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway import pki
-from kei_gateway.config._kinds import Pins
-from kei_gateway.testing import SynchronousBlocking
-from kei_gateway.transport import (
-    BodySourceError, OutboundDenied, PeerTLS, TransientError, WebDavClient, checked_addresses, spki_pin,
+from kei_gateway.adapters.transport import (
+    BodySourceError,
+    OutboundDenied,
+    PeerTLS,
+    TransientError,
+    WebDavClient,
+    checked_addresses,
+    spki_pin,
 )
-from kei_gateway.transport.webdav import _PulledBody
+from kei_gateway.adapters.transport.webdav import _PulledBody
+from kei_gateway.config._kinds import Pins
+from kei_gateway.sim import pki
+from kei_gateway.testing import SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 URL = "https://jnks.example.lg.jp/upload/"
@@ -283,7 +289,7 @@ class PulledBodyTests(SynchronousTestCase):
 class FromConfigTests(SynchronousTestCase):
     def test_when_built_from_config_then_the_peer_files_timeouts_and_allow_are_used(self) -> None:
         from kei_gateway.config import config_from_string
-        from kei_gateway.testing import demo_config_text
+        from kei_gateway.sim.harness import demo_config_text
 
         base = temporary_directory(self)
         credentials = pki.write_demo_credentials(f"{base}/credentials")

@@ -8,8 +8,15 @@ import hashlib
 
 import pytest
 
-from kei_gateway.transport import HttpError, JST, content_digest, parse_retry_after, part_name, remote_name
-from kei_gateway.transport.errors import PeerIdentityError, TransientError
+from kei_gateway.adapters.transport import (
+    HttpError,
+    JST,
+    content_digest,
+    parse_retry_after,
+    part_name,
+    remote_name,
+)
+from kei_gateway.adapters.transport.errors import PeerIdentityError, TransientError
 
 UTC = datetime.timezone.utc
 

@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from kei_gateway.transport import parse_multistatus
-from kei_gateway.transport._dav import MultistatusError, file_url
+from kei_gateway.adapters.transport import parse_multistatus
+from kei_gateway.adapters.transport._dav import MultistatusError, file_url
 
 NGINX_DAV_EXT = b"""<?xml version="1.0" encoding="utf-8" ?>
 <D:multistatus xmlns:D="DAV:">

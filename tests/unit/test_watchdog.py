@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.sdnotify import SystemdNotifier, Watchdog, reloading_message, watchdog_interval
+from kei_gateway.runtime.sdnotify import SystemdNotifier, Watchdog, reloading_message, watchdog_interval
 from kei_gateway.testing import RecordingNotifier
 
 

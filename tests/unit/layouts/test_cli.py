@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway import exitcodes
-from kei_gateway.cli import main
+from kei_gateway.cli import exitcodes
+from kei_gateway.cli.main import main
 from kei_gateway.layouts import LAYOUTS
 
 TODAY = "2025-06-30"

@@ -1,0 +1,1 @@
+"""Adapters around the core: the ledger (SQLAlchemy), the encrypted store, the spool and the peer transport."""

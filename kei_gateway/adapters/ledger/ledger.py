@@ -1,0 +1,234 @@
+"""Ledger queries used by the daemon. Every method blocks: call it through the blocking door."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from kei_gateway.adapters.ledger.db import ping as _ping
+from kei_gateway.adapters.ledger.models import Transfer, TransferState
+from kei_gateway.core.transfer import check_transition
+from kei_gateway.runtime.blocking import retry_transient
+
+__all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK"]
+
+OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
+"""States of transfers that still need something: shown in the queue gauge and STATUS=."""
+
+
+IN_CHUNK = 500
+"""Values per ``IN (...)`` list: well under SQLite's and PostgreSQL's parameter limits."""
+
+T = TypeVar("T")
+
+
+def in_chunks(items: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """*items* in lists of at most *size*, for ``column.in_(chunk)`` queries."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Ledger:
+    """The ledger on a SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @retry_transient
+    def ping(self) -> None:
+        _ping(self.engine)
+
+    @retry_transient
+    def queue_counts(self) -> dict[tuple[str, str], int]:
+        """Number of open transfers per (flow, state)."""
+        query = (select(Transfer.flow, Transfer.state, func.count())
+                 .where(Transfer.state.in_(OPEN_STATES)).group_by(Transfer.flow, Transfer.state))
+        with self.engine.connect() as connection:
+            return {(flow, state): int(count) for flow, state, count in connection.execute(query)}
+
+    @retry_transient
+    def oldest_queued(self) -> dict[str, Any]:
+        """Creation time of the oldest transfer waiting to be sent, per flow."""
+        waiting = (TransferState.QUEUED.value, TransferState.RETRY_WAIT.value, TransferState.SENDING.value)
+        query = (select(Transfer.flow, func.min(Transfer.created_at))
+                 .where(Transfer.state.in_(waiting)).group_by(Transfer.flow))
+        with self.engine.connect() as connection:
+            return {flow: _aware(oldest) for flow, oldest in connection.execute(query) if oldest is not None}
+
+
+@dataclass(frozen=True)
+class TransferRow:
+    """A transfer as read from the ledger: a plain snapshot, safe to hand to the reactor thread."""
+
+    id: int
+    flow: str
+    direction: str
+    peer: str
+    state: str
+    local_name: str
+    remote_name: str | None
+    size: int
+    sha256: str | None
+    record_count: int
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    receipt_summary: str | None
+    created_at: datetime
+    updated_at: datetime
+    blob_id: str | None
+    source_removed: bool
+    approved_by: str | None
+    remote_etag: str | None
+    relay_name: str | None
+
+    @classmethod
+    def of(cls, transfer: Transfer) -> TransferRow:
+        values: dict[str, Any] = {name: _aware(getattr(transfer, name)) for name in cls.__dataclass_fields__}
+        return cls(**values)
+
+
+def _aware(value: object) -> object:
+    """Every time in the ledger is UTC: SQLite hands back naive datetimes, PostgreSQL aware ones in the
+    server's time zone (``timezone`` setting); both come back aware in UTC."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value
+
+
+class TransferNotFound(LookupError):
+    def __init__(self, transfer_id: int) -> None:
+        super().__init__(f"no transfer {transfer_id}; see 'kei-gateway transfers list'")
+        self.transfer_id = transfer_id
+
+
+class TransferLedger(Ledger):
+    """Transfers: create, move between states (checked), query. Every method blocks."""
+
+    @retry_transient
+    def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
+                     size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
+                     last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
+                     remote_etag: str | None = None) -> TransferRow:
+        with Session(self.engine) as session, session.begin():
+            transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
+                                size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
+                                created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
+                                remote_name=remote_name, remote_etag=remote_etag)
+            session.add(transfer)
+            session.flush()
+            return TransferRow.of(transfer)
+
+    @retry_transient
+    def get(self, transfer_id: int) -> TransferRow:
+        with Session(self.engine) as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None:
+                raise TransferNotFound(transfer_id)
+            return TransferRow.of(transfer)
+
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
+        """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction."""
+        return self._change(transfer_id, now, new_state, fields)
+
+    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
+        """Set *fields* without changing the state."""
+        return self._change(transfer_id, now, None, fields)
+
+    @retry_transient
+    def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
+                fields: dict[str, Any]) -> TransferRow:
+
+        with Session(self.engine) as session, session.begin():
+            transfer = session.get(Transfer, transfer_id, with_for_update=True)
+            if transfer is None:
+                raise TransferNotFound(transfer_id)
+            if new_state is not None:
+                check_transition(transfer.state, new_state)
+                transfer.state = new_state.value
+            transfer.updated_at = now
+            for name, value in fields.items():
+                setattr(transfer, name, value)
+            session.flush()
+            return TransferRow.of(transfer)
+
+    @retry_transient
+    def unremoved_source(self, flow: str, local_name: str, sha256: str) -> TransferRow | None:
+        """A transfer already committed for this very outbox file whose original was not yet removed.
+
+        That is the trace of a crash between the ledger commit and the unlink: the
+        file must not become a second transfer.
+        """
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.local_name == local_name,
+                                        Transfer.sha256 == sha256, Transfer.source_removed.is_(False),
+                                        Transfer.direction == "out"))
+        with Session(self.engine) as session:
+            transfer = session.scalars(query.limit(1)).first()
+            return TransferRow.of(transfer) if transfer is not None else None
+
+    @retry_transient
+    def requeue_sending(self, now: datetime) -> int:
+        """At start: every SENDING transfer was cut off by a stop or crash; it goes back to QUEUED."""
+        with Session(self.engine) as session, session.begin():
+            rows = session.scalars(select(Transfer).where(Transfer.state == TransferState.SENDING.value)).all()
+            for transfer in rows:
+                transfer.state = TransferState.QUEUED.value
+                transfer.updated_at = now
+            return len(rows)
+
+    @retry_transient
+    def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:
+        """Outbound transfers of *flow* ready for an attempt: QUEUED, or RETRY_WAIT whose time has come."""
+        query = (select(Transfer).where(
+            Transfer.flow == flow, Transfer.direction == "out",
+            (Transfer.state == TransferState.QUEUED.value)
+            | ((Transfer.state == TransferState.RETRY_WAIT.value) & (Transfer.next_attempt_at <= now)))
+            .order_by(Transfer.id).limit(limit))
+        with Session(self.engine) as session:
+            return [TransferRow.of(t) for t in session.scalars(query)]
+
+    @retry_transient
+    def list_transfers(self, *, state: str | None = None, flow: str | None = None,
+                       limit: int = 100, oldest_first: bool = False) -> list[TransferRow]:
+        """Transfers, newest first (or oldest first: what has waited longest comes within *limit*)."""
+        order = Transfer.id.asc() if oldest_first else Transfer.id.desc()
+        query = select(Transfer).order_by(order).limit(limit)
+        if state is not None:
+            query = query.where(Transfer.state == state)
+        if flow is not None:
+            query = query.where(Transfer.flow == flow)
+        with Session(self.engine) as session:
+            return [TransferRow.of(t) for t in session.scalars(query)]
+
+    @retry_transient
+    def referenced_blobs(self) -> set[str]:
+        with Session(self.engine) as session:
+            return {b for b in session.scalars(select(Transfer.blob_id).where(Transfer.blob_id.is_not(None))) if b}
+
+    @retry_transient
+    def inbound_for(self, flow: str, remote_name: str) -> list[TransferRow]:
+        """Downloads of *remote_name* in *flow*, newest first (what the poller knows of a remote file)."""
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.direction == "in",
+                                        Transfer.remote_name == remote_name).order_by(Transfer.id.desc()))
+        with Session(self.engine) as session:
+            return [TransferRow.of(t) for t in session.scalars(query)]
+
+    @retry_transient
+    def by_remote_name(self, flow: str, remote_name: str) -> TransferRow | None:
+        """The outbound transfer of *flow* delivered under *remote_name* (to attach a peer's receipt)."""
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.direction == "out",
+                                        Transfer.remote_name == remote_name).order_by(Transfer.id.desc()).limit(1))
+        with Session(self.engine) as session:
+            transfer = session.scalars(query).first()
+            return TransferRow.of(transfer) if transfer is not None else None

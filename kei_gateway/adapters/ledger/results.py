@@ -1,0 +1,211 @@
+"""Payment results in the ledger (``payment_results``): dedupe, the relay decision, reconcile queries.
+
+Every method blocks: call it through the blocking door. Rows hold keyed digests, codes,
+times and a masked slip hint only (see :mod:`kei_gateway.core.results.identity`).
+
+Times: ``received_at`` (収納日時) and ``recorded_at`` are stored as UTC (SQLite keeps no
+offset) and handed back aware, ``received_at`` in JST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, Select, exists, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from kei_gateway.adapters.ledger.ledger import IN_CHUNK, TransferNotFound, in_chunks
+from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts
+from kei_gateway.core.results.reconcile import StoredResult
+from kei_gateway.core.transfer import check_transition
+from kei_gateway.runtime.blocking import retry_transient
+
+__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK"]
+
+
+
+class DuplicateResult(Exception):
+    """A result of the batch was recorded meanwhile (another relay won the race); nothing was written.
+
+    The caller recomputes which results are new (``known_identities``) and records again.
+    """
+
+    def __init__(self, transfer_id: int) -> None:
+        super().__init__(f"a payment result of transfer {transfer_id} was recorded by another relay meanwhile; "
+                         "nothing of this relay was written: recompute the new results and record again")
+        self.transfer_id = transfer_id
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a time given to the ledger must be timezone-aware")
+    return value.astimezone(timezone.utc)
+
+
+def _from_db(value: datetime) -> datetime:
+    """Aware, in UTC: SQLite hands back naive UTC datetimes, PostgreSQL aware ones in the server's time zone."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _stored(row: PaymentResult) -> StoredResult:
+    return StoredResult(identity_key=row.identity_key, match_key=row.match_key, amount_key=row.amount_key,
+                        kind=int(row.kind), channel=row.channel, tax_item=row.tax_item, pay_method=row.pay_method,
+                        received_at=_from_db(row.received_at).astimezone(JST), slip_hint=row.slip_hint,
+                        transfer_id=row.transfer_id, relay_name=row.relay_name,
+                        recorded_at=_from_db(row.recorded_at))
+
+
+class ResultLedger:
+    """``payment_results`` on a SQLAlchemy engine (the same one as :class:`~kei_gateway.adapters.ledger.TransferLedger`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ dedupe
+
+    @retry_transient
+    def known_identities(self, keys: Collection[str]) -> set[str]:
+        """Those of *keys* (identity keys, under any key: see ``ResultKeyer.identity_candidates``) already recorded."""
+        found: set[str] = set()
+        with self.engine.connect() as connection:
+            for chunk in in_chunks(sorted(set(keys))):
+                query = select(PaymentResult.identity_key).where(PaymentResult.identity_key.in_(chunk))
+                found.update(connection.execute(query).scalars())
+        return found
+
+    @retry_transient
+    def identities_of_transfer(self, transfer_id: int) -> set[str]:
+        """Identity keys first brought by *transfer_id*: after a crash between :meth:`record_relay` and the
+        inbox rename, the records of its file whose identity is here are the ones to relay."""
+        query = select(PaymentResult.identity_key).where(PaymentResult.transfer_id == transfer_id)
+        with self.engine.connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    # ------------------------------------------------------------------ the relay decision
+
+    @retry_transient
+    def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
+                     now: datetime, summary: str, done: bool) -> None:
+        """Record a file's new *results* and the relay decision, in ONE transaction.
+
+        Inserts one row per result (with *relay_name*), sets the transfer's ``relay_name``
+        and ``receipt_summary`` (= *summary*), and with *done* also moves it to DONE. A
+        result whose 速報 (same match key) was recorded under a previous key is recorded
+        under that key too, so the pair still matches after a key rotation.
+
+        Raises :class:`DuplicateResult` (nothing written) when one of *results* is already
+        recorded, under any key; :class:`~kei_gateway.adapters.ledger.TransferNotFound`;
+        ``InvalidTransition`` when *done* and the transfer cannot become DONE; ``ValueError``
+        when *results* repeat an identity (drop in-file repeats first: ``fresh_results``).
+        """
+
+        if len({r.identity_key for r in results}) != len(results):
+            raise ValueError("results repeat an identity; keep the first of each (see fresh_results)")
+        recorded_at = _utc(now)
+        try:
+            with Session(self.engine) as session, session.begin():
+                transfer = session.get(Transfer, transfer_id, with_for_update=True)
+                if transfer is None:
+                    raise TransferNotFound(transfer_id)
+                if done:
+                    check_transition(transfer.state, TransferState.DONE)
+                rows = self._under_recorded_keys(session, results)
+                if self._any_known_under_previous_keys(session, rows):
+                    raise DuplicateResult(transfer_id)
+                if rows:  # one executemany, not an ORM object and an INSERT per result (bench/relay.py)
+                    session.execute(insert(PaymentResult), [dict(
+                        identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
+                        channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
+                        received_at=_utc(r.received_at), slip_hint=r.slip_hint, transfer_id=transfer_id,
+                        relay_name=relay_name, recorded_at=recorded_at) for r in rows])
+                transfer.relay_name = relay_name
+                transfer.receipt_summary = summary
+                transfer.updated_at = recorded_at
+                if done:
+                    transfer.state = TransferState.DONE.value
+                session.flush()
+        except IntegrityError as error:
+            raise DuplicateResult(transfer_id) from error
+
+    @staticmethod
+    def _under_recorded_keys(session: Session, results: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """*results*, each under the key its match group was first recorded with (current if none)."""
+        previous = {d.match_key for r in results for d in r.variants[1:]}
+        if not previous:
+            return list(results)
+        found: set[str] = set()
+        for chunk in in_chunks(sorted(previous | {r.match_key for r in results})):
+            found.update(session.scalars(select(PaymentResult.match_key).where(
+                PaymentResult.match_key.in_(chunk)).distinct()))
+        chosen = []
+        for facts in results:
+            variant = 0
+            if facts.match_key not in found:  # a group already under the current key stays there
+                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
+            chosen.append(facts.under(variant) if variant else facts)
+        return chosen
+
+    @staticmethod
+    def _any_known_under_previous_keys(session: Session, results: Sequence[ResultFacts]) -> bool:
+        """The unique constraint catches a result recorded under the same key; this, under another one."""
+        others = {d.identity_key for r in results for d in r.variants} - {r.identity_key for r in results}
+        for chunk in in_chunks(sorted(others)):
+            if session.scalars(select(PaymentResult.id).where(PaymentResult.identity_key.in_(chunk)).limit(1)).first():
+                return True
+        return False
+
+    @retry_transient
+    def finish_relay(self, transfer_id: int, now: datetime) -> None:
+        """The second step after the inbox rename: the transfer is DONE."""
+
+        with Session(self.engine) as session, session.begin():
+            transfer = session.get(Transfer, transfer_id, with_for_update=True)
+            if transfer is None:
+                raise TransferNotFound(transfer_id)
+            check_transition(transfer.state, TransferState.DONE)
+            transfer.state = TransferState.DONE.value
+            transfer.updated_at = _utc(now)
+
+    # ------------------------------------------------------------------ reconcile queries
+
+    def _rows(self, query: Select[Any]) -> list[StoredResult]:
+        with Session(self.engine) as session:
+            return [_stored(row) for row in session.scalars(query.order_by(PaymentResult.received_at,
+                                                                            PaymentResult.id))]
+
+    @retry_transient
+    def results_received_on(self, day: date) -> list[StoredResult]:
+        """Every result whose 収納日時 falls on *day* in JST (a 確報 shares its 速報's 収納日時)."""
+        start = datetime.combine(day, time(0), JST)
+        return self.results_between(start, start + timedelta(days=1))
+
+    @retry_transient
+    def results_since(self, start: datetime) -> list[StoredResult]:
+        """Every result whose 収納日時 is at or after *start* (aware)."""
+        return self._rows(select(PaymentResult).where(PaymentResult.received_at >= _utc(start)))
+
+    @retry_transient
+    def results_between(self, start: datetime, end: datetime) -> list[StoredResult]:
+        """Every result whose 収納日時 is in [*start*, *end*) (aware)."""
+        return self._rows(select(PaymentResult).where(PaymentResult.received_at >= _utc(start),
+                                                      PaymentResult.received_at < _utc(end)))
+
+    @retry_transient
+    def open_provisional(self, now: datetime, within: timedelta | None = None) -> list[StoredResult]:
+        """速報 with neither 確報 nor 速報取消 (same match key): what ``unconfirmed_counts`` needs.
+
+        With *within*, only those whose 収納日時 is less than that before *now*. One
+        anti-join on the match-key index: cheap on tens of thousands of rows.
+        """
+        later = aliased(PaymentResult)
+        settled = exists().where(later.match_key == PaymentResult.match_key,
+                                 later.kind.in_((KIND_FINAL, KIND_CANCEL)))
+        query = select(PaymentResult).where(PaymentResult.kind == KIND_PROVISIONAL, ~settled)
+        if within is not None:
+            query = query.where(PaymentResult.received_at >= _utc(now - within))
+        return self._rows(query)

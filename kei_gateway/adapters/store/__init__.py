@@ -1,0 +1,1 @@
+"""The encrypted store (SPEC §7): key files, the blob format, the filesystem store."""

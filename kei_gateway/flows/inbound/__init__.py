@@ -1,0 +1,1 @@
+"""Inbound flows: peer (pull or push) → store → inbox / the tax system."""

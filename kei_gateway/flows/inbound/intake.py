@@ -1,0 +1,236 @@
+"""Taking a file from a peer into the encrypted store as it streams (SPEC §3 "Download", §5, §7).
+
+One implementation for every inbound path (the results poller's ``GET`` and the push
+listener's ``PUT``): chunks arrive on the reactor thread, go through a bounded queue
+to a store writer running behind the blocking door, and are validated on the way
+(:class:`~kei_gateway.layouts.Validator` with a rereadable key filter; suspects are
+settled by re-reading the stored blob). Nothing is buffered whole, nothing is written
+in plaintext.
+
+:class:`StreamIntake` is the streaming part; :func:`quarantine_received` is the
+blocking bookkeeping of a file that failed validation (encrypted blob kept, errors
+file for a person, ``QUARANTINED`` transfer row).
+"""
+
+from __future__ import annotations
+
+import datetime
+import queue
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.outbound.ingest import errors_file_lines
+from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["Received", "StreamIntake", "quarantine_received", "count_quarantined", "new_inbound_blob_id",
+           "first_error", "first_error_summary", "QUEUE_SIZE", "QUEUE_TIMEOUT"]
+
+QUEUE_SIZE = 16
+"""Chunks held between the reactor and the store writer (the writer starts once this many wait, or at the end)."""
+QUEUE_TIMEOUT = 120.0
+"""Seconds a chunk may wait for the store writer (or the writer for a chunk) before the intake is abandoned."""
+
+_END = object()
+
+
+def new_inbound_blob_id() -> str:
+    """A fresh store id for an inbound file."""
+    return f"in-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A file durably in the store: its blob, size, SHA-256 and validation report."""
+
+    blob_id: str
+    size: int
+    sha256: str
+    report: ValidationReport
+
+
+class StreamIntake:
+    """One file, streamed from the reactor thread into the store and validated on the way.
+
+    Call :meth:`put` for each chunk, then :meth:`finish` (or :meth:`abort`), all on
+    the reactor thread. :meth:`put` returns ``None`` when the chunk was queued at once
+    and a Deferred when the caller must wait (pause its producer) before the next
+    chunk: never call :meth:`put` again before that Deferred fired.
+
+    The store writer takes a thread of the blocking door only once :data:`QUEUE_SIZE`
+    chunks wait or the file is complete, so a small file holds no thread while it
+    crosses the network (and, with a synchronous door in tests, small files work
+    without threads). The writer never leaves a blob behind when the intake is
+    aborted or the writer fails.
+    """
+
+    def __init__(self, *, layout: Layout, options: ValidationOptions, store: BlobStore, blocking: Blocking,
+                 blob_id: str | None = None, queue_size: int = QUEUE_SIZE, timeout: float = QUEUE_TIMEOUT) -> None:
+        self.blob_id = blob_id or new_inbound_blob_id()
+        self.store = store
+        self.blocking = blocking
+        self._timeout = timeout
+        self._chunks: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        # The raw bytes are what goes into the store, so the blob can be read again when the
+        # uniqueness filter leaves suspect keys: fixed memory whatever the file size.
+        # The full-size filter: a peer's announced size is not trusted to shrink it.
+        self.validator = Validator(layout, options, rereadable=True)
+        self._written: defer.Deferred[Any] | None = None
+        self._writer_failure: Failure | None = None
+        self._waiting: defer.Deferred[None] | None = None
+        self._done = False
+
+    # -- the writer (a thread of the blocking door)
+
+    def _source(self) -> Iterator[bytes]:
+        while True:
+            chunk = self._chunks.get(timeout=self._timeout)  # never wait forever on a sender that vanished
+            if chunk is _END:
+                self.validator.close()
+                return
+            if isinstance(chunk, BaseException):
+                raise chunk
+            self.validator.feed(chunk)
+            yield chunk
+
+    def _start_writer(self) -> defer.Deferred[Any]:
+        if self._written is None:
+            written: defer.Deferred[Any] = self.blocking.run(self.store.write, self.blob_id, self._source())
+            self._written = written
+
+            def writer_failed(failure: Failure) -> Failure:
+                # Free the queue, so a put waiting for room wakes up and sees the failure.
+                self._writer_failure = failure
+                self._drain_queue()
+                return failure
+
+            written.addErrback(writer_failed)
+        return self._written
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- the reactor side
+
+    def put(self, chunk: bytes | object) -> defer.Deferred[None] | None:
+        """Queue the next *chunk*; a Deferred when the caller must wait before the next one."""
+        if self._waiting is not None:
+            raise RuntimeError("put() before the previous put's Deferred fired")
+        if self._writer_failure is not None:
+            return defer.fail(self._writer_failure)
+        try:
+            self._chunks.put_nowait(chunk)
+            return None
+        except queue.Full:
+            pass
+        self._start_writer()
+
+        def settled(result: object) -> object:
+            self._waiting = None
+            if self._writer_failure is not None and not isinstance(result, Failure):
+                return self._writer_failure
+            return result
+
+        # In a worker thread: waits while the writer is behind (the caller pauses its producer
+        # meanwhile) and gives up after the timeout, so no thread hangs on a full queue.
+        waited: defer.Deferred[None] = self.blocking.run(self._chunks.put, chunk, True, self._timeout)
+        waited.addBoth(settled)
+        if not waited.called:
+            self._waiting = waited
+        return waited
+
+    def finish(self) -> defer.Deferred[Received]:
+        """The whole file was put: wait for the writer, settle the uniqueness check; fire with :class:`Received`.
+
+        On failure no blob is left in the store.
+        """
+        self._done = True
+        queued = self.put(_END)
+        ended: defer.Deferred[Any] = queued if queued is not None else defer.succeed(None)
+        ended.addCallback(lambda _: self._start_writer())
+
+        def settled(info: Any) -> defer.Deferred[Received]:
+            d: defer.Deferred[Any] = defer.succeed(None)
+            if self.validator.needs_rescan:
+                d = self.blocking.run(lambda: self.validator.rescan(self.store.read(self.blob_id)))
+                d.addErrback(lambda failure: self.blocking.run(self.store.delete, self.blob_id)
+                             .addBoth(lambda _: failure))
+            return d.addCallback(lambda _: Received(self.blob_id, info.size, info.sha256, self.validator.report))
+
+        return ended.addCallback(settled)
+
+    def abort(self, error: BaseException) -> defer.Deferred[None]:
+        """Give up (the sender vanished, the body is too large…): the writer, if started, discards its blob."""
+        if self._done:
+            return defer.succeed(None)
+        self._done = True
+        if self._written is None:
+            self._drain_queue()  # nothing reached the store
+            return defer.succeed(None)
+        written = self._written
+
+        def tell_writer(_: object = None) -> None:
+            if self._writer_failure is None:
+                self.put(error)  # the writer raises it, so no blob is left behind
+
+        if self._waiting is not None:
+            self._waiting.addBoth(tell_writer)
+        else:
+            tell_writer()
+        done: defer.Deferred[None] = defer.Deferred()
+        written.addBoth(lambda _: done.callback(None))
+        return done
+
+
+def quarantine_received(*, ledger: TransferLedger, flow: str, peer: str, name: str, quarantine_dir: str,
+                        received: Received, now: datetime.datetime, note: str, size: int | None = None,
+                        remote_etag: str | None = None) -> TransferRow:
+    """Blocking: keep an invalid inbound file encrypted, write its errors for a person, record it ``QUARANTINED``.
+
+    *note* ends the errors file (what happened to the file at the peer's side).
+    """
+    report = received.report
+    ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
+    # The same name may come again with other invalid content (a push, a file replaced at the peer):
+    # each keeps its own errors file (name.2.errors.txt …), as it keeps its own blob and row.
+    write_errors_file(quarantine_dir, free_name(quarantine_dir, name), errors_file_lines(flow, name, report)
+                      + [f"# stored encrypted as blob {received.blob_id} (SHA-256 {received.sha256}); {note}"])
+    return ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.QUARANTINED,
+                               size=size or received.size, sha256=received.sha256, record_count=report.records,
+                               blob_id=received.blob_id, now=now, last_error=first_error_summary(report),
+                               remote_name=name, remote_etag=remote_etag)
+
+
+def first_error_summary(report: ValidationReport) -> str:
+    """``"N error(s); first: …"`` (masked) for the ledger's last_error."""
+    return f"{report.error_count} error(s); first: {first_error(report)}"
+
+
+def first_error(report: ValidationReport) -> str:
+    """The first error, masked, or ``"invalid"``."""
+    return report.errors[0].message() if report.errors else "invalid"
+
+
+def count_quarantined(metrics: GatewayMetrics, flow: str, report: ValidationReport) -> None:
+    """Count a received file quarantined: a transfer, and for payment results its records as rejected.
+
+    An invalid results file's records are not classified (速報/確報/取消 may be what is
+    broken), so they count with ``kind="unknown"``.
+    """
+    metrics.transfers.labels(flow=flow, outcome="quarantined").inc()
+    if flow == "mpn-results":
+        metrics.payment_results.labels(kind="unknown", outcome="rejected").inc(report.records)

@@ -1,0 +1,297 @@
+"""MPN 納付結果 (SPEC §2.4, flow ``mpn-results``): relay each payment result exactly once.
+
+A results file arrives by pull (:class:`~kei_gateway.flows.inbound.downloads.DownloadPoller`)
+or push (:mod:`kei_gateway.flows.inbound.push.PushReceiver`) and is committed as an inbound transfer in
+``VALIDATED`` with its encrypted blob. :class:`ResultRelay` then, one file at a time:
+
+1. reads the stored file and computes each record's identity (keyed digests,
+   :mod:`kei_gateway.core.results`); results already recorded — from push and pull,
+   a repeated 速報, a repeat inside the file — are duplicates;
+2. writes the new records, byte for byte, as ``inbox/.<name>.part`` (fsync the file
+   and the directory) — a dotfile the tax system does not take;
+3. in ONE transaction records the new results (the dedupe key is unique) and the
+   relay name on the transfer;
+4. renames ``.<name>.part`` to ``<name>`` (fsync the directory), then ``<name>.end``
+   when the flow asks for markers;
+5. marks the transfer ``DONE``.
+
+Why this order gives exactly once under kill -9: before step 3 nothing is recorded,
+so a restart starts again (the ``.part`` is rewritten under the same name). After
+step 3 the decision is durable: if ``.<name>.part`` still exists the rename did not
+happen and is done now; if it is gone the rename happened — the file is in the inbox,
+or the tax system has already taken it — and is never written again. A file whose
+results are all duplicates writes nothing and becomes ``DONE`` in step 3.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.adapters.transport.names import remote_name
+from kei_gateway.core.results import (
+    ResultFacts,
+    ResultKeyer,
+    facts_from_records,
+    fresh_results,
+    unconfirmed_counts,
+)
+from kei_gateway.core.results.identity import raw_fields
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.layouts import get_layout
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS", "select_records",
+           "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW"]
+
+FLOW = "mpn-results"
+KIND_LABELS = {1: "provisional", 2: "final", 3: "cancellation"}
+"""``kind`` label of ``kei_gateway_payment_results_total`` for 収納区分 1 速報, 2 確報, 3 速報取消."""
+UNCONFIRMED_CHECK_INTERVAL = 300.0
+"""Seconds between refreshes of ``kei_gateway_unconfirmed_results`` and retries of failed relays."""
+UNCONFIRMED_WINDOW = datetime.timedelta(days=35)
+"""Only 速報 this recent count in the gauge: one nobody will ever confirm stops alerting after a month
+(``results reconcile`` still lists it for its day)."""
+_OUT_BATCH = 1 << 20
+_ATTEMPTS = 3
+
+log = Logger(namespace="kei_gateway.flows.mpn_results")
+
+
+@dataclass(frozen=True)
+class RelayOutcome:
+    """What relaying one received file did."""
+
+    transfer_id: int
+    relay_name: str | None
+    """The inbox file of its new results; None when every result was a duplicate."""
+    relayed: Counter[int] = field(default_factory=Counter)
+    """New results by 収納区分."""
+    duplicates: Counter[int] = field(default_factory=Counter)
+    """Results already relayed before (or repeated in the file), by 収納区分."""
+    already_done: bool = False
+    """The transfer was DONE already: nothing happened now."""
+    recovered: bool = False
+    """The relay had been decided before a stop or crash; only its last steps ran now."""
+
+
+def select_records(chunks: Iterable[bytes], record_length: int, wanted: Collection[int]) -> Iterator[bytes]:
+    """The records (0-based indexes in *wanted*) of a fixed-length file given in chunks, in file order."""
+    pending = b""
+    index = 0
+    out: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        pending += chunk
+        whole = len(pending) - len(pending) % record_length
+        for offset in range(0, whole, record_length):
+            if index in wanted:
+                out.append(pending[offset:offset + record_length])
+                size += record_length
+            index += 1
+        pending = pending[whole:]
+        if size >= _OUT_BATCH:
+            yield b"".join(out)
+            out, size = [], 0
+    if pending:
+        raise ValueError(f"the stored file ends with {len(pending)} bytes that are not a whole record")
+    if out:
+        yield b"".join(out)
+
+
+def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: ResultLedger, store: BlobStore,
+                         keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
+                         now: datetime.datetime) -> RelayOutcome:
+    """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring)."""
+    for _ in range(_ATTEMPTS):
+        row = ledger.get(transfer_id)
+        if row.state == S.DONE.value:
+            return RelayOutcome(transfer_id, row.relay_name, already_done=True)
+        if row.state != S.VALIDATED.value or row.blob_id is None:
+            raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
+        if row.relay_name is not None:  # decided before a stop or crash: finish it
+            publish_staged(inbox_dir, row.relay_name, marker)
+            crashpoint("results.published")
+            results.finish_relay(transfer_id, now)
+            return RelayOutcome(transfer_id, row.relay_name, recovered=True)
+        try:
+            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
+        except DuplicateResult:
+            continue  # recorded meanwhile by another relay: compute the new ones again
+    raise RuntimeError(f"transfer {transfer_id}: its results kept changing while being relayed")
+
+
+def _relay_once(row: TransferRow, results: ResultLedger, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
+                marker: bool, lg_code: str, now: datetime.datetime) -> RelayOutcome:
+    assert row.blob_id is not None
+    layout = get_layout(FLOW)
+    widths = {item.key: item.width for item in layout.fields}
+    # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
+    facts = facts_from_records(raw_fields(store.read(row.blob_id), layout.offsets, widths, layout.record_length),
+                               keyer)
+    candidates: set[str] = set()
+    for item in facts:
+        candidates |= keyer.identity_candidates(item)
+    fresh = fresh_results(facts, results.known_identities(candidates))
+    relayed = Counter(item.kind for item in fresh)
+    duplicates = Counter(item.kind for item in facts) - relayed
+    summary = _summary(fresh, len(facts))
+    if not fresh:
+        results.record_relay(row.id, [], None, now, summary, done=True)
+        return RelayOutcome(row.id, None, relayed, duplicates)
+    name = remote_name(lg_code, FLOW, row.created_at, row.id)
+    wanted = {item.record_index for item in fresh}
+    stage_for_inbox(inbox_dir, name, select_records(store.read(row.blob_id), layout.record_length, wanted))
+    crashpoint("results.staged")
+    results.record_relay(row.id, fresh, name, now, summary, done=False)
+    crashpoint("results.recorded")
+    publish_staged(inbox_dir, name, marker)
+    crashpoint("results.published")
+    results.finish_relay(row.id, now)
+    return RelayOutcome(row.id, name, relayed, duplicates)
+
+
+def _summary(fresh: list[ResultFacts], total: int) -> str:
+    return f"新規 {len(fresh)}, 重複 {total - len(fresh)} (of {total} results)"
+
+
+class ResultRelay(service.Service):
+    """Relays received ``mpn-results`` files one at a time; keeps the unconfirmed gauge current.
+
+    :meth:`relay` is what the pull poller and the push listener call once a file is
+    committed; on start, every received file not yet relayed (a stop or crash came
+    first) is relayed.
+    """
+
+    def __init__(self, *, inbox_dir: str, marker: bool, lg_code: str, ledger: TransferLedger,
+                 results: ResultLedger, keyer: ResultKeyer, store: BlobStore, blocking: Blocking, clock: Any,
+                 metrics: GatewayMetrics, unconfirmed_after: float,
+                 check_interval: float = UNCONFIRMED_CHECK_INTERVAL) -> None:
+        self.setName("relay:mpn-results")
+        self.inbox_dir, self.marker, self.lg_code = inbox_dir, marker, lg_code
+        self.ledger, self.results, self.keyer, self.store = ledger, results, keyer, store
+        self.blocking, self.clock, self.metrics = blocking, clock, metrics
+        self.unconfirmed_after = unconfirmed_after
+        self._lock = defer.DeferredLock()
+        self._overdue = 0
+        self._check = task.LoopingCall(self._periodic)
+        self._check.clock = clock
+        self._check_interval = check_interval
+        self._recovering: defer.Deferred[Any] | None = None
+        for kind in KIND_LABELS.values():
+            for outcome in ("relayed", "duplicate"):
+                metrics.payment_results.labels(kind=kind, outcome=outcome)
+        for age in ("pending", "overdue"):
+            metrics.unconfirmed_results.labels(age=age)
+
+    def startService(self) -> None:
+        super().startService()
+        self._check.start(self._check_interval, now=True)  # relays what is pending at once (see _periodic)
+
+    def _periodic(self) -> defer.Deferred[None]:
+        """Every check interval (and at start): relay the files still pending, refresh the unconfirmed gauge.
+
+        Relaying pending files again is what retries a relay that failed (inbox not
+        writable, database locked past its retries): nothing else would, since the push
+        listener and the poller hand a file over once, and a repeated push is a ``204``.
+        """
+        if self._recovering is None or self._recovering.called:
+            def unlisted(failure: Failure) -> None:
+                events.emit(log, events.INTERNAL_ERROR, flow=FLOW,
+                            reason=f"listing the results files to relay: {failure.getErrorMessage()}")
+
+            self._recovering = self.relay_pending()
+            self._recovering.addErrback(unlisted)
+        return self.check_unconfirmed()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        if self._check.running:
+            self._check.stop()
+        # Whatever relay is running finishes (its steps are short and local); then stop.
+        return self._lock.run(lambda: defer.succeed(None))
+
+    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[RelayOutcome]:
+        """Relay the committed results file *row*; *received_at* (clock seconds) times a push.
+
+        When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
+        """
+        return self._lock.run(self._relay, row.id, received_at)
+
+    @defer.inlineCallbacks
+    def relay_pending(self) -> Any:
+        """Relay every received file still VALIDATED (a stop, crash or failed relay came between)."""
+        pending: list[TransferRow] = yield self.blocking.run(
+            self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
+        for row in sorted(pending, key=lambda r: r.id):
+            if not self.running:
+                return
+            try:
+                yield self.relay(row)
+            except Exception as error:  # one file's trouble must not keep the others back
+                events.emit(log, events.INTERNAL_ERROR, flow=FLOW, transfer_id=row.id,
+                            reason=f"relaying the results: {events.describe_error(error)}")
+
+    @defer.inlineCallbacks
+    def _relay(self, transfer_id: int, received_at: float | None) -> Any:
+        now_seconds = self.clock.seconds()
+        now = datetime.datetime.fromtimestamp(now_seconds, datetime.timezone.utc)
+        outcome: RelayOutcome = yield self.blocking.run(
+            relay_stored_results, transfer_id=transfer_id, ledger=self.ledger, results=self.results,
+            store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
+            now=now)
+        if outcome.already_done:
+            return outcome
+        if received_at is not None and outcome.relay_name is not None and not outcome.recovered:
+            # Push received → its new results durable in the inbox (nothing is written for duplicates).
+            self.metrics.relay_latency.observe(max(0.0, self.clock.seconds() - received_at))
+        for kind, count in outcome.relayed.items():
+            self.metrics.payment_results.labels(kind=KIND_LABELS.get(kind, "unknown"), outcome="relayed").inc(count)
+        for kind, count in outcome.duplicates.items():
+            self.metrics.payment_results.labels(kind=KIND_LABELS.get(kind, "unknown"), outcome="duplicate").inc(count)
+        new, repeated = sum(outcome.relayed.values()), sum(outcome.duplicates.values())
+        self.metrics.transfers.labels(flow=FLOW, outcome="relayed" if outcome.relay_name else "duplicate").inc()
+        self.metrics.last_success.labels(flow=FLOW).set(self.clock.seconds())
+        if outcome.recovered:
+            events.emit(log, events.RESULTS_RELAY_FINISHED, flow=FLOW, transfer_id=transfer_id,
+                        name=outcome.relay_name)
+        else:
+            events.emit(log, events.RESULTS_RELAYED, flow=FLOW, transfer_id=transfer_id,
+                        name=outcome.relay_name or "-", records=new, duplicates=repeated)
+        return outcome
+
+    def check_unconfirmed(self) -> defer.Deferred[None]:
+        """Refresh ``kei_gateway_unconfirmed_results``; warn when more 速報 are overdue than at the last check."""
+        now_seconds = self.clock.seconds()
+        now = datetime.datetime.fromtimestamp(now_seconds, datetime.timezone.utc)
+
+        def counted(rows: Any) -> None:
+            counts = unconfirmed_counts(rows, now, self.unconfirmed_after)
+            for age, count in counts.items():
+                self.metrics.unconfirmed_results.labels(age=age).set(count)
+            overdue = counts.get("overdue", 0)
+            if overdue > self._overdue:
+                events.emit(log, events.RESULTS_UNCONFIRMED, flow=FLOW, records=overdue,
+                            limit=f"{self.unconfirmed_after / 86400:g}d")
+            self._overdue = overdue
+
+        def failed(failure: Any) -> None:
+            events.emit(log, events.INTERNAL_ERROR, flow=FLOW,
+                        reason=f"counting unconfirmed results: {failure.getErrorMessage()}")
+
+        return self.blocking.run(self.results.open_provisional, now, UNCONFIRMED_WINDOW).addCallbacks(counted, failed)

@@ -1,0 +1,252 @@
+"""Deciding and committing pushes (SPEC §5): the push listener's intake and its outcomes.
+
+:class:`PushReceiver` takes the body of a routed push into the store and settles it
+(``201``/``204``/``409``/``422``/``503``); :mod:`kei_gateway.flows.inbound.push_listener` is the HTTP
+door that turns requests into calls on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Collection
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.config import Config
+from kei_gateway.core.jst import today_in_jst
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.inbound.intake import (
+    Received,
+    StreamIntake,
+    count_quarantined,
+    first_error,
+    quarantine_received,
+)
+from kei_gateway.flows.inbound.push_routing import DENIAL_REASONS, MAX_PUSH_BYTES, PushTarget, Refusal, Response, route_push
+from kei_gateway.layouts import ValidationOptions, get_layout
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.listeners import AllowListFactory
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["PushReceiver", "OnCommitted", "MAX_CONCURRENT_PUSHES", "RETRY_AFTER_SECONDS",
+    "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT", "AcceptedPush"]
+
+MAX_CONCURRENT_PUSHES = 2
+"""Bodies received at once; more are answered ``503`` with ``Retry-After`` (each holds store-writer threads)."""
+RETRY_AFTER_SECONDS = 30
+"""``Retry-After`` of a 503 for store or ledger trouble (it takes a person or some minutes to clear)."""
+BUSY_RETRY_AFTER_SECONDS = 2
+"""``Retry-After`` of a 503 ``busy`` (too many pushes at once): it clears as soon as one finishes."""
+IDLE_TIMEOUT = 60.0
+"""Seconds a connection may stay silent (handshake, headers or body) before it is closed."""
+
+OnCommitted = Callable[[TransferRow, float], "defer.Deferred[Any] | None"]
+"""The hook run after a ``201``: the committed row and the time (Unix seconds) the push request started."""
+
+
+# --------------------------------------------------------------------------- the intake and its outcomes
+
+
+class AcceptedPush:
+    """A push being received: its target, intake and start time."""
+
+    def __init__(self, target: PushTarget, intake: StreamIntake, started_at: float) -> None:
+        self.target = target
+        self.intake = intake
+        self.started_at = started_at
+
+
+class PushReceiver:
+    """Decides and commits pushes; the HTTP adapter (:class:`_PushRequest`) turns requests into calls on it."""
+
+    log = Logger()
+
+    def __init__(self, *, config_source: Callable[[], Config], ledger: TransferLedger, store: BlobStore,
+                 blocking: Blocking, clock: Any, metrics: GatewayMetrics, on_committed: OnCommitted | None = None,
+                 max_bytes: int = MAX_PUSH_BYTES, max_concurrent: int = MAX_CONCURRENT_PUSHES,
+                 intake_blocking: Blocking | None = None) -> None:
+        self.config_source = config_source
+        self.ledger, self.store, self.blocking = ledger, store, blocking
+        self.intake_blocking = intake_blocking or blocking
+        """The door of the store writers, which wait on the network for the whole body."""
+        self.clock, self.metrics = clock, metrics
+        self.on_committed = on_committed
+        self.max_bytes = max_bytes
+        self.max_concurrent = max_concurrent
+        self._in_flight: set[tuple[str, str]] = set()
+        for reason in DENIAL_REASONS:  # exported as 0 from the start
+            metrics.denied_connections.labels(listener="push", reason=reason)
+
+    # -- refusals
+
+    def denied(self, source: str, reason: str, detail: str, status: int | str, peer: str = "-") -> None:
+        """Count and log a refused connection or request."""
+        if reason in DENIAL_REASONS:
+            self.metrics.denied_connections.labels(listener="push", reason=reason).inc()
+        events.emit(self.log, events.PUSH_REFUSED, source=source, reason=reason, status=status, detail=detail,
+                    peer=peer)
+
+    def denied_address(self, listener: str, source: str) -> None:
+        """For :class:`AllowListFactory`: a connection closed before the handshake (it logs the event itself)."""
+        self.metrics.denied_connections.labels(listener=listener, reason="address").inc()
+
+    # -- a request
+
+    def begin(self, *, method: bytes, path: bytes, peers: Collection[str], source: str,
+              content_length: int | None) -> AcceptedPush | Refusal:
+        """Headers are in: refuse the request, or open an intake for its body."""
+        started_at = self.clock.seconds()
+        peer_label = ",".join(sorted(peers)) or "-"
+        decision = route_push(method, path, peers, self.config_source(), content_length, self.max_bytes)
+        if isinstance(decision, Refusal):
+            self.denied(source, decision.reason, decision.detail, decision.status, peer_label)
+            return decision
+        key = (decision.flow, decision.name)
+        if key in self._in_flight or len(self._in_flight) >= self.max_concurrent:
+            detail = ("the same name is being received on another connection" if key in self._in_flight
+                      else f"{len(self._in_flight)} pushes already in progress")
+            events.emit(self.log, events.PUSH_REFUSED, source=source, reason="busy", status=503, detail=detail,
+                        peer=decision.peer, flow=decision.flow)
+            return Refusal(503, "busy", detail)
+        self._in_flight.add(key)
+        options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
+        intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
+                              blocking=self.intake_blocking)
+        return AcceptedPush(decision, intake, started_at)
+
+    def too_large(self, accepted: AcceptedPush, source: str) -> defer.Deferred[None]:
+        """The body grew past the limit: nothing is kept."""
+        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        self.denied(source, "too_large", f"body over {self.max_bytes} bytes", 413, accepted.target.peer)
+        return accepted.intake.abort(ValueError("push body too large"))
+
+    def broken(self, accepted: AcceptedPush, reason: str) -> defer.Deferred[None]:
+        """The connection went away before the body was complete: nothing is kept or committed."""
+        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        events.emit(self.log, events.PUSH_FAILED, flow=accepted.target.flow, peer=accepted.target.peer,
+                    name=accepted.target.name, reason=f"body incomplete: {reason}")
+        return accepted.intake.abort(ConnectionError("push body incomplete"))
+
+    def store_failed(self, accepted: AcceptedPush, failure: Failure) -> Response:
+        """The store writer died mid-body (disk, timeout): the intake leaves no blob; the peer tries again later."""
+        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        accepted.intake.abort(ConnectionError("store writer failed"))
+        return self._unavailable(failure, accepted)
+
+    def complete(self, accepted: AcceptedPush) -> defer.Deferred[Response]:
+        """The whole body arrived: finish storing it, then decide and commit. Never fails: errors become 503."""
+        key = (accepted.target.flow, accepted.target.name)
+        def done(response: Response) -> Response:
+            self._in_flight.discard(key)
+            return response
+
+        d: defer.Deferred[Any] = accepted.intake.finish()
+        d.addCallback(lambda received: self._settle(accepted, received))
+        d.addErrback(lambda failure: self._unavailable(failure, accepted))
+        return d.addCallback(done)
+
+    @defer.inlineCallbacks
+    def _settle(self, accepted: AcceptedPush, received: Received) -> Any:
+        target = accepted.target
+        try:
+            known: list[TransferRow] = yield self.blocking.run(self.ledger.inbound_for, target.flow, target.name)
+        except Exception:
+            yield self._discard(received.blob_id)
+            raise
+        kept = [row for row in known if row.state != S.QUARANTINED.value]
+        same = next((row for row in kept if row.sha256 == received.sha256), None)
+        if same is not None:
+            yield self._discard(received.blob_id)
+            events.emit(self.log, events.PUSH_REPEATED, flow=target.flow, peer=target.peer, name=target.name,
+                        transfer_id=same.id, sha256=received.sha256)
+            return Response(204)
+        if kept:
+            yield self._discard(received.blob_id)
+            events.emit(self.log, events.PUSH_CONFLICT, flow=target.flow, peer=target.peer, name=target.name,
+                        transfer_id=kept[0].id, sha256=received.sha256)
+            return Response(409, f"{target.name} was already received with other content (transfer {kept[0].id}); "
+                                 "push it under a new name\n")
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        report = received.report
+        if not report.valid:
+            if any(row.sha256 == received.sha256 for row in known):
+                yield self._discard(received.blob_id)  # the same bad file again: quarantined once is enough
+            else:
+                config = self.config_source()
+                quarantine_dir = config.spool_path(os.path.join("quarantine", target.flow))
+                try:
+                    yield self.blocking.run(
+                        quarantine_received, ledger=self.ledger, flow=target.flow, peer=target.peer,
+                        name=target.name, quarantine_dir=quarantine_dir, received=received, now=now,
+                        note="refused to the peer with 422")
+                except Exception:
+                    yield self._discard(received.blob_id)
+                    raise
+                count_quarantined(self.metrics, target.flow, report)
+            events.emit(self.log, events.PUSH_QUARANTINED, flow=target.flow, peer=target.peer, name=target.name,
+                        reason=first_error(report), sha256=received.sha256, records=report.records)
+            return Response(422, "\n".join(_error_lines(target, report)) + "\n")
+        # The commit: from here on a failure may leave a row pointing at the blob, so the blob stays
+        # (an unreferenced one is the purge's to remove).
+        crashpoint("push.stored")
+        row: TransferRow = yield self.blocking.run(
+            self.ledger.add_transfer, flow=target.flow, direction="in", peer=target.peer, local_name=target.name,
+            state=S.VALIDATED, size=received.size, sha256=received.sha256, record_count=report.records,
+            blob_id=received.blob_id, now=now, remote_name=target.name)
+        crashpoint("push.committed")
+        self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
+        events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
+                    records=report.records, transfer_id=row.id, sha256=row.sha256)
+        self._hand_over(row, accepted.started_at)
+        return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
+
+    def _hand_over(self, row: TransferRow, started_at: float) -> None:
+        if self.on_committed is None:
+            return
+
+        def failed(failure: Failure) -> None:
+            events.emit(self.log, events.INTERNAL_ERROR, flow=row.flow, peer=row.peer, transfer_id=row.id,
+                        reason=f"after push commit: {_describe(failure)}")
+
+        try:
+            result = self.on_committed(row, started_at)
+        except Exception as error:
+            failed(Failure(error))
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(failed)
+
+    def _discard(self, blob_id: str) -> defer.Deferred[Any]:
+        d = self.blocking.run(self.store.delete, blob_id)
+        return d.addErrback(lambda failure: None)  # a leftover blob is the purge's to remove
+
+    def _unavailable(self, failure: Failure, accepted: AcceptedPush) -> Response:
+        target = accepted.target
+        events.emit(self.log, events.PUSH_FAILED, flow=target.flow, peer=target.peer, name=target.name,
+                    reason=_describe(failure))
+        return Response(503, "the gateway cannot store the file now; try again later\n",
+                        {"retry-after": str(RETRY_AFTER_SECONDS)})
+
+
+def _describe(failure: Failure) -> str:
+    return events.describe_error(failure.value) if failure.value is not None else "unknown error"
+
+
+def _error_lines(target: PushTarget, report: Any) -> list[str]:
+    """The 422 body: every kept error, masked (no personal value leaves in a response)."""
+    lines = [f"# {target.name}: rejected by kei-gateway, flow {target.flow}, layout {report.layout}",
+             f"# {report.error_count} error(s) in {report.records} record(s); nothing of this file was relayed."]
+    lines += [error.message() for error in report.errors]
+    if report.error_count > len(report.errors):
+        lines.append(f"... and {report.error_count - len(report.errors)} more error(s) not listed")
+    return lines
+
+

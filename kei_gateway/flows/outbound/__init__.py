@@ -1,0 +1,1 @@
+"""Outbound flows: outbox → store → peer."""

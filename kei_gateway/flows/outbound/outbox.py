@@ -1,0 +1,149 @@
+"""Watching an outbox: inotify wakes a scan, a periodic rescan is the safety net (SPEC §4).
+
+Scans run one at a time through the blocking door; an event during a scan asks
+for one more scan afterwards, so nothing is missed and nothing runs twice at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from kei_gateway.adapters.ledger import TransferLedger
+from kei_gateway.adapters.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.config import OutboundFlowSection
+from kei_gateway.core.jst import today_in_jst
+from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
+from kei_gateway.layouts import ValidationOptions, get_layout
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["OutboxWatcher", "RESCAN_INTERVAL"]
+
+RESCAN_INTERVAL = 30.0
+
+
+class OutboxWatcher(service.Service):
+    """Ingests the ready files of one outbound flow's outbox."""
+
+    log = Logger()
+
+    def __init__(self, *, flow: str, settings: OutboundFlowSection, outbox_dir: str, quarantine_dir: str,
+                 lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedger, store: BlobStore,
+                 metrics: GatewayMetrics, on_ingested: Callable[[IngestResult], None] = lambda result: None,
+                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
+        self.setName(f"outbox:{flow}")
+        self.flow = flow
+        self.settings = settings
+        self.outbox_dir = outbox_dir
+        self.quarantine_dir = quarantine_dir
+        self.lg_code = lg_code
+        self.clock = clock
+        self.blocking = blocking
+        self.ledger = ledger
+        self.store = store
+        self.metrics = metrics
+        self.on_ingested = on_ingested
+        self.layout = get_layout(flow)
+        self._use_inotify = use_inotify
+        self._notifier: Any = None
+        self._rescan = task.LoopingCall(self.scan_soon)
+        self._rescan.clock = clock
+        self._rescan_interval = rescan_interval
+        self._scanning: defer.Deferred[None] | None = None
+        self._again = False
+        self.scans = 0
+
+    def startService(self) -> None:
+        super().startService()
+        ensure_directory(self.outbox_dir, SHARED_DIR_MODE)
+        if self._use_inotify:
+            from twisted.internet import inotify
+
+            self._notifier = inotify.INotify(reactor=self.clock)
+            self._notifier.startReading()
+            mask = inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO | inotify.IN_CREATE | inotify.IN_ATTRIB
+            self._notifier.watch(FilePath(self.outbox_dir), mask=mask, callbacks=[lambda *_: self.scan_soon()])
+        self._rescan.start(self._rescan_interval, now=True)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._rescan.running:
+            self._rescan.stop()
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+            self._notifier = None
+        return self._scanning  # a scan in flight finishes its file before the stop completes
+
+    def scan_soon(self) -> defer.Deferred[None] | None:
+        """Scan now, or once more after the scan in flight."""
+        if self._scanning is not None:
+            self._again = True
+            return self._scanning
+        if not self.running:
+            return None
+        self._again = False
+        d: defer.Deferred[None] = self.blocking.run(self._scan, self.clock.seconds()).addCallback(self._report)
+        d.addErrback(self._scan_failed)
+        self._scanning = d
+
+        def finished(_: object) -> None:
+            self._scanning = None
+            if self._again and self.running:
+                self.scan_soon()
+
+        d.addBoth(finished)
+        return d
+
+    def _scan(self, seconds: float) -> list[IngestResult]:
+        """Blocking: list, refuse what must be refused, ingest what is ready."""
+        self.scans += 1
+        now = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+        decision = classify(list_entries(self.outbox_dir), self.settings.ready)
+        results = []
+        for refusal in decision.refused:
+            results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
+                                              refusal.reason, refusal.detail, self.ledger, self.settings.peer, now))
+        options = ValidationOptions(today=today_in_jst(seconds), encoding=self.settings.encoding,  # type: ignore[arg-type]
+                                    charset=self.settings.charset, gaiji=self.settings.gaiji,  # type: ignore[arg-type]
+                                    lg_code=self.lg_code if self.flow == "jnks-payments" else None)
+        for name in decision.ready:
+            try:
+                results.append(ingest_file(
+                    flow=self.flow, peer=self.settings.peer, outbox_dir=self.outbox_dir,
+                    quarantine_dir=self.quarantine_dir, name=name, marker=decision.markers.get(name),
+                    layout=self.layout, options=options, hold_over_records=self.settings.hold_over_records,
+                    store=self.store, ledger=self.ledger, now=now))
+            except Exception as error:  # one file's failure must not stop the others; it stays for the next scan
+                results.append(IngestResult(name, "failed", reason=events.describe_error(error)))
+        return results
+
+    def _report(self, results: list[IngestResult]) -> None:
+        for result in results:
+            if result.outcome in ("queued", "held", "resumed"):
+                events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
+                            transfer_id=result.transfer_id, sha256=result.sha256,
+                            state="HELD" if result.outcome == "held" else "QUEUED")
+                if result.outcome != "resumed":
+                    self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
+            elif result.outcome == "quarantined":
+                events.emit(self.log, events.INGEST_QUARANTINED, flow=self.flow, name=result.name,
+                            transfer_id=result.transfer_id, reason=result.reason, records=result.records)
+                self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
+                if result.records:
+                    self.metrics.records.labels(flow=self.flow, outcome="rejected").inc(result.records)
+            elif result.outcome == "failed":
+                events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name=result.name, reason=result.reason)
+            self.on_ingested(result)
+
+    def _scan_failed(self, failure: Any) -> None:
+        events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)",
+                    reason=events.describe_error(failure.value))

@@ -1,0 +1,186 @@
+"""Sending queued transfers of one outbound flow to its peer (SPEC §3, §6).
+
+One transfer at a time per flow: ``QUEUED``/due ``RETRY_WAIT`` → ``SENDING`` (attempt
+counted) → upload (``PUT .part``, ``MOVE``) → ``DONE``; on failure the typed transport
+error decides: retry on the persisted back-off schedule, ``FAILED`` for a human, or —
+for a refused address or a failed identity check — back to ``QUEUED`` with the flow
+paused until the configuration is reloaded, since retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.adapters.transport import (
+    BodySourceError,
+    HttpError,
+    OutboundDenied,
+    PeerIdentityError,
+    RemoteConflict,
+    TransportError,
+    WebDavClient,
+    remote_name,
+)
+from kei_gateway.config import RetryPolicy
+from kei_gateway.core.transfer import after_failure
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["UploadSender", "SEND_POLL_INTERVAL"]
+
+SEND_POLL_INTERVAL = 5.0
+
+
+def _with_crashpoint(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    for number, chunk in enumerate(chunks):
+        if number == 1:
+            crashpoint("send.mid-put")
+        yield chunk
+
+
+def _utc(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+class UploadSender(service.Service):
+    """Drains one flow's queue to its peer, one transfer at a time."""
+
+    log = Logger()
+
+    def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: WebDavClient,
+                 ledger: TransferLedger, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
+                 policy: RetryPolicy, poll_interval: float = SEND_POLL_INTERVAL) -> None:
+        self.setName(f"sender:{flow}")
+        self.flow, self.peer, self.lg_code, self.dir_url = flow, peer, lg_code, dir_url
+        self.client, self.ledger, self.store = client, ledger, store
+        self.blocking, self.clock, self.metrics, self.policy = blocking, clock, metrics, policy
+        self.paused: str | None = None
+        """Why sending is paused for a person (address refused, identity check failed); cleared by :meth:`resume`."""
+        self._busy: defer.Deferred[Any] | None = None
+        self._again = False
+        self._poll = task.LoopingCall(self.kick)
+        self._poll.clock = clock
+        self._poll_interval = poll_interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._poll.start(self._poll_interval, now=True)
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        if self._poll.running:
+            self._poll.stop()
+        # The transfer in flight ends (done, or back to a waiting state) before the stop; then idle
+        # connections kept for reuse are closed.
+        done = defer.maybeDeferred(lambda: self._busy)
+        return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+
+    def resume(self) -> None:
+        """After a reload: try again what was paused for a person."""
+        self.paused = None
+        self.kick()
+
+    def kick(self) -> defer.Deferred[Any] | None:
+        """Send what is due now; if busy, look again when the current transfer ends."""
+        if self._busy is not None:
+            self._again = True
+            return self._busy
+        if not self.running or self.paused is not None:
+            return None
+        self._again = False
+        def crashed(failure: Any) -> bool:
+            events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow,
+                        reason=f"sender: {events.describe_error(failure.value)}")
+            return False
+
+        d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)
+        d.addCallback(self._send_first)
+        d.addErrback(crashed)
+        self._busy = d
+
+        def finished(result: object) -> None:
+            self._busy = None
+            if (self._again or result is True) and self.running:
+                self.clock.callLater(0, self.kick)  # drain the queue without recursion
+
+        d.addBoth(finished)
+        return d
+
+    @defer.inlineCallbacks
+    def _send_first(self, due: list[TransferRow]) -> Any:
+        if not due:
+            return False
+        row = due[0]
+        started = self.clock.seconds()
+        name = row.remote_name or remote_name(self.lg_code, self.flow, row.created_at, row.id)
+        row = yield self.blocking.run(self.ledger.transition, row.id, S.SENDING, _utc(started),
+                                      attempts=row.attempts + 1, remote_name=name)
+        blob_id = row.blob_id
+        try:
+            if blob_id is None:
+                raise BodySourceError(self.peer, "the stored payload is gone (purged or cancelled)")
+            result = yield self.client.put(self.dir_url, name, lambda: _with_crashpoint(self.store.read(blob_id)),
+                                           row.size, row.sha256 or "")
+        except TransportError as error:
+            yield self._failed(row, error)
+            return True
+        crashpoint("send.after-move")
+        now = self.clock.seconds()
+        summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
+        yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
+                                next_attempt_at=None, receipt_summary=summary)
+        self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
+        self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
+        self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
+        self.metrics.last_success.labels(flow=self.flow).set(now)
+        self.metrics.peer_up.labels(peer=self.peer).set(1)
+        events.emit(self.log, events.TRANSFER_SENT, flow=self.flow, peer=self.peer, transfer_id=row.id,
+                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256)
+        return True
+
+    @defer.inlineCallbacks
+    def _failed(self, row: TransferRow, error: TransportError) -> Any:
+        now = _utc(self.clock.seconds())
+        reason = str(error)
+        self.metrics.peer_up.labels(peer=self.peer).set(0)
+        if isinstance(error, (OutboundDenied, PeerIdentityError)) and (
+                isinstance(error, OutboundDenied) or error.alert):
+            # Retrying cannot cure it: back in the queue, attempt not counted, flow paused for a person.
+            yield self.blocking.run(self.ledger.transition, row.id, S.QUEUED, now, attempts=row.attempts - 1,
+                                    last_error=reason)
+            self.paused = reason
+            if isinstance(error, OutboundDenied):
+                self.metrics.denied_connections.labels(listener="outbound", reason=error.reason).inc()
+                events.emit(self.log, events.PEER_DENIED, flow=self.flow, peer=self.peer, transfer_id=row.id,
+                            reason=error.reason)
+            else:
+                events.emit(self.log, events.PEER_IDENTITY_FAILED, flow=self.flow, peer=self.peer,
+                            transfer_id=row.id, reason=error.kind)
+            self.metrics.transfers.labels(flow=self.flow, outcome=f"refused_{error.kind}").inc()
+            return
+        permanent = isinstance(error, (RemoteConflict, BodySourceError)) or not error.retryable
+        retry_after = error.retry_after if isinstance(error, HttpError) else None
+        decision = after_failure(row.attempts if not permanent else self.policy.attempts, self.policy, now,
+                                 retry_after)
+        yield self.blocking.run(self.ledger.transition, row.id, decision.state, now,
+                                next_attempt_at=decision.next_attempt_at, last_error=reason)
+        if decision.state is S.FAILED:
+            self.metrics.transfers.labels(flow=self.flow, outcome="failed").inc()
+            events.emit(self.log, events.TRANSFER_FAILED, flow=self.flow, peer=self.peer, transfer_id=row.id,
+                        attempts=row.attempts, reason=error.kind + ": " + error.detail[:200])
+        else:
+            self.metrics.retries.labels(peer=self.peer).inc()
+            events.emit(self.log, events.TRANSFER_RETRY, flow=self.flow, peer=self.peer, transfer_id=row.id,
+                        attempts=row.attempts, reason=error.kind,
+                        next_attempt_at=decision.next_attempt_at.isoformat() if decision.next_attempt_at else "")

@@ -1,0 +1,1 @@
+"""Operations: purge, audit, certificates, status."""

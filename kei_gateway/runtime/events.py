@@ -1,0 +1,533 @@
+"""Every event the gateway logs, declared once.
+
+An :class:`EventType` carries the fixed journald ``MESSAGE_ID``, the log level,
+the one-line format string (``twisted.logger`` style, keyword fields only) and
+the Japanese and English explanation and remedy from which the journald
+message catalog (``systemd/kei-gateway.catalog``) is generated.
+
+Code logs an event with :func:`emit`::
+
+    emit(log, events.LISTENER_DENIED, listener="metrics", reason="address", source="10.0.0.9")
+
+The standard fields ``flow``, ``peer``, ``transfer_id``, ``sha256``, ``records``
+and ``reason`` become the journald fields ``KEI_FLOW`` … ``KEI_REASON``; the
+event's name becomes ``KEI_EVENT``. Never pass a personal value (a name, an
+amount, a plate, chassis or slip number) as a field: ids, counts, hashes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger, LogLevel
+
+__all__ = ["EventType", "ALL_EVENTS", "by_name", "emit", "STANDARD_FIELDS", "describe_error"]
+
+STANDARD_FIELDS = ("flow", "peer", "transfer_id", "sha256", "records", "reason")
+"""Event keyword fields that map to ``KEI_<FIELD>`` journald fields."""
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of event: its identity, level, message and catalog text."""
+
+    name: str
+    message_id: str
+    level: LogLevel
+    format: str
+    summary_en: str
+    summary_ja: str
+    remedy_en: str
+    remedy_ja: str
+
+
+def _event(
+    name: str, message_id: str, level: LogLevel, format: str,
+    summary_en: str, summary_ja: str, remedy_en: str, remedy_ja: str,
+) -> EventType:
+    return EventType(name, message_id, level, format, summary_en, summary_ja, remedy_en, remedy_ja)
+
+
+DAEMON_STARTING = _event(
+    "daemon.starting", "c531faf6a70a45c99979a2fb9e61e910", LogLevel.info,
+    "kei-gateway {version} starting with configuration {config_path}",
+    "The gateway daemon is starting.", "ゲートウェイのデーモンが起動しています。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_READY = _event(
+    "daemon.ready", "456928f6416a442cb3789a0f0ed74f82", LogLevel.info,
+    "kei-gateway ready: listeners {listeners}, database schema {schema}",
+    "The gateway has migrated its database, bound its listeners and told systemd it is ready.",
+    "データベースの移行とリスナーの待受けが完了し、systemd に準備完了を通知しました。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_STOPPING = _event(
+    "daemon.stopping", "9a29ab4c3813470a831720a2da6dbd14", LogLevel.info,
+    "kei-gateway stopping: draining transfers in flight",
+    "The gateway received SIGTERM (or was told to stop) and is finishing work in flight before it exits.",
+    "SIGTERM などで停止を指示されたため、処理中の転送を完了させてから終了します。",
+    "None needed. If the stop was not planned, see who ran 'systemctl stop kei-gateway'.",
+    "対応は不要です。予定外の停止であれば、誰が systemctl stop を実行したか確認してください。",
+)
+DAEMON_STOPPED = _event(
+    "daemon.stopped", "6bb9699fc2f64017a3423b22056c9307", LogLevel.info,
+    "kei-gateway stopped cleanly",
+    "The gateway has stopped; nothing was left half done.",
+    "ゲートウェイは正常に停止しました。中途半端な処理は残っていません。",
+    "None needed.", "対応は不要です。",
+)
+DAEMON_FAILED = _event(
+    "daemon.failed", "70db70c9cf674b32bd47780b147badea", LogLevel.critical,
+    "kei-gateway cannot start: {reason}",
+    "The gateway could not start: the configuration, a key or certificate, the database or a listener address is unusable.",
+    "設定、鍵・証明書、データベース、待受けアドレスのいずれかに問題があり、ゲートウェイを起動できません。",
+    "Read the reason in this entry, fix it (run 'kei-gateway check-config' for configuration problems), then 'systemctl restart kei-gateway'.",
+    "本エントリの理由を確認して修正し（設定の問題は kei-gateway check-config で確認できます）、systemctl restart kei-gateway を実行してください。",
+)
+CONFIG_RELOADED = _event(
+    "config.reloaded", "99a5ae5aaa7c492bb4b380da5a5498df", LogLevel.info,
+    "configuration reloaded from {config_path}: {changes}",
+    "On SIGHUP the gateway re-read its configuration and applied the allow-lists, peers and log level.",
+    "SIGHUP により設定を再読込し、許可リスト・接続先・ログレベルを反映しました。",
+    "None needed. Settings that need a restart (listener addresses, database, keys) are named in the message.",
+    "対応は不要です。再起動が必要な設定（待受けアドレス、データベース、鍵）はメッセージに示されます。",
+)
+CONFIG_RELOAD_FAILED = _event(
+    "config.reload_failed", "5f7e7580081b449594efd298c9215796", LogLevel.error,
+    "configuration reload refused, keeping the running configuration: {reason}",
+    "On SIGHUP the new configuration was invalid; the gateway keeps running with the old one.",
+    "SIGHUP で読み込んだ新しい設定が不正なため、従来の設定のまま動作を続けています。",
+    "Run 'kei-gateway check-config' to see every problem with its key path, fix the file, then 'systemctl reload kei-gateway'.",
+    "kei-gateway check-config で問題箇所（キーのパス）をすべて確認して修正し、systemctl reload kei-gateway を実行してください。",
+)
+CONFIG_RESTART_NEEDED = _event(
+    "config.restart_needed", "b38eee59ba1748ca96f9753667963099", LogLevel.warn,
+    "configuration change of {keys} takes effect only after a restart",
+    "A reload changed settings that cannot change while running (listener addresses, database, keys, state directories).",
+    "実行中には変更できない設定（待受けアドレス、データベース、鍵、状態ディレクトリ）が再読込で変更されました。",
+    "Run 'systemctl restart kei-gateway' at a quiet moment.",
+    "業務に影響の少ない時間に systemctl restart kei-gateway を実行してください。",
+)
+LISTENER_DENIED = _event(
+    "listener.denied", "4984db45de834d8fae112f5626428021", LogLevel.warn,
+    "{listener} listener refused a connection from {source}: {reason}",
+    "A connection came from an address outside the listener's allow-list and was closed before any request was read.",
+    "許可リスト外のアドレスからの接続を、要求を読む前に切断しました。",
+    "If the source is a legitimate client (e.g. a new Prometheus server), add its address to the listener's 'allow' (for the push listener: the peer's peers.<name>.push_allow) and reload; otherwise investigate the source.",
+    "正当な接続元（新しい Prometheus サーバなど）であればリスナーの allow（プッシュ受付では接続先の peers.<名前>.push_allow）に追加して reload してください。そうでなければ接続元を調査してください。",
+)
+LISTENER_BOUND = _event(
+    "listener.bound", "a610b8fcaf2544fa9e59203535610005", LogLevel.info,
+    "{listener} listener bound to {address}",
+    "A listener is accepting connections.", "リスナーが接続の受付を開始しました。",
+    "None needed.", "対応は不要です。",
+)
+DATABASE_MIGRATED = _event(
+    "database.migrated", "6be371fe71c147d5af274ab62f885f16", LogLevel.info,
+    "database schema at revision {schema} ({url})",
+    "The ledger database schema is up to date (Alembic migrations ran if needed).",
+    "台帳データベースのスキーマが最新です（必要に応じて移行を実行しました）。",
+    "None needed.", "対応は不要です。",
+)
+DATABASE_UNAVAILABLE = _event(
+    "database.unavailable", "10dae8cf93c0406da01d47b32eee15d4", LogLevel.error,
+    "database does not answer: {reason}",
+    "The ledger database did not answer a health check; the watchdog is no longer fed, so systemd restarts the gateway if this persists.",
+    "台帳データベースが応答しません。ウォッチドッグへの通知を止めたため、継続すると systemd がゲートウェイを再起動します。",
+    "Check the database (disk space and permissions of the SQLite file, or the PostgreSQL server and network).",
+    "データベース（SQLite ファイルのディスク容量と権限、または PostgreSQL サーバとネットワーク）を確認してください。",
+)
+CERTIFICATE_EXPIRING = _event(
+    "certificate.expiring", "32ae27ee4ba447fb8f6430bdad0b34e9", LogLevel.warn,
+    "{role} certificate expires in {days} days ({not_after})",
+    "A certificate the gateway uses expires within 30 days; after that peers refuse the connection.",
+    "ゲートウェイが使用する証明書の有効期限が 30 日以内に切れます。期限後は接続が拒否されます。",
+    "Request a renewed certificate (LGPKI application certificate) now, install it and reload.",
+    "更新した証明書（LGPKI アプリケーション証明書）を申請・設置し、reload してください。",
+)
+CERTIFICATE_EXPIRED = _event(
+    "certificate.expired", "0d2b66a3dd76486494a59c70b867f46f", LogLevel.critical,
+    "{role} certificate expired on {not_after}",
+    "A certificate the gateway uses has expired; peers will refuse connections.",
+    "ゲートウェイが使用する証明書の有効期限が切れています。接続は拒否されます。",
+    "Install a renewed certificate and reload the gateway.",
+    "更新した証明書を設置し、ゲートウェイを reload してください。",
+)
+INTERNAL_ERROR = _event(
+    "internal.error", "de29ace4d3d541f89f06eee882169154", LogLevel.error,
+    "unexpected error: {reason}",
+    "An unexpected error occurred; the operation it interrupted will be retried or left for an operator.",
+    "予期しないエラーが発生しました。中断された処理は再試行されるか、運用者の対応待ちになります。",
+    "If it repeats, collect 'journalctl -u kei-gateway' around this entry and report it.",
+    "繰り返し発生する場合は、このエントリ前後の journalctl -u kei-gateway を添えて報告してください。",
+)
+INGEST_QUEUED = _event(
+    "ingest.queued", "c6c9f28224454d0da9fa5bd1f6c4c4fc", LogLevel.info,
+    "{flow}: took {name} ({records} records) as transfer {transfer_id}, {state}",
+    "A file from the tax system's outbox was validated, encrypted into the gateway's store and committed; the plaintext original was removed.",
+    "税務システムの送信フォルダのファイルを検証し、暗号化して保管・台帳登録しました。平文の元ファイルは削除しました。",
+    "None needed. A HELD transfer waits for 'kei-gateway transfers approve ID'.",
+    "対応は不要です。HELD の転送は kei-gateway transfers approve ID による承認を待ちます。",
+)
+INGEST_QUARANTINED = _event(
+    "ingest.quarantined", "db44db7b6fb94cc88002f1370281d4a8", LogLevel.warn,
+    "{flow}: quarantined {name}: {reason}",
+    "A file in the outbox was invalid (or not a regular file with an allowed name); it was moved whole to quarantine and nothing of it was sent.",
+    "送信フォルダのファイルが不正（または許可されない名前・種類）のため、全体を隔離フォルダへ移しました。一切送信していません。",
+    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error), correct the file at the tax system and write it to the outbox again.",
+    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください。",
+)
+INGEST_FAILED = _event(
+    "ingest.failed", "95c8b9e00a414db8a78caf20d056cdf6", LogLevel.error,
+    "{flow}: could not take {name}: {reason}",
+    "Reading, storing or committing an outbox file failed; the file stays in the outbox and is tried again at the next scan.",
+    "送信フォルダのファイルの読込・保管・台帳登録に失敗しました。ファイルは送信フォルダに残り、次回の走査で再試行します。",
+    "Check the disk space and permissions of the state directory and the database; the reason names the failing step.",
+    "状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
+)
+TRANSFER_SENT = _event(
+    "transfer.sent", "0bd457284f0f41ee902dd96bcaca7a41", LogLevel.info,
+    "{flow}: transfer {transfer_id} delivered to {peer} as {remote_name} ({size} bytes, {records} records)",
+    "A file was uploaded to the peer and moved to its final name; the peer now has it exactly once.",
+    "ファイルを接続先へ送信し、最終名へ移動しました。接続先は当該ファイルを一度だけ受領しています。",
+    "None needed.", "対応は不要です。",
+)
+TRANSFER_RETRY = _event(
+    "transfer.retry", "6ae4fe2eedbb42eab5e7214c298c6625", LogLevel.warn,
+    "{flow}: transfer {transfer_id} attempt {attempts} to {peer} failed ({reason}); next attempt at {next_attempt_at}",
+    "Sending failed for a reason that may pass (network, timeout, the peer busy); the gateway tries again on its back-off schedule.",
+    "一時的な要因（ネットワーク、タイムアウト、接続先の混雑）で送信に失敗しました。再送間隔に従って再試行します。",
+    "None needed unless it repeats; then check the network path to the peer and the peer's status.",
+    "繰り返す場合は接続先までの経路と接続先の稼働状況を確認してください。",
+)
+TRANSFER_FAILED = _event(
+    "transfer.failed", "1141a3830d034859a8fd11d715e1384a", LogLevel.error,
+    "{flow}: transfer {transfer_id} to {peer} FAILED after {attempts} attempt(s): {reason}",
+    "A transfer used up its attempts or hit an error a retry cannot cure (conflicting file at the peer, a corrupt stored blob, a refused request).",
+    "再試行回数を使い切ったか、再試行で解決しない誤り（接続先の同名別内容ファイル、保管データの破損、要求の拒否）で転送が失敗しました。",
+    "Read the reason, fix the cause, then 'kei-gateway transfers retry ID' (or 'transfers cancel ID --reason ...').",
+    "理由を確認して原因を解消し、kei-gateway transfers retry ID（または transfers cancel ID --reason ...）を実行してください。",
+)
+PEER_DENIED = _event(
+    "peer.denied", "be16ee3b31614e53b1f3e20a53573524", LogLevel.error,
+    "{flow}: connection to {peer} refused before connecting: {reason}",
+    "The peer's address resolved outside its 'allow' list (or a URL pointed elsewhere); nothing was sent and the transfer waits in the queue for a person.",
+    "接続先のアドレスが allow の範囲外（または URL が別ホスト）のため接続前に拒否しました。何も送信しておらず、転送は担当者の対応を待っています。",
+    "Check DNS and the peer's addresses; if the peer really moved, update peers.<name>.allow, regenerate the systemd allow-list and reload.",
+    "DNS と接続先のアドレスを確認してください。接続先の移転であれば peers.<名前>.allow を更新し、systemd の許可リストを再生成して reload してください。",
+)
+PEER_IDENTITY_FAILED = _event(
+    "peer.identity_failed", "65d957b6505d41fa9bfa8673fd9e72c8", LogLevel.critical,
+    "{flow}: {peer} failed the TLS identity check ({reason}); nothing was sent",
+    "The peer's certificate did not chain to its configured CA, did not match the host, or did not match a pin: the other side may not be the real peer.",
+    "接続先の証明書が設定した CA に連鎖しない、ホスト名が一致しない、またはピンが一致しません。相手が正規の接続先でない可能性があります。",
+    "Treat as a security incident until explained: confirm the peer's certificate renewal with its operator, update 'ca' or 'pins' only on their word, then reload.",
+    "原因が判明するまでセキュリティ事案として扱ってください。接続先の運用者に証明書更新を確認し、確認できた場合のみ ca または pins を更新して reload してください。",
+)
+DOWNLOAD_RELAYED = _event(
+    "download.relayed", "54e103792cac439788d4627ecb3523af", LogLevel.info,
+    "{flow}: relayed {name} from {peer} to the inbox ({records} records) as transfer {transfer_id}",
+    "A file from the peer was downloaded, verified, stored, written atomically to the tax system's inbox and then deleted at the peer.",
+    "接続先のファイルを取得・検証・保管し、税務システムの受信フォルダへ原子的に書き込んだ後、接続先から削除しました。",
+    "None needed.", "対応は不要です。",
+)
+RECEIPT_REJECTIONS = _event(
+    "receipt.rejections", "6d0e2a032745469fb186ba7c42735826", LogLevel.warn,
+    "{flow}: {peer} rejected {rejected} of {records} records of transfer {transfer_id} ({name})",
+    "軽JNKS accepted the file but refused some records (受付結果 エラー); those vehicles' payment status is not registered.",
+    "軽JNKS はファイルを受け付けましたが、一部のレコードをエラーとしました。該当車両の納付情報は登録されていません。",
+    "Open the receipt in the inbox (jnks-receipts), correct the listed records at the tax system and send them again.",
+    "受信フォルダ（jnks-receipts）の受付結果を確認し、エラーのレコードを税務システム側で修正して再送してください。",
+)
+DOWNLOAD_QUARANTINED = _event(
+    "download.quarantined", "1bc5b651772248e5b979dd93f108d4d1", LogLevel.critical,
+    "{flow}: file {name} from {peer} is invalid and was quarantined, not relayed: {reason}",
+    "A file the peer provided does not match its layout; it was kept encrypted in quarantine, recorded so it is not fetched again, and left at the peer.",
+    "接続先のファイルがレイアウトに合致しないため、中継せず暗号化して隔離しました。再取得しないよう記録し、接続先には残しています。",
+    "Contact the peer's operator with the file name and the errors listed in quarantine/<flow>/<name>.errors.txt; nothing reached the tax system.",
+    "ファイル名と quarantine/<フロー>/<名前>.errors.txt のエラー内容を添えて接続先の運用者へ連絡してください。税務システムには何も渡っていません。",
+)
+MESSAGE = _event(
+    "message", "88bc4dfbc2c34b89a2fccea413f9b2df", LogLevel.info,
+    "{text}",
+    "A general message from the gateway or one of its libraries.",
+    "ゲートウェイまたはそのライブラリからの一般的なメッセージです。",
+    "See the message text.", "メッセージ本文を確認してください。",
+)
+RESULTS_RELAYED = _event(
+    "results.relayed", "8659306411734b459fad08b5ff7ddc74", LogLevel.info,
+    "{flow}: transfer {transfer_id}: {records} new payment results relayed to the inbox as {name}, {duplicates} duplicates not relayed again",
+    "The new payment results of a received file were written to the inbox as one file and recorded; results relayed before (by push or pull, or repeated) were counted and left out.",
+    "受信ファイルのうち未中継の納付結果を 1 ファイルにまとめて受信フォルダへ書き出し、記録しました。中継済み（プッシュ・取得の重複や再送）の結果は件数のみ数え、再中継していません。",
+    "None needed. A name of '-' means every result of the file had been relayed before.",
+    "対応は不要です。名前が「-」の場合は、ファイル内の結果がすべて中継済みだったことを示します。",
+)
+RESULTS_RELAY_FINISHED = _event(
+    "results.relay_finished", "9b90a41fcd8b4dfd927560b29ee95be8", LogLevel.info,
+    "{flow}: transfer {transfer_id}: the relay of {name} decided before a stop or crash was completed",
+    "The gateway stopped (or crashed) after recording a file's results but before marking the relay done; at start it finished the relay without writing the results twice.",
+    "納付結果の記録後、中継完了の記録前にゲートウェイが停止（異常終了）していたため、起動時に中継を完了させました。結果を二重に書き出してはいません。",
+    "None needed. If the daemon crashed, find out why in the journal before this entry.",
+    "対応は不要です。異常終了していた場合は、この前のジャーナルで原因を確認してください。",
+)
+RESULTS_UNCONFIRMED = _event(
+    "results.unconfirmed", "7cc9b618a7a340f290d32a13a3f84664", LogLevel.warn,
+    "{flow}: {records} 速報 have had no 確報 or cancellation for more than {limit}",
+    "Provisional payment results (速報) were relayed, but neither their confirmation (確報) nor a cancellation (速報取消) arrived within flows.mpn-results.unconfirmed_after.",
+    "速報を中継しましたが、flows.mpn-results.unconfirmed_after を過ぎても確報・速報取消が届いていません。",
+    "Run 'kei-gateway results reconcile' to list them (masked slip numbers, channel, time) and ask the MPN centre about each; check that the results flow is being fetched (kei_gateway_peer_up).",
+    "kei-gateway results reconcile で該当分（マスクした納付番号・チャネル・日時）を確認し、MPN センターに照会してください。結果ファイルの取得が行われているか（kei_gateway_peer_up）も確認してください。",
+)
+PUSH_ACCEPTED = _event(
+    "push.accepted", "52b0c4f4ca994f82a1b4e020bda7fd76", LogLevel.info,
+    "{flow}: push {name} from {peer} accepted ({records} records) as transfer {transfer_id}",
+    "A peer pushed a file to the push listener; it was validated, stored encrypted and committed, and the peer was told 201.",
+    "接続先からプッシュされたファイルを検証し、暗号化して保管・台帳登録しました。接続先には 201 を返しました。",
+    "None needed.", "対応は不要です。",
+)
+PUSH_REPEATED = _event(
+    "push.repeated", "2570908fa3f842a29fab2d62b5fe5014", LogLevel.info,
+    "{flow}: push {name} from {peer} repeats transfer {transfer_id} (same SHA-256); nothing stored or relayed again",
+    "A peer pushed a file it had already pushed, byte for byte (typically after a lost response); the gateway answered 204 and kept only the first.",
+    "接続先が送信済みと同一内容のファイルを再度プッシュしました（応答の消失後の再送など）。204 を返し、最初のものだけを保持しています。",
+    "None needed.", "対応は不要です。",
+)
+PUSH_CONFLICT = _event(
+    "push.conflict", "16efdafc12ad4179b59d9629f8fe12f1", LogLevel.warn,
+    "{flow}: push {name} from {peer} refused with 409: transfer {transfer_id} already has that name with other content",
+    "A peer pushed a file under a name it had already used for a different file; the new file was not kept.",
+    "接続先が、受信済みファイルと同じ名前で異なる内容のファイルをプッシュしました。新しいファイルは保持していません。",
+    "Ask the peer's operator why the file changed under the same name; if the new content is the right one, they must push it under a new name.",
+    "同じ名前で内容が変わった理由を接続先の運用者に確認してください。新しい内容が正しい場合は、別の名前でプッシュしてもらってください。",
+)
+PUSH_QUARANTINED = _event(
+    "push.quarantined", "606d048b55d34a379d01351c455b16ce", LogLevel.warn,
+    "{flow}: push {name} from {peer} is invalid, quarantined and refused with 422: {reason}",
+    "A file a peer pushed does not match its layout; it was kept encrypted in quarantine, not relayed, and the peer was told 422 with the errors.",
+    "接続先からプッシュされたファイルがレイアウトに合致しないため、中継せず暗号化して隔離し、エラー一覧とともに 422 を返しました。",
+    "Contact the peer's operator with the file name and the errors in quarantine/<flow>/<name>.errors.txt; nothing reached the tax system.",
+    "ファイル名と quarantine/<フロー>/<名前>.errors.txt のエラー内容を添えて接続先の運用者へ連絡してください。税務システムには何も渡っていません。",
+)
+PUSH_REFUSED = _event(
+    "push.refused", "18ac947a69ed458e82aaad4715e14d49", LogLevel.warn,
+    "push from {source} refused ({status}, {reason}): {detail}",
+    "A connection or request to the push listener was refused: no or an unknown client certificate, a pin mismatch, a peer pushing to a flow that is not its own, a wrong path or method, a body too large, or the listener busy.",
+    "プッシュ受付で接続または要求を拒否しました（クライアント証明書なし・不明な CA・ピン不一致・他の接続先のフローへの送信・不正なパスやメソッド・サイズ超過・混雑）。",
+    "The reason names the check. A legitimate peer refused for its certificate: check peers.<name>.ca, pins and push_allow and reload; 'busy' needs nothing (the peer retries). Otherwise investigate the source.",
+    "理由に該当する検査が示されます。正当な接続先が証明書で拒否された場合は peers.<名前>.ca・pins・push_allow を確認して reload してください。busy は対応不要です（接続先が再送します）。それ以外は接続元を調査してください。",
+)
+PUSH_FAILED = _event(
+    "push.failed", "cf98e2a6fc964f13be3d89c42a066b9e", LogLevel.error,
+    "{flow}: push {name} from {peer} not taken: {reason}",
+    "A pushed file could not be stored or committed (store, disk or database trouble, or the connection broke mid-body); nothing of it was kept and the peer was told 503 (or saw the connection close), so it pushes again.",
+    "プッシュされたファイルを保管・台帳登録できませんでした（保管領域・ディスク・データベースの障害、または受信途中の切断）。何も保持しておらず、接続先には 503 を返した（または切断された）ため再送されます。",
+    "If it repeats, check the disk space and permissions of the state directory and the database; the reason names the failing step.",
+    "繰り返す場合は、状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
+)
+# -- controls (issue 6): approvals waiting too long ----------------------------
+TRANSFER_HELD_OVERDUE = _event(
+    "transfer.held_overdue", "7f7d834cc2344fa8b03a21fe26b9895f", LogLevel.warn,
+    "{flow}: transfer {transfer_id} ({records} records) has been HELD for {hours} hours, since {held_since}, "
+    "waiting for approval",
+    "A bulk file (over hold_over_records) has waited more than 24 hours for the approval of the person in charge. "
+    "This warning repeats once a day while it waits.",
+    "大量データのファイル（hold_over_records 超過）が責任者の承認を 24 時間以上待っています。"
+    "承認待ちの間、この警告は 1 日 1 回繰り返されます。",
+    "Ask the person in charge to decide: 'kei-gateway transfers show ID', then 'kei-gateway transfers approve ID' "
+    "or 'kei-gateway transfers cancel ID --reason ...'.",
+    "責任者に判断を依頼してください。kei-gateway transfers show ID で確認し、kei-gateway transfers approve ID "
+    "または kei-gateway transfers cancel ID --reason ... を実行します。",
+)
+
+# -- the daily purge (kei_gateway.operations.purge) ---------------------------------------------------
+PURGE_DONE = _event(
+    "purge.done", "6d3720f17282442cbb49dfed58f9a077", LogLevel.info,
+    "purge erased {files} item(s): store {store}, inbox {inbox}, quarantine {quarantine}, ledger {ledger}; "
+    "{kept_failed} FAILED transfer(s) kept; report {report}",
+    "The daily purge erased the payloads, inbox and quarantine files and ledger metadata past their retention "
+    "and appended the day's deletion report (消去報告).",
+    "日次消去で、保存期間を過ぎた保管データ・受信フォルダと隔離フォルダのファイル・台帳メタデータを消去し、"
+    "当日の消去報告に追記しました。",
+    "None needed. The report under state_dir/reports lists every item; FAILED transfers keep their payload "
+    "until 'kei-gateway transfers retry ID' or 'transfers cancel ID --reason ...'.",
+    "対応は不要です。state_dir/reports の消去報告に各項目が記載されています。送信失敗 (FAILED) の転送は、"
+    "kei-gateway transfers retry ID または transfers cancel ID --reason ... まで保管データを保持します。",
+)
+PURGE_FAILED = _event(
+    "purge.failed", "251e747f40b04bf3a1d4f88511dcc7a7", LogLevel.error,
+    "purge did not finish: {reason}",
+    "The daily purge could not erase everything due (a permission, disk or database problem); what it erased is in "
+    "the report, the rest is tried again in an hour and at the next start.",
+    "日次消去で一部を消去できませんでした（権限・ディスク・データベースの問題）。消去済みの分は消去報告に記載され、"
+    "残りは 1 時間後と次回起動時に再試行されます。",
+    "Read the reason (it names the item and the failing step), fix it, then run 'kei-gateway purge' to finish now.",
+    "理由（対象と失敗した処理が示されます）を確認して修正し、kei-gateway purge を実行して消去を完了してください。",
+)
+PURGE_MISSED = _event(
+    "purge.missed", "0f7495484c0449449bf85a40fd4e1462", LogLevel.warn,
+    "the purge due at {due} did not run (last completed: {last}); running it now",
+    "The daemon was not running (or the purge failed) at gateway.purge_at, so the daily purge runs at start.",
+    "gateway.purge_at の時刻にデーモンが停止していた（または消去が失敗した）ため、起動時に日次消去を実行します。",
+    "None needed; check that the purge.done event follows.",
+    "対応は不要です。続いて purge.done が記録されることを確認してください。",
+)
+PURGE_BY_OPERATOR = _event(
+    "operator.purged", "71d6bc6692f6490680cf38515ed051f0", LogLevel.info,
+    "purge run by {actor} with 'kei-gateway purge': {files} item(s) erased; report {report}",
+    "An operator ran the purge by hand ('kei-gateway purge'); what it erased is in the day's deletion report.",
+    "運用者が kei-gateway purge で消去を手動実行しました。消去した項目は当日の消去報告に記載されています。",
+    "None needed.", "対応は不要です。",
+)
+
+# -- the audit trail and operators' commands (kei_gateway.operations.audit, docs/audit.md) -------------
+OPERATOR_TRANSFER_APPROVED = _event(
+    "operator.transfer_approved", "ad9fa703aefe4fbea4e5d24d775b6170", LogLevel.info,
+    "transfer {transfer_id} ({flow}, {records} records) approved by {actor}",
+    "An operator released a HELD transfer (bulk data approved by the person in charge) with 'kei-gateway transfers approve'.",
+    "運用者が kei-gateway transfers approve で保留 (HELD) の転送を承認しました（大量データの取扱いについて責任者の承認済み）。",
+    "None needed; the approval is in the audit trail ('kei-gateway audit report').",
+    "対応は不要です。承認は監査証跡に記録されています（kei-gateway audit report）。",
+)
+OPERATOR_TRANSFER_CANCELLED = _event(
+    "operator.transfer_cancelled", "df8e0efa8eca4877827b1b8d0c5d3a55", LogLevel.warn,
+    "transfer {transfer_id} ({flow}) cancelled by {actor}: {reason}",
+    "An operator discarded a transfer with 'kei-gateway transfers cancel'; it is not sent and its stored file is purged like the rest.",
+    "運用者が kei-gateway transfers cancel で転送を取り消しました。送信されず、保管データは通常どおり消去されます。",
+    "None needed if the cancellation was intended; the reason is in the audit trail.",
+    "意図した取消であれば対応は不要です。理由は監査証跡に記録されています。",
+)
+OPERATOR_TRANSFER_RETRIED = _event(
+    "operator.transfer_retried", "86ae1796d8564215aaa248f42caeeaa9", LogLevel.info,
+    "transfer {transfer_id} ({flow}) queued again by {actor}",
+    "An operator sent a FAILED or RETRY_WAIT transfer again with 'kei-gateway transfers retry'.",
+    "運用者が kei-gateway transfers retry で失敗・再送待ちの転送を再送キューに戻しました。",
+    "None needed; watch for transfer.sent or transfer.failed of this transfer.",
+    "対応は不要です。この転送の transfer.sent または transfer.failed を確認してください。",
+)
+OPERATOR_TRANSFER_EXPORTED = _event(
+    "operator.transfer_exported", "dc6281a1ae6a4239a26898cbacc15fa7", LogLevel.warn,
+    "transfer {transfer_id} ({flow}) decrypted to a file by {actor}",
+    "An operator decrypted a stored file with 'kei-gateway transfers export' (e.g. a quarantined file for the tax division): personal data left the encrypted store.",
+    "運用者が kei-gateway transfers export で保管ファイルを復号して書き出しました（例：隔離ファイルを税務課へ渡すため）。個人情報が暗号化保管の外に出ています。",
+    "Make sure the exported file is handed over and deleted as the procedure says.",
+    "書き出したファイルが手順どおり引き渡され、削除されることを確認してください。",
+)
+OPERATOR_KEYS_ROTATED = _event(
+    "operator.keys_rotated", "83520f7082b542ab9b56be02b2d03aeb", LogLevel.info,
+    "store re-encrypted by {actor}: {count} blob(s) re-encrypted, {failed} failed",
+    "An operator ran 'kei-gateway keys rotate': blobs under a previous store key were re-encrypted with the current one.",
+    "運用者が kei-gateway keys rotate を実行し、旧鍵の保管データを現行鍵で再暗号化しました。",
+    "If some failed, follow the command's output; otherwise see docs/operations.md for when keys.store_previous can be emptied.",
+    "失敗があればコマンドの出力に従ってください。なければ keys.store_previous を空にできる時期を docs/operations.md で確認してください。",
+)
+OPERATOR_KEY_GENERATED = _event(
+    "operator.key_generated", "758f9e0409844c8887a74b40b9b671a1", LogLevel.info,
+    "a new 32-byte key file was generated by {actor}",
+    "An operator created a new store or audit key with 'kei-gateway keys generate'.",
+    "運用者が kei-gateway keys generate で新しい保管鍵または監査鍵を作成しました。",
+    "None needed; keep the key file mode 0600 and owned by the service user.",
+    "対応は不要です。鍵ファイルはモード 0600・サービスユーザ所有としてください。",
+)
+OPERATOR_DB_UPGRADED = _event(
+    "operator.db_upgraded", "0350be51f2a74706b7eef9bbc5c84f49", LogLevel.info,
+    "ledger schema migrated by {actor}: {reason}",
+    "An operator ran 'kei-gateway db upgrade' and the ledger schema changed revision.",
+    "運用者が kei-gateway db upgrade を実行し、台帳のスキーマを移行しました。",
+    "None needed.", "対応は不要です。",
+)
+AUDIT_PURGED = _event(
+    "audit.purged", "5140a181aa0e452c93a4b96fd364934a", LogLevel.info,
+    "{count} audit record(s) up to {anchor_sequence} purged; anchor record {sequence} keeps the chain verifiable",
+    "Audit records older than retention.ledger were deleted; an anchor record carrying the MAC of the last deleted one was appended.",
+    "retention.ledger を過ぎた監査記録を削除し、最後に削除した記録の MAC を持つアンカー記録を追加しました。",
+    "None needed; 'kei-gateway audit verify' still verifies the whole remaining chain.",
+    "対応は不要です。kei-gateway audit verify で残りの記録全体を検証できます。",
+)
+AUDIT_WRITE_FAILED = _event(
+    "audit.write_failed", "f7060e574cf64aa0bd01575356555441", LogLevel.error,
+    "audit records could not be written: {reason}; {queued} kept in memory, {dropped} dropped so far",
+    "The daemon could not append audit records to the ledger (database down or locked); it keeps them in memory up to a bound and retries. Records beyond the bound are dropped and counted.",
+    "監査記録を台帳に追記できませんでした（データベース停止・ロック）。上限までメモリに保持して再試行します。上限を超えた分は破棄し、件数を数えています。",
+    "Restore the database (see database.unavailable). If records were dropped, the journal still holds those events: note the period for the auditor.",
+    "データベースを復旧してください（database.unavailable 参照）。破棄があった場合も journald には同じイベントが残っています。監査担当者のため期間を記録してください。",
+)
+AUDIT_CHAIN_VERIFIED = _event(
+    "audit.chain_verified", "f00f5eba2ee34a00b110aea2e0f93223", LogLevel.info,
+    "audit chain verified: OK, {count} records",
+    "The daily verification walked the audit chain: no record was changed, deleted, inserted or reordered.",
+    "日次検証で監査記録の連鎖を確認しました。改ざん・削除・挿入・並べ替えはありません。",
+    "None needed.", "対応は不要です。",
+)
+AUDIT_CHAIN_BROKEN = _event(
+    "audit.chain_broken", "cf321d04aeb047e48d579944d38d3cec", LogLevel.critical,
+    "audit chain verification failed: record {sequence} {kind}: {reason}",
+    "The audit chain does not verify: a record was changed, deleted, inserted or reordered, or the newest records were cut off (truncated), outside the gateway (or the audit key changed).",
+    "監査記録の連鎖が検証できません。ゲートウェイ以外の手段で記録が変更・削除・挿入・並べ替えされたか、最新の記録が切り取られた（truncated）か、監査鍵が変わっています。",
+    "Treat it as a security incident: keep the database as it is (copy it), run 'kei-gateway audit verify', and report to the person in charge of information security.",
+    "セキュリティ事案として扱ってください。データベースをそのまま保全（複製）し、kei-gateway audit verify を実行して、情報セキュリティ責任者へ報告してください。",
+)
+AUDIT_VERIFY_FAILED = _event(
+    "audit.verify_failed", "0449751ffaa94980966d063dc25a4229", LogLevel.error,
+    "the audit chain could not be verified: {reason}",
+    "The daily verification could not read the audit chain (database down, audit key unreadable).",
+    "日次検証で監査記録を読み込めませんでした（データベース停止、監査鍵の読込不可）。",
+    "Fix the reason, then run 'kei-gateway audit verify'.",
+    "原因を解消し、kei-gateway audit verify を実行してください。",
+)
+
+ALL_EVENTS: tuple[EventType, ...] = tuple(
+    value for value in list(globals().values()) if isinstance(value, EventType)
+)
+_BY_NAME = {event.name: event for event in ALL_EVENTS}
+
+
+def by_name(name: str) -> EventType | None:
+    """The event type called *name*, or ``None``."""
+    return _BY_NAME.get(name)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception in words fit for a log: never its free text when that may quote data.
+
+    Our own errors (store, transport, configuration) are written to carry no personal
+    value; an OS error gives its ``strerror``; a database error the driver's first line
+    (never the SQL parameters); anything else only its type, since library messages
+    may quote the input they choked on.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from kei_gateway.adapters.store.errors import StoreError
+    from kei_gateway.adapters.transport import TransportError
+
+    name = type(error).__name__
+    if isinstance(error, (StoreError, TransportError)):
+        return f"{name}: {error}"
+    if isinstance(error, OSError):
+        return f"{name}: {error.strerror or 'error'}" + (f" ({_safe_path(error.filename)})" if error.filename else "")
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        first = str(error.orig).splitlines()[0] if str(error.orig) else ""
+        return f"{name}: {type(error.orig).__name__}: {first[:200]}"
+    return name
+
+
+def _safe_path(path: Any) -> str:
+    """*path* for a log: its directory, and its last part only if it is a spool-style name.
+
+    A name the tax system or a peer chose that breaks the spool pattern (SPEC §4) may carry
+    anything, a person's name included, and is replaced by ``<name withheld>``.
+    """
+    import os
+
+    from kei_gateway.adapters.spool import NAME_PATTERN
+
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    directory, base = os.path.split(text)
+    if not NAME_PATTERN.fullmatch(base):
+        base = "<name withheld>"
+    return os.path.join(directory, base) if directory else base
+
+
+def emit(log: Logger, event: EventType, **fields: Any) -> None:
+    """Log *event* on *log* at its level, with its format and the given fields."""
+    log.emit(event.level, event.format, kei_event=event.name, **fields)

@@ -1,0 +1,95 @@
+"""The folder rules of docs/architecture.md, checked on the source (``ast``; nothing is imported).
+
+Each folder of ``kei_gateway/`` may import only what its rule allows, so the
+dependency graph keeps pointing one way: cli → runtime → flows/operations →
+adapters → core. A failure names the importing file, its line and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "kei_gateway"
+
+RUNTIME_ROOT = {"kei_gateway.runtime.service", "kei_gateway.cli"}
+"""Modules only the command line may import (the composition root and the CLI itself)."""
+
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "core": ("adapters", "flows", "operations", "runtime", "cli", "sim", "testing", "tools"),
+    "adapters": ("flows", "operations", "cli", "sim", "testing", "tools"),
+    "flows": ("operations", "cli", "sim", "testing", "tools"),
+    "operations": ("flows", "cli", "sim", "testing", "tools"),
+    "runtime": ("cli", "sim", "testing", "tools"),
+    "sim": ("flows", "operations", "cli", "testing", "tools"),
+    "testing": ("flows", "operations", "cli", "sim", "tools"),
+    "layouts": ("adapters", "flows", "operations", "cli", "sim", "testing", "tools"),
+    "config": ("adapters", "flows", "operations", "runtime", "cli", "sim", "testing", "tools"),
+}
+"""Folder → the folders it must never import (docs/architecture.md, "What each folder may import")."""
+
+
+def _module_of(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every ``kei_gateway`` module *path* imports (at any depth: lazy imports count too)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, name) for line, name in found if name.startswith("kei_gateway.")]
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def _violations() -> list[str]:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_of(path)
+        folder = _folder(module)
+        for line, imported in _imports(path):
+            target = _folder(imported)
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {imported}"
+            if target in FORBIDDEN.get(folder, ()) and target != folder:
+                problems.append(f"{where}: {folder}/ must not import {target}/")
+            if folder not in ("cli", "") and any(imported == root or imported.startswith(root + ".") for root in RUNTIME_ROOT) \
+                    and not module.startswith("kei_gateway.runtime.service"):
+                problems.append(f"{where}: only cli/ may import the composition root and the CLI")
+    return problems
+
+
+def test_when_the_source_is_read_then_no_folder_imports_what_its_rule_forbids() -> None:
+    assert _violations() == []
+
+
+def test_when_the_ledger_is_read_then_it_never_imports_a_flow() -> None:
+    ledger = PACKAGE / "adapters" / "ledger"
+    offending = [f"{path.name}:{line} {name}" for path in ledger.rglob("*.py") for line, name in _imports(path)
+                 if name.startswith("kei_gateway.flows")]
+    assert offending == []
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_when_a_folder_has_a_rule_then_it_exists(folder: str) -> None:
+    """A renamed folder must take its rule along (else the rule silently checks nothing)."""
+    assert (PACKAGE / folder / "__init__.py").is_file()
+
+
+def test_when_the_rules_are_checked_then_a_forbidden_import_is_reported(tmp_path: Path) -> None:
+    """The checker itself: a core module importing an adapter is named with file and line."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nfrom kei_gateway.adapters.ledger import TransferLedger\n", encoding="utf-8")
+    assert _imports(probe) == [(2, "kei_gateway.adapters.ledger.TransferLedger")]
+    assert "adapters" in FORBIDDEN["core"]
