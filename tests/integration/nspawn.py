@@ -116,8 +116,9 @@ class Machine:
         """Run *argv* inside the container as its root; with *check*, fail the test on a non-zero exit."""
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+        # A session of its own: a signal sent inside (kill) can never reach pytest's process group.
         result = subprocess.run([*self._nsenter, *argv], capture_output=True, text=True, timeout=timeout,
-                                check=False, input=input, env=env)
+                                check=False, input=input, env=env, start_new_session=True)
         if check and result.returncode != 0:
             recent = subprocess.run([*self._nsenter, "journalctl", "--no-pager", "-n", "40"], capture_output=True,
                                     text=True, timeout=COMMAND_TIMEOUT, check=False, env=env).stdout

@@ -239,3 +239,13 @@ def test_when_the_instance_name_could_not_be_a_user_name_then_the_installer_refu
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "--instance ../x" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_when_installed_then_the_venv_carries_the_ledger_migrations(installed: Installed, tmp_path: Path) -> None:
+    """When the installed (non-editable) package migrates a new ledger, then it finds its migrations: package data
+    moved with the code (the real-systemd test found a daemon that could not start without them)."""
+    code = ("import sys; from kei_gateway.adapters.ledger import create_ledger_engine, upgrade; "
+            "print(upgrade(create_ledger_engine(sys.argv[1])))")
+    result = subprocess.run([str(installed.venv / "bin" / "python"), "-c", code, f"sqlite:///{tmp_path}/ledger.sqlite3"],
+                            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

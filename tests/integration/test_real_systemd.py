@@ -218,6 +218,7 @@ def test_when_the_daemon_freezes_then_the_watchdog_kills_and_restarts_it_in_time
     within WatchdogSec + RestartSec (plus the new process's own start)."""
     box = gateway.box
     before = box.show(UNIT, "MainPID", "NRestarts")
+    assert before["MainPID"] != "0", f"the daemon is not running; {box.describe()}"
     frozen_at = time.monotonic()
     box.run("kill", "-STOP", before["MainPID"])
 
