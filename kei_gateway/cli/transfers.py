@@ -80,8 +80,8 @@ def _row_dict(row: TransferRow) -> dict[str, Any]:
 
 def _line(row: TransferRow) -> str:
     when = row.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
-    extra = f"  next {row.next_attempt_at.astimezone().strftime('%H:%M')}" if row.next_attempt_at and row.state == "RETRY_WAIT" else ""
-    error = f"  ({row.last_error[:80]})" if row.last_error and row.state in ("FAILED", "RETRY_WAIT", "QUARANTINED") else ""
+    extra = f"  next {row.next_attempt_at.astimezone().strftime('%H:%M')}" if row.next_attempt_at and row.state == TransferState.RETRY_WAIT else ""
+    error = f"  ({row.last_error[:80]})" if row.last_error and row.state in (TransferState.FAILED, TransferState.RETRY_WAIT, TransferState.QUARANTINED) else ""
     return (f"{row.id:>7}  {row.flow:<14} {row.state:<11} {row.record_count:>9} rec  {row.attempts:>2} tries  "
             f"{when}  {row.local_name}{extra}{error}")
 
@@ -89,7 +89,7 @@ def _line(row: TransferRow) -> str:
 def show_status(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     counts = ledger.queue_counts()
-    attention = [row for state in ("HELD", "FAILED") for row in ledger.list_transfers(state=state, limit=20)]
+    attention = [row for state in (TransferState.HELD, TransferState.FAILED) for row in ledger.list_transfers(state=state, limit=20)]
     if args.json:
         print(json.dumps({"queue": [{"flow": f, "state": s, "count": c} for (f, s), c in sorted(counts.items())],
                           "attention": [_row_dict(r) for r in attention]}, ensure_ascii=False, indent=2))
@@ -136,9 +136,10 @@ def show_transfer(args: argparse.Namespace) -> int:
 
 
 _ACTIONS = {
-    "retry": (TransferState.QUEUED, ("FAILED", "RETRY_WAIT")),
-    "approve": (TransferState.QUEUED, ("HELD",)),
-    "cancel": (TransferState.CANCELLED, ("HELD", "QUEUED", "RETRY_WAIT", "FAILED")),
+    "retry": (TransferState.QUEUED, (TransferState.FAILED, TransferState.RETRY_WAIT)),
+    "approve": (TransferState.QUEUED, (TransferState.HELD,)),
+    "cancel": (TransferState.CANCELLED, (TransferState.HELD, TransferState.QUEUED, TransferState.RETRY_WAIT,
+                                       TransferState.FAILED)),
 }
 
 

@@ -238,6 +238,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration  # two processes
 def test_when_two_processes_append_200_records_each_then_the_chain_holds_all_400_and_verifies(
         ledger_url: str, engine: Engine) -> None:
     url = ledger_url

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from kei_gateway.adapters.ledger import create_ledger_engine, upgrade
 from kei_gateway.operations.audit import AuditLog, AuditRecord, StoredRecord
@@ -42,6 +43,7 @@ class FlakyAuditLog(AuditLog):
         return super().append_batch(records)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class AuditObserverTests(SynchronousTestCase):
     def setUp(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="audit-observer-"))

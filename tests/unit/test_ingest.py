@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
+from kei_gateway.testing import InMemoryLedger
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 TODAY = datetime.date(2026, 11, 21)
@@ -27,10 +27,7 @@ class Spool:
         self.outbox = base / "outbox" / "jnks"
         self.quarantine = base / "quarantine" / "jnks-payments"
         self.outbox.mkdir(parents=True)
-        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
-        upgrade(engine)
-        self.engine = engine
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.store = FileBlobStore(str(base / "store"), StoreKeyring(secrets.token_bytes(32)))
 
     def put(self, name: str, records: int = 5, invalid_rate: float = 0.0, seed: int = 1) -> bytes:
@@ -48,9 +45,7 @@ class Spool:
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(tmp_path)
-    yield s
-    s.engine.dispose()
+    yield Spool(tmp_path)
 
 
 def test_when_a_valid_file_is_ingested_then_it_is_queued_encrypted_and_the_original_is_gone(spool: Spool) -> None:

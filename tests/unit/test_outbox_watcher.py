@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import OutboundFlowSection
@@ -21,7 +20,7 @@ from kei_gateway.core.jst import today_in_jst
 from kei_gateway.flows.outbound.outbox import OutboxWatcher
 from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.runtime.metrics import GatewayMetrics
-from kei_gateway.testing import SynchronousBlocking
+from kei_gateway.testing import InMemoryLedger, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 START = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc).timestamp()
@@ -47,10 +46,7 @@ class OutboxWatcherTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
         self.outbox = self.base / "outbox" / "jnks"
-        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.clock = task.Clock()
         self.clock.advance(START)
         self.registry = CollectorRegistry()

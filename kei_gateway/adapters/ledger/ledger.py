@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.db import ping as _ping
 from kei_gateway.adapters.ledger.models import Transfer, TransferState
-from kei_gateway.core.transfer import check_transition
+from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
 __all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK"]
@@ -75,7 +75,7 @@ class TransferRow:
     flow: str
     direction: str
     peer: str
-    state: str
+    state: TransferState
     local_name: str
     remote_name: str | None
     size: int
@@ -96,6 +96,7 @@ class TransferRow:
     @classmethod
     def of(cls, transfer: Transfer) -> TransferRow:
         values: dict[str, Any] = {name: _aware(getattr(transfer, name)) for name in cls.__dataclass_fields__}
+        values["state"] = TransferState(values["state"])
         return cls(**values)
 
 
@@ -142,6 +143,10 @@ class TransferLedger(Ledger):
         """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction."""
         return self._change(transfer_id, now, new_state, fields)
 
+    def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
+        """Apply a decision of :mod:`kei_gateway.core.transfer` (edge checked), in one transaction."""
+        return self._change(transfer_id, now, transition.state, dict(transition.fields))
+
     def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
         """Set *fields* without changing the state."""
         return self._change(transfer_id, now, None, fields)
@@ -179,11 +184,15 @@ class TransferLedger(Ledger):
 
     @retry_transient
     def requeue_sending(self, now: datetime) -> int:
-        """At start: every SENDING transfer was cut off by a stop or crash; it goes back to QUEUED."""
+        """At start: every SENDING transfer was cut off by a stop or crash; :func:`on_restart` says what it becomes
+        (QUEUED), through the same edge check as every other transition."""
         with Session(self.engine) as session, session.begin():
             rows = session.scalars(select(Transfer).where(Transfer.state == TransferState.SENDING.value)).all()
             for transfer in rows:
-                transfer.state = TransferState.QUEUED.value
+                after = on_restart(transfer.state)
+                if after is None:
+                    continue
+                transfer.state = check_transition(transfer.state, after).value
                 transfer.updated_at = now
             return len(rows)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kei_gateway.adapters.durable import fsync_directory
-from kei_gateway.adapters.ledger import TransferLedger
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import (
     QUARANTINE_DIR_MODE,
     ensure_directory,
@@ -80,7 +80,7 @@ def errors_file_lines(flow: str, name: str, report: ValidationReport) -> list[st
 
 def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
                 layout: Layout, options: ValidationOptions, hold_over_records: int, store: BlobStore,
-                ledger: TransferLedger, now: datetime,
+                ledger: TransferLedgerPort, now: datetime,
                 new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}") -> IngestResult:
     """Take one ready outbox file into the gateway (see the module docstring for the order of steps)."""
     path = os.path.join(outbox_dir, name)
@@ -164,7 +164,7 @@ def _remove_source(outbox_dir: str, *names: str | None) -> None:
 
 
 def _quarantine_invalid(flow: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
-                        report: ValidationReport, store: BlobStore, ledger: TransferLedger, peer: str, now: datetime,
+                        report: ValidationReport, store: BlobStore, ledger: TransferLedgerPort, peer: str, now: datetime,
                         new_blob_id: Callable[[], str]) -> IngestResult:
     """Keep the invalid file encrypted in the store (SPEC §7), its errors in quarantine/, and remove the original.
 
@@ -193,13 +193,13 @@ def _quarantine_invalid(flow: str, outbox_dir: str, quarantine_dir: str, name: s
 
 
 def quarantine_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
-                       ledger: TransferLedger, peer: str, now: datetime) -> IngestResult:
+                       ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
     """Quarantine an entry refused without reading it (bad name, link, directory, device)."""
     return _refuse(flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now)
 
 
 def _refuse(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
-            ledger: TransferLedger, peer: str, now: datetime) -> IngestResult:
+            ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
     safe = name if reason != "name" else f"refused-name-{now.strftime('%Y%m%d%H%M%S')}"
     try:
         moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=safe)

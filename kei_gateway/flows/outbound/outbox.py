@@ -15,11 +15,12 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from kei_gateway.adapters.ledger import TransferLedger
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
+from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
@@ -37,7 +38,7 @@ class OutboxWatcher(service.Service):
     log = Logger()
 
     def __init__(self, *, flow: str, settings: OutboundFlowSection, outbox_dir: str, quarantine_dir: str,
-                 lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedger, store: BlobStore,
+                 lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedgerPort, store: BlobStore,
                  metrics: GatewayMetrics, on_ingested: Callable[[IngestResult], None] = lambda result: None,
                  use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
         self.setName(f"outbox:{flow}")
@@ -131,7 +132,7 @@ class OutboxWatcher(service.Service):
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
                             transfer_id=result.transfer_id, sha256=result.sha256,
-                            state="HELD" if result.outcome == "held" else "QUEUED")
+                            state=S.HELD if result.outcome == "held" else S.QUEUED)
                 if result.outcome != "resumed":
                     self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
             elif result.outcome == "quarantined":
