@@ -22,6 +22,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import WebDavClient
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
 from kei_gateway.core.results import ResultKeyer
+from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.inbound.downloads import DownloadPoller
 from kei_gateway.flows.inbound.mpn_results import ResultRelay
 from kei_gateway.flows.inbound.push_listener import make_push_listener
@@ -31,7 +32,7 @@ from kei_gateway.flows.inbound.relay import InboxRelay, Relay
 from kei_gateway.flows.outbound.held import HeldWatch
 from kei_gateway.flows.outbound.ingest import IngestResult
 from kei_gateway.flows.outbound.outbox import OutboxWatcher
-from kei_gateway.flows.outbound.sender import UploadSender
+from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL, UploadSender
 from kei_gateway.operations.audit import AuditLog
 from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
 from kei_gateway.operations.certificates import CertificateWatch
@@ -213,6 +214,14 @@ class GatewayService(service.MultiService):
 
     # -- reload -----------------------------------------------------------
 
+    def export_queue_age_limits(self) -> None:
+        """``kei_gateway_queue_age_limit_seconds{flow}`` of each outbound flow, from its peer's current settings."""
+        for sender in self.senders:
+            peer = self.config.peers.get(sender.peer)
+            if peer is not None:
+                self.metrics.queue_age_limit.labels(flow=sender.flow).set(
+                    longest_wait(peer.retry, peer.transfer_timeout, SEND_POLL_INTERVAL))
+
     def reload_from(self, path: str) -> defer.Deferred[bool]:
         """SIGHUP: re-read *path*; apply what can change live, or keep the old config."""
         self.notifier.notify(reloading_message())
@@ -257,6 +266,7 @@ class GatewayService(service.MultiService):
                 sender.dir_url = new.peers[sender.peer].url
                 sender.policy = new.peers[sender.peer].retry
             sender.resume()  # whatever was paused for a person is tried again with the new settings
+        self.export_queue_age_limits()
         for poller in self.pollers:
             if old.peers.get(poller.peer) != new.peers.get(poller.peer) and poller.peer in new.peers:
                 if self.client_factory is not None:
@@ -353,7 +363,6 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         sender = UploadSender(flow=flow, peer=settings.peer, lg_code=config.gateway.lg_code, dir_url=peer.url,
                               client=client_factory(reactor, config, settings.peer, blocking), ledger=ledger,
                               store=store, blocking=blocking, clock=reactor, metrics=metrics, policy=peer.retry)
-        metrics.peer_up.labels(peer=settings.peer)
         gateway.senders.append(sender)
 
         def ingested(result: IngestResult, sender: UploadSender = sender) -> None:
@@ -368,6 +377,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             on_ingested=ingested, use_inotify=use_inotify)
         watcher.setServiceParent(gateway)
         sender.setServiceParent(gateway)
+
+    gateway.export_queue_age_limits()
 
     for flow in INBOUND_FLOWS:
         inbound = config.flows.get(flow)
@@ -418,7 +429,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         gateway.audit, gateway.audit_log = audit, audit_log
 
         def verify_audit_chain() -> defer.Deferred[Any]:
-            return verify_now(audit_log, blocking, metrics)
+            return verify_now(audit_log, blocking, metrics, clock=reactor)
 
         purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
         if purge_service is not None:
