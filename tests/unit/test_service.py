@@ -203,6 +203,7 @@ class ThreadPoolTests(SynchronousTestCase):
             self.assertIs(poller.blocking, gateway.blocking)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class FlowGaugeTests(SynchronousTestCase):
     """Gauges the shipped alert rules compare against (contrib/prometheus/kei-gateway.rules.yml)."""
 
