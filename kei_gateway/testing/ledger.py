@@ -115,7 +115,7 @@ class InMemoryLedger:
             self.rows[transfer_id] = row
             return row
 
-    def unremoved_source(self, flow: str, local_name: str, sha256: str) -> TransferRow | None:
+    def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:
         self._check()
         return next((row for row in sorted(self.rows.values(), key=lambda r: r.id)
                      if (row.flow, row.local_name, row.sha256, row.direction) == (flow, local_name, sha256, "out")

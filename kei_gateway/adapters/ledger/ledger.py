@@ -169,15 +169,15 @@ class TransferLedger(Ledger):
             return TransferRow.of(transfer)
 
     @retry_transient
-    def unremoved_source(self, flow: str, local_name: str, sha256: str) -> TransferRow | None:
+    def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:
         """A transfer already committed for this very outbox file whose original was not yet removed.
 
         That is the trace of a crash between the ledger commit and the unlink: the
         file must not become a second transfer.
         """
-        query = (select(Transfer).where(Transfer.flow == flow, Transfer.local_name == local_name,
-                                        Transfer.sha256 == sha256, Transfer.source_removed.is_(False),
-                                        Transfer.direction == "out"))
+        same_content = Transfer.sha256 == sha256 if sha256 is not None else Transfer.sha256.is_(None)
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.local_name == local_name, same_content,
+                                        Transfer.source_removed.is_(False), Transfer.direction == "out"))
         with Session(self.engine) as session:
             transfer = session.scalars(query.limit(1)).first()
             return TransferRow.of(transfer) if transfer is not None else None

@@ -6,6 +6,7 @@ for one more scan afterwards, so nothing is missed and nothing runs twice at onc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from kei_gateway.adapters.ports import TransferLedgerPort
-from kei_gateway.adapters.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
+from kei_gateway.adapters.spool import NAME_PATTERN, SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
@@ -27,9 +28,14 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["OutboxWatcher", "RESCAN_INTERVAL"]
+__all__ = ["OutboxWatcher", "RESCAN_INTERVAL", "loggable_name"]
 
 RESCAN_INTERVAL = 30.0
+
+
+def loggable_name(name: str) -> str:
+    """An outbox name fit for one log line: an allowed name as it is, any other escaped (no newline, ASCII only)."""
+    return name if NAME_PATTERN.fullmatch(name) else ascii(name)
 
 
 class OutboxWatcher(service.Service):
@@ -61,6 +67,8 @@ class OutboxWatcher(service.Service):
         self._rescan_interval = rescan_interval
         self._scanning: defer.Deferred[None] | None = None
         self._again = False
+        self._stuck: dict[str, str] = {}
+        """The entries the last scan left in the outbox (name → reason), reported once until that changes."""
         self.scans = 0
 
     def startService(self) -> None:
@@ -111,8 +119,16 @@ class OutboxWatcher(service.Service):
         decision = classify(list_entries(self.outbox_dir), self.settings.ready)
         results = []
         for refusal in decision.refused:
-            results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
-                                              refusal.reason, refusal.detail, self.ledger, self.settings.peer, now))
+            try:
+                results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
+                                                  refusal.reason, refusal.detail, self.ledger, self.settings.peer,
+                                                  now, self.store))
+            except PermissionError as error:  # e.g. a 0555 directory cannot be moved: it costs that entry only
+                results.append(IngestResult(refusal.name, "skipped", reason=(
+                    f"{refusal.reason}: {refusal.detail}; it cannot be moved to quarantine "
+                    f"({error.strerror}): remove it from the outbox")))
+            except Exception as error:  # one entry's failure must not stop the others
+                results.append(IngestResult(refusal.name, "failed", reason=events.describe_error(error)))
         options = ValidationOptions(today=today_in_jst(seconds), encoding=self.settings.encoding,  # type: ignore[arg-type]
                                     charset=self.settings.charset, gaiji=self.settings.gaiji,  # type: ignore[arg-type]
                                     lg_code=self.lg_code if self.flow == "jnks-payments" else None)
@@ -128,7 +144,11 @@ class OutboxWatcher(service.Service):
         return results
 
     def _report(self, results: list[IngestResult]) -> None:
+        stuck = {result.name: result.reason for result in results if result.outcome in ("skipped", "failed")}
         for result in results:
+            if result.outcome in ("skipped", "failed") and self._stuck.get(result.name) == result.reason:
+                continue  # said once already: an entry left in the outbox is not reported at every scan
+            result = dataclasses.replace(result, name=loggable_name(result.name))
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
                             transfer_id=result.transfer_id, sha256=result.sha256,
@@ -141,9 +161,10 @@ class OutboxWatcher(service.Service):
                 self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
                 if result.records:
                     self.metrics.records.labels(flow=self.flow, outcome="rejected").inc(result.records)
-            elif result.outcome == "failed":
+            elif result.outcome in ("skipped", "failed"):
                 events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name=result.name, reason=result.reason)
             self.on_ingested(result)
+        self._stuck = stuck
 
     def _scan_failed(self, failure: Any) -> None:
         events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)",
