@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from kei_gateway.adapters.ledger.ledger import TransferRow
+from kei_gateway.adapters.ledger.ledger import AuditEvent, TransferRow
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport._dav import RemoteEntry
 from kei_gateway.adapters.transport.webdav import BodySource, PutResult, Sink
@@ -40,10 +40,15 @@ class TransferLedgerPort(Protocol):
 
     def oldest_queued(self) -> dict[str, Any]: ...
 
+    @property
+    def records_audit(self) -> bool:
+        """Whether :meth:`add_transfer` writes its *audit* record in the transaction of the transfer (STYLE 14)."""
+        ...
+
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None) -> TransferRow: ...
+                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow: ...
 
     def get(self, transfer_id: int) -> TransferRow: ...
 

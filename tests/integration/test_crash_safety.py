@@ -11,6 +11,7 @@ nothing sent twice, nothing left in the outbox and no plaintext in its state.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
 from tests.integration.conftest import poll_until
-from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.harness import GatewayFiles, make_gateway_files, start_daemon, start_jnks_sim
 from tests.integration.test_jnks_flow import drop, dummy_file, transfers
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,16 @@ JNKS_POINTS = [p for p in POINTS if p.startswith(("ingest.", "send.", "relay."))
 """The points on the JNKS paths of a valid file (the MPN ones are killed in test_mpn_crash_safety.py)."""
 QUARANTINE_POINTS = [p for p in POINTS if p.startswith("ingest.quarantine-")]
 """The points of a refused file's quarantine."""
+
+
+def assert_each_ingest_recorded_once(files: GatewayFiles, event: str, expected: int, point: str) -> None:
+    """Every outbound transfer has exactly one audit record of its ingest, and no such record lacks its transfer:
+    the record is committed with the transfer (issue 11), so no crash point can separate them."""
+    with sqlite3.connect(files.base / "state" / "ledger.sqlite3") as db:
+        transfers = sorted(row[0] for row in db.execute("SELECT id FROM transfers WHERE direction = 'out'"))
+        recorded = sorted(row[0] for row in db.execute("SELECT transfer_id FROM audit WHERE event = ?", (event,)))
+    assert len(transfers) == expected and recorded == transfers, \
+        f"after a crash at {point}: transfers {transfers}, {event} records for {recorded}"
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -85,6 +96,7 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
                 [__import__("sys").executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
                 capture_output=True, text=True, timeout=60, check=True).stdout
             assert "Queue: empty" in listing
+            assert_each_ingest_recorded_once(files, "ingest.queued", FILES, point)
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()
@@ -128,6 +140,7 @@ def test_when_killed_while_quarantining_then_after_restart_each_refused_file_is_
                     content = path.read_bytes()
                     for data in refused.values():
                         assert data[:70] not in content, f"plaintext of a refused file in {path}"
+            assert_each_ingest_recorded_once(files, "ingest.quarantined", len(refused), point)
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()

@@ -274,3 +274,12 @@ def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_
         spool.ingest("dup.dat")
     assert os.listdir(spool.outbox) == ["dup.dat"]
     assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
+
+
+def test_when_a_file_is_taken_or_quarantined_then_its_audit_record_is_written_with_the_transfer(spool: Spool) -> None:
+    spool.put("pay1.dat")
+    spool.put("bad.dat", invalid_rate=1.0, seed=2)
+    queued, quarantined = spool.ingest("pay1.dat"), spool.ingest("bad.dat")
+    assert [(event, fields["transfer_id"]) for event, fields in spool.ledger.audit] == [
+        ("ingest.queued", queued.transfer_id), ("ingest.quarantined", quarantined.transfer_id)]
+    assert "pay1.dat" not in repr(spool.ledger.audit) and "bad.dat" not in repr(spool.ledger.audit)

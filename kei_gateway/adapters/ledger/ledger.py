@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.db import ping as _ping
@@ -37,6 +37,12 @@ def in_chunks(items: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+AuditEvent = tuple[str, Mapping[str, Any]]
+"""An action's audit record as its event name and fields (what the event is logged with)."""
+AuditWriter = Callable[[Connection, str, Mapping[str, Any], datetime], object]
+"""Appends an audit record on the given connection, inside the caller's transaction."""
 
 
 class Ledger:
@@ -115,20 +121,35 @@ class TransferNotFound(LookupError):
 
 
 class TransferLedger(Ledger):
-    """Transfers: create, move between states (checked), query. Every method blocks."""
+    """Transfers: create, move between states (checked), query. Every method blocks.
+
+    :attr:`audit_writer`, set by the composition root to the audit chain's
+    ``append_in``, writes an action's audit record in the action's own transaction
+    (STYLE 14): a kill -9 cannot leave one without the other.
+    """
+
+    audit_writer: AuditWriter | None = None
+
+    @property
+    def records_audit(self) -> bool:
+        return self.audit_writer is not None
 
     @retry_transient
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None) -> TransferRow:
+                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
+        """Commit a new transfer, and with it *audit* (event name and fields; the transfer id is added)."""
         with Session(self.engine) as session, session.begin():
             transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
                                 size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
                                 created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
                                 remote_name=remote_name, remote_etag=remote_etag)
             session.add(transfer)
-            session.flush()
+            session.flush()  # the INSERT holds SQLite's write lock from here, so the chain's head cannot move
+            if audit is not None and self.audit_writer is not None:
+                event, fields = audit
+                self.audit_writer(session.connection(), event, {**fields, "transfer_id": transfer.id}, now)
             return TransferRow.of(transfer)
 
     @retry_transient

@@ -154,7 +154,9 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
 
     state = state_after_validation(report.records, hold_over_records)
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=state, size=info.size,
-                              sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now)
+                              sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now,
+                              audit=("ingest.queued", {"flow": flow, "records": report.records, "sha256": info.sha256,
+                                                       "state": state}))
     crashpoint("ingest.committed")
     _remove_source(outbox_dir, name, marker)
     ledger.update(row.id, now, source_removed=True)
@@ -236,7 +238,8 @@ def _quarantine_payload(*, flow: str, peer: str, outbox_dir: str, quarantine_dir
         transfer_id = ledger.add_transfer(
             flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED,
             size=info.size, sha256=info.sha256, record_count=records, blob_id=blob_id, now=now,
-            last_error=last_error, source_removed=False).id
+            last_error=last_error, source_removed=False,
+            audit=("ingest.quarantined", {"flow": flow, "reason": reason, "records": records})).id
         crashpoint("ingest.quarantine-committed")
     if leftover is None or not _errors_file_written(quarantine_dir, listed, transfer_id):
         ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
@@ -287,7 +290,7 @@ def _move_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, re
     transfer_id = leftover.id if leftover is not None else ledger.add_transfer(
         flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED, size=0,
         sha256=None, record_count=0, blob_id=None, now=now, last_error=f"{reason}: {detail}",
-        source_removed=False).id
+        source_removed=False, audit=("ingest.quarantined", {"flow": flow, "reason": reason, "records": 0})).id
     try:
         moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=listed)
     except FileNotFoundError:

@@ -145,6 +145,7 @@ class OutboxWatcher(service.Service):
 
     def _report(self, results: list[IngestResult]) -> None:
         stuck = {result.name: result.reason for result in results if result.outcome in ("skipped", "failed")}
+        recorded = self.ledger.records_audit  # each ingest's record was committed with its transfer
         for result in results:
             if result.outcome in ("skipped", "failed") and self._stuck.get(result.name) == result.reason:
                 continue  # said once already: an entry left in the outbox is not reported at every scan
@@ -152,12 +153,13 @@ class OutboxWatcher(service.Service):
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
                             transfer_id=result.transfer_id, sha256=result.sha256,
-                            state=S.HELD if result.outcome == "held" else S.QUEUED)
+                            state=S.HELD if result.outcome == "held" else S.QUEUED, audit_recorded=recorded)
                 if result.outcome != "resumed":
                     self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
             elif result.outcome == "quarantined":
                 events.emit(self.log, events.INGEST_QUARANTINED, flow=self.flow, name=result.name,
-                            transfer_id=result.transfer_id, reason=result.reason, records=result.records)
+                            transfer_id=result.transfer_id, reason=result.reason, records=result.records,
+                            audit_recorded=recorded)
                 self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
                 if result.records:
                     self.metrics.records.labels(flow=self.flow, outcome="rejected").inc(result.records)
