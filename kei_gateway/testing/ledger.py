@@ -100,8 +100,9 @@ class InMemoryLedger:
             raise TransferNotFound(transfer_id)
         return row
 
-    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        return self._change(transfer_id, now, new_state, fields)
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
+                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, new_state, fields, audit)
 
     def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
         return self._change(transfer_id, now, transition.state, dict(transition.fields))
@@ -110,7 +111,7 @@ class InMemoryLedger:
         return self._change(transfer_id, now, None, fields)
 
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any]) -> TransferRow:
+                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
         with self._lock:
             row = self.get(transfer_id)
             changes = dict(fields, updated_at=_utc(now))
@@ -121,6 +122,8 @@ class InMemoryLedger:
                 raise AttributeError(f"transfers have no column {', '.join(sorted(unknown))}")
             row = dataclasses.replace(row, **changes)
             self.rows[transfer_id] = row
+            if audit is not None:
+                self.audit.append((audit[0], {**audit[1], "transfer_id": transfer_id}))
             return row
 
     def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:

@@ -37,8 +37,8 @@ QUARANTINE_POINTS = [p for p in POINTS if p.startswith("ingest.quarantine-")]
 
 
 def assert_each_ingest_recorded_once(files: GatewayFiles, event: str, expected: int, point: str) -> None:
-    """Every outbound transfer has exactly one audit record of its ingest, and no such record lacks its transfer:
-    the record is committed with the transfer (issue 11), so no crash point can separate them."""
+    """Every outbound transfer has exactly one audit record of *event* (its ingest, its delivery), and no such record
+    lacks its transfer: the record is committed with the action (issue 11), so no crash point can separate them."""
     with sqlite3.connect(files.base / "state" / "ledger.sqlite3") as db:
         transfers = sorted(row[0] for row in db.execute("SELECT id FROM transfers WHERE direction = 'out'"))
         recorded = sorted(row[0] for row in db.execute("SELECT transfer_id FROM audit WHERE event = ?", (event,)))
@@ -97,6 +97,7 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
                 capture_output=True, text=True, timeout=60, check=True).stdout
             assert "Queue: empty" in listing
             assert_each_ingest_recorded_once(files, "ingest.queued", FILES, point)
+            assert_each_ingest_recorded_once(files, "transfer.sent", FILES, point)
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()

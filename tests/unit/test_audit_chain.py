@@ -517,3 +517,18 @@ def test_when_a_transfer_has_no_audit_record_then_verify_names_it(log: AuditLog,
     lost = _add(ledger, 2)
     assert log.unrecorded_transfers() == (1, [lost.id])
     assert log.verify().ok, "the chain itself is intact: only the cross-check finds the loss"
+
+
+def test_when_a_transfer_is_delivered_then_its_record_commits_with_done(log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+    from kei_gateway.core.transfer import TransferState
+
+    ledger = TransferLedger(engine)
+    ledger.audit_writer = log.append_in
+    row = _add(ledger, 1)
+    ledger.transition(row.id, TransferState.SENDING, NOW)
+    ledger.transition(row.id, TransferState.DONE, NOW, last_error=None,
+                      audit=("transfer.sent", {"flow": "jnks-payments", "peer": "jnks", "records": 1}))
+    last = list(log.iter_records())[-1].record
+    assert (last.event, last.transfer_id, last.peer, last.count) == ("transfer.sent", row.id, "jnks", 1)
+    assert ledger.get(row.id).state == TransferState.DONE and log.verify().ok

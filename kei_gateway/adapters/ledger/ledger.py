@@ -160,9 +160,11 @@ class TransferLedger(Ledger):
                 raise TransferNotFound(transfer_id)
             return TransferRow.of(transfer)
 
-    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction."""
-        return self._change(transfer_id, now, new_state, fields)
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
+                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+        """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction
+        with the *audit* record of the action (see :meth:`add_transfer`)."""
+        return self._change(transfer_id, now, new_state, fields, audit)
 
     def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
         """Apply a decision of :mod:`kei_gateway.core.transfer` (edge checked), in one transaction."""
@@ -174,7 +176,7 @@ class TransferLedger(Ledger):
 
     @retry_transient
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any]) -> TransferRow:
+                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
 
         with Session(self.engine) as session, session.begin():
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
@@ -186,7 +188,10 @@ class TransferLedger(Ledger):
             transfer.updated_at = now
             for name, value in fields.items():
                 setattr(transfer, name, value)
-            session.flush()
+            session.flush()  # the UPDATE holds SQLite's write lock from here
+            if audit is not None and self.audit_writer is not None:
+                event, audit_fields = audit
+                self.audit_writer(session.connection(), event, {**audit_fields, "transfer_id": transfer_id}, now)
             return TransferRow.of(transfer)
 
     @retry_transient

@@ -130,15 +130,17 @@ class UploadSender(service.Service):
         crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
+        sent = {"flow": self.flow, "peer": self.peer, "records": row.record_count, "sha256": row.sha256}
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
-                                next_attempt_at=None, receipt_summary=summary)
+                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent))
         self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
         self.metrics.last_success.labels(flow=self.flow).set(now)
         self.metrics.peer_up.labels(peer=self.peer).set(1)
         events.emit(self.log, events.TRANSFER_SENT, flow=self.flow, peer=self.peer, transfer_id=row.id,
-                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256)
+                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256,
+                    audit_recorded=self.ledger.records_audit)  # committed with DONE
         return True
 
     @defer.inlineCallbacks
