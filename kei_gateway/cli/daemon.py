@@ -89,6 +89,7 @@ def _start(config: Config, path: str, notifier: SystemdNotifier, observer: Gatew
         events.emit(log, events.DAEMON_FAILED, reason=f"encrypted store: {error}")
         return exitcodes.USAGE if isinstance(error, StoreError) else exitcodes.FAILED
     ledger = TransferLedger(engine)
+    ledger.audit_writer = audit_log.append_in  # an action's record in the action's transaction (STYLE 14)
     # Blobs no transfer refers to (a crash between the store write and the ledger commit) are left to the
     # daily purge: it erases them past retention.payloads and lists them in the deletion report. Deleting
     # them here would erase unreported, and erase the whole store if database.url named a new, empty ledger.

@@ -57,6 +57,7 @@ from kei_gateway.sim.harness import (
     start_mpn_sim_process,
 )
 from kei_gateway.sim.pki import write_demo_credentials
+from kei_gateway.core.transfer import TransferState
 
 __all__ = ["register", "run_demo"]
 
@@ -304,7 +305,7 @@ def _jnks_flow(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
                 row = rows.get(item.name)
                 if row is None:
                     wanting.append(f"{item.name}: not taken from the outbox")
-                elif row.state != "DONE" or not row.remote_name:
+                elif row.state != TransferState.DONE or not row.remote_name:
                     wanting.append(f"{item.name}: transfer {row.id} is {row.state}"
                                    + (f" ({row.last_error})" if row.last_error else ""))
                 elif not os.path.exists(os.path.join(upload, row.remote_name)):
@@ -315,7 +316,7 @@ def _jnks_flow(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
                     wanting.append(f"{item.name}: receipt not counted in the ledger")
             for item in invalid:
                 row = rows.get(item.name)
-                if row is None or row.state != "QUARANTINED":
+                if row is None or row.state != TransferState.QUARANTINED:
                     wanting.append(f"{item.name}: not quarantined" + (f" (it is {row.state})" if row else ""))
                 elif not os.path.exists(os.path.join(quarantine, item.name + ".errors.txt")):
                     wanting.append(f"{item.name}: no {item.name}.errors.txt in the quarantine")

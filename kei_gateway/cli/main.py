@@ -133,3 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.FAILED
+    except BrokenPipeError:  # e.g. '| head -1' closed the output: stop quietly, without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        print("kei-gateway: the output was closed before the command finished (broken pipe)", file=sys.stderr)
+        return exitcodes.FAILED

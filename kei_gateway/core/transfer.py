@@ -1,4 +1,4 @@
-"""Transfer states and their transitions (SPEC §6), and the retry schedule. Pure: no clock, no I/O.
+"""The transfer state machine (SPEC §6): states, legal edges and every decision on them. Pure: no clock, no I/O.
 
 ::
 
@@ -6,23 +6,40 @@
                                                 ↑↓
                                            RETRY_WAIT       (SENDING → FAILED after the last attempt)
     plus QUARANTINED (invalid) and CANCELLED (by an operator).
+
+The decisions return values (a :class:`Transition`, an action) and never act: the
+ledger (:mod:`kei_gateway.adapters.ledger`) applies a transition after checking its
+edge with :func:`check_transition`; the flows carry out the actions.
+
+* :func:`state_after_validation` — an outbound file validated: HELD or QUEUED;
+* :func:`after_send_failure` — an upload failed: retry later, FAILED, or back to the
+  queue with the flow paused for a person;
+* :func:`on_remote_entry` — a file listed in a peer's directory: fetch it, finish its
+  relay, delete it at the peer, or leave it;
+* :func:`on_restart` — what a transfer cut off by a stop or crash becomes;
+* the inbound "settle" decision of a received file is :mod:`kei_gateway.core.settle`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import tenacity
 
 from kei_gateway.config import RetryPolicy
 
 __all__ = ["TransferState", "TRANSITIONS", "InvalidTransition", "check_transition", "state_after_validation",
-           "RetryDecision", "after_failure", "retry_delay", "longest_wait", "TERMINAL_STATES"]
+           "RetryDecision", "after_failure", "retry_delay", "longest_wait", "TERMINAL_STATES", "Transition",
+           "FailureKind", "SendFailureDecision", "after_send_failure", "on_restart", "KnownTransfer", "RemoteAction",
+           "RemoteEntryDecision", "on_remote_entry"]
 
-class TransferState(str, enum.Enum):
-    """Transfer states of SPEC §6."""
+
+class TransferState(enum.StrEnum):
+    """Transfer states of SPEC §6 (a ``StrEnum``: each compares, prints and stores as its name)."""
 
     RECEIVED = "RECEIVED"
     VALIDATED = "VALIDATED"
@@ -123,3 +140,136 @@ def after_failure(attempts: int, policy: RetryPolicy, now: datetime, retry_after
     if retry_after is not None:
         delay = max(delay, retry_after)
     return RetryDecision(S.RETRY_WAIT, now + timedelta(seconds=delay))
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change and the fields set with it, in one transaction; the ledger checks the edge and applies it."""
+
+    state: S
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --- an upload failed ---------------------------------------------------------------
+
+
+class FailureKind(enum.Enum):
+    """What a failed upload's error says about retrying it (the transport's typed errors map to one of these)."""
+
+    TRANSIENT = "transient"
+    """May clear by itself (timeout, 5xx, connection lost): retry on the back-off schedule."""
+    PERMANENT = "permanent"
+    """Retrying cannot help (a conflict at the peer, the stored payload gone, a 4xx): FAILED for a person."""
+    REFUSED = "refused"
+    """The gateway itself refused to talk (address outside the allow-list, the peer's identity failed):
+    back in the queue, attempt not counted, the flow paused until the configuration is reloaded."""
+
+
+@dataclass(frozen=True)
+class SendFailureDecision:
+    """What to do after a failed upload: the transition, and whether the flow pauses for a person."""
+
+    transition: Transition
+    pause: bool
+
+    @property
+    def state(self) -> S:
+        return self.transition.state
+
+
+def after_send_failure(*, kind: FailureKind, attempts: int, policy: RetryPolicy, now: datetime, reason: str,
+                       retry_after: float | None = None) -> SendFailureDecision:
+    """The transition of a SENDING transfer whose *attempts*-th attempt failed with an error of *kind*.
+
+    REFUSED: back to QUEUED, the attempt not counted, the flow paused. PERMANENT: FAILED at
+    once. TRANSIENT: :func:`after_failure` (RETRY_WAIT until the back-off or the peer's
+    ``Retry-After`` has passed; FAILED after the last attempt). *reason* becomes ``last_error``.
+    """
+    if kind is FailureKind.REFUSED:
+        return SendFailureDecision(Transition(S.QUEUED, {"attempts": attempts - 1, "last_error": reason}), pause=True)
+    decision = after_failure(attempts if kind is FailureKind.TRANSIENT else policy.attempts, policy, now, retry_after)
+    return SendFailureDecision(
+        Transition(decision.state, {"next_attempt_at": decision.next_attempt_at, "last_error": reason}), pause=False)
+
+
+# --- a restart ----------------------------------------------------------------------
+
+
+def on_restart(state: S | str) -> S | None:
+    """What a transfer in *state* becomes when the daemon starts: SENDING was cut off, so it is QUEUED again.
+
+    Every other state is kept (None): it either waits for something that survives a restart
+    (a time, a person) or is final. An upload cut off mid-way is sent again in full under the
+    same remote name (the peer's MOVE makes the last one win).
+    """
+    return S.QUEUED if S(state) is S.SENDING else None
+
+
+# --- a file listed in a peer's directory --------------------------------------------
+
+
+class KnownTransfer(Protocol):
+    """What the decisions read of a transfer the ledger already has (``TransferRow`` has it all)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str | None: ...
+
+    @property
+    def blob_id(self) -> str | None: ...
+
+    @property
+    def remote_etag(self) -> str | None: ...
+
+
+class RemoteAction(enum.Enum):
+    """What the results poller does with a file listed at the peer."""
+
+    FETCH = "fetch"
+    """Download it, validate and store it, then settle it (:mod:`kei_gateway.core.settle`)."""
+    FINISH_RELAY = "finish_relay"
+    """It is stored and valid but a crash came before its relay: relay it, then delete it at the peer."""
+    DELETE_AT_PEER = "delete_at_peer"
+    """This very file was relayed before and its DELETE was lost: delete it at the peer."""
+    LEAVE = "leave"
+    """Known bad and unchanged: not fetched again."""
+
+
+@dataclass(frozen=True)
+class RemoteEntryDecision:
+    action: RemoteAction
+    transfer_id: int | None = None
+    """The known transfer the action is about (FINISH_RELAY, DELETE_AT_PEER, LEAVE)."""
+    validate_first: bool = False
+    """FINISH_RELAY of a RECEIVED transfer: it becomes VALIDATED first (a RECEIVED row is only added for a
+    valid file; the crash came before VALIDATED)."""
+
+
+def on_remote_entry(known: Iterable[KnownTransfer], etag: str | None, size: int | None) -> RemoteEntryDecision:
+    """Decide about a file listed at the peer with *etag* and *size*, from the transfers known by its name.
+
+    *known* is newest first. A DONE transfer of this very file (same ETag and size) means the
+    DELETE was lost; a DONE one of another file under the name does not count (payment results
+    are deduplicated result by result, a receipt replaces its namesake): the name is fetched
+    and judged anew. A transfer stored but not relayed (RECEIVED or VALIDATED with a blob) is
+    relayed. A quarantined one with the same ETag and size is left alone.
+    """
+    for row in known:
+        state = S(row.state)
+        if state is S.DONE:
+            if row.remote_etag is not None and (row.remote_etag, row.size) == (etag, size):
+                return RemoteEntryDecision(RemoteAction.DELETE_AT_PEER, row.id)
+            continue
+        if state in (S.RECEIVED, S.VALIDATED) and row.blob_id:
+            return RemoteEntryDecision(RemoteAction.FINISH_RELAY, row.id, validate_first=state is S.RECEIVED)
+        if state is S.QUARANTINED and (row.remote_etag, row.size) == (etag, size or 0):
+            return RemoteEntryDecision(RemoteAction.LEAVE, row.id)
+    return RemoteEntryDecision(RemoteAction.FETCH)

@@ -17,6 +17,7 @@ from kei_gateway.config import Config
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.sdnotify import Notifier
+from kei_gateway.core.transfer import TransferState as S
 
 __all__ = ["StatusLine", "STATUS_INTERVAL", "QueueSource"]
 
@@ -71,7 +72,7 @@ class StatusLine(TimerService):
             for (_, state), count in queue.items():
                 totals[state] = totals.get(state, 0) + count
             summary = ", ".join(f"{totals.get(s, 0)} {s.lower().replace('_', '-')}"
-                                for s in ("QUEUED", "SENDING", "RETRY_WAIT", "HELD", "FAILED"))
+                                for s in (S.QUEUED, S.SENDING, S.RETRY_WAIT, S.HELD, S.FAILED))
             self.metrics.database_up.set(1)
             self.notifier.notify(f"STATUS=Ready. Queue: {summary}{self.extra}")
 

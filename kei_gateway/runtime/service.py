@@ -30,6 +30,7 @@ from kei_gateway.flows.inbound.mpn_results import ResultRelay
 from kei_gateway.flows.inbound.push_listener import make_push_listener
 from kei_gateway.flows.inbound.push_routing import DENIAL_REASONS
 from kei_gateway.flows.inbound.receipts import ReceiptRecorder
+from kei_gateway.flows.inbound.relay import InboxRelay, Relay
 from kei_gateway.flows.outbound.held import HeldWatch
 from kei_gateway.flows.outbound.ingest import IngestResult
 from kei_gateway.flows.outbound.outbox import OutboxWatcher
@@ -319,6 +320,18 @@ def _result_relay(gateway: GatewayService, config: Config, ledger: TransferLedge
     return gateway.relay
 
 
+def _inbound_relay(gateway: GatewayService, config: Config, flow: str, ledger: TransferLedger, store: BlobStore,
+                   blocking: Blocking, metrics: GatewayMetrics) -> Relay:
+    """The relay of an inbound flow: payment results deduplicated first, any other file whole into its inbox."""
+    if flow == "mpn-results":
+        return _result_relay(gateway, config, ledger, store, blocking, metrics)
+    settings = config.flows[flow]
+    after = ReceiptRecorder(ledger, blocking, metrics, gateway.clock) if flow == "jnks-receipts" else None
+    return InboxRelay(flow=flow, peer=settings.peer, inbox_dir=config.spool_path(settings.inbox),
+                      marker=settings.marker, ledger=ledger, store=store, blocking=blocking, clock=gateway.clock,
+                      metrics=metrics, after=after)
+
+
 def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifier: Notifier,
                  registry: CollectorRegistry | None = None, blocking: Blocking | None = None,
                  environ: Mapping[str, str] = os.environ, watchdog_interval: float | None = None,
@@ -398,14 +411,13 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         if store is None:
             raise ValueError("inbound flows need the encrypted store")
         peer = config.peers[inbound.peer]
-        hook = ReceiptRecorder(ledger, blocking, metrics, reactor) if flow == "jnks-receipts" else None
-        relay = _result_relay(gateway, config, ledger, store, blocking, metrics) if flow == "mpn-results" else None
         poller = DownloadPoller(
             flow=flow, layout_name=flow, peer=inbound.peer, results_url=peer.results_url,
-            inbox_dir=config.spool_path(inbound.inbox), quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
-            marker=inbound.marker, client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
+            quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
+            relay=_inbound_relay(gateway, config, flow, ledger, store, blocking, metrics),
+            client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
             store=store, blocking=blocking, clock=reactor, metrics=metrics, poll_interval=inbound.poll_interval,
-            on_relayed=hook, relay=relay.relay if relay is not None else None, intake_blocking=intake_blocking)
+            intake_blocking=intake_blocking)
         gateway.pollers.append(poller)
         poller.setServiceParent(gateway)
 
@@ -417,9 +429,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             raise ValueError("the push listener needs the encrypted store")
         relay = gateway.relay or _result_relay(gateway, config, ledger, store, blocking, metrics)
         push = make_push_listener(lambda: gateway.config, reactor, ledger=ledger, store=store, blocking=blocking,
-                                  metrics=metrics, environ=environ,
-                                  on_committed=lambda row, received_at: relay.relay(row, received_at),
-                                  intake_blocking=intake_blocking)
+                                  metrics=metrics, environ=environ, relay=relay, intake_blocking=intake_blocking)
         gateway.on_reconfigure.append(push.reconfigure)
         for reason in DENIAL_REASONS:
             metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start

@@ -40,7 +40,8 @@ from tests.integration.conftest import poll_until
 from tests.integration.reactor_thread import ReactorThread
 from tests.unit.helpers import push_peers_config
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")]
 
 LAYOUT = get_layout("mpn-results")
 CURL_TIMEOUT = 60
@@ -133,12 +134,14 @@ address = "127.0.0.1:{port}"
     globalLogPublisher.addObserver(observe)
     reactor = reactor_thread.reactor
 
-    def on_committed(row: TransferRow, started_at: float) -> None:
-        committed.append((row, started_at))
+    class RecordingRelay:
+        def relay(self, row: TransferRow, received_at: float | None = None) -> None:
+            assert received_at is not None
+            committed.append((row, received_at))
 
     listener = make_push_listener(lambda: holder[0], reactor, ledger=ledger, store=store,
                                   blocking=ThreadPoolBlocking(reactor, pool), metrics=metrics, environ={},
-                                  on_committed=on_committed)
+                                  relay=RecordingRelay())
     address = holder[0].listeners.push.address  # type: ignore[union-attr]
     listening = reactor_thread.run(lambda: reactor.listenTCP(address.port, listener.factory,
                                                              interface=address.host))

@@ -93,3 +93,34 @@ def test_when_the_rules_are_checked_then_a_forbidden_import_is_reported(tmp_path
     probe.write_text("import os\nfrom kei_gateway.adapters.ledger import TransferLedger\n", encoding="utf-8")
     assert _imports(probe) == [(2, "kei_gateway.adapters.ledger.TransferLedger")]
     assert "adapters" in FORBIDDEN["core"]
+
+
+def _state_literals(path: Path, names: set[str]) -> list[str]:
+    """``x == "HELD"``, ``x in ("FAILED", ...)`` and ``state="QUEUED"`` in *path*: states written as strings."""
+    found = []
+
+    def literal(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(literal(element) for element in node.elts)
+        return False
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare) and any(literal(side) for side in [node.left, *node.comparators]):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+        elif isinstance(node, ast.keyword) and node.arg == "state" and literal(node.value):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.value.lineno}")
+    return found
+
+
+def test_when_the_source_is_read_then_no_transfer_state_is_compared_as_a_string_literal() -> None:
+    """The states live in core/transfer.py; elsewhere they are ``TransferState`` members (the simulators excepted:
+    their states are the peers', not ours)."""
+    from kei_gateway.core.transfer import TransferState
+
+    names = {state.value for state in TransferState}
+    offending = [hit for path in sorted(PACKAGE.rglob("*.py"))
+                 if path.relative_to(PACKAGE).parts[0] not in ("sim",) and path.name != "transfer.py"
+                 for hit in _state_literals(path, names)]
+    assert offending == []

@@ -65,6 +65,7 @@ def sql(config: Path, statements: str) -> None:
             connection.execute(text(statement))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_operators_approve_cancel_and_retry_then_each_is_recorded_with_the_operator(
         config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     held, other, failed = add(config, S.HELD), add(config, S.HELD), add(config, S.FAILED)
@@ -82,16 +83,19 @@ def test_when_operators_approve_cancel_and_retry_then_each_is_recorded_with_the_
     assert all("KEI-DUMMY" not in repr(r) for r in records)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_db_upgrade_finds_nothing_to_do_then_nothing_is_recorded(config: Path) -> None:
     assert run(config, "db", "upgrade") == exitcodes.OK
     assert [s.record.event for s in audit_log(config).iter_records()] == ["operator.db_upgraded"]
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_a_key_is_generated_with_a_configuration_then_it_is_recorded(config: Path, tmp_path: Path) -> None:
     assert run(config, "keys", "generate", "--output", str(tmp_path / "new.key")) == exitcodes.OK
     assert [s.record.event for s in audit_log(config).iter_records()][-1] == "operator.key_generated"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_audit_key_is_missing_then_the_action_is_done_and_the_gap_is_said(
         config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     held = add(config, S.HELD)
@@ -100,12 +104,25 @@ def test_when_the_audit_key_is_missing_then_the_action_is_done_and_the_gap_is_sa
     assert "not recorded in the audit trail" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_chain_is_intact_then_verify_exits_0_with_the_count(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fill(config)
     assert run(config, "audit", "verify") == exitcodes.OK
     assert capsys.readouterr().out.strip() == "OK, 9 records"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
+def test_when_a_transfer_has_no_record_then_verify_exits_1_naming_it_though_the_chain_is_intact(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fill(config, 1)  # one record, naming transfer 0
+    lost = add(config, S.QUEUED)  # committed without its record, as a kill -9 did before issue 11
+    assert run(config, "audit", "verify") == exitcodes.FAILED
+    out, err = capsys.readouterr()
+    assert out.strip() == "OK, 2 records"
+    assert f"1 transfer(s) have no audit record (ids {lost})" in err
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
 @pytest.mark.parametrize("tamper, named", [
     ("UPDATE audit SET count = 99 WHERE sequence = 4", "record 4 changed"),
     ("DELETE FROM audit WHERE sequence = 5", "record 5 deleted"),
@@ -128,6 +145,7 @@ def test_when_a_record_is_tampered_with_then_verify_exits_1_naming_it(
     assert f"TAMPERED: {named}" in err, err
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_records_are_purged_then_verify_exits_0(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fill(config)
     assert audit_log(config).purge_before(NOW + timedelta(seconds=1), now=NOW).deleted == 9
@@ -136,6 +154,7 @@ def test_when_records_are_purged_then_verify_exits_0(config: Path, capsys: pytes
     assert capsys.readouterr().out.strip() == "OK, 1 records"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_audit_key_is_readable_by_others_then_verify_exits_2_naming_keys_audit(
         config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "credentials" / "audit.key").chmod(0o644)
@@ -155,6 +174,7 @@ def test_when_the_ledger_does_not_exist_then_verify_exits_1_without_creating_it(
     assert not (tmp_path / "state" / "ledger.sqlite3").exists()
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_a_report_is_asked_then_every_section_shows_what_happened_and_the_csv_lists_it(
         config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     held = add(config, S.HELD)

@@ -43,6 +43,7 @@ def audit_log(config: Config) -> AuditLog:
                     load_audit_key(config.file_path(config.keys.audit)))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_an_operator_action_is_recorded_under_sudo_then_the_sudo_user_is_the_actor(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     stored = record_operator_action(config, "operator.transfer_approved", environ={"SUDO_USER": "ope-dummy"},
@@ -59,6 +60,7 @@ def test_when_no_sudo_user_is_set_then_the_login_of_the_uid_is_the_actor() -> No
     assert operator_login({}) == pwd.getpwuid(os.getuid()).pw_name
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_fields_carry_a_file_name_then_it_is_not_recorded(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     stored = record_operator_action(config, "operator.keys_generated", environ={}, local_name="PERSONAL-NAME.csv",
@@ -66,6 +68,7 @@ def test_when_fields_carry_a_file_name_then_it_is_not_recorded(tmp_path: Path) -
     assert "PERSONAL-NAME" not in repr(stored)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_audit_key_is_readable_by_others_then_the_record_is_refused_naming_keys_audit(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     (tmp_path / "credentials" / "audit.key").chmod(0o644)
@@ -73,6 +76,7 @@ def test_when_the_audit_key_is_readable_by_others_then_the_record_is_refused_nam
         record_operator_action(config, "operator.transfer_retried", environ={}, transfer_id=1, journal=False)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_ledger_is_not_migrated_then_the_error_says_to_run_db_upgrade(tmp_path: Path) -> None:
     config = make_config(tmp_path, migrate=False)
     with pytest.raises(AuditError, match="db upgrade"):

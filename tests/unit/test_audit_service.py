@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.config import read_config
@@ -20,6 +21,7 @@ from kei_gateway.testing import RecordingNotifier, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class AuditInServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         base = Path(temporary_directory(self))

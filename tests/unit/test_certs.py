@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from kei_gateway.adapters.ledger import Ledger, create_ledger_engine, upgrade
 from kei_gateway.config import read_config
@@ -37,6 +38,7 @@ class ExpiryTests(SynchronousTestCase):
     def test_when_the_end_date_has_passed_then_it_is_expired(self) -> None:
         self.assertEqual(certs.expiry_warning(self.info(1), (NOW + datetime.timedelta(days=2)).timestamp()), "expired")
 
+    @pytest.mark.integration  # opens a SQLite ledger file
     def test_when_the_gateway_certificate_is_near_its_end_then_an_event_and_the_gauge_say_so(self) -> None:
         base = Path(temporary_directory(self))
         write_demo_credentials(str(base / "credentials"), days=10)

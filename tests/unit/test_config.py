@@ -239,6 +239,7 @@ def test_when_commands_are_registered_then_the_lazy_map_names_each_with_its_modu
         assert registered == {c for c, m in cli.COMMANDS.items() if m == module}, module
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_when_a_command_is_run_then_only_its_module_is_imported() -> None:
     import subprocess
     import sys

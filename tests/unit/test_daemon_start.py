@@ -19,6 +19,7 @@ from kei_gateway.testing import DUMMY_STORE_KEY, RecordingNotifier
 AUDIT_KEY = bytes(range(101, 133))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_store_holds_a_blob_the_ledger_does_not_know_then_the_start_keeps_it_for_the_purge(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     credentials = tmp_path / "credentials"

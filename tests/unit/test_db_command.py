@@ -13,6 +13,7 @@ from kei_gateway.cli import main as cli, exitcodes
 from kei_gateway.sim.harness import demo_config_text
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_db_upgrade_runs_twice_then_it_migrates_once_and_then_says_it_is_current(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "k.toml"

@@ -10,13 +10,12 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
-from kei_gateway.adapters.transport import RemoteEntry
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.inbound.downloads import DownloadPoller
+from kei_gateway.flows.inbound.relay import InboxRelay
 from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.runtime.metrics import GatewayMetrics
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
+from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, InMemoryPeer, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 RESULTS_URL = "https://127.0.0.1:9/results/"
@@ -24,50 +23,27 @@ NAME = "pay-001.dat.result"
 START = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc).timestamp()
 
 
-class FakeDavClient:
-    """The peer's results directory: one file; records what the poller asked for."""
-
-    def __init__(self, name: str, data: bytes) -> None:
-        self.files = {RESULTS_URL + name: data}
-        self.calls: list[tuple[str, str]] = []
-
-    def propfind(self, dir_url: str) -> defer.Deferred[list[RemoteEntry]]:
-        self.calls.append(("PROPFIND", dir_url))
-        return defer.succeed([RemoteEntry(url[len(dir_url):], len(data), '"e1"', None)
-                              for url, data in self.files.items()])
-
-    def get(self, url: str, sink: Any) -> defer.Deferred[tuple[int, str]]:
-        self.calls.append(("GET", url))
-        waited = sink(self.files[url])
-        d: defer.Deferred[Any] = waited if isinstance(waited, defer.Deferred) else defer.succeed(None)
-        return d.addCallback(lambda _: (len(self.files[url]), ""))
-
-    def delete(self, url: str) -> defer.Deferred[bool]:
-        self.calls.append(("DELETE", url))
-        return defer.succeed(self.files.pop(url, None) is not None)
-
-
 class PollerCase(SynchronousTestCase):
     """A jnks-receipts poller over a fake peer directory holding one receipt."""
 
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
-        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.store = InMemoryBlobStore()
         self.clock = task.Clock()
         self.clock.advance(START)
         self.data = b"".join(generate_file(get_layout("jnks-receipts"), 3, seed=4, today=dt.date(2026, 11, 21)))
-        self.client = FakeDavClient(NAME, self.data)
+        self.client = InMemoryPeer("jnks", {RESULTS_URL + NAME: self.data})
         self.inbox = self.base / "inbox"
+        metrics = GatewayMetrics(CollectorRegistry(), process=False)
+        relay = InboxRelay(flow="jnks-receipts", peer="jnks", inbox_dir=str(self.inbox), marker=False,
+                           ledger=self.ledger, store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
+                           metrics=metrics)
         self.poller = DownloadPoller(
             flow="jnks-receipts", layout_name="jnks-receipts", peer="jnks", results_url=RESULTS_URL,
-            inbox_dir=str(self.inbox), quarantine_dir=str(self.base / "quarantine"), marker=False,
-            client=self.client, ledger=self.ledger, store=self.store,  # type: ignore[arg-type]
-            blocking=SynchronousBlocking(), clock=self.clock,
-            metrics=GatewayMetrics(CollectorRegistry(), process=False), poll_interval=60.0)
+            quarantine_dir=str(self.base / "quarantine"), relay=relay,
+            client=self.client, ledger=self.ledger, store=self.store,
+            blocking=SynchronousBlocking(), clock=self.clock, metrics=metrics, poll_interval=60.0)
 
 
 class CommittedBeforeACrashTests(PollerCase):
@@ -78,14 +54,14 @@ class CommittedBeforeACrashTests(PollerCase):
         before = self.ledger.add_transfer(
             flow="jnks-receipts", direction="in", peer="jnks", local_name=NAME, state=S.RECEIVED,
             size=len(self.data), sha256=info.sha256, record_count=3, blob_id="in-before-crash", now=now,
-            remote_name=NAME, remote_etag='"e1"')
+            remote_name=NAME, remote_etag=InMemoryPeer.etag_of(self.data))
 
         self.poller.startService()
         self.addCleanup(self.poller.stopService)
 
         rows = self.ledger.inbound_for("jnks-receipts", NAME)
         self.assertEqual([(r.id, r.state) for r in rows], [(before.id, S.DONE.value)])
-        self.assertNotIn("GET", [method for method, _ in self.client.calls])
+        self.assertNotIn("GET", self.client.methods())
         self.assertEqual(self.client.files, {}, "deleted at the peer once relayed")
         self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
 
@@ -97,23 +73,26 @@ class InvalidPaymentResultsTests(SynchronousTestCase):
         from twisted.logger import LogLevel, globalLogPublisher
 
         base = Path(temporary_directory(self))
-        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        ledger = TransferLedger(engine)
+        ledger = InMemoryLedger()
         clock = task.Clock()
         clock.advance(START)
         data = b"".join(generate_file(get_layout("mpn-results"), 10, seed=5, today=dt.date(2026, 11, 21),
                                       invalid_rate=0.5))
-        client = FakeDavClient("r-001.dat", data)
+        client = InMemoryPeer("mpn", {RESULTS_URL + "r-001.dat": data})
         registry = CollectorRegistry()
         relayed: list[Any] = []
+
+        class RecordingRelay:
+            def relay(self, row: Any, received_at: float | None = None) -> defer.Deferred[None]:
+                relayed.append(row)
+                return defer.succeed(None)
+
         poller = DownloadPoller(
             flow="mpn-results", layout_name="mpn-results", peer="mpn", results_url=RESULTS_URL,
-            inbox_dir=str(base / "inbox"), quarantine_dir=str(base / "quarantine"), marker=False,
-            client=client, ledger=ledger, store=InMemoryBlobStore(),  # type: ignore[arg-type]
+            quarantine_dir=str(base / "quarantine"), relay=RecordingRelay(),
+            client=client, ledger=ledger, store=InMemoryBlobStore(),
             blocking=SynchronousBlocking(), clock=clock, metrics=GatewayMetrics(registry, process=False),
-            poll_interval=60.0, relay=relayed.append)
+            poll_interval=60.0)
         logged: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
@@ -125,8 +104,8 @@ class InvalidPaymentResultsTests(SynchronousTestCase):
         [row] = ledger.inbound_for("mpn-results", "r-001.dat")
         self.assertEqual(row.state, S.QUARANTINED.value)
         self.assertEqual(relayed, [])
-        self.assertEqual([method for method, _ in client.calls].count("GET"), 1)
-        self.assertNotIn("DELETE", [method for method, _ in client.calls])
+        self.assertEqual(client.methods().count("GET"), 1)
+        self.assertNotIn("DELETE", client.methods())
         self.assertTrue((base / "quarantine" / "r-001.dat.errors.txt").exists())
         alerts = [e for e in logged if e.get("kei_event") == "download.quarantined"]
         self.assertEqual([e["log_level"] for e in alerts], [LogLevel.critical])
@@ -145,10 +124,10 @@ class NameSeenBeforeTests(PollerCase):
                                  now=now, remote_name=NAME, remote_etag=etag)
 
     def test_when_the_same_file_was_relayed_before_then_it_is_deleted_without_fetching(self) -> None:
-        self.relayed_before('"e1"')
+        self.relayed_before(InMemoryPeer.etag_of(self.data))
         self.poller.startService()
         self.addCleanup(self.poller.stopService)
-        self.assertEqual([m for m, _ in self.client.calls], ["PROPFIND", "DELETE"])
+        self.assertEqual(self.client.methods(), ["PROPFIND", "DELETE"])
 
     def test_when_a_name_was_used_by_another_file_then_the_new_one_is_fetched_and_relayed(self) -> None:
         self.relayed_before('"older"')
@@ -161,7 +140,7 @@ class NameSeenBeforeTests(PollerCase):
     def fetched_anew(self) -> None:
         self.poller.startService()
         self.addCleanup(self.poller.stopService)
-        self.assertEqual([m for m, _ in self.client.calls], ["PROPFIND", "GET", "DELETE"])
+        self.assertEqual(self.client.methods(), ["PROPFIND", "GET", "DELETE"])
         rows = self.ledger.inbound_for("jnks-receipts", NAME)
         self.assertEqual([r.state for r in rows], [S.DONE.value, S.DONE.value])
         self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
@@ -176,7 +155,7 @@ class ReceiptRelayedOnceTests(PollerCase):
         row = self.ledger.add_transfer(
             flow="jnks-receipts", direction="in", peer="jnks", local_name=NAME, state=S.VALIDATED,
             size=len(self.data), sha256=info.sha256, record_count=3, blob_id="in-decided", now=now,
-            remote_name=NAME, remote_etag='"e1"')
+            remote_name=NAME, remote_etag=InMemoryPeer.etag_of(self.data))
         self.ledger.update(row.id, now, relay_name=NAME)
         return row.id
 

@@ -17,7 +17,7 @@ from kei_gateway.config import read_config
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.held import CHECK_INTERVAL, HeldWatch, overdue_holds
 from kei_gateway.sim.harness import demo_config_text
-from kei_gateway.testing import SynchronousBlocking
+from kei_gateway.testing import InMemoryLedger, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
@@ -62,12 +62,7 @@ class OverdueRuleTests(SynchronousTestCase):
 
 class HeldWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
-        base = Path(temporary_directory(self))
-        (base / "k.toml").write_text(demo_config_text(str(base), 19997), encoding="utf-8")
-        engine = create_ledger_engine(read_config(str(base / "k.toml")).database_url)
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.clock = task.Clock()
         self.clock.advance(T0.timestamp())
         self.seen: list[dict[str, Any]] = []
@@ -127,12 +122,8 @@ class HeldWatchTests(SynchronousTestCase):
         self.assertEqual(self.watch.last_warned, {})
 
     def test_when_the_ledger_cannot_be_read_then_an_error_is_logged_and_the_watch_goes_on(self) -> None:
-        class BrokenLedger(TransferLedger):
-            def list_transfers(self, *, state: str | None = None, flow: str | None = None,
-                               limit: int = 100) -> list[TransferRow]:
-                raise OSError(5, "Input/output error")
-
-        broken = HeldWatch(BrokenLedger(self.ledger.engine), SynchronousBlocking(), self.clock)
+        self.ledger.fail = OSError(5, "Input/output error")
+        broken = HeldWatch(self.ledger, SynchronousBlocking(), self.clock)
         self.assertEqual(self.successResultOf(broken.check()), [])
         self.assertTrue([e for e in self.seen if e.get("kei_event") == "internal.error"])
 
@@ -154,6 +145,7 @@ def add_held(ledger: TransferLedger, name: str, state: S = S.HELD) -> int:
                                size=1580, sha256="ef" * 32, record_count=5000, blob_id=f"out-{name}", now=T0).id
 
 
+@pytest.mark.integration  # the CLI opens the SQLite ledger file of the config
 def test_when_listing_held_transfers_then_only_held_ones_are_shown(
         cli_setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger = cli_setup
@@ -164,6 +156,7 @@ def test_when_listing_held_transfers_then_only_held_ones_are_shown(
     assert "held.dat" in out and "queued.dat" not in out and "5000 rec" in out
 
 
+@pytest.mark.integration  # the CLI opens the SQLite ledger file of the config
 def test_when_a_held_transfer_is_cancelled_then_its_payload_stays_for_the_purge(
         cli_setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
     """When cancelled, then it is CANCELLED with who and why, and keeps blob_id: the daily purge erases and reports it."""

@@ -123,6 +123,7 @@ def test_when_a_credential_belongs_to_a_third_account_then_it_is_refused(tmp_pat
     assert set(problems) == {"keys.store"} and "neither root" in problems["keys.store"]
 
 
+@pytest.mark.integration  # starts the daemon
 def test_when_a_key_is_unsafe_then_run_refuses_to_start_and_names_the_file(tmp_path: Path) -> None:
     """When ``kei-gateway run`` finds a group-readable store key, then it exits 2 naming the file, before any listener."""
     path = write_config(tmp_path)

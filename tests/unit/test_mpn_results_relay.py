@@ -12,8 +12,7 @@ from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
-from kei_gateway.adapters.ledger.results import ResultLedger
+from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.adapters.spool import MARKER_SUFFIX, staged_name
 from kei_gateway.core.results import ResultKeyer, facts_from_records
 from kei_gateway.core.results.identity import raw_fields
@@ -26,7 +25,7 @@ from kei_gateway.flows.inbound.mpn_results import (
 )
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
 from kei_gateway.runtime.metrics import GatewayMetrics
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
+from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, InMemoryResultLedger, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
 
 LAYOUT = get_layout("mpn-results")
@@ -47,10 +46,8 @@ def data_of(records: list[Record]) -> bytes:
 class RelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
-        engine = create_ledger_engine(f"sqlite:///{self.base}/ledger.sqlite3")
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        self.ledger, self.results = TransferLedger(engine), ResultLedger(engine)
+        self.ledger = InMemoryLedger()
+        self.results = InMemoryResultLedger(self.ledger)
         self.store = InMemoryBlobStore()
         self.clock = task.Clock()
         self.clock.advance(START)

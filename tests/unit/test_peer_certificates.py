@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.adapters.transport import PeerTLS
@@ -74,6 +75,7 @@ class PeerTlsReportTests(SynchronousTestCase):
         self.assertTrue(self.verify(tls))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class GatewayExpiryTests(SynchronousTestCase):
     def setUp(self) -> None:
         base = Path(temporary_directory(self))

@@ -44,6 +44,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Transf
     return config, ledger, store, row.id
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_purge_is_a_dry_run_then_it_lists_what_is_due_and_changes_nothing(
         setup: tuple[Path, TransferLedger, FileBlobStore, int], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger, store, transfer_id = setup
@@ -55,6 +56,7 @@ def test_when_the_purge_is_a_dry_run_then_it_lists_what_is_due_and_changes_nothi
     assert AuditLog(ledger.engine, AUDIT_KEY).available() and not list(AuditLog(ledger.engine, AUDIT_KEY).iter_records())
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_purge_runs_by_hand_then_it_erases_writes_the_report_and_records_the_operator(
         setup: tuple[Path, TransferLedger, FileBlobStore, int], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger, store, transfer_id = setup

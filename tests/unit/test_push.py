@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.config import Config, config_from_string
 from kei_gateway.flows.inbound.push import PushReceiver
 from kei_gateway.flows.inbound.push_listener import PushSite
@@ -28,7 +28,7 @@ from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.layouts.generator import violations
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.sim.harness import demo_config_text
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
+from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, SynchronousBlocking
 from tests.unit.helpers import push_peers_config, temporary_directory
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
@@ -42,11 +42,21 @@ def results_file(records: int = 3, seed: int = 1, invalid_rate: float = 0.0) -> 
     return b"".join(generate_file(LAYOUT, records, seed=seed, today=TODAY, invalid_rate=invalid_rate))
 
 
-class FailingLedger:
-    """A ledger whose reads fail, as a database that went away."""
+def failing_ledger() -> InMemoryLedger:
+    """A ledger whose every call fails, as a database that went away."""
+    ledger = InMemoryLedger()
+    ledger.fail = OSError(5, "Input/output error")
+    return ledger
 
-    def inbound_for(self, flow: str, name: str) -> list[TransferRow]:
-        raise OSError(5, "Input/output error")
+
+class HookRelay:
+    """A relay that calls *hook(row, received_at)*: what the tests watch of the hand-off."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def relay(self, row: TransferRow, received_at: float | None = None) -> Any:
+        return self.hook(row, received_at)
 
 
 class PushHarness:
@@ -54,10 +64,7 @@ class PushHarness:
                  on_committed: Any = None) -> None:
         base = temporary_directory(case)
         self.config: Config = config_from_string(demo_config_text(base, 9464, extra=PEERS))
-        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
-        upgrade(engine)
-        case.addCleanup(engine.dispose)
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.store = InMemoryBlobStore()
         self.clock = task.Clock()
         self.clock.advance(NOW.timestamp())
@@ -74,7 +81,7 @@ class PushHarness:
             kwargs["max_bytes"] = max_bytes
         self.receiver = PushReceiver(config_source=lambda: self.config, ledger=ledger or self.ledger,
                                      store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
-                                     metrics=self.metrics, on_committed=on_committed or record, **kwargs)
+                                     metrics=self.metrics, relay=HookRelay(on_committed or record), **kwargs)
         self.peers = frozenset({"mpn"})
 
     def connect(self, peers: Iterable[str] | None = None) -> tuple[HTTPChannel, StringTransport]:
@@ -313,7 +320,7 @@ class PushTests(SynchronousTestCase):
         self.assertEqual(b"".join(h.store.read(row.blob_id)), body)
 
     def test_when_the_ledger_fails_then_503_with_retry_after_and_the_blob_is_gone(self) -> None:
-        h = PushHarness(self, ledger=FailingLedger())
+        h = PushHarness(self, ledger=failing_ledger())
         status, headers, _ = h.request("PUT", "/push/mpn-results/R1.dat", results_file(2))
         self.assertEqual(status, 503)
         self.assertIn(b"retry-after: 30", headers)

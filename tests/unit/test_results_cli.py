@@ -84,6 +84,7 @@ def day_of_results(tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_reconciling_a_day_then_counts_per_channel_and_problems_are_printed_without_personal_values(
         day_of_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(day_of_results, "--date", DAY.isoformat()) == exitcodes.OK
@@ -102,6 +103,7 @@ def test_when_reconciling_a_day_then_counts_per_channel_and_problems_are_printed
     assert "…" + slip(4)[-4:] not in out, "the next day's result is not in this day"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_asked_for_csv_then_an_excel_readable_file_holds_the_same_report(
         day_of_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "reconcile.csv"
@@ -119,6 +121,7 @@ def test_when_asked_for_csv_then_an_excel_readable_file_holds_the_same_report(
     assert all(slip(n).encode() not in data for n in range(5))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_check_is_asked_and_something_needs_a_person_then_the_exit_status_is_1(
         day_of_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(day_of_results, "--date", DAY.isoformat(), "--check") == exitcodes.FAILED
@@ -126,6 +129,7 @@ def test_when_check_is_asked_and_something_needs_a_person_then_the_exit_status_i
     assert "no payment results in this period" in capsys.readouterr().out
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_since_is_given_then_every_later_day_is_included(
         day_of_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(day_of_results, "--since", DAY.isoformat()) == exitcodes.OK
@@ -133,6 +137,7 @@ def test_when_since_is_given_then_every_later_day_is_included(
     assert "2026-03-02 以降" in out and "…" + slip(4)[-4:] in out
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_flow_sets_the_limit_then_younger_provisionals_are_pending_or_overdue_by_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, limit="2h")
@@ -146,6 +151,7 @@ def test_when_the_flow_sets_the_limit_then_younger_provisionals_are_pending_or_o
     assert (totals["確報待ち"], totals["未確報・期限超過"]) == ("1", "1")
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_date_is_malformed_then_it_is_a_usage_error(
         day_of_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -163,6 +169,7 @@ def test_when_there_is_no_ledger_then_it_fails_and_creates_none(
     assert not database.exists()
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_ledger_predates_the_results_table_then_it_says_to_upgrade(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
 from kei_gateway.adapters.transport import (
     HttpError,
     OutboundDenied,
     PeerIdentityError,
-    PutResult,
     RemoteConflict,
     TransientError,
 )
@@ -24,37 +21,26 @@ from kei_gateway.config import RetryPolicy
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.sender import UploadSender
 from kei_gateway.runtime.metrics import GatewayMetrics
-from kei_gateway.testing import InMemoryBlobStore, SynchronousBlocking
-from tests.unit.helpers import temporary_directory
+from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, InMemoryPeer, SynchronousBlocking
 
 START = datetime.datetime(2026, 11, 21, 0, 0, tzinfo=datetime.timezone.utc)
 PAYLOAD = b"1" * 70
 
 
-class FakeClient:
-    """Answers each put with the next scripted outcome (an exception or None for success)."""
+def peer_failing(*outcomes: Exception | None) -> InMemoryPeer:
+    """The JNKS peer, whose next uploads end in *outcomes* in turn (None: that one works)."""
+    peer = InMemoryPeer("jnks")
+    peer.fail_next("PUT", *outcomes)
+    return peer
 
-    def __init__(self, outcomes: Iterable[Exception | None] = ()) -> None:
-        self.outcomes = list(outcomes)
-        self.puts: list[tuple[str, str, bytes, int, str]] = []
 
-    def put(self, dir_url: str, name: str, body: Callable[[], Iterable[bytes]], size: int,
-            sha256: str) -> defer.Deferred[PutResult]:
-        data = b"".join(body())
-        self.puts.append((dir_url, name, data, size, sha256))
-        outcome = self.outcomes.pop(0) if self.outcomes else None
-        if outcome is not None:
-            return defer.fail(outcome)
-        return defer.succeed(PutResult(name, dir_url + name, False))
+def put_names(peer: InMemoryPeer) -> list[str]:
+    return [url.rsplit("/", 1)[1] for method, url in peer.calls if method == "PUT"]
 
 
 class SenderTests(SynchronousTestCase):
     def setUp(self) -> None:
-        base = temporary_directory(self)
-        engine = create_ledger_engine(f"sqlite:///{base}/ledger.sqlite3")
-        upgrade(engine)
-        self.addCleanup(engine.dispose)
-        self.ledger = TransferLedger(engine)
+        self.ledger = InMemoryLedger()
         self.store = InMemoryBlobStore()
         info = self.store.write("blob-1", [PAYLOAD])
         self.transfer = self.ledger.add_transfer(
@@ -67,9 +53,9 @@ class SenderTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def sender(self, client: FakeClient, attempts: int = 3) -> UploadSender:
+    def sender(self, client: InMemoryPeer, attempts: int = 3) -> UploadSender:
         sender = UploadSender(flow="jnks-payments", peer="jnks", lg_code="131041",
-                              dir_url="https://jnks.example/upload/", client=client,  # type: ignore[arg-type]
+                              dir_url="https://jnks.example/upload/", client=client,
                               ledger=self.ledger, store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
                               metrics=GatewayMetrics(self.registry, process=False),
                               policy=RetryPolicy(attempts=attempts, first_delay=30.0, max_delay=3600.0))
@@ -85,21 +71,23 @@ class SenderTests(SynchronousTestCase):
         return self.ledger.get(self.transfer).state
 
     def test_when_the_upload_succeeds_then_the_transfer_is_done_under_its_deterministic_name(self) -> None:
-        client = FakeClient()
+        client = peer_failing()
         self.sender(client)
         self.assertEqual(self.state(), "DONE")
-        dir_url, name, data, size, _ = client.puts[0]
+        [name] = put_names(client)
         self.assertEqual(name, f"131041_jnks-payments_20261121090000_{self.transfer}.dat")  # created 00:00 UTC = 09:00 JST
-        self.assertEqual((data, size), (PAYLOAD, 70))
+        self.assertEqual(client.files, {f"https://jnks.example/upload/{name}": PAYLOAD})
         self.assertEqual(self.ledger.get(self.transfer).remote_name, name)
         self.assertEqual(self.registry.get_sample_value("kei_gateway_transfers_total",
                                                         {"flow": "jnks-payments", "outcome": "done"}), 1)
         self.assertEqual(self.registry.get_sample_value("kei_gateway_transfer_bytes_total", {"flow": "jnks-payments"}), 70)
         self.assertEqual(self.registry.get_sample_value("kei_gateway_peer_up", {"peer": "jnks"}), 1)
         self.assertIn("transfer.sent", self.kinds())
+        self.assertEqual([(event, fields["transfer_id"]) for event, fields in self.ledger.audit],
+                         [("transfer.sent", self.transfer)], "the delivery's record is committed with DONE")
 
     def test_when_the_network_fails_then_it_waits_its_back_off_and_the_same_name_is_sent_again(self) -> None:
-        client = FakeClient([TransientError("jnks", "connect", "refused")])
+        client = peer_failing(TransientError("jnks", "connect", "refused"))
         self.sender(client)
         row = self.ledger.get(self.transfer)
         self.assertEqual((row.state, row.attempts), ("RETRY_WAIT", 1))
@@ -107,41 +95,42 @@ class SenderTests(SynchronousTestCase):
         wait = row.next_attempt_at.timestamp() - self.clock.seconds()  # type: ignore[union-attr]
         self.assertTrue(30 <= wait <= 45, wait)
         self.clock.advance(10)
-        self.assertEqual(len(client.puts), 1, "not before its time")
+        self.assertEqual(len(put_names(client)), 1, "not before its time")
         self.clock.advance(40)
         self.assertEqual(self.state(), "DONE")
-        self.assertEqual(client.puts[0][1], client.puts[1][1], "a retry repeats the same remote name")
+        first, second = put_names(client)
+        self.assertEqual(first, second, "a retry repeats the same remote name")
         self.assertEqual(self.registry.get_sample_value("kei_gateway_retries_total", {"peer": "jnks"}), 1)
 
     def test_when_the_peer_says_retry_after_then_no_attempt_comes_sooner(self) -> None:
-        client = FakeClient([HttpError("jnks", "PUT", "/upload/x.part", 503, retry_after=600)])
+        client = peer_failing(HttpError("jnks", "PUT", "/upload/x.part", 503, retry_after=600))
         self.sender(client)
         row = self.ledger.get(self.transfer)
         self.assertEqual(row.next_attempt_at.timestamp() - self.clock.seconds(), 600)  # type: ignore[union-attr]
 
     def test_when_every_attempt_fails_then_the_transfer_is_failed_with_an_alert(self) -> None:
-        client = FakeClient([TransientError("jnks", "connect", "refused")] * 3)
+        client = peer_failing(*[TransientError("jnks", "connect", "refused")] * 3)
         self.sender(client, attempts=3)
         for _ in range(10):
             self.clock.advance(3600)
         row = self.ledger.get(self.transfer)
-        self.assertEqual((row.state, row.attempts, len(client.puts)), ("FAILED", 3, 3))
+        self.assertEqual((row.state, row.attempts, len(put_names(client))), ("FAILED", 3, 3))
         self.assertIn("transfer.failed", self.kinds())
         self.assertEqual(self.registry.get_sample_value("kei_gateway_transfers_total",
                                                         {"flow": "jnks-payments", "outcome": "failed"}), 1)
 
     def test_when_the_name_exists_with_other_content_then_it_fails_at_once_for_a_person(self) -> None:
-        self.sender(FakeClient([RemoteConflict("jnks", "x.dat", "a" * 64, "b" * 64)]))
+        self.sender(peer_failing(RemoteConflict("jnks", "x.dat", "a" * 64, "b" * 64)))
         self.assertEqual(self.state(), "FAILED")
 
     def test_when_the_address_is_refused_then_the_transfer_stays_queued_and_the_flow_pauses_until_resumed(self) -> None:
-        client = FakeClient([OutboundDenied("jnks", "address", "10.9.9.9 outside allow")])
+        client = peer_failing(OutboundDenied("jnks", "address", "10.9.9.9 outside allow"))
         sender = self.sender(client)
         row = self.ledger.get(self.transfer)
         self.assertEqual((row.state, row.attempts), ("QUEUED", 0))
         self.assertIsNotNone(sender.paused)
         self.clock.advance(60)
-        self.assertEqual(len(client.puts), 1, "paused: no more attempts until a person acts")
+        self.assertEqual(len(put_names(client)), 1, "paused: no more attempts until a person acts")
         self.assertIn("peer.denied", self.kinds())
         self.assertEqual(self.registry.get_sample_value("kei_gateway_denied_connections_total",
                                                         {"listener": "outbound", "reason": "address"}), 1)
@@ -149,7 +138,7 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(self.state(), "DONE")
 
     def test_when_the_peer_fails_its_identity_check_then_it_is_a_critical_event_and_nothing_more_is_tried(self) -> None:
-        client = FakeClient([PeerIdentityError("jnks", "pin", "SPKI hash differs")])
+        client = peer_failing(PeerIdentityError("jnks", "pin", "SPKI hash differs"))
         sender = self.sender(client)
         self.assertEqual(self.state(), "QUEUED")
         self.assertIsNotNone(sender.paused)

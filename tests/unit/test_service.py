@@ -8,6 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from kei_gateway.adapters.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
 from kei_gateway.adapters.store.keys import StoreKeyring
@@ -23,6 +24,7 @@ from kei_gateway.sim.harness import demo_config_text, jnks_flow_config_text, mpn
 from kei_gateway.testing import DUMMY_STORE_KEY, InMemoryBlobStore, RecordingNotifier, SynchronousBlocking
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class ServiceTreeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
@@ -148,6 +150,7 @@ class RestartNeededTests(SynchronousTestCase):
 
 
 class LedgerTests(SynchronousTestCase):
+    @pytest.mark.integration  # opens a SQLite ledger file
     def test_when_sqlite_is_set_up_then_wal_and_synchronous_full_are_in_force(self) -> None:
         path = os.path.join(temporary_directory(self), "ledger.sqlite3")
         engine = create_ledger_engine(f"sqlite:///{path}")
@@ -159,6 +162,7 @@ class LedgerTests(SynchronousTestCase):
         self.assertEqual(upgrade(engine), head_revision(), "a second upgrade is a no-op")
         engine.dispose()
 
+    @pytest.mark.integration  # opens a SQLite ledger file
     def test_when_migrated_then_the_schema_matches_the_models_exactly(self) -> None:
         from alembic.autogenerate import compare_metadata
         from alembic.runtime.migration import MigrationContext
@@ -191,6 +195,7 @@ class LedgerTests(SynchronousTestCase):
         self.assertFalse(is_transient(OperationalError("x", {}, Exception("no such table: transfers"))))
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class ThreadPoolTests(SynchronousTestCase):
     def test_when_built_for_real_then_store_writers_have_their_own_pool_apart_from_the_ledger_and_watchdog(
             self) -> None:
@@ -217,6 +222,7 @@ class ThreadPoolTests(SynchronousTestCase):
             self.assertIs(poller.blocking, gateway.blocking)
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 class FlowGaugeTests(SynchronousTestCase):
     """Gauges the shipped alert rules compare against (contrib/prometheus/kei-gateway.rules.yml)."""
 

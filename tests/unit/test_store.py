@@ -367,6 +367,7 @@ def test_when_the_chunks_fail_mid_write_then_no_blob_exists_under_the_name(store
 
 # --- the file store: crash safety, modes, memory ---------------------------------------
 
+@pytest.mark.integration  # kills a writer process
 def test_when_the_process_dies_mid_write_then_no_blob_exists_and_recover_removes_the_temp(tmp_path: Path) -> None:
     store = FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_A))
 

@@ -36,6 +36,7 @@ def run(config: Path, *argv: str) -> int:
     return cli.main(["-c", str(config), *argv])
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_a_held_transfer_is_approved_then_it_is_queued_with_the_approver(
         setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger = setup
@@ -46,6 +47,7 @@ def test_when_a_held_transfer_is_approved_then_it_is_queued_with_the_approver(
     assert row.state == "QUEUED" and row.approved_by == "tanaka-dummy"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_approving_something_not_held_then_it_is_refused_and_unchanged(
         setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger = setup
@@ -55,6 +57,7 @@ def test_when_approving_something_not_held_then_it_is_refused_and_unchanged(
     assert ledger.get(queued).state == "QUEUED"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_a_failed_transfer_is_retried_then_it_is_queued_with_fresh_attempts(
         setup: tuple[Path, TransferLedger]) -> None:
     config, ledger = setup
@@ -66,6 +69,7 @@ def test_when_a_failed_transfer_is_retried_then_it_is_queued_with_fresh_attempts
     assert row.state == "QUEUED" and row.attempts == 0
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_cancelled_then_the_reason_and_person_are_kept(setup: tuple[Path, TransferLedger]) -> None:
     config, ledger = setup
     held = add(ledger, S.HELD)
@@ -74,6 +78,7 @@ def test_when_cancelled_then_the_reason_and_person_are_kept(setup: tuple[Path, T
     assert row.state == "CANCELLED" and row.last_error == "cancelled by tanaka-dummy: sent twice by mistake"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_listing_and_showing_then_states_counts_and_json_come_out(
         setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger = setup
@@ -91,6 +96,7 @@ def test_when_listing_and_showing_then_states_counts_and_json_come_out(
     assert "no transfer 999" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_a_stored_file_is_exported_then_it_comes_back_decrypted_0600_and_never_overwrites(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from kei_gateway.sim.pki import write_demo_credentials
@@ -115,6 +121,7 @@ def test_when_a_stored_file_is_exported_then_it_comes_back_decrypted_0600_and_ne
     assert "nothing is overwritten" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_daemon_starts_sending_a_transfer_being_retried_then_the_retry_changes_nothing(
         setup: tuple[Path, TransferLedger], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     config, ledger = setup
@@ -128,6 +135,7 @@ def test_when_the_daemon_starts_sending_a_transfer_being_retried_then_the_retry_
     assert ledger.get(waiting).state == "SENDING"
 
 
+@pytest.mark.integration  # opens a SQLite ledger file (issue 13 test from main, under issue 10's tiers)
 def test_when_show_is_asked_for_degenerations_then_the_encrypted_list_is_printed_and_the_reading_audited(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from kei_gateway.operations.audit import AuditLog, audit_key_from_config

@@ -7,9 +7,12 @@ to a store writer running behind the blocking door, and are validated on the way
 settled by re-reading the stored blob). Nothing is buffered whole, nothing is written
 in plaintext.
 
-:class:`StreamIntake` is the streaming part; :func:`quarantine_received` is the
-blocking bookkeeping of a file that failed validation (encrypted blob kept, errors
-file for a person, ``QUARANTINED`` transfer row).
+:class:`StreamIntake` is the streaming part. :func:`settle_received` is the one
+blocking step after it, for pull and push alike: it asks the pure decision
+(:func:`kei_gateway.core.settle.settle`) what the stored file is and carries it out —
+commit a new ``VALIDATED`` transfer, quarantine an invalid file
+(:func:`quarantine_received`: encrypted blob kept, errors file for a person,
+``QUARANTINED`` transfer row), or drop the new blob of a repeat or a conflict.
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
 from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.core.settle import Door, SettleDecision, Settlement, settle
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import errors_file_lines
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["Received", "StreamIntake", "quarantine_received", "count_quarantined", "new_inbound_blob_id",
+__all__ = ["Received", "StreamIntake", "Settled", "settle_received", "quarantine_received", "count_quarantined", "new_inbound_blob_id",
            "first_error", "first_error_summary", "QUEUE_SIZE", "QUEUE_TIMEOUT"]
 
 QUEUE_SIZE = 16
@@ -196,7 +202,68 @@ class StreamIntake:
         return done
 
 
-def quarantine_received(*, ledger: TransferLedger, flow: str, peer: str, name: str, quarantine_dir: str,
+@dataclass(frozen=True)
+class Settled:
+    """What :func:`settle_received` did: the decision, and the transfer committed or quarantined (else None)."""
+
+    decision: SettleDecision
+    row: TransferRow | None
+
+    @property
+    def settlement(self) -> Settlement:
+        return self.decision.settlement
+
+
+_COMMIT_POINTS = {Door.PULL: (None, "download.committed"), Door.PUSH: ("push.stored", "push.committed")}
+"""The crash points around the commit of a new inbound file, by door (kei_gateway.runtime.crashpoints)."""
+
+
+def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore, flow: str, peer: str, name: str,
+                    received: Received, quarantine_dir: str, now: datetime.datetime, note: str,
+                    known: list[TransferRow] | None = None, size: int | None = None,
+                    remote_etag: str | None = None) -> Settled:
+    """Blocking: settle a file now in the store (:func:`~kei_gateway.core.settle.settle`) and carry the decision out.
+
+    *known* are the transfers under *name* (newest first), read here when not given. NEW is
+    committed as an inbound transfer ``VALIDATED`` (from then on a failure may leave a row
+    pointing at the blob, so the blob stays: an unreferenced one is the purge's to remove);
+    INVALID is quarantined (*note* ends its errors file; *size* and *remote_etag* are what the
+    peer listed); any other settlement drops the new blob. A failure before the commit drops
+    the new blob too, and is raised.
+    """
+    try:
+        if known is None:
+            known = ledger.inbound_for(flow, name)
+        decision = settle(door, known, received.sha256, received.report.valid)
+        if decision.settlement is Settlement.INVALID:
+            quarantined = quarantine_received(ledger=ledger, flow=flow, peer=peer, name=name,
+                                              quarantine_dir=quarantine_dir, received=received, now=now, note=note,
+                                              size=size, remote_etag=remote_etag)
+            return Settled(decision, quarantined)
+    except Exception:
+        _discard(store, received.blob_id)
+        raise
+    if not decision.keeps_blob:
+        _discard(store, received.blob_id)
+        return Settled(decision, None)
+    stored, committed = _COMMIT_POINTS[door]
+    if stored is not None:
+        crashpoint(stored)
+    row = ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
+                              size=received.size, sha256=received.sha256, record_count=received.report.records,
+                              blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag)
+    crashpoint(committed)
+    return Settled(decision, row)
+
+
+def _discard(store: BlobStore, blob_id: str) -> None:
+    try:
+        store.delete(blob_id)
+    except Exception:
+        pass  # a leftover blob is the purge's to remove
+
+
+def quarantine_received(*, ledger: TransferLedgerPort, flow: str, peer: str, name: str, quarantine_dir: str,
                         received: Received, now: datetime.datetime, note: str, size: int | None = None,
                         remote_etag: str | None = None) -> TransferRow:
     """Blocking: keep an invalid inbound file encrypted, write its errors for a person, record it ``QUARANTINED``.

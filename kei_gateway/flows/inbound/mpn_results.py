@@ -36,8 +36,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
-from kei_gateway.adapters.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.results import DuplicateResult
+from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
 from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.names import remote_name
@@ -114,7 +115,7 @@ def select_records(chunks: Iterable[bytes], record_length: int, wanted: Collecti
         yield b"".join(out)
 
 
-def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: ResultLedger, store: BlobStore,
+def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
                          now: datetime.datetime) -> RelayOutcome:
     """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring)."""
@@ -136,7 +137,7 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedger, results: R
     raise RuntimeError(f"transfer {transfer_id}: its results kept changing while being relayed")
 
 
-def _relay_once(row: TransferRow, results: ResultLedger, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
+def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
                 marker: bool, lg_code: str, now: datetime.datetime) -> RelayOutcome:
     assert row.blob_id is not None
     layout = get_layout(FLOW)
@@ -178,8 +179,8 @@ class ResultRelay(service.Service):
     first) is relayed.
     """
 
-    def __init__(self, *, inbox_dir: str, marker: bool, lg_code: str, ledger: TransferLedger,
-                 results: ResultLedger, keyer: ResultKeyer, store: BlobStore, blocking: Blocking, clock: Any,
+    def __init__(self, *, inbox_dir: str, marker: bool, lg_code: str, ledger: TransferLedgerPort,
+                 results: ResultLedgerPort, keyer: ResultKeyer, store: BlobStore, blocking: Blocking, clock: Any,
                  metrics: GatewayMetrics, unconfirmed_after: float,
                  check_interval: float = UNCONFIRMED_CHECK_INTERVAL) -> None:
         self.setName("relay:mpn-results")

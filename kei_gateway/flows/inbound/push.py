@@ -16,27 +16,36 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import Config
 from kei_gateway.core.jst import today_in_jst
-from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.core.settle import Door, Settlement
 from kei_gateway.flows.inbound.intake import (
     Received,
+    Settled,
     StreamIntake,
     count_quarantined,
     first_error,
-    quarantine_received,
+    settle_received,
 )
-from kei_gateway.flows.inbound.push_routing import DENIAL_REASONS, MAX_PUSH_BYTES, PushTarget, Refusal, Response, route_push
+from kei_gateway.flows.inbound.push_routing import (
+    DENIAL_REASONS,
+    MAX_PUSH_BYTES,
+    PushTarget,
+    Refusal,
+    Response,
+    route_push,
+)
+from kei_gateway.flows.inbound.relay import Relay
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
-from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.listeners import AllowListFactory
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["PushReceiver", "OnCommitted", "MAX_CONCURRENT_PUSHES", "RETRY_AFTER_SECONDS",
+__all__ = ["PushReceiver", "MAX_CONCURRENT_PUSHES", "RETRY_AFTER_SECONDS",
     "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT", "AcceptedPush"]
 
 MAX_CONCURRENT_PUSHES = 2
@@ -47,9 +56,6 @@ BUSY_RETRY_AFTER_SECONDS = 2
 """``Retry-After`` of a 503 ``busy`` (too many pushes at once): it clears as soon as one finishes."""
 IDLE_TIMEOUT = 60.0
 """Seconds a connection may stay silent (handshake, headers or body) before it is closed."""
-
-OnCommitted = Callable[[TransferRow, float], "defer.Deferred[Any] | None"]
-"""The hook run after a ``201``: the committed row and the time (Unix seconds) the push request started."""
 
 
 # --------------------------------------------------------------------------- the intake and its outcomes
@@ -69,8 +75,8 @@ class PushReceiver:
 
     log = Logger()
 
-    def __init__(self, *, config_source: Callable[[], Config], ledger: TransferLedger, store: BlobStore,
-                 blocking: Blocking, clock: Any, metrics: GatewayMetrics, on_committed: OnCommitted | None = None,
+    def __init__(self, *, config_source: Callable[[], Config], ledger: TransferLedgerPort, store: BlobStore,
+                 blocking: Blocking, clock: Any, metrics: GatewayMetrics, relay: Relay | None = None,
                  max_bytes: int = MAX_PUSH_BYTES, max_concurrent: int = MAX_CONCURRENT_PUSHES,
                  intake_blocking: Blocking | None = None) -> None:
         self.config_source = config_source
@@ -78,7 +84,8 @@ class PushReceiver:
         self.intake_blocking = intake_blocking or blocking
         """The door of the store writers, which wait on the network for the whole body."""
         self.clock, self.metrics = clock, metrics
-        self.on_committed = on_committed
+        self.relay = relay
+        """Where a committed push goes (:mod:`kei_gateway.flows.inbound.relay`); its 201 does not wait for it."""
         self.max_bytes = max_bytes
         self.max_concurrent = max_concurrent
         self._in_flight: set[tuple[str, str]] = set()
@@ -156,52 +163,32 @@ class PushReceiver:
     @defer.inlineCallbacks
     def _settle(self, accepted: AcceptedPush, received: Received) -> Any:
         target = accepted.target
-        try:
-            known: list[TransferRow] = yield self.blocking.run(self.ledger.inbound_for, target.flow, target.name)
-        except Exception:
-            yield self._discard(received.blob_id)
-            raise
-        kept = [row for row in known if row.state != S.QUARANTINED.value]
-        same = next((row for row in kept if row.sha256 == received.sha256), None)
-        if same is not None:
-            yield self._discard(received.blob_id)
-            events.emit(self.log, events.PUSH_REPEATED, flow=target.flow, peer=target.peer, name=target.name,
-                        transfer_id=same.id, sha256=received.sha256)
-            return Response(204)
-        if kept:
-            yield self._discard(received.blob_id)
-            events.emit(self.log, events.PUSH_CONFLICT, flow=target.flow, peer=target.peer, name=target.name,
-                        transfer_id=kept[0].id, sha256=received.sha256)
-            return Response(409, f"{target.name} was already received with other content (transfer {kept[0].id}); "
-                                 "push it under a new name\n")
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        config = self.config_source()
+        settled: Settled = yield self.blocking.run(
+            settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
+            peer=target.peer, name=target.name, received=received,
+            quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
+            note="refused to the peer with 422")
+        decision = settled.decision
         report = received.report
-        if not report.valid:
-            if any(row.sha256 == received.sha256 for row in known):
-                yield self._discard(received.blob_id)  # the same bad file again: quarantined once is enough
-            else:
-                config = self.config_source()
-                quarantine_dir = config.spool_path(os.path.join("quarantine", target.flow))
-                try:
-                    yield self.blocking.run(
-                        quarantine_received, ledger=self.ledger, flow=target.flow, peer=target.peer,
-                        name=target.name, quarantine_dir=quarantine_dir, received=received, now=now,
-                        note="refused to the peer with 422")
-                except Exception:
-                    yield self._discard(received.blob_id)
-                    raise
+        if decision.settlement is Settlement.IDENTICAL_REPEAT:
+            events.emit(self.log, events.PUSH_REPEATED, flow=target.flow, peer=target.peer, name=target.name,
+                        transfer_id=decision.transfer_id, sha256=received.sha256)
+            return Response(204)
+        if decision.settlement is Settlement.SAME_NAME_OTHER_CONTENT:
+            events.emit(self.log, events.PUSH_CONFLICT, flow=target.flow, peer=target.peer, name=target.name,
+                        transfer_id=decision.transfer_id, sha256=received.sha256)
+            return Response(409, f"{target.name} was already received with other content "
+                                 f"(transfer {decision.transfer_id}); push it under a new name\n")
+        if decision.settlement in (Settlement.INVALID, Settlement.KNOWN_INVALID):
+            if decision.settlement is Settlement.INVALID:
                 count_quarantined(self.metrics, target.flow, report)
             events.emit(self.log, events.PUSH_QUARANTINED, flow=target.flow, peer=target.peer, name=target.name,
                         reason=first_error(report), sha256=received.sha256, records=report.records)
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
-        # The commit: from here on a failure may leave a row pointing at the blob, so the blob stays
-        # (an unreferenced one is the purge's to remove).
-        crashpoint("push.stored")
-        row: TransferRow = yield self.blocking.run(
-            self.ledger.add_transfer, flow=target.flow, direction="in", peer=target.peer, local_name=target.name,
-            state=S.VALIDATED, size=received.size, sha256=received.sha256, record_count=report.records,
-            blob_id=received.blob_id, now=now, remote_name=target.name)
-        crashpoint("push.committed")
+        row = settled.row
+        assert row is not None
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
                     records=report.records, transfer_id=row.id, sha256=row.sha256)
@@ -209,7 +196,9 @@ class PushReceiver:
         return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
 
     def _hand_over(self, row: TransferRow, started_at: float) -> None:
-        if self.on_committed is None:
+        """The committed file to the flow's relay, not awaited (the peer has its 201); a failure is logged and
+        the file stays VALIDATED for the relay's next check."""
+        if self.relay is None:
             return
 
         def failed(failure: Failure) -> None:
@@ -217,16 +206,12 @@ class PushReceiver:
                         reason=f"after push commit: {_describe(failure)}")
 
         try:
-            result = self.on_committed(row, started_at)
+            result = self.relay.relay(row, started_at)
         except Exception as error:
             failed(Failure(error))
             return
         if isinstance(result, defer.Deferred):
             result.addErrback(failed)
-
-    def _discard(self, blob_id: str) -> defer.Deferred[Any]:
-        d = self.blocking.run(self.store.delete, blob_id)
-        return d.addErrback(lambda failure: None)  # a leftover blob is the purge's to remove
 
     def _unavailable(self, failure: Failure, accepted: AcceptedPush) -> Response:
         target = accepted.target

@@ -20,8 +20,8 @@ which would write large bodies to an unencrypted temporary file, is never used).
 Then: a known name with the same SHA-256 → ``204`` (the new blob is deleted); a
 known name with other content → ``409``; an invalid file → quarantined and ``422``
 with the (masked) errors; else the inbound transfer is committed ``VALIDATED`` and
-the answer is ``201``, after which ``on_committed(row, received_at)`` runs (not
-awaited). Ledger or store trouble → ``503`` with ``Retry-After``.
+the answer is ``201``, after which the flow's relay takes it (``relay.relay(row, received_at)``,
+not awaited). The decision is :func:`kei_gateway.core.settle.settle`, the same as for a pulled file. Ledger or store trouble → ``503`` with ``Retry-After``.
 
 :func:`make_push_listener` builds it all; the composition root listens with its
 ``factory`` and calls its ``reconfigure`` after a reload. The allow-lists, CAs and
@@ -43,13 +43,14 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from kei_gateway.adapters.ledger import TransferLedger
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.push_tls import ConnectionTrust, PushTLS, PushTLSFactory
 from kei_gateway.config import Config
 from kei_gateway.flows.inbound.intake import StreamIntake
-from kei_gateway.flows.inbound.push import AcceptedPush, BUSY_RETRY_AFTER_SECONDS, IDLE_TIMEOUT, OnCommitted, PushReceiver, RETRY_AFTER_SECONDS
+from kei_gateway.flows.inbound.push import AcceptedPush, BUSY_RETRY_AFTER_SECONDS, IDLE_TIMEOUT, PushReceiver, RETRY_AFTER_SECONDS
 from kei_gateway.flows.inbound.push_routing import Refusal, Response
+from kei_gateway.flows.inbound.relay import Relay
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.listeners import AllowListFactory
@@ -293,10 +294,10 @@ class PushListener(NamedTuple):
     receiver: PushReceiver
 
 
-def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, ledger: TransferLedger,
+def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, ledger: TransferLedgerPort,
                        store: BlobStore, blocking: Blocking, metrics: GatewayMetrics,
                        environ: Mapping[str, str] = os.environ,
-                       on_committed: OnCommitted | None = None,
+                       relay: Relay | None = None,
                        intake_blocking: Blocking | None = None) -> PushListener:
     """The push listener's protocol factory (allow-list guard → TLS → HTTP) and its reload hook.
 
@@ -304,10 +305,10 @@ def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, led
     connection, so after a reload new connections use the new allow-lists, CAs and
     pins while open ones finish with what they started with. ``reconfigure(config)``
     also drops the cached TLS contexts, so CA, certificate and key files replaced
-    under the same names are re-read. *on_committed* runs after each ``201``.
+    under the same names are re-read. *relay* takes each file answered ``201`` (not awaited).
     """
     receiver = PushReceiver(config_source=config_source, ledger=ledger, store=store, blocking=blocking,
-                            clock=reactor, metrics=metrics, on_committed=on_committed,
+                            clock=reactor, metrics=metrics, relay=relay,
                             intake_blocking=intake_blocking)
     tls = PushTLS(config_source, environ)
     site = PushSite(receiver, tls, reactor)

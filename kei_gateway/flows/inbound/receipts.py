@@ -8,7 +8,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.core.jst import today_in_jst
 from kei_gateway.layouts import ValidationOptions, get_layout, parse_records
@@ -34,9 +35,9 @@ def count_results(store: BlobStore, blob_id: str, today: datetime.date) -> tuple
 
 
 class ReceiptRecorder:
-    """The ``on_relayed`` hook of the ``jnks-receipts`` poller."""
+    """The *after* step of the ``jnks-receipts`` inbox relay (:class:`~kei_gateway.flows.inbound.relay.InboxRelay`)."""
 
-    def __init__(self, ledger: TransferLedger, blocking: Blocking, metrics: GatewayMetrics, clock: Any,
+    def __init__(self, ledger: TransferLedgerPort, blocking: Blocking, metrics: GatewayMetrics, clock: Any,
                  upload_flow: str = "jnks-payments") -> None:
         self.ledger, self.blocking, self.metrics, self.clock = ledger, blocking, metrics, clock
         self.upload_flow = upload_flow

@@ -23,7 +23,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import TransferLedgerPort
+from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 
@@ -57,7 +59,7 @@ def overdue_holds(rows: Iterable[TransferRow], now: float, last_warned: dict[int
     every hold returned, and forgets transfers that are no longer HELD, so it
     stays as small as the set of holds.
     """
-    held = [row for row in rows if row.state == "HELD"]
+    held = [row for row in rows if row.state == S.HELD]
     for gone in set(last_warned) - {row.id for row in held}:
         del last_warned[gone]
     due = []
@@ -81,7 +83,7 @@ class HeldWatch(service.Service):
 
     name = "held-watch"
 
-    def __init__(self, ledger: TransferLedger, blocking: Blocking, clock: Any,
+    def __init__(self, ledger: TransferLedgerPort, blocking: Blocking, clock: Any,
                  interval: float = CHECK_INTERVAL, overdue_after: float = OVERDUE_AFTER,
                  repeat_after: float = REPEAT_AFTER) -> None:
         self.ledger, self.blocking, self.clock = ledger, blocking, clock
@@ -123,5 +125,5 @@ class HeldWatch(service.Service):
                         reason=f"cannot list HELD transfers: {events.describe_error(failure.value)}")
             return []
 
-        d = self.blocking.run(self.ledger.list_transfers, state="HELD", limit=HELD_LIMIT, oldest_first=True)
+        d = self.blocking.run(self.ledger.list_transfers, state=S.HELD, limit=HELD_LIMIT, oldest_first=True)
         return d.addCallbacks(warn, failed)

@@ -6,6 +6,7 @@ for one more scan afterwards, so nothing is missed and nothing runs twice at onc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable
 from typing import Any
@@ -15,20 +16,26 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from kei_gateway.adapters.ledger import TransferLedger
-from kei_gateway.adapters.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
+from kei_gateway.adapters.ports import TransferLedgerPort
+from kei_gateway.adapters.spool import NAME_PATTERN, SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
+from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["OutboxWatcher", "RESCAN_INTERVAL"]
+__all__ = ["OutboxWatcher", "RESCAN_INTERVAL", "loggable_name"]
 
 RESCAN_INTERVAL = 30.0
+
+
+def loggable_name(name: str) -> str:
+    """An outbox name fit for one log line: an allowed name as it is, any other escaped (no newline, ASCII only)."""
+    return name if NAME_PATTERN.fullmatch(name) else ascii(name)
 
 
 class OutboxWatcher(service.Service):
@@ -37,7 +44,7 @@ class OutboxWatcher(service.Service):
     log = Logger()
 
     def __init__(self, *, flow: str, settings: OutboundFlowSection, outbox_dir: str, quarantine_dir: str,
-                 lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedger, store: BlobStore,
+                 lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedgerPort, store: BlobStore,
                  metrics: GatewayMetrics, on_ingested: Callable[[IngestResult], None] = lambda result: None,
                  use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
         self.setName(f"outbox:{flow}")
@@ -60,6 +67,8 @@ class OutboxWatcher(service.Service):
         self._rescan_interval = rescan_interval
         self._scanning: defer.Deferred[None] | None = None
         self._again = False
+        self._stuck: dict[str, str] = {}
+        """The entries the last scan left in the outbox (name → reason), reported once until that changes."""
         self.scans = 0
 
     def startService(self) -> None:
@@ -110,8 +119,16 @@ class OutboxWatcher(service.Service):
         decision = classify(list_entries(self.outbox_dir), self.settings.ready)
         results = []
         for refusal in decision.refused:
-            results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
-                                              refusal.reason, refusal.detail, self.ledger, self.settings.peer, now))
+            try:
+                results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
+                                                  refusal.reason, refusal.detail, self.ledger, self.settings.peer,
+                                                  now, self.store))
+            except PermissionError as error:  # e.g. a 0555 directory cannot be moved: it costs that entry only
+                results.append(IngestResult(refusal.name, "skipped", reason=(
+                    f"{refusal.reason}: {refusal.detail}; it cannot be moved to quarantine "
+                    f"({error.strerror}): remove it from the outbox")))
+            except Exception as error:  # one entry's failure must not stop the others
+                results.append(IngestResult(refusal.name, "failed", reason=events.describe_error(error)))
         options = ValidationOptions(today=today_in_jst(seconds), encoding=self.settings.encoding,  # type: ignore[arg-type]
                                     charset=self.settings.charset, gaiji=self.settings.gaiji,  # type: ignore[arg-type]
                                     gaiji_fallback=self.settings.gaiji_fallback,  # type: ignore[arg-type]
@@ -128,24 +145,31 @@ class OutboxWatcher(service.Service):
         return results
 
     def _report(self, results: list[IngestResult]) -> None:
+        stuck = {result.name: result.reason for result in results if result.outcome in ("skipped", "failed")}
+        recorded = self.ledger.records_audit  # each ingest's record was committed with its transfer
         for result in results:
+            if result.outcome in ("skipped", "failed") and self._stuck.get(result.name) == result.reason:
+                continue  # said once already: an entry left in the outbox is not reported at every scan
+            result = dataclasses.replace(result, name=loggable_name(result.name))
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
                             transfer_id=result.transfer_id, sha256=result.sha256, degenerated=result.degenerated,
-                            state="HELD" if result.outcome == "held" else "QUEUED")
+                            state=S.HELD if result.outcome == "held" else S.QUEUED, audit_recorded=recorded)
                 if result.outcome != "resumed":
                     self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
                     if result.degenerated:
                         self.metrics.degenerated_characters.labels(flow=self.flow).inc(result.degenerated)
             elif result.outcome == "quarantined":
                 events.emit(self.log, events.INGEST_QUARANTINED, flow=self.flow, name=result.name,
-                            transfer_id=result.transfer_id, reason=result.reason, records=result.records)
+                            transfer_id=result.transfer_id, reason=result.reason, records=result.records,
+                            audit_recorded=recorded)
                 self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
                 if result.records:
                     self.metrics.records.labels(flow=self.flow, outcome="rejected").inc(result.records)
-            elif result.outcome == "failed":
+            elif result.outcome in ("skipped", "failed"):
                 events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name=result.name, reason=result.reason)
             self.on_ingested(result)
+        self._stuck = stuck
 
     def _scan_failed(self, failure: Any) -> None:
         events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)",

@@ -17,20 +17,12 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from kei_gateway.adapters.ledger import TransferLedger, TransferRow
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import PeerClient, TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
-from kei_gateway.adapters.transport import (
-    BodySourceError,
-    HttpError,
-    OutboundDenied,
-    PeerIdentityError,
-    RemoteConflict,
-    TransportError,
-    WebDavClient,
-    remote_name,
-)
+from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundDenied, PeerIdentityError, RemoteConflict, TransportError, remote_name
 from kei_gateway.config import RetryPolicy
-from kei_gateway.core.transfer import after_failure
+from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
@@ -58,8 +50,8 @@ class UploadSender(service.Service):
 
     log = Logger()
 
-    def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: WebDavClient,
-                 ledger: TransferLedger, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
+    def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: PeerClient,
+                 ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
                  policy: RetryPolicy, poll_interval: float = SEND_POLL_INTERVAL) -> None:
         self.setName(f"sender:{flow}")
         self.flow, self.peer, self.lg_code, self.dir_url = flow, peer, lg_code, dir_url
@@ -138,28 +130,30 @@ class UploadSender(service.Service):
         crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
+        sent = {"flow": self.flow, "peer": self.peer, "records": row.record_count, "sha256": row.sha256}
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
-                                next_attempt_at=None, receipt_summary=summary)
+                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent))
         self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
         self.metrics.last_success.labels(flow=self.flow).set(now)
         self.metrics.peer_up.labels(peer=self.peer).set(1)
         events.emit(self.log, events.TRANSFER_SENT, flow=self.flow, peer=self.peer, transfer_id=row.id,
-                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256)
+                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256,
+                    audit_recorded=self.ledger.records_audit)  # committed with DONE
         return True
 
     @defer.inlineCallbacks
     def _failed(self, row: TransferRow, error: TransportError) -> Any:
         now = _utc(self.clock.seconds())
-        reason = str(error)
         self.metrics.peer_up.labels(peer=self.peer).set(0)
-        if isinstance(error, (OutboundDenied, PeerIdentityError)) and (
-                isinstance(error, OutboundDenied) or error.alert):
+        decision = after_send_failure(kind=failure_kind(error), attempts=row.attempts, policy=self.policy, now=now,
+                                      reason=str(error),
+                                      retry_after=error.retry_after if isinstance(error, HttpError) else None)
+        yield self.blocking.run(self.ledger.apply, row.id, decision.transition, now)
+        if decision.pause:
             # Retrying cannot cure it: back in the queue, attempt not counted, flow paused for a person.
-            yield self.blocking.run(self.ledger.transition, row.id, S.QUEUED, now, attempts=row.attempts - 1,
-                                    last_error=reason)
-            self.paused = reason
+            self.paused = str(error)
             if isinstance(error, OutboundDenied):
                 self.metrics.denied_connections.labels(listener="outbound", reason=error.reason).inc()
                 events.emit(self.log, events.PEER_DENIED, flow=self.flow, peer=self.peer, transfer_id=row.id,
@@ -169,12 +163,7 @@ class UploadSender(service.Service):
                             transfer_id=row.id, reason=error.kind)
             self.metrics.transfers.labels(flow=self.flow, outcome=f"refused_{error.kind}").inc()
             return
-        permanent = isinstance(error, (RemoteConflict, BodySourceError)) or not error.retryable
-        retry_after = error.retry_after if isinstance(error, HttpError) else None
-        decision = after_failure(row.attempts if not permanent else self.policy.attempts, self.policy, now,
-                                 retry_after)
-        yield self.blocking.run(self.ledger.transition, row.id, decision.state, now,
-                                next_attempt_at=decision.next_attempt_at, last_error=reason)
+        next_attempt_at = decision.transition.fields.get("next_attempt_at")
         if decision.state is S.FAILED:
             self.metrics.transfers.labels(flow=self.flow, outcome="failed").inc()
             events.emit(self.log, events.TRANSFER_FAILED, flow=self.flow, peer=self.peer, transfer_id=row.id,
@@ -183,4 +172,13 @@ class UploadSender(service.Service):
             self.metrics.retries.labels(peer=self.peer).inc()
             events.emit(self.log, events.TRANSFER_RETRY, flow=self.flow, peer=self.peer, transfer_id=row.id,
                         attempts=row.attempts, reason=error.kind,
-                        next_attempt_at=decision.next_attempt_at.isoformat() if decision.next_attempt_at else "")
+                        next_attempt_at=next_attempt_at.isoformat() if next_attempt_at else "")
+
+
+def failure_kind(error: TransportError) -> FailureKind:
+    """The transport's typed error as the transfer core sees it (:class:`~kei_gateway.core.transfer.FailureKind`)."""
+    if isinstance(error, OutboundDenied) or (isinstance(error, PeerIdentityError) and error.alert):
+        return FailureKind.REFUSED
+    if isinstance(error, (RemoteConflict, BodySourceError)) or not error.retryable:
+        return FailureKind.PERMANENT
+    return FailureKind.TRANSIENT

@@ -251,7 +251,8 @@ _JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
 
 
 def _state_ja(state: str) -> str:
-    return {"DONE": "完了 (DONE)", "CANCELLED": "取消 (CANCELLED)"}.get(state, state)
+    labels: dict[str, str] = {TransferState.DONE: "完了 (DONE)", TransferState.CANCELLED: "取消 (CANCELLED)"}
+    return labels.get(state, state)
 
 
 def _relayed_names(rows: Sequence[TransferRow]) -> dict[str, dict[str, int]]:

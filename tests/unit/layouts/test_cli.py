@@ -107,6 +107,7 @@ def test_when_the_same_seed_and_day_are_used_then_the_generated_files_are_identi
     assert first == second != third
 
 
+@pytest.mark.integration  # runs the installed command
 def test_when_the_installed_command_runs_then_validate_works_without_a_config_file(tmp_path: Path) -> None:
     path = generate(tmp_path, "jnks-payments", 10)
     env = {"PATH": "/usr/bin:/bin", "KEI_GATEWAY_CONFIG": str(tmp_path / "no-such-config.toml")}

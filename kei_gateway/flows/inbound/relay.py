@@ -1,0 +1,87 @@
+"""The hand-off of a committed inbound file to the tax system: one interface, two relays.
+
+Both doors (the results poller and the push listener) hand a transfer committed
+``VALIDATED`` to the flow's :class:`Relay`; the relay writes it into the inbox exactly
+once and marks it ``DONE``. The composition root picks the relay of each flow:
+
+* :class:`InboxRelay` — the whole file into the flow's inbox (JNKS 受付結果; *after*, e.g.
+  the receipt recorder, runs once the file is in the inbox and before ``DONE``);
+* :class:`~kei_gateway.flows.inbound.mpn_results.ResultRelay` — MPN payment results,
+  deduplicated result by result first.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ports import TransferLedgerPort
+from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
+from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.runtime import events
+from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.metrics import GatewayMetrics
+
+__all__ = ["Relay", "InboxRelay", "relay_to_inbox"]
+
+
+class Relay(Protocol):
+    """Relays a transfer committed ``VALIDATED`` and marks it ``DONE``; a failure leaves it ``VALIDATED``.
+
+    *received_at* (clock seconds) is when a push request started (its relay latency is measured).
+    """
+
+    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[Any]: ...
+
+
+def relay_to_inbox(ledger: TransferLedgerPort, store: BlobStore, row: TransferRow, inbox_dir: str, marker: bool,
+                   now: datetime.datetime) -> None:
+    """Blocking: the stored file into the inbox under its name, exactly once (SPEC §4).
+
+    Staged as ``.name.part`` (fsynced), the decision recorded on the transfer
+    (``relay_name``), then renamed into place; a transfer whose decision is recorded is
+    only published again, never rewritten — see :func:`kei_gateway.adapters.spool.stage_for_inbox`.
+    """
+    assert row.blob_id is not None
+    if row.relay_name is None:
+        stage_for_inbox(inbox_dir, row.local_name, store.read(row.blob_id))
+        crashpoint("relay.staged")
+        row = ledger.update(row.id, now, relay_name=row.local_name)
+    assert row.relay_name is not None
+    publish_staged(inbox_dir, row.relay_name, marker)
+
+
+class InboxRelay:
+    """The whole file into *inbox_dir* exactly once, then ``DONE`` (a flow without record-level dedupe)."""
+
+    log = Logger()
+
+    def __init__(self, *, flow: str, peer: str, inbox_dir: str, marker: bool, ledger: TransferLedgerPort,
+                 store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
+                 after: Callable[[TransferRow, BlobStore], Any] | None = None) -> None:
+        self.flow, self.peer, self.inbox_dir, self.marker = flow, peer, inbox_dir, marker
+        self.ledger, self.store, self.blocking, self.clock, self.metrics = ledger, store, blocking, clock, metrics
+        self.after = after
+
+    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._relay(row))
+
+    async def _relay(self, row: TransferRow) -> None:
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        await self.blocking.run(relay_to_inbox, self.ledger, self.store, row, self.inbox_dir, self.marker, now)
+        crashpoint("relay.written")
+        if self.after is not None:
+            await defer.maybeDeferred(self.after, row, self.store)  # before DONE: after a crash it simply runs again
+        await self.blocking.run(self.ledger.transition, row.id, S.DONE, now)
+        crashpoint("relay.committed")
+        self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
+        self.metrics.last_success.labels(flow=self.flow).set(self.clock.seconds())
+        events.emit(self.log, events.DOWNLOAD_RELAYED, flow=self.flow, peer=self.peer, name=row.local_name,
+                    records=row.record_count, transfer_id=row.id, sha256=row.sha256)

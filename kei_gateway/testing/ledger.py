@@ -1,0 +1,250 @@
+"""In-memory twins of the ledgers: the same rows, the same checked transitions, no database.
+
+:class:`InMemoryLedger` is a :class:`~kei_gateway.adapters.ports.TransferLedgerPort`;
+:class:`InMemoryResultLedger` a :class:`~kei_gateway.adapters.ports.ResultLedgerPort` over
+the transfers of an :class:`InMemoryLedger` (the relay decision changes both in one step,
+as the real one does in one transaction). ``tests/unit/test_ledger_twins.py`` runs the
+same contract against the SQLite adapters and these twins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Collection, Iterable, Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, TransferNotFound, TransferRow
+from kei_gateway.adapters.ledger.results import DuplicateResult
+from kei_gateway.core.jst import JST
+from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
+from kei_gateway.core.transfer import Transition, TransferState, check_transition, on_restart
+
+__all__ = ["InMemoryLedger", "InMemoryResultLedger"]
+
+_WAITING = (TransferState.QUEUED, TransferState.RETRY_WAIT, TransferState.SENDING)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a time given to the ledger must be timezone-aware")
+    return value.astimezone(timezone.utc)
+
+
+class InMemoryLedger:
+    """Transfers in a dict. :attr:`fail` set to an exception makes every call raise it (a database gone away)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, TransferRow] = {}
+        self.audit: list[tuple[str, dict[str, Any]]] = []
+        """The audit records written with their actions (event name, fields), as the real ledger chains them."""
+        self.fail: BaseException | None = None
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    # -- Ledger
+
+    def ping(self) -> None:
+        self._check()
+
+    def queue_counts(self) -> dict[tuple[str, str], int]:
+        self._check()
+        counts: dict[tuple[str, str], int] = {}
+        for row in self.rows.values():
+            if row.state in OPEN_STATES:
+                key = (row.flow, str(row.state))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def oldest_queued(self) -> dict[str, Any]:
+        self._check()
+        oldest: dict[str, datetime] = {}
+        for row in self.rows.values():
+            if row.state in _WAITING and (row.flow not in oldest or row.created_at < oldest[row.flow]):
+                oldest[row.flow] = row.created_at
+        return dict(oldest)
+
+    # -- TransferLedger
+
+    @property
+    def records_audit(self) -> bool:
+        return True
+
+    def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
+                     size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
+                     last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
+                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
+        self._check()
+        with self._lock:
+            row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
+                              state=TransferState(state), local_name=local_name, remote_name=remote_name, size=size,
+                              sha256=sha256, record_count=record_count, attempts=0, next_attempt_at=None,
+                              last_error=last_error, receipt_summary=None, created_at=_utc(now),
+                              updated_at=_utc(now), blob_id=blob_id, source_removed=source_removed,
+                              approved_by=None, remote_etag=remote_etag, relay_name=None)
+            self.rows[row.id] = row
+            self._next_id += 1
+            if audit is not None:
+                self.audit.append((audit[0], {**audit[1], "transfer_id": row.id}))
+            return row
+
+    def get(self, transfer_id: int) -> TransferRow:
+        self._check()
+        row = self.rows.get(transfer_id)
+        if row is None:
+            raise TransferNotFound(transfer_id)
+        return row
+
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
+                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, new_state, fields, audit)
+
+    def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
+        return self._change(transfer_id, now, transition.state, dict(transition.fields))
+
+    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, None, fields)
+
+    def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
+                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
+        with self._lock:
+            row = self.get(transfer_id)
+            changes = dict(fields, updated_at=_utc(now))
+            if new_state is not None:
+                changes["state"] = check_transition(row.state, new_state)
+            unknown = set(changes) - set(TransferRow.__dataclass_fields__)
+            if unknown:
+                raise AttributeError(f"transfers have no column {', '.join(sorted(unknown))}")
+            row = dataclasses.replace(row, **changes)
+            self.rows[transfer_id] = row
+            if audit is not None:
+                self.audit.append((audit[0], {**audit[1], "transfer_id": transfer_id}))
+            return row
+
+    def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:
+        self._check()
+        return next((row for row in sorted(self.rows.values(), key=lambda r: r.id)
+                     if (row.flow, row.local_name, row.sha256, row.direction) == (flow, local_name, sha256, "out")
+                     and not row.source_removed), None)
+
+    def requeue_sending(self, now: datetime) -> int:
+        self._check()
+        count = 0
+        for row in list(self.rows.values()):
+            if row.state == TransferState.SENDING:
+                after = on_restart(row.state)
+                if after is not None:
+                    self.transition(row.id, after, now)
+                    count += 1
+        return count
+
+    def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:
+        self._check()
+        due = [row for row in sorted(self.rows.values(), key=lambda r: r.id)
+               if row.flow == flow and row.direction == "out"
+               and (row.state == TransferState.QUEUED
+                    or (row.state == TransferState.RETRY_WAIT and row.next_attempt_at is not None
+                        and row.next_attempt_at <= now))]
+        return due[:limit]
+
+    def list_transfers(self, *, state: str | None = None, flow: str | None = None,
+                       limit: int = 100, oldest_first: bool = False) -> list[TransferRow]:
+        self._check()
+        rows = sorted(self.rows.values(), key=lambda r: r.id, reverse=not oldest_first)
+        return [row for row in rows if (state is None or row.state == state)
+                and (flow is None or row.flow == flow)][:limit]
+
+    def referenced_blobs(self) -> set[str]:
+        self._check()
+        return {row.blob_id for row in self.rows.values() if row.blob_id}
+
+    def inbound_for(self, flow: str, remote_name: str) -> list[TransferRow]:
+        self._check()
+        return [row for row in sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+                if (row.flow, row.direction, row.remote_name) == (flow, "in", remote_name)]
+
+    def by_remote_name(self, flow: str, remote_name: str) -> TransferRow | None:
+        self._check()
+        return next((row for row in sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+                     if (row.flow, row.direction, row.remote_name) == (flow, "out", remote_name)), None)
+
+
+class InMemoryResultLedger:
+    """Payment results in a list, over the transfers of *ledger*."""
+
+    def __init__(self, ledger: InMemoryLedger) -> None:
+        self.ledger = ledger
+        self.results: list[StoredResult] = []
+
+    def known_identities(self, keys: Collection[str]) -> set[str]:
+        self.ledger._check()
+        recorded = {result.identity_key for result in self.results}
+        return set(keys) & recorded
+
+    def identities_of_transfer(self, transfer_id: int) -> set[str]:
+        self.ledger._check()
+        return {result.identity_key for result in self.results if result.transfer_id == transfer_id}
+
+    def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
+                     now: datetime, summary: str, done: bool) -> None:
+        if len({r.identity_key for r in results}) != len(results):
+            raise ValueError("results repeat an identity; keep the first of each (see fresh_results)")
+        recorded_at = _utc(now)
+        row = self.ledger.get(transfer_id)
+        if done:
+            check_transition(row.state, TransferState.DONE)
+        chosen = self._under_recorded_keys(results)
+        recorded = {result.identity_key for result in self.results}
+        every_key = {d.identity_key for r in chosen for d in r.variants} | {r.identity_key for r in chosen}
+        if every_key & recorded:
+            raise DuplicateResult(transfer_id)
+        self.results.extend(StoredResult(
+            identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
+            channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
+            received_at=_utc(r.received_at).astimezone(JST), slip_hint=r.slip_hint, transfer_id=transfer_id,
+            relay_name=relay_name, recorded_at=recorded_at) for r in chosen)
+        fields: dict[str, Any] = {"relay_name": relay_name, "receipt_summary": summary}
+        if done:
+            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, **fields)
+        else:
+            self.ledger.update(transfer_id, recorded_at, **fields)
+
+    def _under_recorded_keys(self, results: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """Each result under the key its match group was first recorded with (current if none)."""
+        found = {result.match_key for result in self.results}
+        chosen = []
+        for facts in results:
+            variant = 0
+            if facts.match_key not in found:
+                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
+            chosen.append(facts.under(variant) if variant else facts)
+        return chosen
+
+    def finish_relay(self, transfer_id: int, now: datetime) -> None:
+        self.ledger.transition(transfer_id, TransferState.DONE, now)
+
+    def _sorted(self, results: Iterable[StoredResult]) -> list[StoredResult]:
+        return sorted(results, key=lambda r: r.received_at)
+
+    def results_received_on(self, day: date) -> list[StoredResult]:
+        start = datetime.combine(day, time(0), JST)
+        return self.results_between(start, start + timedelta(days=1))
+
+    def results_since(self, start: datetime) -> list[StoredResult]:
+        self.ledger._check()
+        return self._sorted(r for r in self.results if r.received_at >= _utc(start))
+
+    def results_between(self, start: datetime, end: datetime) -> list[StoredResult]:
+        self.ledger._check()
+        return self._sorted(r for r in self.results if _utc(start) <= r.received_at < _utc(end))
+
+    def open_provisional(self, now: datetime, within: timedelta | None = None) -> list[StoredResult]:
+        self.ledger._check()
+        settled = {r.match_key for r in self.results if r.kind in (KIND_FINAL, KIND_CANCEL)}
+        return self._sorted(r for r in self.results if r.kind == KIND_PROVISIONAL and r.match_key not in settled
+                            and (within is None or r.received_at >= _utc(now - within)))
