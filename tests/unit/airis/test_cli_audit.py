@@ -18,6 +18,8 @@ from kei_gateway.operations.audit import AuditLog, audit_key_from_config
 from kei_gateway.sim.harness import demo_config_text
 from kei_gateway.sim.pki import write_demo_credentials
 
+pytestmark = pytest.mark.integration  # a real SQLite ledger and store on disk
+
 
 def test_when_a_configuration_is_given_then_its_lg_code_names_the_results_and_the_run_is_audited(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

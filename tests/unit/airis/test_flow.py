@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -23,6 +24,8 @@ from kei_gateway.adapters.store.blobs import open_store
 from kei_gateway.sim.harness import demo_config_text
 from kei_gateway.testing import RecordingNotifier, SynchronousBlocking
 from tests.unit.helpers import temporary_directory
+
+pytestmark = pytest.mark.integration  # a real SQLite ledger and store on disk
 
 FLOW_CONFIG = """
 [flows.airis-reconcile]
