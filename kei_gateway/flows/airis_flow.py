@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
@@ -51,8 +52,7 @@ class AirisReconcileService(service.Service):
         self._rescan = task.LoopingCall(self.scan_soon)
         self._rescan.clock = clock
         self._rescan_interval = rescan_interval
-        self._scanning: defer.Deferred[None] | None = None
-        self._again = False
+        self._checks = OneAtATime(self._start_check, may_start=lambda: bool(self.running))
         for code in CATEGORIES:
             metrics.airis_vehicles.labels(category=code)  # exported as 0 from the start
 
@@ -80,30 +80,18 @@ class AirisReconcileService(service.Service):
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
-        return self._scanning
+        return self._checks.in_flight
 
     def scan_soon(self) -> defer.Deferred[None] | None:
         """Check now, or once more after the run in flight."""
-        if self._scanning is not None:
-            self._again = True
-            return self._scanning
-        if not self.running:
-            return None
-        self._again = False
+        return self._checks.request()
+
+    def _start_check(self) -> defer.Deferred[None]:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
             note_erased=self.note_erased).addCallback(self._report)
-        d.addErrback(self._failed)
-        self._scanning = d
-
-        def finished(_: object) -> None:
-            self._scanning = None
-            if self._again and self.running:
-                self.scan_soon()
-
-        d.addBoth(finished)
-        return d
+        return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
         if run is None:

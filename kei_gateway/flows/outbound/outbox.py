@@ -24,6 +24,7 @@ from kei_gateway.core.jst import today_in_jst
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
+from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
@@ -65,8 +66,7 @@ class OutboxWatcher(service.Service):
         self._rescan = task.LoopingCall(self.scan_soon)
         self._rescan.clock = clock
         self._rescan_interval = rescan_interval
-        self._scanning: defer.Deferred[None] | None = None
-        self._again = False
+        self._scans = OneAtATime(self._start_scan, may_start=lambda: bool(self.running))
         self._stuck: dict[str, str] = {}
         """The entries the last scan left in the outbox (name → reason), reported once until that changes."""
         self.scans = 0
@@ -90,27 +90,15 @@ class OutboxWatcher(service.Service):
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
-        return self._scanning  # a scan in flight finishes its file before the stop completes
+        return self._scans.in_flight  # a scan in flight finishes its file before the stop completes
 
     def scan_soon(self) -> defer.Deferred[None] | None:
         """Scan now, or once more after the scan in flight."""
-        if self._scanning is not None:
-            self._again = True
-            return self._scanning
-        if not self.running:
-            return None
-        self._again = False
+        return self._scans.request()
+
+    def _start_scan(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = self.blocking.run(self._scan, self.clock.seconds()).addCallback(self._report)
-        d.addErrback(self._scan_failed)
-        self._scanning = d
-
-        def finished(_: object) -> None:
-            self._scanning = None
-            if self._again and self.running:
-                self.scan_soon()
-
-        d.addBoth(finished)
-        return d
+        return d.addErrback(self._scan_failed)
 
     def _scan(self, seconds: float) -> list[IngestResult]:
         """Blocking: list, refuse what must be refused, ingest what is ready."""

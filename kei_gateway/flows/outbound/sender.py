@@ -24,6 +24,7 @@ from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundD
 from kei_gateway.config import RetryPolicy
 from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
@@ -59,8 +60,9 @@ class UploadSender(service.Service):
         self.blocking, self.clock, self.metrics, self.policy = blocking, clock, metrics, policy
         self.paused: str | None = None
         """Why sending is paused for a person (address refused, identity check failed); cleared by :meth:`resume`."""
-        self._busy: defer.Deferred[Any] | None = None
-        self._again = False
+        self._passes = OneAtATime(self._start_pass, may_start=lambda: bool(self.running) and self.paused is None,
+                                  more=lambda sent: sent is True,  # one sent: look for the next at once
+                                  schedule=lambda again: clock.callLater(0, again))  # drain without recursion
         self._poll = task.LoopingCall(self.kick)
         self._poll.clock = clock
         self._poll_interval = poll_interval
@@ -75,7 +77,7 @@ class UploadSender(service.Service):
             self._poll.stop()
         # The transfer in flight ends (done, or back to a waiting state) before the stop; then idle
         # connections kept for reuse are closed.
-        done = defer.maybeDeferred(lambda: self._busy)
+        done = defer.maybeDeferred(lambda: self._passes.in_flight)
         return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
 
     def resume(self) -> None:
@@ -85,12 +87,9 @@ class UploadSender(service.Service):
 
     def kick(self) -> defer.Deferred[Any] | None:
         """Send what is due now; if busy, look again when the current transfer ends."""
-        if self._busy is not None:
-            self._again = True
-            return self._busy
-        if not self.running or self.paused is not None:
-            return None
-        self._again = False
+        return self._passes.request()
+
+    def _start_pass(self) -> defer.Deferred[Any]:
         def crashed(failure: Any) -> bool:
             events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow,
                         reason=f"sender: {events.describe_error(failure.value)}")
@@ -98,16 +97,7 @@ class UploadSender(service.Service):
 
         d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)
         d.addCallback(self._send_first)
-        d.addErrback(crashed)
-        self._busy = d
-
-        def finished(result: object) -> None:
-            self._busy = None
-            if (self._again or result is True) and self.running:
-                self.clock.callLater(0, self.kick)  # drain the queue without recursion
-
-        d.addBoth(finished)
-        return d
+        return d.addErrback(crashed)
 
     @defer.inlineCallbacks
     def _send_first(self, due: list[TransferRow]) -> Any:
