@@ -22,7 +22,6 @@ import datetime
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -71,7 +70,9 @@ def child(kind: str, csv_path: str, zip_path: str, register_path: str) -> None:
         size += len(result.text())
         rows = len(result.rows)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: the latter carries the parent's peak (it generated the inputs) over the exec.
+    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": rows}))
 
 
