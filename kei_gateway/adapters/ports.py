@@ -49,7 +49,8 @@ class TransferLedgerPort(Protocol):
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow: ...
+                     remote_etag: str | None = None, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> TransferRow: ...
 
     def get(self, transfer_id: int) -> TransferRow: ...
 

@@ -84,9 +84,14 @@ class InMemoryLedger:
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
+                     remote_etag: str | None = None, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> TransferRow:
         self._check()
-        with self._lock:
+        with self._lock, self.leases.lock:
+            if fence is not None:
+                current = self.leases.leases.get((fence.kind, fence.key))
+                if not is_current(current, fence.node, fence.token):
+                    raise Fenced(fence, current)
             row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
                               state=TransferState(state), local_name=local_name, remote_name=remote_name, size=size,
                               sha256=sha256, record_count=record_count, attempts=0, next_attempt_at=None,
