@@ -61,10 +61,6 @@ class DownloadPoller(service.Service):
 
     log = Logger()
 
-    leases: NodeLeases | None = None
-    """This node's leases (SPEC §14), set by the flow's builder: a pass runs only under the directory's pull
-    lease, and checks it before each relay and DELETE. None: the directory is this process's alone."""
-
     def __init__(self, *, flow: str, layout_name: str, peer: str, results_url: str, quarantine_dir: str,
                  relay: Relay, client: PeerClient, ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking,
                  clock: Any, metrics: GatewayMetrics, poll_interval: float,
@@ -94,6 +90,10 @@ class DownloadPoller(service.Service):
             self._loop.stop()
         done = defer.maybeDeferred(lambda: self._busy)
         return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: a pass runs only under the directory's pull
+    lease, and checks it before each relay and DELETE. None: the directory is this process's alone."""
 
     def poll(self) -> defer.Deferred[Any] | None:
         """One pass over the peer directory (skipped while the previous pass still runs)."""

@@ -54,10 +54,6 @@ class UploadSender(service.Service):
 
     log = Logger()
 
-    leases: NodeLeases | None = None
-    """This node's leases (SPEC §14), set by the flow's builder: each transfer is claimed before it is sent and
-    every commit on it is fenced. None: the ledger's queue is this process's alone (tests, a bare ledger)."""
-
     def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: PeerClient,
                  ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
                  policy: RetryPolicy, poll_interval: float = SEND_POLL_INTERVAL) -> None:
@@ -91,6 +87,10 @@ class UploadSender(service.Service):
         """After a reload: try again what was paused for a person."""
         self.paused = None
         self.kick()
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: each transfer is claimed before it is sent and
+    every commit on it is fenced. None: the ledger's queue is this process's alone (tests, a bare ledger)."""
 
     def kick(self) -> defer.Deferred[Any] | None:
         """Send what is due now; if busy, look again when the current transfer ends."""
