@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import operator
 import os
 import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from kei_gateway.adapters.airis_zip import AirisContainer, AirisContainerError, WinZipAesContainer, read_key
 from kei_gateway.core.airis_match import (
     MatchRow, RegisterVehicle, category_counts, match_vehicles,
 )
 from kei_gateway.core.jst import JST
-from kei_gateway.layouts import Kind, ValidationOptions, validate_bytes
+from kei_gateway.layouts import Kind, ValidationOptions, validate_stream
 from kei_gateway.layouts.airis import (
     AIRIS_RECONCILE, CATEGORIES, NORMALISATIONS, OUTSIDE_JISX0208, TAX_REGISTER_2W, AirisCsvError, AirisVehicle,
-    parse_airis_csv,
+    AirisVehicles, parse_airis_csv,
 )
 from kei_gateway.layouts.degenerate import degenerate_text
 from kei_gateway.layouts.fields import Value
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_INPUT_BYTES",
     "find_inputs",
     "ErasedInput",
+    "RegisterRecords",
     "run_flow_once",
     "audit_fields",
     "AirisInputError",
@@ -79,8 +81,8 @@ class Reconciliation:
 
     lg_code: str
     at: datetime.datetime
-    register: list[RegisterVehicle]
-    airis: list[AirisVehicle]
+    register: RegisterRecords
+    airis: Sequence[AirisVehicle]
     rows: list[MatchRow]
     airis_sha256: str
     register_sha256: str
@@ -187,10 +189,10 @@ class Reconciliation:
         return wide
 
     def _record(self, row: MatchRow) -> dict[str, Value]:
-        ours = self.register[row.register] if row.register is not None else None
         theirs = self.airis[row.airis] if row.airis is not None else None
         if theirs is None or (row.category == "05"):
-            assert ours is not None
+            assert row.register is not None
+            ours = self.register[row.register]
             return {"category": row.category, "taxpayer_id": ours.taxpayer_id, "chassis_no": ours.chassis_no,
                     "plate_office": ours.plate_office, "plate_class": ours.plate_class,
                     "plate_kana": ours.plate_kana, "plate_serial": ours.plate_serial,
@@ -199,7 +201,8 @@ class Reconciliation:
         chassis = theirs.chassis_no
         if not chassis.isascii():
             chassis = unicodedata.normalize("NFKC", chassis)
-        return {"category": row.category, "taxpayer_id": ours.taxpayer_id if ours else "0" * 15,
+        return {"category": row.category,
+                "taxpayer_id": self.register.taxpayer_id(row.register) if row.register is not None else "0" * 15,
                 "chassis_no": chassis.upper().replace(" ", ""),
                 "plate_office": self._plate(theirs.plate_office, 4),
                 "plate_class": theirs.plate_class, "plate_kana": self._plate(theirs.plate_kana, 1),
@@ -243,12 +246,17 @@ _HALF_WIDTH: Final = re.compile("[ -~\uff61-\uff9f]")
 _WIDEN_ASCII: Final = {code: code + 0xFEE0 for code in range(0x21, 0x7F)} | {0x20: ord(IDEOGRAPHIC_SPACE)}
 
 
-def _register(data: bytes, label: str, today: datetime.date) -> list[RegisterVehicle]:
+def _register(data: bytes, label: str, today: datetime.date) -> RegisterRecords:
     options = ValidationOptions(today=today, max_errors=MAX_ERRORS_SHOWN)
-    report = validate_bytes(data, TAX_REGISTER_2W, options)
+    step = TAX_REGISTER_2W.record_length * _BLOCK_RECORDS
+
+    def blocks() -> Iterator[bytes]:  # the validator copies what it is fed: a block at a time, not the file
+        return (data[start:start + step] for start in range(0, len(data), step))
+
+    report = validate_stream(blocks(), TAX_REGISTER_2W, options, reread=blocks, expected_size=len(data))
     if not report.valid:
         raise AirisInputError(label, [error.message() for error in report.errors], report.error_count)
-    return list(_register_vehicles(data))
+    return RegisterRecords(data)
 
 
 def _char_offsets() -> dict[str, tuple[int, int]]:
@@ -262,37 +270,91 @@ def _char_offsets() -> dict[str, tuple[int, int]]:
 
 
 _REGISTER_SPANS: Final = _char_offsets()
+_TAXPAYER_BYTES: Final = TAX_REGISTER_2W["taxpayer_id"].width
+_CHASSIS_OFFSET: Final = TAX_REGISTER_2W.offsets["chassis_no"]
+_CHASSIS_BYTES: Final = TAX_REGISTER_2W["chassis_no"].width
 _REGISTER_CHARS: Final = max(end for _, end in _REGISTER_SPANS.values()) + 2
+_BLOCK_RECORDS: Final = 4096
+_CACHED_RECORDS: Final = 32
+"""Records decoded together when one is looked up (the last such block is kept)."""
 
 
-def _register_vehicles(data: bytes) -> Iterator[RegisterVehicle]:
-    """The vehicles of a register the validator has passed, sliced out of the text at fixed places.
+class RegisterRecords(Sequence[RegisterVehicle]):
+    """The vehicles of a register the validator has passed, read from its bytes when asked for (streamed).
+
+    Nothing but the extract's own bytes is held (229 a vehicle): iterating decodes a block of
+    records at a time, indexing decodes one record; the matcher walks the register in order and
+    the outputs look up the rows' records, so the register's vehicles never all exist as objects.
 
     A valid record's ``K`` fields hold double-byte characters only and the rest ASCII, so the
-    decoded record has a fixed length in characters too: the file is decoded once (CP932, in C)
-    and sliced, instead of the engine's parser, which re-checks every record precisely and costs
-    ten times more on a 100,000-record register.
+    decoded record has a fixed length in characters too: a block is decoded once (CP932, in C)
+    and sliced at the layout's places, instead of the engine's parser, which re-checks every
+    record precisely and costs ten times more on a 100,000-record register.
     """
-    spans = [_REGISTER_SPANS[key] for key in RegisterVehicle._fields]
-    (taxpayer, office, plate_class, kana, serial, chassis, name, address, deregistered) = spans
-    interned: dict[str, str] = {}
-    for block_start in range(0, len(data), TAX_REGISTER_2W.record_length * 4096):
-        text = data[block_start:block_start + TAX_REGISTER_2W.record_length * 4096].decode("cp932")
-        for start in range(0, len(text), _REGISTER_CHARS):
-            office_text = text[start + office[0]:start + office[1]].rstrip(IDEOGRAPHIC_SPACE)
-            yield RegisterVehicle(
-                text[start + taxpayer[0]:start + taxpayer[1]],
-                interned.setdefault(office_text, office_text),
-                text[start + plate_class[0]:start + plate_class[1]].rstrip(" "),
-                text[start + kana[0]:start + kana[1]].rstrip(IDEOGRAPHIC_SPACE),
-                interned.setdefault(serial_text := text[start + serial[0]:start + serial[1]], serial_text),
-                text[start + chassis[0]:start + chassis[1]].rstrip(" "),
-                text[start + name[0]:start + name[1]].rstrip(IDEOGRAPHIC_SPACE),
-                text[start + address[0]:start + address[1]].rstrip(IDEOGRAPHIC_SPACE),
-                text[start + deregistered[0]:start + deregistered[1]] == "1")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._length = len(data) // TAX_REGISTER_2W.record_length
+        self._cached_block = -1
+        self._cached_text = ""
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> RegisterVehicle: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[RegisterVehicle]: ...
+
+    def __getitem__(self, index: int | slice) -> RegisterVehicle | Sequence[RegisterVehicle]:
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        block, within = divmod(index, _CACHED_RECORDS)
+        if block != self._cached_block:  # the outputs look rows up in register order, category by category
+            size = TAX_REGISTER_2W.record_length * _CACHED_RECORDS
+            self._cached_text = self._data[block * size:(block + 1) * size].decode("cp932")
+            self._cached_block = block
+        return _vehicle(self._cached_text, within * _REGISTER_CHARS)
+
+    def taxpayer_id(self, index: int) -> str:
+        """The 納税義務者番号 of record *index* (ASCII at the record's start: no decode of the rest)."""
+        start = index * TAX_REGISTER_2W.record_length
+        return self._data[start:start + _TAXPAYER_BYTES].decode("ascii")
+
+    def chassis_numbers(self) -> Iterator[str]:
+        """Every record's 車台番号 (padding stripped), in order: the bytes at its fixed place, nothing else decoded."""
+        size = TAX_REGISTER_2W.record_length
+        data = self._data
+        for start in range(_CHASSIS_OFFSET, self._length * size, size):
+            yield data[start:start + _CHASSIS_BYTES].decode("ascii").rstrip(" ")
+
+    def __iter__(self) -> Iterator[RegisterVehicle]:
+        step = TAX_REGISTER_2W.record_length * _BLOCK_RECORDS
+        for block_start in range(0, self._length * TAX_REGISTER_2W.record_length, step):
+            text = self._data[block_start:block_start + step].decode("cp932")
+            for start in range(0, len(text), _REGISTER_CHARS):
+                yield _vehicle(text, start)
 
 
-def _airis(container: AirisContainer, data: bytes, key: str, label: str) -> list[AirisVehicle]:
+_FIELDS: Final = operator.itemgetter(*(slice(*_REGISTER_SPANS[key]) for key in RegisterVehicle._fields))
+"""The register vehicle's fields of one decoded record, padded (one call in C)."""
+
+
+def _vehicle(text: str, start: int) -> RegisterVehicle:
+    """The register vehicle whose decoded record starts at *start* of *text* (padding stripped)."""
+    taxpayer, office, plate_class, kana, serial, chassis, name, address, deregistered = _FIELDS(
+        text[start:start + _REGISTER_CHARS])
+    return RegisterVehicle(taxpayer, office.rstrip(IDEOGRAPHIC_SPACE), plate_class.rstrip(" "),
+                           kana.rstrip(IDEOGRAPHIC_SPACE), serial, chassis.rstrip(" "),
+                           name.rstrip(IDEOGRAPHIC_SPACE), address.rstrip(IDEOGRAPHIC_SPACE), deregistered == "1")
+
+
+def _airis(container: AirisContainer, data: bytes, key: str, label: str) -> AirisVehicles:
     chunks = container.csv_chunks(data, key, label=label)
     try:
         return parse_airis_csv(chunks, max_errors=MAX_ERRORS_SHOWN)
@@ -313,7 +375,8 @@ def reconcile(*, airis_zip: bytes, key_file: bytes, register: bytes, lg_code: st
     except AirisContainerError as error:
         raise AirisInputError(airis_label, [str(error)]) from None
     register_vehicles = _register(register, register_label, at.astimezone(JST).date())
-    rows = match_vehicles(register_vehicles, vehicles)
+    rows = match_vehicles(register_vehicles, vehicles, register_chassis=register_vehicles.chassis_numbers(),
+                          airis_chassis=vehicles.chassis_numbers())
     return Reconciliation(lg_code, at, register_vehicles, vehicles, rows, hashlib.sha256(airis_zip).hexdigest(),
                           hashlib.sha256(register).hexdigest(), airis_label, register_label)
 

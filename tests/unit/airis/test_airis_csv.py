@@ -25,7 +25,7 @@ def test_when_the_csv_follows_the_v1_layout_then_every_vehicle_comes_back_with_i
     data = airis_csv_bytes(rows(5))
     vehicles = parse_airis_csv([data])
     assert [vehicle.row for vehicle in vehicles] == [2, 3, 4, 5, 6]
-    assert parse_airis_csv([airis_csv_bytes([])]) == []
+    assert list(parse_airis_csv([airis_csv_bytes([])])) == []
 
 
 def test_when_a_column_is_missing_then_the_error_names_it() -> None:
