@@ -391,9 +391,12 @@ def reconcile(*, airis_zip: bytes, key_file: bytes, register: bytes, lg_code: st
     """
     try:
         key = read_key(key_file, label=key_label)
+    except AirisContainerError as error:
+        raise AirisInputError(key_label, [str(error).removeprefix(f"{key_label}: ")]) from None
+    try:
         vehicles = _airis(container or WinZipAesContainer(), airis_zip, key, airis_label)
     except AirisContainerError as error:
-        raise AirisInputError(airis_label, [str(error)]) from None
+        raise AirisInputError(airis_label, [str(error).removeprefix(f"{airis_label}: ")]) from None
     if gaiji == "reject" or (gaiji == "degenerate" and gaiji_fallback == "reject"):
         _check_gaiji(vehicles, airis_label, gaiji, gaiji_fallback)
     register_vehicles = _register(register, register_label, at.astimezone(JST).date())

@@ -379,7 +379,9 @@ def _lines(chunks: Iterable[bytes], problems: list[CsvProblem]) -> Iterator[str]
                 hint = " (it is valid UTF-8: the AIRIS v1 CSV is CP932 — convert it or download it again)"
             except UnicodeDecodeError:
                 pass
-            problems.append(CsvProblem(number, f"not valid CP932 at byte {error.start} of the line{hint}"))
+            column = _column_at(raw[:error.start].decode("cp932"))
+            problems.append(CsvProblem(number, f"not valid CP932 at byte {error.start} of the line{hint}",
+                                       column.name if column else None, column.key if column else None))
             return None
 
     for chunk in chunks:
@@ -405,6 +407,16 @@ def _lines(chunks: Iterable[bytes], problems: list[CsvProblem]) -> Iterator[str]
         text = decode(pending)
         if text is not None:
             yield text
+
+
+def _column_at(prefix: str) -> AirisColumn | None:
+    """The column whose cell a line's text *prefix* ends in (cells counted as RFC 4180 splits them)."""
+    try:
+        cells = next(csv.reader([prefix]), [""])
+    except csv.Error:
+        return None
+    index = max(len(cells), 1) - 1
+    return AIRIS_COLUMNS[index] if index < len(AIRIS_COLUMNS) else None
 
 
 def _cell_problem(row: int, index: int, value: str) -> CsvProblem | None:
