@@ -69,6 +69,7 @@ class GatewaySection:
     state_dir: str = setting(k.AbsolutePath(), "The gateway's private state: encrypted store, default SQLite ledger, reports.", "/var/lib/kei-gateway")
     purge_at: tuple[int, int] = setting(k.TimeOfDay(), "Local time of the daily purge of expired personal data.", (0, 30))
     log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error", "critical")), "Lowest level of events logged; changes on reload.", "info")
+    max_file_size: int = setting(k.Size(minimum=1 << 10, maximum=64 << 30), "Largest outbox file taken (SPEC §4): a larger one is refused unread — not read, not kept, removed from the outbox, and quarantine/<flow>/<name>.errors.txt says why. Bounds: 1KiB to 64GiB (1,000,000 MPN slips are 158 MB); changes on reload.", 2 << 30)
 
 
 @dataclass(frozen=True)

@@ -173,10 +173,10 @@ INGEST_QUEUED = _event(
 INGEST_QUARANTINED = _event(
     "ingest.quarantined", "db44db7b6fb94cc88002f1370281d4a8", LogLevel.warn,
     "{flow}: quarantined {name}: {reason}",
-    "A file in the outbox was invalid (or not a regular file with an allowed name); it was moved whole to quarantine and nothing of it was sent.",
-    "送信フォルダのファイルが不正（または許可されない名前・種類）のため、全体を隔離フォルダへ移しました。一切送信していません。",
-    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error), correct the file at the tax system and write it to the outbox again.",
-    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください。",
+    "An outbox entry was refused (invalid records, a name not allowed, larger than max_file_size, or changed while it was read); nothing of it was sent. A regular file is kept encrypted in the gateway's store as a QUARANTINED transfer (a file over max_file_size is not read or kept) and its reasons are written to quarantine/<flow>/<name>.errors.txt; a link, directory or device is moved to quarantine/ as it is.",
+    "送信フォルダのファイルを拒否しました（レコードの誤り、許可されない名前、max_file_size 超過、または読込中の変更）。一切送信していません。通常ファイルはゲートウェイの保管領域に暗号化して QUARANTINED の転送として保持し（max_file_size を超えるファイルは読まず保持もしません）、理由を quarantine/<フロー>/<名前>.errors.txt に書きました。リンク・ディレクトリ・デバイスはそのまま隔離フォルダへ移しました。",
+    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error, or why the file was refused), correct the file at the tax system and write it to the outbox again (whole, renamed into place only once it is complete); the refused file itself comes back with 'kei-gateway transfers export ID'.",
+    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由、または拒否の理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください（書き終えてから名前を変更して置くこと）。拒否したファイル自体は kei-gateway transfers export ID で取り出せます。",
 )
 INGEST_FAILED = _event(
     "ingest.failed", "95c8b9e00a414db8a78caf20d056cdf6", LogLevel.error,
