@@ -146,15 +146,20 @@ every schedule and retention computed from one stays a valid date."""
 @dataclass(frozen=True)
 class Duration(Kind):
     minimum: float = 0.0
-    description: str = 'duration ("30s", "5m", "1h", "7d"; at most "3660d")'
+    maximum: float = MAX_DURATION
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f'duration ("30s", "5m", "1h", "7d"; at most "{format_duration(self.maximum)}")'
 
     def parse(self, raw: Any) -> float:
         _expect(raw, str, 'a duration string such as "30s"')
         seconds = parse_duration(raw)
         if seconds < self.minimum:
             raise ValueError(f"{raw!r} is too short: use at least {format_duration(self.minimum)}")
-        if not seconds <= MAX_DURATION:  # also NaN and inf
-            raise ValueError(f"{raw!r} is too long: use at most {format_duration(MAX_DURATION)} (ten years)")
+        if not seconds <= self.maximum:  # also NaN and inf
+            ten_years = " (ten years)" if self.maximum == MAX_DURATION else ""
+            raise ValueError(f"{raw!r} is too long: use at most {format_duration(self.maximum)}{ten_years}")
         return seconds
 
     def render(self, value: Any) -> str:
