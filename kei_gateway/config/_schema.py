@@ -70,6 +70,7 @@ class GatewaySection:
     purge_at: tuple[int, int] = setting(k.TimeOfDay(), "Local time of the daily purge of expired personal data.", (0, 30))
     log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error", "critical")), "Lowest level of events logged; changes on reload.", "info")
     max_file_size: int = setting(k.Size(minimum=1 << 10, maximum=64 << 30), "Largest outbox file taken (SPEC §4): a larger one is refused unread — not read, not kept, removed from the outbox, and quarantine/<flow>/<name>.errors.txt says why. Bounds: 1KiB to 64GiB (1,000,000 MPN slips are 158 MB); changes on reload.", 2 << 30)
+    node_id: str = setting(k.Text(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}|", hint="letters, digits, '.', '_', '-' (up to 64), or empty"), "This node's id in a shared ledger (docs/high-availability.md): unique among the nodes on one database; it holds the node's leases. Empty: the host name.", "", example="gw1")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class DatabaseSection:
 
     url: str = setting(k.DatabaseUrl(), "SQLAlchemy URL of the ledger. Empty: SQLite file ledger.sqlite3 in gateway.state_dir (WAL, synchronous=FULL).", "", example="sqlite:////var/lib/kei-gateway/ledger.sqlite3")
     busy_timeout: float = setting(k.Duration(minimum=0.1), "How long a blocked database operation waits for a lock before it is retried.", 5.0)
+    lease: float = setting(k.Duration(minimum=1), "How long a node's claim on a piece of work (a send, a pull, an ingest, the purge, the audit verify) lasts unless renewed; renewed every third of it. A node that stops for longer loses its work to another node (docs/high-availability.md).", 15.0)
 
 
 @dataclass(frozen=True)

@@ -509,6 +509,47 @@ AIRIS_REJECTED = _event(
     "理由（ファイル・行またはレコード・列または項目）を確認し、AIRIS からファイルと復号キーを再取得するか、税務システムで台帳抽出を修正して、3 つを再度送信フォルダへ置いてください。",
 )
 
+NODE_JOINED = _event(
+    "node.joined", "718227f8fd564768b3abfcbc0513a4c5", LogLevel.info,
+    "node {node} joined the ledger (lease {lease}s; nodes: {nodes})",
+    "This node registered in the shared ledger and takes part in the work by leases (SPEC §14).",
+    "このノードが共有台帳に登録され、リースによって処理を分担します（SPEC §14）。",
+    "None needed. 'kei-gateway status' lists the nodes and what each holds.",
+    "対応は不要です。'kei-gateway status' でノードと各ノードが保持する処理を確認できます。",
+)
+LEASE_TAKEOVER = _event(
+    "lease.takeover", "13a21f6559d041059f5c86003d27e0f8", LogLevel.warn,
+    "node {node} took over {kind} {key} from node {previous}: its lease had expired",
+    "Another node stopped renewing its claim on a piece of work (it died, stalled or lost the database) and this node took it over; the other node's commits on it are now refused (fenced).",
+    "他のノードが処理のリースを更新しなくなった（停止・一時停止・データベース切断）ため、このノードが引き継ぎました。元のノードによるこの処理の確定は拒否されます（フェンシング）。",
+    "Find out why the other node stopped (journalctl on it, 'kei-gateway status'); nothing is lost or doubled. See docs/high-availability.md.",
+    "元のノードが停止した理由を確認してください（そのノードの journalctl、'kei-gateway status'）。データの欠落や重複はありません。docs/high-availability.md を参照してください。",
+)
+LEASE_LOST = _event(
+    "lease.lost", "aa5eaab7b944484baabbea9db5753ee4", LogLevel.error,
+    "node {node} lost its lease on {kind} {key}: another node holds it now; this node commits nothing on it",
+    "This node could not renew its claim in time (it was paused, or cut off from the database, for longer than the lease) and another node took the work over.",
+    "このノードがリースを期限内に更新できず（リース期間を超える一時停止またはデータベース切断）、他のノードが処理を引き継ぎました。",
+    "None needed for the data (the other node finishes the work). Find out why this node stalled: CPU or I/O starvation, a VM pause, the network to the database.",
+    "データについての対応は不要です（他のノードが処理を完了します）。このノードが停滞した原因（CPU・I/O の枯渇、VM の一時停止、データベースへのネットワーク）を調べてください。",
+)
+LEASE_FENCED = _event(
+    "lease.fenced", "a41ca0ed16844ea69fe8cc693ec3af9d", LogLevel.warn,
+    "a commit on {kind} {key} by node {node} was refused: its lease is no longer this node's (fenced); nothing was written",
+    "A node that had lost its lease tried to record the end of the work; the ledger refused it because another node now holds it, so nothing is recorded twice.",
+    "リースを失ったノードが処理の完了を記録しようとしましたが、他のノードが保持しているため台帳が拒否しました。二重の記録は起きません。",
+    "None needed: the node holding the lease finishes the work.",
+    "対応は不要です。リースを保持するノードが処理を完了します。",
+)
+NODE_CLOCK_SKEW = _event(
+    "node.clock_skew", "fbe9fe3cbc4c4d1c8d896e79670bc17b", LogLevel.critical,
+    "node {node} claims no work: {reason}",
+    "This node's clock differs from the database server's by more than the bound; leases depend on agreed time, so the node claims nothing until it is synchronised (it still serves pushes).",
+    "このノードの時計がデータベースサーバの時計と許容値を超えてずれています。リースは時刻の一致に依存するため、同期されるまで処理を取得しません（プッシュの受信は続けます）。",
+    "Synchronise the clocks (chrony or systemd-timesyncd on every node and on the database server) and check 'timedatectl'.",
+    "時刻を同期してください（全ノードとデータベースサーバで chrony または systemd-timesyncd）。'timedatectl' で確認してください。",
+)
+
 ALL_EVENTS: tuple[EventType, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EventType)
 )
