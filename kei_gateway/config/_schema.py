@@ -172,6 +172,8 @@ class AirisFlowSection:
     airis_outbox: str = setting(k.RelativeDir(), "Where the AIRIS download (the AES-256 ZIP as received) and its key file <name>.key are put.", example="outbox/airis")
     register_outbox: str = setting(k.RelativeDir(), "Where the tax system writes its 小型二輪 register extract (tax-register-2w).", example="outbox/airis-register")
     inbox: str = setting(k.RelativeDir(), "Where the results (.dat, .csv, .txt) are written for the tax division.", example="inbox/airis-reconcile")
+    gaiji: str = setting(k.Choice(choices=("reject", "substitute", "degenerate")), "外字 policy for AIRIS values (names, addresses, plates) outside JIS X 0208 in the .dat (the .csv keeps them as AIRIS wrote them): degenerate (縮退) each to its unique JIS X 0208 candidate in the MJ縮退マップ, else the 国税庁 JIS縮退マップ; substitute 〓; or reject the run (an errors file names row and column). Counted in the .txt.", "degenerate")
+    gaiji_fallback: str = setting(k.Choice(choices=("reject", "substitute")), "With gaiji = \"degenerate\": what happens to an AIRIS 外字 the maps give no unique candidate for: substitute 〓, or reject the run.", "substitute")
 
 
 @dataclass(frozen=True)
