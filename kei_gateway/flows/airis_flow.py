@@ -23,6 +23,8 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
 from kei_gateway.layouts.airis import CATEGORIES
+from kei_gateway.layouts.encoding import GaijiPolicy
+from kei_gateway.layouts.gaiji import GaijiFallback
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["AirisReconcileService", "RESCAN_INTERVAL", "build_airis_flow"]
@@ -37,7 +39,8 @@ class AirisReconcileService(service.Service):
 
     def __init__(self, *, paths: FlowPaths, lg_code: str, clock: Any, blocking: Blocking, ledger: Any, store: Any,
                  metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
-                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
+                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
+                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute") -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -47,6 +50,8 @@ class AirisReconcileService(service.Service):
         self.store = store
         self.metrics = metrics
         self.note_erased = note_erased
+        self.gaiji: GaijiPolicy = gaiji
+        self.gaiji_fallback: GaijiFallback = gaiji_fallback
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -90,21 +95,21 @@ class AirisReconcileService(service.Service):
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
-            note_erased=self.note_erased).addCallback(self._report)
+            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback).addCallback(self._report)
         return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
         if run is None:
             return
-        if run.result is not None:
-            for code, count in run.result.counts.items():
+        # the audit record was committed with the run's outcome (TransferLedger.audit_writer): the observer skips it
+        recorded = bool(getattr(self.ledger, "records_audit", False))
+        if run.reconciled is not None:
+            for code, count in run.counts.items():
                 self.metrics.airis_vehicles.labels(category=code).inc(count)
-            events.emit(self.log, events.AIRIS_RECONCILED, **audit_fields(run.result))
-        elif run.error is not None:
-            events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW,
-                        reason=f"{run.error.total} problem(s) in {run.error.label}; see {run.errors_file}")
-        if run.result is not None or run.error is not None:
-            self.scan_soon()  # another set of inputs may be waiting
+            events.emit(self.log, events.AIRIS_RECONCILED, audit_recorded=recorded, **run.reconciled)
+        elif run.rejected is not None:
+            events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW, reason=run.rejected, audit_recorded=recorded)
+        self.scan_soon()  # another set of inputs may be waiting
 
     def _failed(self, failure: Any) -> None:
         events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW,
@@ -132,6 +137,6 @@ def build_airis_flow(parent: service.MultiService, config: Any, *, clock: Any, b
         register_label=settings.register_outbox.rstrip("/"))
     flow = AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=clock, blocking=blocking,
                                  ledger=ledger, store=store, metrics=metrics, note_erased=note_erased,
-                                 use_inotify=use_inotify)
+                                 use_inotify=use_inotify, gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback)
     flow.setServiceParent(parent)
     return flow

@@ -398,7 +398,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             flow=flow, settings=settings, outbox_dir=config.spool_path(settings.outbox),
             quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), lg_code=config.gateway.lg_code,
             clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
-            on_ingested=ingested, use_inotify=use_inotify)
+            on_ingested=ingested, use_inotify=use_inotify,
+            max_file_size=lambda: gateway.config.gateway.max_file_size)
         watcher.setServiceParent(gateway)
         sender.setServiceParent(gateway)
 
