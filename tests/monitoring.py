@@ -95,3 +95,12 @@ def github_anchor(heading: str) -> str:
 def doc_anchors(path: Path = ALERTS_DOC) -> set[str]:
     return {github_anchor(line.lstrip("#")) for line in path.read_text(encoding="utf-8").splitlines()
             if line.startswith("#")}
+
+
+def metric_names(expression: Expression) -> set[str]:
+    """The metric names *expression* selects (parsed, not matched by a pattern)."""
+    import promql_parser
+
+    found: list[object] = []
+    promql_parser.walk(promql_parser.parse(expression.promql), found.append)
+    return {node.name for node in found if isinstance(node, promql_parser.VectorSelector) and node.name}

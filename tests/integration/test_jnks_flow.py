@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kei_gateway.layouts import generate_file, get_layout
 from tests.integration.conftest import poll_until
+from tests.monitoring import metric_names, rule_expressions
 from tests.integration.harness import (
     DaemonProcess, GatewayFiles, SimProcess, make_gateway_files, start_daemon, start_jnks_sim,
 )
@@ -59,6 +61,36 @@ def run_daemon(files: GatewayFiles) -> DaemonProcess:
     return daemon
 
 
+def assert_alerted_metrics_are_served(daemon: DaemonProcess) -> None:
+    """Every series the shipped alert rules read is served by the real daemon running a JNKS flow.
+
+    Prometheus's own ``up`` aside, and ``kei_gateway_unconfirmed_results`` (MPN flows only). The
+    audit chain's first verification and the start-up purge run after READY: polled.
+    """
+    wanted = set().union(*(metric_names(e) for e in rule_expressions())) - {"up", "kei_gateway_unconfirmed_results"}
+
+    last: dict[str, list[float]] = {}
+
+    def served() -> dict[str, list[float]] | None:
+        _, body = daemon.get("/metrics")
+        last.clear()
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                last.setdefault(sample.name, []).append(sample.value)
+        ready = wanted <= set(last) and last["kei_gateway_audit_chain_checked_timestamp_seconds"][0] > 0 \
+            and last["kei_gateway_last_purge_timestamp_seconds"][0] > 0
+        return dict(last) if ready else None
+
+    def missing() -> str:
+        stamps = {name: last.get(name) for name in ("kei_gateway_audit_chain_checked_timestamp_seconds",
+                                                    "kei_gateway_last_purge_timestamp_seconds")}
+        return f"not served: {sorted(wanted - set(last))}; {stamps}"
+
+    samples = poll_until(served, 30, "every series the alert rules read", missing)
+    assert samples["kei_gateway_audit_chain_ok"] == [1.0]
+    assert min(samples["kei_gateway_queue_age_limit_seconds"]) > 0
+
+
 def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under_its_final_name(
         setup: tuple[GatewayFiles, SimProcess]) -> None:
     files, sim = setup
@@ -85,6 +117,7 @@ def test_when_a_file_is_renamed_into_the_outbox_then_the_peer_gets_it_once_under
         assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), \
             "promtool on the exposition with flows: " + checked.stdout.decode() + checked.stderr.decode()
         assert "transfer.sent" in daemon.stderr()
+        assert_alerted_metrics_are_served(daemon)
         state_dir = files.base / "state"
         plaintext = data[:60]
         for path in state_dir.rglob("*"):
