@@ -33,8 +33,8 @@ import tenacity
 from kei_gateway.config import RetryPolicy
 
 __all__ = ["TransferState", "TRANSITIONS", "InvalidTransition", "check_transition", "state_after_validation",
-           "RetryDecision", "after_failure", "retry_delay", "TERMINAL_STATES", "Transition", "FailureKind",
-           "SendFailureDecision", "after_send_failure", "on_restart", "KnownTransfer", "RemoteAction",
+           "RetryDecision", "after_failure", "retry_delay", "longest_wait", "TERMINAL_STATES", "Transition",
+           "FailureKind", "SendFailureDecision", "after_send_failure", "on_restart", "KnownTransfer", "RemoteAction",
            "RemoteEntryDecision", "on_remote_entry"]
 
 
@@ -105,6 +105,21 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float:
     exponential = tenacity.wait_exponential(multiplier=policy.first_delay, max=policy.max_delay)
     jitter = tenacity.wait_random(0, policy.first_delay / 2)
     return float(min(exponential(state) + jitter(state), policy.max_delay))
+
+
+def longest_wait(policy: RetryPolicy, transfer_timeout: float, poll_interval: float) -> float:
+    """Seconds a transfer can wait to leave the queue (DONE or FAILED) when nothing is stuck.
+
+    Every attempt taking its whole *transfer_timeout*, every back-off at its longest
+    (jitter included, within ``max_delay``), and one sender poll (*poll_interval*)
+    before each attempt. A peer's ``Retry-After`` longer than the back-off can exceed
+    it; so can a flow paused for a person, or a sender that has stopped: what the
+    queue-age alert is for (``kei_gateway_queue_age_limit_seconds``).
+    """
+    backoffs = sum(min(min(policy.first_delay * 2 ** (attempt - 1), policy.max_delay) + policy.first_delay / 2,
+                       policy.max_delay)
+                   for attempt in range(1, policy.attempts))
+    return backoffs + policy.attempts * (transfer_timeout + poll_interval)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ class GatewayMetrics:
         self.oldest_queued_age = Gauge(
             "kei_gateway_oldest_queued_age_seconds", "Age of the oldest transfer waiting to be sent, by flow.",
             ["flow"], registry=registry)
+        self.queue_age_limit = Gauge(
+            "kei_gateway_queue_age_limit_seconds",
+            "How long a transfer of the outbound flow can wait before it is DONE or FAILED under its peer's retry "
+            "policy and transfer_timeout; an oldest queued age above it means the flow is stuck.",
+            ["flow"], registry=registry)
         self.records = Counter("kei_gateway_records_total",
                                "Records by flow and outcome (accepted, rejected, rejected_by_peer).",
                                ["flow", "outcome"], registry=registry)
@@ -52,8 +57,10 @@ class GatewayMetrics:
                                       registry=registry)
         self.last_success = Gauge("kei_gateway_last_success_timestamp_seconds",
                                   "When a transfer of the flow last succeeded (Unix time).", ["flow"], registry=registry)
-        self.peer_up = Gauge("kei_gateway_peer_up", "1 when the last exchange with the peer succeeded.", ["peer"],
-                             registry=registry)
+        # No series for a peer until the first exchange with it since the start: 0 means a failed exchange,
+        # never "not contacted yet" (an idle push-only peer would look down for ever).
+        self.peer_up = Gauge("kei_gateway_peer_up", "1 when the last exchange with the peer succeeded, 0 when it failed.",
+                             ["peer"], registry=registry)
         self.retries = Counter("kei_gateway_retries_total", "Failed attempts that will be retried, by peer.", ["peer"],
                                registry=registry)
         self.transfer_duration = Histogram(
@@ -87,6 +94,10 @@ class GatewayMetrics:
             "kei_gateway_audit_chain_ok",
             "1 when the last verification of the audit chain found it intact; 0 when it found a changed, deleted, "
             "inserted or reordered record, or could not run.", registry=registry)
+        self.audit_chain_checked = Gauge(
+            "kei_gateway_audit_chain_checked_timestamp_seconds",
+            "When the daemon last finished a verification of the audit chain, whatever it found (Unix time; 0 before "
+            "the first one since the start).", registry=registry)
         self.audit_dropped = Counter(
             "kei_gateway_audit_dropped_events_total",
             "Audited events the daemon could not keep while the database was unavailable (in journald only).",

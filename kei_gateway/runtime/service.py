@@ -23,6 +23,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import WebDavClient
 from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config, restart_needed
 from kei_gateway.core.results import ResultKeyer
+from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.flows.inbound.build import build_inbound_flow, build_push_listener
 from kei_gateway.flows.inbound.downloads import DownloadPoller
@@ -32,7 +33,7 @@ from kei_gateway.flows.inbound.receipts import ReceiptRecorder
 from kei_gateway.flows.inbound.relay import InboxRelay, Relay
 from kei_gateway.flows.outbound.build import build_outbound_flow
 from kei_gateway.flows.outbound.held import HeldWatch
-from kei_gateway.flows.outbound.sender import UploadSender
+from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL, UploadSender
 from kei_gateway.operations.audit import AuditLog
 from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
 from kei_gateway.operations.certificates import CertificateWatch
@@ -190,6 +191,14 @@ class GatewayService(service.MultiService):
 
     # -- reload -----------------------------------------------------------
 
+    def export_queue_age_limits(self) -> None:
+        """``kei_gateway_queue_age_limit_seconds{flow}`` of each outbound flow, from its peer's current settings."""
+        for sender in self.senders:
+            peer = self.config.peers.get(sender.peer)
+            if peer is not None:
+                self.metrics.queue_age_limit.labels(flow=sender.flow).set(
+                    longest_wait(peer.retry, peer.transfer_timeout, SEND_POLL_INTERVAL))
+
     def reload_from(self, path: str) -> defer.Deferred[bool]:
         """SIGHUP: re-read *path*; apply what can change live, or keep the old config."""
         self.notifier.notify(reloading_message())
@@ -229,6 +238,7 @@ class GatewayService(service.MultiService):
             changes.append("peers")
         for sender in self.senders:
             sender.resume()  # whatever was paused for a person is tried again with the new settings
+        self.export_queue_age_limits()
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
         return pending
 
@@ -346,6 +356,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                     gateway.pollers.append(child)
                 child.setServiceParent(gateway)
 
+    gateway.export_queue_age_limits()
+
     if config.listeners.push is not None:
         if store is None:
             raise ValueError("the push listener needs the encrypted store")
@@ -375,7 +387,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         gateway.audit, gateway.audit_log = audit, audit_log
 
         def verify_audit_chain() -> defer.Deferred[Any]:
-            return verify_now(audit_log, blocking, metrics)
+            return verify_now(audit_log, blocking, metrics, clock=reactor)
 
         purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
         if purge_service is not None:

@@ -166,27 +166,38 @@ class AuditObserverTests(SynchronousTestCase):
         last = [e for e in self.logged if e.get("kei_event") == "audit.write_failed"][-1]
         self.assertIn("stopping", last["reason"])
 
-    def test_when_verify_now_finds_the_chain_intact_then_chain_ok_is_1_and_then_0_after_tampering(self) -> None:
+    def test_when_verify_now_finds_the_chain_intact_then_chain_ok_is_1_and_then_0_after_tampering_each_time_stamped(
+            self) -> None:
         self.audit_log.append_batch([AuditRecord(time=events_time(), actor="t", event="operator.test", count=i)
                                      for i in range(3)])
-        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log))
+        self.assertEqual(self.sample("kei_gateway_audit_chain_checked_timestamp_seconds"), 0)
+        self.clock.advance(1000)
+        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log,
+                                                 clock=self.clock))
         assert report is not None
         self.assertTrue(report.ok)
         self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 1)
+        self.assertEqual(self.sample("kei_gateway_audit_chain_checked_timestamp_seconds"), 1000)
         with self.engine.begin() as connection:
             connection.execute(text("UPDATE audit SET count = 7 WHERE sequence = 2"))
-        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log))
+        self.clock.advance(500)
+        report = self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log,
+                                                 clock=self.clock))
         assert report is not None and report.problem is not None
         self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 0)
+        self.assertEqual(self.sample("kei_gateway_audit_chain_checked_timestamp_seconds"), 1500)
         broken = [e for e in self.logged if e.get("kei_event") == "audit.chain_broken"]
         self.assertEqual((broken[0]["sequence"], broken[0]["kind"]), (2, "changed"))
 
-    def test_when_verify_cannot_read_the_database_then_chain_ok_is_0_and_verify_failed_is_logged(self) -> None:
+    def test_when_verify_cannot_read_the_database_then_chain_ok_is_0_stamped_and_verify_failed_is_logged(self) -> None:
         with self.engine.begin() as connection:
             connection.execute(text("DROP TABLE audit_head"))
         self.metrics.audit_chain_ok.set(1)
-        self.assertIsNone(self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log)))
+        self.clock.advance(42)
+        self.assertIsNone(self.successResultOf(verify_now(self.audit_log, SynchronousBlocking(), self.metrics, self.log,
+                                                          clock=self.clock)))
         self.assertEqual(self.sample("kei_gateway_audit_chain_ok"), 0)
+        self.assertEqual(self.sample("kei_gateway_audit_chain_checked_timestamp_seconds"), 42)
         self.assertTrue(any(e.get("kei_event") == "audit.verify_failed" for e in self.logged))
 
 

@@ -13,7 +13,10 @@ import pytest
 from kei_gateway.adapters.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import config_from_string, read_config, restart_needed
+from kei_gateway.core.transfer import longest_wait
+from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL
 from kei_gateway.runtime.blocking import ThreadPoolBlocking
+from kei_gateway.runtime.metrics import exposition
 from kei_gateway.runtime.service import make_service
 from kei_gateway.sim.pki import write_demo_credentials
 from tests.unit.helpers import temporary_directory
@@ -218,3 +221,49 @@ class RestartKeysFromTheSchemaTests(SynchronousTestCase):
         base = config_from_string('[gateway]\nlg_code = "131041"\n')
         pushing = config_from_string('[gateway]\nlg_code = "131041"\n[listeners.push]\naddress = "0.0.0.0:8443"\n')
         self.assertEqual(restart_needed(base, pushing), ["listeners.push.address"])
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
+class FlowGaugeTests(SynchronousTestCase):
+    """Gauges the shipped alert rules compare against (contrib/prometheus/kei-gateway.rules.yml)."""
+
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        credentials = write_demo_credentials(str(self.base / "credentials"))
+        self.ca = f"{credentials.directory}/ca.pem"
+        self.path = self.base / "kei-gateway.toml"
+        self.path.write_text(self.text("8", "30s"), encoding="utf-8")
+        config = read_config(str(self.path))
+        engine = create_ledger_engine(config.database_url)
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.registry = CollectorRegistry()
+        self.gateway = make_service(config, MemoryReactorClock(), TransferLedger(engine), notifier=RecordingNotifier(),
+                                    registry=self.registry, blocking=SynchronousBlocking(), environ={},
+                                    store=InMemoryBlobStore(StoreKeyring(DUMMY_STORE_KEY)))
+
+    def text(self, attempts: str, first_delay: str) -> str:
+        flows = jnks_flow_config_text("https://127.0.0.1:9/", self.ca).replace(
+            'retry = { attempts = 5, first_delay = "1s", max_delay = "5s" }',
+            f'retry = {{ attempts = {attempts}, first_delay = "{first_delay}", max_delay = "1h" }}')
+        return demo_config_text(str(self.base), 19999, extra=flows)
+
+    def limit(self) -> float | None:
+        return self.registry.get_sample_value("kei_gateway_queue_age_limit_seconds", {"flow": "jnks-payments"})
+
+    def test_when_built_then_each_outbound_flow_has_its_queue_age_limit_from_the_peers_policy(self) -> None:
+        policy = self.gateway.config.peers["jnks"].retry
+        self.assertEqual(self.limit(), longest_wait(policy, 60.0, SEND_POLL_INTERVAL))
+        self.assertIsNone(self.registry.get_sample_value("kei_gateway_queue_age_limit_seconds",
+                                                         {"flow": "jnks-receipts"}))
+
+    def test_when_the_retry_policy_changes_on_reload_then_the_limit_follows(self) -> None:
+        before = self.limit()
+        self.path.write_text(self.text("3", "10s"), encoding="utf-8")
+        self.assertTrue(self.successResultOf(self.gateway.reload_from(str(self.path))))
+        self.assertEqual(self.limit(), longest_wait(self.gateway.config.peers["jnks"].retry, 60.0, SEND_POLL_INTERVAL))
+        self.assertNotEqual(self.limit(), before)
+
+    def test_when_no_exchange_with_a_peer_happened_yet_then_it_has_no_peer_up_series(self) -> None:
+        """0 would read as "down": an idle peer reached only by uploads would alert until its first file."""
+        self.assertNotIn("kei_gateway_peer_up{", exposition(self.registry).decode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, strategies as st
 
 from kei_gateway.config import RetryPolicy
 from kei_gateway.core.transfer import (
@@ -12,6 +13,7 @@ from kei_gateway.core.transfer import (
     InvalidTransition,
     after_failure,
     check_transition,
+    longest_wait,
     retry_delay,
     state_after_validation,
 )
@@ -63,3 +65,18 @@ def test_when_the_peer_says_retry_after_then_the_wait_is_at_least_that() -> None
     policy = RetryPolicy(attempts=8, first_delay=1.0, max_delay=10.0)
     decision = after_failure(1, policy, NOW, retry_after=120)
     assert decision.next_attempt_at == NOW + timedelta(seconds=120)
+
+
+def test_when_the_default_policy_is_used_then_the_longest_wait_is_its_backoffs_attempts_and_polls() -> None:
+    policy = RetryPolicy()  # 8 attempts, 30 s first delay, 1 h cap
+    backoffs = (30 + 60 + 120 + 240 + 480 + 960 + 1920) + 7 * 15  # each with its largest jitter
+    assert longest_wait(policy, transfer_timeout=600, poll_interval=5) == backoffs + 8 * 605
+
+
+@given(attempts=st.integers(1, 30), first_delay=st.floats(0.001, 600), max_delay=st.floats(0.001, 7200))
+def test_when_any_schedule_is_followed_then_its_waits_stay_within_the_longest_wait(
+        attempts: int, first_delay: float, max_delay: float) -> None:
+    """Whatever the jitter drew, back-offs plus every attempt at its timeout never exceed the limit."""
+    policy = RetryPolicy(attempts=attempts, first_delay=first_delay, max_delay=max_delay)
+    waited = sum(retry_delay(policy, attempt) for attempt in range(1, attempts)) + attempts * (60 + 5)
+    assert waited <= longest_wait(policy, transfer_timeout=60, poll_interval=5) + 1e-6

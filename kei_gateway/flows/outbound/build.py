@@ -25,7 +25,6 @@ def build_outbound_flow(flow: str, config_source: Callable[[], Config],
     link = LivePeerLink(config_source, settings.peer, deps.make_client)
     sender = UploadSender(flow=flow, lg_code=config.gateway.lg_code, link=link, ledger=deps.ledger,
                           store=deps.store, blocking=deps.blocking, clock=deps.clock, metrics=deps.metrics)
-    deps.metrics.peer_up.labels(peer=settings.peer)
 
     def ingested(result: IngestResult) -> None:
         deps.status_soon()

@@ -221,17 +221,24 @@ class AuditObserver:
 
 
 def verify_now(audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics | None = None,
-               log: Logger | None = None) -> defer.Deferred[ChainReport | None]:
+               log: Logger | None = None, *, clock: Any = None) -> defer.Deferred[ChainReport | None]:
     """Walk the chain off the reactor; set ``kei_gateway_audit_chain_ok`` and log the outcome.
 
     Fires with the report, or ``None`` when the walk could not run (``audit.verify_failed``;
-    the gauge is then 0: an unverified chain is not called OK).
+    the gauge is then 0: an unverified chain is not called OK). With a *clock*, either way
+    ``kei_gateway_audit_chain_checked_timestamp_seconds`` says when, so a 0 before the first
+    check since the start is not taken for a broken chain.
     """
     logger = log if log is not None else AuditObserver.log
 
-    def done(report: ChainReport) -> ChainReport:
+    def checked(ok: bool) -> None:
         if metrics is not None:
-            metrics.audit_chain_ok.set(1 if report.ok else 0)
+            metrics.audit_chain_ok.set(1 if ok else 0)
+            if clock is not None:
+                metrics.audit_chain_checked.set(clock.seconds())
+
+    def done(report: ChainReport) -> ChainReport:
+        checked(report.ok)
         if report.problem is None:
             events.emit(logger, events.AUDIT_CHAIN_VERIFIED, count=report.count)
             if report.warning:  # e.g. a head not yet authenticated after the upgrade to 0006
@@ -242,8 +249,7 @@ def verify_now(audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics 
         return report
 
     def failed(failure: Any) -> None:
-        if metrics is not None:
-            metrics.audit_chain_ok.set(0)
+        checked(False)
         events.emit(logger, events.AUDIT_VERIFY_FAILED, reason=events.describe_error(failure.value))
         return None
 
