@@ -1,22 +1,23 @@
-"""Benchmark: ``kei-gateway validate`` speed and memory against a bare CP932 decode.
+"""Benchmark: ``kei-gateway validate`` speed and memory against CP932 decoding, and the 縮退 policy's cost.
 
-Generates (once, under ``bench/out/``) 1,000,000 JNKS 納付情報 records and
-1,000,000 MPN 納付結果情報 records of dummy data, then for each file measures,
-in child processes so peak RSS is per measurement:
+Generates (once, under ``bench/out/``) dummy files — 1,000,000 JNKS 納付情報 records,
+1,000,000 MPN 納付結果情報 records, and 1,000,000 MPN 納付書情報 records in UTF-8 as a
+standardised system writes them, once with one MJ character (髙, 𠮷 ...) in 1 % of the
+names and once with those characters already degenerated — then measures each in a
+child process (so peak RSS is per measurement):
 
-* baseline: the file decoded line by line with Python's ``codecs`` CP932
-  incremental decoder (``for line in f: decoder.decode(line)``);
-* validate: the layout engine validating the file streamed in 64 KiB reads,
-  exactly what ``kei-gateway validate FILE`` does (uniqueness through the
-  fixed-size key filter; the file is read again only if it leaves suspects).
+* ``bulk``: ``bytes.decode("cp932")`` of the whole file in one call (the C codec: the
+  cost of merely reading every byte as CP932; the file and its text are in memory);
+* ``lines``: the file decoded line by line with the incremental CP932 decoder;
+* ``validate``: the layout engine on the file streamed in 64 KiB reads, exactly what
+  ``kei-gateway validate FILE`` does (uniqueness through the fixed-size key filter);
+* ``degenerate``: the UTF-8 slips validated with ``gaiji = "degenerate"``, with and
+  without the MJ characters.
 
-"ratio" is best validate time / best decode time; "median" is the median of
-the ratios of decode/validate pairs run back to back; "cpu" columns are the
-best CPU seconds (user + system) of each, less sensitive to other load on the
-machine than wall-clock time.
-
-Run: ``.venv/bin/python bench/validate.py [--records N]``.  Figures go in
-``docs/performance.md``.
+Every run is printed (``--repeat``, default 3) with the load average before it; the
+ratios are validate / bulk and validate / lines of the same run, and degenerate with MJ
+/ without.  Run: ``.venv/bin/python bench/validate.py [--records N] [--repeat N]``.
+Figures go in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -40,16 +41,25 @@ TODAY = datetime.date(2025, 6, 30)
 LAYOUT_NAMES = ("jnks-payments", "mpn-results")
 
 
-def ensure_file(layout_name: str, records: int) -> Path:
+def ensure_file(layout_name: str, records: int, variant: str = "cp932") -> Path:
+    """The benchmark file; ``variant`` ``cp932``, ``utf8-mj`` (1 % MJ names) or ``utf8-plain`` (degenerated)."""
     from kei_gateway.layouts import generate_file, get_layout
+    from kei_gateway.layouts.generator import DUMMY_MJ_CHARS
 
-    path = OUT / f"{layout_name}-{records}.dat"
+    path = OUT / f"{layout_name}-{records}-{variant}.dat"
     if not path.exists():
         OUT.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        encoding = "cp932" if variant == "cp932" else "utf-8"
+        mj_rate = 0.0 if variant == "cp932" else 0.01
+        plain = {mj.encode("utf-8"): target.encode("utf-8") for mj, target in DUMMY_MJ_CHARS}
         with tmp.open("wb") as out:
             batch: list[bytes] = []
-            for data in generate_file(get_layout(layout_name), records, seed=42, today=TODAY):
+            for data in generate_file(get_layout(layout_name), records, seed=42, today=TODAY,
+                                      encoding=encoding, mj_rate=mj_rate):  # type: ignore[arg-type]
+                if variant == "utf8-plain":
+                    for mj, target in plain.items():
+                        data = data.replace(mj, target)
                 batch.append(data)
                 if len(batch) == 10_000:
                     out.write(b"".join(batch))
@@ -57,6 +67,16 @@ def ensure_file(layout_name: str, records: int) -> Path:
             out.write(b"".join(batch))
         tmp.rename(path)
     return path
+
+
+def measure_bulk(path: str) -> dict[str, float]:
+    with open(path, "rb") as source:
+        data = source.read()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    text = data.decode("cp932")
+    result = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "records": text.count("\n")}
+    return result
 
 
 def measure_decode(path: str) -> dict[str, float]:
@@ -71,10 +91,11 @@ def measure_decode(path: str) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "records": count}
 
 
-def measure_validate(path: str, layout_name: str) -> dict[str, float]:
+def measure_validate(path: str, layout_name: str, policy: str = "") -> dict[str, float]:
     from kei_gateway.layouts import ValidationOptions, get_layout, validate_stream
 
-    options = ValidationOptions(today=TODAY)
+    options = ValidationOptions(today=TODAY) if not policy else ValidationOptions(
+        today=TODAY, encoding="utf-8", gaiji=policy)  # type: ignore[arg-type]
     cpu = time.process_time()
     start = time.perf_counter()
     def chunks() -> Iterator[bytes]:
@@ -88,13 +109,29 @@ def measure_validate(path: str, layout_name: str) -> dict[str, float]:
     cpu = time.process_time() - cpu
     if not report.valid:
         raise SystemExit(f"benchmark file {path} is invalid: {report.errors[:3]}")
-    return {"seconds": elapsed, "cpu": cpu, "records": report.records}
+    return {"seconds": elapsed, "cpu": cpu, "records": report.records, "degenerated": report.degenerated}
 
 
 def child(what: str, path: str, layout_name: str) -> None:
-    result = measure_decode(path) if what == "decode" else measure_validate(path, layout_name)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if what == "lines":
+        result = measure_decode(path)
+    elif what == "bulk":
+        result = measure_bulk(path)
+    elif what == "validate":
+        result = measure_validate(path, layout_name)
+    else:
+        result = measure_validate(path, layout_name, policy="degenerate")
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; ``ru_maxrss`` would carry the parent's over the exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(what: str, path: Path, layout_name: str) -> dict[str, float]:
@@ -103,10 +140,15 @@ def run_child(what: str, path: Path, layout_name: str) -> dict[str, float]:
     return dict(json.loads(output))
 
 
+def load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as source:
+        return " ".join(source.read().split()[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; every run is printed")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -114,24 +156,29 @@ def main() -> None:
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
-    print(f"{'layout':<15} {'records':>9} {'MB':>6} {'decode s':>9} {'validate s':>10} {'records/s':>11} "
-          f"{'ratio':>6} {'median':>8} {'cpu dec':>7} {'cpu val':>7} {'cpu x':>6} {'RSS decode':>10} "
-          f"{'RSS validate':>12}")
+    print(f"{'layout':<15} {'run':>3} {'load':>14} {'MB':>5} {'bulk s':>7} {'lines s':>8} {'validate s':>10} "
+          f"{'÷bulk':>6} {'÷lines':>6} {'cpu ÷bulk':>9} {'RSS bulk':>8} {'RSS lines':>9} {'RSS validate':>12}")
     for name in LAYOUT_NAMES:
         path = ensure_file(name, args.records)
-        # Decode and validate alternate, so load from other processes hits both alike.
-        pairs = [(run_child("decode", path, name), run_child("validate", path, name)) for _ in range(args.repeat)]
-        decode = min((d for d, _ in pairs), key=lambda r: r["seconds"])
-        validate = min((v for _, v in pairs), key=lambda r: r["seconds"])
-        ratios = sorted(v["seconds"] / d["seconds"] for d, v in pairs)
-        cpu_decode = min(d["cpu"] for d, _ in pairs)
-        cpu_validate = min(v["cpu"] for _, v in pairs)
         size = path.stat().st_size / 1e6
-        print(f"{name:<15} {int(validate['records']):>9} {size:>6.0f} {decode['seconds']:>9.2f} "
-              f"{validate['seconds']:>10.2f} {validate['records'] / validate['seconds']:>11,.0f} "
-              f"{validate['seconds'] / decode['seconds']:>5.2f}x {ratios[len(ratios) // 2]:>7.2f}x "
-              f"{cpu_decode:>6.2f} {cpu_validate:>6.2f} {cpu_validate / cpu_decode:>5.2f}x "
-              f"{decode['peak_rss_mb']:>8.0f}MB {validate['peak_rss_mb']:>10.0f}MB")
+        for run in range(1, args.repeat + 1):
+            before = load()
+            bulk, lines, validate = (run_child(what, path, name) for what in ("bulk", "lines", "validate"))
+            print(f"{name:<15} {run:>3} {before:>14} {size:>5.0f} {bulk['seconds']:>7.2f} {lines['seconds']:>8.2f} "
+                  f"{validate['seconds']:>10.2f} {validate['seconds'] / bulk['seconds']:>5.2f}x "
+                  f"{validate['seconds'] / lines['seconds']:>5.2f}x {validate['cpu'] / bulk['cpu']:>8.2f}x "
+                  f"{bulk['peak_rss_mb']:>6.0f}MB {lines['peak_rss_mb']:>7.0f}MB {validate['peak_rss_mb']:>10.0f}MB",
+                  flush=True)
+    print()
+    print(f"{'degenerate (mpn-slips, UTF-8)':<30} {'run':>3} {'load':>14} {'MB':>5} {'without s':>9} {'with 1% MJ s':>12} "
+          f"{'ratio':>6} {'degenerated':>11} {'RSS':>6}")
+    plain, marked = ensure_file("mpn-slips", args.records, "utf8-plain"), ensure_file("mpn-slips", args.records, "utf8-mj")
+    for run in range(1, args.repeat + 1):
+        before = load()
+        without, with_mj = run_child("degenerate", plain, "mpn-slips"), run_child("degenerate", marked, "mpn-slips")
+        print(f"{'':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} {without['seconds']:>9.2f} "
+              f"{with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
+              f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from kei_gateway.layouts import (
     validate_stream,
 )
 from kei_gateway.layouts.encoding import CHARSETS, GAIJI_POLICIES, INPUT_ENCODINGS
+from kei_gateway.layouts.gaiji import GAIJI_FALLBACKS
 from kei_gateway.layouts.generator import DEFAULT_LG_CODE
 
 from kei_gateway.core.jst import today_in_jst
@@ -70,7 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     validate.add_argument("--charset", choices=CHARSETS, default="jisx0208",
                           help="characters accepted in full-width fields (default: jisx0208)")
     validate.add_argument("--gaiji", choices=GAIJI_POLICIES, default="reject",
-                          help="外字 policy: reject, or substitute with 〓 (default: reject)")
+                          help="外字 policy: reject, substitute with 〓, or degenerate (縮退 by the MJ縮退マップ, "
+                               "else the 国税庁 JIS縮退マップ) (default: reject)")
+    validate.add_argument("--gaiji-fallback", choices=GAIJI_FALLBACKS, default="reject",
+                          help="with --gaiji degenerate: a 外字 with no unique 縮退 candidate is rejected or "
+                               "substituted with 〓 (default: reject)")
     validate.add_argument("--lg-code", type=_lg_code, metavar="CODE",
                           help="the gateway's 全国地方公共団体コード; jnks-payments records must carry it "
                                "(default: only the check digit is verified)")
@@ -92,6 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           help="share of records that break one rule each, 0–1 (default: 0)")
     generate.add_argument("--encoding", choices=INPUT_ENCODINGS, default="cp932",
                           help="encoding of the output (default: cp932)")
+    generate.add_argument("--mj-rate", type=share, default=0.0, metavar="R",
+                          help="share of records whose name gets one MJ character outside JIS X 0208 "
+                               "(行政事務標準文字, e.g. 髙, 𠮷) that 縮退 maps back, 0–1 (default: 0); "
+                               "with --encoding cp932 only CP932 extension characters (髙, 﨑) are used")
     generate.add_argument("--lg-code", type=_lg_code, default=DEFAULT_LG_CODE, metavar="CODE",
                           help=f"全国地方公共団体コード put in jnks-payments records (default: {DEFAULT_LG_CODE})")
     generate.add_argument("--today", type=_date, metavar="YYYY-MM-DD",
@@ -120,11 +129,13 @@ def _print_report(args: argparse.Namespace, report: ValidationReport) -> None:
             "errors": [error.as_dict() for error in report.errors],
             "errors_truncated": report.truncated,
             "gaiji_substituted": report.gaiji_substituted,
+            "degenerated": report.degenerated,
         }, sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
         return
     if report.valid:
         substituted = f", {report.gaiji_substituted} 外字 substituted with 〓" if report.gaiji_substituted else ""
+        substituted += f", {report.degenerated} 外字 degenerated (縮退)" if report.degenerated else ""
         print(f"OK: {args.file}: {report.records} records valid ({report.layout}{substituted})")
         return
     for error in report.errors:
@@ -142,6 +153,7 @@ def validate_file(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         charset=args.charset,
         gaiji=args.gaiji,
+        gaiji_fallback=args.gaiji_fallback,
         lg_code=args.lg_code,
         max_errors=args.max_errors,
     )
@@ -171,9 +183,8 @@ def generate_dummy_file(args: argparse.Namespace) -> int:
     """``kei-gateway generate``: dummy records to a file or standard output."""
     layout = get_layout(args.layout)
     records = generate_file(layout, args.records, seed=args.seed, today=args.today or today_in_jst(),
-                            invalid_rate=args.invalid_rate, lg_code=args.lg_code)
-    if args.encoding == "utf-8":
-        records = (record.decode("cp932").encode("utf-8") for record in records)
+                            invalid_rate=args.invalid_rate, lg_code=args.lg_code, encoding=args.encoding,
+                            mj_rate=args.mj_rate)
     try:
         if args.output is None:
             _write(sys.stdout.buffer, records)

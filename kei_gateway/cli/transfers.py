@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show = actions.add_parser("show", help="every field of one transfer")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
+    show.add_argument("--degenerations", action="store_true",
+                      help="also list the 外字 replaced by 縮退 at ingest (record, field, from → to); "
+                           "these are characters of names: personal data, read from the encrypted store")
     show.set_defaults(func=show_transfer)
     export = actions.add_parser("export", help="decrypt a transfer's stored file (e.g. a quarantined one) for the tax division")
     export.add_argument("id", type=int)
@@ -127,12 +130,68 @@ def show_transfer(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
     data = _row_dict(row)
+    if args.degenerations:
+        from kei_gateway.adapters.store.errors import StoreError
+
+        try:
+            listing = _degenerations(args, row)
+        except (StoreError, OSError, ValueError) as error:
+            print(f"cannot read the 縮退 list of transfer {row.id}: {error}", file=sys.stderr)
+            return exitcodes.FAILED
+        data["degenerations"] = listing
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
     else:
         for name, value in data.items():
+            if name == "degenerations":
+                continue
             print(f"{name:>16}: {'' if value is None else value}")
+        if args.degenerations:
+            _print_degenerations(row, data["degenerations"])
     return exitcodes.OK
+
+
+def _degenerations(args: argparse.Namespace, row: TransferRow) -> dict[str, Any]:
+    """The transfer's 縮退 list from the store: counts, map versions, entries (personal: not audited values)."""
+    from kei_gateway.layouts import parse_degenerations
+    from kei_gateway.adapters.store.blobs import open_store
+    from kei_gateway.adapters.store.errors import BlobNotFound
+    from kei_gateway.adapters.store.format import degenerations_blob_id
+
+    config = read_config(config_path_from(args))
+    if not row.blob_id:
+        return {"available": False, "reason": "the transfer has no stored file (never stored, or already purged)",
+                "entries": []}
+    store = open_store(config)
+    try:
+        document = b"".join(store.read(degenerations_blob_id(row.blob_id)))
+    except BlobNotFound:
+        return {"available": True, "degenerated": 0, "listed": 0, "maps": None, "entries": []}
+    header = document.split(b"\n", 1)[0].decode("utf-8").split(" ", 6)
+    entries = parse_degenerations(document)
+    from kei_gateway.operations.audit import record_or_warn
+
+    record_or_warn(config, "operator.degenerations_shown", transfer_id=row.id, flow=row.flow, peer=row.peer,
+                   records=len(entries))
+    return {"available": True, "degenerated": int(header[2]), "listed": int(header[4]),
+            "maps": header[6] if len(header) > 6 else None,
+            "entries": [{"record": e.record, "key": e.key, "from": e.source, "to": e.target} for e in entries]}
+
+
+def _print_degenerations(row: TransferRow, listing: dict[str, Any]) -> None:
+    if not listing["available"]:
+        print(f"\n縮退 (degenerations): none to show; {listing['reason']}")
+        return
+    if not listing["degenerated"]:
+        print("\n縮退 (degenerations): none (no 外字 was degenerated in this file)")
+        return
+    more = listing["degenerated"] - listing["listed"]
+    print(f"\n縮退 (degenerations): {listing['degenerated']} in transfer {row.id} ({row.local_name}); "
+          f"maps: {listing['maps']}" + (f"; the first {listing['listed']} listed" if more else ""))
+    print(f"{'record':>9}  {'field':<16} from → to")
+    for entry in listing["entries"]:
+        print(f"{entry['record']:>9}  {entry['key']:<16} {entry['from']} → {entry['to']}")
+    print("These are characters of personal names: do not copy them into tickets or mail.")
 
 
 _ACTIONS = {

@@ -169,7 +169,8 @@ class OutboundFlowSection:
     ready: str = setting(k.Choice(choices=("rename", "marker")), "When a file is ready: renamed from name.tmp or a dotfile, or followed by name.end.", "rename")
     encoding: str = setting(k.Choice(choices=("cp932", "utf-8")), "Encoding of the files the tax system writes.", "cp932")
     charset: str = setting(k.Choice(choices=("jisx0208", "cp932")), "Characters allowed in full-width fields: JIS X 0208 only, or CP932 with its extensions.", "jisx0208")
-    gaiji: str = setting(k.Choice(choices=("reject", "substitute")), "外字 policy: reject the file, or substitute 〓 (counted and logged).", "reject")
+    gaiji: str = setting(k.Choice(choices=("reject", "substitute", "degenerate")), "外字 policy: reject the file, substitute 〓, or degenerate (縮退) each 外字 to its unique JIS X 0208 candidate in the MJ縮退マップ, else the 国税庁 JIS縮退マップ (counted; the list is kept encrypted with the transfer: kei-gateway transfers show ID --degenerations).", "reject")
+    gaiji_fallback: str = setting(k.Choice(choices=("reject", "substitute")), "With gaiji = \"degenerate\": what happens to a 外字 the maps give no unique candidate for: reject the file, or substitute 〓.", "reject")
     hold_over_records: int = setting(k.Integer(minimum=0), "Files with more records are HELD until an operator approves them; 0 never holds.", 0)
 
 

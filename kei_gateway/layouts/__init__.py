@@ -8,6 +8,7 @@ The public surface::
     options = ValidationOptions(today=today_in_jst, lg_code="131202")
     report = validate_stream(chunks, layout, options, sink=out.write)
     report.valid, report.records, report.error_count
+    report.degenerated, report.degenerations   # gaiji = "degenerate": (record, key, from, to), personal
     for error in report.errors:
         log(error.message())                    # personal values masked
         quarantine(error.message(full_values=True))
@@ -21,8 +22,9 @@ from kei_gateway.layouts.checkdigits import (
     gs1_check_digit, is_valid_gs1_cvs_code, is_valid_lg_code, lg_code_check_digit,
 )
 from kei_gateway.layouts.engine import (
-    DEFAULT_MAX_ERRORS, Record, ValidationOptions, ValidationReport, Validator, parse_record, parse_records,
-    render_record, render_records, validate_bytes, validate_stream,
+    DEFAULT_MAX_DEGENERATIONS, DEFAULT_MAX_ERRORS, Degenerated, Record, ValidationOptions, ValidationReport,
+    Validator, parse_degenerations, parse_record, parse_records, render_record, render_records, validate_bytes,
+    validate_stream,
 )
 from kei_gateway.layouts.errors import InvalidFileError, LayoutError, mask
 from kei_gateway.layouts.fields import Field, Kind, Layout
@@ -30,7 +32,9 @@ from kei_gateway.layouts.generator import generate_file, generate_record, genera
 from kei_gateway.layouts.tables import JNKS_PAYMENTS, JNKS_RECEIPTS, LAYOUTS, MPN_RESULTS, MPN_SLIPS, get_layout
 
 __all__ = [
+    "DEFAULT_MAX_DEGENERATIONS",
     "DEFAULT_MAX_ERRORS",
+    "Degenerated",
     "Field",
     "InvalidFileError",
     "JNKS_PAYMENTS",
@@ -54,6 +58,7 @@ __all__ = [
     "is_valid_lg_code",
     "lg_code_check_digit",
     "mask",
+    "parse_degenerations",
     "parse_record",
     "parse_records",
     "render_record",

@@ -122,7 +122,11 @@ class KeyFilter:
             repeated = ordered[1:][ordered[1:] == ordered[:-1]]
             if repeated.size:
                 seen |= np.isin(h, repeated)
-        np.bitwise_or.at(self.bits, index.ravel(), bit.ravel())
+        flat, flat_bit = index.ravel(), bit.ravel()
+        self.bits[flat] |= flat_bit  # buffered: of two positions in one byte, only the last one's bit may stick
+        missed = (self.bits[flat] & flat_bit) == 0
+        if missed.any():  # rare: those positions again, unbuffered
+            np.bitwise_or.at(self.bits, flat[missed], flat_bit[missed])
         return np.flatnonzero(seen)
 
     def add_one(self, key: bytes) -> bool:

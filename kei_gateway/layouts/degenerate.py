@@ -22,10 +22,17 @@ import jntajis
 
 from kei_gateway.layouts.encoding import JISX0208_CHARS
 
-__all__ = ["MAP_VERSIONS", "Degeneration", "degenerate_char", "degenerate_text"]
+__all__ = ["MAP_VERSIONS", "Degeneration", "clusters", "degenerate_char", "degenerate_text"]
 
-MAP_VERSIONS: Final = f"jntajis-python {getattr(jntajis, '__version__', '0.1.0')} (MJ縮退マップ, 国税庁 JIS縮退マップ)"
-"""The library (and so the map versions) in use; recorded in docs/layouts.md."""
+_LIBRARY_VERSION: Final = getattr(jntajis, "__version__", "unknown")
+_BUNDLED_MAPS: Final = {
+    # From the library's Makefile (the tables it is built from), per release.
+    "0.1.0": "MJ縮退マップ Ver.1.2.0 (MJShrinkMap.1.2.0.json) over MJ文字情報一覧表 Ver.006.01 (mji.00601.xlsx); "
+             "国税庁 JIS縮退マップ Ver.1.0.0 (jissyukutaimap1_0_0.xlsx)",
+}
+MAP_VERSIONS: Final = (f"jntajis-python {_LIBRARY_VERSION}: "
+                       + _BUNDLED_MAPS.get(_LIBRARY_VERSION, "MJ縮退マップ and 国税庁 JIS縮退マップ as it bundles them"))
+"""The library and the map versions in use; recorded in docs/layouts.md and with each transfer's 縮退 list."""
 
 _MJ_SCHEMES: Final = (
     jntajis.MJShrinkSchemeCombo.JIS_INCORPORATION_UCS_UNIFICATION_RULE
@@ -74,7 +81,7 @@ class Degeneration(NamedTuple):
     target: str
 
 
-def _clusters(text: str) -> list[str]:
+def clusters(text: str) -> list[str]:
     """The text's characters, each with the variation selectors that follow it."""
     clusters: list[str] = []
     for char in text:
@@ -94,7 +101,7 @@ def degenerate_text(text: str) -> tuple[str, list[Degeneration], list[int]]:
     out: list[str] = []
     done: list[Degeneration] = []
     unresolved: list[int] = []
-    for index, cluster in enumerate(_clusters(text)):
+    for index, cluster in enumerate(clusters(text)):
         if cluster in JISX0208_CHARS:
             out.append(cluster)
             continue

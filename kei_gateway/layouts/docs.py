@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Final
 
+from kei_gateway.layouts.degenerate import MAP_VERSIONS
 from kei_gateway.layouts.fields import Field, Layout, When
 from kei_gateway.layouts.tables import LAYOUTS
 
@@ -59,9 +60,24 @@ A half-width character in a `K` field is an error; it is never silently widened.
   (①, ㈱), NEC-selected and IBM extended kanji (髙, 﨑) are then 外字.  `cp932` accepts
   every CP932 double-byte character.  The user-defined area (0xF040–0xF9FC) and
   characters outside CP932 (𠮷) are 外字 under both.
-* **外字 policy** (`gaiji`): `reject` (default) makes the record invalid;
+* **外字 policy** (`gaiji`), for 外字 arriving in UTF-8 (𠮷, 髙) or as CP932 extension
+  bytes (髙 0xFBFC or 0xEEE0, 﨑 0xFAB1 under `charset = "jisx0208"`):
+  `reject` (default) makes the record invalid;
   `substitute` replaces each 外字 with 〓 (U+3013), counts it
-  (`gaiji_substituted` in the report) and never logs the value.
+  (`gaiji_substituted` in the report) and never logs the value;
+  `degenerate` (縮退) replaces each 外字 with its unique JIS X 0208 candidate in the
+  MJ縮退マップ (文字情報基盤; a character with an ideographic variation selector is taken
+  with it), else in the 国税庁 JIS縮退マップ (髙 → 高, 𠮷 → 吉, 﨑 → 崎).  When the maps give no
+  candidate or several, `gaiji_fallback` decides: `reject` (default) or `substitute` (〓).
+  Each 縮退 is counted (`kei_gateway_degenerated_characters_total{flow}`) and listed
+  (record, field key, from → to) in a blob kept encrypted with the transfer and erased with
+  its payload; `kei-gateway transfers show ID --degenerations` prints it for the tax
+  division (audited as `operator.degenerations_shown`).  It is never logged, nor written
+  to the ledger or the audit trail.  The first 100,000 of a file are listed; all are counted.
+  Standardised systems (標準準拠システム, 行政事務標準文字 in UTF-8) use
+  `encoding = "utf-8"` with `gaiji = "degenerate"`.
+
+  Maps in use: {map_versions}.
 
 ## Errors
 
@@ -123,7 +139,7 @@ def render_layout_table(layout: Layout) -> str:
 
 def render_layouts_markdown() -> str:
     """The whole of ``docs/layouts.md``."""
-    return _INTRO + "".join("\n" + render_layout_table(layout) for layout in LAYOUTS.values())
+    return _INTRO.replace("{map_versions}", MAP_VERSIONS) + "".join("\n" + render_layout_table(layout) for layout in LAYOUTS.values())
 
 
 if __name__ == "__main__":

@@ -35,20 +35,20 @@ __all__ = [
     "IDEOGRAPHIC_SPACE",
     "JISX0208_CHARS",
     "CP932_WIDE_CHARS",
+    "CP932_PAIRS",
     "MAPPING_VARIANTS",
     "allowed_wide_chars",
-    "wide_char_pattern",
     "normalize_variants",
     "widen_halfwidth_katakana",
     "is_halfwidth_katakana",
 ]
 
 Charset = Literal["jisx0208", "cp932"]
-GaijiPolicy = Literal["reject", "substitute"]
+GaijiPolicy = Literal["reject", "substitute", "degenerate"]
 InputEncoding = Literal["cp932", "utf-8"]
 
 CHARSETS: Final[tuple[Charset, ...]] = ("jisx0208", "cp932")
-GAIJI_POLICIES: Final[tuple[GaijiPolicy, ...]] = ("reject", "substitute")
+GAIJI_POLICIES: Final[tuple[GaijiPolicy, ...]] = ("reject", "substitute", "degenerate")
 INPUT_ENCODINGS: Final[tuple[InputEncoding, ...]] = ("cp932", "utf-8")
 
 GETA: Final = "\u3013"
@@ -73,52 +73,19 @@ def _decodable_pairs(leads: Iterable[int]) -> dict[bytes, str]:
     return pairs
 
 
-_JISX0208_CODES: Final = _decodable_pairs(_JISX0208_LEADS)
-_CP932_CODES: Final = _decodable_pairs(_CP932_LEADS)
+CP932_PAIRS: Final[dict[bytes, str]] = _decodable_pairs(_CP932_LEADS)
+"""Every CP932 double-byte code (lead, trail) outside the user-defined area → the character it decodes to."""
 
-JISX0208_CHARS: Final[frozenset[str]] = frozenset(_JISX0208_CODES.values())
+JISX0208_CHARS: Final[frozenset[str]] = frozenset(
+    char for code, char in CP932_PAIRS.items() if code[0] in _JISX0208_LEADS)
 """Characters of JIS X 0208 as CP932 decodes them (e.g. 〜 is U+FF5E)."""
-CP932_WIDE_CHARS: Final[frozenset[str]] = frozenset(_CP932_CODES.values())
+CP932_WIDE_CHARS: Final[frozenset[str]] = frozenset(CP932_PAIRS.values())
 """Every CP932 double-byte character except the user-defined area."""
 
 
 def allowed_wide_chars(charset: Charset) -> frozenset[str]:
     """The characters a ``K`` field accepts under ``charset``."""
     return JISX0208_CHARS if charset == "jisx0208" else CP932_WIDE_CHARS
-
-
-def _byte_class(values: Iterable[int]) -> str:
-    """A regex character class (for a bytes pattern) of the given byte values, as ranges."""
-    ordered = sorted(set(values))
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for value in ordered[1:] + [-1]:
-        if value == prev + 1:
-            prev = value
-            continue
-        parts.append(f"\\x{start:02x}" if start == prev else f"\\x{start:02x}-\\x{prev:02x}")
-        start = prev = value
-    return "[" + "".join(parts) + "]"
-
-
-def wide_char_pattern(chars: frozenset[str], *, exclude: str = "") -> str:
-    """A bytes-regex fragment matching exactly one CP932 double-byte character of ``chars``.
-
-    Lead bytes with the same set of trail bytes share one branch, so the whole
-    kanji block is a single ``[lead][trail]`` pair and matching stays fast.
-    """
-    by_lead: dict[int, set[int]] = {}
-    for char in chars:
-        if char in exclude:
-            continue
-        code = char.encode("cp932")
-        if len(code) == 2:
-            by_lead.setdefault(code[0], set()).add(code[1])
-    by_trails: dict[frozenset[int], list[int]] = {}
-    for lead, trails in by_lead.items():
-        by_trails.setdefault(frozenset(trails), []).append(lead)
-    branches = sorted(by_trails.items(), key=lambda item: -len(item[1]) * len(item[0]))
-    return "(?:" + "|".join(_byte_class(leads) + _byte_class(trails) for trails, leads in branches) + ")"
 
 
 MAPPING_VARIANTS: Final[dict[str, str]] = {

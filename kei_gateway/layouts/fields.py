@@ -3,32 +3,27 @@
 A :class:`Layout` is data — a tuple of :class:`Field` rows (Japanese name, key,
 kind, byte width, rules) plus record rules that relate several fields.  The
 engine derives parsing, rendering, validation, the docs table and the dummy
-data generator from it.  Every rule knows four things about itself:
+data generator from it.  Every rule knows two things about itself:
 
 * ``describe()`` — the text of the docs table's "rule" column;
 * ``check(value, ctx)`` — the precise check of a typed value, returning a reason
-  in plain words (never containing the value) or ``None``;
-* ``pattern(field, ctx)`` — a bytes-regex fragment the raw field bytes match
-  exactly when the rule holds, used by the fast path; ``None`` when a regex
-  cannot say it (a check digit, a date relative to today);
-* ``column_ok(values, ctx)`` — for rules without a pattern, a vectorised check
-  of a column of raw values from many records at once.
+  in plain words (never containing the value) or ``None``.
+
+The column-wise form of each rule, for whole blocks of records, is in
+:mod:`kei_gateway.layouts.columnar` (a rule it does not know is checked there per
+distinct value with ``check``).
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field as dataclass_field
-from operator import add, lt, ne
-from typing import Final, Protocol, Union
+from typing import Protocol, Union
 
-from kei_gateway.layouts.checkdigits import (
-    gs1_check_digit, is_valid_gs1_cvs_code, is_valid_lg_code, lg_code_check_digit,
-)
-from kei_gateway.layouts.encoding import Charset, allowed_wide_chars, wide_char_pattern
+from kei_gateway.layouts.checkdigits import gs1_check_digit, is_valid_gs1_cvs_code, lg_code_check_digit
+from kei_gateway.layouts.encoding import Charset
 
 __all__ = [
     "Kind",
@@ -52,9 +47,6 @@ __all__ = [
     "NotBefore",
     "When",
     "Unique",
-    "int_range_pattern",
-    "DATE_PATTERN",
-    "TIME_PATTERN",
 ]
 
 Value = Union[str, int, datetime.date, datetime.datetime]
@@ -85,88 +77,16 @@ class RuleContext:
     charset: Charset = "jisx0208"
 
 
-_YEAR = rb"(?!0000)[0-9]{4}"
-_LEAP_YEAR = rb"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
-DATE_PATTERN: Final[bytes] = (
-    rb"(?:" + _YEAR + rb"(?:(?:0[13578]|1[02])(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)(?:0[1-9]|[12][0-9]|30)"
-    rb"|02(?:0[1-9]|1[0-9]|2[0-8]))|(?!0000)" + _LEAP_YEAR + rb"0229)"
-)
-"""Exactly the real calendar dates ``YYYYMMDD`` of years 0001–9999."""
-TIME_PATTERN: Final[bytes] = rb"(?:[01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]"
-"""``hhmmss``, 00:00:00–23:59:59."""
-
-
-def int_range_pattern(low: int, high: int, width: int) -> bytes:
-    """A regex matching exactly the zero-padded ``width``-digit numbers in ``low..high``."""
-
-    def span(lo: str, hi: str) -> str:
-        if lo == hi:
-            return lo
-        if lo == "0" * len(lo) and hi == "9" * len(hi):
-            return f"[0-9]{{{len(lo)}}}"
-        if len(lo) == 1:
-            return f"[{lo}-{hi}]"
-        if lo[0] == hi[0]:
-            return lo[0] + span(lo[1:], hi[1:])
-        rest = len(lo) - 1
-        parts = [lo[0] + span(lo[1:], "9" * rest)]
-        if int(hi[0]) - int(lo[0]) > 1:
-            parts.append(f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}][0-9]{{{rest}}}")
-        parts.append(hi[0] + span("0" * rest, hi[1:]))
-        return "(?:" + "|".join(parts) + ")"
-
-    return span(f"{low:0{width}d}", f"{high:0{width}d}").encode("ascii")
-
-
 class FieldRule(Protocol):
-    """A rule about one field's value.
-
-    ``exact`` rules have a consuming pattern that matches only well-formed
-    values of the field's kind, so the fast path needs no kind pattern next to it.
-    """
-
-    exact: bool
-    always_column_check: bool
-    """The pattern gives the shape only; ``column_ok`` must still run (check digits)."""
+    """A rule about one field's value."""
 
     def describe(self) -> str: ...
 
     def check(self, value: Value, ctx: RuleContext) -> str | None: ...
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None: ...
-
-    def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool: ...
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None: ...
-
-
-class _PatternRule:
-    """Base of rules a regex says completely: no column check needed."""
-
-    exact = False
-    always_column_check = False
-
-    def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
-        return True
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        """For ``K`` fields: a lookahead on one decoded field followed by LF, or ``None``."""
-        return None
-
-
-def _padding(field: "Field") -> bytes:
-    return b"\\x81\\x40" if field.kind is Kind.K else b" "
-
-
-def _units(field: "Field") -> int:
-    return field.width // 2 if field.kind is Kind.K else field.width
-
-
 @dataclass(frozen=True)
-class Codes(_PatternRule):
+class Codes:
     """The value is one of a code table's codes."""
-
-    exact = True
 
     table: Mapping[str, str]
 
@@ -178,16 +98,9 @@ class Codes(_PatternRule):
             return None
         return f"not a known code (allowed: {', '.join(self.table)})"
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        codes = [re.escape(code.ljust(field.width).encode("ascii")) for code in self.table]
-        return b"(?:" + b"|".join(codes) + b")"
-
-
 @dataclass(frozen=True)
-class IntRange(_PatternRule):
+class IntRange:
     """The number is within ``low..high``."""
-
-    exact = True
 
     low: int
     high: int
@@ -201,12 +114,8 @@ class IntRange(_PatternRule):
             return None
         return f"out of range (allowed {self.low}–{self.high})"
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return int_range_pattern(self.low, self.high, field.width)
-
-
 @dataclass(frozen=True)
-class NotBlank(_PatternRule):
+class NotBlank:
     """The value is not blank (not all padding)."""
 
     def describe(self) -> str:
@@ -215,18 +124,9 @@ class NotBlank(_PatternRule):
     def check(self, value: Value, ctx: RuleContext) -> str | None:
         return "is blank but is required" if value == "" else None
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return b"(?!(?:" + _padding(field) + b"){" + str(_units(field)).encode() + b"})"
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        return f"(?!\u3000{{{field.width // 2}}}\n)"
-
-
 @dataclass(frozen=True)
-class Blank(_PatternRule):
+class Blank:
     """The value is blank (all padding)."""
-
-    exact = True
 
     def describe(self) -> str:
         return "blank"
@@ -234,15 +134,8 @@ class Blank(_PatternRule):
     def check(self, value: Value, ctx: RuleContext) -> str | None:
         return None if value == "" else "must be blank here"
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return b"(?:" + _padding(field) + b"){" + str(_units(field)).encode() + b"}"
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        return f"(?=\u3000{{{field.width // 2}}}\n)"
-
-
 @dataclass(frozen=True)
-class NotAllZero(_PatternRule):
+class NotAllZero:
     """A numeric value that is not all zeros."""
 
     def describe(self) -> str:
@@ -251,12 +144,8 @@ class NotAllZero(_PatternRule):
     def check(self, value: Value, ctx: RuleContext) -> str | None:
         return "is all zeros" if isinstance(value, str) and value.strip("0") == "" else None
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return b"(?!0{" + str(field.width).encode() + b"})"
-
-
 @dataclass(frozen=True)
-class NotAllLetters(_PatternRule):
+class NotAllLetters:
     """An ``X`` value with at least one digit (a 分類番号 is not letters only)."""
 
     def describe(self) -> str:
@@ -265,15 +154,9 @@ class NotAllLetters(_PatternRule):
     def check(self, value: Value, ctx: RuleContext) -> str | None:
         return None if isinstance(value, str) and any(c.isdigit() for c in value) else "needs at least one digit"
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return b"(?=[A-Z]{0," + str(field.width - 1).encode() + b"}[0-9])"
-
-
 @dataclass(frozen=True)
-class WideChars(_PatternRule):
+class WideChars:
     """A ``K`` value made only of ``chars`` (no padding inside), e.g. kanji/kana or one hiragana."""
-
-    exact = True
 
     chars: Callable[[str], bool]
     description: str
@@ -290,46 +173,9 @@ class WideChars(_PatternRule):
             return f"has a character that is not allowed ({self.description})"
         return None
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        allowed = frozenset(c for c in allowed_wide_chars(ctx.charset) if self.chars(c) and c != "\u3000")
-        units = field.width // 2 if self.max_chars is None else min(self.max_chars, field.width // 2)
-        return (left_aligned_pattern(wide_char_pattern(allowed).encode("ascii"), b"\\x81\\x40", units)
-                + b"(?:\\x81\\x40){" + str(field.width // 2 - units).encode() + b"}")
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        allowed = frozenset(c for c in allowed_wide_chars(ctx.charset) if self.chars(c) and c != "\u3000")
-        units = field.width // 2 if self.max_chars is None else min(self.max_chars, field.width // 2)
-        return f"(?=[{char_class(allowed)}]{{1,{units}}}\u3000*\n)"
-
-
-def char_class(chars: frozenset[str]) -> str:
-    """The body of a ``str`` regex character class matching exactly ``chars`` (as code point ranges)."""
-    points = sorted(ord(c) for c in chars)
-    parts: list[str] = []
-    start = prev = points[0]
-    for point in points[1:] + [-1]:
-        if point == prev + 1:
-            prev = point
-            continue
-        parts.append(f"\\U{start:08x}" if start == prev else f"\\U{start:08x}-\\U{prev:08x}")
-        start = prev = point
-    return "".join(parts)
-
-
-def left_aligned_pattern(char: bytes, padding: bytes, units: int) -> bytes:
-    """Exactly ``units`` units: some ``char`` then only ``padding`` (linear-time nesting)."""
-    pattern = b""
-    for count in range(1, units + 1):
-        pattern = b"(?:" + char + pattern + b"|(?:" + padding + b"){" + str(count).encode() + b"})"
-    return pattern
-
-
 @dataclass(frozen=True)
 class LgCode:
     """A 全国地方公共団体コード: valid check digit; equal to the gateway's code when one is set."""
-
-    exact = True
-    always_column_check = False
 
     def describe(self) -> str:
         return "valid check digit (§2.5); must equal the gateway's `lg_code`"
@@ -343,24 +189,9 @@ class LgCode:
             return f"is not this gateway's code {ctx.lg_code}"
         return None
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        if ctx.lg_code is not None:
-            return re.escape(ctx.lg_code.encode("ascii")) if is_valid_lg_code(ctx.lg_code) else b"(?!)"
-        return None
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        return None
-
-    def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
-        return all(is_valid_lg_code(code.decode("ascii")) for code in set(values))
-
-
 @dataclass(frozen=True)
 class Gs1CvsCode:
     """A コンビニ収納 code: 44 digits, GS1-128 AI ``91``, valid check digit."""
-
-    exact = True
-    always_column_check = True
 
     def describe(self) -> str:
         return "44-digit GS1-128 (AI `91`) with valid check digit (§2.5)"
@@ -375,31 +206,9 @@ class Gs1CvsCode:
             return f"check digit should be {gs1_check_digit(code[:-1])}, got {code[-1]}"
         return None
 
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return b"91[0-9]{42}"
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        return None
-
-    def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
-        return all(map(_gs1_digits_ok, values))
-
-
-def _gs1_digits_ok(code: bytes) -> bool:
-    """The GS1 check digit of a 44-digit code given as ASCII bytes (shape already checked)."""
-    if len(code) != 44 or not code.isdigit():
-        return False
-    a = sum(code[-2::-2]) - 48 * 22
-    b = sum(code[-3::-2]) - 48 * 21
-    return (10 - (3 * a + b) % 10) % 10 == code[-1] - 48
-
-
 @dataclass(frozen=True)
 class NotInFuture:
     """A date not after today (JST)."""
-
-    exact = False
-    always_column_check = False
 
     def describe(self) -> str:
         return "not in the future"
@@ -409,16 +218,6 @@ class NotInFuture:
         if isinstance(day, datetime.date) and day > ctx.today:
             return f"is in the future (today is {ctx.today:%Y-%m-%d})"
         return None
-
-    def pattern(self, field: "Field", ctx: RuleContext) -> bytes | None:
-        return None
-
-    def text_pattern(self, field: "Field", ctx: RuleContext) -> str | None:
-        return None
-
-    def column_ok(self, values: Sequence[bytes], ctx: RuleContext) -> bool:
-        return not values or max(values)[:8] <= ctx.today.strftime("%Y%m%d").encode("ascii")
-
 
 class RecordRule(Protocol):
     """A rule relating several fields of one record (or of all records of a file, :class:`Unique`)."""
@@ -453,10 +252,6 @@ class SumEquals:
         return [(self.total, f"is not the sum of {self.parts[0]} and {self.parts[1]} "
                              f"(differs by {total - first - second:+d})")]
 
-    def columns_ok(self, total: Sequence[bytes], first: Sequence[bytes], second: Sequence[bytes]) -> bool:
-        return not any(map(ne, map(int, total), map(add, map(int, first), map(int, second))))
-
-
 @dataclass(frozen=True)
 class NotBefore:
     """Date ``later`` ≥ date ``earlier`` (e.g. 有効年月日 ≥ 更新年月日)."""
@@ -477,10 +272,6 @@ class NotBefore:
         if later >= earlier:
             return []
         return [(self.later, f"is before {self.earlier} ({earlier:%Y-%m-%d})")]
-
-    def columns_ok(self, later: Sequence[bytes], earlier: Sequence[bytes]) -> bool:
-        return not any(map(lt, later, earlier))
-
 
 @dataclass(frozen=True)
 class When:

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Final
 
 from kei_gateway.layouts.checkdigits import gs1_check_digit, lg_code_check_digit
-from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE, JISX0208_CHARS
+from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE, JISX0208_CHARS, InputEncoding
 from kei_gateway.layouts.engine import Record, render_record
 from kei_gateway.layouts.fields import (
     Blank, Codes, Field, FieldRule, Gs1CvsCode, IntRange, Kind, Layout, LgCode, NotAllLetters, NotAllZero,
@@ -32,6 +32,7 @@ from kei_gateway.layouts.fields import (
 __all__ = [
     "DUMMY_FAMILY_NAMES",
     "DUMMY_GIVEN_NAMES",
+    "DUMMY_MJ_CHARS",
     "DUMMY_PLATE_OFFICES",
     "DEFAULT_LG_CODE",
     "generate_record",
@@ -168,22 +169,65 @@ def generate_records(layout: Layout, count: int, *, seed: int = 0, today: dateti
         yield generate_record(layout, rng, number, today, lg_code)
 
 
+DUMMY_MJ_CHARS: Final = (("髙", "高"), ("﨑", "崎"), ("德", "徳"), ("濵", "浜"), ("﨔", "欅"),
+                          ("𠮷", "吉"), ("𡈽", "土"), ("𠀋", "丈"), ("圡", "土"), ("鷗", "鴎"))
+"""行政事務標準文字 (MJ) characters outside JIS X 0208 with their unique 縮退 (checked by the tests):
+the first five are CP932 extension characters (NEC/IBM extended kanji), the rest are outside CP932."""
+
+
+def _name_field(layout: Layout) -> Field | None:
+    """The field where dummy MJ characters go: a ``*_name`` ``K`` field, else the first ``K`` field."""
+    wide = [item for item in layout.fields if item.kind is Kind.K]
+    names = [item for item in wide if item.key.endswith("_name")]
+    return (names or wide)[0] if wide else None
+
+
 def generate_file(layout: Layout, count: int, *, seed: int = 0, today: datetime.date,
-                  invalid_rate: float = 0.0, lg_code: str = DEFAULT_LG_CODE) -> Iterator[bytes]:
-    """CP932 record bytes of a dummy file; about ``invalid_rate`` of the records break one rule each."""
+                  invalid_rate: float = 0.0, lg_code: str = DEFAULT_LG_CODE, encoding: InputEncoding = "cp932",
+                  mj_rate: float = 0.0) -> Iterator[bytes]:
+    """Record bytes of a dummy file; about ``invalid_rate`` of the records break one rule each.
+
+    ``encoding = "utf-8"`` writes what a standardised system (標準準拠システム) writes.  About
+    ``mj_rate`` of the records get one MJ character outside JIS X 0208 (:data:`DUMMY_MJ_CHARS`)
+    as the first character of their name field (in CP932, only those CP932 can encode), in
+    place of the character it degenerates (縮退) to: ``gaiji = "degenerate"`` turns the file
+    into the same records with JIS X 0208 names.
+    """
     rng = random.Random(seed)
     broken = random.Random(seed ^ 0x5EED)
+    marked = random.Random(seed ^ 0x3A7)
     ways = violations(layout, today) if invalid_rate > 0 else []
+    name = _name_field(layout) if mj_rate > 0 else None
+    mj_chars = tuple(pair for pair in DUMMY_MJ_CHARS if encoding == "utf-8" or _in_cp932(pair[0]))
     previous: bytes | None = None
     for number in range(1, count + 1):
-        data = render_record(layout, generate_record(layout, rng, number, today, lg_code))
+        record = generate_record(layout, rng, number, today, lg_code)
+        mj: str | None = None
+        if name is not None and marked.random() < mj_rate:
+            mj, target = marked.choice(mj_chars)
+            record[name.key] = target + str(record[name.key])[1:]
+        data = render_record(layout, record)
         if ways and broken.random() < invalid_rate:
             way = broken.choice(ways)
             if way.needs_previous and previous is None:
                 way = next(w for w in ways if not w.needs_previous)
             data = way.apply(data, previous or data)
         previous = data
+        if mj is not None and name is not None:  # the target character's two bytes become the MJ character
+            start = layout.offsets[name.key]
+            data = data[:start] + mj.encode("cp932") + data[start + 2:] if encoding == "cp932" else \
+                (data[:start].decode("cp932") + mj + data[start + 2:].decode("cp932")).encode("utf-8")
+        elif encoding == "utf-8":
+            data = data.decode("cp932").encode("utf-8")
         yield data
+
+
+def _in_cp932(char: str) -> bool:
+    try:
+        char.encode("cp932")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- rule violations

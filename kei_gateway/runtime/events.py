@@ -413,6 +413,14 @@ OPERATOR_TRANSFER_EXPORTED = _event(
     "Make sure the exported file is handed over and deleted as the procedure says.",
     "書き出したファイルが手順どおり引き渡され、削除されることを確認してください。",
 )
+OPERATOR_DEGENERATIONS_SHOWN = _event(
+    "operator.degenerations_shown", "36a817b23c114601ac5d37af194693ae", LogLevel.info,
+    "縮退 list of transfer {transfer_id} ({flow}) read by {actor}",
+    "An operator listed the 外字 replaced by 縮退 in a transfer with 'kei-gateway transfers show ID --degenerations' (characters of names: personal data was shown on a terminal).",
+    "運用者が kei-gateway transfers show ID --degenerations で転送の縮退一覧（氏名の文字：個人情報）を表示しました。",
+    "None needed; the tax division reviews the list as its procedure says.",
+    "対応は不要です。税務課が手順どおり一覧を確認します。",
+)
 OPERATOR_KEYS_ROTATED = _event(
     "operator.keys_rotated", "83520f7082b542ab9b56be02b2d03aeb", LogLevel.info,
     "store re-encrypted by {actor}: {count} blob(s) re-encrypted, {failed} failed",

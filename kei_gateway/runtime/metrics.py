@@ -51,6 +51,10 @@ class GatewayMetrics:
         self.records = Counter("kei_gateway_records_total",
                                "Records by flow and outcome (accepted, rejected, rejected_by_peer).",
                                ["flow", "outcome"], registry=registry)
+        self.degenerated_characters = Counter(
+            "kei_gateway_degenerated_characters_total",
+            "外字 replaced by their 縮退 candidate at ingest (gaiji = \"degenerate\"), by flow.",
+            ["flow"], registry=registry)
         self.transfers = Counter("kei_gateway_transfers_total", "Finished transfers by flow and outcome.",
                                  ["flow", "outcome"], registry=registry)
         self.transfer_bytes = Counter("kei_gateway_transfer_bytes_total", "Bytes delivered by flow.", ["flow"],

@@ -293,3 +293,44 @@ def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_un
     finally:
         assert daemon.stop() == 0
         daemon.notify.close()
+
+
+def test_when_a_standardised_system_writes_utf8_with_mj_characters_then_the_peer_gets_them_degenerated(
+        setup: tuple[GatewayFiles, SimProcess]) -> None:
+    from kei_gateway.layouts import ValidationOptions, validate_bytes
+
+    files, sim = setup
+    files.write_jnks_config(sim.url)
+    text = files.config.read_text(encoding="utf-8")
+    files.config.write_text(text.replace('outbox = "outbox/jnks"\n', 'outbox = "outbox/jnks"\nencoding = "utf-8"\n'
+                                         'gaiji = "degenerate"\n', 1), encoding="utf-8")
+    today = datetime.datetime.now(JST).date()
+    layout = get_layout("jnks-payments")
+    data = b"".join(generate_file(layout, 300, seed=9, today=today, lg_code="131041", encoding="utf-8",
+                                  mj_rate=0.05))
+    converted: list[bytes] = []
+    expected = validate_bytes(data, layout, ValidationOptions(today=today, encoding="utf-8", gaiji="degenerate",
+                                                              lg_code="131041"), sink=converted.append)
+    assert expected.valid and expected.degenerated > 0
+    daemon = run_daemon(files)
+    try:
+        drop(files, "std-001.dat", data)
+        upload = sim.root / "upload"
+        delivered = poll_until(lambda: (list(upload.glob("*.dat")) if upload.exists() else None) or None, 30,
+                               "the file at the peer", lambda: daemon.stderr()[-2000:])
+        assert delivered[0].read_bytes() == b"".join(converted), "CP932 with the 縮退 targets"
+        done = poll_until(lambda: [t for t in transfers(files) if t["flow"] == "jnks-payments"] or None, 30, "ingested")
+        code, body = daemon.get("/metrics")
+        assert (f'kei_gateway_degenerated_characters_total{{flow="jnks-payments"}} {float(expected.degenerated)}'
+                in body.decode())
+        shown = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "transfers", "show",
+                                str(done[0]["id"]), "--degenerations", "--json"],
+                               capture_output=True, text=True, timeout=60, check=True)
+        listing = json.loads(shown.stdout)["degenerations"]
+        assert [(e["record"], e["key"], e["from"], e["to"]) for e in listing["entries"]] == [
+            tuple(d) for d in expected.degenerations]
+        sources = {d.source for d in expected.degenerations}
+        assert not any(source in daemon.stderr() for source in sources), "no 縮退 character in the daemon's log"
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()

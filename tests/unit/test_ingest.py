@@ -14,6 +14,8 @@ from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
+from kei_gateway.adapters.store.format import degenerations_blob_id
+from kei_gateway.layouts import parse_degenerations
 from kei_gateway.testing import InMemoryLedger
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
@@ -36,10 +38,11 @@ class Spool:
         (self.outbox / name).write_bytes(data)
         return data
 
-    def ingest(self, name: str, hold: int = 0, marker: str | None = None) -> IngestResult:
+    def ingest(self, name: str, hold: int = 0, marker: str | None = None,
+               options: ValidationOptions | None = None) -> IngestResult:
         return ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(self.outbox),
                            quarantine_dir=str(self.quarantine), name=name, marker=marker, layout=LAYOUT,
-                           options=ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=hold,
+                           options=options or ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=hold,
                            store=self.store, ledger=self.ledger, now=NOW)
 
 
@@ -194,3 +197,67 @@ def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_
         spool.ingest("dup.dat")
     assert os.listdir(spool.outbox) == ["dup.dat"]
     assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
+
+
+def test_when_utf8_mj_characters_are_degenerated_then_the_list_is_kept_encrypted_beside_the_payload(
+        spool: Spool) -> None:
+    data = b"".join(generate_file(LAYOUT, 200, seed=4, today=TODAY, lg_code="131041", encoding="utf-8",
+                                  mj_rate=0.1))
+    (spool.outbox / "std.dat").write_bytes(data)
+    options = ValidationOptions(today=TODAY, lg_code="131041", encoding="utf-8", gaiji="degenerate")
+    result = spool.ingest("std.dat", options=options)
+    assert result.outcome == "queued" and result.degenerated > 0
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.blob_id is not None
+    document = b"".join(spool.store.read(degenerations_blob_id(row.blob_id)))
+    entries = parse_degenerations(document)
+    assert document.startswith(f"# degenerated {result.degenerated} listed {result.degenerated} maps ".encode())
+    assert len(entries) == result.degenerated and {e.key for e in entries} == {"plate_office"}
+    stored = (spool.base / "store" / degenerations_blob_id(row.blob_id)).read_bytes()
+    assert entries[0].source.encode("utf-8") not in stored, "the list is encrypted at rest"
+    payload = b"".join(spool.store.read(row.blob_id))
+    assert all(e.target.encode("cp932") in payload.splitlines()[e.record - 1] for e in entries)
+
+
+def test_when_nothing_is_degenerated_then_no_list_is_written(spool: Spool) -> None:
+    spool.put("plain.dat")
+    options = ValidationOptions(today=TODAY, lg_code="131041", gaiji="degenerate")
+    result = spool.ingest("plain.dat", options=options)
+    assert result.outcome == "queued" and result.degenerated == 0 and result.transfer_id is not None
+    blob_id = spool.ledger.get(result.transfer_id).blob_id
+    assert blob_id is not None and not spool.store.exists(degenerations_blob_id(blob_id))
+
+
+def test_when_chunks_go_through_the_helper_thread_then_they_arrive_in_order_and_an_error_after_them() -> None:
+    from kei_gateway.flows.outbound.ingest import in_helper_thread
+
+    def source() -> Iterator[bytes]:
+        yield from (bytes([n]) * 10 for n in range(20))
+        raise ValueError("the file changed")
+
+    received: list[bytes] = []
+    with pytest.raises(ValueError, match="the file changed"):
+        for chunk in in_helper_thread(source(), "test", depth=2):
+            received.append(chunk)
+    assert received == [bytes([n]) * 10 for n in range(20)]
+
+
+def test_when_the_consumer_stops_early_then_the_helper_stops_too_and_is_joined() -> None:
+    import threading
+
+    from kei_gateway.flows.outbound.ingest import in_helper_thread
+
+    produced: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for n in range(1000):
+            produced.append(n)
+            yield b"x"
+
+    before = threading.active_count()
+    chunks = in_helper_thread(source(), "test-early", depth=2)
+    assert next(chunks) == b"x"
+    chunks.close()  # as store.write does when it fails
+    assert threading.active_count() == before
+    assert len(produced) <= 1 + 2 + 2, "the helper stopped within the queue's depth"

@@ -52,9 +52,10 @@ class OutboxWatcherTests(SynchronousTestCase):
         self.registry = CollectorRegistry()
         self.results: list[Any] = []
 
-    def watcher(self, blocking: Any, ready: str = "rename") -> OutboxWatcher:
+    def watcher(self, blocking: Any, ready: str = "rename", **flow_settings: str) -> OutboxWatcher:
+        settings = OutboundFlowSection(peer="jnks", outbox="outbox/jnks", ready=ready, **flow_settings)
         watcher = OutboxWatcher(
-            flow="jnks-payments", settings=OutboundFlowSection(peer="jnks", outbox="outbox/jnks", ready=ready),
+            flow="jnks-payments", settings=settings,
             outbox_dir=str(self.outbox), quarantine_dir=str(self.base / "quarantine" / "jnks-payments"),
             lg_code="131041", clock=self.clock, blocking=blocking, ledger=self.ledger,
             store=FileBlobStore(str(self.base / "store"), StoreKeyring(secrets.token_bytes(32))),
@@ -123,4 +124,18 @@ class OutboxWatcherTests(SynchronousTestCase):
         self.clock.advance(30)
         self.assertEqual([r.outcome for r in self.results], ["queued"])
         self.assertEqual(os.listdir(self.outbox), [])
+        watcher.stopService()
+
+    def test_when_a_standardised_systems_file_is_degenerated_then_each_replacement_is_counted_by_flow(self) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        data = b"".join(generate_file(get_layout("jnks-payments"), 100, seed=2, today=today_in_jst(START),
+                                      lg_code="131041", encoding="utf-8", mj_rate=0.2))
+        (self.outbox / "std.dat").write_bytes(data)
+        watcher = self.watcher(SynchronousBlocking(), encoding="utf-8", gaiji="degenerate")
+        watcher.startService()
+        [result] = self.results
+        self.assertEqual(result.outcome, "queued")
+        self.assertGreater(result.degenerated, 0)
+        self.assertEqual(self.registry.get_sample_value(
+            "kei_gateway_degenerated_characters_total", {"flow": "jnks-payments"}), result.degenerated)
         watcher.stopService()

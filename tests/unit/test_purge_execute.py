@@ -340,3 +340,20 @@ def test_when_a_run_is_killed_part_way_then_the_next_run_reports_what_it_had_era
     assert not os.path.exists(os.path.join(outcome.report_paths[0].rsplit("/", 1)[0], execute.JOURNAL_NAME))
     csv_text = open(outcome.report_paths[0], encoding="utf-8-sig").read()
     assert erased_first in csv_text and "interrupted run" in csv_text
+
+
+def test_when_a_payload_is_erased_then_its_degenerations_list_goes_with_it_and_a_kept_ones_stays(
+        world: World) -> None:
+    from kei_gateway.adapters.store.format import degenerations_blob_id
+
+    done = world.add(state=TransferState.DONE, age_days=2, name="done.dat")
+    young = world.add(state=TransferState.DONE, age_days=0.5, name="young.dat")
+    for row in (done, young):
+        world.store.write(degenerations_blob_id(row.blob_id), [b"# degenerated 1 listed 1\n1\tplate_office\tx\ty\n"])
+
+    outcome = world.purge(0)  # done is due (payloads 1d), young is not
+
+    assert outcome.ok and outcome.run is not None
+    assert not world.store.exists(done.blob_id) and not world.store.exists(degenerations_blob_id(done.blob_id))
+    assert world.store.exists(young.blob_id) and world.store.exists(degenerations_blob_id(young.blob_id))
+    assert [item.name for item in outcome.run.items] == ["done.dat"], "the list is part of its payload's erasure"

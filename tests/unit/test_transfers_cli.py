@@ -133,3 +133,45 @@ def test_when_the_daemon_starts_sending_a_transfer_being_retried_then_the_retry_
     assert "nothing was changed" in capsys.readouterr().err
     monkeypatch.undo()
     assert ledger.get(waiting).state == "SENDING"
+
+
+def test_when_show_is_asked_for_degenerations_then_the_encrypted_list_is_printed_and_the_reading_audited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kei_gateway.operations.audit import AuditLog, audit_key_from_config
+    from kei_gateway.sim.pki import write_demo_credentials
+    from kei_gateway.adapters.store.blobs import open_store
+    from kei_gateway.adapters.store.format import degenerations_blob_id
+
+    monkeypatch.setenv("SUDO_USER", "tanaka-dummy")
+    write_demo_credentials(str(tmp_path / "credentials"))
+    config_path = tmp_path / "k.toml"
+    config_path.write_text(demo_config_text(str(tmp_path), 9464), encoding="utf-8")
+    config = read_config(str(config_path))
+    engine = create_ledger_engine(config.database_url)
+    upgrade(engine)
+    ledger = TransferLedger(engine)
+    store = open_store(config)
+    store.write("out-x", [b"payload\r\n"])
+    store.write(degenerations_blob_id("out-x"),
+                ["# degenerated 3 listed 2 maps jntajis-python 0.0 (test)\n12\tpayer_name\t髙\t高\n"
+                 "40\tpayer_name\t𠮷\t吉\n".encode("utf-8")])
+    transfer = ledger.add_transfer(flow="mpn-slips", direction="out", peer="mpn", local_name="std.dat",
+                                   state=S.QUEUED, size=9, sha256=None, record_count=40, blob_id="out-x", now=NOW).id
+    plain = ledger.add_transfer(flow="mpn-slips", direction="out", peer="mpn", local_name="plain.dat",
+                                state=S.QUEUED, size=9, sha256=None, record_count=1, blob_id="out-y", now=NOW).id
+
+    assert run(config_path, "transfers", "show", str(transfer)) == exitcodes.OK
+    assert "髙" not in capsys.readouterr().out, "only with --degenerations"
+    assert run(config_path, "transfers", "show", str(transfer), "--degenerations") == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "縮退 (degenerations): 3 in transfer" in out and "the first 2 listed" in out
+    assert "       12  payer_name       髙 → 高" in out and "       40  payer_name       𠮷 → 吉" in out
+    assert run(config_path, "transfers", "show", str(transfer), "--degenerations", "--json") == exitcodes.OK
+    listing = json.loads(capsys.readouterr().out)["degenerations"]
+    assert listing["degenerated"] == 3 and listing["listed"] == 2
+    assert listing["entries"][1] == {"record": 40, "key": "payer_name", "from": "𠮷", "to": "吉"}
+    assert run(config_path, "transfers", "show", str(plain), "--degenerations") == exitcodes.OK
+    assert "none (no 外字 was degenerated" in capsys.readouterr().out
+    audited = [stored.record for stored in AuditLog(engine, audit_key_from_config(config)).iter_records()
+               if stored.record.event == "operator.degenerations_shown"]
+    assert [(r.actor, r.transfer_id, r.count) for r in audited] == [("tanaka-dummy", transfer, 2)] * 2

@@ -51,7 +51,7 @@ from kei_gateway.adapters.store.errors import BlobCorrupt, InvalidBlobId, StoreE
 from kei_gateway.adapters.store.keys import KEY_BYTES, StoreKeyring
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "DEFAULT_SEGMENT_SIZE", "MAX_SEGMENT_SIZE", "TAG_SIZE", "HEADER_SIZE",
-    "BLOB_ID_PATTERN", "BlobInfo", "BlobStat", "validate_blob_id", "encrypt_stream", "read_header",
+    "BLOB_ID_PATTERN", "BlobInfo", "BlobStat", "degenerations_blob_id", "validate_blob_id", "encrypt_stream", "read_header",
     "read_exact", "decrypt_stream"]
 
 
@@ -93,6 +93,12 @@ class _Header:
     key_id: str
     salt: bytes
     nonce_prefix: bytes
+
+
+def degenerations_blob_id(blob_id: str) -> str:
+    """The blob holding the 縮退 list of the transfer whose payload is *blob_id* (written, read and
+    erased with it: ingest, ``transfers show --degenerations``, purge)."""
+    return f"{blob_id}.degenerations"
 
 
 def validate_blob_id(blob_id: str) -> str:

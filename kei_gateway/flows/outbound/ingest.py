@@ -3,7 +3,9 @@
 All of it blocks: the outbound flow calls :func:`ingest_file` through the blocking door.
 The order is what makes a crash lose nothing and duplicate nothing:
 
-1. the file is read, validated and encrypted into the store as it streams; when
+1. the file is read and validated (in a helper thread) while what was validated is
+   encrypted, hashed and written into the store, as it streams (the list
+   of 縮退 made under ``gaiji = "degenerate"`` goes into a second blob); when
    the uniqueness filter left suspect keys, the same open file is read a second
    time to settle them exactly (a crash in either read leaves at most an
    unreferenced blob, removed at the next start);
@@ -19,6 +21,8 @@ SHA-256 and finishes steps 3–4 instead of creating a second transfer.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,8 +42,11 @@ from kei_gateway.core.transfer import state_after_validation
 from kei_gateway.core.transfer import TransferState
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.adapters.store.format import degenerations_blob_id
+from kei_gateway.layouts.degenerate import MAP_VERSIONS
 
-__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines"]
+__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines", "in_helper_thread",
+           "degenerations_document"]
 
 READ_CHUNK = 1 << 20
 
@@ -57,6 +64,8 @@ class IngestResult:
     reason: str = ""
     """For quarantines: the first error, masked (fit for a log)."""
     gaiji_substituted: int = 0
+    degenerated: int = 0
+    """外字 replaced by their 縮退 candidate; the list is in the store (:func:`degenerations_blob_id`)."""
 
 
 def _read_chunks(fd: int) -> Iterator[bytes]:
@@ -76,6 +85,17 @@ def errors_file_lines(flow: str, name: str, report: ValidationReport) -> list[st
     if report.error_count > len(report.errors):
         lines.append(f"... and {report.error_count - len(report.errors)} more error(s) not listed")
     return lines
+
+
+def degenerations_document(report: ValidationReport) -> bytes:
+    """What the store keeps of a file's 縮退 (personal: encrypted, never logged): a header, then one a line.
+
+    ``# degenerated TOTAL listed N maps VERSIONS`` then ``record TAB key TAB from TAB to`` lines,
+    read back by :func:`kei_gateway.layouts.parse_degenerations`.
+    """
+    listed = report.degeneration_lines.count(b"\n")
+    header = f"# degenerated {report.degenerated} listed {listed} maps {MAP_VERSIONS}\n".encode("utf-8")
+    return header + bytes(report.degeneration_lines)
 
 
 def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
@@ -112,7 +132,10 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
             pending.clear()
 
         blob_id = new_blob_id()
-        info = store.write(blob_id, converted())
+        # Reading and validating run in a helper thread, encrypting, hashing and writing in this
+        # one: the file's ingest costs about its slowest stage, not the sum.  Nothing is sent
+        # from here: the blob is only queued (step 2) once the whole file is valid.
+        info = store.write(blob_id, in_helper_thread(converted(), f"kei-gateway-validate {flow}"))
         if validator.needs_rescan:
             os.lseek(fd, 0, os.SEEK_SET)
             try:
@@ -136,6 +159,12 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         ledger.update(leftover.id, now, source_removed=True)
         return IngestResult(name, "resumed", leftover.id, leftover.record_count, leftover.size, leftover.sha256)
 
+    if report.degenerated:
+        try:
+            store.write(degenerations_blob_id(blob_id), (degenerations_document(report),))
+        except BaseException:
+            store.delete(blob_id)
+            raise  # the file stays in the outbox for the next scan
     state = state_after_validation(report.records, hold_over_records)
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=state, size=info.size,
                               sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now)
@@ -143,7 +172,57 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
     _remove_source(outbox_dir, name, marker)
     ledger.update(row.id, now, source_removed=True)
     return IngestResult(name, "held" if state is TransferState.HELD else "queued", row.id, report.records, info.size,
-                        info.sha256, gaiji_substituted=report.gaiji_substituted)
+                        info.sha256, gaiji_substituted=report.gaiji_substituted, degenerated=report.degenerated)
+
+
+_HANDOVER_DEPTH = 4
+"""Chunks (validated blocks of about 1 MiB) waiting between the two threads of an ingest."""
+
+
+def in_helper_thread(source: Iterator[bytes], name: str, depth: int = _HANDOVER_DEPTH) -> Iterator[bytes]:
+    """Iterate *source* in a helper thread and hand its chunks over through a queue of *depth* (bounded memory).
+
+    An exception in *source* is raised here, in the consumer's thread, after the chunks before it.
+    When the consumer stops early (its own error), the helper stops at its next chunk and
+    is joined before this generator finishes, so no thread outlives the ingest.
+    """
+    handover: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in source:
+                if not put(("chunk", chunk)):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(("error", error))
+            return
+        put(("end", None))
+
+    helper = threading.Thread(target=produce, name=name, daemon=True)
+    helper.start()
+    try:
+        while True:
+            kind, item = handover.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        helper.join()
 
 
 def _is_regular(fd: int) -> bool:

@@ -115,6 +115,7 @@ class OutboxWatcher(service.Service):
                                               refusal.reason, refusal.detail, self.ledger, self.settings.peer, now))
         options = ValidationOptions(today=today_in_jst(seconds), encoding=self.settings.encoding,  # type: ignore[arg-type]
                                     charset=self.settings.charset, gaiji=self.settings.gaiji,  # type: ignore[arg-type]
+                                    gaiji_fallback=self.settings.gaiji_fallback,  # type: ignore[arg-type]
                                     lg_code=self.lg_code if self.flow == "jnks-payments" else None)
         for name in decision.ready:
             try:
@@ -131,10 +132,12 @@ class OutboxWatcher(service.Service):
         for result in results:
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
-                            transfer_id=result.transfer_id, sha256=result.sha256,
+                            transfer_id=result.transfer_id, sha256=result.sha256, degenerated=result.degenerated,
                             state=S.HELD if result.outcome == "held" else S.QUEUED)
                 if result.outcome != "resumed":
                     self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
+                    if result.degenerated:
+                        self.metrics.degenerated_characters.labels(flow=self.flow).inc(result.degenerated)
             elif result.outcome == "quarantined":
                 events.emit(self.log, events.INGEST_QUARANTINED, flow=self.flow, name=result.name,
                             transfer_id=result.transfer_id, reason=result.reason, records=result.records)

@@ -59,6 +59,7 @@ from kei_gateway.operations.purge.report import (
 )
 from kei_gateway.runtime.blocking import retry_transient
 from kei_gateway.runtime.events import describe_error
+from kei_gateway.adapters.store.format import degenerations_blob_id
 
 __all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
            "recovered_from_journal", "JOURNAL_NAME", "INTERRUPTED_NOTE",
@@ -427,6 +428,8 @@ def _erase(item: Erasure, store: BlobStore | None, ledger: PurgeLedger,
         elif item.blob_id in ledger.referenced_blobs():
             return None  # an unreferenced blob someone committed meanwhile
         store.delete(item.blob_id)
+        if item.transfer_id is not None:
+            store.delete(degenerations_blob_id(item.blob_id))  # the 縮退 list goes with its payload
         return item.size, item.sha256
     if item.area == "ledger" and item.audit_before is not None:
         if audit_pruner is None:

@@ -47,6 +47,7 @@ from typing import Literal
 from kei_gateway.adapters.ledger.ledger import TransferRow
 from kei_gateway.adapters.spool import EntryKind
 from kei_gateway.core.transfer import TransferState
+from kei_gateway.adapters.store.format import degenerations_blob_id
 
 __all__ = ["Area", "AREAS", "Listed", "Erasure", "PurgePlan", "Retention", "plan_purge", "EntryKind",
            "ERASABLE_STATES", "LEDGER_PRUNABLE_STATES", "REPORT_NAME", "PURGE_LEFTOVER", "unhidden", "format_duration", "RESULTS_FLOW"]
@@ -212,6 +213,7 @@ def plan_purge(transfers: Iterable[TransferRow], *, retention: Retention, now: d
 
     if referenced_blobs is not None:
         referenced = set(referenced_blobs) | {row.blob_id for row in rows if row.blob_id}
+        referenced |= {degenerations_blob_id(blob) for blob in referenced}  # erased with their payload
         for blob in sorted(blobs, key=lambda b: b.name):
             if blob.name not in referenced and _past(blob.since, retention.payloads, now):
                 items.append(Erasure("store", blob.name, _CATEGORY["store"],

@@ -15,8 +15,8 @@ from kei_gateway.layouts import (
     validate_stream,
 )
 from kei_gateway.layouts._keyfilter import KeyFilter, lane_width
-from kei_gateway.layouts import engine
-from kei_gateway.layouts.engine import _ExactKeys, _FilteredKeys
+from kei_gateway.layouts import validator as validator_module
+from kei_gateway.layouts.uniqueness import ExactKeys, FilteredKeys
 
 from .helpers import OPTIONS, TODAY
 
@@ -75,7 +75,7 @@ def test_when_the_filter_is_tiny_then_many_false_suspects_arise_and_the_result_i
     options = dataclasses.replace(options, max_errors=data.draw(st.sampled_from([1, 3, 1000])))
     block_size = data.draw(st.sampled_from([1 << 9, 1 << 11, 1 << 18]))  # small blocks: many fast-path blocks
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "_BLOCK_SIZE", block_size)
+        patch.setattr(validator_module, "_BLOCK_SIZE", block_size)
         for fast_path in (True, False):
             reference = exact(file, layout, options, fast_path=fast_path)
             assert summary(validate_bytes(file, layout, options, fast_path=fast_path, filter_bits_log2=TINY)) \
@@ -124,7 +124,7 @@ def test_when_the_input_cannot_be_read_again_then_every_key_is_kept_exactly_in_m
     records = list(generate_file(JNKS_PAYMENTS, 50, seed=1, today=TODAY))
     data = with_duplicates(records, JNKS_PAYMENTS, [(3, 40)])
     validator = Validator(JNKS_PAYMENTS, OPTIONS)  # what validate_stream does without reread (stdin)
-    assert isinstance(validator._unique, _ExactKeys)
+    assert isinstance(validator._unique, ExactKeys)
     validator.feed(data)
     report = validator.close()
     assert not validator.needs_rescan
@@ -160,7 +160,7 @@ def large_unique_file(copies: int, block_records: int = 2000) -> Iterator[bytes]
 def test_when_a_large_file_is_validated_then_the_uniqueness_structures_stay_bounded() -> None:
     validator = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True)
     unique = validator._unique
-    assert isinstance(unique, _FilteredKeys)
+    assert isinstance(unique, FilteredKeys)
     sizes = []
     for number, block in enumerate(large_unique_file(150)):  # 300,000 records, 21 MB
         validator.feed(block)
@@ -203,7 +203,7 @@ def test_when_two_filters_are_made_then_their_salts_differ_so_bits_are_no_fixed_
 def test_when_the_file_size_is_known_then_a_small_file_gets_a_small_filter_and_a_large_one_at_most_16_mib() -> None:
     def filter_bytes(size: int | None) -> int:
         unique = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=size)._unique
-        assert isinstance(unique, _FilteredKeys)
+        assert isinstance(unique, FilteredKeys)
         return unique.filter.nbytes
 
     assert filter_bytes(3200 * SIZE) == 1 << 16  # 64 KiB: 128 bits a record

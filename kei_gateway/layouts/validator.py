@@ -1,0 +1,513 @@
+"""The streaming validator: bytes in (push-style), a :class:`ValidationReport` out (SPEC §2).
+
+Blocks of whole records go through the column-wise fast path
+(:mod:`kei_gateway.layouts.columnar`); the records it does not accept as they are go
+through the precise checker (:mod:`kei_gateway.layouts.precise`), which names record,
+field and reason and applies the 外字 policy.  Uniqueness is followed across blocks
+(:mod:`kei_gateway.layouts.uniqueness`).  Pure: no clock, no files; ``today`` (JST) is
+in the options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from heapq import merge
+from itertools import compress, islice
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, filter_bits_for
+from kei_gateway.layouts.columnar import as_matrix, columnar_plan
+from kei_gateway.layouts.errors import LayoutError
+from kei_gateway.layouts.fields import Layout
+from kei_gateway.layouts.precise import RecordChecker
+from kei_gateway.layouts.report import ValidationOptions, ValidationReport
+from kei_gateway.layouts.uniqueness import Columns, ExactKeys, FilteredKeys, SuspectKeys, Uniqueness
+from kei_gateway.layouts.utf8 import Utf8Conversion, convert_utf8_record, utf8_block_as_cp932
+
+__all__ = ["BOM", "Validator", "validate_bytes", "validate_stream"]
+
+BOM: Final = b"\xef\xbb\xbf"
+_BLOCK_SIZE: Final = 1 << 18
+"""Bytes gathered before a block is validated (whole records only): 256 KiB, thousands of records a
+numpy call, while the block and its temporaries stay a few MiB, so the peak RSS stays ≤ 64 MB with
+the key filter's 16 MiB (512 KiB blocks reached 66 MB on UTF-8 input, 1 MiB 65 MB on CP932)."""
+_SPLIT_BELOW: Final = 32
+"""A block whose records are not whole is halved until it has fewer records than this; then record by record."""
+
+
+class Validator:
+    """Validates one file fed in pieces; push-style, so a Twisted protocol can feed it as data arrives.
+
+    ``sink``, when given, receives the CP932 bytes to pass on (converted from
+    UTF-8, 外字 substituted): use them only if the report is valid.
+    ``fast_path=False`` checks every record with the precise validator only
+    (same result, slower; tests compare the two).
+
+    Uniqueness (SPEC §2: one record per key within a file) is checked one of two ways:
+
+    * ``rereadable=False`` (the default, for input that can be read only once,
+      e.g. standard input): every key is kept exactly in memory, about 95 bytes
+      a record; :meth:`close` returns the final report.
+    * ``rereadable=True``: keys go into a fixed-size Bloom filter
+      (``2 ** filter_bits_log2`` bits, 16 MiB by default; smaller when
+      ``expected_size``, the file's size in bytes, says it has fewer records
+      than that serves well) and only the keys it
+      cannot rule out (suspects) are kept.  If there are any after
+      :meth:`close`, :attr:`needs_rescan` is true, the report is not final
+      (``valid`` is false) and the caller feeds the same bytes again to
+      :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
+      record and reports them where the in-memory check would have.
+    """
+
+    def __init__(self, layout: Layout, options: ValidationOptions,
+                 sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                 rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
+                 expected_size: int | None = None) -> None:
+        self.layout = layout
+        self.options = options
+        self.report = ValidationReport(layout=layout.name)
+        self._sink = sink
+        self._buffer = bytearray()
+        self._offset = 0  # file offset of self._buffer[0]
+        self._checker = RecordChecker(layout, options)
+        self._plan = columnar_plan(layout, options.rule_context) if fast_path else None
+        self._unique: Uniqueness | None = None
+        if layout.unique_keys is not None:
+            if rereadable:
+                records = None if expected_size is None else expected_size // layout.record_length + 1
+                self._unique = FilteredKeys(layout, filter_bits_for(records, filter_bits_log2))
+            else:
+                self._unique = ExactKeys(layout)
+        # Only a filtered uniqueness check may need the second read, whose bytes must be the first's.
+        self._digest = hashlib.sha256() if isinstance(self._unique, FilteredKeys) else None
+        self._duplicates: list[LayoutError] | None = None  # set in the second read: where duplicates go
+        self._duplicate_count = 0
+        self._closed = False
+
+    @property
+    def needs_rescan(self) -> bool:
+        """Whether :meth:`rescan` must read the file again before the report is final."""
+        return self.report.uniqueness_pending
+
+    # -- feeding
+
+    def feed(self, data: bytes) -> None:
+        """Add the next bytes of the file."""
+        if self._closed:
+            raise RuntimeError("feed() after close()")
+        if self._digest is not None:
+            self._digest.update(data)
+        self._buffer += data
+        if len(self._buffer) >= _BLOCK_SIZE:
+            self._drain(final=False)
+
+    def _drain(self, *, final: bool) -> None:
+        """Validate the complete lines in the buffer, in blocks of about ``_BLOCK_SIZE`` (bounded memory)."""
+        buffer = self._buffer
+        start = 0
+        while len(buffer) - start >= (1 if final else _BLOCK_SIZE):
+            end = buffer.rfind(b"\n", start, start + _BLOCK_SIZE) + 1
+            if end <= start:  # a line longer than a block: take it whole
+                end = buffer.find(b"\n", start + _BLOCK_SIZE) + 1
+                if end <= 0:
+                    break
+            with memoryview(buffer) as view:  # one copy (a bytearray slice would be a second)
+                block = bytes(view[start:end])
+            self._process(block)
+            start = end
+        del buffer[:start]
+
+    def close(self) -> ValidationReport:
+        """The file is complete: check what is left and return the report."""
+        if self._closed:
+            return self.report
+        self._closed = True
+        self._drain(final=True)
+        rest = bytes(self._buffer)
+        if rest:
+            self._trailing(rest)
+        elif self._offset == 0:
+            self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
+        if isinstance(self._unique, FilteredKeys):
+            if self._unique.suspects:
+                self.report.uniqueness_pending = True
+            else:
+                self._unique = None  # every key was new: the filter's 16 MiB can go now
+        return self.report
+
+    def rescan(self, chunks: Iterable[bytes]) -> ValidationReport:
+        """Read the same bytes again to settle the suspect keys; return the final report.
+
+        Only the duplicate errors come from this read (the same errors, at the
+        same records, fields and offsets as the in-memory check gives); they are
+        merged into the report in file order.  ``ValueError`` if the bytes
+        differ from the first read (the file changed in between).
+        """
+        if not self._closed:
+            raise RuntimeError("rescan() before close()")
+        if not self.report.uniqueness_pending:
+            return self.report
+        first = self._unique
+        assert isinstance(first, FilteredKeys) and self._digest is not None
+        self._unique = None  # the filter's pages go before the second read; only the suspects are needed
+        second = Validator(self.layout, self.options, fast_path=self._plan is not None)
+        second._unique = SuspectKeys(self.layout, first.suspects)
+        del first
+        second._duplicates = []
+        digest = hashlib.sha256()
+        if self.options.encoding == "cp932":
+            second._replay_suspects(chunks, digest)
+        else:  # UTF-8: record places depend on the conversion, so validate it all again
+            second._digest = digest
+            for chunk in chunks:
+                second.feed(chunk)
+            second.close()
+        if digest.digest() != self._digest.digest():
+            raise ValueError("the file changed between the two reads of its validation; validate it again")
+        report = self.report
+        report.errors = list(islice(merge(report.errors, second._duplicates, key=_error_order),
+                                    self.options.max_errors))
+        report.error_count += second._duplicate_count
+        report.uniqueness_pending = False
+        return report
+
+    def _replay_suspects(self, chunks: Iterable[bytes], digest: hashlib._Hash) -> None:
+        """Second read of a CP932 file: only the records whose key bytes are suspects are validated again.
+
+        Record numbers are line numbers, as in the first read.  Each line that
+        could carry a suspect key (its unique fields' bytes are one) is replayed
+        through the precise path at its number and offset, which settles it
+        exactly and reports a duplicate where the in-memory check would.
+        Runs of well-formed lines are scanned as columns, without per-record work.
+        """
+        unique = self._unique
+        assert isinstance(unique, SuspectKeys)
+        suspects, layout = unique.suspects, self.layout
+        size, length = layout.record_length, layout.data_length
+        parts = [(layout.offsets[key], layout.offsets[key] + layout[key].width) for key in unique.columns]
+        number = offset = 0
+
+        def replay(line: bytes, at_number: int, at_offset: int) -> None:
+            self.report.records = at_number - 1
+            self._line(line, at_offset)
+
+        def scan(piece: bytes) -> None:
+            nonlocal number, offset
+            count = len(piece) // size
+            if (number > 0 and len(piece) == count * size and piece.count(b"\n") == count
+                    and piece[size - 1::size] == b"\n" * count and piece[size - 2::size] == b"\r" * count):
+                keys = Columns(layout, piece).keys(unique.columns)
+                for index in compress(range(count), map(suspects.__contains__, keys)):
+                    replay(piece[index * size:(index + 1) * size], number + index + 1, offset + index * size)
+                number += count
+            else:
+                start = 0
+                while start < len(piece):
+                    end = piece.index(b"\n", start) + 1
+                    line = piece[start:end]
+                    number += 1
+                    data = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                    if number == 1 or (len(data) == length
+                                       and b"".join(data[a:b] for a, b in parts) in suspects):
+                        replay(line, number, offset + start)
+                    start = end
+            offset += len(piece)
+
+        def drain(buffer: bytearray, final: bool) -> None:
+            start = 0
+            while len(buffer) - start >= (1 if final else _BLOCK_SIZE):
+                end = buffer.rfind(b"\n", start, start + _BLOCK_SIZE) + 1
+                if end <= start:  # a line longer than a block: take it whole
+                    end = buffer.find(b"\n", start + _BLOCK_SIZE) + 1
+                    if end <= 0:
+                        break  # what follows the last LF is no record with a key
+                scan(bytes(buffer[start:end]))
+                start = end
+            del buffer[:start]
+
+        buffer = bytearray()
+        for chunk in chunks:
+            digest.update(chunk)
+            buffer += chunk
+            if len(buffer) >= _BLOCK_SIZE:
+                drain(buffer, False)
+        drain(buffer, True)
+
+    # -- internals
+
+    def _error(self, error: LayoutError) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < self.options.max_errors:
+            self.report.errors.append(error)
+
+    def _duplicate(self, error: LayoutError) -> None:
+        if self._duplicates is None:
+            self._error(error)
+            return
+        self._duplicate_count += 1
+        if len(self._duplicates) < self.options.max_errors:
+            self._duplicates.append(error)
+
+    def _emit(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(data)
+
+    def _process(self, block: bytes) -> None:
+        """Validate a block of whole lines (ending in LF)."""
+        self._lines(block, self._offset)
+        self._offset += len(block)
+
+    def _lines(self, block: bytes, offset: int) -> None:
+        """Fast path for the block's records; the records it does not accept go through the precise checker.
+
+        A block that is not whole records (a wrong length, a bare LF) is halved, so a
+        broken line costs only its neighbourhood; below ``_SPLIT_BELOW`` records it goes
+        line by line.
+        """
+        if self._plan is not None:
+            if self.options.encoding == "cp932":
+                cp932: bytes | None = block
+            else:
+                cp932 = utf8_block_as_cp932(block)
+            matrix = None if cp932 is None else as_matrix(cp932, self.layout.record_length)
+            if matrix is not None:
+                assert cp932 is not None
+                ok = self._plan.check(cp932, matrix)
+                if self.report.records == 0 and offset == 0 and cp932.startswith(BOM):
+                    ok[0] = False  # the precise path names the BOM
+                self._runs(block, cp932, offset, ok)
+                return
+            if len(block) > _SPLIT_BELOW * self.layout.record_length:
+                middle = block.rfind(b"\n", 0, len(block) // 2) + 1
+                if 0 < middle < len(block):
+                    self._lines(block[:middle], offset)
+                    self._lines(block[middle:], offset + middle)
+                    return
+        self._precise_lines(block, offset)
+
+    def _precise_lines(self, block: bytes, offset: int) -> None:
+        start = 0
+        while start < len(block):
+            end = block.index(b"\n", start) + 1
+            self._line(block[start:end], offset + start)
+            start = end
+
+    def _runs(self, block: bytes, cp932: bytes, offset: int, ok: npt.NDArray[np.bool_]) -> None:
+        """Pass on the runs of accepted records; check the others precisely, in file order.
+
+        ``block`` is the input (CP932 or UTF-8), ``cp932`` the same records in CP932 (the
+        same object for CP932 input); record ``i`` is line ``i`` of both.  UTF-8 records
+        the fast path rejected are first converted field by field, as the precise path
+        converts them (外字 policy included), and checked again column-wise: those that
+        pass then join the runs with their 縮退 and 〓 counted.
+        """
+        size = self.layout.record_length
+        count = len(ok)
+        if self.options.encoding == "cp932":
+            line_starts = None
+        else:
+            line_starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + 1))
+
+        def line(index: int) -> tuple[bytes, int]:
+            if line_starts is None:
+                return block[index * size:(index + 1) * size], offset + index * size
+            begin, finish = int(line_starts[index]), int(line_starts[index + 1])
+            return block[begin:finish], offset + begin
+
+        converted: dict[int, Utf8Conversion] = {}
+        if line_starts is not None and not ok.all():
+            cp932, converted = self._convert_rejected(cp932, ok, line, offset)
+        changes = np.flatnonzero(np.diff(ok.view(np.int8))) + 1
+        bounds = [0, *changes.tolist(), count]
+        for first, last in zip(bounds, bounds[1:]):
+            if ok[first]:
+                run = cp932[first * size:last * size]
+                if self._unique is None or self._unique.block(Columns(self.layout, run), self.report.records + 1):
+                    for index in range(first, last) if converted else ():
+                        conversion = converted.get(index)
+                        if conversion is not None:
+                            self.report.gaiji_substituted += conversion.substituted
+                            for key, replacements in conversion.replacements:
+                                self.report.add_degenerations(self.report.records + 1 + index - first, key,
+                                                              replacements, self.options.max_degenerations)
+                    self.report.records += last - first
+                    self._emit(run)
+                    continue
+            for index in range(first, last):  # rejected records, or a run whose keys repeat: one by one
+                self._line(*line(index))
+
+    def _convert_rejected(self, cp932: bytes, ok: npt.NDArray[np.bool_], line: Callable[[int], tuple[bytes, int]],
+                          offset: int) -> tuple[bytes, dict[int, Utf8Conversion]]:
+        """UTF-8 records the fast path rejected, converted by the precise conversion and checked column-wise again.
+
+        Marks in ``ok`` the records that now pass; returns the block with their CP932 bytes
+        and their conversions (for the 縮退 and 〓 counts).  The others stay rejected.
+        """
+        assert self._plan is not None
+        size = self.layout.record_length
+        expected = sum(item.chars for item in self.layout.fields)
+        candidates: dict[int, Utf8Conversion] = {}
+        for index in np.flatnonzero(~ok).tolist():
+            raw, _ = line(index)
+            if not raw.endswith(b"\r\n") or (index == 0 and self.report.records == 0 and offset == 0):
+                continue  # structure and the BOM of record 1 are the precise path's
+            try:
+                text = raw[:-2].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if len(text) != expected:
+                continue
+            conversion = convert_utf8_record(self.layout, text, self.options, 0, 0)
+            if conversion.record is not None and len(conversion.record) == size - 2:
+                candidates[index] = conversion
+        if not candidates:
+            return cp932, {}
+        indexes = list(candidates)
+        retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
+        matrix = as_matrix(retry, size)
+        if matrix is None:
+            return cp932, {}
+        passed = self._plan.check(retry, matrix)
+        if not passed.any():
+            return cp932, {}
+        repaired = bytearray(cp932)
+        kept: dict[int, Utf8Conversion] = {}
+        for position, index in enumerate(indexes):
+            if passed[position]:
+                repaired[index * size:(index + 1) * size] = retry[position * size:(position + 1) * size]
+                ok[index] = True
+                kept[index] = candidates[index]
+        return bytes(repaired), kept
+
+    def _line(self, line: bytes, offset: int) -> None:
+        """Validate one line (ending in LF) precisely."""
+        self.report.records += 1
+        number = self.report.records
+        if number == 1 and line.startswith(BOM):
+            self._error(LayoutError(1, 0, "the file starts with a byte order mark (EF BB BF); save it without BOM"))
+            line = line[3:]
+            offset += 3
+        if line.endswith(b"\r\n"):
+            data = line[:-2]
+        else:
+            self._error(LayoutError(number, offset + len(line) - 1, "ends with a bare LF (no CR before it); "
+                                                                    "records end with CR LF"))
+            data = line[:-1]
+        if self.options.encoding == "utf-8":
+            self._utf8_record(data, number, offset)
+            return
+        self._cp932_record(data, number, offset)
+
+    def _structure_ok(self, data: bytes, number: int, offset: int, expected: int, unit: str, length: int) -> bool:
+        cr = data.find(b"\r")
+        if cr >= 0:
+            self._error(LayoutError(number, offset + cr, "has a CR without LF inside the record; "
+                                                         "each record ends with CR LF"))
+        nul = data.find(b"\x00")
+        if length != expected:
+            if nul >= 0:
+                self._error(LayoutError(number, offset + nul, "contains a NUL byte (0x00); the file is damaged "
+                                                               "or not a text file"))
+            self._error(LayoutError(number, offset, f"is {length} {unit} long without CR LF, expected {expected} "
+                                                    f"({self.layout.name} records are {self.layout.record_length} "
+                                                    "bytes including CR LF)"))
+            return False
+        return cr < 0
+
+    def _cp932_record(self, data: bytes, number: int, offset: int, field_offsets: Sequence[int] | None = None,
+                      converted: bool = False) -> None:
+        if not converted and not self._structure_ok(data, number, offset, self.layout.data_length, "bytes",
+                                                    len(data)):
+            return
+        result = self._checker.check(data, number, offset, field_offsets)
+        for error in result.errors:
+            self._error(error)
+        self.report.gaiji_substituted += result.substituted
+        for key, replacements in result.replacements:
+            self.report.add_degenerations(number, key, replacements, self.options.max_degenerations)
+        if result.unique_key is not None and self._unique is not None \
+                and self._unique.record(result.unique_key, number):
+            keys = self.layout.unique_keys or ()
+            first = self.layout[keys[0]]
+            index = self.layout.fields.index(first)
+            place = offset + self.layout.offsets[first.key] if field_offsets is None else field_offsets[index]
+            self._duplicate(LayoutError(number, place, f"repeats the ({', '.join(keys)}) of an earlier record; "
+                                                       "each must be unique within a file", first.name, first.key,
+                                        str(result.values[first.key]), first.personal))
+        self._emit(result.output + b"\r\n")
+
+    def _utf8_record(self, data: bytes, number: int, offset: int) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._error(LayoutError(number, offset + exc.start, "has bytes that are not valid UTF-8; "
+                                                                "check the flow's encoding setting"))
+            return
+        if number == 1 and text.startswith("\ufeff"):
+            self._error(LayoutError(1, offset, "the file starts with a byte order mark (U+FEFF); save it without BOM"))
+            text = text[1:]
+            offset += 3
+            data = data[3:]
+        expected = sum(item.chars for item in self.layout.fields)
+        if not self._structure_ok(data, number, offset, expected, "characters", len(text)):
+            return
+        conversion = convert_utf8_record(self.layout, text, self.options, number, offset)
+        for error in conversion.errors:
+            self._error(error)
+        self.report.gaiji_substituted += conversion.substituted
+        if conversion.record is not None:
+            for key, replacements in conversion.replacements:
+                self.report.add_degenerations(number, key, replacements, self.options.max_degenerations)
+            self._cp932_record(conversion.record, number, offset, conversion.field_offsets, converted=True)
+
+    def _trailing(self, rest: bytes) -> None:
+        number = self.report.records + 1
+        offset = self._offset
+        if rest.endswith(b"\r"):
+            reason = "the last record ends with CR but no LF; records end with CR LF"
+        elif self.report.records == 0 or len(rest) >= self.layout.data_length:
+            reason = "the last record is not terminated by CR LF"
+        else:
+            reason = f"{len(rest)} bytes of data after the last CR LF; remove them or complete the record"
+        self.report.records += 1
+        self._error(LayoutError(number, offset + len(rest), reason))
+
+
+def validate_stream(chunks: Iterable[bytes], layout: Layout, options: ValidationOptions,
+                    sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                    reread: Callable[[], Iterable[bytes]] | None = None,
+                    filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
+                    expected_size: int | None = None) -> ValidationReport:
+    """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``).
+
+    ``reread``, when the file can be read again, returns a fresh iterable of
+    the same bytes: uniqueness then takes fixed memory (see :class:`Validator`)
+    and ``reread`` is called only when suspect keys need the second read.
+    Without it every key is kept in memory.
+    """
+    validator = Validator(layout, options, sink, fast_path=fast_path, rereadable=reread is not None,
+                          filter_bits_log2=filter_bits_log2, expected_size=expected_size)
+    for chunk in chunks:
+        validator.feed(chunk)
+    report = validator.close()
+    if validator.needs_rescan:
+        assert reread is not None
+        report = validator.rescan(reread())
+    return report
+
+
+def validate_bytes(data: bytes, layout: Layout, options: ValidationOptions,
+                   sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
+                   filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> ValidationReport:
+    """Validate a whole file held in memory (read twice when uniqueness needs it)."""
+    return validate_stream((data,), layout, options, sink, fast_path=fast_path, reread=lambda: (data,),
+                           filter_bits_log2=filter_bits_log2, expected_size=len(data))
+
+
+def _error_order(error: LayoutError) -> int:
+    """File order of errors: by record (``None``, the file as a whole, first); stable within a record."""
+    return 0 if error.record is None else error.record
