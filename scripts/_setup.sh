@@ -5,7 +5,7 @@ set -euo pipefail
 
 KG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KG_VENV="${KG_VENV:-$KG_ROOT/.venv}"
-KG_APT_PACKAGES=(libsystemd-dev pkg-config systemd nginx-light libnginx-mod-http-dav-ext prometheus openssl curl locales util-linux postgresql)
+KG_APT_PACKAGES=(libsystemd-dev pkg-config systemd systemd-container nginx-light libnginx-mod-http-dav-ext prometheus openssl curl locales util-linux postgresql)
 
 kg_log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 from kei_gateway.cli import exitcodes
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import DEFAULT_CONFIG_PATH, config_path_from
 from kei_gateway.config import Config, read_config
 
 __all__ = ["register", "allowlist_dropin"]
@@ -26,7 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--output", metavar="FILE",
                         help="write here atomically (e.g. /etc/systemd/system/kei-gateway.service.d/50-allowlist.conf); "
                              "default: standard output")
+    parser.add_argument("--instance", metavar="NAME",
+                        help="for kei-gateway@NAME.service: read /etc/kei-gateway/NAME/kei-gateway.toml "
+                             "(unless -c names another file) and name that unit")
     parser.set_defaults(func=systemd_allowlist)
+
+
+def instance_config_path(instance: str) -> str:
+    """The config of the template unit's instance *instance* (``KEI_GATEWAY_CONFIG`` in kei-gateway@.service)."""
+    directory, name = os.path.split(DEFAULT_CONFIG_PATH)
+    return os.path.join(directory, instance, name)
 
 
 def allowlist_dropin(config: Config) -> str:
@@ -78,7 +87,17 @@ def database_address(url: str) -> str | None:
 
 
 def systemd_allowlist(args: argparse.Namespace) -> int:
-    text = allowlist_dropin(read_config(config_path_from(args)))
+    unit = "kei-gateway"
+    if args.instance:
+        if "/" in args.instance or not args.instance.strip("."):
+            print(f"--instance {args.instance!r}: give the instance name, e.g. 131041 for kei-gateway@131041",
+                  file=sys.stderr)
+            return exitcodes.USAGE
+        unit = f"kei-gateway@{args.instance}"
+        path = args.config or instance_config_path(args.instance)  # the instance beats $KEI_GATEWAY_CONFIG
+    else:
+        path = config_path_from(args)
+    text = allowlist_dropin(read_config(path))
     if not args.output:
         sys.stdout.write(text)
         return exitcodes.OK
@@ -96,5 +115,5 @@ def systemd_allowlist(args: argparse.Namespace) -> int:
         print(f"{args.output}: cannot write the drop-in: {error.strerror}; check the directory and run as root",
               file=sys.stderr)
         return exitcodes.FAILED
-    print(f"Wrote {args.output}. Now: systemctl daemon-reload && systemctl restart kei-gateway")
+    print(f"Wrote {args.output}. Now: systemctl daemon-reload && systemctl restart {unit}")
     return exitcodes.OK

@@ -22,6 +22,7 @@ CONFIG_ENV = "KEI_GATEWAY_CONFIG"
 
 COMMANDS = {
     "run": "kei_gateway.cli.daemon",
+    "reload": "kei_gateway.cli.reload",
     "check-config": "kei_gateway.cli.config",
     "db": "kei_gateway.cli.database",
     "validate": "kei_gateway.cli.layouts",
@@ -81,15 +82,37 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="LGWAN/intranet boundary gateway for 軽JNKS and the MPN 収納機関共同利用センター.",
     )
     parser.add_argument("--version", action="version", version=f"kei-gateway {__version__}")
-    parser.add_argument(
-        "-c", "--config", metavar="FILE",
-        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
-    )
+    _add_config_option(parser, default=None)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     module = COMMANDS.get(command or "")
     for name in (module,) if module is not None else COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _config_option_everywhere(parser)
     return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=default,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def _config_option_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``-c/--config`` after every sub-command too, nested ones included.
+
+    Sysadmins type the option where ``nginx -t -c`` and ``journalctl -u`` taught them to:
+    after the command. The sub-commands' copy has no default (``SUPPRESS``), so it sets
+    ``args.config`` only when given and never hides a ``-c`` given before the command;
+    given in both places, the later one wins, as with any repeated option.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            if "--config" not in sub._option_string_actions:
+                _add_config_option(sub, default=argparse.SUPPRESS)
+            _config_option_everywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,9 +43,11 @@ from zope.interface import implementer
 from kei_gateway.runtime import events
 
 __all__ = ["GatewayLogObserver", "begin_logging", "parse_level", "journal_priority", "journal_fields",
-    "terminal_line", "stderr_is_journal", "resolve_target", "SYSLOG_IDENTIFIER", "TARGETS", "SendFunction"]
+    "instance_fields", "terminal_line", "stderr_is_journal", "resolve_target", "SYSLOG_IDENTIFIER", "TARGETS",
+    "SendFunction"]
 
 SYSLOG_IDENTIFIER = "kei-gateway"
+INSTANCE_ENV = "KEI_GATEWAY_INSTANCE"
 TARGETS = ("auto", "journal", "terminal")
 
 _PRIORITIES: dict[LogLevel, int] = {
@@ -174,6 +176,16 @@ def journal_fields(event: LogEvent, *, include_exception_message: bool = False) 
     return fields
 
 
+def instance_fields(environ: Mapping[str, str]) -> dict[str, str]:
+    """``KEI_INSTANCE=<city>`` for every entry of an instance of ``kei-gateway@.service``.
+
+    The template unit sets ``KEI_GATEWAY_INSTANCE=%i``; the plain unit does not, and its
+    entries carry no such field. ``journalctl KEI_INSTANCE=131041`` picks one city's events.
+    """
+    instance = environ.get(INSTANCE_ENV, "")
+    return {"KEI_INSTANCE": instance} if instance else {}
+
+
 def _field_value(value: object) -> str:
     text = str(value)
     if not text or any(c.isspace() or c in '"=' for c in text):
@@ -298,12 +310,9 @@ class GatewayLogObserver:
         self.level = level
         self._stream = stream
         self._send = send if send is not None else _import_journal_send()
-        self._target = resolve_target(
-            target,
-            os.environ if environ is None else environ,
-            _stat_stderr(),
-            journal_available=self._send is not None,
-        )
+        environ = os.environ if environ is None else environ
+        self._target = resolve_target(target, environ, _stat_stderr(), journal_available=self._send is not None)
+        self._instance = instance_fields(environ)
         # Reentrant: a signal handler runs between the bytecodes of a write on the same thread
         # (Twisted logs "Received SIGTERM" from it), and a plain Lock would deadlock there.
         self._lock = threading.RLock()
@@ -322,6 +331,7 @@ class GatewayLogObserver:
             if self._target == "journal" and self._send is not None:
                 try:
                     fields = journal_fields(event, include_exception_message=detailed)
+                    fields.update(self._instance)
                     self._send(fields.pop("MESSAGE"), **fields)
                     return
                 except Exception as error:  # journald gone, socket full, …

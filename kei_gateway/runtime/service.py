@@ -43,6 +43,7 @@ from kei_gateway.runtime.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.runtime.health import HealthChecks
 from kei_gateway.runtime.listeners import AllowListFactory, metrics_site
 from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, write_outcome
 from kei_gateway.runtime.sdnotify import Notifier, Watchdog, reloading_message
 
 __all__ = ["make_service", "GatewayService", "ListenerService"]
@@ -109,6 +110,8 @@ class GatewayService(service.MultiService):
         self.metrics = metrics
         self.notifier = notifier
         self.environ = environ
+        self._reload_outcome_path = outcome_path(environ)
+        self._reloads = 0
         self.on_log_level = on_log_level
         self.ready: defer.Deferred[list[str]] = defer.Deferred()
         self.listeners: list[ListenerService] = []
@@ -207,19 +210,37 @@ class GatewayService(service.MultiService):
             self.apply(new)
             return True
 
+        refusal: list[str] = []
+
         def failed(failure: Any) -> bool:
             reason = failure.getErrorMessage().replace("\n", "; ")
+            refusal.append(reason)
             events.emit(self.log, events.CONFIG_RELOAD_FAILED, config_path=path, reason=reason)
             self.status.extra = ". Last reload refused: run 'kei-gateway check-config'"
             return False
 
-        def done(result: bool) -> bool:
+        def done(result: bool) -> defer.Deferred[bool] | bool:
             self.notifier.notify("READY=1")
             self.status.update()
-            return result
+            return self._record_reload(result, refusal[0] if refusal else "")
 
         d = self.blocking.run(load_config, path, self.environ)
         return d.addCallbacks(loaded, failed).addCallback(done)
+
+    def _record_reload(self, accepted: bool, reason: str) -> defer.Deferred[bool] | bool:
+        """Write the verdict where ``kei-gateway reload`` (the unit's ExecReload=) waits for it."""
+        if self._reload_outcome_path is None:
+            return accepted
+        self._reloads += 1
+        outcome = ReloadOutcome(os.getpid(), self._reloads, accepted, reason)
+        path = self._reload_outcome_path
+
+        def unwritten(failure: Any) -> None:
+            self.log.warn("cannot record the reload verdict in {path}: {error}; 'systemctl reload' will time out",
+                          path=path, error=failure.getErrorMessage())
+
+        d = self.blocking.run(write_outcome, path, outcome)
+        return d.addErrback(unwritten).addCallback(lambda _: accepted)
 
     def apply(self, new: Config) -> list[str]:
         """Switch to *new*; return the keys that need a restart to take effect."""

@@ -141,9 +141,10 @@ def test_when_installed_then_the_spool_has_the_documented_modes(installed: Insta
 
 def test_when_installed_then_unit_and_catalog_are_in_place(installed: Installed) -> None:
     """When installed, then the unit is the checkout's, and the catalog (if written yet) is installed and indexed."""
-    unit = installed.root / "etc" / "systemd" / "system" / "kei-gateway.service"
-    assert unit.read_bytes() == (REPO / "systemd" / "kei-gateway.service").read_bytes()
-    assert mode(unit) == 0o644
+    for name in ("kei-gateway.service", "kei-gateway@.service"):  # the template too, for instances
+        unit = installed.root / "etc" / "systemd" / "system" / name
+        assert unit.read_bytes() == (REPO / "systemd" / name).read_bytes()
+        assert mode(unit) == 0o644
     catalog = installed.root / "usr" / "lib" / "systemd" / "catalog" / "kei-gateway.catalog"
     if CATALOG.exists():
         assert catalog.read_bytes() == CATALOG.read_bytes()
@@ -155,9 +156,10 @@ def test_when_installed_then_unit_and_catalog_are_in_place(installed: Installed)
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_when_installed_then_the_unit_verifies_against_the_installed_venv(installed: Installed, tmp_path: Path) -> None:
-    """When the installed unit's ExecStart= is rebased onto the staging root, then systemd-analyze verify is silent."""
+    """When the installed unit's commands (ExecStart=, ExecReload=) are rebased onto the staging root, then
+    systemd-analyze verify is silent."""
     unit = (installed.root / "etc" / "systemd" / "system" / "kei-gateway.service").read_text(encoding="utf-8")
-    rebased = unit.replace("ExecStart=/opt/kei-gateway/", f"ExecStart={installed.root}/opt/kei-gateway/")
+    rebased = unit.replace("=/opt/kei-gateway/", f"={installed.root}/opt/kei-gateway/")
     assert rebased != unit
     copy = tmp_path / "kei-gateway.service"
     copy.write_text(rebased, encoding="utf-8")
@@ -183,7 +185,7 @@ def test_when_help_is_asked_then_every_option_is_explained(tmp_path: Path) -> No
     result = subprocess.run([str(INSTALL), "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0
     for option in ("--prefix", "--no-user", "--python", "--wheelhouse", "--generate-keys", "--with-postgresql",
-                   "--reuse-site-packages"):
+                   "--reuse-site-packages", "--instance"):
         assert f"  {option}" in result.stdout, option
 
 
@@ -207,3 +209,43 @@ def test_when_both_keys_are_generated_then_they_are_independent(installed: Insta
     """When the two keys were generated, then they differ from each other (two independent random draws)."""
     digests = {hashlib.sha256(v).hexdigest() for v in installed.keys_before.values()}
     assert len(digests) == 2
+
+
+def test_when_an_instance_is_installed_then_it_has_its_own_config_credentials_and_spool(installed: Installed) -> None:
+    """When --instance 131016 is installed beside the plain gateway, then /etc/kei-gateway/131016 holds its config
+    (naming its own spool, state and CA directories) and keys, /var/spool/kei-gateway-131016 its spool, and the
+    plain gateway's files are untouched; the next steps name kei-gateway@131016."""
+    root = installed.root
+    plain_config = (root / "etc" / "kei-gateway" / "kei-gateway.toml").read_bytes()
+    result = run_install(root, "--instance", "131016")
+    assert result.returncode == 0, result.stderr
+    etc = root / "etc" / "kei-gateway" / "131016"
+    config = (etc / "kei-gateway.toml").read_text(encoding="utf-8")
+    assert 'spool_dir = "/var/spool/kei-gateway-131016"' in config
+    assert 'state_dir = "/var/lib/kei-gateway-131016"' in config
+    assert 'url = "sqlite:////var/lib/kei-gateway-131016/ledger.sqlite3"' in config
+    assert 'ca = "/etc/kei-gateway/131016/tls/jnks-ca.pem"' in config
+    assert "/var/lib/kei-gateway/" not in config and '"/var/spool/kei-gateway"' not in config
+    assert mode(etc / "credentials") == 0o700
+    assert sorted(p.name for p in (etc / "credentials").glob("*.key")) == ["audit.key", "store.key"]
+    assert mode(root / "var" / "spool" / "kei-gateway-131016" / "outbox" / "jnks") == 0o2770
+    assert (root / "etc" / "kei-gateway" / "kei-gateway.toml").read_bytes() == plain_config
+    assert "systemctl daemon-reload && systemctl enable --now kei-gateway@131016" in result.stdout
+    assert "systemd-allowlist --instance 131016" in result.stdout
+
+
+def test_when_the_instance_name_could_not_be_a_user_name_then_the_installer_refuses_it(tmp_path: Path) -> None:
+    result = subprocess.run([str(INSTALL), "--prefix", str(tmp_path), "--instance", "../x"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2 and "--instance ../x" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_when_installed_then_the_venv_carries_the_ledger_migrations(installed: Installed, tmp_path: Path) -> None:
+    """When the installed (non-editable) package migrates a new ledger, then it finds its migrations: package data
+    moved with the code (the real-systemd test found a daemon that could not start without them)."""
+    code = ("import sys; from kei_gateway.adapters.ledger import create_ledger_engine, upgrade; "
+            "print(upgrade(create_ledger_engine(sys.argv[1])))")
+    result = subprocess.run([str(installed.venv / "bin" / "python"), "-c", code, f"sqlite:///{tmp_path}/ledger.sqlite3"],
+                            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

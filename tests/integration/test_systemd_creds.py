@@ -74,7 +74,7 @@ def test_when_the_documented_dropin_is_installed_then_systemd_analyze_verify_is_
     dropin = blocks(section("### 3.1 Encrypted credentials"), "ini")[0]
     assert dropin.count("LoadCredentialEncrypted=") == 3 and "LoadCredential=\n" in dropin
     entry_point = Path(sys.executable).parent / "kei-gateway"
-    unit = UNIT.read_text(encoding="utf-8").replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={entry_point} ")
+    unit = UNIT.read_text(encoding="utf-8").replace(f"={INSTALLED_EXEC} ", f"={entry_point} ")  # ExecStart= and ExecReload=
     (tmp_path / "kei-gateway.service").write_text(unit, encoding="utf-8")
     (tmp_path / "kei-gateway.service.d").mkdir()
     (tmp_path / "kei-gateway.service.d" / "override.conf").write_text(dropin, encoding="utf-8")

@@ -1,12 +1,14 @@
-"""The systemd unit: it verifies cleanly, keeps the SPEC §9 contract and stays hardened.
+"""The systemd units: they verify cleanly, keep the SPEC §9 contract and stay hardened.
 
 ``systemd-analyze verify`` checks that ``ExecStart=``'s binary exists and is
 executable, and ``/opt/kei-gateway/venv`` exists only on an installed server.
-So the verify tests check a copy of the unit in which *only* that path is
-changed to the ``kei-gateway`` entry point of the venv running these tests
-(asserted below); everything else systemd checks — directives, values,
-``ExecReload=``'s ``/bin/kill`` — is the real file.  ``test_install.py``
-verifies the unit as installed, against the venv the installer made.
+So the verify tests check a copy of the unit in which *only* that path (in
+``ExecStart=`` and ``ExecReload=``) is changed to the ``kei-gateway`` entry
+point of the venv running these tests (asserted below); everything else
+systemd checks — directives, values — is the real file.  ``test_install.py`` verifies the unit as
+installed, against the venv the installer made; ``test_real_systemd.py`` runs
+both units under a real systemd.  The template ``kei-gateway@.service`` is
+checked as the instance ``kei-gateway@131041.service``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "kei-gateway.service"
+TEMPLATE = REPO / "systemd" / "kei-gateway@.service"
+INSTANCE = "kei-gateway@131041.service"
 INSTALLED_EXEC = "/opt/kei-gateway/venv/bin/kei-gateway"
 MAX_EXPOSURE = 1.5
 
@@ -54,17 +58,22 @@ def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
     return settings
 
 
-def verifiable_copy(tmp_path: Path, unit_text: str | None = None) -> Path:
-    """A copy of the unit whose ExecStart= points at this venv's kei-gateway instead of /opt."""
+def verifiable_copy(tmp_path: Path, unit_text: str | None = None, unit: Path = UNIT) -> Path:
+    """A copy of *unit* whose kei-gateway commands point at this venv's entry point instead of /opt.
+
+    For the template, the path returned names the instance (``kei-gateway@131041.service``),
+    which is how systemd-analyze reads a template.
+    """
     entry_point = Path(sys.executable).parent / "kei-gateway"
     assert entry_point.is_file(), f"{entry_point} is missing: run ./scripts/test (it installs the venv)"
-    original = unit_text if unit_text is not None else UNIT.read_text(encoding="utf-8")
-    copy = original.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={entry_point} ")
+    original = unit_text if unit_text is not None else unit.read_text(encoding="utf-8")
+    copy = original.replace(f"={INSTALLED_EXEC} ", f"={entry_point} ")
     changed = [(a, b) for a, b in zip(original.splitlines(), copy.splitlines()) if a != b]
-    assert [a for a, _ in changed] == [f"ExecStart={INSTALLED_EXEC} run"], changed
-    path = tmp_path / "kei-gateway.service"
+    assert [a for a, _ in changed] == [f"ExecStart={INSTALLED_EXEC} run",
+                                       f"ExecReload={INSTALLED_EXEC} reload --pid $MAINPID"], changed
+    path = tmp_path / unit.name
     path.write_text(copy, encoding="utf-8")
-    return path
+    return tmp_path / INSTANCE if unit == TEMPLATE else path
 
 
 def verify(path: Path) -> subprocess.CompletedProcess[str]:
@@ -154,7 +163,8 @@ def test_when_the_unit_is_read_then_it_keeps_the_spec_service_contract() -> None
         "Type": "notify",
         "NotifyAccess": "main",
         "ExecStart": f"{INSTALLED_EXEC} run",
-        "ExecReload": "/bin/kill -HUP $MAINPID",
+        # signals the daemon and exits with its verdict: a refused file fails `systemctl reload`
+        "ExecReload": f"{INSTALLED_EXEC} reload --pid $MAINPID",
         "WatchdogSec": "30s",
         "Restart": "on-failure",
         "User": "kei-gateway",
@@ -181,3 +191,19 @@ def test_when_the_unit_is_read_then_it_keeps_the_spec_service_contract() -> None
     # A drain must fit in the stop timeout, yet a hung stop must not block a reboot for long.
     assert s["TimeoutStopSec"] == ["45s"]
     assert "~@privileged @resources" in s["SystemCallFilter"]
+
+
+def test_when_the_template_is_verified_for_an_instance_then_systemd_reports_nothing(tmp_path: Path) -> None:
+    """When systemd-analyze verify reads kei-gateway@131041.service from the template, then it is silent."""
+    result = verify(verifiable_copy(tmp_path, unit=TEMPLATE))
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_when_the_template_is_analysed_offline_then_it_is_as_hardened_as_the_plain_unit(tmp_path: Path) -> None:
+    """When an instance of the template is rated offline, then its exposure is <= 1.5, the plain unit's, and
+    only the accepted items are exposed."""
+    (tmp_path / TEMPLATE.name).write_text(TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
+    overall, exposed = security(tmp_path / INSTANCE)
+    assert overall <= MAX_EXPOSURE
+    assert overall == security(UNIT)[0]
+    assert sorted(set(exposed) - set(ACCEPTED_EXPOSURES)) == []

@@ -87,7 +87,7 @@ def test_when_a_peer_is_removed_from_the_config_then_its_addresses_leave_the_dro
 def install_beside_unit(tmp_path: Path, dropin: str) -> Path:
     """The unit (ExecStart= pointed at this venv) and ``kei-gateway.service.d/50-allowlist.conf`` in *tmp_path*."""
     entry_point = Path(sys.executable).parent / "kei-gateway"
-    unit = UNIT.read_text(encoding="utf-8").replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={entry_point} ")
+    unit = UNIT.read_text(encoding="utf-8").replace(f"={INSTALLED_EXEC} ", f"={entry_point} ")  # ExecStart= and ExecReload=
     (tmp_path / "kei-gateway.service").write_text(unit, encoding="utf-8")
     (tmp_path / "kei-gateway.service.d").mkdir()
     (tmp_path / "kei-gateway.service.d" / "50-allowlist.conf").write_text(dropin, encoding="utf-8")

@@ -63,3 +63,23 @@ def test_when_the_dropin_is_added_to_the_unit_then_systemd_analyze_verify_accept
     combined.write_text(unit + "\n" + allowlist_dropin(read_config(str(EXAMPLE))), encoding="utf-8")
     result = subprocess.run(["systemd-analyze", "verify", str(combined)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_when_an_instance_is_named_then_its_config_is_read_and_its_unit_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """When --instance 131041 is given, then /etc/kei-gateway/131041/kei-gateway.toml is the config (even with
+    $KEI_GATEWAY_CONFIG set; -c still wins) and the restart hint names kei-gateway@131041."""
+    monkeypatch.setenv("KEI_GATEWAY_CONFIG", str(EXAMPLE))
+    assert cli.main(["systemd-allowlist", "--instance", "999999"]) == exitcodes.USAGE
+    assert "/etc/kei-gateway/999999/kei-gateway.toml" in capsys.readouterr().err
+    target = tmp_path / "kei-gateway@131041.service.d" / "50-allowlist.conf"
+    argv = ["systemd-allowlist", "--instance", "131041", "--output", str(target), "-c", str(EXAMPLE)]
+    assert cli.main(argv) == exitcodes.OK
+    assert "systemctl restart kei-gateway@131041" in capsys.readouterr().out
+    assert target.read_text(encoding="utf-8") == allowlist_dropin(read_config(str(EXAMPLE)))
+
+
+@pytest.mark.parametrize("name", ["../131041", "."])
+def test_when_the_instance_name_is_a_path_then_it_is_refused(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["systemd-allowlist", "--instance", name]) == exitcodes.USAGE
+    assert "give the instance name" in capsys.readouterr().err

@@ -123,6 +123,18 @@ def test_when_an_event_is_emitted_to_the_journal_then_every_spec_field_is_sent()
     ]
 
 
+def test_when_run_as_an_instance_of_the_template_then_every_entry_carries_kei_instance() -> None:
+    """When KEI_GATEWAY_INSTANCE is set (kei-gateway@131041), then each entry has KEI_INSTANCE=131041."""
+    send = FakeSend()
+    observer = GatewayLogObserver(target="journal", send=send, environ={"KEI_GATEWAY_INSTANCE": "131041"})
+    events.emit(Logger(namespace="t", observer=observer), events.DAEMON_READY, listeners="metrics", schema="0001")
+    (entry,) = send.entries
+    assert entry["KEI_INSTANCE"] == "131041" and entry["SYSLOG_IDENTIFIER"] == SYSLOG_IDENTIFIER
+    plain, plain_send = journal_observer()
+    events.emit(Logger(namespace="t", observer=plain), events.DAEMON_READY, listeners="metrics", schema="0001")
+    assert "KEI_INSTANCE" not in plain_send.entries[0]
+
+
 def test_when_standard_fields_are_absent_then_no_kei_field_but_kei_event_is_sent() -> None:
     observer, send = journal_observer()
     events.emit(Logger(namespace="t", observer=observer), events.LISTENER_DENIED,

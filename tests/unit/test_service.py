@@ -94,6 +94,25 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIn("READY=1", self.notifier.messages)
         self.assertIn("check-config", self.notifier.states("STATUS=")[-1])
 
+    def test_when_run_by_systemd_then_each_reload_verdict_is_written_for_systemctl_reload(self) -> None:
+        """When RUNTIME_DIRECTORY is set, then every reload writes pid, a growing generation and the verdict."""
+        from kei_gateway.runtime.reload_outcome import ReloadOutcome, read_outcome
+
+        runtime = self.base / "run"
+        runtime.mkdir()
+        gateway = make_service(self.config, MemoryReactorClock(), Ledger(create_ledger_engine(self.config.database_url)),
+                               notifier=RecordingNotifier(), registry=CollectorRegistry(), blocking=SynchronousBlocking(),
+                               environ={"RUNTIME_DIRECTORY": str(runtime)}, watchdog_interval=10.0)
+        self.assertTrue(self.successResultOf(gateway.reload_from(str(self.path))))
+        self.assertEqual(read_outcome(str(runtime / "reload")), ReloadOutcome(os.getpid(), 1, True))
+        self.path.write_text(self.path.read_text(encoding="utf-8") + "bogus = 1\n", encoding="utf-8")
+        self.assertFalse(self.successResultOf(gateway.reload_from(str(self.path))))
+        refused = read_outcome(str(runtime / "reload"))
+        assert refused is not None
+        self.assertEqual((refused.generation, refused.accepted), (2, False))
+        self.assertIn("bogus: unknown key", refused.reason)
+        self.assertFalse((self.base / "reload").exists() or any(runtime.glob("*.tmp")))
+
     def test_when_a_queue_exists_then_status_and_gauges_show_it(self) -> None:
         from datetime import datetime, timezone
 
