@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from kei_gateway.adapters.durable import fsync_directory
 
-__all__ = ["NAME_PATTERN", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
+__all__ = ["NAME_PATTERN", "ERRORS_SUFFIX", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
            "quarantine_entry", "write_errors_file", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
            "staged_name", "stage_for_inbox", "publish_staged",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
@@ -109,6 +109,8 @@ def list_entries(directory: str) -> list[Entry]:
                 mode = item.stat(follow_symlinks=False).st_mode
             except FileNotFoundError:
                 continue  # gone between listing and stat
+            except OSError:
+                mode = 0  # cannot even be stat'ed: refused as not regular, that entry only
             entries.append(Entry(item.name, entry_kind(mode)))
     return entries
 

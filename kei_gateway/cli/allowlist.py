@@ -102,8 +102,12 @@ def systemd_allowlist(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return exitcodes.OK
     directory = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(directory) and not (directory.endswith(".d") and os.path.isdir(os.path.dirname(directory))):
+        print(f"{args.output}: the directory {directory} does not exist; give a path in an existing directory "
+              "(only a unit's drop-in directory NAME.d is created)", file=sys.stderr)
+        return exitcodes.USAGE
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.makedirs(directory, mode=0o755, exist_ok=True)  # at most the drop-in directory itself
         fd, temporary = tempfile.mkstemp(prefix=".allowlist-", dir=directory)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -104,15 +104,23 @@ def verify_command(args: argparse.Namespace) -> int:
         return status
     try:
         report = audit_log.verify()
+        unrecorded, first = audit_log.unrecorded_transfers()
     except (SQLAlchemyError, AuditError) as error:
         print(f"cannot read the audit chain: {describe_error(error) if isinstance(error, SQLAlchemyError) else error}",
               file=sys.stderr)
         return exitcodes.FAILED
     finally:
         audit_log.engine.dispose()
-    if report.ok:
+    if report.ok and not unrecorded:
         print(report.text())
         return exitcodes.OK
+    if report.ok:
+        print(report.text())
+        print(f"{unrecorded} transfer(s) have no audit record (ids {', '.join(map(str, first))}"
+              f"{', …' if unrecorded > len(first) else ''}): their actions were not recorded. Keep the database as "
+              f"it is and report this to the person in charge of information security; see docs/audit.md.",
+              file=sys.stderr)
+        return exitcodes.FAILED
     print(report.text(), file=sys.stderr)
     print(f"({report.count} records verified before it.) Keep the database as it is (copy it) and report this to the "
           f"person in charge of information security; see docs/audit.md.", file=sys.stderr)

@@ -12,7 +12,10 @@ health, readiness and metrics, then plays the tax system:
   受付結果 relayed to the inbox and the broken one is quarantined;
 * MPN: 1,000 payment slips go out; the simulator answers with 速報 by push, by pull
   and both, later 確報 and some 取消, duplicates and repeated pushes; it waits until
-  every distinct result is in the inbox exactly once and prints the reconcile summary.
+  every distinct result is in the inbox exactly once and prints the reconcile summary;
+* AIRIS 突合: 3,200 dummy 小型二輪 (the seed's 想定件数) on the register and in an AES-256 AIRIS
+  ZIP with discrepancies of every category planted; it waits until the results are in the
+  inbox and prints the rows per category beside what was planted.
 
 It prints what happened and where to look, reloads the daemon with SIGHUP, stops it
 with SIGTERM and checks that it stopped cleanly. The exit code is 0 only if all of
@@ -174,7 +177,7 @@ def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep:
     port = free_port()
     config_path = os.path.join(base, "kei-gateway.toml")
     ca = os.path.join(base, "credentials", "ca.pem")
-    flows = jnks_flow_config_text(sim_url, ca) + mpn_flow_config_text(mpn_url, ca, push_port)
+    flows = jnks_flow_config_text(sim_url, ca) + mpn_flow_config_text(mpn_url, ca, push_port) + AIRIS_FLOW
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(demo_config_text(base, port, lg_code=LG_CODE, extra=flows))
     check = _cli(config_path, "check-config")
@@ -203,6 +206,7 @@ def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep:
         else:
             delivered = _jnks_flow(base, config_path, daemon, url)
             delivered = _mpn_flows(base, config_path, daemon, url) and delivered
+            delivered = _airis_flow(base, daemon) and delivered
             daemon.send_signal(signal.SIGHUP)
             notify.wait_for("RELOADING=1")
             notify.wait_for("READY=1")
@@ -213,7 +217,7 @@ def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep:
             _say(f"-- SIGTERM: STOPPING=1, exit code {code}")
             if code == 0 and delivered:
                 outcome = ("finished: every valid file delivered and answered, the broken one quarantined, "
-                           "every payment result relayed once, the daemon stopped cleanly")
+                           "every payment result relayed once, the AIRIS 突合 as planted, the daemon stopped cleanly")
             elif code == 0:
                 code = exitcodes.FAILED
     except (NotificationTimeout, OSError, ValueError, subprocess.TimeoutExpired) as error:
@@ -482,6 +486,62 @@ def _mpn_flows(base: str, config_path: str, daemon: subprocess.Popen[bytes], url
     return True
 
 
+AIRIS_FLOW = """
+[flows.airis-reconcile]
+airis_outbox = "outbox/airis"
+register_outbox = "outbox/airis-register"
+inbox = "inbox/airis-reconcile"
+"""
+AIRIS_VEHICLES = 3200
+"""The seed's 想定件数 (約 3,200件, 令和5年度当初課税件数)."""
+AIRIS_PLANT = {"02": 40, "03": 60, "04": 15, "05": 30, "06": 45, "07": 8, "08": 6}
+AIRIS_KEY = "demo-airis-key-ダミー"
+
+
+def _airis_flow(base: str, daemon: subprocess.Popen[bytes]) -> bool:
+    """The tax system and the AIRIS download in the outboxes; the results checked against what was planted."""
+    from kei_gateway.adapters.airis_zip import write_airis_zip
+    from kei_gateway.layouts import render_records
+    from kei_gateway.layouts.airis import CATEGORIES, TAX_REGISTER_2W, airis_csv_bytes, generate_airis_case
+
+    case = generate_airis_case(AIRIS_VEHICLES, AIRIS_PLANT, seed=7,
+                               variants={"width": 30, "degenerate": 20, "address": 50})
+    spool = os.path.join(base, "spool")
+    airis_outbox, register_outbox = os.path.join(spool, "outbox", "airis"), os.path.join(spool, "outbox", "airis-register")
+    for directory in (airis_outbox, register_outbox):
+        os.makedirs(directory, exist_ok=True)
+    _drop(airis_outbox, "AIRIS-demo.zip", write_airis_zip(airis_csv_bytes(case.airis), AIRIS_KEY))
+    _drop(airis_outbox, "AIRIS-demo.zip.key", (AIRIS_KEY + "\n").encode("utf-8"))
+    _drop(register_outbox, "register-2w.dat", b"".join(render_records(TAX_REGISTER_2W, case.register)))
+    _say(f"-- AIRIS 突合: {AIRIS_VEHICLES:,} dummy 小型二輪, the AES-256 ZIP, its key file and the register extract "
+         "put in outbox/airis and outbox/airis-register")
+    inbox = os.path.join(spool, "inbox", "airis-reconcile")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    found: list[str] = []
+    left: list[str] = []
+    while time.monotonic() < deadline and daemon.poll() is None:
+        found = sorted(n for n in os.listdir(inbox) if n.endswith(".dat")) if os.path.isdir(inbox) else []
+        left = os.listdir(airis_outbox) + os.listdir(register_outbox)
+        if found and not left:  # the inputs are erased just after the results are written
+            break
+        time.sleep(0.2)
+    if not found or left:
+        _say("!! the AIRIS 突合 results did not appear in the inbox" if not found else
+             "!! the AIRIS inputs were not erased from the outboxes")
+        return False
+    with open(os.path.join(inbox, found[0]), "rb") as f:
+        data = f.read()
+    rows = [data[i:i + 2].decode("ascii") for i in range(0, len(data), 226)]
+    _say(f"   results: {inbox}/{found[0][:-4]}.dat/.csv/.txt; plaintext inputs erased (listed in the 消去報告)")
+    _say("   突合区分                     rows  planted")
+    ok = True
+    for code, name in CATEGORIES.items():
+        count = rows.count(code)
+        ok = ok and count == case.expected[code]
+        _say(f"   {code} {name}{' ' * max(1, 24 - 2 * len(name))}{count:>6}  {case.expected[code]:>6}")
+    return ok
+
+
 def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
     _say("-- where to look" + ("" if keep else " (run 'kei-gateway demo --keep' to keep these for a look afterwards)"))
     for what, where in (
@@ -489,6 +549,7 @@ def _where_to_look(base: str, url: str, config_path: str, keep: bool) -> None:
             ("outbox (the tax system writes here)", f"{base}/spool/outbox/jnks/"),
             ("inbox (receipts for the tax system)", f"{base}/spool/inbox/jnks-receipts/"),
             ("inbox (payment results for the tax system)", f"{base}/spool/inbox/mpn-results/"),
+            ("inbox (AIRIS 突合 results .dat/.csv/.txt)", f"{base}/spool/inbox/airis-reconcile/"),
             ("quarantine (.errors.txt of rejected files)", f"{base}/spool/quarantine/jnks-payments/"),
             ("what the peers received (simulators)", f"{base}/sim/root/upload/  {base}/sim/mpn-root/slips/"),
             ("ledger and encrypted store", f"{base}/state/"),

@@ -35,6 +35,7 @@ COMMANDS = {
     "sim": "kei_gateway.cli.sim",
     "keys": "kei_gateway.cli.keys",
     "audit": "kei_gateway.cli.audit",
+    "airis": "kei_gateway.cli.airis",
     "purge": "kei_gateway.cli.purge",
 }
 """Sub-command → the module that registers it. Only the module of the command being run is
@@ -131,4 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error.render(), file=sys.stderr)
         return exitcodes.USAGE
     except KeyboardInterrupt:
+        return exitcodes.FAILED
+    except BrokenPipeError:  # e.g. '| head -1' closed the output: stop quietly, without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        print("kei-gateway: the output was closed before the command finished (broken pipe)", file=sys.stderr)
         return exitcodes.FAILED

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,6 +30,23 @@ from kei_gateway.core.transfer import TransferState
 __all__ = ["register", "operator_name"]
 
 
+def bounded_int(what: str, maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to *maximum*, else a usage error (exit 2) that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: {what} is a whole number") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is out of range: {what} is from 1 to {maximum}")
+        return value
+    return parse
+
+
+TRANSFER_ID = bounded_int("a transfer id", 2**63 - 1)
+"""Transfer ids are the ledger's 64-bit integer keys; a larger number cannot name one."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status = subparsers.add_parser("status", help="queue summary per flow and the transfers that need a person")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -39,25 +57,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     listing = actions.add_parser("list", help="newest transfers first")
     listing.add_argument("--state", choices=[s.value for s in TransferState], help="only this state")
     listing.add_argument("--flow", help="only this flow")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=bounded_int("a limit", 1_000_000), default=50)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=list_transfers)
     show = actions.add_parser("show", help="every field of one transfer")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=TRANSFER_ID)
     show.add_argument("--json", action="store_true")
     show.add_argument("--degenerations", action="store_true",
                       help="also list the 外字 replaced by 縮退 at ingest (record, field, from → to); "
                            "these are characters of names: personal data, read from the encrypted store")
     show.set_defaults(func=show_transfer)
     export = actions.add_parser("export", help="decrypt a transfer's stored file (e.g. a quarantined one) for the tax division")
-    export.add_argument("id", type=int)
+    export.add_argument("id", type=TRANSFER_ID)
     export.add_argument("--output", required=True, metavar="FILE", help="where to write it (created 0600, never overwritten)")
     export.set_defaults(func=export_transfer)
     for name, helptext in (("retry", "send a FAILED or RETRY_WAIT transfer again now"),
                            ("approve", "release a HELD transfer (bulk data approved by the person in charge)"),
                            ("cancel", "discard a HELD, QUEUED, RETRY_WAIT or FAILED transfer")):
         action = actions.add_parser(name, help=helptext)
-        action.add_argument("id", type=int)
+        action.add_argument("id", type=TRANSFER_ID)
         if name == "cancel":
             action.add_argument("--reason", required=True, help="why (kept in the ledger)")
         action.set_defaults(func=change_transfer, action=name)

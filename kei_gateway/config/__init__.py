@@ -14,14 +14,14 @@ from kei_gateway.config._load import (
 from kei_gateway.config._reload import restart_needed
 from kei_gateway.config._render import configuration_markdown, example_toml
 from kei_gateway.config._schema import (
-    FLOW_SECTIONS, INBOUND_FLOWS, OUTBOUND_FLOWS, GatewaySection, InboundFlowSection,
+    FLOW_SECTIONS, INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, GatewaySection, InboundFlowSection,
     MetricsListenerSection, OutboundFlowSection, PeerSection, ResultsFlowSection, RetryPolicy,
 )
 
 __all__ = [
     "Config", "ConfigError", "ConfigProblem", "Listeners", "config_from_string", "read_config",
     "check_files", "load_config", "CREDENTIALS_ENV", "HostPort", "parse_duration", "format_duration",
-    "example_toml", "configuration_markdown", "FLOW_SECTIONS", "INBOUND_FLOWS",
+    "example_toml", "configuration_markdown", "FLOW_SECTIONS", "INBOUND_FLOWS", "LOCAL_FLOWS",
     "OUTBOUND_FLOWS", "GatewaySection", "InboundFlowSection", "OutboundFlowSection",
     "ResultsFlowSection", "PeerSection", "RetryPolicy", "MetricsListenerSection", "restart_needed",
 ]

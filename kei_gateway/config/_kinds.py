@@ -138,16 +138,23 @@ def format_duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
+MAX_DURATION = 3660 * 86400.0
+"""The longest duration any setting takes: 3660 days (ten years, more than the 5-year ledger retention), so
+every schedule and retention computed from one stays a valid date."""
+
+
 @dataclass(frozen=True)
 class Duration(Kind):
     minimum: float = 0.0
-    description: str = 'duration ("30s", "5m", "1h", "7d")'
+    description: str = 'duration ("30s", "5m", "1h", "7d"; at most "3660d")'
 
     def parse(self, raw: Any) -> float:
         _expect(raw, str, 'a duration string such as "30s"')
         seconds = parse_duration(raw)
         if seconds < self.minimum:
             raise ValueError(f"{raw!r} is too short: use at least {format_duration(self.minimum)}")
+        if not seconds <= MAX_DURATION:  # also NaN and inf
+            raise ValueError(f"{raw!r} is too long: use at most {format_duration(MAX_DURATION)} (ten years)")
         return seconds
 
     def render(self, value: Any) -> str:

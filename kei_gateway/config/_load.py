@@ -93,7 +93,8 @@ class Config:
 
     def summary(self) -> str:
         """A few lines a sysadmin reads after ``check-config``."""
-        flows = ", ".join(f"{n} (peer {f.peer})" for n, f in sorted(self.flows.items())) or "none"
+        flows = ", ".join(f"{n} (peer {f.peer})" if hasattr(f, "peer") else n
+                          for n, f in sorted(self.flows.items())) or "none"
         peers = ", ".join(f"{n} ({p.url})" for n, p in sorted(self.peers.items())) or "none"
         listeners = [f"metrics {self.listeners.metrics.address}"]
         if self.listeners.push is not None:
@@ -168,6 +169,9 @@ def config_from_string(text: str, source: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, [ConfigProblem("(file)", f"not valid TOML: {error}; fix the syntax at that line")]) from None
+    except RecursionError:  # tomllib descends once per nested table or array
+        raise ConfigError(source, [ConfigProblem("(file)", "not a configuration: tables or arrays nested too deeply; "
+                                                           "the configuration nests three levels at most")]) from None
     problems: list[ConfigProblem] = []
     sections: dict[str, Any] = {}
     for name, cls in _TOP_LEVEL.items():
@@ -192,6 +196,8 @@ def config_from_string(text: str, source: str = "<string>") -> Config:
         if flow is None:
             continue
         flows[name] = flow
+        if not hasattr(flow, "peer"):
+            continue  # airis-reconcile: no peer
         if flow.peer not in data.get("peers", {}):
             problems.append(ConfigProblem(f"flows.{name}.peer", f"no peer {flow.peer!r}: add a [peers.{flow.peer}] section or name one of: {', '.join(sorted(peers)) or '(none configured)'}"))
         elif name in INBOUND_FLOWS and flow.peer in peers and not peers[flow.peer].results_url:
@@ -237,13 +243,24 @@ def _subtables(data: dict[str, Any], key: str, problems: list[ConfigProblem]) ->
     return value
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A configuration file is read up to this size (1 MiB; the example is about 10 KiB), so a device or a
+huge file is refused with a reason instead of filling the memory."""
+
+
 def read_config(path: str) -> Config:
     """Read and parse the file at *path* (UTF-8 TOML)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(path, [ConfigProblem("(file)", "not a regular file; give the configuration file "
+                                                                 "with -c or KEI_GATEWAY_CONFIG")])
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(path, [ConfigProblem("(file)", f"cannot read: {error.strerror}; give the file with -c or KEI_GATEWAY_CONFIG")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, [ConfigProblem("(file)", f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+                                                         "configuration file; give the right one with -c")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -6,7 +6,7 @@ from typing import Any
 
 from kei_gateway.config import _kinds as k
 from kei_gateway.config._schema import (
-    REQUIRED, DatabaseSection, GatewaySection, InboundFlowSection, KeysSection, ListenerSection,
+    REQUIRED, AirisFlowSection, DatabaseSection, GatewaySection, InboundFlowSection, KeysSection, ListenerSection,
     MetricsListenerSection, OutboundFlowSection, PeerSection, ResultsFlowSection, RetentionSection,
     RESTART, SettingMeta, TlsSection, section_reload, section_settings,
 )
@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, type, dict[str, Any]]] = [
     ("flows.jnks-receipts", InboundFlowSection, {}),
     ("flows.mpn-slips", OutboundFlowSection, {"peer": "mpn", "outbox": "outbox/mpn-slips"}),
     ("flows.mpn-results", ResultsFlowSection, {"peer": "mpn", "inbox": "inbox/mpn-results"}),
+    ("flows.airis-reconcile", AirisFlowSection, {}),
     ("listeners.push", ListenerSection, {}),
     ("listeners.metrics", MetricsListenerSection, {}),
 ]

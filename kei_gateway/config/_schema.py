@@ -23,8 +23,8 @@ __all__ = [
     "REQUIRED", "LIVE", "RESTART", "SettingMeta", "setting", "section_settings", "section_reload",
     "GatewaySection", "RetentionSection", "DatabaseSection", "TlsSection", "KeysSection",
     "RetryPolicy", "PeerSection", "OutboundFlowSection", "InboundFlowSection",
-    "ResultsFlowSection", "ListenerSection", "MetricsListenerSection", "FLOW_SECTIONS",
-    "OUTBOUND_FLOWS", "INBOUND_FLOWS",
+    "ResultsFlowSection", "AirisFlowSection", "ListenerSection", "MetricsListenerSection", "FLOW_SECTIONS",
+    "OUTBOUND_FLOWS", "INBOUND_FLOWS", "LOCAL_FLOWS",
 ]
 
 
@@ -194,6 +194,17 @@ class ResultsFlowSection(InboundFlowSection):
 
 
 @dataclass(frozen=True)
+class AirisFlowSection:
+    """The AIRIS 突合 flow (``[flows.airis-reconcile]``, SPEC §13): no peer, two outboxes and an inbox."""
+
+    RELOAD: ClassVar[str] = RESTART  # flows start and stop with the process
+
+    airis_outbox: str = setting(k.RelativeDir(), "Where the AIRIS download (the AES-256 ZIP as received) and its key file <name>.key are put.", example="outbox/airis")
+    register_outbox: str = setting(k.RelativeDir(), "Where the tax system writes its 小型二輪 register extract (tax-register-2w).", example="outbox/airis-register")
+    inbox: str = setting(k.RelativeDir(), "Where the results (.dat, .csv, .txt) are written for the tax division.", example="inbox/airis-reconcile")
+
+
+@dataclass(frozen=True)
 class ListenerSection:
     """The LGWAN push listener (``[listeners.push]``); absent means no push."""
 
@@ -216,6 +227,9 @@ FLOW_SECTIONS: dict[str, type] = {
     "jnks-receipts": InboundFlowSection,
     "mpn-slips": OutboundFlowSection,
     "mpn-results": ResultsFlowSection,
+    "airis-reconcile": AirisFlowSection,
 }
 OUTBOUND_FLOWS = ("jnks-payments", "mpn-slips")
 INBOUND_FLOWS = ("jnks-receipts", "mpn-results")
+LOCAL_FLOWS = ("airis-reconcile",)
+"""Flows with no peer: they read the spool and write the spool (AIRIS 突合)."""

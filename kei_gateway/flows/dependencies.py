@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,4 +35,6 @@ class FlowDependencies:
     """The relay of an inbound flow (one per flow, shared by its pull and push doors)."""
     status_soon: Callable[[], None]
     """Refresh the status line soon (after an ingest)."""
+    note_erased: Callable[[Sequence[Any], datetime.datetime], object]
+    """List plaintext inputs a flow erased (AIRIS 突合) in the day's 消去報告 (the purge's report)."""
     use_inotify: bool = True

@@ -16,7 +16,8 @@ from kei_gateway.layouts.tables import LAYOUTS
 
 __all__ = ["render_layout_table", "render_layouts_markdown"]
 
-_SECTIONS: Final = {"jnks-payments": "2.1", "jnks-receipts": "2.2", "mpn-slips": "2.3", "mpn-results": "2.4"}
+_SECTIONS: Final = {"jnks-payments": "2.1", "jnks-receipts": "2.2", "mpn-slips": "2.3", "mpn-results": "2.4",
+                    "tax-register-2w": "13", "airis-reconcile": "13"}
 
 _INTRO: Final = """\
 # Record layouts

@@ -132,8 +132,12 @@ There is no uniqueness rule inside a results file: the same slip can be paid
 (速報) and confirmed (確報) in one file; the ledger dedupes by result identity.
 """
 
+# The AIRIS 突合 layouts (SPEC §13) reuse the plate fields above, so they are imported here.
+from kei_gateway.layouts.airis import AIRIS_RECONCILE, TAX_REGISTER_2W  # noqa: E402
+
 LAYOUTS: Final[dict[str, Layout]] = {
-    layout.name: layout for layout in (JNKS_PAYMENTS, JNKS_RECEIPTS, MPN_SLIPS, MPN_RESULTS)
+    layout.name: layout
+    for layout in (JNKS_PAYMENTS, JNKS_RECEIPTS, MPN_SLIPS, MPN_RESULTS, TAX_REGISTER_2W, AIRIS_RECONCILE)
 }
 """Every layout by its flow name."""
 

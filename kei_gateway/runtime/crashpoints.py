@@ -18,6 +18,8 @@ POINTS = (
     "ingest.reading",      # part of the outbox file read and encrypted, nothing committed
     "ingest.stored",       # the blob is durable, the ledger knows nothing
     "ingest.committed",    # the transfer is committed, the original is still in the outbox
+    "ingest.quarantine-committed",  # a refused file is stored and its QUARANTINED transfer committed, no errors file
+    "ingest.quarantine-listed",     # ... and its errors file written, the original still in the outbox
     "send.mid-put",        # part of the body is on the wire (PUT name.part)
     "send.before-move",    # the .part is complete at the peer, MOVE not sent
     "send.after-move",     # the peer has the final name, the ledger still says SENDING

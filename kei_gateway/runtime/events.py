@@ -484,6 +484,23 @@ AUDIT_VERIFY_FAILED = _event(
     "原因を解消し、kei-gateway audit verify を実行してください。",
 )
 
+AIRIS_RECONCILED = _event(
+    "airis.reconciled", "a83e3222baca4c10bbe63c37d2c23484", LogLevel.info,
+    "{flow}: AIRIS 突合 of {records} vehicle(s) written as {name}: {reason}",
+    "An AIRIS 突合 ran: the 小型二輪 tax register was matched against the AIRIS download and the .dat, .csv and .txt results were written (the counts per category are in the reason; no personal value is logged).",
+    "AIRIS 突合を実行しました。小型二輪の課税台帳を AIRIS の車検証情報と突合し、結果（.dat・.csv・.txt）を出力しました（区分ごとの件数のみ記録し、個人情報は記録しません）。",
+    "The tax division reviews the rows of categories 02–08 (docs/airis.md says what to do with each) before the 小型二輪 are registered in 軽JNKS.",
+    "税務課は区分 02〜08 の行を確認してください（各区分の対応は docs/airis.md）。確認後に小型二輪を軽JNKSへ登録します。",
+)
+AIRIS_REJECTED = _event(
+    "airis.rejected", "29df13f18f704fec9bc3be68fc7c00c4", LogLevel.warn,
+    "{flow}: AIRIS 突合 not run, an input is invalid: {reason}",
+    "The AIRIS download, its key file or the tax register extract could not be used (wrong key, damaged ZIP, a CSV that does not follow the v1 layout, an invalid register record); nothing was written and the plaintext inputs were erased.",
+    "AIRIS のファイル・復号キー・課税台帳のいずれかが使用できません（キー違い、ZIP の破損、CSV の項目不一致、台帳レコードの不正など）。結果は出力せず、平文の入力は消去しました。",
+    "Read the reason (file, row or record, column or field). Download the file and its key from AIRIS again, or correct the register extract at the tax system, and put all three in the outboxes again.",
+    "理由（ファイル・行またはレコード・列または項目）を確認し、AIRIS からファイルと復号キーを再取得するか、税務システムで台帳抽出を修正して、3 つを再度送信フォルダへ置いてください。",
+)
+
 ALL_EVENTS: tuple[EventType, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EventType)
 )

@@ -84,6 +84,10 @@ class GatewayMetrics:
             registry=registry)
         self.database_up = Gauge("kei_gateway_database_up",
                                  "1 when the ledger database answered its last health check.", registry=registry)
+        # The AIRIS 突合 (kei_gateway.flows.airis_reconcile): category codes 01–08 only.
+        self.airis_vehicles = Counter(
+            "kei_gateway_airis_vehicles_total",
+            "Rows of AIRIS 突合 results by category (01 一致 … 08 重複, SPEC §13).", ["category"], registry=registry)
         # The daily purge (kei_gateway.operations.purge).
         self.purged_files = Counter(
             "kei_gateway_purged_files_total",

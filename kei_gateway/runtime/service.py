@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -21,9 +22,10 @@ from kei_gateway.adapters.ledger.results import ResultLedger
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import WebDavClient
-from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config, restart_needed
+from kei_gateway.config import INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config, restart_needed
 from kei_gateway.core.results import ResultKeyer
 from kei_gateway.core.transfer import longest_wait
+from kei_gateway.flows.airis_flow import build_airis_flow
 from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.flows.inbound.build import build_inbound_flow, build_push_listener
 from kei_gateway.flows.inbound.downloads import DownloadPoller
@@ -37,6 +39,7 @@ from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL, UploadSender
 from kei_gateway.operations.audit import AuditLog
 from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
 from kei_gateway.operations.certificates import CertificateWatch
+from kei_gateway.operations.purge.execute import append_input_erasures, reports_directory
 from kei_gateway.operations.status import StatusLine
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, ThreadPoolBlocking
@@ -339,6 +342,9 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                                             on_certificate=gateway.certificates.peer_certificate_seen)
     gateway._schema = schema
     gateway.pool, gateway.intake_pool = pool, intake_pool
+    if audit_log is not None and isinstance(ledger, TransferLedger):
+        # An action's audit record is chained in the action's own transaction (issue 11, STYLE 14).
+        ledger.audit_writer = audit_log.append_in
 
     def denied(listener: str, source: str) -> None:
         metrics.denied_connections.labels(listener=listener, reason="address").inc()
@@ -357,14 +363,17 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         deps = FlowDependencies(clock=reactor, ledger=ledger, store=store, blocking=blocking,
                                 intake_blocking=intake_blocking, metrics=metrics, environ=environ,
                                 make_client=make_client, relay_for=relays.relay_for,
-                                status_soon=gateway.status.soon, use_inotify=use_inotify)
+                                status_soon=gateway.status.soon,
+                                note_erased=partial(append_input_erasures, reports_directory(config)),
+                                use_inotify=use_inotify)
 
     def source() -> Config:
         return gateway.config
 
     # Each flow is built by its own builder, from the config source and the shared dependencies.
     for kind, flows, build in (("outbound flows", OUTBOUND_FLOWS, build_outbound_flow),
-                               ("inbound flows", INBOUND_FLOWS, build_inbound_flow)):
+                               ("inbound flows", INBOUND_FLOWS, build_inbound_flow),
+                               ("local flows", LOCAL_FLOWS, build_airis_flow)):
         for flow in flows:
             if flow not in config.flows:
                 continue

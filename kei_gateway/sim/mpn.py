@@ -410,9 +410,13 @@ def _mismatched(result: PaymentResult, rng: random.Random) -> PaymentResult:
 def plan_results(slips: Sequence[bytes], name: str, options: MpnOptions, now: float) -> Plan:
     """The result files for the valid 156-byte *slips* of file *name*, received at Unix time *now*.
 
-    Pure and deterministic: the same slips, name, options and *now* give the same plan.
+    Pure and deterministic: the same slips, name, options and *now* give the same plan. How each
+    batch is delivered (push, pull, both, repeated push) comes from a stream of its own, so it
+    depends on the seed, the name and the batch's number only, never on the slips' contents (the
+    amounts decide how many draws a mismatch takes, and dummy slips carry today's date).
     """
     rng = random.Random(f"{options.seed}/{name}")
+    delivery_rng = random.Random(f"{options.seed}/{name}/delivery")
     arrived = datetime.datetime.fromtimestamp(now, JST)
     channels = sorted(CHANNEL_PAY_METHODS)
     paid: list[PaymentResult] = []
@@ -462,8 +466,8 @@ def plan_results(slips: Sequence[bytes], name: str, options: MpnOptions, now: fl
                 confirmed.add(result.identity)
             if rng.random() < options.duplicate_share:
                 carried.append(result)
-        delivery = _delivery(rng, options)
-        repeat = delivery != PULL and rng.random() < options.repeat_push_share
+        delivery = _delivery(delivery_rng, options)
+        repeat = delivery != PULL and delivery_rng.random() < options.repeat_push_share
         followup_delivery = BOTH if options.push_confirmations else PULL
         followups = tuple(
             ResultFile(_result_name(name, kind, number), kind, tuple(group), followup_delivery)

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from kei_gateway.adapters.ledger.ledger import OPEN_STATES, TransferNotFound, TransferRow
+from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, TransferNotFound, TransferRow
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
@@ -37,6 +37,8 @@ class InMemoryLedger:
 
     def __init__(self) -> None:
         self.rows: dict[int, TransferRow] = {}
+        self.audit: list[tuple[str, dict[str, Any]]] = []
+        """The audit records written with their actions (event name, fields), as the real ledger chains them."""
         self.fail: BaseException | None = None
         self._next_id = 1
         self._lock = threading.Lock()
@@ -69,10 +71,14 @@ class InMemoryLedger:
 
     # -- TransferLedger
 
+    @property
+    def records_audit(self) -> bool:
+        return True
+
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None) -> TransferRow:
+                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
         self._check()
         with self._lock:
             row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
@@ -83,6 +89,8 @@ class InMemoryLedger:
                               approved_by=None, remote_etag=remote_etag, relay_name=None)
             self.rows[row.id] = row
             self._next_id += 1
+            if audit is not None:
+                self.audit.append((audit[0], {**audit[1], "transfer_id": row.id}))
             return row
 
     def get(self, transfer_id: int) -> TransferRow:
@@ -92,8 +100,9 @@ class InMemoryLedger:
             raise TransferNotFound(transfer_id)
         return row
 
-    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        return self._change(transfer_id, now, new_state, fields)
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
+                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, new_state, fields, audit)
 
     def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
         return self._change(transfer_id, now, transition.state, dict(transition.fields))
@@ -102,7 +111,7 @@ class InMemoryLedger:
         return self._change(transfer_id, now, None, fields)
 
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any]) -> TransferRow:
+                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
         with self._lock:
             row = self.get(transfer_id)
             changes = dict(fields, updated_at=_utc(now))
@@ -113,9 +122,11 @@ class InMemoryLedger:
                 raise AttributeError(f"transfers have no column {', '.join(sorted(unknown))}")
             row = dataclasses.replace(row, **changes)
             self.rows[transfer_id] = row
+            if audit is not None:
+                self.audit.append((audit[0], {**audit[1], "transfer_id": transfer_id}))
             return row
 
-    def unremoved_source(self, flow: str, local_name: str, sha256: str) -> TransferRow | None:
+    def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:
         self._check()
         return next((row for row in sorted(self.rows.values(), key=lambda r: r.id)
                      if (row.flow, row.local_name, row.sha256, row.direction) == (flow, local_name, sha256, "out")

@@ -43,6 +43,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 90.0
+CONTAINER_SITE_PACKAGES = "/opt/kei-gateway-test-deps"
+"""Where the test venv's site-packages appear in the container (reused by ``scripts/install``)."""
 COMMAND_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow", "nsswitch.conf", "login.defs")
@@ -256,10 +258,10 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     cgroup = hierarchy / f"kei-gateway-test-{os.getpid()}"
     cgroup.mkdir(exist_ok=True)
     log = base / "console.log"
-    site_packages = sysconfig.get_path("purelib")
-    binds = [f"--bind-ro={REPO}"]
-    if not Path(site_packages).resolve().is_relative_to(REPO):
-        binds.append(f"--bind-ro={site_packages}")
+    # The test venv's packages are bound at a fixed path outside /tmp: the unit runs with
+    # PrivateTmp=yes, so a checkout under /tmp (a CI clone) would be hidden from the daemon.
+    site_packages = CONTAINER_SITE_PACKAGES
+    binds = [f"--bind-ro={REPO}", f"--bind-ro={sysconfig.get_path('purelib')}:{CONTAINER_SITE_PACKAGES}"]
     argv = ["systemd-nspawn", "--quiet", f"--directory={root}", "--machine=kei-gateway-test", "--register=no",
             "--keep-unit", "--private-network", "--system-call-filter=bpf", f"--overlay=/usr:{upper}:/usr",
             *binds, "--console=read-only", "--boot", "--", "systemd.unit=multi-user.target"]

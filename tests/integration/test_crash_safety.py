@@ -11,6 +11,7 @@ nothing sent twice, nothing left in the outbox and no plaintext in its state.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import pytest
 
 from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
 from tests.integration.conftest import poll_until
-from tests.integration.harness import make_gateway_files, start_daemon, start_jnks_sim
-from tests.integration.test_jnks_flow import drop, dummy_file
+from tests.integration.harness import GatewayFiles, make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.test_jnks_flow import drop, dummy_file, transfers
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +30,20 @@ FILES = 3
 RUNS = 2
 
 
-JNKS_POINTS = [p for p in POINTS if p.startswith(("ingest.", "send.", "relay."))]
-"""The points on the JNKS paths (the MPN ones are killed in test_mpn_crash_safety.py)."""
+JNKS_POINTS = [p for p in POINTS if p.startswith(("ingest.", "send.", "relay.")) and ".quarantine-" not in p]
+"""The points on the JNKS paths of a valid file (the MPN ones are killed in test_mpn_crash_safety.py)."""
+QUARANTINE_POINTS = [p for p in POINTS if p.startswith("ingest.quarantine-")]
+"""The points of a refused file's quarantine."""
+
+
+def assert_each_ingest_recorded_once(files: GatewayFiles, event: str, expected: int, point: str) -> None:
+    """Every outbound transfer has exactly one audit record of *event* (its ingest, its delivery), and no such record
+    lacks its transfer: the record is committed with the action (issue 11), so no crash point can separate them."""
+    with sqlite3.connect(files.base / "state" / "ledger.sqlite3") as db:
+        transfers = sorted(row[0] for row in db.execute("SELECT id FROM transfers WHERE direction = 'out'"))
+        recorded = sorted(row[0] for row in db.execute("SELECT transfer_id FROM audit WHERE event = ?", (event,)))
+    assert len(transfers) == expected and recorded == transfers, \
+        f"after a crash at {point}: transfers {transfers}, {event} records for {recorded}"
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -83,6 +96,52 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
                 [__import__("sys").executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
                 capture_output=True, text=True, timeout=60, check=True).stdout
             assert "Queue: empty" in listing
+            assert_each_ingest_recorded_once(files, "ingest.queued", FILES, point)
+            assert_each_ingest_recorded_once(files, "transfer.sent", FILES, point)
+        finally:
+            assert daemon.stop() == 0
+            daemon.notify.close()
+    finally:
+        sim.stop()
+
+
+@pytest.mark.parametrize("point", QUARANTINE_POINTS)
+def test_when_killed_while_quarantining_then_after_restart_each_refused_file_is_one_encrypted_transfer(
+        tmp_path: Path, point: str) -> None:
+    """An invalid file and a file refused for its name: one QUARANTINED transfer each, one errors file each,
+    nothing left in the outbox and no plaintext anywhere under quarantine/ or the state (issue 11)."""
+    files = make_gateway_files(tmp_path)
+    sim = start_jnks_sim(files)
+    try:
+        files.write_jnks_config(sim.url)
+        refused = {"bad.dat": dummy_file(SMALL, seed=7, invalid_rate=1.0), "納付.dat": b"A\r\n" * 3}
+        crashing = start_daemon(files, extra_env={CRASH_ENV: point})
+        try:
+            crashing.notify.wait_for("READY=1")
+            for name, data in refused.items():
+                drop(files, name, data)
+            code = crashing.process.wait(timeout=120)
+        finally:
+            crashing.notify.close()
+        assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
+
+        daemon = start_daemon(files)
+        try:
+            daemon.notify.wait_for("READY=1")
+            outbox = files.base / "spool" / "outbox" / "jnks"
+            poll_until(lambda: (not list(outbox.iterdir())) or None, 120, "the outbox emptied after the restart",
+                       lambda: daemon.stderr()[-3000:])
+            rows = [row for row in transfers(files) if row["state"] == "QUARANTINED"]
+            assert len(rows) == len(refused), f"one transfer per refused file after a crash at {point}: {rows}"
+            quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
+            listed = sorted(p.name for p in quarantine.iterdir())
+            assert len(listed) == len(refused) and all(n.endswith(".errors.txt") for n in listed), listed
+            for path in [*quarantine.rglob("*"), *(files.base / "state").rglob("*")]:
+                if path.is_file():
+                    content = path.read_bytes()
+                    for data in refused.values():
+                        assert data[:70] not in content, f"plaintext of a refused file in {path}"
+            assert_each_ingest_recorded_once(files, "ingest.quarantined", len(refused), point)
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -172,3 +173,22 @@ def test_when_run_under_a_journal_stream_then_events_reach_journald_with_their_f
     assert denied[0]["MESSAGE_ID"] == "4984db45de834d8fae112f5626428021"
     assert journald.entries(f"_PID={pid}", "_TRANSPORT=stdout", after=mark) == [], \
         "under a journal stream the daemon writes natively, not plain stderr lines"
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["transfers", "list"]])
+def test_when_the_output_pipe_closes_early_then_the_command_stops_with_one_line_and_no_traceback(
+        tmp_path: Path, command: list[str]) -> None:
+    """``kei-gateway check-config | head -1`` (issue 11): a BrokenPipeError used to end in a traceback."""
+    files = make_gateway_files(tmp_path)
+    subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "db", "upgrade"],
+                   capture_output=True, timeout=60, check=True)
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before anything is written, like 'head -1' after its line
+    try:
+        result = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), *command],
+                                stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line] == [
+        "kei-gateway: the output was closed before the command finished (broken pipe)"]

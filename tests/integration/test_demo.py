@@ -40,5 +40,8 @@ def test_when_the_demo_runs_then_it_exits_0_naming_the_delivered_files_the_recei
                      re.MULTILINE), "the demo's repeated 速報 were not counted as duplicates"
     assert re.search(r"^   確認済 \(confirmed\) .* [1-9]\d*$", output, re.MULTILINE)
     assert re.search(r"^   金額不一致 \(amount mismatch\) .* [1-9]\d*$", output, re.MULTILINE)
+    airis = re.findall(r"^   (0[1-8]) \S+ +(\d+) +(\d+)$", output, re.MULTILINE)
+    assert [code for code, _, _ in airis] == ["01", "02", "03", "04", "05", "06", "07", "08"], "no AIRIS 突合 counts"
+    assert all(rows == planted for _, rows, planted in airis), airis
     assert "-- SIGTERM: STOPPING=1, exit code 0" in output
     assert "== demo finished:" in output

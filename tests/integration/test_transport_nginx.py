@@ -35,6 +35,7 @@ from kei_gateway.adapters.transport import (
 )
 from kei_gateway.runtime.blocking import ThreadPoolBlocking
 from kei_gateway.sim import pki
+from tests.integration.conftest import poll_until
 from tests.integration.nginx import NginxDav, NginxTLS, nginx_dav  # noqa: F401 (fixture)
 from tests.integration.reactor_thread import ReactorThread
 
@@ -147,7 +148,10 @@ def test_when_put_then_the_file_appears_under_its_final_name_and_no_part_is_left
     assert result.already_present is False
     assert result.url == server.url("upload/" + NAME)
     assert server.files("upload") == {NAME: data}
-    log = server.requests()
+    # nginx writes a request's log line when the request finishes, which can be just after the client
+    # has its response: wait (bounded) for the MOVE's line.
+    log = poll_until(lambda: server.requests() if any('"MOVE ' in line for line in server.requests()) else None,
+                     10, "the MOVE in nginx's access log", lambda: str(server.requests()))
     digest = content_digest(sha256(data))
     assert any(f'"PUT /upload/{NAME}.part HTTP/1.1" 201' in line and f'digest="{digest}"' in line for line in log), log
     assert any(f'"MOVE /upload/{NAME}.part HTTP/1.1" 20' in line and 'overwrite="F"' in line
@@ -164,8 +168,9 @@ def test_when_the_move_is_repeated_onto_the_same_content_then_the_412_rule_count
     again = put(reactor_thread, client, server, data)
     assert again.already_present is True
     assert server.files("upload") == {NAME: data}
-    assert any(f'"MOVE /upload/{NAME}.part HTTP/1.1" 412' in line for line in server.requests()), \
-        "nginx answers MOVE with Overwrite: F onto an existing file with 412"
+    assert poll_until(lambda: any(f'"MOVE /upload/{NAME}.part HTTP/1.1" 412' in line for line in server.requests()),
+                      10, "nginx's 412 to MOVE with Overwrite: F onto an existing file (access log)",
+                      lambda: str(server.requests()))
 
 
 def test_when_the_final_name_holds_other_content_then_remote_conflict_and_the_file_is_untouched(

@@ -29,6 +29,7 @@ from kei_gateway.operations.audit.chain import FIELD_NAMES, GENESIS_MAC, chain, 
 
 T0 = datetime(2026, 11, 1, 0, 0, tzinfo=timezone.utc)
 KEY = bytes(range(32))
+NOW = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
 
 
 def record(i: int, when: datetime | None = None) -> AuditRecord:
@@ -420,3 +421,114 @@ def test_when_a_purge_runs_during_the_walk_then_verify_does_not_call_it_a_deleti
     monkeypatch.setattr(AuditLog, "iter_records", walk_with_a_purge)
     report = log.verify()
     assert purged and report.ok, report.text()
+
+
+# --- records written in the action's own transaction (issue 11, STYLE 14) ----------------------------
+
+def _add(ledger: Any, n: int) -> Any:
+    from kei_gateway.core.transfer import TransferState
+
+    return ledger.add_transfer(flow="jnks-payments", direction="out", peer="jnks", local_name=f"pay{n}.dat",
+                               state=TransferState.QUEUED, size=70, sha256=f"{n:064x}", record_count=1, blob_id=None,
+                               now=NOW, audit=("ingest.queued", {"flow": "jnks-payments", "records": 1,
+                                                                 "sha256": f"{n:064x}", "state": "QUEUED"}))
+
+
+def test_when_a_transfer_is_added_with_its_audit_event_then_both_commit_together_and_the_chain_verifies(
+        log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+
+    ledger = TransferLedger(engine)
+    ledger.audit_writer = log.append_in
+    row = _add(ledger, 1)
+    log.append_batch([record(99)])  # the observer's path, after it
+    row2 = _add(ledger, 2)
+    records = list(log.iter_records())
+    assert [(r.record.event, r.record.transfer_id) for r in records[-3:]] == [
+        ("ingest.queued", row.id), ("transfer.sent", 99), ("ingest.queued", row2.id)]
+    assert records[-1].record.actor == "kei-gateway" and records[-1].record.reason == "state QUEUED"
+    assert log.verify().ok
+
+
+def test_when_the_action_fails_after_its_record_then_neither_is_committed(log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+
+    ledger = TransferLedger(engine)
+    before = log.head()
+
+    def then_fail(*args: Any) -> None:
+        log.append_in(*args)
+        raise RuntimeError("the process dies before the commit")
+
+    ledger.audit_writer = then_fail
+    with pytest.raises(RuntimeError):
+        _add(ledger, 1)
+    assert ledger.list_transfers() == [] and log.head() == before and log.count() == 10
+    assert log.verify().ok
+
+
+def test_when_actions_and_batches_append_from_several_threads_then_every_record_is_chained_once_in_order(
+        log: AuditLog, engine: Engine) -> None:
+    import threading
+
+    from kei_gateway.adapters.ledger import TransferLedger
+
+    ledger = TransferLedger(engine)
+    ledger.audit_writer = log.append_in
+    failures: list[BaseException] = []
+
+    def adding(start: int) -> None:
+        try:
+            for n in range(start, start + 15):
+                _add(ledger, n)
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    def batching() -> None:
+        try:
+            for i in range(15):
+                log.append_batch([record(1000 + i)])
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=adding, args=(100,)), threading.Thread(target=adding, args=(200,)),
+               threading.Thread(target=batching)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    records = list(log.iter_records())
+    assert len(records) == 10 + 45
+    transfers = {row.id for row in ledger.list_transfers(limit=1000)}
+    assert {r.record.transfer_id for r in records if r.record.event == "ingest.queued"} == transfers
+    assert log.verify().ok
+
+
+def test_when_a_transfer_has_no_audit_record_then_verify_names_it(log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+
+    ledger = TransferLedger(engine)
+    ledger.audit_writer = log.append_in
+    for n in range(11):  # past the transfer ids 1-10 that the fixture's records name
+        _add(ledger, n)
+    assert log.unrecorded_transfers() == (0, [])
+    ledger.audit_writer = None  # as the daemon did before issue 11: the record queued in memory, then lost
+    lost = _add(ledger, 2)
+    assert log.unrecorded_transfers() == (1, [lost.id])
+    assert log.verify().ok, "the chain itself is intact: only the cross-check finds the loss"
+
+
+def test_when_a_transfer_is_delivered_then_its_record_commits_with_done(log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+    from kei_gateway.core.transfer import TransferState
+
+    ledger = TransferLedger(engine)
+    ledger.audit_writer = log.append_in
+    row = _add(ledger, 1)
+    ledger.transition(row.id, TransferState.SENDING, NOW)
+    ledger.transition(row.id, TransferState.DONE, NOW, last_error=None,
+                      audit=("transfer.sent", {"flow": "jnks-payments", "peer": "jnks", "records": 1}))
+    last = list(log.iter_records())[-1].record
+    assert (last.event, last.transfer_id, last.peer, last.count) == ("transfer.sent", row.id, "jnks", 1)
+    assert ledger.get(row.id).state == TransferState.DONE and log.verify().ok

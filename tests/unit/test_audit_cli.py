@@ -112,6 +112,17 @@ def test_when_the_chain_is_intact_then_verify_exits_0_with_the_count(config: Pat
 
 
 @pytest.mark.integration  # opens a SQLite ledger file
+def test_when_a_transfer_has_no_record_then_verify_exits_1_naming_it_though_the_chain_is_intact(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fill(config, 1)  # one record, naming transfer 0
+    lost = add(config, S.QUEUED)  # committed without its record, as a kill -9 did before issue 11
+    assert run(config, "audit", "verify") == exitcodes.FAILED
+    out, err = capsys.readouterr()
+    assert out.strip() == "OK, 2 records"
+    assert f"1 transfer(s) have no audit record (ids {lost})" in err
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
 @pytest.mark.parametrize("tamper, named", [
     ("UPDATE audit SET count = 99 WHERE sequence = 4", "record 4 changed"),
     ("DELETE FROM audit WHERE sequence = 5", "record 5 deleted"),

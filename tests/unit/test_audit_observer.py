@@ -83,6 +83,14 @@ class AuditObserverTests(SynchronousTestCase):
         self.assertEqual(self.sample("kei_gateway_audit_events_total", event="transfer.sent"), 25)
         self.assertTrue(self.audit_log.verify().ok)
 
+    def test_when_an_event_says_its_record_was_committed_with_the_action_then_it_is_not_written_twice(self) -> None:
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
+        events.emit(self.log, events.INGEST_QUEUED, flow="jnks-payments", name="a.dat", records=3, transfer_id=1,
+                    sha256="a" * 64, state="QUEUED", audit_recorded=True)
+        self.emit_sent(1)
+        self.clock.advance(1)
+        self.assertEqual([r.record.event for r in self.audit_log.iter_records()], ["transfer.sent"])
+
     def test_when_a_message_or_an_undeclared_event_is_logged_then_it_is_not_audited(self) -> None:
         self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics)
         events.emit(self.log, events.MESSAGE, text="hello")

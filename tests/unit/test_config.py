@@ -38,7 +38,7 @@ def test_when_only_gateway_is_given_then_defaults_of_spec_apply() -> None:
 
 def test_when_the_shipped_example_is_parsed_then_it_is_valid_and_has_every_flow() -> None:
     config = read_config(str(ROOT / "etc" / "kei-gateway.toml.example"))
-    assert set(config.flows) == {"jnks-payments", "jnks-receipts", "mpn-slips", "mpn-results"}
+    assert set(config.flows) == {"jnks-payments", "jnks-receipts", "mpn-slips", "mpn-results", "airis-reconcile"}
     assert set(config.peers) == {"jnks", "mpn"}
     assert config.peers["jnks"].retry.attempts == 8 and config.peers["jnks"].retry.max_delay == 3600
 

@@ -12,11 +12,11 @@ import pytest
 
 from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
-from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
+from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, listed_name, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, generate_file, get_layout
+from kei_gateway.testing import InMemoryLedger
 from kei_gateway.adapters.store.format import degenerations_blob_id
 from kei_gateway.layouts import parse_degenerations
-from kei_gateway.testing import InMemoryLedger
 
 NOW = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 TODAY = datetime.date(2026, 11, 21)
@@ -125,13 +125,93 @@ def test_when_the_file_became_a_symlink_then_it_is_not_followed_but_quarantined(
     assert os.path.islink(spool.quarantine / "pay1.dat") and spool.store.list_ids() == []
 
 
-def test_when_an_entry_has_a_bad_name_then_it_is_quarantined_under_a_safe_name(spool: Spool) -> None:
-    (spool.outbox / "納付 1.dat").write_bytes(b"x")
-    result = quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), "納付 1.dat", "name",
-                                "the name must match …", spool.ledger, "jnks", NOW)
+def test_when_an_entry_has_a_bad_name_then_it_is_kept_encrypted_under_a_safe_name_never_in_plaintext(
+        spool: Spool) -> None:
+    """Rewritten (issue 11): the refused file used to be moved to quarantine/ as it was, in plaintext."""
+    (spool.outbox / "納付 1.dat").write_bytes(b"A\r\n")
+    result = refuse_name(spool, "納付 1.dat")
+    listed = listed_name("納付 1.dat")
+    assert result.outcome == "quarantined" and listed.startswith("refused-name-")
+    assert os.listdir(spool.outbox) == []
+    assert sorted(os.listdir(spool.quarantine)) == [listed + ".errors.txt"], "only the errors file, no payload"
+    errors = (spool.quarantine / (listed + ".errors.txt")).read_text(encoding="utf-8")
+    assert ascii("納付 1.dat") in errors and f"transfers export {result.transfer_id}" in errors
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.state == "QUARANTINED" and row.source_removed and row.local_name == listed
+    assert row.blob_id is not None and b"".join(spool.store.read(row.blob_id)) == b"A\r\n"
+    assert b"A\r\n" not in (spool.base / "store" / row.blob_id).read_bytes()
+
+
+def refuse_name(spool: Spool, name: str) -> IngestResult:
+    return quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), name, "name",
+                              "the name must match …", spool.ledger, "jnks", NOW, spool.store)
+
+
+class Crash(BaseException):
+    """kill -9 stand-in: nothing after the point runs."""
+
+
+@pytest.mark.parametrize("point", ["ingest.quarantine-committed", "ingest.quarantine-listed"])
+@pytest.mark.parametrize("kind", ["invalid", "bad name"])
+def test_when_a_quarantine_is_cut_off_after_its_commit_then_the_rescan_finishes_it_as_one_transfer(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, point: str, kind: str) -> None:
+    name = "pay1.dat" if kind == "invalid" else "納付.dat"
+    if kind == "invalid":
+        spool.put(name, invalid_rate=1.0)
+    else:
+        (spool.outbox / name).write_bytes(b"A\r\n")
+
+    def take() -> IngestResult:
+        return spool.ingest(name) if kind == "invalid" else refuse_name(spool, name)
+
+    def crash(at: str) -> None:
+        if at == point:
+            raise Crash(at)
+
+    monkeypatch.setattr("kei_gateway.flows.outbound.ingest.crashpoint", crash)
+    with pytest.raises(Crash):
+        take()
+    monkeypatch.setattr("kei_gateway.flows.outbound.ingest.crashpoint", lambda at: None)
+    result = take()
     assert result.outcome == "quarantined"
-    assert sorted(os.listdir(spool.quarantine)) == ["refused-name-20261121090000", "refused-name-20261121090000.errors.txt"]
-    assert "納付 1.dat" in (spool.quarantine / "refused-name-20261121090000.errors.txt").read_text(encoding="utf-8")
+    rows = spool.ledger.list_transfers()
+    assert [row.id for row in rows] == [result.transfer_id] and rows[0].source_removed
+    assert spool.store.list_ids() == [rows[0].blob_id], "one encrypted copy"
+    assert os.listdir(spool.outbox) == []
+    listed = listed_name(name)
+    assert sorted(os.listdir(spool.quarantine)) == [listed + ".errors.txt"], "one errors file, no payload"
+
+
+def test_when_a_link_is_cut_off_after_its_record_then_the_rescan_moves_it_without_a_second_record(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    os.symlink("/etc/hostname", spool.outbox / "link.dat")
+    real = os.rename
+    monkeypatch.setattr("kei_gateway.adapters.spool.os.rename", lambda *a: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), "link.dat", "symlink",
+                           "never followed", spool.ledger, "jnks", NOW, spool.store)
+    monkeypatch.setattr("kei_gateway.adapters.spool.os.rename", real)
+    result = quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), "link.dat", "symlink",
+                                "never followed", spool.ledger, "jnks", NOW, spool.store)
+    assert [row.id for row in spool.ledger.list_transfers()] == [result.transfer_id]
+    assert os.path.islink(spool.quarantine / "link.dat") and os.listdir(spool.outbox) == []
+
+
+def test_when_a_file_cannot_be_read_then_it_is_skipped_with_its_reason_and_left_in_the_outbox(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool.put("pay1.dat")
+    real = os.open
+
+    def denied(path: str, *args: object) -> int:
+        if str(path).endswith("pay1.dat"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("kei_gateway.flows.outbound.ingest.os.open", denied)
+    result = spool.ingest("pay1.dat")
+    assert result.outcome == "skipped" and "umask" in result.reason
+    assert os.listdir(spool.outbox) == ["pay1.dat"] and spool.ledger.list_transfers() == []
 
 
 def test_when_the_file_vanished_before_ingest_then_nothing_happens(spool: Spool) -> None:
@@ -197,6 +277,15 @@ def test_when_the_file_changes_between_the_two_reads_then_nothing_is_stored_and_
         spool.ingest("dup.dat")
     assert os.listdir(spool.outbox) == ["dup.dat"]
     assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
+
+
+def test_when_a_file_is_taken_or_quarantined_then_its_audit_record_is_written_with_the_transfer(spool: Spool) -> None:
+    spool.put("pay1.dat")
+    spool.put("bad.dat", invalid_rate=1.0, seed=2)
+    queued, quarantined = spool.ingest("pay1.dat"), spool.ingest("bad.dat")
+    assert [(event, fields["transfer_id"]) for event, fields in spool.ledger.audit] == [
+        ("ingest.queued", queued.transfer_id), ("ingest.quarantined", quarantined.transfer_id)]
+    assert "pay1.dat" not in repr(spool.ledger.audit) and "bad.dat" not in repr(spool.ledger.audit)
 
 
 def test_when_utf8_mj_characters_are_degenerated_then_the_list_is_kept_encrypted_beside_the_payload(

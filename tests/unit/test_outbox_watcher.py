@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
@@ -113,6 +114,52 @@ class OutboxWatcherTests(SynchronousTestCase):
                          [("bad.dat", "quarantined"), ("link.dat", "quarantined")])
         self.assertEqual(self.registry.get_sample_value(
             "kei_gateway_transfers_total", {"flow": "jnks-payments", "outcome": "quarantined"}), 2)
+        watcher.stopService()
+
+    def test_when_a_directory_cannot_be_moved_and_a_file_cannot_be_read_then_the_valid_file_beside_them_is_taken(
+            self) -> None:
+        """As root the suite cannot meet a 0555 directory or a 0000 file as the daemon's user does, so the
+        filesystem refuses through a patched rename/open, the way it refuses the unprivileged daemon."""
+        self.outbox.mkdir(parents=True)
+        (self.outbox / "adir").mkdir(mode=0o555)
+        self.put("locked.dat")
+        self.put("good.dat")
+        real_rename, real_open = os.rename, os.open
+
+        def rename(source: Any, target: Any) -> None:
+            if str(source).endswith("adir"):
+                raise PermissionError(13, "Permission denied", source)
+            real_rename(source, target)
+
+        def open_(path: Any, *args: Any) -> int:
+            if str(path).endswith("locked.dat"):
+                raise PermissionError(13, "Permission denied", path)
+            return real_open(path, *args)
+
+        with mock.patch("kei_gateway.adapters.spool.os.rename", rename), \
+                mock.patch("kei_gateway.flows.outbound.ingest.os.open", open_):
+            watcher = self.watcher(SynchronousBlocking())
+            watcher.startService()
+            self.assertEqual(sorted((r.name, r.outcome) for r in self.results),
+                             [("adir", "skipped"), ("good.dat", "queued"), ("locked.dat", "skipped")])
+            self.assertIn("remove it from the outbox", next(r.reason for r in self.results if r.name == "adir"))
+            self.assertIn("umask", next(r.reason for r in self.results if r.name == "locked.dat"))
+            self.clock.advance(30)
+            self.assertEqual(len(self.results), 3, "an entry left in the outbox is reported once, not at every scan")
+        self.assertEqual(sorted(os.listdir(self.outbox)), ["adir", "locked.dat"])
+        self.clock.advance(30)
+        self.assertEqual(sorted((r.name, r.outcome) for r in self.results[3:]),
+                         [("adir", "quarantined"), ("locked.dat", "queued")],
+                         "once the writer fixes them, they are taken at the next scan")
+        watcher.stopService()
+
+    def test_when_an_outbox_name_holds_a_newline_then_it_is_reported_escaped_on_one_line(self) -> None:
+        self.outbox.mkdir(parents=True)
+        (self.outbox / "a\nb.dat").write_bytes(b"A\r\n")
+        watcher = self.watcher(SynchronousBlocking())
+        watcher.startService()
+        self.assertEqual([(r.name, r.outcome) for r in self.results], [("'a\\nb.dat'", "quarantined")])
+        self.assertNotIn("\n", self.results[0].name)
         watcher.stopService()
 
     def test_when_ready_is_marker_then_a_file_waits_for_its_marker(self) -> None:

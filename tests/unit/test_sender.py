@@ -84,6 +84,8 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(self.registry.get_sample_value("kei_gateway_transfer_bytes_total", {"flow": "jnks-payments"}), 70)
         self.assertEqual(self.registry.get_sample_value("kei_gateway_peer_up", {"peer": "jnks"}), 1)
         self.assertIn("transfer.sent", self.kinds())
+        self.assertEqual([(event, fields["transfer_id"]) for event, fields in self.ledger.audit],
+                         [("transfer.sent", self.transfer)], "the delivery's record is committed with DONE")
 
     def test_when_the_network_fails_then_it_waits_its_back_off_and_the_same_name_is_sent_again(self) -> None:
         client = peer_failing(TransientError("jnks", "connect", "refused"))

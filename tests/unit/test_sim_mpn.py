@@ -195,6 +195,17 @@ class PlanTests(SynchronousTestCase):
         pushed = plan(100, batch_size=10, push_share=1.0, push_confirmations=True, **PUSH_OPTIONS)
         self.assertEqual({f.delivery for b in pushed.batches for f in b.followups}, {BOTH})
 
+    def test_when_the_slips_differ_then_the_deliveries_are_the_same(self) -> None:
+        options = MpnOptions(batch_size=10, push_share=0.3, both_share=0.3, repeat_push_share=0.5,
+                             mismatch_share=0.5, **PUSH_OPTIONS)
+
+        def deliveries(seed: int) -> list[tuple[str, bool]]:
+            p = plan_results(slips_of(slips_file(100, seed=seed)), "slips.dat", options, NOW)
+            return [(b.preliminary.delivery, b.preliminary.repeat_push) for b in p.batches[:8]]
+
+        self.assertEqual(deliveries(5), deliveries(6))
+        self.assertNotEqual(slips_file(100, seed=5), slips_file(100, seed=6))
+
     def test_when_options_are_inconsistent_then_they_are_refused(self) -> None:
         for bad in (dict(push_share=0.6, both_share=0.6, **PUSH_OPTIONS), dict(cancel_share=0.5, missing_share=0.6),
                     dict(push_share=0.1), dict(push_url="https://x/"), dict(batch_size=0),

@@ -135,7 +135,7 @@ def test_when_the_daemon_starts_sending_a_transfer_being_retried_then_the_retry_
     assert ledger.get(waiting).state == "SENDING"
 
 
-@pytest.mark.integration  # opens a SQLite ledger file
+@pytest.mark.integration  # opens a SQLite ledger file (issue 13 test from main, under issue 10's tiers)
 def test_when_show_is_asked_for_degenerations_then_the_encrypted_list_is_printed_and_the_reading_audited(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from kei_gateway.operations.audit import AuditLog, audit_key_from_config

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.db import ping as _ping
@@ -37,6 +37,12 @@ def in_chunks(items: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+AuditEvent = tuple[str, Mapping[str, Any]]
+"""An action's audit record as its event name and fields (what the event is logged with)."""
+AuditWriter = Callable[[Connection, str, Mapping[str, Any], datetime], object]
+"""Appends an audit record on the given connection, inside the caller's transaction."""
 
 
 class Ledger:
@@ -115,20 +121,35 @@ class TransferNotFound(LookupError):
 
 
 class TransferLedger(Ledger):
-    """Transfers: create, move between states (checked), query. Every method blocks."""
+    """Transfers: create, move between states (checked), query. Every method blocks.
+
+    :attr:`audit_writer`, set by the composition root to the audit chain's
+    ``append_in``, writes an action's audit record in the action's own transaction
+    (STYLE 14): a kill -9 cannot leave one without the other.
+    """
+
+    audit_writer: AuditWriter | None = None
+
+    @property
+    def records_audit(self) -> bool:
+        return self.audit_writer is not None
 
     @retry_transient
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None) -> TransferRow:
+                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
+        """Commit a new transfer, and with it *audit* (event name and fields; the transfer id is added)."""
         with Session(self.engine) as session, session.begin():
             transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
                                 size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
                                 created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
                                 remote_name=remote_name, remote_etag=remote_etag)
             session.add(transfer)
-            session.flush()
+            session.flush()  # the INSERT holds SQLite's write lock from here, so the chain's head cannot move
+            if audit is not None and self.audit_writer is not None:
+                event, fields = audit
+                self.audit_writer(session.connection(), event, {**fields, "transfer_id": transfer.id}, now)
             return TransferRow.of(transfer)
 
     @retry_transient
@@ -139,9 +160,11 @@ class TransferLedger(Ledger):
                 raise TransferNotFound(transfer_id)
             return TransferRow.of(transfer)
 
-    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction."""
-        return self._change(transfer_id, now, new_state, fields)
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
+                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+        """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction
+        with the *audit* record of the action (see :meth:`add_transfer`)."""
+        return self._change(transfer_id, now, new_state, fields, audit)
 
     def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
         """Apply a decision of :mod:`kei_gateway.core.transfer` (edge checked), in one transaction."""
@@ -153,7 +176,7 @@ class TransferLedger(Ledger):
 
     @retry_transient
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any]) -> TransferRow:
+                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
 
         with Session(self.engine) as session, session.begin():
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
@@ -165,19 +188,22 @@ class TransferLedger(Ledger):
             transfer.updated_at = now
             for name, value in fields.items():
                 setattr(transfer, name, value)
-            session.flush()
+            session.flush()  # the UPDATE holds SQLite's write lock from here
+            if audit is not None and self.audit_writer is not None:
+                event, audit_fields = audit
+                self.audit_writer(session.connection(), event, {**audit_fields, "transfer_id": transfer_id}, now)
             return TransferRow.of(transfer)
 
     @retry_transient
-    def unremoved_source(self, flow: str, local_name: str, sha256: str) -> TransferRow | None:
+    def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None:
         """A transfer already committed for this very outbox file whose original was not yet removed.
 
         That is the trace of a crash between the ledger commit and the unlink: the
         file must not become a second transfer.
         """
-        query = (select(Transfer).where(Transfer.flow == flow, Transfer.local_name == local_name,
-                                        Transfer.sha256 == sha256, Transfer.source_removed.is_(False),
-                                        Transfer.direction == "out"))
+        same_content = Transfer.sha256 == sha256 if sha256 is not None else Transfer.sha256.is_(None)
+        query = (select(Transfer).where(Transfer.flow == flow, Transfer.local_name == local_name, same_content,
+                                        Transfer.source_removed.is_(False), Transfer.direction == "out"))
         with Session(self.engine) as session:
             transfer = session.scalars(query.limit(1)).first()
             return TransferRow.of(transfer) if transfer is not None else None

@@ -20,8 +20,10 @@ SHA-256 and finishes steps 3–4 instead of creating a second transfer.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +33,8 @@ from datetime import datetime
 from kei_gateway.adapters.durable import fsync_directory
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import (
+    ERRORS_SUFFIX,
+    NAME_PATTERN,
     QUARANTINE_DIR_MODE,
     ensure_directory,
     free_name,
@@ -45,17 +49,21 @@ from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.adapters.store.format import degenerations_blob_id
 from kei_gateway.layouts.degenerate import MAP_VERSIONS
 
-__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines", "in_helper_thread",
-           "degenerations_document"]
+__all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines", "listed_name",
+           "UNREADABLE", "in_helper_thread", "degenerations_document"]
 
 READ_CHUNK = 1 << 20
+
+UNREADABLE = ("cannot be read (permission denied); it stays in the outbox: let the gateway's group read it "
+              "(the writer's umask must be 027 or less) and it is taken at the next scan")
 
 
 @dataclass(frozen=True)
 class IngestResult:
     name: str
     outcome: str
-    """``queued``, ``held``, ``quarantined``, ``resumed`` (a crash's leftover finished) or ``vanished``."""
+    """``queued``, ``held``, ``quarantined``, ``resumed`` (a crash's leftover finished), ``vanished``,
+    ``skipped`` (left in the outbox for a reason the writer must fix) or ``failed`` (tried again at the next scan)."""
     transfer_id: int | None = None
     records: int = 0
     size: int = 0
@@ -108,12 +116,15 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return IngestResult(name, "vanished")
+    except PermissionError:
+        return IngestResult(name, "skipped", reason=UNREADABLE)
     except OSError as error:  # ELOOP: it became a symlink since the listing
-        return _refuse(flow, outbox_dir, quarantine_dir, name, "not-regular", f"cannot be opened safely: {error.strerror}",
-                       ledger, peer, now)
+        return _move_refused(flow, outbox_dir, quarantine_dir, name, "not-regular",
+                             f"cannot be opened safely: {error.strerror}", ledger, peer, now)
     try:
         if not _is_regular(fd):
-            return _refuse(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file", ledger, peer, now)
+            return _move_refused(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file",
+                                 ledger, peer, now)
         pending: list[bytes] = []
         # The file can be read again through the same descriptor (the outbox entry we opened,
         # O_NOFOLLOW), so uniqueness takes fixed memory.  The store blob would not do: it holds
@@ -149,8 +160,12 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
     report = validator.report
     if not report.valid:
         store.delete(blob_id)
-        return _quarantine_invalid(flow, outbox_dir, quarantine_dir, name, marker, report, store, ledger, peer, now,
-                                   new_blob_id)
+        first = report.errors[0].message() if report.errors else "invalid"
+        return _quarantine_payload(
+            flow=flow, peer=peer, outbox_dir=outbox_dir, quarantine_dir=quarantine_dir, name=name, listed=name,
+            marker=marker, lines=errors_file_lines(flow, name, report), records=report.records,
+            error_count=report.error_count, last_error=f"{report.error_count} error(s); first: {first}", reason=first,
+            store=store, ledger=ledger, now=now, new_blob_id=new_blob_id)
 
     leftover = ledger.unremoved_source(flow, name, info.sha256)
     if leftover is not None:
@@ -167,7 +182,9 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
             raise  # the file stays in the outbox for the next scan
     state = state_after_validation(report.records, hold_over_records)
     row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=state, size=info.size,
-                              sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now)
+                              sha256=info.sha256, record_count=report.records, blob_id=blob_id, now=now,
+                              audit=("ingest.queued", {"flow": flow, "records": report.records, "sha256": info.sha256,
+                                                       "state": state}))
     crashpoint("ingest.committed")
     _remove_source(outbox_dir, name, marker)
     ledger.update(row.id, now, source_removed=True)
@@ -226,8 +243,6 @@ def in_helper_thread(source: Iterator[bytes], name: str, depth: int = _HANDOVER_
 
 
 def _is_regular(fd: int) -> bool:
-    import stat
-
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
@@ -242,52 +257,124 @@ def _remove_source(outbox_dir: str, *names: str | None) -> None:
     fsync_directory(outbox_dir)
 
 
-def _quarantine_invalid(flow: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
-                        report: ValidationReport, store: BlobStore, ledger: TransferLedgerPort, peer: str, now: datetime,
-                        new_blob_id: Callable[[], str]) -> IngestResult:
-    """Keep the invalid file encrypted in the store (SPEC §7), its errors in quarantine/, and remove the original.
+def listed_name(name: str) -> str:
+    """The name an outbox entry is known by in the ledger and in quarantine/: its own if allowed (SPEC §4),
+    else ``refused-name-`` and a hash of it, the same at every scan so a crash's leftover is found again."""
+    if NAME_PATTERN.fullmatch(name):
+        return name
+    return "refused-name-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
-    The tax division reads ``name.errors.txt``; the file itself comes back with
-    ``kei-gateway transfers export ID``.
+
+def _errors_file_written(quarantine_dir: str, name: str, transfer_id: int) -> bool:
+    """Whether an errors file for *name* (``name.errors.txt``, ``name.2.errors.txt`` …) names this transfer."""
+    candidate, n = name, 1
+    while os.path.lexists(path := os.path.join(quarantine_dir, candidate + ERRORS_SUFFIX)):
+        try:
+            with open(path, "rb") as errors:
+                if f" as transfer {transfer_id}:".encode() in errors.read(ERRORS_FILE_PROBE):
+                    return True
+        except OSError:
+            pass
+        n += 1
+        candidate = f"{name}.{n}"
+    return False
+
+
+ERRORS_FILE_PROBE = 1 << 20
+
+
+def _quarantine_payload(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, listed: str,
+                        marker: str | None, lines: list[str], records: int, error_count: int, last_error: str,
+                        reason: str, store: BlobStore, ledger: TransferLedgerPort, now: datetime,
+                        new_blob_id: Callable[[], str]) -> IngestResult:
+    """Keep a refused regular file encrypted in the store (SPEC §7), its errors in quarantine/, remove the original.
+
+    The tax division reads ``listed.errors.txt``; the file itself comes back with
+    ``kei-gateway transfers export ID``. Like the valid path, a transfer committed before a
+    crash whose original was not removed is found again (flow, listed name, SHA-256) and
+    finished: one transfer per source file whatever the crash point.
     """
     blob_id = "quarantine-" + new_blob_id()
-    fd = os.open(os.path.join(outbox_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        fd = os.open(os.path.join(outbox_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return IngestResult(name, "vanished")
+    except PermissionError:
+        return IngestResult(name, "skipped", reason=UNREADABLE)
+    try:
+        if not _is_regular(fd):
+            return _move_refused(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file",
+                                 ledger, peer, now)
         info = store.write(blob_id, _read_chunks(fd))
     finally:
         os.close(fd)
-    first = report.errors[0].message() if report.errors else "invalid"
-    row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=name, state=TransferState.QUARANTINED,
-                              size=info.size, sha256=info.sha256, record_count=report.records, blob_id=blob_id,
-                              now=now, last_error=f"{report.error_count} error(s); first: {first}",
-                              source_removed=False)
-    ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
-    listed = free_name(quarantine_dir, name)
-    write_errors_file(quarantine_dir, listed, errors_file_lines(flow, name, report) + [
-        f"# The file itself is kept encrypted as transfer {row.id}: "
-        f"kei-gateway transfers export {row.id} --output FILE"])
+    leftover = ledger.unremoved_source(flow, listed, info.sha256)
+    if leftover is not None:
+        store.delete(blob_id)
+        transfer_id = leftover.id
+    else:
+        transfer_id = ledger.add_transfer(
+            flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED,
+            size=info.size, sha256=info.sha256, record_count=records, blob_id=blob_id, now=now,
+            last_error=last_error, source_removed=False,
+            audit=("ingest.quarantined", {"flow": flow, "reason": reason, "records": records})).id
+        crashpoint("ingest.quarantine-committed")
+    if leftover is None or not _errors_file_written(quarantine_dir, listed, transfer_id):
+        ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
+        write_errors_file(quarantine_dir, free_name(quarantine_dir, listed), lines + [
+            f"# The file itself is kept encrypted as transfer {transfer_id}: "
+            f"kei-gateway transfers export {transfer_id} --output FILE"])
+    crashpoint("ingest.quarantine-listed")
     _remove_source(outbox_dir, name, marker)
-    ledger.update(row.id, now, source_removed=True)
-    return IngestResult(name, "quarantined", row.id, report.records, error_count=report.error_count, reason=first)
+    ledger.update(transfer_id, now, source_removed=True)
+    return IngestResult(name, "quarantined", transfer_id, records, error_count=error_count, reason=reason)
 
 
 def quarantine_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
-                       ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
-    """Quarantine an entry refused without reading it (bad name, link, directory, device)."""
-    return _refuse(flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now)
+                       ledger: TransferLedgerPort, peer: str, now: datetime, store: BlobStore,
+                       new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}") -> IngestResult:
+    """Quarantine an entry refused without validating it (bad name, link, directory, device).
+
+    A regular file (refused for its name) is kept encrypted like an invalid one; a link,
+    directory or device holds no payload of its own and is moved to quarantine/ as it is.
+    """
+    lines = [f"# {ascii(name)}: refused by kei-gateway, flow {flow}; nothing was validated or sent.",
+             f"{reason}: {detail}"]
+    return _quarantine_payload(flow=flow, peer=peer, outbox_dir=outbox_dir, quarantine_dir=quarantine_dir, name=name,
+                               listed=listed_name(name), marker=None, lines=lines, records=0, error_count=0,
+                               last_error=f"{reason}: {detail}", reason=reason, store=store, ledger=ledger, now=now,
+                               new_blob_id=new_blob_id) if _regular_entry(outbox_dir, name) else _move_refused(
+        flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now)
 
 
-def _refuse(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
-            ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
-    safe = name if reason != "name" else f"refused-name-{now.strftime('%Y%m%d%H%M%S')}"
+def _regular_entry(outbox_dir: str, name: str) -> bool:
     try:
-        moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=safe)
+        return stat.S_ISREG(os.lstat(os.path.join(outbox_dir, name)).st_mode)
+    except OSError:
+        return False
+
+
+def _move_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
+                  ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
+    """Move a link, directory or device into quarantine/ unfollowed, recorded first so no crash loses the record.
+
+    The transfer is committed before the move (its original not yet removed) and found
+    again by name after a crash, so a rescan does not record the entry twice.
+    """
+    listed = listed_name(name)
+    if not os.path.lexists(os.path.join(outbox_dir, name)):
+        return IngestResult(name, "vanished")
+    leftover = ledger.unremoved_source(flow, listed, None)
+    transfer_id = leftover.id if leftover is not None else ledger.add_transfer(
+        flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED, size=0,
+        sha256=None, record_count=0, blob_id=None, now=now, last_error=f"{reason}: {detail}",
+        source_removed=False, audit=("ingest.quarantined", {"flow": flow, "reason": reason, "records": 0})).id
+    try:
+        moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=listed)
     except FileNotFoundError:
         return IngestResult(name, "vanished")
-    write_errors_file(quarantine_dir, moved, [f"# {name!r}: refused by kei-gateway, flow {flow}; nothing was read or sent.",
-                                              f"{reason}: {detail}"])
-    shown = name if reason != "name" else moved
-    row = ledger.add_transfer(flow=flow, direction="out", peer=peer, local_name=shown[:255], state=TransferState.QUARANTINED,
-                              size=0, sha256=None, record_count=0, blob_id=None, now=now, last_error=f"{reason}: {detail}",
-                              source_removed=True)
-    return IngestResult(name, "quarantined", row.id, reason=reason)
+    write_errors_file(quarantine_dir, moved, [
+        f"# {ascii(name)}: refused by kei-gateway, flow {flow}; nothing was read or sent (transfer {transfer_id}).",
+        f"{reason}: {detail}"])
+    ledger.update(transfer_id, now, source_removed=True)
+    return IngestResult(name, "quarantined", transfer_id, reason=reason)

@@ -6,6 +6,7 @@ for one more scan afterwards, so nothing is missed and nothing runs twice at onc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable
 from typing import Any
@@ -16,20 +17,26 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from kei_gateway.adapters.ports import TransferLedgerPort
-from kei_gateway.adapters.spool import SHARED_DIR_MODE, classify, ensure_directory, list_entries
+from kei_gateway.adapters.spool import NAME_PATTERN, SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
+from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["OutboxWatcher", "RESCAN_INTERVAL"]
+__all__ = ["OutboxWatcher", "RESCAN_INTERVAL", "loggable_name"]
 
 RESCAN_INTERVAL = 30.0
+
+
+def loggable_name(name: str) -> str:
+    """An outbox name fit for one log line: an allowed name as it is, any other escaped (no newline, ASCII only)."""
+    return name if NAME_PATTERN.fullmatch(name) else ascii(name)
 
 
 class OutboxWatcher(service.Service):
@@ -59,8 +66,9 @@ class OutboxWatcher(service.Service):
         self._rescan = task.LoopingCall(self.scan_soon)
         self._rescan.clock = clock
         self._rescan_interval = rescan_interval
-        self._scanning: defer.Deferred[None] | None = None
-        self._again = False
+        self._scans = OneAtATime(self._start_scan, may_start=lambda: bool(self.running))
+        self._stuck: dict[str, str] = {}
+        """The entries the last scan left in the outbox (name → reason), reported once until that changes."""
         self.scans = 0
 
     def startService(self) -> None:
@@ -82,27 +90,15 @@ class OutboxWatcher(service.Service):
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
-        return self._scanning  # a scan in flight finishes its file before the stop completes
+        return self._scans.in_flight  # a scan in flight finishes its file before the stop completes
 
     def scan_soon(self) -> defer.Deferred[None] | None:
         """Scan now, or once more after the scan in flight."""
-        if self._scanning is not None:
-            self._again = True
-            return self._scanning
-        if not self.running:
-            return None
-        self._again = False
+        return self._scans.request()
+
+    def _start_scan(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = self.blocking.run(self._scan, self.clock.seconds()).addCallback(self._report)
-        d.addErrback(self._scan_failed)
-        self._scanning = d
-
-        def finished(_: object) -> None:
-            self._scanning = None
-            if self._again and self.running:
-                self.scan_soon()
-
-        d.addBoth(finished)
-        return d
+        return d.addErrback(self._scan_failed)
 
     def _scan(self, seconds: float) -> list[IngestResult]:
         """Blocking: list, refuse what must be refused, ingest what is ready."""
@@ -111,8 +107,16 @@ class OutboxWatcher(service.Service):
         decision = classify(list_entries(self.outbox_dir), self.settings.ready)
         results = []
         for refusal in decision.refused:
-            results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
-                                              refusal.reason, refusal.detail, self.ledger, self.settings.peer, now))
+            try:
+                results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
+                                                  refusal.reason, refusal.detail, self.ledger, self.settings.peer,
+                                                  now, self.store))
+            except PermissionError as error:  # e.g. a 0555 directory cannot be moved: it costs that entry only
+                results.append(IngestResult(refusal.name, "skipped", reason=(
+                    f"{refusal.reason}: {refusal.detail}; it cannot be moved to quarantine "
+                    f"({error.strerror}): remove it from the outbox")))
+            except Exception as error:  # one entry's failure must not stop the others
+                results.append(IngestResult(refusal.name, "failed", reason=events.describe_error(error)))
         options = ValidationOptions(today=today_in_jst(seconds), encoding=self.settings.encoding,  # type: ignore[arg-type]
                                     charset=self.settings.charset, gaiji=self.settings.gaiji,  # type: ignore[arg-type]
                                     gaiji_fallback=self.settings.gaiji_fallback,  # type: ignore[arg-type]
@@ -129,24 +133,31 @@ class OutboxWatcher(service.Service):
         return results
 
     def _report(self, results: list[IngestResult]) -> None:
+        stuck = {result.name: result.reason for result in results if result.outcome in ("skipped", "failed")}
+        recorded = self.ledger.records_audit  # each ingest's record was committed with its transfer
         for result in results:
+            if result.outcome in ("skipped", "failed") and self._stuck.get(result.name) == result.reason:
+                continue  # said once already: an entry left in the outbox is not reported at every scan
+            result = dataclasses.replace(result, name=loggable_name(result.name))
             if result.outcome in ("queued", "held", "resumed"):
                 events.emit(self.log, events.INGEST_QUEUED, flow=self.flow, name=result.name, records=result.records,
                             transfer_id=result.transfer_id, sha256=result.sha256, degenerated=result.degenerated,
-                            state=S.HELD if result.outcome == "held" else S.QUEUED)
+                            state=S.HELD if result.outcome == "held" else S.QUEUED, audit_recorded=recorded)
                 if result.outcome != "resumed":
                     self.metrics.records.labels(flow=self.flow, outcome="accepted").inc(result.records)
                     if result.degenerated:
                         self.metrics.degenerated_characters.labels(flow=self.flow).inc(result.degenerated)
             elif result.outcome == "quarantined":
                 events.emit(self.log, events.INGEST_QUARANTINED, flow=self.flow, name=result.name,
-                            transfer_id=result.transfer_id, reason=result.reason, records=result.records)
+                            transfer_id=result.transfer_id, reason=result.reason, records=result.records,
+                            audit_recorded=recorded)
                 self.metrics.transfers.labels(flow=self.flow, outcome="quarantined").inc()
                 if result.records:
                     self.metrics.records.labels(flow=self.flow, outcome="rejected").inc(result.records)
-            elif result.outcome == "failed":
+            elif result.outcome in ("skipped", "failed"):
                 events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name=result.name, reason=result.reason)
             self.on_ingested(result)
+        self._stuck = stuck
 
     def _scan_failed(self, failure: Any) -> None:
         events.emit(self.log, events.INGEST_FAILED, flow=self.flow, name="(scan)",

@@ -25,6 +25,7 @@ from kei_gateway.config import RetryPolicy
 from kei_gateway.flows.peer_link import PeerLink
 from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
@@ -61,8 +62,9 @@ class UploadSender(service.Service):
         self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.paused: str | None = None
         """Why sending is paused for a person (address refused, identity check failed); cleared by :meth:`resume`."""
-        self._busy: defer.Deferred[Any] | None = None
-        self._again = False
+        self._passes = OneAtATime(self._start_pass, may_start=lambda: bool(self.running) and self.paused is None,
+                                  more=lambda sent: sent is True,  # one sent: look for the next at once
+                                  schedule=lambda again: clock.callLater(0, again))  # drain without recursion
         self._poll = task.LoopingCall(self.kick)
         self._poll.clock = clock
         self._poll_interval = poll_interval
@@ -90,7 +92,7 @@ class UploadSender(service.Service):
             self._poll.stop()
         # The transfer in flight ends (done, or back to a waiting state) before the stop; then idle
         # connections kept for reuse are closed.
-        done = defer.maybeDeferred(lambda: self._busy)
+        done = defer.maybeDeferred(lambda: self._passes.in_flight)
         return done.addBoth(lambda _: self.link.close())
 
     def resume(self) -> None:
@@ -100,12 +102,9 @@ class UploadSender(service.Service):
 
     def kick(self) -> defer.Deferred[Any] | None:
         """Send what is due now; if busy, look again when the current transfer ends."""
-        if self._busy is not None:
-            self._again = True
-            return self._busy
-        if not self.running or self.paused is not None:
-            return None
-        self._again = False
+        return self._passes.request()
+
+    def _start_pass(self) -> defer.Deferred[Any]:
         def crashed(failure: Any) -> bool:
             events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow,
                         reason=f"sender: {events.describe_error(failure.value)}")
@@ -113,16 +112,7 @@ class UploadSender(service.Service):
 
         d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)
         d.addCallback(self._send_first)
-        d.addErrback(crashed)
-        self._busy = d
-
-        def finished(result: object) -> None:
-            self._busy = None
-            if (self._again or result is True) and self.running:
-                self.clock.callLater(0, self.kick)  # drain the queue without recursion
-
-        d.addBoth(finished)
-        return d
+        return d.addErrback(crashed)
 
     @defer.inlineCallbacks
     def _send_first(self, due: list[TransferRow]) -> Any:
@@ -145,15 +135,17 @@ class UploadSender(service.Service):
         crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
+        sent = {"flow": self.flow, "peer": self.peer, "records": row.record_count, "sha256": row.sha256}
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
-                                next_attempt_at=None, receipt_summary=summary)
+                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent))
         self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
         self.metrics.last_success.labels(flow=self.flow).set(now)
         self.metrics.peer_up.labels(peer=self.peer).set(1)
         events.emit(self.log, events.TRANSFER_SENT, flow=self.flow, peer=self.peer, transfer_id=row.id,
-                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256)
+                    remote_name=name, size=row.size, records=row.record_count, sha256=row.sha256,
+                    audit_recorded=self.ledger.records_audit)  # committed with DONE
         return True
 
     @defer.inlineCallbacks

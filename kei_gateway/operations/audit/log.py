@@ -112,6 +112,10 @@ def _stored(row: Any) -> StoredRecord:
     return StoredRecord(int(row.sequence), record, row.previous_mac, row.mac)
 
 
+DAEMON_ACTOR = "kei-gateway"
+"""The actor of the records the daemon writes itself."""
+
+
 class AuditLog:
     """The chain in the ``audit`` table of *engine*, MACed with *key* (32 bytes).
 
@@ -224,6 +228,27 @@ class AuditLog:
     def append(self, record: AuditRecord) -> StoredRecord:
         return self.append_batch([record])[0]
 
+    def append_in(self, connection: Connection, event: str, fields: Mapping[str, Any], now: datetime) -> StoredRecord:
+        """Chain the record of *event* inside the caller's open transaction on *connection* (STYLE 14).
+
+        The caller has already written in that transaction (SQLite then holds the database's
+        write lock; PostgreSQL locks the head row here), so the head read below cannot move
+        before the commit: the record and the action commit, or roll back, together.
+        """
+        from kei_gateway.operations.audit.operator_action import record_from_fields
+
+        record = record_from_fields(event, DAEMON_ACTOR, now, fields)
+        row = connection.execute(select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac)
+                                 .where(AuditHead.id == _HEAD_ID).with_for_update()).first()
+        if row is None:
+            raise AuditUnavailable("the audit chain's head row (audit_head id 1) is missing: the table was tampered with")
+        head = ChainHead(int(row.sequence), row.mac, row.head_mac)
+        mark = self._head_mark(connection, head)
+        [stored] = chain(self._key, [record], head)
+        self._move_head(connection, head, ChainHead(stored.sequence, stored.mac), mark)
+        connection.execute(insert(AuditEntry), [_row_values(stored)])
+        return stored
+
     def purge_before(self, cutoff: datetime, now: datetime, actor: str = "kei-gateway") -> PurgeResult:
         """Delete the records older than *cutoff* and append an anchor carrying the last deleted MAC.
 
@@ -286,6 +311,28 @@ class AuditLog:
     def count(self) -> int:
         with self._engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(AuditEntry)).scalar_one())
+
+    def unrecorded_transfers(self, shown: int = 20) -> tuple[int, list[int]]:
+        """How many transfers no audit record names, and the first *shown* of their ids.
+
+        Once records were purged, only transfers created since the oldest kept record count
+        (the purge deletes older records with the ledger metadata). Reads two id columns.
+        """
+        from kei_gateway.adapters.ledger.models import Transfer
+
+        with self._engine.connect() as connection:
+            purged = connection.execute(select(func.count()).select_from(AuditEntry)
+                                        .where(AuditEntry.event == ANCHOR_EVENT)).scalar_one()
+            oldest = connection.execute(select(func.min(AuditEntry.time))
+                                        .where(AuditEntry.event != ANCHOR_EVENT)).scalar_one() if purged else None
+            if oldest is None:
+                query = select(Transfer.id)
+            else:
+                query = select(Transfer.id).where(Transfer.created_at >= oldest)
+            named = {row[0] for row in connection.execute(
+                select(AuditEntry.transfer_id).where(AuditEntry.transfer_id.is_not(None)).distinct())}
+            missing = sorted(int(row[0]) for row in connection.execute(query) if int(row[0]) not in named)
+        return len(missing), missing[:shown]
 
     def verify(self) -> ChainReport:
         """Walk the whole chain (see :func:`kei_gateway.operations.audit.chain.verify_chain`).

@@ -9,6 +9,10 @@ transaction per batch, through the blocking door — never on the reactor thread
 database is down the records stay queued (up to ``max_queue``), ``audit.write_failed`` is
 logged once per outage (and once a minute while it lasts) and events beyond the bound are
 dropped and counted in ``kei_gateway_audit_dropped_events_total``: never silently.
+
+An event logged with ``audit_recorded=True`` is skipped: its record was written in the
+transaction of the action itself (STYLE 14; so far the outbox ingests and quarantines,
+through ``TransferLedger.audit_writer``), which no kill -9 can separate from it.
 """
 
 from __future__ import annotations
@@ -86,8 +90,8 @@ class AuditObserver:
     def __call__(self, event: LogEvent) -> None:
         try:
             name = event.get("kei_event")
-            if name not in self._audited:
-                return
+            if name not in self._audited or event.get("audit_recorded"):
+                return  # not audited, or its record was committed with the action (TransferLedger.audit_writer)
             when = datetime.fromtimestamp(float(event.get("log_time") or self._clock.seconds()), timezone.utc)
             record = record_from_fields(str(name), self._actor, when, event)
             with self._lock:

@@ -39,6 +39,7 @@ from kei_gateway.adapters.ledger.models import PaymentResult, Transfer
 from kei_gateway.adapters.spool import entry_kind, write_durable
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import INBOUND_FLOWS, Config
+from kei_gateway.core.jst import JST
 from kei_gateway.operations.purge.plan import (
     LEDGER_PRUNABLE_STATES,
     RESULTS_FLOW,
@@ -61,7 +62,7 @@ from kei_gateway.runtime.blocking import retry_transient
 from kei_gateway.runtime.events import describe_error
 from kei_gateway.adapters.store.format import degenerations_blob_id
 
-__all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "plan_from_config", "secure_unlink", "list_directory",
+__all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "append_input_erasures", "plan_from_config", "secure_unlink", "list_directory",
            "recovered_from_journal", "JOURNAL_NAME", "INTERRUPTED_NOTE",
            "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME"]
 
@@ -254,7 +255,7 @@ class PurgeOutcome:
 def _inbox_dirs(config: Config) -> dict[str, tuple[str, str]]:
     """Inbound flow → (its inbox directory, the label under spool_dir)."""
     dirs = {}
-    for flow in INBOUND_FLOWS:
+    for flow in (*INBOUND_FLOWS, "airis-reconcile"):  # airis-reconcile: results of AIRIS 突合 runs (SPEC §13)
         settings = config.flows.get(flow)
         inbox = getattr(settings, "inbox", None)
         if inbox:
@@ -451,23 +452,51 @@ def append_report(directory: str, run: PurgeRun) -> tuple[str, str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     csv_name, text_name = report_names(run.started_at)
     paths = (os.path.join(directory, csv_name), os.path.join(directory, text_name))
-    created = False
-    for path, render in ((paths[0], lambda new: render_csv(run.items, heading=new)),
-                         (paths[1], lambda new: render_text(run, title=new).encode("utf-8"))):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-        try:
-            new = os.fstat(fd).st_size == 0
-            created = created or new
-            data = render(new)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    created = _append_to(paths[0], lambda new: render_csv(run.items, heading=new))
+    created = _append_to(paths[1], lambda new: render_text(run, title=new).encode("utf-8")) or created
     if created:
         fsync_directory(directory)
     return paths
+
+
+def _append_to(path: str, render: Callable[[bool], bytes]) -> bool:
+    """Append ``render(new)`` to *path* (``new``: the file was empty, so headings go first) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    try:
+        new = os.fstat(fd).st_size == 0
+        view = memoryview(render(new))
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return new
+
+
+_AIRIS_INPUT_CATEGORY = "AIRIS 突合の入力 (AIRIS reconciliation input)"
+
+
+def append_input_erasures(directory: str, erased: Sequence[tuple[str, str, int, int]], when: datetime.datetime) -> None:
+    """List the plaintext inputs a run erased in the day's 消去報告 (CSV rows and a text block), fsynced.
+
+    The block carries no "completed" line: it is not a purge run, and the daemon reads those lines
+    to know whether the daily purge was missed.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    items = [ErasedItem(when, "store", name, digest, size, _AIRIS_INPUT_CATEGORY,
+                        f"突合の実行後に平文を消去 (plaintext erased after the run); 暗号化した写しは "
+                        f"retention.payloads まで保管 (encrypted copy: transfer {transfer_id})")
+             for name, digest, size, transfer_id in erased]
+    csv_name, text_name = report_names(when)
+    stamp = when.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S")
+    block = ["=" * 72, f"AIRIS 突合の入力の消去 (AIRIS inputs erased after the run): {stamp} JST", ""]
+    for number, item in enumerate(items, 1):
+        block += [f"[{number}] ファイル名 (file): {item.name}", f"    SHA-256: {item.sha256}",
+                  f"    サイズ (size): {item.size:,} バイト (bytes)", f"    理由 (reason): {item.reason}"]
+    block.append("")
+    _append_to(os.path.join(directory, csv_name), lambda new: render_csv(items, heading=new))
+    _append_to(os.path.join(directory, text_name), lambda new: ("\n".join(block) + "\n").encode("utf-8"))
+    fsync_directory(directory)
 
 
 def last_completed(directory: str) -> datetime.datetime | None:

@@ -25,4 +25,5 @@ def test_when_a_layout_is_rendered_then_every_field_has_a_row_with_its_name_key_
 
 def test_when_the_record_lengths_are_summed_then_they_match_the_spec() -> None:
     assert {name: layout.record_length for name, layout in LAYOUTS.items()} == {
-        "jnks-payments": 70, "jnks-receipts": 100, "mpn-slips": 158, "mpn-results": 258}
+        "jnks-payments": 70, "jnks-receipts": 100, "mpn-slips": 158, "mpn-results": 258,
+        "tax-register-2w": 229, "airis-reconcile": 226}

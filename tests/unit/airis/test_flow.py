@@ -1,0 +1,156 @@
+"""The airis-reconcile flow in the service tree: inputs in, results in the inbox, inputs erased, audited, counted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from kei_gateway.adapters.airis_zip import write_airis_zip
+from kei_gateway.operations.audit import AuditLog, audit_key_from_config
+from kei_gateway.operations.audit.observer import AuditObserver
+from kei_gateway.config import read_config
+from kei_gateway.layouts import render_records
+from kei_gateway.layouts.airis import TAX_REGISTER_2W, airis_csv_bytes, generate_airis_case
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.sim.pki import write_demo_credentials
+from kei_gateway.runtime.service import make_service
+from kei_gateway.adapters.store.blobs import open_store
+from kei_gateway.sim.harness import demo_config_text
+from kei_gateway.testing import RecordingNotifier, SynchronousBlocking
+from tests.unit.helpers import temporary_directory
+
+pytestmark = pytest.mark.integration  # a real SQLite ledger and store on disk
+
+FLOW_CONFIG = """
+[flows.airis-reconcile]
+airis_outbox = "outbox/airis"
+register_outbox = "outbox/airis-register"
+inbox = "inbox/airis-reconcile"
+"""
+KEY = "dummy-key-for-tests"
+PLANT = {"02": 2, "03": 1, "04": 1, "05": 3, "06": 2, "07": 1, "08": 2}
+
+
+class AirisFlowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(temporary_directory(self))
+        write_demo_credentials(str(self.base / "credentials"))
+        path = self.base / "kei-gateway.toml"
+        path.write_text(demo_config_text(str(self.base), 19997, lg_code="131202", extra=FLOW_CONFIG),
+                        encoding="utf-8")
+        self.config = read_config(str(path))
+        engine = create_ledger_engine(self.config.database_url)
+        upgrade(engine)
+        self.addCleanup(engine.dispose)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_750_000_000)
+        self.registry = CollectorRegistry()
+        self.audit_log = AuditLog(engine, audit_key_from_config(self.config, {}))
+        self.audit = AuditObserver(self.reactor)
+        globalLogPublisher.addObserver(self.audit)
+        self.addCleanup(globalLogPublisher.removeObserver, self.audit)
+        self.ledger = TransferLedger(engine)
+        self.gateway = make_service(self.config, self.reactor, self.ledger, notifier=RecordingNotifier(),
+                                    registry=self.registry, blocking=SynchronousBlocking(), environ={},
+                                    store=open_store(self.config, {}), use_inotify=False,
+                                    audit=self.audit, audit_log=self.audit_log)
+        self.spool = self.base / "spool"
+        self.case = generate_airis_case(30, PLANT, seed=4, variants={"degenerate": 2})
+
+    def put_inputs(self, *, key: str = KEY, with_key: bool = True) -> None:
+        airis, register = self.spool / "outbox" / "airis", self.spool / "outbox" / "airis-register"
+        airis.mkdir(parents=True, exist_ok=True)
+        register.mkdir(parents=True, exist_ok=True)
+        (airis / "AIRIS20250701.zip").write_bytes(write_airis_zip(airis_csv_bytes(self.case.airis), KEY))
+        if with_key:
+            (airis / "AIRIS20250701.zip.key").write_text(key + "\n", encoding="utf-8")
+        (register / "REG2W.dat").write_bytes(b"".join(render_records(TAX_REGISTER_2W, self.case.register)))
+
+    def audit_records(self) -> list[tuple[str, str | None, str | None, int | None]]:
+        return [(s.record.event, s.record.sha256, s.record.reason, s.record.count)
+                for s in self.audit_log.iter_records()]
+
+    def test_when_all_three_inputs_are_there_then_results_appear_and_the_plaintext_is_erased_and_reported(
+            self) -> None:
+        self.put_inputs()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(1)
+        inbox = sorted(os.listdir(self.spool / "inbox" / "airis-reconcile"))
+        self.assertEqual([name.rsplit(".", 1)[1] for name in inbox], ["csv", "dat", "txt"])
+        self.assertTrue(all(name.startswith("131202_airis-reconcile_") for name in inbox))
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis"), [])
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis-register"), [])
+        for code, count in self.case.expected.items():
+            self.assertEqual(self.registry.get_sample_value("kei_gateway_airis_vehicles_total",
+                                                            {"category": code}), count)
+        (run,) = [r for r in self.audit_records() if r[0] == "airis.reconciled"]
+        self.assertEqual(len(run[1] or ""), 64)
+        self.assertIn("08=2", run[2] or "")
+        reports = self.base / "state" / "reports"
+        (csv_report,) = reports.glob("erasure-*.csv")
+        text = csv_report.read_text(encoding="utf-8-sig")
+        for name in ("outbox/airis/AIRIS20250701.zip", "outbox/airis/AIRIS20250701.zip.key",
+                     "outbox/airis-register/REG2W.dat"):
+            self.assertIn(name, text)
+        (text_report,) = reports.glob("erasure-*.txt")
+        report_text = text_report.read_text(encoding="utf-8")
+        self.assertIn("AIRIS 突合の入力の消去", report_text)
+        # the AIRIS block adds no "completed" line: only purge runs have one (the missed-purge check reads them)
+        self.assertEqual(report_text.count("完了時刻"), report_text.count("実行 (run):"))
+        stored = [row for row in self.ledger.list_transfers(flow="airis-reconcile")]
+        self.assertEqual(len(stored), 6)  # three inputs and three results, each encrypted in the store
+        self.assertTrue(all(row.blob_id and row.state == "DONE" for row in stored))
+        personal = [str(r[key]) for r in self.case.register for key in ("owner_name", "owner_address", "chassis_no")]
+        dumped = repr(self.audit_records())
+        self.assertFalse([value for value in personal if value in dumped])
+
+    def test_when_the_key_is_wrong_then_nothing_reaches_the_inbox_and_an_errors_file_says_why(self) -> None:
+        self.put_inputs(key="wrong")
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(1)
+        self.assertFalse((self.spool / "inbox" / "airis-reconcile").exists()
+                         and os.listdir(self.spool / "inbox" / "airis-reconcile"))
+        (errors,) = (self.spool / "quarantine" / "airis-reconcile").glob("*.errors.txt")
+        self.assertIn("the key does not open it", errors.read_text(encoding="utf-8"))
+        self.assertIn("airis.rejected", [r[0] for r in self.audit_records()])
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis"), [])
+
+    def test_when_the_key_file_is_missing_then_nothing_runs_and_the_inputs_wait(self) -> None:
+        self.put_inputs(with_key=False)
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(31)
+        self.assertEqual(sorted(os.listdir(self.spool / "outbox" / "airis")), ["AIRIS20250701.zip"])
+        self.assertEqual(self.ledger.list_transfers(flow="airis-reconcile"), [])
+
+    def test_when_retention_passes_then_the_purge_erases_the_results_and_the_encrypted_inputs_and_reports_them(
+            self) -> None:
+        import datetime
+
+        from kei_gateway.operations.purge.execute import PurgeLedger, run_purge
+
+        self.put_inputs()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(1)
+        inbox = self.spool / "inbox" / "airis-reconcile"
+        self.assertEqual(len(os.listdir(inbox)), 3)
+        for name in os.listdir(inbox):  # inbox files are timed by their mtime: put them on the fake clock
+            os.utime(inbox / name, (self.reactor.seconds(), self.reactor.seconds()))
+        later = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc) + datetime.timedelta(days=8)
+        outcome = run_purge(self.config, PurgeLedger(self.ledger.engine), open_store(self.config, {}),
+                            now=lambda: later)
+        self.assertTrue(outcome.ok)
+        erased = {(item.area, item.name) for item in outcome.run.items} if outcome.run else set()
+        self.assertEqual(os.listdir(inbox), [])
+        self.assertEqual(len([name for area, name in erased if area == "inbox"]), 3)
+        self.assertEqual(len([name for area, name in erased if area == "store"]), 6)
+        self.assertTrue(all(row.blob_id is None for row in self.ledger.list_transfers(flow="airis-reconcile")))
