@@ -14,7 +14,7 @@ from kei_gateway.config._load import (
 from kei_gateway.config._reload import restart_needed
 from kei_gateway.config._render import configuration_markdown, example_toml
 from kei_gateway.config._schema import (
-    FLOW_SECTIONS, INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, GatewaySection, InboundFlowSection,
+    FLOW_SECTIONS, INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, GatewaySection, InboundFlowSection, ListenerSection,
     MetricsListenerSection, OutboundFlowSection, PeerSection, ResultsFlowSection, RetryPolicy,
 )
 
@@ -24,4 +24,5 @@ __all__ = [
     "example_toml", "configuration_markdown", "FLOW_SECTIONS", "INBOUND_FLOWS", "LOCAL_FLOWS",
     "OUTBOUND_FLOWS", "GatewaySection", "InboundFlowSection", "OutboundFlowSection",
     "ResultsFlowSection", "PeerSection", "RetryPolicy", "MetricsListenerSection", "restart_needed",
+    "ListenerSection",
 ]

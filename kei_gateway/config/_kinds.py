@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 from kei_gateway.layouts.checkdigits import lg_code_check_digit
 
 __all__ = [
-    "Kind", "Text", "Integer", "Boolean", "Choice", "Duration", "TimeOfDay", "Address",
+    "Kind", "Text", "Integer", "Boolean", "Choice", "Duration", "Size", "TimeOfDay", "Address",
     "CidrList", "Url", "DatabaseUrl", "AbsolutePath", "RelativeDir", "FileRef", "FileRefList", "Pins",
-    "LgCode", "HostPort", "toml_literal", "parse_duration", "format_duration",
+    "LgCode", "HostPort", "toml_literal", "parse_duration", "format_duration", "parse_size", "format_size",
 ]
 
 
@@ -146,19 +146,70 @@ every schedule and retention computed from one stays a valid date."""
 @dataclass(frozen=True)
 class Duration(Kind):
     minimum: float = 0.0
-    description: str = 'duration ("30s", "5m", "1h", "7d"; at most "3660d")'
+    maximum: float = MAX_DURATION
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f'duration ("30s", "5m", "1h", "7d"; at most "{format_duration(self.maximum)}")'
 
     def parse(self, raw: Any) -> float:
         _expect(raw, str, 'a duration string such as "30s"')
         seconds = parse_duration(raw)
         if seconds < self.minimum:
             raise ValueError(f"{raw!r} is too short: use at least {format_duration(self.minimum)}")
-        if not seconds <= MAX_DURATION:  # also NaN and inf
-            raise ValueError(f"{raw!r} is too long: use at most {format_duration(MAX_DURATION)} (ten years)")
+        if not seconds <= self.maximum:  # also NaN and inf
+            ten_years = " (ten years)" if self.maximum == MAX_DURATION else ""
+            raise ValueError(f"{raw!r} is too long: use at most {format_duration(self.maximum)}{ten_years}")
         return seconds
 
     def render(self, value: Any) -> str:
         return toml_literal(format_duration(value))
+
+
+_SIZE = re.compile(r"(?P<number>\d{1,15})\s*(?P<unit>B|KiB|MiB|GiB|TiB)")
+_UNIT_BYTES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"512KiB"``, ``"2GiB"``, ``"100B"`` → bytes (binary units only: a size is never ambiguous)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: write a whole number and a unit, "
+                         f'e.g. "512KiB", "256MiB", "2GiB" (units B, KiB, MiB, GiB, TiB)')
+    return int(match["number"]) * _UNIT_BYTES[match["unit"]]
+
+
+def format_size(size: int) -> str:
+    """Bytes → the largest exact binary unit, e.g. ``2 << 30`` → ``"2GiB"``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if size >= _UNIT_BYTES[unit] and size % _UNIT_BYTES[unit] == 0:
+            return f"{size // _UNIT_BYTES[unit]}{unit}"
+    return f"{size}B"
+
+
+@dataclass(frozen=True)
+class Size(Kind):
+    """A number of bytes written with a binary unit, between *minimum* and *maximum*."""
+
+    minimum: int = 1
+    maximum: int = 1 << 40
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return (f'size ("512KiB", "2GiB"; units B, KiB, MiB, GiB, TiB; from "{format_size(self.minimum)}" '
+                f'to "{format_size(self.maximum)}")')
+
+    def parse(self, raw: Any) -> int:
+        _expect(raw, str, 'a size string such as "2GiB"')
+        size = parse_size(raw)
+        if size < self.minimum:
+            raise ValueError(f"{raw!r} is too small: use at least {format_size(self.minimum)}")
+        if size > self.maximum:
+            raise ValueError(f"{raw!r} is too large: use at most {format_size(self.maximum)}")
+        return size
+
+    def render(self, value: Any) -> str:
+        return toml_literal(format_size(value))
 
 
 @dataclass(frozen=True)

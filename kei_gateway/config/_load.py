@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -72,6 +73,11 @@ class Config:
     def database_url(self) -> str:
         """The ledger URL; by default a SQLite file in ``gateway.state_dir``."""
         return self.database.url or f"sqlite:///{self.gateway.state_dir}/ledger.sqlite3"
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in the ledger (SPEC §14): ``gateway.node_id``, by default the host name."""
+        return self.gateway.node_id or socket.gethostname()[:64]
 
     @property
     def database_url_redacted(self) -> str:

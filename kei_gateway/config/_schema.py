@@ -90,6 +90,8 @@ class GatewaySection:
     state_dir: str = setting(k.AbsolutePath(), "The gateway's private state: encrypted store, default SQLite ledger, reports.", "/var/lib/kei-gateway", reload=RESTART)
     purge_at: tuple[int, int] = setting(k.TimeOfDay(), "Local time of the daily purge of expired personal data.", (0, 30))
     log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error", "critical")), "Lowest level of events logged; changes on reload.", "info")
+    max_file_size: int = setting(k.Size(minimum=1 << 10, maximum=64 << 30), "Largest outbox file taken (SPEC §4): a larger one is refused unread — not read, not kept, removed from the outbox, and quarantine/<flow>/<name>.errors.txt says why. Bounds: 1KiB to 64GiB (1,000,000 MPN slips are 158 MB); changes on reload.", 2 << 30)
+    node_id: str = setting(k.Text(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}|", hint="letters, digits, '.', '_', '-' (up to 64), or empty"), "This node's id in a shared ledger (docs/high-availability.md): unique among the nodes on one database; it holds the node's leases. Empty: the host name.", "", example="gw1", reload=RESTART)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class DatabaseSection:
 
     url: str = setting(k.DatabaseUrl(), "SQLAlchemy URL of the ledger. Empty: SQLite file ledger.sqlite3 in gateway.state_dir (WAL, synchronous=FULL).", "", example="sqlite:////var/lib/kei-gateway/ledger.sqlite3")
     busy_timeout: float = setting(k.Duration(minimum=0.1), "How long a blocked database operation waits for a lock before it is retried.", 5.0)
+    lease: float = setting(k.Duration(minimum=1), "How long a node's claim on a piece of work (a send, a pull, an ingest, the purge, the audit verify) lasts unless renewed; renewed every third of it. A node that stops for longer loses its work to another node (docs/high-availability.md).", 15.0)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class AirisFlowSection:
     airis_outbox: str = setting(k.RelativeDir(), "Where the AIRIS download (the AES-256 ZIP as received) and its key file <name>.key are put.", example="outbox/airis")
     register_outbox: str = setting(k.RelativeDir(), "Where the tax system writes its 小型二輪 register extract (tax-register-2w).", example="outbox/airis-register")
     inbox: str = setting(k.RelativeDir(), "Where the results (.dat, .csv, .txt) are written for the tax division.", example="inbox/airis-reconcile")
+    gaiji: str = setting(k.Choice(choices=("reject", "substitute", "degenerate")), "外字 policy for AIRIS values (names, addresses, plates) outside JIS X 0208 in the .dat (the .csv keeps them as AIRIS wrote them): degenerate (縮退) each to its unique JIS X 0208 candidate in the MJ縮退マップ, else the 国税庁 JIS縮退マップ; substitute 〓; or reject the run (an errors file names row and column). Counted in the .txt.", "degenerate")
+    gaiji_fallback: str = setting(k.Choice(choices=("reject", "substitute")), "With gaiji = \"degenerate\": what happens to an AIRIS 外字 the maps give no unique candidate for: substitute 〓, or reject the run.", "substitute")
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,12 @@ class ListenerSection:
     """The LGWAN push listener (``[listeners.push]``); absent means no push."""
 
     address: k.HostPort = setting(k.Address(), "Address to listen on.", example="0.0.0.0:8443", reload=RESTART)
+    max_connections_per_source: int = setting(k.Integer(minimum=1, maximum=1024), "Connections open at once from one source address; more are closed before the TLS handshake (reason connections).", 8)
+    max_pushes: int = setting(k.Integer(minimum=1, maximum=32), "Push bodies received at once; more are answered 503 busy with Retry-After. One source address may hold at most half of them (at least one), so a listed peer cannot take every slot.", 4)
+    header_timeout: float = setting(k.Duration(minimum=1, maximum=300), "Time from the connection (TLS handshake included), or from the first byte of a further request on it, to the end of the request headers; slower is answered 408 and closed (reason header_timeout).", 10.0)
+    min_body_rate: int = setting(k.Size(minimum=1, maximum=1 << 30), "Least body bytes a second, measured over each 10 s while a body is being received (time the gateway itself holds the connection back does not count); slower is answered 408 and closed (reason slow_body). Bounds 1B to 1GiB.", 16 << 10)
+    max_header_bytes: int = setting(k.Size(minimum=1 << 10, maximum=1 << 20), "Largest request line plus headers; larger is answered 431 and closed (reason header_size). Bounds 1KiB to 1MiB.", 16 << 10)
+    max_headers: int = setting(k.Integer(minimum=8, maximum=500), "Most header fields in a request; more is answered 431 and closed (reason header_count).", 64)
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,15 @@ def _tail_key(chassis: str, vehicle: VehicleValues) -> tuple[str, tuple[str, str
     return chassis[-7:], _plate(vehicle)
 
 
-def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues]) -> list[MatchRow]:
+def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleValues], *,
+                   register_chassis: Iterable[str] | None = None,
+                   airis_chassis: Iterable[str] | None = None) -> list[MatchRow]:
     """Every output row of SPEC §13's categories, ordered by category, then as found (register, then AIRIS).
+
+    The register is walked twice in order (its 車台番号 first, to find its duplicates, then its
+    vehicles) and never held here. *register_chassis* and *airis_chassis*, when given, are each
+    side's 車台番号 in order, for a caller that has them cheaper than the whole vehicles (both
+    sides are kept packed and read when looked at).
 
     * the same normalised 車台番号 twice on one side: ``08`` for each of those rows, none matched;
     * found on both sides: ``01``, or ``02``/``03``/``04`` for each value that differs;
@@ -207,9 +214,13 @@ def match_vehicles(register: Sequence[RegisterVehicle], airis: Sequence[VehicleV
       ``07`` (one row, both indexes);
     * left over: ``05`` (register only, deregistered or not), ``06`` (AIRIS only).
     """
-    airis_keys = [normalise_chassis(vehicle.chassis_no) for vehicle in airis]
+    if airis_chassis is None:
+        airis_chassis = (vehicle.chassis_no for vehicle in airis)
+    airis_keys = list(map(normalise_chassis, airis_chassis))
     airis_by_key, airis_repeated = _index(airis_keys)
-    register_repeated = _index(normalise_chassis(vehicle.chassis_no) for vehicle in register)[1]
+    if register_chassis is None:
+        register_chassis = (vehicle.chassis_no for vehicle in register)
+    register_repeated = _index(map(normalise_chassis, register_chassis))[1]
     matched_airis = bytearray(len(airis))
     rows: list[MatchRow] = []
     register_left: dict[int, str] = {}

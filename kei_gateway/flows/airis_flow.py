@@ -24,6 +24,8 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
 from kei_gateway.layouts.airis import CATEGORIES
+from kei_gateway.layouts.encoding import GaijiPolicy
+from kei_gateway.layouts.gaiji import GaijiFallback
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["AirisReconcileService", "RESCAN_INTERVAL", "build_airis_flow"]
@@ -38,7 +40,8 @@ class AirisReconcileService(service.Service):
 
     def __init__(self, *, paths: FlowPaths, lg_code: str, clock: Any, blocking: Blocking, ledger: Any, store: Any,
                  metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
-                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
+                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
+                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute") -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -48,6 +51,8 @@ class AirisReconcileService(service.Service):
         self.store = store
         self.metrics = metrics
         self.note_erased = note_erased
+        self.gaiji: GaijiPolicy = gaiji
+        self.gaiji_fallback: GaijiFallback = gaiji_fallback
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -91,21 +96,21 @@ class AirisReconcileService(service.Service):
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
-            note_erased=self.note_erased).addCallback(self._report)
+            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback).addCallback(self._report)
         return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
         if run is None:
             return
-        if run.result is not None:
-            for code, count in run.result.counts.items():
+        # the audit record was committed with the run's outcome (TransferLedger.audit_writer): the observer skips it
+        recorded = bool(getattr(self.ledger, "records_audit", False))
+        if run.reconciled is not None:
+            for code, count in run.counts.items():
                 self.metrics.airis_vehicles.labels(category=code).inc(count)
-            events.emit(self.log, events.AIRIS_RECONCILED, **audit_fields(run.result))
-        elif run.error is not None:
-            events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW,
-                        reason=f"{run.error.total} problem(s) in {run.error.label}; see {run.errors_file}")
-        if run.result is not None or run.error is not None:
-            self.scan_soon()  # another set of inputs may be waiting
+            events.emit(self.log, events.AIRIS_RECONCILED, audit_recorded=recorded, **run.reconciled)
+        elif run.rejected is not None:
+            events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW, reason=run.rejected, audit_recorded=recorded)
+        self.scan_soon()  # another set of inputs may be waiting
 
     def _failed(self, failure: Any) -> None:
         events.emit(self.log, events.AIRIS_REJECTED, flow=FLOW,
@@ -130,4 +135,5 @@ def build_airis_flow(flow: str, config_source: Callable[[], Any], deps: FlowDepe
         register_label=settings.register_outbox.rstrip("/"))
     return [AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=deps.clock, blocking=deps.blocking,
                                   ledger=deps.ledger, store=deps.store, metrics=deps.metrics,
-                                  note_erased=deps.note_erased, use_inotify=deps.use_inotify)]
+                                  note_erased=deps.note_erased, use_inotify=deps.use_inotify,
+                                  gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback)]

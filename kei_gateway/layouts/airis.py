@@ -25,7 +25,7 @@ import random
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, overload
 
 from kei_gateway.layouts.codes import DEREGISTERED_FLAGS, PLATE_KANA_LETTERS, VEHICLE_TYPES
 from kei_gateway.layouts.encoding import IDEOGRAPHIC_SPACE, JISX0208_CHARS
@@ -43,6 +43,7 @@ __all__ = [
     "AirisColumn",
     "AirisCsvError",
     "AirisVehicle",
+    "AirisVehicles",
     "CATEGORIES",
     "CsvKind",
     "CsvProblem",
@@ -378,7 +379,9 @@ def _lines(chunks: Iterable[bytes], problems: list[CsvProblem]) -> Iterator[str]
                 hint = " (it is valid UTF-8: the AIRIS v1 CSV is CP932 — convert it or download it again)"
             except UnicodeDecodeError:
                 pass
-            problems.append(CsvProblem(number, f"not valid CP932 at byte {error.start} of the line{hint}"))
+            column = _column_at(raw[:error.start].decode("cp932"))
+            problems.append(CsvProblem(number, f"not valid CP932 at byte {error.start} of the line{hint}",
+                                       column.name if column else None, column.key if column else None))
             return None
 
     for chunk in chunks:
@@ -404,6 +407,16 @@ def _lines(chunks: Iterable[bytes], problems: list[CsvProblem]) -> Iterator[str]
         text = decode(pending)
         if text is not None:
             yield text
+
+
+def _column_at(prefix: str) -> AirisColumn | None:
+    """The column whose cell a line's text *prefix* ends in (cells counted as RFC 4180 splits them)."""
+    try:
+        cells = next(csv.reader([prefix]), [""])
+    except csv.Error:
+        return None
+    index = max(len(cells), 1) - 1
+    return AIRIS_COLUMNS[index] if index < len(AIRIS_COLUMNS) else None
 
 
 def _cell_problem(row: int, index: int, value: str) -> CsvProblem | None:
@@ -447,12 +460,60 @@ _SPECIFIC_REASONS: Final = {"plate_class": _plate_class_reason, "plate_serial": 
 """Words for the rules a kind alone does not say, used when a cell fails its pattern."""
 
 
-def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[AirisVehicle]:
+class AirisVehicles(Sequence[AirisVehicle]):
+    """The vehicles of a checked AIRIS CSV, in file order, each kept as one string (bounded memory).
+
+    A vehicle is its matching cells and row number joined with U+001F (no valid cell holds it):
+    one object of about 250 bytes instead of a tuple of nine, which matters at a prefecture's
+    size; :class:`AirisVehicle` is made when a vehicle is looked at.
+    """
+
+    def __init__(self) -> None:
+        self._packed: list[str] = []
+
+    def append(self, cells: Sequence[str], row: int) -> None:
+        self._packed.append(_SEPARATOR.join((*(cells[index] for index in _KEPT), str(row))))
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    @overload
+    def __getitem__(self, index: int) -> AirisVehicle: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AirisVehicle]: ...
+
+    def __getitem__(self, index: int | slice) -> AirisVehicle | Sequence[AirisVehicle]:
+        if isinstance(index, slice):
+            return [_unpack(packed) for packed in self._packed[index]]
+        return _unpack(self._packed[index])
+
+    def __iter__(self) -> Iterator[AirisVehicle]:
+        return map(_unpack, self._packed)
+
+    def chassis_numbers(self) -> Iterator[str]:
+        """Every vehicle's 車台番号 as in the CSV, in order, without making the vehicles."""
+        position = AirisVehicle._fields.index("chassis_no")
+        for packed in self._packed:
+            yield packed.split(_SEPARATOR, position + 1)[position]
+
+
+_KEPT: Final = tuple(_INDEX[key] for key in AirisVehicle._fields if key != "row")
+"""The columns a vehicle keeps (the others are checked, then dropped)."""
+
+
+def _unpack(packed: str) -> AirisVehicle:
+    office, plate_class, kana, serial, chassis, name, address, registered_on, row = packed.split(_SEPARATOR)
+    return AirisVehicle(office, plate_class, kana, serial, chassis, name, address, registered_on, int(row))
+
+
+def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> AirisVehicles:
     """Check the AIRIS CSV (bytes in chunks) against :data:`AIRIS_COLUMNS`; the vehicles, in file order.
 
     Every row is checked; :class:`AirisCsvError` lists the first ``max_errors`` problems (row,
-    column, reason, masked value) and counts all.  Only the matching columns are kept, so
-    memory is the vehicles', not the file's.  A file with a header and no rows is valid (no vehicles).
+    column, reason, masked value) and counts all.  Only the matching columns are kept, one
+    string a vehicle, so memory is a fraction of the file's.  A file with a header and no
+    rows is valid (no vehicles).
     """
     problems: list[CsvProblem] = []
     total = 0
@@ -465,7 +526,7 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
 
     decode_problems: list[CsvProblem] = []
     reader = csv.reader(_lines(chunks, decode_problems), strict=True)
-    vehicles: list[AirisVehicle] = []
+    vehicles = AirisVehicles()
     expected = [column.name for column in AIRIS_COLUMNS]
     try:
         header = next(reader, None)
@@ -484,7 +545,6 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
             if not problems:
                 add(CsvProblem(1, "the header's columns are out of order (see docs/airis.md for the v1 order)"))
         else:
-            intern = _Intern()
             width = len(expected)
             for cells in reader:
                 row = reader.line_num
@@ -502,9 +562,7 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
                     continue
                 if total:
                     continue  # already invalid: keep checking, stop collecting
-                vehicles.append(AirisVehicle(
-                    intern(cells[0]), intern(cells[1]), intern(cells[2]), intern(cells[3]), cells[4], cells[5], cells[6],
-                    intern(cells[10]), row))
+                vehicles.append(cells, row)
     except csv.Error as error:
         add(CsvProblem(reader.line_num, f"broken CSV quoting ({error}): an AIRIS v1 CSV follows RFC 4180"))
     for problem in decode_problems:
@@ -512,13 +570,6 @@ def parse_airis_csv(chunks: Iterable[bytes], *, max_errors: int = 1000) -> list[
     if total:
         raise AirisCsvError(sorted(problems, key=lambda p: p.row or 0), total)
     return vehicles
-
-
-class _Intern(dict[str, str]):
-    """Plate parts and dates repeat: one string object each saves memory per vehicle."""
-
-    def __call__(self, value: str) -> str:
-        return self.setdefault(value, value)
 
 
 def airis_csv_bytes(rows: Iterable[Mapping[str, str]], *, header: Sequence[str] | None = None) -> bytes:

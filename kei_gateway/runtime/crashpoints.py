@@ -33,6 +33,12 @@ POINTS = (
     "results.published",   # the results file is in the inbox, the transfer still VALIDATED
     "push.stored",         # a pushed file's blob is durable and valid, nothing committed, no answer sent
     "push.committed",      # the pushed file's transfer is committed VALIDATED, the 201 not yet sent
+    "airis.inputs-recorded",  # AIRIS 突合: the three inputs stored and recorded, nothing run
+    "airis.recorded",      # the results stored and recorded with the run's audit record, the inbox untouched
+    "airis.staged",        # the three results staged as .name.part and their names recorded, none renamed
+    "airis.publishing",    # the .dat renamed into the inbox, the .csv and .txt still staged
+    "airis.published",     # all three in the inbox, the plaintext inputs still in the outboxes
+    "airis.erased",        # the plaintext inputs erased, not yet listed in the 消去報告 nor marked removed
 )
 
 

@@ -117,6 +117,14 @@ LISTENER_DENIED = _event(
     "If the source is a legitimate client (e.g. a new Prometheus server), add its address to the listener's 'allow' (for the push listener: the peer's peers.<name>.push_allow) and reload; otherwise investigate the source.",
     "正当な接続元（新しい Prometheus サーバなど）であればリスナーの allow（プッシュ受付では接続先の peers.<名前>.push_allow）に追加して reload してください。そうでなければ接続元を調査してください。",
 )
+LISTENER_REFUSALS_REPEATED = _event(
+    "listener.refusals_repeated", "5928de92579d4a9188db1e8181eba03b", LogLevel.warn,
+    "{listener} listener refused {count} more connection(s) or request(s) from {source} ({reason}) in the {seconds} s after the one logged",
+    "A burst of refusals from one source for one reason ended. Only the first refusal of a burst is logged as it happens; this line counts the rest (each one is also counted in kei_gateway_denied_connections_total).",
+    "同じ接続元・同じ理由の拒否が続いた期間が終わりました。拒否は期間の最初の 1 件だけを記録し、この行で残りの件数を示します（各拒否は kei_gateway_denied_connections_total にも計上しています）。",
+    "Look at the first refusal of the burst (same source and reason) just before this line. Many refusals from a listed peer (slow_body, header_timeout, connections, header_size) mean a broken or hostile client: tell its operator, or remove its address from push_allow and reload.",
+    "この行の直前にある、同じ接続元・理由の最初の拒否を確認してください。許可された接続先からの大量の拒否（slow_body・header_timeout・connections・header_size）は、故障または悪意あるクライアントを示します。接続先の運用者に連絡するか、push_allow からそのアドレスを外して reload してください。",
+)
 LISTENER_BOUND = _event(
     "listener.bound", "a610b8fcaf2544fa9e59203535610005", LogLevel.info,
     "{listener} listener bound to {address}",
@@ -173,10 +181,10 @@ INGEST_QUEUED = _event(
 INGEST_QUARANTINED = _event(
     "ingest.quarantined", "db44db7b6fb94cc88002f1370281d4a8", LogLevel.warn,
     "{flow}: quarantined {name}: {reason}",
-    "A file in the outbox was invalid (or not a regular file with an allowed name); it was moved whole to quarantine and nothing of it was sent.",
-    "送信フォルダのファイルが不正（または許可されない名前・種類）のため、全体を隔離フォルダへ移しました。一切送信していません。",
-    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error), correct the file at the tax system and write it to the outbox again.",
-    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください。",
+    "An outbox entry was refused (invalid records, a name not allowed, larger than max_file_size, or changed while it was read); nothing of it was sent. A regular file is kept encrypted in the gateway's store as a QUARANTINED transfer (a file over max_file_size is not read or kept) and its reasons are written to quarantine/<flow>/<name>.errors.txt; a link, directory or device is moved to quarantine/ as it is.",
+    "送信フォルダのファイルを拒否しました（レコードの誤り、許可されない名前、max_file_size 超過、または読込中の変更）。一切送信していません。通常ファイルはゲートウェイの保管領域に暗号化して QUARANTINED の転送として保持し（max_file_size を超えるファイルは読まず保持もしません）、理由を quarantine/<フロー>/<名前>.errors.txt に書きました。リンク・ディレクトリ・デバイスはそのまま隔離フォルダへ移しました。",
+    "Read quarantine/<flow>/<name>.errors.txt (record, field and reason of each error, or why the file was refused), correct the file at the tax system and write it to the outbox again (whole, renamed into place only once it is complete); the refused file itself comes back with 'kei-gateway transfers export ID'.",
+    "quarantine/<フロー>/<名前>.errors.txt（各エラーのレコード・項目・理由、または拒否の理由）を確認し、税務システム側で修正して送信フォルダへ再出力してください（書き終えてから名前を変更して置くこと）。拒否したファイル自体は kei-gateway transfers export ID で取り出せます。",
 )
 INGEST_FAILED = _event(
     "ingest.failed", "95c8b9e00a414db8a78caf20d056cdf6", LogLevel.error,
@@ -312,10 +320,10 @@ PUSH_QUARANTINED = _event(
 PUSH_REFUSED = _event(
     "push.refused", "18ac947a69ed458e82aaad4715e14d49", LogLevel.warn,
     "push from {source} refused ({status}, {reason}): {detail}",
-    "A connection or request to the push listener was refused: no or an unknown client certificate, a pin mismatch, a peer pushing to a flow that is not its own, a wrong path or method, a body too large, or the listener busy.",
-    "プッシュ受付で接続または要求を拒否しました（クライアント証明書なし・不明な CA・ピン不一致・他の接続先のフローへの送信・不正なパスやメソッド・サイズ超過・混雑）。",
-    "The reason names the check. A legitimate peer refused for its certificate: check peers.<name>.ca, pins and push_allow and reload; 'busy' needs nothing (the peer retries). Otherwise investigate the source.",
-    "理由に該当する検査が示されます。正当な接続先が証明書で拒否された場合は peers.<名前>.ca・pins・push_allow を確認して reload してください。busy は対応不要です（接続先が再送します）。それ以外は接続元を調査してください。",
+    "A connection or request to the push listener was refused: no or an unknown client certificate, a pin mismatch, too many connections from one address, headers late, too large or too many, a malformed request, a peer pushing to a flow that is not its own, a wrong path or method, a body too large or too slow, or the listener busy. Only the first refusal of a burst (same source and reason) is logged; listener.refusals_repeated counts the rest.",
+    "プッシュ受付で接続または要求を拒否しました（クライアント証明書なし・不明な CA・ピン不一致・同一アドレスからの接続数超過・ヘッダの遅延／過大／過多・不正な要求・他の接続先のフローへの送信・不正なパスやメソッド・本文のサイズ超過や送信速度不足・混雑）。同じ接続元・理由の連続した拒否は最初の 1 件だけを記録し、残りは listener.refusals_repeated で件数を示します。",
+    "The reason names the check. A legitimate peer refused for its certificate: check peers.<name>.ca, pins and push_allow and reload; 'busy' needs nothing (the peer retries). connections, header_timeout, header_size, header_count, slow_body from a listed peer: a broken or hostile client (the limits are [listeners.push] keys, see docs/push.md). Otherwise investigate the source.",
+    "理由に該当する検査が示されます。正当な接続先が証明書で拒否された場合は peers.<名前>.ca・pins・push_allow を確認して reload してください。busy は対応不要です（接続先が再送します）。許可された接続先からの connections・header_timeout・header_size・header_count・slow_body は、故障または悪意あるクライアントを示します（上限は [listeners.push] の設定、docs/push.md 参照）。それ以外は接続元を調査してください。",
 )
 PUSH_FAILED = _event(
     "push.failed", "cf98e2a6fc964f13be3d89c42a066b9e", LogLevel.error,
@@ -499,6 +507,47 @@ AIRIS_REJECTED = _event(
     "AIRIS のファイル・復号キー・課税台帳のいずれかが使用できません（キー違い、ZIP の破損、CSV の項目不一致、台帳レコードの不正など）。結果は出力せず、平文の入力は消去しました。",
     "Read the reason (file, row or record, column or field). Download the file and its key from AIRIS again, or correct the register extract at the tax system, and put all three in the outboxes again.",
     "理由（ファイル・行またはレコード・列または項目）を確認し、AIRIS からファイルと復号キーを再取得するか、税務システムで台帳抽出を修正して、3 つを再度送信フォルダへ置いてください。",
+)
+
+NODE_JOINED = _event(
+    "node.joined", "718227f8fd564768b3abfcbc0513a4c5", LogLevel.info,
+    "node {node} joined the ledger (lease {lease}s; nodes: {nodes})",
+    "This node registered in the shared ledger and takes part in the work by leases (SPEC §14).",
+    "このノードが共有台帳に登録され、リースによって処理を分担します（SPEC §14）。",
+    "None needed. 'kei-gateway status' lists the nodes and what each holds.",
+    "対応は不要です。'kei-gateway status' でノードと各ノードが保持する処理を確認できます。",
+)
+LEASE_TAKEOVER = _event(
+    "lease.takeover", "13a21f6559d041059f5c86003d27e0f8", LogLevel.warn,
+    "node {node} took over {kind} {key} from node {previous}: its lease had expired",
+    "Another node stopped renewing its claim on a piece of work (it died, stalled or lost the database) and this node took it over; the other node's commits on it are now refused (fenced).",
+    "他のノードが処理のリースを更新しなくなった（停止・一時停止・データベース切断）ため、このノードが引き継ぎました。元のノードによるこの処理の確定は拒否されます（フェンシング）。",
+    "Find out why the other node stopped (journalctl on it, 'kei-gateway status'); nothing is lost or doubled. See docs/high-availability.md.",
+    "元のノードが停止した理由を確認してください（そのノードの journalctl、'kei-gateway status'）。データの欠落や重複はありません。docs/high-availability.md を参照してください。",
+)
+LEASE_LOST = _event(
+    "lease.lost", "aa5eaab7b944484baabbea9db5753ee4", LogLevel.error,
+    "node {node} lost its lease on {kind} {key}: another node holds it now; this node commits nothing on it",
+    "This node could not renew its claim in time (it was paused, or cut off from the database, for longer than the lease) and another node took the work over.",
+    "このノードがリースを期限内に更新できず（リース期間を超える一時停止またはデータベース切断）、他のノードが処理を引き継ぎました。",
+    "None needed for the data (the other node finishes the work). Find out why this node stalled: CPU or I/O starvation, a VM pause, the network to the database.",
+    "データについての対応は不要です（他のノードが処理を完了します）。このノードが停滞した原因（CPU・I/O の枯渇、VM の一時停止、データベースへのネットワーク）を調べてください。",
+)
+LEASE_FENCED = _event(
+    "lease.fenced", "a41ca0ed16844ea69fe8cc693ec3af9d", LogLevel.warn,
+    "a commit on {kind} {key} by node {node} was refused: its lease is no longer this node's (fenced); nothing was written",
+    "A node that had lost its lease tried to record the end of the work; the ledger refused it because another node now holds it, so nothing is recorded twice.",
+    "リースを失ったノードが処理の完了を記録しようとしましたが、他のノードが保持しているため台帳が拒否しました。二重の記録は起きません。",
+    "None needed: the node holding the lease finishes the work.",
+    "対応は不要です。リースを保持するノードが処理を完了します。",
+)
+NODE_CLOCK_SKEW = _event(
+    "node.clock_skew", "fbe9fe3cbc4c4d1c8d896e79670bc17b", LogLevel.critical,
+    "node {node} claims no work: {reason}",
+    "This node's clock differs from the database server's by more than the bound; leases depend on agreed time, so the node claims nothing until it is synchronised (it still serves pushes).",
+    "このノードの時計がデータベースサーバの時計と許容値を超えてずれています。リースは時刻の一致に依存するため、同期されるまで処理を取得しません（プッシュの受信は続けます）。",
+    "Synchronise the clocks (chrony or systemd-timesyncd on every node and on the database server) and check 'timedatectl'.",
+    "時刻を同期してください（全ノードとデータベースサーバで chrony または systemd-timesyncd）。'timedatectl' で確認してください。",
 )
 
 ALL_EVENTS: tuple[EventType, ...] = tuple(

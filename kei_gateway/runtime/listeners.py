@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
@@ -18,7 +20,7 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.health import HealthChecks, HealthReport
 from kei_gateway.runtime.metrics import CONTENT_TYPE_LATEST, exposition
 
-__all__ = ["AllowListFactory", "metrics_site", "MetricsResource", "HealthResource"]
+__all__ = ["AllowListFactory", "PerSourceLimit", "metrics_site", "MetricsResource", "HealthResource"]
 
 
 class AllowListFactory(Factory):
@@ -33,11 +35,13 @@ class AllowListFactory(Factory):
     noisy = False
 
     def __init__(self, wrapped: Any, listener: str, allowed: Callable[[], Iterable[Network]],
-                 on_denied: Callable[[str, str], None]) -> None:
+                 on_denied: Callable[[str, str], None], log_each: bool = True) -> None:
         self.wrapped = wrapped
         self.listener = listener
         self._allowed = allowed
         self._on_denied = on_denied
+        self._log_each = log_each
+        """False: *on_denied* logs (the push listener logs once per burst)."""
 
     def doStart(self) -> None:
         self.wrapped.doStart()
@@ -49,9 +53,54 @@ class AllowListFactory(Factory):
         host = str(getattr(addr, "host", ""))
         if not address_allowed(host, self._allowed()):
             self._on_denied(self.listener, host)
-            events.emit(self.log, events.LISTENER_DENIED, listener=self.listener, source=host, reason="address")
+            if self._log_each:
+                events.emit(self.log, events.LISTENER_DENIED, listener=self.listener, source=host, reason="address")
             return None
         return self.wrapped.buildProtocol(addr)  # type: ignore[no-any-return, return-value]
+
+
+class _SourceCounted(ProtocolWrapper):
+    source = ""
+
+
+class PerSourceLimit(WrappingFactory):
+    """Wraps a factory: at most ``limit()`` connections open at once from one source address.
+
+    A connection over the limit gets no protocol (closed at once, before anything — a TLS
+    handshake included — is read) and *on_refused(source, limit)* is called. Twisted's own
+    ``LimitConnectionsByPeer`` indexes addresses as tuples, which ``IPv4Address`` no longer is.
+    The count lives only while connections are open: one entry per source with one open.
+    """
+
+    protocol = _SourceCounted
+    noisy = False
+
+    def __init__(self, wrapped: Any, limit: Callable[[], int], on_refused: Callable[[str, int], None]) -> None:
+        super().__init__(wrapped)
+        self._limit = limit
+        self._on_refused = on_refused
+        self.open_by_source: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        host = str(getattr(addr, "host", ""))
+        limit = self._limit()
+        if self.open_by_source[host] >= limit:
+            self._on_refused(host, limit)
+            return None
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        wrapper = _SourceCounted(self, inner)  # type: ignore[arg-type]
+        wrapper.source = host
+        self.open_by_source[host] += 1
+        return wrapper
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        host = getattr(p, "source", "")
+        self.open_by_source[host] -= 1
+        if self.open_by_source[host] <= 0:
+            del self.open_by_source[host]
 
 
 class MetricsResource(resource.Resource):

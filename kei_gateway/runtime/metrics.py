@@ -111,6 +111,16 @@ class GatewayMetrics:
             "Audited events the daemon could not keep while the database was unavailable (in journald only).",
             registry=registry)
 
+        # Nodes sharing one ledger (SPEC §14): node ids are the configured few; kinds a fixed set.
+        self.node_up = Gauge("kei_gateway_node_up",
+                             "1 for each node whose heartbeat in the shared ledger is younger than a lease, 0 for one "
+                             "known but silent.", ["node"], registry=registry)
+        self.leases = Gauge("kei_gateway_leases", "Live leases in the shared ledger, whoever holds them, by kind.",
+                            ["kind"], registry=registry)
+        self.lease_takeovers = Counter("kei_gateway_lease_takeovers_total",
+                                       "Leases this node took over from a node whose lease had expired, by kind.",
+                                       ["kind"], registry=registry)
+
 
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text exposition of *registry*."""

@@ -10,9 +10,14 @@ curl bound to ``127.0.0.2`` is a source outside every allow-list.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,6 +155,7 @@ address = "127.0.0.1:{port}"
                         holder, tmp_path / "gateway-ca.pem")
     finally:
         reactor_thread.run(listening.stopListening)
+        reactor_thread.run(listener.receiver.bursts.flush)  # no burst timer outlives the test
         globalLogPublisher.removeObserver(observe)
         pool.stop()
         engine.dispose()
@@ -258,3 +264,82 @@ def test_when_a_reload_sets_pins_then_new_connections_follow_them(push: PushSetu
     push.listener.reconfigure(push.holder[0])
     assert push.curl("mpn-results/Q.dat", results_file(1))[0] == "000"
     poll_until(lambda: push.denied("address") == 1, 10, "the address refusal to be counted")
+
+
+def hostile_connection(push: PushSetup, name: str, body_length: int, first: bytes = b"") -> ssl.SSLSocket | None:
+    """A TLS connection from 127.0.0.1 with the listed MPN peer's certificate that sends a PUT's headers (and
+    *first*), or None when the gateway closed it before or during the handshake."""
+    context = ssl.create_default_context(cafile=str(push.gateway_ca))
+    context.load_cert_chain(str(push.base / "mpn.crt"), str(push.base / "mpn.key"))
+    raw = socket.create_connection(("127.0.0.1", push.port), timeout=10, source_address=("127.0.0.1", 0))
+    try:
+        wrapped = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        wrapped.sendall(f"PUT /push/mpn-results/{name} HTTP/1.1\r\nHost: gateway\r\n"
+                        f"Content-Length: {body_length}\r\n\r\n".encode() + first)
+        return wrapped
+    except (OSError, ssl.SSLError):
+        raw.close()
+        return None
+
+
+def test_when_a_listed_peer_trickles_and_floods_header_only_connections_then_another_push_gets_201_and_all_is_counted(
+        push: PushSetup) -> None:
+    """Two connections trickling a body byte every 2 s and 50 sending headers only, all from 127.0.0.1 with the
+    MPN peer's valid certificate; meanwhile the peer pushes from 127.0.0.3 (also in its push_allow)."""
+    from kei_gateway.flows.inbound.push import BODY_RATE_WINDOW, DEFAULT_LIMITS
+
+    config = push.holder[0]
+    peers = dict(config.peers)
+    peers["mpn"] = replace(peers["mpn"], push_allow=(ipaddress.ip_network("127.0.0.1/32"),
+                                                     ipaddress.ip_network("127.0.0.3/32")))
+    push.holder[0] = replace(config, peers=peers)
+    body = results_file(3)
+    started = time.monotonic()
+    assert push.curl("mpn-results/BEFORE.dat", body, interface="127.0.0.3")[:2] == ("201", 0)
+    usual = time.monotonic() - started
+
+    stop = threading.Event()
+    tricklers = [hostile_connection(push, f"T{n}.dat", len(body), body[:1]) for n in range(2)]
+    assert all(tricklers), "the two tricklers are accepted"
+
+    def trickle() -> None:
+        sent = 1
+        while not stop.wait(2.0) and sent < len(body):
+            for connection in tricklers:
+                try:
+                    connection.send(body[sent:sent + 1])  # type: ignore[union-attr]
+                except OSError:
+                    pass
+            sent += 1
+
+    trickling = threading.Thread(target=trickle, daemon=True)
+    trickling.start()
+    try:
+        header_only = [hostile_connection(push, f"H{n}.dat", len(body)) for n in range(50)]
+        per_source = DEFAULT_LIMITS.max_connections_per_source
+        poll_until(lambda: push.denied("connections") == 50 - (per_source - 2), 10,
+                   "every connection over the per-source limit to be refused and counted")
+        poll_until(lambda: push.denied("busy") == per_source - 2, 10,
+                   "the header-only requests that got a connection to be refused busy")
+        started = time.monotonic()
+        code, rc, _ = push.curl("mpn-results/LEGIT.dat", body, interface="127.0.0.3")
+        elapsed = time.monotonic() - started
+        assert (code, rc) == ("201", 0)
+        # Not a speed target: a push that had to wait for a trickler's slot would get 503 or take a whole
+        # rate window (the tricklers are only closed BODY_RATE_WINDOW s after their headers).
+        assert elapsed < BODY_RATE_WINDOW, f"the push took {elapsed:.1f} s (usual {usual:.1f} s)"
+        poll_until(lambda: push.denied("slow_body") == 2, 3 * BODY_RATE_WINDOW,
+                   "the two tricklers to be closed for their body rate")
+    finally:
+        stop.set()
+        trickling.join()
+        for connection in [*tricklers, *header_only]:
+            if connection is not None:
+                connection.close()
+    assert sum(1 for connection in header_only if connection is not None) >= per_source - 2
+    # Nothing of the hostile requests was committed.
+    assert sorted(row.local_name for row in push.ledger.list_transfers()) == ["BEFORE.dat", "LEGIT.dat"]
+    # Logged once per burst (source, reason), not once per connection.
+    logged = [(e["source"], e["reason"]) for e in push.refusals()]
+    assert sorted(set(logged)) == sorted(logged), logged
+    assert {("127.0.0.1", "connections"), ("127.0.0.1", "busy"), ("127.0.0.1", "slow_body")} <= set(logged)

@@ -136,6 +136,30 @@ def test_when_a_duration_is_malformed_then_it_is_refused(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(("text", "size"), [("2GiB", 2 << 30), ("512MiB", 512 << 20), ("16KiB", 16 << 10),
+                                            ("100B", 100), ("1TiB", 1 << 40)])
+def test_when_a_size_is_written_then_it_becomes_bytes_and_back(text: str, size: int) -> None:
+    from kei_gateway.config._kinds import format_size, parse_size
+
+    assert parse_size(text) == size and parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize("text", ["", "2", "2GB", "2 G", "-1MiB", "1.5GiB", "9" * 16 + "B"])
+def test_when_a_size_is_malformed_then_it_is_refused_naming_the_units(text: str) -> None:
+    from kei_gateway.config._kinds import parse_size
+
+    with pytest.raises(ValueError, match="KiB, MiB, GiB"):
+        parse_size(text)
+
+
+def test_when_max_file_size_is_not_given_then_it_is_2GiB_and_out_of_bounds_values_are_refused() -> None:
+    assert config_from_string(MINIMAL).gateway.max_file_size == 2 << 30
+    assert config_from_string(MINIMAL + 'max_file_size = "512MiB"\n').gateway.max_file_size == 512 << 20
+    assert "at most 64GiB" in problems_of(MINIMAL + 'max_file_size = "65GiB"\n')["gateway.max_file_size"]
+    assert "at least 1KiB" in problems_of(MINIMAL + 'max_file_size = "100B"\n')["gateway.max_file_size"]
+    assert "size string" in problems_of(MINIMAL + "max_file_size = 2147483648\n")["gateway.max_file_size"]
+
+
 @pytest.mark.parametrize("code", ["131041", "131202", "011002", "131130"])
 def test_when_lg_code_is_one_of_the_spec_examples_then_it_is_accepted(code: str) -> None:
     assert config_from_string(f'[gateway]\nlg_code = "{code}"\n').gateway.lg_code == code

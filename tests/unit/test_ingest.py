@@ -350,3 +350,137 @@ def test_when_the_consumer_stops_early_then_the_helper_stops_too_and_is_joined()
     chunks.close()  # as store.write does when it fails
     assert threading.active_count() == before
     assert len(produced) <= 1 + 2 + 2, "the helper stopped within the queue's depth"
+
+
+# --------------------------------------------------------------------------- issue 11: changed while read, too large
+
+
+def appending_store(spool: Spool, name: str, more: bytes) -> None:
+    """The store's writer appends *more* to the outbox file after the first chunk is read (a writer still busy)."""
+    real = spool.store.write
+
+    def write(blob_id: str, chunks):  # type: ignore[no-untyped-def]
+        def chunks_then_append():  # type: ignore[no-untyped-def]
+            appended = False
+            for chunk in chunks:
+                yield chunk
+                if not appended:
+                    with open(spool.outbox / name, "ab") as writer:
+                        writer.write(more)
+                    appended = True
+        return real(blob_id, chunks_then_append())
+
+    spool.store.write = write  # type: ignore[method-assign]
+
+
+def test_when_the_writer_still_appends_during_the_read_then_nothing_is_stored_or_sent_and_it_is_taken_whole_later(
+        spool: Spool) -> None:
+    whole = b"".join(generate_file(LAYOUT, 40, seed=6, today=TODAY, lg_code="131041"))
+    (spool.outbox / "pay1.dat").write_bytes(whole[:20 * LAYOUT.record_length])
+    real_write = spool.store.write
+    appending_store(spool, "pay1.dat", whole[20 * LAYOUT.record_length:])
+    result = spool.ingest("pay1.dat")
+    assert result.outcome == "skipped" and "changed while it was read (its size changed)" in result.reason
+    assert "rename" in result.reason, "the reason tells the writer what to do"
+    assert os.listdir(spool.outbox) == ["pay1.dat"], "it stays in the outbox"
+    assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == [], "no partial send, no record"
+    spool.store.write = real_write  # type: ignore[method-assign]  # the writer has finished
+    again = spool.ingest("pay1.dat")
+    assert again.outcome == "queued" and again.records == 40
+    assert again.transfer_id is not None
+    row = spool.ledger.get(again.transfer_id)
+    assert row.blob_id is not None and b"".join(spool.store.read(row.blob_id)) == whole
+
+
+def test_when_an_invalid_file_grows_while_it_is_read_then_it_is_not_quarantined_but_left_for_the_next_scan(
+        spool: Spool) -> None:
+    data = spool.put("bad.dat", records=10, invalid_rate=1.0, seed=2)
+    appending_store(spool, "bad.dat", data[:LAYOUT.record_length])
+    result = spool.ingest("bad.dat")
+    assert result.outcome == "skipped" and "changed while it was read" in result.reason
+    assert os.listdir(spool.outbox) == ["bad.dat"] and spool.store.list_ids() == []
+    assert spool.ledger.list_transfers() == [] and not spool.quarantine.exists()
+
+
+def test_when_the_outbox_entry_is_replaced_during_the_read_then_the_file_is_left_for_the_next_scan(
+        spool: Spool) -> None:
+    data = spool.put("pay1.dat")
+    real = spool.store.write
+
+    def write(blob_id: str, chunks):  # type: ignore[no-untyped-def]
+        info = real(blob_id, chunks)
+        (spool.outbox / "pay1.dat.tmp").write_bytes(data)
+        os.rename(spool.outbox / "pay1.dat.tmp", spool.outbox / "pay1.dat")  # same size, another inode
+        return info
+
+    spool.store.write = write  # type: ignore[method-assign]
+    result = spool.ingest("pay1.dat")
+    assert result.outcome == "skipped" and "the outbox entry was replaced or removed" in result.reason
+    assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
+
+
+def test_when_size_mtime_or_inode_differ_then_changed_while_read_names_what_changed() -> None:
+    from kei_gateway.flows.outbound.ingest import FileIdentity, changed_while_read
+
+    before = FileIdentity(1, 10, 1400, 5)
+    assert changed_while_read(before, before, before) is None
+    assert "its size changed" in str(changed_while_read(before, FileIdentity(1, 10, 2800, 6), FileIdentity(1, 10, 2800, 6)))
+    assert "it was modified" in str(changed_while_read(before, FileIdentity(1, 10, 1400, 7), FileIdentity(1, 10, 1400, 7)))
+    assert "replaced or removed" in str(changed_while_read(before, before, FileIdentity(1, 11, 1400, 5)))
+    assert "replaced or removed" in str(changed_while_read(before, before, None))
+
+
+def test_when_a_file_is_larger_than_max_file_size_then_it_is_refused_unread_recorded_and_removed(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kei_gateway.flows.outbound import ingest
+
+    data = spool.put("big.dat", records=30)
+
+    def never(fd: int):  # type: ignore[no-untyped-def]
+        raise AssertionError("a file over max_file_size must not be read")
+
+    monkeypatch.setattr(ingest, "_read_chunks", never)
+    result = ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(spool.outbox),
+                         quarantine_dir=str(spool.quarantine), name="big.dat", marker=None, layout=LAYOUT,
+                         options=ValidationOptions(today=TODAY, lg_code="131041"), hold_over_records=0,
+                         store=spool.store, ledger=spool.ledger, now=NOW, max_file_size=len(data) - 1)
+    assert result.outcome == "quarantined" and result.reason == "too-large"
+    assert os.listdir(spool.outbox) == [] and spool.store.list_ids() == []
+    assert sorted(os.listdir(spool.quarantine)) == ["big.dat.errors.txt"], "nothing of it is kept"
+    errors = (spool.quarantine / "big.dat.errors.txt").read_text(encoding="utf-8")
+    assert f"{len(data)} bytes, larger than [gateway] max_file_size ({len(data) - 1} bytes)" in errors
+    assert "refused unread" in errors and f"as transfer {result.transfer_id}" in errors
+    assert result.transfer_id is not None
+    row = spool.ledger.get(result.transfer_id)
+    assert row.state == "QUARANTINED" and row.size == len(data) and row.blob_id is None and row.source_removed
+    assert [event for event, _ in spool.ledger.audit] == ["ingest.quarantined"]
+
+
+def test_when_a_refusal_unread_is_cut_off_after_its_record_then_the_rescan_finishes_it_as_one_transfer(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kei_gateway.flows.outbound import ingest
+
+    data = spool.put("big.dat", records=30)
+    real = ingest._remove_source
+    monkeypatch.setattr(ingest, "_remove_source", lambda *args: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(spool.outbox),
+                    quarantine_dir=str(spool.quarantine), name="big.dat", marker=None, layout=LAYOUT,
+                    options=ValidationOptions(today=TODAY), hold_over_records=0, store=spool.store,
+                    ledger=spool.ledger, now=NOW, max_file_size=len(data) - 1)
+    monkeypatch.setattr(ingest, "_remove_source", real)
+    result = ingest_file(flow="jnks-payments", peer="jnks", outbox_dir=str(spool.outbox),
+                         quarantine_dir=str(spool.quarantine), name="big.dat", marker=None, layout=LAYOUT,
+                         options=ValidationOptions(today=TODAY), hold_over_records=0, store=spool.store,
+                         ledger=spool.ledger, now=NOW, max_file_size=len(data) - 1)
+    assert [row.id for row in spool.ledger.list_transfers()] == [result.transfer_id]
+    assert sorted(os.listdir(spool.quarantine)) == ["big.dat.errors.txt"] and os.listdir(spool.outbox) == []
+
+
+def test_when_a_badly_named_file_is_over_max_file_size_then_it_is_refused_unread_too(spool: Spool) -> None:
+    (spool.outbox / "納付.dat").write_bytes(b"A\r\n" * 1000)
+    result = quarantine_refused("jnks-payments", str(spool.outbox), str(spool.quarantine), "納付.dat", "name",
+                                "not allowed", spool.ledger, "jnks", NOW, spool.store, max_file_size=1024)
+    assert result.outcome == "quarantined" and result.reason == "too-large"
+    assert spool.store.list_ids() == [] and os.listdir(spool.outbox) == []
+    assert os.listdir(spool.quarantine) == [listed_name("納付.dat") + ".errors.txt"]

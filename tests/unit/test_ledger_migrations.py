@@ -13,7 +13,7 @@ from sqlalchemy import Engine, inspect
 from kei_gateway.adapters.ledger import Base, create_ledger_engine, current_revision, head_revision, upgrade
 from kei_gateway.adapters.ledger.db import _MIGRATIONS, _alembic_config
 
-TABLES = {"transfers", "payment_results", "audit", "audit_head"}
+TABLES = {"transfers", "payment_results", "audit", "audit_head", "nodes", "leases"}
 
 
 @pytest.fixture

@@ -125,3 +125,63 @@ class DescribeErrorTests(SynchronousTestCase):
         text = describe_error(error)
         self.assertEqual(text, "OperationalError: Exception: database is locked")
         self.assertNotIn("ダミー", text)
+
+
+class PerSourceLimitTests(SynchronousTestCase):
+    def test_when_one_source_opens_more_than_the_limit_then_the_extra_is_refused_and_others_still_connect(
+            self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from kei_gateway.runtime.listeners import PerSourceLimit
+
+        refused: list[tuple[str, int]] = []
+        limit = [2]
+        factory = PerSourceLimit(Factory.forProtocol(Protocol), lambda: limit[0],
+                                 lambda source, most: refused.append((source, most)))
+        hostile = IPv4Address("TCP", "10.0.0.1", 5555)
+        opened = []
+        for _ in range(2):
+            protocol = factory.buildProtocol(hostile)
+            assert protocol is not None
+            protocol.makeConnection(StringTransport(peerAddress=hostile))
+            opened.append(protocol)
+        self.assertIsNone(factory.buildProtocol(hostile))
+        self.assertEqual(refused, [("10.0.0.1", 2)])
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 5555)))
+        opened[0].connectionLost(None)  # type: ignore[arg-type]  # one closes: the source may open one more
+        self.assertIsNotNone(factory.buildProtocol(hostile))
+        opened[1].connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(dict(factory.open_by_source), {"10.0.0.2": 1, "10.0.0.1": 1})
+
+
+class BurstLogTests(SynchronousTestCase):
+    def test_when_refusals_repeat_then_the_first_is_logged_at_once_and_the_rest_as_one_summary(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        from kei_gateway.runtime import events
+        from kei_gateway.runtime.bursts import BurstLog
+
+        logged: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        clock = task.Clock()
+        bursts = BurstLog(clock, window=60.0, max_bursts=2)
+
+        def refuse(source: str, reason: str = "slow_body") -> bool:
+            return bursts.refused(events.PUSH_REFUSED, listener="push", source=source, reason=reason,
+                                  fields={"status": 408, "detail": "slow", "peer": "mpn"})
+
+        self.assertEqual([refuse("10.0.0.1") for _ in range(50)], [True] + [False] * 49)
+        self.assertTrue(refuse("10.0.0.2"))
+        self.assertTrue(refuse("10.0.0.3"))  # over max_bursts: one shared burst, source "(many)"
+        self.assertFalse(refuse("10.0.0.4"))
+        kinds = [(e["kei_event"], e["source"]) for e in logged if "kei_event" in e]
+        self.assertEqual(kinds, [("push.refused", "10.0.0.1"), ("push.refused", "10.0.0.2"),
+                                 ("push.refused", "10.0.0.3")])  # the first of the shared burst, as it came
+        clock.advance(60)
+        summaries = [(e["source"], e["count"], e["reason"]) for e in logged
+                     if e.get("kei_event") == "listener.refusals_repeated"]
+        self.assertEqual(sorted(summaries), [("(many)", 1, "slow_body"), ("10.0.0.1", 49, "slow_body")])
+        self.assertTrue(refuse("10.0.0.1"), "a new burst starts after the window")
+        bursts.flush()
+        self.assertEqual(clock.getDelayedCalls(), [])

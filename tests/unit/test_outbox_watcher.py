@@ -53,14 +53,16 @@ class OutboxWatcherTests(SynchronousTestCase):
         self.registry = CollectorRegistry()
         self.results: list[Any] = []
 
-    def watcher(self, blocking: Any, ready: str = "rename", **flow_settings: str) -> OutboxWatcher:
+    def watcher(self, blocking: Any, ready: str = "rename", max_file_size: Callable[[], int] | None = None,
+                **flow_settings: str) -> OutboxWatcher:
         settings = OutboundFlowSection(peer="jnks", outbox="outbox/jnks", ready=ready, **flow_settings)
         watcher = OutboxWatcher(
             flow="jnks-payments", settings=settings,
             outbox_dir=str(self.outbox), quarantine_dir=str(self.base / "quarantine" / "jnks-payments"),
             lg_code="131041", clock=self.clock, blocking=blocking, ledger=self.ledger,
             store=FileBlobStore(str(self.base / "store"), StoreKeyring(secrets.token_bytes(32))),
-            metrics=GatewayMetrics(self.registry, process=False), on_ingested=self.results.append, use_inotify=False)
+            metrics=GatewayMetrics(self.registry, process=False), on_ingested=self.results.append, use_inotify=False,
+            **({"max_file_size": max_file_size} if max_file_size is not None else {}))
         return watcher
 
     def put(self, name: str, records: int = 3) -> None:
@@ -68,6 +70,22 @@ class OutboxWatcherTests(SynchronousTestCase):
         data = b"".join(generate_file(get_layout("jnks-payments"), records, seed=len(name),
                                       today=today_in_jst(START), lg_code="131041"))
         (self.outbox / name).write_bytes(data)
+
+    def test_when_max_file_size_changes_then_the_next_scan_refuses_a_larger_file_unread(self) -> None:
+        limit = [1 << 20]
+        self.put("a.dat", records=3)
+        self.put("b.dat", records=3)
+        os.rename(self.outbox / "b.dat", self.outbox / "b.tmp")
+        watcher = self.watcher(SynchronousBlocking(), max_file_size=lambda: limit[0])
+        watcher.startService()
+        self.assertEqual([r.outcome for r in self.results], ["queued"])
+        limit[0] = 100  # a reload lowered it: the scan reads the live value
+        os.rename(self.outbox / "b.tmp", self.outbox / "b.dat")
+        self.successResultOf(watcher.scan_soon())
+        self.assertEqual([(r.outcome, r.reason) for r in self.results[1:]], [("quarantined", "too-large")])
+        self.assertEqual(self.registry.get_sample_value(
+            "kei_gateway_transfers_total", {"flow": "jnks-payments", "outcome": "quarantined"}), 1)
+        self.successResultOf(defer.maybeDeferred(watcher.stopService))
 
     def test_when_started_then_files_already_waiting_are_taken_and_counted(self) -> None:
         self.put("a.dat")

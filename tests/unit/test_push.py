@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -84,10 +85,10 @@ class PushHarness:
                                      metrics=self.metrics, relay=HookRelay(on_committed or record), **kwargs)
         self.peers = frozenset({"mpn"})
 
-    def connect(self, peers: Iterable[str] | None = None) -> tuple[HTTPChannel, StringTransport]:
+    def connect(self, peers: Iterable[str] | None = None, source: str = "10.0.0.1") -> tuple[HTTPChannel, StringTransport]:
         site = PushSite(self.receiver, None, self.clock, frozenset(peers) if peers is not None else self.peers)
         channel = site.buildProtocol(None)
-        transport = StringTransport()
+        transport = StringTransport(peerAddress=IPv4Address("TCP", source, 40000))
         channel.makeConnection(transport)
         return channel, transport
 
@@ -357,3 +358,153 @@ class PushTests(SynchronousTestCase):
         first.dataReceived(body[100:])
         self.assertEqual(parse_response(first_transport.value())[0], 201)
         self.assertEqual(h.denied("path") + h.denied("flow"), 0)  # busy is not a denial
+
+
+def put_head(body_length: int, name: str = "R1.dat", extra: str = "") -> bytes:
+    return (f"PUT /push/mpn-results/{name} HTTP/1.1\r\nHost: g\r\n{extra}Content-Length: {body_length}\r\n\r\n"
+            .encode())
+
+
+class PushLimitTests(SynchronousTestCase):
+    """The listener's limits (issue 11): late or oversized headers, slow bodies, busy slots, each counted."""
+
+    def with_limits(self, h: PushHarness, **limits: Any) -> None:
+        import dataclasses
+
+        from kei_gateway.config import HostPort, ListenerSection, Listeners
+
+        section = ListenerSection(address=HostPort("127.0.0.1", 8443), **limits)
+        h.config = dataclasses.replace(h.config, listeners=Listeners(h.config.listeners.metrics, section))
+
+    def test_when_headers_do_not_arrive_within_header_timeout_then_408_closed_and_counted(self) -> None:
+        h = PushHarness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nHost: g\r\n")  # and then nothing
+        h.clock.advance(9.9)
+        self.assertEqual(transport.value(), b"")
+        h.clock.advance(0.2)
+        self.assertEqual(parse_response(transport.value())[0], 408)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.denied("header_timeout"), 1)
+
+    def test_when_a_kept_alive_connection_idles_between_requests_then_the_header_clock_waits_for_its_first_byte(
+            self) -> None:
+        h = PushHarness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(put_head(258) + results_file(1))
+        self.assertEqual(parse_response(transport.value())[0], 201)
+        transport.clear()
+        h.clock.advance(30)  # idle between requests: no header_timeout
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(put_head(258, "R2.dat") + results_file(1, seed=2))
+        self.assertEqual(parse_response(transport.value())[0], 201)
+        h.clock.advance(60)  # Twisted closes the idle connection: not a refusal after a finished request
+        self.assertEqual(sum(h.denied(reason) for reason in ("header_timeout", "idle_timeout")), 0)
+
+    def test_when_a_connection_stays_silent_past_the_idle_timeout_then_twisted_closes_it_and_it_is_counted(
+            self) -> None:
+        h = PushHarness(self)
+        self.with_limits(h, header_timeout=120.0)
+        channel, transport = h.connect()
+        h.clock.advance(61)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((h.denied("idle_timeout"), h.denied("header_timeout")), (1, 0))
+
+    def test_when_headers_are_too_large_or_too_many_then_431_and_each_reason_is_counted(self) -> None:
+        h = PushHarness(self)
+        self.with_limits(h, max_header_bytes=2048, max_headers=8)
+        channel, transport = h.connect()
+        channel.dataReceived(put_head(10, extra="X-Padding: " + "a" * 3000 + "\r\n"))
+        self.assertEqual(parse_response(transport.value())[0], 431)
+        self.assertTrue(transport.disconnecting)
+        channel, transport = h.connect()
+        channel.dataReceived(put_head(10, extra="".join(f"X-H{i}: {i}\r\n" for i in range(20))))
+        status, _, body = parse_response(transport.value())
+        self.assertEqual(status, 431)
+        self.assertIn(b"more than 8 header fields", body)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\n" + b"Y" * 4000)  # one line, no end
+        self.assertEqual(parse_response(transport.value())[0], 431)
+        self.assertEqual((h.denied("header_size"), h.denied("header_count")), (2, 1))
+        self.assertEqual(h.store.list_ids(), [])
+
+    def test_when_twisted_refuses_a_malformed_request_with_400_then_it_is_counted(self) -> None:
+        h = PushHarness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(b"PUT /push/mpn-results/R1.dat HTTP/1.1\r\nContent-Length: ten\r\n\r\n")
+        self.assertEqual(parse_response(transport.value())[0], 400)
+        self.assertEqual(h.denied("bad_request"), 1)
+
+    def test_when_a_body_trickles_under_min_body_rate_then_408_nothing_kept_and_the_slot_is_free(self) -> None:
+        h = PushHarness(self)
+        body = results_file(3)
+        channel, transport = h.connect()
+        channel.dataReceived(put_head(len(body)) + body[:1])
+        for _ in range(9):
+            h.clock.advance(1)
+            channel.dataReceived(b"")  # nothing more comes
+        self.assertEqual(transport.value(), b"")
+        h.clock.advance(1)
+        status, _, answer = parse_response(transport.value())
+        self.assertEqual(status, 408)
+        self.assertIn(b"too slowly", answer)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.denied("slow_body"), 1)
+        channel.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(h.store.list_ids(), [])
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 201)
+
+    def test_when_a_body_keeps_up_with_min_body_rate_then_it_is_taken_however_long(self) -> None:
+        h = PushHarness(self)
+        self.with_limits(h, min_body_rate=10)
+        body = results_file(3)  # 774 bytes at 100 bytes a window of 10 s: over a minute
+        channel, transport = h.connect()
+        channel.dataReceived(put_head(len(body)))
+        for start in range(0, len(body), 100):
+            channel.dataReceived(body[start:start + 100])
+            h.clock.advance(10)
+        self.assertEqual(parse_response(transport.value())[0], 201)
+        self.assertEqual(h.denied("slow_body"), 0)
+
+    def test_when_one_source_holds_half_the_slots_then_its_next_push_is_busy_and_another_source_gets_201(
+            self) -> None:
+        h = PushHarness(self)  # max_pushes 4: one source may hold 2
+        body = results_file(2)
+        held = []
+        for name in ("A.dat", "B.dat"):
+            channel, transport = h.connect(source="10.0.0.1")
+            channel.dataReceived(put_head(len(body), name) + body[:10])
+            held.append((channel, transport))
+        channel, transport = h.connect(source="10.0.0.1")
+        channel.dataReceived(put_head(len(body), "C.dat") + body)
+        status, headers, answer = parse_response(transport.value())
+        self.assertEqual(status, 503)
+        self.assertIn(b"retry-after: 2", headers)
+        self.assertIn(b"from this address", answer)
+        self.assertEqual(h.denied("busy"), 1)
+        channel, transport = h.connect(source="10.0.0.2")
+        channel.dataReceived(put_head(len(body), "D.dat") + body)
+        self.assertEqual(parse_response(transport.value())[0], 201)
+        for channel, transport in held:  # the held ones finish too
+            channel.dataReceived(body[10:])
+            self.assertEqual(parse_response(transport.value())[0], 201)
+
+    def test_when_every_slot_is_taken_then_busy_is_counted_and_logged_once_per_burst(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        h = PushHarness(self)
+        self.with_limits(h, max_pushes=1)
+        body = results_file(2)
+        first, _ = h.connect(source="10.0.0.1")
+        first.dataReceived(put_head(len(body), "A.dat") + body[:10])
+        for n in range(5):
+            self.assertEqual(h.request("PUT", f"/push/mpn-results/N{n}.dat", body)[0], 503)
+        self.assertEqual(h.denied("busy"), 5)
+        refused = [e for e in logged if e.get("kei_event") == "push.refused"]
+        self.assertEqual([e["reason"] for e in refused], ["busy"])
+        h.clock.advance(60)
+        [summary] = [e for e in logged if e.get("kei_event") == "listener.refusals_repeated"]
+        self.assertEqual((summary["count"], summary["reason"]), (4, "busy"))

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.db import ping as _ping
-from kei_gateway.adapters.ledger.models import Transfer, TransferState
+from kei_gateway.adapters.ledger.leases import Fence, check_fence, claim_in, lease_exists, lease_of, lock_lease, write_lease
+from kei_gateway.adapters.ledger.models import LeaseRow, Transfer, TransferState
+from kei_gateway.core.lease import ClaimDecision, LeaseKind, StartAction, is_live, on_start, revoke
 from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK"]
+__all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK",
+           "Claimed"]
 
 OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
 """States of transfers that still need something: shown in the queue gauge and STATUS=."""
@@ -161,14 +164,21 @@ class TransferLedger(Ledger):
             return TransferRow.of(transfer)
 
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
-                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
+                   audit: AuditEvent | None = None, fence: Fence | None = None, release: bool = False,
+                   **fields: Any) -> TransferRow:
         """Move a transfer to *new_state* (checked against SPEC §6) and set *fields*, in one transaction
-        with the *audit* record of the action (see :meth:`add_transfer`)."""
-        return self._change(transfer_id, now, new_state, fields, audit)
+        with the *audit* record of the action (see :meth:`add_transfer`).
 
-    def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
-        """Apply a decision of :mod:`kei_gateway.core.transfer` (edge checked), in one transaction."""
-        return self._change(transfer_id, now, transition.state, dict(transition.fields))
+        With *fence* (SPEC §14) the same transaction checks that the lease is still this node's, or
+        raises :class:`~kei_gateway.adapters.ledger.leases.Fenced` and writes nothing; *release* frees
+        the lease with the commit."""
+        return self._change(transfer_id, now, new_state, fields, audit, fence, release)
+
+    def apply(self, transfer_id: int, transition: Transition, now: datetime, *, fence: Fence | None = None,
+              release: bool = False) -> TransferRow:
+        """Apply a decision of :mod:`kei_gateway.core.transfer` (edge checked), in one transaction (fenced as
+        :meth:`transition`)."""
+        return self._change(transfer_id, now, transition.state, dict(transition.fields), None, fence, release)
 
     def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
         """Set *fields* without changing the state."""
@@ -176,9 +186,12 @@ class TransferLedger(Ledger):
 
     @retry_transient
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
+                fields: dict[str, Any], audit: AuditEvent | None = None, fence: Fence | None = None,
+                release: bool = False) -> TransferRow:
 
         with Session(self.engine) as session, session.begin():
+            if fence is not None:
+                check_fence(session, fence, release=release)  # the lease row first: the order of every claim
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None:
                 raise TransferNotFound(transfer_id)
@@ -209,18 +222,76 @@ class TransferLedger(Ledger):
             return TransferRow.of(transfer) if transfer is not None else None
 
     @retry_transient
-    def requeue_sending(self, now: datetime) -> int:
-        """At start: every SENDING transfer was cut off by a stop or crash; :func:`on_restart` says what it becomes
-        (QUEUED), through the same edge check as every other transition."""
+    def requeue_sending(self, now: datetime, node: str | None = None) -> int:
+        """At a node's start: the SENDING transfers cut off by its own stop or crash — its own leases, expired ones,
+        and those no lease covers — are QUEUED again (:func:`on_restart` through the edge check), their leases
+        revoked so a stalled holder's commit is fenced; another live node's uploads are left alone
+        (:func:`~kei_gateway.core.lease.on_start`). Without *node*, every unheld or expired one."""
+        count = 0
         with Session(self.engine) as session, session.begin():
-            rows = session.scalars(select(Transfer).where(Transfer.state == TransferState.SENDING.value)).all()
+            rows = session.scalars(select(Transfer).where(Transfer.state == TransferState.SENDING.value)
+                                   .order_by(Transfer.id).with_for_update(skip_locked=True)).all()
             for transfer in rows:
-                after = on_restart(transfer.state)
-                if after is None:
+                lease_row = lock_lease(session, LeaseKind.TRANSFER, str(transfer.id), skip_locked=True)
+                if lease_row is None and lease_exists(session, LeaseKind.TRANSFER, str(transfer.id)):
+                    continue  # another node is committing on it this very moment: it is alive
+                lease = lease_of(lease_row)
+                if on_start(lease, node=node or "", now=now) is StartAction.LEAVE:
                     continue
-                transfer.state = check_transition(transfer.state, after).value
-                transfer.updated_at = now
-            return len(rows)
+                if not self._requeue(session, transfer, lease_row, now):
+                    continue
+                count += 1
+        return count
+
+    @staticmethod
+    def _requeue(session: Session, transfer: Transfer, lease_row: LeaseRow | None, now: datetime) -> bool:
+        after = on_restart(transfer.state)
+        if after is None:
+            return False
+        transfer.state = check_transition(transfer.state, after).value
+        transfer.updated_at = now
+        lease = lease_of(lease_row)
+        if lease is not None:
+            write_lease(session, lease_row, revoke(lease))
+        return True
+
+    @retry_transient
+    def claim_due(self, flow: str, now: datetime, node: str, duration: float, scan: int = 20) -> Claimed | None:
+        """Claim the next outbound transfer of *flow* to send, for *node* (SPEC §14), in one transaction.
+
+        Candidates are QUEUED, RETRY_WAIT whose time has come, and SENDING whose lease has expired (its
+        holder died or stalled: taken over, and QUEUED again by the restart rule before it is sent anew).
+        Rows another node is claiming right now are skipped (``FOR UPDATE SKIP LOCKED``); a candidate
+        whose lease another node holds live is left to it. The transfer's state is not changed otherwise:
+        the caller moves it to SENDING with the returned fence.
+        """
+        sending = Transfer.state == TransferState.SENDING.value
+        waiting = ((Transfer.state == TransferState.QUEUED.value)
+                   | ((Transfer.state == TransferState.RETRY_WAIT.value) & (Transfer.next_attempt_at <= now)))
+        free = LeaseRow.holder.is_(None) | (LeaseRow.expires <= now)
+        lease_of_transfer = (LeaseRow.kind == LeaseKind.TRANSFER.value) & (LeaseRow.key == cast(Transfer.id, String))
+        query = (select(Transfer).outerjoin(LeaseRow, lease_of_transfer)
+                 .where(Transfer.flow == flow, Transfer.direction == "out",
+                        (waiting & (free | (LeaseRow.holder == node)))
+                        | (sending & LeaseRow.kind.is_not(None) & free))
+                 .order_by(Transfer.id).limit(scan).with_for_update(of=Transfer, skip_locked=True))
+        with Session(self.engine) as session, session.begin():
+            for transfer in session.scalars(query).all():
+                key = str(transfer.id)
+                if transfer.state == TransferState.SENDING.value:
+                    lease = lease_of(lock_lease(session, LeaseKind.TRANSFER, key, skip_locked=True))
+                    if lease is None or is_live(lease, now):  # (None: absent, or locked by a commit right now)
+                        continue  # being sent (or being claimed) right now; an unleased SENDING row waits for a start
+                decision = claim_in(session, LeaseKind.TRANSFER, key, node, now, duration)
+                if decision.lease is None:
+                    continue
+                if transfer.state == TransferState.SENDING.value:
+                    transfer.state = check_transition(transfer.state, on_restart(transfer.state) or transfer.state).value
+                    transfer.updated_at = now
+                session.flush()
+                return Claimed(TransferRow.of(transfer), Fence(LeaseKind.TRANSFER, key, node, decision.lease.token),
+                               decision)
+        return None
 
     @retry_transient
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:
@@ -267,3 +338,12 @@ class TransferLedger(Ledger):
         with Session(self.engine) as session:
             transfer = session.scalars(query).first()
             return TransferRow.of(transfer) if transfer is not None else None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A transfer claimed for sending: its row, the fence to commit with, and how the lease was got."""
+
+    row: TransferRow
+    fence: Fence
+    decision: ClaimDecision

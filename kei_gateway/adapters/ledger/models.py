@@ -9,7 +9,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kei_gateway.core.transfer import TransferState
 
-__all__ = ["Base", "Transfer", "TransferState", "PaymentResult", "AuditEntry", "AuditHead"]
+__all__ = ["Base", "Transfer", "TransferState", "PaymentResult", "AuditEntry", "AuditHead", "Node", "LeaseRow"]
 
 
 class Base(DeclarativeBase):
@@ -137,3 +137,31 @@ class AuditHead(Base):
     sequence: Mapped[int] = mapped_column(BigInteger)
     mac: Mapped[str] = mapped_column(String(64))
     head_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Node(Base):
+    """A gateway node sharing this ledger (SPEC §14): its current start and last heartbeat."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    incarnation: Mapped[str] = mapped_column(String(36))
+    """A random id of the node's current start: another start under the same id is told apart by it."""
+    started: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+class LeaseRow(Base):
+    """One piece of claimed work (:class:`kei_gateway.core.lease.Lease`); kept after release so tokens only rise."""
+
+    __tablename__ = "leases"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_leases_holder", "holder"),)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -19,7 +20,7 @@ from twisted.python.failure import Failure
 from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
-from kei_gateway.config import Config
+from kei_gateway.config import Config, HostPort, ListenerSection
 from kei_gateway.core.jst import today_in_jst
 from kei_gateway.core.settle import Door, Settlement
 from kei_gateway.flows.inbound.intake import (
@@ -42,14 +43,16 @@ from kei_gateway.flows.inbound.relay import Relay
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
-from kei_gateway.runtime.listeners import AllowListFactory
+from kei_gateway.runtime.bursts import BurstLog
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["PushReceiver", "MAX_CONCURRENT_PUSHES", "RETRY_AFTER_SECONDS",
-    "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT", "AcceptedPush"]
+__all__ = ["PushReceiver", "RETRY_AFTER_SECONDS", "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT", "BODY_RATE_WINDOW",
+           "AcceptedPush", "DEFAULT_LIMITS"]
 
-MAX_CONCURRENT_PUSHES = 2
-"""Bodies received at once; more are answered ``503`` with ``Retry-After`` (each holds store-writer threads)."""
+DEFAULT_LIMITS = ListenerSection(address=HostPort("127.0.0.1", 0))
+"""The listener limits of the schema's defaults (``[listeners.push]``), for a receiver built without that section."""
+BODY_RATE_WINDOW = 10.0
+"""Seconds over which ``min_body_rate`` is measured."""
 RETRY_AFTER_SECONDS = 30
 """``Retry-After`` of a 503 for store or ledger trouble (it takes a person or some minutes to clear)."""
 BUSY_RETRY_AFTER_SECONDS = 2
@@ -64,10 +67,12 @@ IDLE_TIMEOUT = 60.0
 class AcceptedPush:
     """A push being received: its target, intake and start time."""
 
-    def __init__(self, target: PushTarget, intake: StreamIntake, started_at: float) -> None:
+    def __init__(self, target: PushTarget, intake: StreamIntake, started_at: float, source: str = "") -> None:
         self.target = target
         self.intake = intake
         self.started_at = started_at
+        self.source = source
+        self.released = False
 
 
 class PushReceiver:
@@ -77,8 +82,7 @@ class PushReceiver:
 
     def __init__(self, *, config_source: Callable[[], Config], ledger: TransferLedgerPort, store: BlobStore,
                  blocking: Blocking, clock: Any, metrics: GatewayMetrics, relay: Relay | None = None,
-                 max_bytes: int = MAX_PUSH_BYTES, max_concurrent: int = MAX_CONCURRENT_PUSHES,
-                 intake_blocking: Blocking | None = None) -> None:
+                 max_bytes: int = MAX_PUSH_BYTES, intake_blocking: Blocking | None = None) -> None:
         self.config_source = config_source
         self.ledger, self.store, self.blocking = ledger, store, blocking
         self.intake_blocking = intake_blocking or blocking
@@ -87,23 +91,34 @@ class PushReceiver:
         self.relay = relay
         """Where a committed push goes (:mod:`kei_gateway.flows.inbound.relay`); its 201 does not wait for it."""
         self.max_bytes = max_bytes
-        self.max_concurrent = max_concurrent
+        self.bursts = BurstLog(clock)
+        """Refusals are logged once per burst (source, reason); each is counted."""
         self._in_flight: set[tuple[str, str]] = set()
+        self._pushes_by_source: Counter[str] = Counter()
         for reason in DENIAL_REASONS:  # exported as 0 from the start
             metrics.denied_connections.labels(listener="push", reason=reason)
+
+    def limits(self) -> ListenerSection:
+        """The listener's limits (``[listeners.push]``) of the live configuration."""
+        return self.config_source().listeners.push or DEFAULT_LIMITS
 
     # -- refusals
 
     def denied(self, source: str, reason: str, detail: str, status: int | str, peer: str = "-") -> None:
-        """Count and log a refused connection or request."""
+        """Count a refused connection or request; log it if it starts a burst (source, reason)."""
         if reason in DENIAL_REASONS:
             self.metrics.denied_connections.labels(listener="push", reason=reason).inc()
-        events.emit(self.log, events.PUSH_REFUSED, source=source, reason=reason, status=status, detail=detail,
-                    peer=peer)
+        self.bursts.refused(events.PUSH_REFUSED, listener="push", source=source, reason=reason,
+                            fields={"status": status, "detail": detail, "peer": peer})
 
     def denied_address(self, listener: str, source: str) -> None:
-        """For :class:`AllowListFactory`: a connection closed before the handshake (it logs the event itself)."""
+        """For :class:`AllowListFactory`: a connection closed before the handshake."""
         self.metrics.denied_connections.labels(listener=listener, reason="address").inc()
+        self.bursts.refused(events.LISTENER_DENIED, listener=listener, source=source, reason="address", fields={})
+
+    def denied_connections(self, source: str, limit: int) -> None:
+        """A connection over ``max_connections_per_source``, closed before the handshake."""
+        self.denied(source, "connections", f"{limit} connections from this address are open already", "closed")
 
     # -- a request
 
@@ -117,42 +132,66 @@ class PushReceiver:
             self.denied(source, decision.reason, decision.detail, decision.status, peer_label)
             return decision
         key = (decision.flow, decision.name)
-        if key in self._in_flight or len(self._in_flight) >= self.max_concurrent:
-            detail = ("the same name is being received on another connection" if key in self._in_flight
-                      else f"{len(self._in_flight)} pushes already in progress")
-            events.emit(self.log, events.PUSH_REFUSED, source=source, reason="busy", status=503, detail=detail,
-                        peer=decision.peer, flow=decision.flow)
+        limits = self.limits()
+        per_source = max(1, limits.max_pushes // 2)
+        if key in self._in_flight:
+            detail = "the same name is being received on another connection"
+        elif len(self._in_flight) >= limits.max_pushes:
+            detail = f"{len(self._in_flight)} pushes already in progress (max_pushes)"
+        elif self._pushes_by_source[source] >= per_source:
+            detail = f"{per_source} pushes from this address already in progress (half of max_pushes)"
+        else:
+            detail = ""
+        if detail:
+            self.denied(source, "busy", detail, 503, decision.peer)
             return Refusal(503, "busy", detail)
         self._in_flight.add(key)
+        self._pushes_by_source[source] += 1
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
         intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
                               blocking=self.intake_blocking)
-        return AcceptedPush(decision, intake, started_at)
+        return AcceptedPush(decision, intake, started_at, source)
+
+    def _release(self, accepted: AcceptedPush) -> None:
+        """The push no longer holds a slot (done, refused or broken): once only."""
+        if accepted.released:
+            return
+        accepted.released = True
+        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        self._pushes_by_source[accepted.source] -= 1
+        if self._pushes_by_source[accepted.source] <= 0:
+            del self._pushes_by_source[accepted.source]
 
     def too_large(self, accepted: AcceptedPush, source: str) -> defer.Deferred[None]:
         """The body grew past the limit: nothing is kept."""
-        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        self._release(accepted)
         self.denied(source, "too_large", f"body over {self.max_bytes} bytes", 413, accepted.target.peer)
         return accepted.intake.abort(ValueError("push body too large"))
 
+    def slow_body(self, accepted: AcceptedPush, received: int, window: float) -> defer.Deferred[None]:
+        """The body came slower than ``min_body_rate``: nothing is kept, the slot is free again."""
+        self._release(accepted)
+        self.denied(accepted.source, "slow_body", f"{received} body bytes in {window:g} s, under min_body_rate "
+                    f"({self.limits().min_body_rate} bytes/s)", 408, accepted.target.peer)
+        return accepted.intake.abort(ConnectionError("push body too slow"))
+
     def broken(self, accepted: AcceptedPush, reason: str) -> defer.Deferred[None]:
         """The connection went away before the body was complete: nothing is kept or committed."""
-        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        self._release(accepted)
         events.emit(self.log, events.PUSH_FAILED, flow=accepted.target.flow, peer=accepted.target.peer,
                     name=accepted.target.name, reason=f"body incomplete: {reason}")
         return accepted.intake.abort(ConnectionError("push body incomplete"))
 
     def store_failed(self, accepted: AcceptedPush, failure: Failure) -> Response:
         """The store writer died mid-body (disk, timeout): the intake leaves no blob; the peer tries again later."""
-        self._in_flight.discard((accepted.target.flow, accepted.target.name))
+        self._release(accepted)
         accepted.intake.abort(ConnectionError("store writer failed"))
         return self._unavailable(failure, accepted)
 
     def complete(self, accepted: AcceptedPush) -> defer.Deferred[Response]:
         """The whole body arrived: finish storing it, then decide and commit. Never fails: errors become 503."""
-        key = (accepted.target.flow, accepted.target.name)
         def done(response: Response) -> Response:
-            self._in_flight.discard(key)
+            self._release(accepted)
             return response
 
         d: defer.Deferred[Any] = accepted.intake.finish()

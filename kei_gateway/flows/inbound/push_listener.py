@@ -9,10 +9,24 @@ Each connection passes, in order:
    certificate chaining to the ``ca`` of a peer whose ``push_allow`` holds the source
    address, and matching that peer's ``pins`` if it has any. Otherwise the handshake
    fails (reasons ``no_certificate``, ``certificate``, ``pin``, ``handshake``).
-3. **Request** — ``/push/<flow>/<name>`` with a known push flow and a spool name
+   Connections from one address beyond ``max_connections_per_source`` are closed before
+   the handshake too (:class:`~kei_gateway.runtime.listeners.PerSourceLimit`, ``connections``).
+3. **Headers** — complete within ``header_timeout`` of the connection (or of a further
+   request's first byte), else ``408`` (``header_timeout``); at most ``max_header_bytes`` and
+   ``max_headers``, else ``431`` (``header_size``, ``header_count``); what Twisted itself
+   refuses as malformed is its ``400`` (``bad_request``). Each is answered and closed at once.
+4. **Request** — ``/push/<flow>/<name>`` with a known push flow and a spool name
    (else ``404``, reason ``path``), method ``PUT`` (else ``405``, ``method``), a flow
    whose ``peer`` is the peer so identified (else ``403``, ``flow``), a body of at most
-   :data:`MAX_PUSH_BYTES` (else ``413``, ``too_large``).
+   :data:`MAX_PUSH_BYTES` (else ``413``, ``too_large``), a free slot (``max_pushes``, half
+   of them per source, else ``503``, ``busy``).
+5. **Body** — at least ``min_body_rate`` bytes a second over each :data:`BODY_RATE_WINDOW`
+   (else ``408``, ``slow_body``; a window in which the gateway itself paused the
+   connection does not count). A connection silent for :data:`IDLE_TIMEOUT` is closed by
+   Twisted (``idle_timeout``, counted unless it sat idle after a finished request).
+
+Every refusal is counted in ``kei_gateway_denied_connections_total{listener="push",reason}``
+and logged once per burst (:class:`~kei_gateway.runtime.bursts.BurstLog`).
 
 The body is streamed into the encrypted store and validated on the way
 (:class:`~kei_gateway.flows.inbound.intake.StreamIntake`; Twisted's own request spooling,
@@ -50,12 +64,19 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.push_tls import ConnectionTrust, PushTLS, PushTLSFactory
 from kei_gateway.config import Config
 from kei_gateway.flows.inbound.intake import StreamIntake
-from kei_gateway.flows.inbound.push import AcceptedPush, BUSY_RETRY_AFTER_SECONDS, IDLE_TIMEOUT, PushReceiver, RETRY_AFTER_SECONDS
+from kei_gateway.flows.inbound.push import (
+    AcceptedPush,
+    BODY_RATE_WINDOW,
+    BUSY_RETRY_AFTER_SECONDS,
+    IDLE_TIMEOUT,
+    PushReceiver,
+    RETRY_AFTER_SECONDS,
+)
 from kei_gateway.flows.inbound.push_routing import Refusal, Response
 from kei_gateway.flows.inbound.relay import Relay
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
-from kei_gateway.runtime.listeners import AllowListFactory
+from kei_gateway.runtime.listeners import AllowListFactory, PerSourceLimit
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["PushResource", "PushSite", "PushListener", "make_push_listener"]
@@ -65,8 +86,18 @@ __all__ = ["PushResource", "PushSite", "PushListener", "make_push_listener"]
 
 
 _REASON_PHRASES = {201: b"Created", 204: b"No Content", 403: b"Forbidden", 404: b"Not Found",
-                   405: b"Method Not Allowed", 409: b"Conflict", 413: b"Content Too Large",
-                   422: b"Unprocessable Content", 503: b"Service Unavailable"}
+                   405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
+                   413: b"Content Too Large", 422: b"Unprocessable Content",
+                   431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+def _raw_response(response: Response) -> bytes:
+    """A whole response, sent before the request is complete and followed by a close."""
+    body = response.body.encode("utf-8")
+    lines = [b"HTTP/1.1 %d %s" % (response.status, _REASON_PHRASES.get(response.status, b"Error"))]
+    lines += [name.encode("ascii") + b": " + value.encode("ascii") for name, value in response.headers.items()]
+    lines += [b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class _PushRequest(server.Request):
@@ -84,6 +115,9 @@ class _PushRequest(server.Request):
     _body_done = False
     _failed = False
     _finished_body: defer.Deferred[Response] | None = None
+    _rate_call: Any = None
+    _rate_mark = 0
+    _paused_in_window = False
 
     @property
     def _site(self) -> PushSite:
@@ -110,7 +144,42 @@ class _PushRequest(server.Request):
                 # Answer now, before the body is sent, and close: nothing of the body is read.
                 self.requestHeaders.removeHeader(b"expect")
                 self._respond_early(_refusal_response(self.push))
+                return
+        if length != 0:
+            self._watch_rate()
 
+    # -- the body rate (min_body_rate over each BODY_RATE_WINDOW)
+
+    def _watch_rate(self) -> None:
+        self._rate_mark = self._body_bytes
+        self._paused_in_window = self._pump_busy
+        self._rate_call = self._site.clock.callLater(BODY_RATE_WINDOW, self._check_rate)
+
+    def _stop_rate(self) -> None:
+        if self._rate_call is not None and self._rate_call.active():
+            self._rate_call.cancel()
+        self._rate_call = None
+
+    def _check_rate(self) -> None:
+        self._rate_call = None
+        if self._early or self._failed or self._body_done or self.channel is None:
+            return
+        if self._paused_in_window or self._pump_busy:  # the gateway held the body back: this window is not judged
+            self._watch_rate()
+            return
+        received = self._body_bytes - self._rate_mark
+        if received >= self._site.receiver.limits().min_body_rate * BODY_RATE_WINDOW:
+            self._watch_rate()
+            return
+        push = self.push
+        if isinstance(push, Refusal):  # refused and counted already: answer now rather than wait for the body
+            self._respond_early(_refusal_response(push))
+            return
+        if isinstance(push, AcceptedPush):
+            self._failed = True
+            self._site.receiver.slow_body(push, received, BODY_RATE_WINDOW)
+        self._respond_early(Response(408, f"the body came too slowly ({received} bytes in {BODY_RATE_WINDOW:g} s); "
+                                          "push it again\n"))
     def handleContentChunk(self, data: bytes) -> None:
         if self._early or self._failed:
             return
@@ -135,6 +204,7 @@ class _PushRequest(server.Request):
             waited = push.intake.put(self._pending.pop(0))
             if waited is not None:
                 self._pump_busy = True
+                self._paused_in_window = True
                 self.channel.transport.pauseProducing()  # type: ignore[union-attr]
                 waited.addCallbacks(self._pump_ready, self._pump_failed)
         if not self._pending and not self._pump_busy and self._body_done and self._finished_body is None \
@@ -162,6 +232,7 @@ class _PushRequest(server.Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_done = True
+        self._stop_rate()
         super().requestReceived(command, path, version)
 
     def start_response(self) -> Any:
@@ -198,17 +269,14 @@ class _PushRequest(server.Request):
     def _respond_early(self, response: Response) -> None:
         """Write a whole response straight to the transport and close (the request is not complete)."""
         self._early = True
-        body = response.body.encode("utf-8")
-        lines = [b"HTTP/1.1 %d %s" % (response.status, _REASON_PHRASES.get(response.status, b"Error"))]
-        lines += [name.encode("ascii") + b": " + value.encode("ascii") for name, value in response.headers.items()]
-        lines += [b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(body),
-                  b"Connection: close"]
+        self._stop_rate()
         transport: Any = self.channel.transport if self.channel else None
         if transport is not None:
-            transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            transport.write(_raw_response(response))
             transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        self._stop_rate()
         push = self.push
         if isinstance(push, AcceptedPush) and not self._body_done and not self._failed:
             self._failed = True
@@ -226,16 +294,124 @@ def _refusal_response(refusal: Refusal) -> Response:
 
 @implementer(interfaces.IHandshakeListener)
 class _PushChannel(http.HTTPChannel):
-    """HTTP/1.1 only; reports a TLS handshake that failed (the request layer never sees one)."""
+    """HTTP/1.1 only, with the listener's limits on the request headers (see the module docstring).
+
+    Reports a TLS handshake that failed (the request layer never sees one), refuses headers
+    that are late (408), too large or too many (431) itself, and counts what Twisted
+    refuses on its own: a malformed request (its ``400``) and a silent connection it closes.
+    """
 
     _handshaken = False
+    _refused = False
+    _header_call: Any = None
+    _awaiting_headers = True
+    _requests_done = 0
+
+    @property
+    def _push_site(self) -> PushSite:
+        return self.site  # type: ignore[attr-defined, no-any-return]
+
+    def _source(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(peer, "host", ""))
+
+    def connectionMade(self) -> None:
+        limits = self._push_site.receiver.limits()
+        self._max_header_bytes, self._max_headers = limits.max_header_bytes, limits.max_headers
+        self._header_timeout = limits.header_timeout
+        # Twisted's own checks sit at the same limits; ours run first and answer 431, not 400.
+        self.totalHeadersSize = self.MAX_LENGTH = self._max_header_bytes
+        self.maxHeaders = self._max_headers
+        super().connectionMade()
+        self._start_header_clock()
+
+    def _start_header_clock(self) -> None:
+        self._header_call = self._push_site.clock.callLater(self._header_timeout, self._headers_late)
+
+    def _stop_header_clock(self) -> None:
+        if self._header_call is not None and self._header_call.active():
+            self._header_call.cancel()
+        self._header_call = None
+
+    def _headers_late(self) -> None:
+        self._header_call = None
+        self._refuse(408, "header_timeout", f"the request headers did not arrive within {self._header_timeout:g} s")
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        """Count, answer *status* (if TLS is up) and close; nothing more of the connection is read."""
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_header_clock()
+        self._push_site.receiver.denied(self._source(), reason, detail, status)
+        if self.transport is None:
+            return
+        if self._handshaken or self._push_site.tls is None:
+            self.transport.write(_raw_response(Response(status, f"refused: {detail}\n")))
+            self.transport.loseConnection()
+        else:  # still in the TLS handshake: nothing can be said
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def handshakeCompleted(self) -> None:
         self._handshaken = True
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._awaiting_headers and self._header_call is None:
+            self._start_header_clock()  # the first byte of a further request on a kept-alive connection
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self._max_header_bytes:
+            self._refuse(431, "header_size", f"request line and headers over {self._max_header_bytes} bytes")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(431, "header_size", f"a request line or header over {self._max_header_bytes} bytes")
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._refused:
+            return False
+        if self._receivedHeaderCount >= self._max_headers:
+            self._refuse(431, "header_count", f"more than {self._max_headers} header fields")
+            return False
+        return super().headerReceived(line)  # type: ignore[no-any-return]
+
+    def allHeadersReceived(self) -> None:
+        self._awaiting_headers = False
+        self._stop_header_clock()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._awaiting_headers = True  # the next request's clock starts with its first byte
+        self._requests_done += 1
+        super().requestDone(request)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._refused:
+            return
+        self._push_site.receiver.denied(self._source(), "bad_request", "malformed request (answered 400)", 400)
+        self._refused = True
+        self._stop_header_clock()
+        super()._respondToBadRequestAndDisconnect()
+
+    def timeoutConnection(self) -> None:
+        idle_between_requests = self._awaiting_headers and self._header_call is None and self._requests_done
+        if not self._refused and not idle_between_requests:
+            self._push_site.receiver.denied(self._source(), "idle_timeout", f"silent for {IDLE_TIMEOUT:g} s",
+                                            "closed")
+        self._refused = True
+        self._stop_header_clock()
+        super().timeoutConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        site: PushSite = self.site  # type: ignore[attr-defined]
-        if not self._handshaken and site.tls is not None and isinstance(reason.value, SSL.Error):
+        self._stop_header_clock()
+        site = self._push_site
+        if not self._handshaken and not self._refused and site.tls is not None and isinstance(reason.value, SSL.Error):
             trust = site.tls.trust_of(self.transport)
             source = trust.source if trust is not None else ""
             kind, detail = _handshake_failure(trust, reason.value)
@@ -276,6 +452,7 @@ class PushSite(server.Site):
     def __init__(self, receiver: PushReceiver, tls: PushTLS | None, reactor: Any,
                  assumed_peers: frozenset[str] = frozenset()) -> None:
         super().__init__(PushResource(), timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.clock = reactor
         self.receiver = receiver
         self.tls = tls
         self.assumed_peers = assumed_peers
@@ -314,8 +491,9 @@ def make_push_listener(config_source: Callable[[], Config], reactor: Any, *, led
                             intake_blocking=intake_blocking)
     tls = PushTLS(config_source, environ)
     site = PushSite(receiver, tls, reactor)
-    guarded = AllowListFactory(PushTLSFactory(tls, site, reactor), "push", tls.allowed_networks,
-                               receiver.denied_address)
+    limited = PerSourceLimit(PushTLSFactory(tls, site, reactor),
+                             lambda: receiver.limits().max_connections_per_source, receiver.denied_connections)
+    guarded = AllowListFactory(limited, "push", tls.allowed_networks, receiver.denied_address, log_each=False)
 
     def reconfigure(config: Config) -> None:
         tls.reset()

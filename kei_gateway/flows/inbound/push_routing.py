@@ -14,9 +14,13 @@ __all__ = ["PUSH_FLOWS", "DENIAL_REASONS", "MAX_PUSH_BYTES", "PushTarget", "Refu
 
 PUSH_FLOWS = ("mpn-results",)
 """Inbound flows a peer may push to."""
-DENIAL_REASONS = ("address", "handshake", "no_certificate", "certificate", "pin", "path", "method", "flow",
-                  "too_large")
-"""The ``reason`` label values of ``kei_gateway_denied_connections_total{listener="push"}``."""
+DENIAL_REASONS = ("address", "connections", "handshake", "no_certificate", "certificate", "pin", "header_timeout",
+                  "header_size", "header_count", "bad_request", "path", "method", "flow", "too_large", "busy",
+                  "slow_body", "idle_timeout")
+"""The ``reason`` label values of ``kei_gateway_denied_connections_total{listener="push"}``, in the order of the
+checks (docs/push.md): the request checks of :func:`route_push`, and those of the listener itself —
+``connections`` (per-source limit), ``header_timeout``/``slow_body`` (408), ``header_size``/``header_count``
+(431), ``bad_request`` (Twisted's own 400), ``busy`` (503) and ``idle_timeout`` (a silent connection closed)."""
 MAX_PUSH_BYTES = 256 * 1024 * 1024
 """Largest body accepted (about a million 258-byte MPN result records)."""
 _PATH_PREFIX = b"/push/"

@@ -35,5 +35,6 @@ def build_outbound_flow(flow: str, config_source: Callable[[], Config],
         flow=flow, settings=settings, outbox_dir=config.spool_path(settings.outbox),
         quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), lg_code=config.gateway.lg_code,
         clock=deps.clock, blocking=deps.blocking, ledger=deps.ledger, store=deps.store, metrics=deps.metrics,
-        on_ingested=ingested, use_inotify=deps.use_inotify)
+        on_ingested=ingested, use_inotify=deps.use_inotify,
+        max_file_size=lambda: config_source().gateway.max_file_size)
     return [watcher, sender]

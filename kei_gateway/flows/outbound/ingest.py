@@ -16,6 +16,13 @@ The order is what makes a crash lose nothing and duplicate nothing:
 A crash between 2 and 4 leaves the original in the outbox and a committed transfer
 whose source is not marked removed: the rescan finds that transfer by flow, name and
 SHA-256 and finishes steps 3–4 instead of creating a second transfer.
+
+Two refusals come before any of it: a file larger than ``[gateway] max_file_size`` is
+refused unread (:func:`refuse_unread`: recorded, its errors file written, the original
+removed, nothing kept), and a file that changed while it was read — its size or
+modification time moved, or the outbox entry is no longer the inode that was read (a
+writer still appending after the rename) — is left in the outbox, its blob deleted, and
+read again whole at the next scan (:func:`changed_while_read`): no partial send.
 """
 
 from __future__ import annotations
@@ -50,9 +57,17 @@ from kei_gateway.adapters.store.format import degenerations_blob_id
 from kei_gateway.layouts.degenerate import MAP_VERSIONS
 
 __all__ = ["IngestResult", "ingest_file", "quarantine_refused", "READ_CHUNK", "errors_file_lines", "listed_name",
-           "UNREADABLE", "in_helper_thread", "degenerations_document"]
+           "UNREADABLE", "CHANGED_WHILE_READ", "DEFAULT_MAX_FILE_SIZE", "FileIdentity", "changed_while_read",
+           "in_helper_thread", "degenerations_document"]
 
 READ_CHUNK = 1 << 20
+DEFAULT_MAX_FILE_SIZE = 2 << 30
+"""``[gateway] max_file_size`` when not configured (SPEC §4): ``"2GiB"``."""
+
+CHANGED_WHILE_READ = ("changed while it was read ({what}): its writer had not finished when it was put in the "
+                      "outbox; nothing of it was stored or sent, it stays in the outbox and is read again whole "
+                      "at the next scan. The writer must write name.tmp (or a dotfile) and rename it only once "
+                      "it is complete and closed")
 
 UNREADABLE = ("cannot be read (permission denied); it stays in the outbox: let the gateway's group read it "
               "(the writer's umask must be 027 or less) and it is taken at the next scan")
@@ -74,6 +89,45 @@ class IngestResult:
     gaiji_substituted: int = 0
     degenerated: int = 0
     """外字 replaced by their 縮退 candidate; the list is in the store (:func:`degenerations_blob_id`)."""
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What tells whether a file changed: its inode, size and modification time."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> FileIdentity:
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def changed_while_read(before: FileIdentity, after: FileIdentity, entry: FileIdentity | None) -> str | None:
+    """Pure: why a file read between *before* and *after* (``fstat`` of the open descriptor) cannot be trusted,
+    or None. *entry* is the outbox path's ``lstat`` after the read (None: the entry is gone)."""
+    if entry is None or (entry.device, entry.inode) != (after.device, after.inode):
+        return CHANGED_WHILE_READ.format(what="the outbox entry was replaced or removed")
+    if after.size != before.size:
+        return CHANGED_WHILE_READ.format(what="its size changed")
+    if after.mtime_ns != before.mtime_ns:
+        return CHANGED_WHILE_READ.format(what="it was modified")
+    return None
+
+
+def _entry_changed(fd: int, path: str, before: FileIdentity) -> str | None:
+    try:
+        entry: FileIdentity | None = FileIdentity.of(os.lstat(path))
+    except FileNotFoundError:
+        entry = None
+    return changed_while_read(before, FileIdentity.of(os.fstat(fd)), entry)
+
+
+def _too_large(size: int, max_file_size: int) -> str:
+    return (f"{size} bytes, larger than [gateway] max_file_size ({max_file_size} bytes): refused unread, nothing "
+            f"of it was kept or sent; split it into smaller files (or raise max_file_size) and write them again")
 
 
 def _read_chunks(fd: int) -> Iterator[bytes]:
@@ -109,7 +163,8 @@ def degenerations_document(report: ValidationReport) -> bytes:
 def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, marker: str | None,
                 layout: Layout, options: ValidationOptions, hold_over_records: int, store: BlobStore,
                 ledger: TransferLedgerPort, now: datetime,
-                new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}") -> IngestResult:
+                new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}",
+                max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> IngestResult:
     """Take one ready outbox file into the gateway (see the module docstring for the order of steps)."""
     path = os.path.join(outbox_dir, name)
     try:
@@ -125,12 +180,16 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
         if not _is_regular(fd):
             return _move_refused(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file",
                                  ledger, peer, now)
+        before = FileIdentity.of(os.fstat(fd))
+        if before.size > max_file_size:
+            return refuse_unread(flow, outbox_dir, quarantine_dir, name, "too-large",
+                                 _too_large(before.size, max_file_size), ledger, peer, now, before.size)
         pending: list[bytes] = []
         # The file can be read again through the same descriptor (the outbox entry we opened,
         # O_NOFOLLOW), so uniqueness takes fixed memory.  The store blob would not do: it holds
         # the converted output, whose offsets differ from the input's for UTF-8 files.
         validator = Validator(layout, options, sink=pending.append, rereadable=True,
-                              expected_size=os.fstat(fd).st_size)
+                              expected_size=before.size)
 
         def converted() -> Iterator[bytes]:
             for chunk in _read_chunks(fd):
@@ -154,6 +213,10 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
             except BaseException:  # the file changed between the reads (ValueError), or a read failed
                 store.delete(blob_id)
                 raise  # the file stays in the outbox for the next scan
+        changed = _entry_changed(fd, path, before)
+        if changed is not None:  # a writer still appending: neither a partial send nor a quarantine
+            store.delete(blob_id)
+            return IngestResult(name, "skipped", reason=changed)
         crashpoint("ingest.stored")
     finally:
         os.close(fd)
@@ -165,7 +228,8 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
             flow=flow, peer=peer, outbox_dir=outbox_dir, quarantine_dir=quarantine_dir, name=name, listed=name,
             marker=marker, lines=errors_file_lines(flow, name, report), records=report.records,
             error_count=report.error_count, last_error=f"{report.error_count} error(s); first: {first}", reason=first,
-            store=store, ledger=ledger, now=now, new_blob_id=new_blob_id)
+            store=store, ledger=ledger, now=now, new_blob_id=new_blob_id, max_file_size=max_file_size,
+            validated=before)
 
     leftover = ledger.unremoved_source(flow, name, info.sha256)
     if leftover is not None:
@@ -286,17 +350,20 @@ ERRORS_FILE_PROBE = 1 << 20
 def _quarantine_payload(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, name: str, listed: str,
                         marker: str | None, lines: list[str], records: int, error_count: int, last_error: str,
                         reason: str, store: BlobStore, ledger: TransferLedgerPort, now: datetime,
-                        new_blob_id: Callable[[], str]) -> IngestResult:
+                        new_blob_id: Callable[[], str], max_file_size: int,
+                        validated: FileIdentity | None = None) -> IngestResult:
     """Keep a refused regular file encrypted in the store (SPEC §7), its errors in quarantine/, remove the original.
 
     The tax division reads ``listed.errors.txt``; the file itself comes back with
     ``kei-gateway transfers export ID``. Like the valid path, a transfer committed before a
     crash whose original was not removed is found again (flow, listed name, SHA-256) and
-    finished: one transfer per source file whatever the crash point.
+    finished: one transfer per source file whatever the crash point. *validated* is the file as the
+    validating read saw it: a file that changed since (or while this read ran) stays in the outbox.
     """
     blob_id = "quarantine-" + new_blob_id()
+    path = os.path.join(outbox_dir, name)
     try:
-        fd = os.open(os.path.join(outbox_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return IngestResult(name, "vanished")
     except PermissionError:
@@ -305,7 +372,17 @@ def _quarantine_payload(*, flow: str, peer: str, outbox_dir: str, quarantine_dir
         if not _is_regular(fd):
             return _move_refused(flow, outbox_dir, quarantine_dir, name, "not-regular", "not a regular file",
                                  ledger, peer, now)
+        before = FileIdentity.of(os.fstat(fd))
+        if validated is not None and validated != before:
+            return IngestResult(name, "skipped", reason=CHANGED_WHILE_READ.format(what="it changed after validation"))
+        if before.size > max_file_size:
+            return refuse_unread(flow, outbox_dir, quarantine_dir, name, "too-large",
+                                 _too_large(before.size, max_file_size), ledger, peer, now, before.size)
         info = store.write(blob_id, _read_chunks(fd))
+        changed = _entry_changed(fd, path, before)
+        if changed is not None:
+            store.delete(blob_id)
+            return IngestResult(name, "skipped", reason=changed)
     finally:
         os.close(fd)
     leftover = ledger.unremoved_source(flow, listed, info.sha256)
@@ -332,7 +409,8 @@ def _quarantine_payload(*, flow: str, peer: str, outbox_dir: str, quarantine_dir
 
 def quarantine_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
                        ledger: TransferLedgerPort, peer: str, now: datetime, store: BlobStore,
-                       new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}") -> IngestResult:
+                       new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}",
+                       max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> IngestResult:
     """Quarantine an entry refused without validating it (bad name, link, directory, device).
 
     A regular file (refused for its name) is kept encrypted like an invalid one; a link,
@@ -343,7 +421,7 @@ def quarantine_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: st
     return _quarantine_payload(flow=flow, peer=peer, outbox_dir=outbox_dir, quarantine_dir=quarantine_dir, name=name,
                                listed=listed_name(name), marker=None, lines=lines, records=0, error_count=0,
                                last_error=f"{reason}: {detail}", reason=reason, store=store, ledger=ledger, now=now,
-                               new_blob_id=new_blob_id) if _regular_entry(outbox_dir, name) else _move_refused(
+                               new_blob_id=new_blob_id, max_file_size=max_file_size) if _regular_entry(outbox_dir, name) else _move_refused(
         flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now)
 
 
@@ -356,25 +434,45 @@ def _regular_entry(outbox_dir: str, name: str) -> bool:
 
 def _move_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
                   ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
-    """Move a link, directory or device into quarantine/ unfollowed, recorded first so no crash loses the record.
+    """Move a link, directory or device into quarantine/ unfollowed, recorded first so no crash loses the record."""
+    return _refuse_entry(flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now, size=0, keep=True)
 
-    The transfer is committed before the move (its original not yet removed) and found
-    again by name after a crash, so a rescan does not record the entry twice.
+
+def refuse_unread(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
+                  ledger: TransferLedgerPort, peer: str, now: datetime, size: int) -> IngestResult:
+    """Refuse a regular file without reading it (over ``max_file_size``): recorded, its errors file written,
+    the original removed — nothing of it is kept (SPEC §4, §7: no plaintext in quarantine/)."""
+    return _refuse_entry(flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now, size=size,
+                         keep=False)
+
+
+def _refuse_entry(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
+                  ledger: TransferLedgerPort, peer: str, now: datetime, *, size: int, keep: bool) -> IngestResult:
+    """Quarantine an entry unread: moved to quarantine/ as it is (*keep*) or removed, recorded first.
+
+    The transfer is committed before the move or removal (its original not yet removed) and
+    found again by name after a crash, so a rescan does not record the entry twice.
     """
     listed = listed_name(name)
     if not os.path.lexists(os.path.join(outbox_dir, name)):
         return IngestResult(name, "vanished")
     leftover = ledger.unremoved_source(flow, listed, None)
     transfer_id = leftover.id if leftover is not None else ledger.add_transfer(
-        flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED, size=0,
+        flow=flow, direction="out", peer=peer, local_name=listed, state=TransferState.QUARANTINED, size=size,
         sha256=None, record_count=0, blob_id=None, now=now, last_error=f"{reason}: {detail}",
         source_removed=False, audit=("ingest.quarantined", {"flow": flow, "reason": reason, "records": 0})).id
-    try:
-        moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=listed)
-    except FileNotFoundError:
-        return IngestResult(name, "vanished")
-    write_errors_file(quarantine_dir, moved, [
-        f"# {ascii(name)}: refused by kei-gateway, flow {flow}; nothing was read or sent (transfer {transfer_id}).",
-        f"{reason}: {detail}"])
+    lines = [f"# {ascii(name)}: refused by kei-gateway, flow {flow}, as transfer {transfer_id}: nothing was read"
+             f"{' or sent' if keep else ', kept or sent'}.", f"{reason}: {detail}"]
+    if keep:
+        try:
+            moved = quarantine_entry(outbox_dir, name, quarantine_dir, safe_name=listed)
+        except FileNotFoundError:
+            return IngestResult(name, "vanished")
+        write_errors_file(quarantine_dir, moved, lines)
+    elif leftover is None or not _errors_file_written(quarantine_dir, listed, transfer_id):
+        ensure_directory(quarantine_dir, QUARANTINE_DIR_MODE)
+        write_errors_file(quarantine_dir, free_name(quarantine_dir, listed), lines)
+    if not keep:
+        _remove_source(outbox_dir, name)
     ledger.update(transfer_id, now, source_removed=True)
-    return IngestResult(name, "quarantined", transfer_id, reason=reason)
+    return IngestResult(name, "quarantined", transfer_id, size=size, reason=reason)

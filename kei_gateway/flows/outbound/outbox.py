@@ -22,7 +22,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
 from kei_gateway.core.transfer import TransferState as S
-from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, quarantine_refused
+from kei_gateway.flows.outbound.ingest import DEFAULT_MAX_FILE_SIZE, IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
@@ -47,7 +47,8 @@ class OutboxWatcher(service.Service):
     def __init__(self, *, flow: str, settings: OutboundFlowSection, outbox_dir: str, quarantine_dir: str,
                  lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedgerPort, store: BlobStore,
                  metrics: GatewayMetrics, on_ingested: Callable[[IngestResult], None] = lambda result: None,
-                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL) -> None:
+                 use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
+                 max_file_size: Callable[[], int] = lambda: DEFAULT_MAX_FILE_SIZE) -> None:
         self.setName(f"outbox:{flow}")
         self.flow = flow
         self.settings = settings
@@ -60,6 +61,8 @@ class OutboxWatcher(service.Service):
         self.store = store
         self.metrics = metrics
         self.on_ingested = on_ingested
+        self.max_file_size = max_file_size
+        """``[gateway] max_file_size``, read at each scan (a reload changes it)."""
         self.layout = get_layout(flow)
         self._use_inotify = use_inotify
         self._notifier: Any = None
@@ -105,12 +108,13 @@ class OutboxWatcher(service.Service):
         self.scans += 1
         now = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
         decision = classify(list_entries(self.outbox_dir), self.settings.ready)
+        max_file_size = self.max_file_size()
         results = []
         for refusal in decision.refused:
             try:
                 results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
                                                   refusal.reason, refusal.detail, self.ledger, self.settings.peer,
-                                                  now, self.store))
+                                                  now, self.store, max_file_size=max_file_size))
             except PermissionError as error:  # e.g. a 0555 directory cannot be moved: it costs that entry only
                 results.append(IngestResult(refusal.name, "skipped", reason=(
                     f"{refusal.reason}: {refusal.detail}; it cannot be moved to quarantine "
@@ -127,7 +131,7 @@ class OutboxWatcher(service.Service):
                     flow=self.flow, peer=self.settings.peer, outbox_dir=self.outbox_dir,
                     quarantine_dir=self.quarantine_dir, name=name, marker=decision.markers.get(name),
                     layout=self.layout, options=options, hold_over_records=self.settings.hold_over_records,
-                    store=self.store, ledger=self.ledger, now=now))
+                    store=self.store, ledger=self.ledger, now=now, max_file_size=max_file_size))
             except Exception as error:  # one file's failure must not stop the others; it stays for the next scan
                 results.append(IngestResult(name, "failed", reason=events.describe_error(error)))
         return results

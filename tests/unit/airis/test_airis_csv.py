@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kei_gateway.layouts.airis import (
@@ -25,7 +27,7 @@ def test_when_the_csv_follows_the_v1_layout_then_every_vehicle_comes_back_with_i
     data = airis_csv_bytes(rows(5))
     vehicles = parse_airis_csv([data])
     assert [vehicle.row for vehicle in vehicles] == [2, 3, 4, 5, 6]
-    assert parse_airis_csv([airis_csv_bytes([])]) == []
+    assert list(parse_airis_csv([airis_csv_bytes([])])) == []
 
 
 def test_when_a_column_is_missing_then_the_error_names_it() -> None:
@@ -43,7 +45,7 @@ def test_when_an_extra_column_is_there_then_the_error_names_it() -> None:
 def test_when_the_csv_is_utf8_then_the_error_says_so_and_what_to_do() -> None:
     text = airis_csv_bytes(rows()).decode("cp932").encode("utf-8")
     (found,) = problems(text)
-    assert found.startswith("row 1: not valid CP932") and "UTF-8" in found
+    assert re.match(r"row 1: \S+ \(\w+\): not valid CP932 at byte \d+", found) and "UTF-8" in found  # row and column
     (bom,) = problems(b"\xef\xbb\xbf" + text)
     assert "byte-order mark" in bom
 

@@ -67,31 +67,99 @@ def _bad_register(case: AirisCase) -> bytes:
     return data[:229 * 2] + data[229 * 2 + 1:]  # record 3 one byte short
 
 
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+
+    import pyzipper
+
+    out = io.BytesIO()
+    with pyzipper.AESZipFile(out, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as archive:
+        archive.setpassword(KEY.encode())
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _with_bad_byte(case: AirisCase) -> bytes:
+    """The CSV with bytes CP932 does not have (0x85 0x40, an unassigned row) in the 所有者氏名 of row 3."""
+    lines = airis_csv_bytes(case.airis).split(b"\r\n")
+    cells = lines[2].split(b",")
+    cells[5] = cells[5][:2] + b"\x85\x40" + cells[5][2:]
+    lines[2] = b",".join(cells)
+    return b"\r\n".join(lines)
+
+
+def _register_with(case: AirisCase, record: int, **values: object) -> bytes:
+    register = [dict(r) for r in case.register]
+    register[record - 1].update(values)
+    return b"".join(render_records(TAX_REGISTER_2W, register))
+
+
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"key": "wrong"}, ["the key does not open it"]),
-    ({"csv_header": [c.name for c in AIRIS_COLUMNS if c.key != "owner_address"]}, ["row 1: column 所有者住所 missing"]),
-    ({"csv_header": [c.name for c in AIRIS_COLUMNS] + ["備考"]}, ["column '備考' is not in the v1 header"]),
-    ({"csv_utf8": True}, ["not valid CP932", "UTF-8"]),
-    ({"register": b""}, ["register.dat", "file"]),
-    ({"register": "bad"}, ["register.dat", "record 3"]),
+    ({"key": "wrong"}, ["airis.zip: the key does not open it"]),
+    ({"key_lines": 2}, ["airis.zip.key: 2 lines"]),
+    ({"zip": {"a.csv": b"x", "b.csv": b"y"}}, ["airis.zip: holds 2 CSV files"]),
+    ({"zip": {"readme.txt": b"x"}}, ["airis.zip: holds 0 CSV files and 1 other files"]),
+    ({"csv": b""}, ["airis.zip (its CSV): file: empty: no header row"]),
+    ({"csv_header": [c.name for c in AIRIS_COLUMNS if c.key != "owner_address"]},
+     ["airis.zip (its CSV): row 1: column 所有者住所 missing"]),
+    ({"csv_header": [c.name for c in AIRIS_COLUMNS] + ["備考"]},
+     ["airis.zip (its CSV): row 1: column '備考' is not in the v1 header"]),
+    ({"csv_utf8": True}, ["airis.zip (its CSV): row 1: ", "): not valid CP932", "it is valid UTF-8"]),
+    ({"csv_bad_byte": True}, ["airis.zip (its CSV): row 3: 所有者氏名 (owner_name): not valid CP932"]),
+    ({"csv_cell": ("registered_on", "20251341")},
+     ["airis.zip (its CSV): row 5: 登録年月日 (registered_on): does not follow the rule"]),
+    ({"register": b""}, ["register.dat: file", "the file is empty"]),
+    ({"register": "short"}, ["register.dat: record 3", "229 bytes including CR LF"]),
+    ({"register": "vehicle_type"}, ["register.dat: record 2", "車種コード (vehicle_type)"]),
 ])
 def test_when_an_input_is_invalid_then_exit_3_names_the_place_and_nothing_is_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, object], expected: list[str]) -> None:
+    """Each bad input of issue 14: exit 3, the file, row or record and column or field named, no output at all."""
     case = generate_airis_case(10, seed=5)
-    csv = None
+    csv = change.get("csv")
     if "csv_header" in change:
         csv = airis_csv_bytes(case.airis, header=change["csv_header"])  # type: ignore[arg-type]
     if change.get("csv_utf8"):
         csv = airis_csv_bytes(case.airis).decode("cp932").encode("utf-8")
+    if change.get("csv_bad_byte"):
+        csv = _with_bad_byte(case)
+    if "csv_cell" in change:
+        key, value = change["csv_cell"]  # type: ignore[misc]
+        rows = [dict(row) for row in case.airis]
+        rows[3][key] = value
+        csv = airis_csv_bytes(rows)
     register = change.get("register")
-    if register == "bad":
+    if register == "short":
         register = _bad_register(case)
+    elif register == "vehicle_type":
+        register = _register_with(case, 2, vehicle_type="12")
     argv = inputs(tmp_path, case, csv=csv, register=register, key=str(change.get("key", KEY)))  # type: ignore[arg-type]
+    if "zip" in change:
+        (tmp_path / "airis.zip").write_bytes(_zip_of(change["zip"]))  # type: ignore[arg-type]
+    if "key_lines" in change:
+        (tmp_path / "airis.zip.key").write_text(KEY + "\n" + KEY + "\n", encoding="utf-8")
     assert main(argv) == exitcodes.INVALID
     captured = capsys.readouterr()
+    printed = captured.out.replace(str(tmp_path) + "/", "")
     for words in expected:
-        assert words in captured.out
+        assert words in printed, printed
     assert "nothing was written" in captured.err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_when_writing_a_result_fails_half_way_then_nothing_is_left_in_the_output_and_exit_is_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from kei_gateway.flows.airis_reconcile import Reconciliation
+
+    def csv_then_full_disk(self: Reconciliation) -> object:
+        yield b"\xef\xbb\xbf\xe7\xaa\x81\xe5\x90\x88"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Reconciliation, "csv_chunks", csv_then_full_disk)
+    argv = inputs(tmp_path, generate_airis_case(30, PLANT, seed=2))
+    assert main(argv) == exitcodes.FAILED
+    assert "nothing was left half written" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -101,7 +169,8 @@ def test_when_the_zip_is_damaged_then_exit_3_says_download_again(tmp_path: Path,
     data = (tmp_path / "airis.zip").read_bytes()
     (tmp_path / "airis.zip").write_bytes(data[:len(data) // 2])
     assert main(argv) == exitcodes.INVALID
-    assert "download it from AIRIS again" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{tmp_path}/airis.zip: " in printed and "download it from AIRIS again" in printed
     assert os.listdir(tmp_path / "out") == []
 
 
