@@ -227,7 +227,8 @@ class RestartKeysFromTheSchemaTests(SynchronousTestCase):
         from kei_gateway.config._reload import restart_keys
 
         self.assertEqual([key for key, _ in restart_keys()], [
-            "gateway.lg_code", "gateway.spool_dir", "gateway.state_dir", "database", "tls", "keys", "flows",
+            "gateway.lg_code", "gateway.spool_dir", "gateway.state_dir", "gateway.node_id", "database", "tls", "keys",
+            "flows",
             "listeners.metrics.address", "listeners.push.address"])
 
     def test_when_only_live_keys_change_then_no_restart_is_needed(self) -> None:
