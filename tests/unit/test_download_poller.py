@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.inbound.downloads import DownloadPoller
 from kei_gateway.flows.inbound.relay import InboxRelay
+from kei_gateway.flows.peer_link import FixedPeerLink
 from kei_gateway.layouts import generate_file, get_layout
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, InMemoryPeer, SynchronousBlocking
@@ -40,9 +41,9 @@ class PollerCase(SynchronousTestCase):
                            ledger=self.ledger, store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
                            metrics=metrics)
         self.poller = DownloadPoller(
-            flow="jnks-receipts", layout_name="jnks-receipts", peer="jnks", results_url=RESULTS_URL,
-            quarantine_dir=str(self.base / "quarantine"), relay=relay,
-            client=self.client, ledger=self.ledger, store=self.store,
+            flow="jnks-receipts", layout_name="jnks-receipts",
+            link=FixedPeerLink("jnks", self.client, results_url=RESULTS_URL),
+            quarantine_dir=str(self.base / "quarantine"), relay=relay, ledger=self.ledger, store=self.store,
             blocking=SynchronousBlocking(), clock=self.clock, metrics=metrics, poll_interval=60.0)
 
 
@@ -88,9 +89,8 @@ class InvalidPaymentResultsTests(SynchronousTestCase):
                 return defer.succeed(None)
 
         poller = DownloadPoller(
-            flow="mpn-results", layout_name="mpn-results", peer="mpn", results_url=RESULTS_URL,
-            quarantine_dir=str(base / "quarantine"), relay=RecordingRelay(),
-            client=client, ledger=ledger, store=InMemoryBlobStore(),
+            flow="mpn-results", layout_name="mpn-results", link=FixedPeerLink("mpn", client, results_url=RESULTS_URL),
+            quarantine_dir=str(base / "quarantine"), relay=RecordingRelay(), ledger=ledger, store=InMemoryBlobStore(),
             blocking=SynchronousBlocking(), clock=clock, metrics=GatewayMetrics(registry, process=False),
             poll_interval=60.0)
         logged: list[dict[str, Any]] = []

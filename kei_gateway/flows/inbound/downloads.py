@@ -43,6 +43,7 @@ from kei_gateway.core.transfer import RemoteAction, on_remote_entry
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.inbound.intake import Received, StreamIntake, count_quarantined, first_error, settle_received
 from kei_gateway.flows.inbound.relay import Relay
+from kei_gateway.flows.peer_link import PeerLink
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
@@ -61,17 +62,18 @@ class DownloadPoller(service.Service):
 
     log = Logger()
 
-    def __init__(self, *, flow: str, layout_name: str, peer: str, results_url: str, quarantine_dir: str,
-                 relay: Relay, client: PeerClient, ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking,
+    def __init__(self, *, flow: str, layout_name: str, link: PeerLink, quarantine_dir: str,
+                 relay: Relay, ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking,
                  clock: Any, metrics: GatewayMetrics, poll_interval: float,
                  intake_blocking: Blocking | None = None) -> None:
-        """*relay* takes each committed file to the tax system (:mod:`kei_gateway.flows.inbound.relay`);
+        """*link* gives the peer's current results URL and client (a reload changes them there); *relay*
+        takes each committed file to the tax system (:mod:`kei_gateway.flows.inbound.relay`);
         *intake_blocking* is the door of the store writer, which waits on the network for the whole file."""
         self.setName(f"poller:{flow}")
-        self.flow, self.peer, self.results_url = flow, peer, results_url
+        self.flow, self.peer, self.link = flow, link.peer, link
         self.layout = get_layout(layout_name)
         self.quarantine_dir = quarantine_dir
-        self.client, self.ledger, self.store = client, ledger, store
+        self.ledger, self.store = ledger, store
         self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.relay = relay
         self.intake_blocking = intake_blocking or blocking
@@ -79,6 +81,14 @@ class DownloadPoller(service.Service):
         self._loop = task.LoopingCall(self.poll)
         self._loop.clock = clock
         self._interval = poll_interval
+
+    @property
+    def client(self) -> PeerClient:
+        return self.link.client()
+
+    @property
+    def results_url(self) -> str:
+        return str(self.link.settings().results_url)
 
     def startService(self) -> None:
         super().startService()
@@ -89,7 +99,7 @@ class DownloadPoller(service.Service):
         if self._loop.running:
             self._loop.stop()
         done = defer.maybeDeferred(lambda: self._busy)
-        return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+        return done.addBoth(lambda _: self.link.close())
 
     leases: NodeLeases | None = None
     """This node's leases (SPEC §14), set by the flow's builder: a pass runs only under the directory's pull

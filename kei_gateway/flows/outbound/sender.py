@@ -24,6 +24,7 @@ from kei_gateway.adapters.ports import PeerClient, TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundDenied, PeerIdentityError, RemoteConflict, TransportError, remote_name
 from kei_gateway.config import RetryPolicy
+from kei_gateway.flows.peer_link import PeerLink
 from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime.one_at_a_time import OneAtATime
@@ -54,13 +55,14 @@ class UploadSender(service.Service):
 
     log = Logger()
 
-    def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: PeerClient,
-                 ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
-                 policy: RetryPolicy, poll_interval: float = SEND_POLL_INTERVAL) -> None:
+    def __init__(self, *, flow: str, lg_code: str, link: PeerLink, ledger: TransferLedgerPort, store: BlobStore,
+                 blocking: Blocking, clock: Any, metrics: GatewayMetrics,
+                 poll_interval: float = SEND_POLL_INTERVAL) -> None:
+        """*link* gives the peer's current upload URL, retry policy and client (a reload changes them there)."""
         self.setName(f"sender:{flow}")
-        self.flow, self.peer, self.lg_code, self.dir_url = flow, peer, lg_code, dir_url
-        self.client, self.ledger, self.store = client, ledger, store
-        self.blocking, self.clock, self.metrics, self.policy = blocking, clock, metrics, policy
+        self.flow, self.peer, self.lg_code, self.link = flow, link.peer, lg_code, link
+        self.ledger, self.store = ledger, store
+        self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.paused: str | None = None
         """Why sending is paused for a person (address refused, identity check failed); cleared by :meth:`resume`."""
         self._passes = OneAtATime(self._start_pass, may_start=lambda: bool(self.running) and self.paused is None,
@@ -69,6 +71,19 @@ class UploadSender(service.Service):
         self._poll = task.LoopingCall(self.kick)
         self._poll.clock = clock
         self._poll_interval = poll_interval
+
+    @property
+    def client(self) -> PeerClient:
+        return self.link.client()
+
+    @property
+    def dir_url(self) -> str:
+        return str(self.link.settings().url)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        policy: RetryPolicy = self.link.settings().retry
+        return policy
 
     def startService(self) -> None:
         super().startService()
@@ -81,7 +96,7 @@ class UploadSender(service.Service):
         # The transfer in flight ends (done, or back to a waiting state) before the stop; then idle
         # connections kept for reuse are closed.
         done = defer.maybeDeferred(lambda: self._passes.in_flight)
-        return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+        return done.addBoth(lambda _: self.link.close())
 
     def resume(self) -> None:
         """After a reload: try again what was paused for a person."""
