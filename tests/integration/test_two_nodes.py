@@ -82,11 +82,10 @@ def node_config(shared: Path, node: str, metrics_port: int, sim_url: str, databa
     return text + f'\n[database]\nurl = "{database_url}"\nlease = "{LEASE:g}s"\n'
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgresql_url: str) -> Iterator[Cluster]:
+def make_cluster(tmp_path: Path, postgresql_url: str, delay: int) -> Cluster:
     shared = tmp_path / "shared"
     sim_files = make_gateway_files(shared)  # the shared credentials (and the simulator's)
-    sim = start_jnks_sim(sim_files, "--fault", f"delay_seconds={UPLOAD_DELAY}")
+    sim = start_jnks_sim(sim_files, "--fault", f"delay_seconds={delay}")
     files = {}
     for node in ("gw-a", "gw-b"):
         base = tmp_path / node
@@ -95,29 +94,37 @@ def cluster(tmp_path: Path, postgresql_url: str) -> Iterator[Cluster]:
         node_files.config.write_text(node_config(shared, node, node_files.metrics_port, sim.url, postgresql_url),
                                      encoding="utf-8")
         files[node] = node_files
-    engine = create_ledger_engine(postgresql_url)
-    result = Cluster(shared, sim, postgresql_url, engine, {}, files)
+    return Cluster(shared, sim, postgresql_url, create_ledger_engine(postgresql_url), {}, files)
+
+
+def tear_down(cluster: Cluster) -> None:
+    for daemon in cluster.nodes.values():
+        if daemon.process.poll() is None:
+            daemon.process.send_signal(signal.SIGCONT)
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)
+        daemon.notify.close()
+    cluster.sim.stop()
+    cluster.engine.dispose()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgresql_url: str) -> Iterator[Cluster]:
+    result = make_cluster(tmp_path, postgresql_url, UPLOAD_DELAY)
     try:
         yield result
     finally:
-        for daemon in result.nodes.values():
-            if daemon.process.poll() is None:
-                daemon.process.send_signal(signal.SIGCONT)
-                daemon.process.kill()
-                daemon.process.wait(timeout=30)
-            daemon.notify.close()
-        sim.stop()
-        engine.dispose()
+        tear_down(result)
 
 
-def drop(cluster: Cluster, name: str, records: int) -> str:
+def drop(cluster: Cluster, name: str, records: int, seed: int = 15) -> str:
     """A valid payment file into the shared outbox (written, then renamed: ready); its SHA-256."""
     outbox = cluster.shared / "spool" / "outbox" / "jnks"
     outbox.mkdir(parents=True, exist_ok=True)
     temporary = outbox / f".{name}.tmp"
     digest = hashlib.sha256()
     with open(temporary, "wb") as out:
-        for chunk in generate_file(get_layout("jnks-payments"), records, seed=15, today=today_in_jst(time.time()),
+        for chunk in generate_file(get_layout("jnks-payments"), records, seed=seed, today=today_in_jst(time.time()),
                                    lg_code="131041"):
             digest.update(chunk)
             out.write(chunk)
@@ -251,3 +258,65 @@ def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhi
                "the file written meanwhile sent", cluster.stderr)
     assert len(cluster.delivered()) == 2
     assert all(daemon.process.poll() is None for daemon in cluster.nodes.values()), "both kept running"
+
+
+CHAOS_SECONDS = float(os.environ.get("KEI_HA_CHAOS_SECONDS", "120"))
+"""How long the chaos loop drops files and kills, stops and continues nodes (longer on demand)."""
+
+
+def test_when_nodes_are_killed_stopped_and_continued_at_random_then_every_file_reaches_the_peer_exactly_once(
+        tmp_path: Path, postgresql_url: str) -> None:
+    import random
+
+    cluster = make_cluster(tmp_path, postgresql_url, delay=1)
+    try:
+        both_ready(cluster)
+        rng = random.Random(int(os.environ.get("KEI_HA_CHAOS_SEED", "15")))
+        digests: dict[str, str] = {}
+        stopped: set[str] = set()
+        actions: list[str] = []
+        end = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < end:
+            name = f"pay-chaos-{len(digests):04d}.dat"
+            digests[name] = drop(cluster, name, rng.randint(10, 400), seed=len(digests))
+            node = rng.choice(["gw-a", "gw-b"])
+            action = rng.choice(["kill", "stop", "continue", "none", "none"])
+            daemon = cluster.nodes[node]
+            if action == "kill":
+                daemon.process.send_signal(signal.SIGCONT)
+                daemon.process.kill()
+                daemon.process.wait(timeout=30)
+                daemon.notify.close()
+                stopped.discard(node)
+                cluster.start(node).notify.wait_for("READY=1")
+            elif action == "stop" and not stopped:  # one node stalled at a time: the other carries on
+                daemon.process.send_signal(signal.SIGSTOP)
+                stopped.add(node)
+            elif action == "continue" and stopped:
+                for name_stopped in stopped:
+                    cluster.nodes[name_stopped].process.send_signal(signal.SIGCONT)
+                stopped.clear()
+            actions.append(f"{action} {node}")
+            # pace the schedule on the work itself: until this file is taken (or a few seconds pass)
+            deadline = time.monotonic() + rng.uniform(1.0, 4.0)
+            while time.monotonic() < deadline and (cluster.shared / "spool" / "outbox" / "jnks" / name).exists():
+                time.sleep(0.05)
+        for name_stopped in stopped:
+            cluster.nodes[name_stopped].process.send_signal(signal.SIGCONT)
+
+        def all_done() -> bool:
+            transfers = cluster.transfers()
+            return len(transfers) == len(digests) and all(t.state == "DONE" for t in transfers)
+
+        poll_until(all_done, 240, f"all {len(digests)} files DONE after {', '.join(actions)}", cluster.stderr)
+        delivered = cluster.delivered()
+        at_peer = sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in delivered)
+        assert at_peer == sorted(digests.values()), "every file at the peer exactly once"
+        assert len({path.name for path in delivered}) == len(delivered) == len(digests)
+        assert not [t for t in cluster.transfers() if t.state == "SENDING"], "nothing stuck in SENDING"
+        verified = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files["gw-a"].config),
+                                   "audit", "verify"], capture_output=True, text=True, timeout=120, check=False)
+        assert verified.returncode == 0 and verified.stdout.startswith("OK, "), verified.stdout + verified.stderr
+        assert "kill" in " ".join(actions) and "stop" in " ".join(actions), actions
+    finally:
+        tear_down(cluster)
