@@ -327,7 +327,7 @@ def test_when_nodes_are_killed_stopped_and_continued_at_random_then_every_file_r
         # A pulled receipt's transfer is committed before its audit record, which the observer writes afterwards
         # (the relay/push records move into their transactions in issue 10/11's work): a kill -9 in between
         # leaves it unrecorded. Every unrecorded transfer must be such a one; none of the sends.
-        unrecorded = re.search(r"have no audit record \(ids ([0-9, ]+)\)", verified.stdout)
+        unrecorded = re.search(r"have no audit record \(ids ([0-9, ]+)\)", verified.stderr)
         if unrecorded is not None:
             ids = {int(i) for i in unrecorded.group(1).split(",")}
             assert {t.flow for t in cluster.all_transfers() if t.id in ids} == {"jnks-receipts"}, verified.stdout
