@@ -577,13 +577,15 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: BlobStore, ledger: T
        ``remote_name`` its outbox path, ``source_removed`` false); the run's time — and so the
        results' names — is the first input's ``created_at``, so a run done again gives the same names;
     2. the 突合 runs in memory (deterministic for the inputs and that time); the results are encrypted
-       into the store as they are rendered (never whole in memory) and recorded, the ``.dat`` last,
-       in one transaction with the run's audit record ``airis.reconciled`` (hashes, counts). An
+       into the store as they are rendered (never whole in memory) and recorded ``VALIDATED`` (no purge
+       touches them until they are published), the ``.dat`` last, in one transaction with the run's
+       audit record ``airis.reconciled`` (hashes, counts). An
        invalid input: ``quarantine/airis-reconcile/<stem>.errors.txt`` names every problem (values
        masked) and a ``QUARANTINED`` transfer records it with the audit record ``airis.rejected``;
     3. the results are staged in the inbox from the store, their names recorded (``relay_name``),
        then renamed into place — :func:`~kei_gateway.adapters.spool.publish_staged`, the inbound
-       relays' exactly-once hand-off, so a result the tax system has taken is never written again;
+       relays' exactly-once hand-off, so a result the tax system has taken is never written again —
+       and marked ``DONE`` (from then on they follow ``retention.inbox`` and ``retention.payloads``);
     4. the plaintext inputs are erased from the outboxes, listed in the day's 消去報告, and their
        transfers marked ``source_removed``.
     """
@@ -661,8 +663,8 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
             continue
         blob = store.write(f"in-{uuid.uuid4().hex}", body)
         is_dat = name.endswith(".dat")
-        outcome.append(ledger.add_transfer(
-            flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.DONE, size=blob.size,
+        outcome.append(ledger.add_transfer(  # VALIDATED until published, as the inbound relays: never purged before
+            flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.VALIDATED, size=blob.size,
             sha256=blob.sha256, record_count=len(result.rows) if is_dat else 0, blob_id=blob.blob_id, now=now,
             audit=(RECONCILED_EVENT, audit_fields(result)) if is_dat else None))
     crashpoint("airis.recorded")
@@ -726,6 +728,9 @@ def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | Non
             publish_staged(paths.inbox, row.local_name, False)
             if index == 0:
                 crashpoint("airis.publishing")
+        for row in outcome:
+            if row.state != TransferState.DONE:
+                ledger.transition(row.id, TransferState.DONE, now)
         crashpoint("airis.published")
         dat = outcome[0]
         run.names = tuple(row.local_name for row in outcome)

@@ -89,20 +89,34 @@ data in `kei_gateway/layouts/airis.py`; the tables here are generated from it.
   airis_outbox = "outbox/airis"          # the AIRIS ZIP and its key file <name>.key
   register_outbox = "outbox/airis-register"  # the tax system's register extract
   inbox = "inbox/airis-reconcile"        # the results
+  gaiji = "degenerate"                   # or "substitute", "reject" (AIRIS values outside JIS X 0208)
+  gaiji_fallback = "substitute"          # or "reject" (with degenerate: no unique 縮退 candidate)
   ```
 
   A run starts when an AIRIS file, its key file `<name>.key` and a register extract are all
   there (each written as `name.tmp` and renamed, like every outbox). AIRIS values outside JIS X
-  0208 are written by 縮退 (`gaiji = "degenerate"`), with 〓 when no unique candidate exists.
+  0208 go into the `.dat` by the flow's `gaiji` policy (SPEC §2, §13): by default 縮退
+  (`degenerate`), with 〓 when no unique candidate exists (`gaiji_fallback = "substitute"`);
+  `substitute` writes 〓 for each; `reject` (or `gaiji_fallback = "reject"`) refuses the run with
+  the AIRIS row and column named. The `.csv` keeps AIRIS's values as they are; the `.txt` counts
+  the characters written by 縮退 and as 〓.
+
   Each run: the three inputs are encrypted into the store (`DONE` transfers of the flow, peer
-  `airis`), the 突合 runs in memory, the results are encrypted into the store and written to the
-  inbox (all three or none), then the plaintext inputs are erased from the outboxes and listed
-  in the day's 消去報告. An invalid input: nothing reaches the inbox,
+  `airis`), the 突合 runs in memory, the results are encrypted into the store as they are
+  rendered and recorded (the `.dat`'s transfer in one transaction with the run's audit record),
+  then staged in the inbox, their names recorded, and renamed into place (all three appear
+  together), then the plaintext inputs are erased from the outboxes and listed in the day's
+  消去報告. An invalid input: nothing reaches the inbox,
   `quarantine/airis-reconcile/<lg_code>_airis-reconcile_<time>.errors.txt` names every problem
-  (values masked), the inputs are erased the same way, and `airis.rejected` is logged; put
-  corrected inputs in the outboxes again. The flow checks both outboxes when inotify reports a
-  change and every 30 s; a run holds both inputs and the results in memory (about 3× the
-  inputs' size; see docs/performance.md for the 100,000-vehicle figures).
+  (values masked), the inputs are erased the same way, and `airis.rejected` is recorded; put
+  corrected inputs in the outboxes again. **Exactly once**: every step is recorded in the ledger
+  before the next, so a crash or `kill -9` at any point is finished by the next check after the
+  restart — one set of results (the same names: a run's time is that of its first input), one
+  audit record, the inputs erased and listed once; a result the tax system has already taken is
+  never written again. The flow checks both outboxes when inotify reports a change and every
+  30 s. Memory: the ZIP and the register as received, the vehicles kept packed (about 250 bytes
+  each side) and the rows; the register is read from its own bytes and the results are streamed
+  to the store, never held whole (see docs/performance.md for the 100,000-vehicle figures).
 
 ## Inputs
 

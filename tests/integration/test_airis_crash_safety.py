@@ -139,6 +139,10 @@ def test_when_killed_at_a_step_of_a_run_then_after_restart_its_results_are_in_th
     assert audit_events(files, "airis.rejected") == 0
     assert erasure_listings(files) == {name: 1 for name in INPUTS}, f"each input listed once after {point}"
     assert_no_plaintext(files, csv_data, register, point)
+    first_result = data[:size]
+    kept = [path for path in files.base.rglob("*") if path.is_file() and path.parent != inbox
+            and first_result in path.read_bytes()]
+    assert kept == [], f"a result in plaintext outside the inbox (the store keeps it encrypted): {kept}"
 
 
 def test_when_killed_after_an_invalid_run_is_recorded_then_after_restart_it_is_rejected_once(tmp_path: Path) -> None:

@@ -113,3 +113,24 @@ def test_when_an_address_has_kanji_numerals_or_chome_forms_then_they_become_digi
 
 def test_when_chassis_numbers_differ_in_width_case_spaces_or_hyphens_then_they_normalise_equal() -> None:
     assert normalise_chassis("ＤＭＹ１２－０００１") == normalise_chassis("dmy12 0001") == "DMY120001"
+
+
+@PROPERTY
+@given(plant=planted, seed=st.integers(0, 2 ** 32), extra=st.integers(0, 40))
+def test_when_both_sides_are_read_packed_as_the_run_reads_them_then_the_vehicles_and_rows_are_the_same(
+        plant: dict[str, int], seed: int, extra: int) -> None:
+    """The run keeps the register as its bytes and AIRIS packed (bounded memory): iterating, indexing and the
+    車台番号 streams must give what the plain tuples give, and the same rows."""
+    from kei_gateway.flows.airis_reconcile import RegisterRecords
+    from kei_gateway.layouts import render_records
+    from kei_gateway.layouts.airis import TAX_REGISTER_2W
+
+    case = generate_airis_case(sum(plant.values()) + extra + 1, plant, seed=seed, variants={"degenerate": 1})
+    rows, register, airis = run(case)
+    streamed = RegisterRecords(b"".join(render_records(TAX_REGISTER_2W, case.register)))
+    assert list(streamed) == register == [streamed[index] for index in range(len(streamed))]
+    assert list(streamed.chassis_numbers()) == [vehicle.chassis_no for vehicle in register]
+    assert list(airis) == [airis[index] for index in range(len(airis))]
+    assert list(airis.chassis_numbers()) == [vehicle.chassis_no for vehicle in airis]  # type: ignore[attr-defined]
+    assert match_vehicles(streamed, airis, register_chassis=streamed.chassis_numbers(),
+                          airis_chassis=airis.chassis_numbers()) == rows  # type: ignore[attr-defined]
