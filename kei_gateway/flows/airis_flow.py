@@ -21,7 +21,9 @@ from twisted.logger import Logger
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
-from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
+from kei_gateway.flows.airis_reconcile import (
+    FLOW, MAX_INPUT_BYTES, ErasedInput, FlowPaths, FlowRun, run_flow_once,
+)
 from kei_gateway.layouts.airis import CATEGORIES
 from kei_gateway.layouts.encoding import GaijiPolicy
 from kei_gateway.layouts.gaiji import GaijiFallback
@@ -40,7 +42,8 @@ class AirisReconcileService(service.Service):
     def __init__(self, *, paths: FlowPaths, lg_code: str, clock: Any, blocking: Blocking, ledger: Any, store: Any,
                  metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
                  use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
-                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute") -> None:
+                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute",
+                 max_input_bytes: int = MAX_INPUT_BYTES) -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -52,6 +55,7 @@ class AirisReconcileService(service.Service):
         self.note_erased = note_erased
         self.gaiji: GaijiPolicy = gaiji
         self.gaiji_fallback: GaijiFallback = gaiji_fallback
+        self.max_input_bytes = max_input_bytes
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -95,7 +99,8 @@ class AirisReconcileService(service.Service):
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
-            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback).addCallback(self._report)
+            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback,
+            max_input_bytes=self.max_input_bytes).addCallback(self._report)
         return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
@@ -137,6 +142,7 @@ def build_airis_flow(parent: service.MultiService, config: Any, *, clock: Any, b
         register_label=settings.register_outbox.rstrip("/"))
     flow = AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=clock, blocking=blocking,
                                  ledger=ledger, store=store, metrics=metrics, note_erased=note_erased,
-                                 use_inotify=use_inotify, gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback)
+                                 use_inotify=use_inotify, gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback,
+                                 max_input_bytes=config.gateway.max_file_size)
     flow.setServiceParent(parent)
     return flow
