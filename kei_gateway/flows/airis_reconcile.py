@@ -665,7 +665,6 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
         return _reject(paths, ledger, inputs, stem, error, now, note_erased)
     del data
     outcome: list[TransferRow] = []
-    bodies: tuple[Iterable[bytes], ...]
     for name, body in zip(reversed(output_names(stem)), (  # the .dat last: its commit is the run's
             (result.text().encode("utf-8"),), result.csv_chunks(), result.dat_chunks())):
         if name in recorded:
@@ -719,11 +718,12 @@ def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequen
     """An input over ``[gateway] max_file_size`` (SPEC §4): the run is refused unread, the inputs erased unkept."""
     from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
 
-    problems = [f"{size:,} bytes, over [gateway] max_file_size ({limit:,} bytes): refused unread; an AIRIS "
-                f"download or register extract is far smaller — check the file" for size in sizes if size > limit]
+    problems = [f"{name}: {size:,} bytes, over [gateway] max_file_size ({limit:,} bytes): refused unread; an AIRIS "
+                "download or register extract is far smaller — check the file"
+                for (_, _, name), size in zip(sources, sizes) if size > limit]
     label = ", ".join(name for (_, _, name), size in zip(sources, sizes) if size > limit)
     ensure_directory(paths.quarantine, QUARANTINE_DIR_MODE)
-    errors_file = write_errors_file(paths.quarantine, stem, [f"{label}: {problem}" for problem in problems] + [
+    errors_file = write_errors_file(paths.quarantine, stem, problems + [
         f"inputs {', '.join(name for _, _, name in sources)} were erased from the outboxes unread (nothing kept): "
         "put correct ones there again"])
     reason = f"{len(problems)} problem(s) in {label}; see {errors_file}"
