@@ -25,7 +25,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyFilter", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "MIN_FILTER_BITS_LOG2", "lane_width",
+__all__ = ["KeyFilter", "KeyTable", "table_slots_for", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "MIN_FILTER_BITS_LOG2", "lane_width",
            "filter_bits_for"]
 
 DEFAULT_FILTER_BITS_LOG2: Final = 27
@@ -131,10 +131,7 @@ class KeyFilter:
 
     def add_one(self, key: bytes) -> bool:
         """Add one key (unpadded); ``True`` when it is a suspect.  Plain Python, same arithmetic as the block."""
-        padded = key.ljust(lane_width(len(key)), b"\x00")
-        h = self._salt
-        for start in range(0, len(padded), 8):
-            h = _fmix_int(h ^ int.from_bytes(padded[start:start + 8], "little"))
+        h = _fingerprint_int(self._salt, key)
         first, second = h & 0xFFFFFFFF, (h >> 32) | 1
         bits = self.bits
         suspect = True
@@ -144,4 +141,152 @@ class KeyFilter:
             if not bits[byte] & bit:
                 suspect = False
                 bits[byte] |= bit
+        return suspect
+
+
+
+def _fingerprint_int(salt: int, key: bytes) -> int:
+    """The fingerprint of one key (unpadded), in plain Python: the arithmetic of :meth:`KeyFilter.fingerprints`."""
+    padded = key.ljust(lane_width(len(key)), b"\x00")
+    h = salt
+    for start in range(0, len(padded), 8):
+        h = _fmix_int(h ^ int.from_bytes(padded[start:start + 8], "little"))
+    return h
+
+
+TABLE_ENTRY_BYTES: Final = 4
+"""A :class:`KeyTable` slot: the high 32 bits of a fingerprint (its low bits chose the slot)."""
+TABLE_MAX_LOAD: Final = 0.5
+"""A table is sized for at most this share of its slots filled (short probe runs)."""
+_TABLE_FULL: Final = 0.75
+"""Past this share of slots filled (more keys than the table was made for), new keys go to an overflow filter."""
+
+
+def table_slots_for(records: int | None, largest_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> int | None:
+    """Slots of a :class:`KeyTable` for ``records`` keys within the filter's memory, or None when they do not fit.
+
+    The table takes at most the memory a :class:`KeyFilter` of ``largest_bits_log2`` bits would;
+    for more keys than half its slots (or an unknown count) the Bloom filter is used instead.
+    """
+    if records is None:
+        return None
+    wanted = 1 << max(10, math.ceil(math.log2(max(1, records) / TABLE_MAX_LOAD)))
+    if wanted * TABLE_ENTRY_BYTES > (1 << largest_bits_log2) >> 3:
+        return None
+    return wanted
+
+
+class KeyTable:
+    """An open-addressing hash set of key fingerprints in fixed memory: false suspects are very rare.
+
+    The same keyed 64-bit fingerprints as :class:`KeyFilter`: their low bits choose the
+    first slot (linear probing), their high 32 bits are what the slot keeps (0 means
+    empty, so a high half of 0 is kept as 1).  A key equal to an earlier one has the same
+    fingerprint, walks the same slots and meets its entry before any empty slot, so it is
+    always a suspect; a different key is a (false) suspect only when its high half equals
+    an entry on its probe run, about one key in 2^31.  It reads one or two slots a key where
+    the Bloom filter reads and writes six bits, so it is used when the number of keys is
+    known and fits (:func:`table_slots_for`).  Should more keys come than it was made for
+    (the file grew while read), the table is only looked up from then on and the new keys
+    go into a Bloom filter of a quarter of the largest size as well: memory stays bounded.
+    """
+
+    def __init__(self, slots: int, salt: int | None = None, *,
+                 largest_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> None:
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError("slots must be a power of two")
+        self._mask = slots - 1
+        self._salt = secrets.randbits(64) if salt is None else salt & _MASK64
+        self._pages = mmap.mmap(-1, slots * TABLE_ENTRY_BYTES)  # returned to the system when the table goes
+        self.slots = np.frombuffer(self._pages, dtype=np.uint32)
+        self.count = 0
+        self._overflow_log2 = max(MIN_FILTER_BITS_LOG2, largest_bits_log2 - 2)
+        self.overflow: KeyFilter | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.slots.nbytes) + (0 if self.overflow is None else self.overflow.nbytes)
+
+    def fingerprints(self, packed: bytes | bytearray, lane: int) -> Fingerprints:
+        return KeyFilter.fingerprints(self, packed, lane)  # type: ignore[arg-type]
+
+    def _split(self, h: Fingerprints) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint32]]:
+        entries = (h >> np.uint64(32)).astype(np.uint32)
+        entries[entries == 0] = 1
+        return (h & np.uint64(self._mask)).astype(np.intp), entries
+
+    def add_block(self, packed: bytes | bytearray, lane: int) -> npt.NDArray[np.intp]:
+        """Add every key of a packed block; return the indices of the suspects, in order.
+
+        Suspects: keys whose entry is met on their probe run (an earlier key, or rarely
+        chance), and every copy of a fingerprint that occurs more than once in the block.
+        """
+        h = self.fingerprints(packed, lane)
+        slot, entry = self._split(h)
+        suspect = np.zeros(h.size, dtype=np.bool_)
+        pending = np.arange(h.size)
+        if h.size > 1:
+            ordered = np.sort(h)
+            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+            if repeated.size:  # the same fingerprint twice in the block: suspects, kept out of the table
+                suspect = np.isin(h, repeated)
+                pending = np.flatnonzero(~suspect)
+        insert = self.overflow is None
+        table, mask = self.slots, self._mask
+        inserted = 0
+        while pending.size > 32:  # distinct fingerprints: of two writes to one slot, one stays
+            at, want = slot[pending], entry[pending]
+            current = table[at]
+            found = current == want
+            empty = current == 0
+            settled = found.copy()
+            if insert:
+                table[at[empty]] = want[empty]
+                won = empty.copy()
+                won[empty] = table[at[empty]] == want[empty]
+                inserted += int(np.count_nonzero(won))
+                settled |= won
+            else:
+                settled |= empty
+            if found.any():
+                suspect[pending[found]] = True
+            moving = ~(found | empty)  # another entry: go on; a lost write: read the slot again
+            slot[pending[moving]] = (at[moving] + 1) & mask
+            pending = pending[~settled]
+        for index in pending.tolist():
+            if self._probe(int(slot[index]), int(entry[index]), insert):
+                suspect[index] = True
+            else:
+                inserted += insert
+        self.count += inserted
+        if self.overflow is not None:
+            suspect[self.overflow.add_block(packed, lane)] = True
+        elif self.count > _TABLE_FULL * (self._mask + 1):
+            self.overflow = KeyFilter(self._overflow_log2, salt=self._salt)
+        return np.flatnonzero(suspect)
+
+    def _probe(self, at: int, want: int, insert: bool) -> bool:
+        """Whether ``want`` is met on the run from slot ``at``; if not and ``insert``, it is kept."""
+        table, mask = self.slots, self._mask
+        while True:
+            current = int(table[at])
+            if current == want:
+                return True
+            if current == 0:
+                if insert:
+                    table[at] = want
+                return False
+            at = (at + 1) & mask
+
+    def add_one(self, key: bytes) -> bool:
+        """Add one key (unpadded); ``True`` when it is a suspect.  Plain Python, same arithmetic as the block."""
+        h = _fingerprint_int(self._salt, key)
+        insert = self.overflow is None
+        suspect = self._probe(h & self._mask, (h >> 32) or 1, insert)
+        if not insert:
+            assert self.overflow is not None
+            return self.overflow.add_one(key) or suspect
+        self.count += not suspect
+        if self.count > _TABLE_FULL * (self._mask + 1):
+            self.overflow = KeyFilter(self._overflow_log2, salt=self._salt)
         return suspect

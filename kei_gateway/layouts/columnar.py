@@ -20,6 +20,8 @@ precise checker (cached), so a new rule kind is correct before it is fast.
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,12 +123,19 @@ _DAYS_IN_MONTH: Final = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30,
 
 
 class _Block:
-    """One block's matrix, with the per-field views and numbers the checks share (computed once)."""
+    """One block's matrix, with the per-field views and numbers the checks share (computed once).
+
+    Fields are read through strided views of the block's buffer (no copy): a ``K`` field
+    as big-endian 16-bit codes, a field of up to 8 bytes as one big-endian integer.
+    """
 
     def __init__(self, matrix: Matrix) -> None:
         self.matrix = matrix
         self.count = matrix.shape[0]
         self._numbers: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+        self._codes: dict[tuple[int, int], npt.NDArray[Any]] = {}
+        self._packed: dict[tuple[int, int], npt.NDArray[np.uint64]] = {}
+        self._spaces: dict[tuple[int, int], Mask] = {}
 
     def column(self, start: int, width: int) -> Matrix:
         return self.matrix[:, start:start + width]
@@ -135,28 +144,67 @@ class _Block:
         return (self.column(start, width) - np.uint8(0x30)) < 10
 
     def spaces(self, start: int, width: int) -> Mask:
-        return self.column(start, width) == 0x20
+        key = (start, width)
+        if key not in self._spaces:
+            self._spaces[key] = self.column(start, width) == 0x20
+        return self._spaces[key]
 
     def number(self, start: int, width: int) -> npt.NDArray[np.int64]:
         """The field as a number (meaningful when it is digits; width ≤ 18)."""
         key = (start, width)
         if key not in self._numbers:
-            digits = self.column(start, width).astype(np.int64) - 0x30
-            self._numbers[key] = digits @ _POWERS[-width:]
+            self._numbers[key] = _number(self.column(start, width))
         return self._numbers[key]
 
     def packed(self, start: int, width: int) -> npt.NDArray[np.uint64]:
-        """The field's bytes as one big-endian integer per record (width ≤ 8)."""
-        lanes = np.zeros((self.count, 8), dtype=np.uint8)
-        lanes[:, 8 - width:] = self.column(start, width)
-        return lanes.view(">u8").ravel().astype(np.uint64)
+        """The field's bytes as one big-endian integer per record (width ≤ 8): equal fields, equal integers,
+        and for digits of one width the order of the integers is the order of the numbers."""
+        key = (start, width)
+        if key not in self._packed:
+            if start + width >= 8:  # the 8 bytes ending with the field, masked to the field
+                view = np.ndarray((self.count,), dtype=">u8", buffer=self.matrix, offset=start + width - 8,
+                                  strides=(self.matrix.shape[1],))
+                value = view.astype(np.uint64)
+                if width < 8:
+                    value &= np.uint64((1 << (8 * width)) - 1)
+            else:
+                lanes = np.zeros((self.count, 8), dtype=np.uint8)
+                lanes[:, 8 - width:] = self.column(start, width)
+                value = lanes.view(">u8").ravel().astype(np.uint64)
+            self._packed[key] = value
+        return self._packed[key]
 
     def wide_codes(self, start: int, width: int) -> npt.NDArray[Any]:
-        column = self.column(start, width)
-        return (column[:, 0::2].astype(np.uint16) << 8) | column[:, 1::2]
+        """A ``K`` field as ``lead << 8 | trail`` codes, ``count × width / 2`` (a view, no copy)."""
+        key = (start, width)
+        if key not in self._codes:
+            self._codes[key] = np.ndarray((self.count, width // 2), dtype=">u2", buffer=self.matrix, offset=start,
+                                          strides=(self.matrix.shape[1], 2))
+        return self._codes[key]
 
 
 _POWERS: Final = 10 ** np.arange(17, -1, -1, dtype=np.int64)
+_FLOAT_POWERS: Final = _POWERS.astype(np.float64)
+
+
+def _number(column: Matrix) -> npt.NDArray[np.int64]:
+    """Each row's digits as a number (meaningful when they are digits, which the byte classes check).
+
+    Up to 4 digits by Horner's rule in ``int32``; up to 15 through a ``float64`` matrix
+    product (BLAS; exact below 2^53 — an integer ``@`` has no BLAS and is ten times
+    slower); wider ones in ``int64``.
+    """
+    width = column.shape[1]
+    if width <= 4:
+        total = column[:, 0].astype(np.int32)
+        for index in range(1, width):
+            total *= 10
+            total += column[:, index]
+        return total - np.int32(0x30 * int("1" * width))  # type: ignore[no-any-return]
+    if width <= 15:
+        powers = _FLOAT_POWERS[-width:]
+        return (column.astype(np.float64) @ powers - 0x30 * float(powers.sum())).astype(np.int64)
+    return (column.astype(np.int64) - 0x30) @ _POWERS[-width:]  # type: ignore[no-any-return]
 
 
 def _pack_code(code: str, width: int) -> int:
@@ -211,7 +259,7 @@ def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCh
             if inner_spaces:  # only a leading space before a value is wrong
                 return ok & ~(spaces[:, 0] & ~_all_rows(spaces))
             if width > 1:  # a space followed by a non-space: leading or inner
-                ok &= ~_any_rows(spaces[:, :-1] & ~spaces[:, 1:])
+                ok &= ~_any_rows(spaces[:, :-1] > spaces[:, 1:])
             return ok
         if classes is not None and width == 1:
             return classes, None  # one byte: no alignment to check
@@ -222,8 +270,10 @@ def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCh
         def k_check(block: _Block) -> Mask:
             codes = block.wide_codes(start, width)
             ok = _all_rows(codes_ok[codes])
-            pads = codes == _PAD
-            return ok & ~(pads[:, 0] & ~_all_rows(pads))
+            leading = codes[:, 0] == _PAD
+            if not leading.any():
+                return ok
+            return ok & ~(leading & ~(codes == _PAD).all(axis=1))
         return 0xFF, k_check
     if item.kind is Kind.D:
         return _DIGIT, lambda block: _real_dates(block, start)
@@ -245,11 +295,12 @@ def _real_dates(block: _Block, start: int) -> Mask:
 
 def _blank(item: Field, start: int) -> FieldCheck | None:
     """The typed value is ``""`` (``X``: all spaces; ``K``: all padding); ``None`` when it never is."""
-    width = item.width
+    # The field's kind check (always part of the record's verdict) lets a value start with a
+    # space or the padding only when it is all spaces or padding: the first place tells.
     if item.kind is Kind.X:
-        return lambda block: _all_rows(block.spaces(start, width))
+        return lambda block: block.matrix[:, start] == 0x20
     if item.kind is Kind.K:
-        return lambda block: _all_rows(block.wide_codes(start, width) == _PAD)
+        return lambda block: block.wide_codes(start, item.width)[:, 0] == _PAD
     return None
 
 
@@ -301,8 +352,8 @@ def _rule_check(rule: FieldRule, item: Field, start: int, layout: Layout, ctx: R
     if isinstance(rule, Gs1CvsCode) and item.kind is Kind.X and width == 44:
         return lambda block: _gs1_ok(block, start)
     if isinstance(rule, NotInFuture) and item.kind in (Kind.D, Kind.T):
-        today = int(ctx.today.strftime("%Y%m%d"))
-        return lambda block: block.number(start, 8) <= today
+        today = np.uint64(_pack_code(ctx.today.strftime("%Y%m%d"), 8))  # digits: packed order is date order
+        return lambda block: block.packed(start, 8) <= today
     return _DistinctValues(item, start, (rule,), ctx).check
 
 
@@ -318,6 +369,58 @@ def _wide_chars_check(rule: WideChars, start: int, width: int, ctx: RuleContext)
         if rule.max_chars is not None:
             ok &= in_value.sum(axis=1) <= rule.max_chars
         return ok
+    return check
+
+
+_BAD, _PAD_CHAR, _RULE_OK, _OTHER_OK = range(4)
+"""Classes of a ``K`` field's code: not of the charset, the padding, allowed by the field's
+:class:`WideChars` rule (any character of the charset when there is none), of the charset only."""
+_SHORT_WIDE_CHARS: Final = 4
+
+
+def _short_wide_check(item: Field, start: int, ctx: RuleContext) -> FieldCheck | None:
+    """A ``K`` field of up to 4 characters with only blank and :class:`WideChars` rules: one verdict table.
+
+    Each code's class (2 bits) goes in its position's place of an 8-bit index; the verdict
+    of each of the 4^n class sequences is worked out here, once, by the rules of
+    :func:`_kind_check` and :func:`_rule_check` (charset; left-aligned, padding at the end;
+    blank or not; the rule's characters before the trailing padding, at most ``max_chars``).
+    """
+    chars = item.width // 2
+    wide_rules = [rule for rule in item.rules if isinstance(rule, WideChars)]
+    if item.kind is not Kind.K or chars > _SHORT_WIDE_CHARS or len(wide_rules) > 1 \
+            or not all(isinstance(rule, (NotBlank, Blank, WideChars)) for rule in item.rules):
+        return None
+    kind_ok = wide_code_table(ctx.charset)
+    rule_ok = wide_code_table(ctx.charset, wide_rules[0].chars) if wide_rules else kind_ok
+    classes = np.full(1 << 16, _OTHER_OK, dtype=np.uint8)
+    classes[rule_ok] = _RULE_OK
+    classes[_PAD] = _PAD_CHAR
+    classes[~kind_ok] = _BAD
+    pad_in_rule = bool(rule_ok[_PAD]) and bool(wide_rules)
+    tables = [classes << np.uint8(2 * position) for position in range(chars)]
+    verdicts = np.zeros(1 << (2 * chars), dtype=np.bool_)
+    for sequence in itertools.product(range(4), repeat=chars):
+        pads = [code == _PAD_CHAR for code in sequence]
+        length = max((position + 1 for position, pad in enumerate(pads) if not pad), default=0)
+        ok = _BAD not in sequence and not (pads[0] and length > 0)
+        for rule in item.rules:
+            if isinstance(rule, NotBlank):
+                ok &= length > 0
+            elif isinstance(rule, Blank):
+                ok &= length == 0
+            else:
+                assert isinstance(rule, WideChars)
+                ok &= all(code == _RULE_OK or (code == _PAD_CHAR and pad_in_rule) for code in sequence[:length])
+                ok &= rule.max_chars is None or length <= rule.max_chars
+        verdicts[sum(code << (2 * position) for position, code in enumerate(sequence))] = ok
+
+    def check(block: _Block) -> Mask:
+        codes = block.wide_codes(start, item.width)
+        index = tables[0][codes[:, 0]]
+        for position in range(1, chars):
+            index |= tables[position][codes[:, position]]
+        return verdicts[index]
     return check
 
 
@@ -386,7 +489,7 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
     if isinstance(rule, NotBefore):
         later, earlier = layout[rule.later], layout[rule.earlier]
         if later.kind is Kind.D and earlier.kind is Kind.D:
-            return lambda block: block.number(offsets[later.key], 8) >= block.number(offsets[earlier.key], 8)
+            return lambda block: block.packed(offsets[later.key], 8) >= block.packed(offsets[earlier.key], 8)
         raise TypeError(f"no column form for {rule!r}")  # pragma: no cover - the tables compare D fields
     if isinstance(rule, When):
         cond = layout[rule.key]
@@ -423,13 +526,33 @@ class ColumnarPlan:
 
     def check(self, block: bytes, matrix: Matrix) -> Mask:
         """Per record of ``matrix`` (``block`` as ``n × record_length``): whether it is valid as it is."""
-        classes = np.frombuffer(block.translate(_CLASS_TABLE), dtype=np.uint8).reshape(matrix.shape)
-        ok = np.ones(matrix.shape[0], dtype=np.bool_)
-        ok &= _all_rows((classes & self.accepted) != 0)
+        ok = self._classes_ok(block.translate(_CLASS_TABLE), matrix.shape)
         columns = _Block(matrix)
         for check in self.checks:
             ok &= check(columns)
         return ok
+
+    def _classes_ok(self, classes: bytes, shape: tuple[int, int]) -> Mask:
+        """Per record: every byte is of a class its position accepts.
+
+        First over whole groups of records as 64-bit words (a group of ``lcm(record length,
+        8)`` bytes is whole words and whole records) against the classes each position
+        rejects: one pass when every byte is fine; record by record only when one is not.
+        """
+        count, size = shape
+        period = math.lcm(size, 8)
+        groups = count // (period // size)
+        if groups:
+            rejected = np.frombuffer(np.tile(~self.accepted, period // size).tobytes(), dtype=np.uint64)
+            words = np.frombuffer(classes, dtype=np.uint64, count=groups * period // 8).reshape(groups, -1)
+            fine = not (words & rejected).any()
+        else:
+            fine = True
+        rest = np.frombuffer(classes, dtype=np.uint8, offset=groups * period).reshape(-1, size)
+        if fine and ((rest & self.accepted) != 0).all():
+            return np.ones(count, dtype=np.bool_)
+        matrix = np.frombuffer(classes, dtype=np.uint8).reshape(shape)
+        return ((matrix & self.accepted) != 0).all(axis=1)
 
 
 @lru_cache(maxsize=64)
@@ -439,11 +562,18 @@ def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
     accepted[-2:] = _EOL
     for item in layout.fields:
         start = layout.offsets[item.key]
+        short = _short_wide_check(item, start, ctx)
+        if short is not None:  # kind and rules in one table look-up
+            accepted[start:start + item.width] = 0xFF
+            checks.append(short)
+            continue
         classes, kind_check = _kind_check(item, start, ctx)
         accepted[start:start + item.width] = classes
         if kind_check is not None:
             checks.append(kind_check)
         checks.extend(_rule_check(rule, item, start, layout, ctx) for rule in item.rules)
+    size = layout.record_length
+    checks.append(lambda block: block.matrix[:, size - 2] == 0x0D)  # CR; the LF is the matrix's own
     for rule in layout.record_rules:
         check = _record_rule_check(rule, layout, ctx)
         if check is not None:
@@ -451,13 +581,17 @@ def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
     return ColumnarPlan(layout, accepted, tuple(checks))
 
 
-def as_matrix(block: bytes, record_length: int) -> Matrix | None:
-    """The block as an ``n × record_length`` matrix when it is whole records each ending in LF, else None."""
+def as_matrix(block: bytes, record_length: int, *, count_lines: bool = True) -> Matrix | None:
+    """The block as an ``n × record_length`` matrix when it is whole records each ending in LF, else None.
+
+    ``count_lines=False`` leaves out the check that no other byte is an LF (a pass over the
+    block): the caller counts them only when :meth:`ColumnarPlan.check` rejects a record,
+    since it accepts none with an LF inside.
+    """
     count, rest = divmod(len(block), record_length)
     if rest or not count:
         return None
     matrix = np.frombuffer(block, dtype=np.uint8).reshape(count, record_length)
-    if block.count(b"\n") != count or not (matrix[:, record_length - 1] == 0x0A).all():
+    if (count_lines and block.count(b"\n") != count) or not (matrix[:, record_length - 1] == 0x0A).all():
         return None
     return matrix
-

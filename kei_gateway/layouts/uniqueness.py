@@ -8,7 +8,11 @@ keys in a fixed-size Bloom filter and keeps only the suspects, which
 
 from __future__ import annotations
 
-from kei_gateway.layouts._keyfilter import KeyFilter, lane_width
+import numpy as np
+
+from kei_gateway.layouts._keyfilter import (
+    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyTable, filter_bits_for, lane_width, table_slots_for,
+)
 from kei_gateway.layouts.fields import Kind, Layout
 
 __all__ = ["Columns", "ExactKeys", "FilteredKeys", "SuspectKeys", "Uniqueness"]
@@ -52,14 +56,14 @@ class Columns:
     def packed_keys(self, keys: tuple[str, ...], lane: int) -> bytearray:
         """The named fields of every record concatenated, each record's key zero-padded to ``lane`` bytes."""
         size = self.layout.record_length
-        column = bytearray(self.count * lane)
+        column = np.zeros((self.count, lane), dtype=np.uint8)
         position = 0
         for key in keys:
-            start = self.layout.offsets[key]
-            for index in range(self.layout[key].width):
-                column[position::lane] = self.block[start + index::size]
-                position += 1
-        return column
+            start, width = self.layout.offsets[key], self.layout[key].width
+            column[:, position:position + width] = np.ndarray((self.count, width), dtype=np.uint8, buffer=self.block,
+                                                              offset=start, strides=(size, 1))
+            position += width
+        return bytearray(column.data)
 
     def values(self, key: str) -> list[bytes]:
         """The field's raw bytes, one per record."""
@@ -102,17 +106,24 @@ class ExactKeys:
 
 
 class FilteredKeys:
-    """First read: keys go into a fixed-size :class:`KeyFilter`; the "maybe seen" ones are kept as suspects.
+    """First read: keys go into a fixed-size index; the "maybe seen" ones are kept as suspects.
 
-    Nothing is reported here; a key equal to an earlier one is always a suspect,
-    so :class:`SuspectKeys` can settle uniqueness exactly in a second read.
+    The index is a :class:`KeyTable` of fingerprints when the number of records is known
+    and fits in the memory of the largest filter (false suspects about one in 2^31 keys,
+    one or two slot reads a key), else a :class:`KeyFilter` (a Bloom filter: six bits a
+    key, a few false suspects per million keys at its largest).  Nothing is reported here;
+    a key equal to an earlier one is always a suspect, so :class:`SuspectKeys` can settle
+    uniqueness exactly in a second read.
     """
 
-    def __init__(self, layout: Layout, bits_log2: int) -> None:
+    def __init__(self, layout: Layout, records: int | None = None,
+                 largest_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> None:
         self.columns = layout.unique_keys or ()
         self.width = sum(layout[key].width for key in self.columns)
         self.lane = lane_width(self.width)
-        self.filter = KeyFilter(bits_log2)
+        slots = table_slots_for(records, largest_bits_log2)
+        self.filter: KeyFilter | KeyTable = KeyFilter(filter_bits_for(records, largest_bits_log2)) if slots is None \
+            else KeyTable(slots, largest_bits_log2=largest_bits_log2)
         self.suspects: set[bytes] = set()
         self.last_suspect = 0
         """Record number of the last suspect: no duplicate can come after it."""
