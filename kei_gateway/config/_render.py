@@ -8,7 +8,7 @@ from kei_gateway.config import _kinds as k
 from kei_gateway.config._schema import (
     REQUIRED, AirisFlowSection, DatabaseSection, GatewaySection, InboundFlowSection, KeysSection, ListenerSection,
     MetricsListenerSection, OutboundFlowSection, PeerSection, ResultsFlowSection, RetentionSection,
-    SettingMeta, TlsSection, section_settings,
+    RESTART, SettingMeta, TlsSection, section_reload, section_settings,
 )
 
 __all__ = ["example_toml", "configuration_markdown", "SECTIONS"]
@@ -91,6 +91,9 @@ def configuration_markdown() -> str:
         "the daemon refuses to start and names the file.",
         "- Sections `[peers.<name>]`, `[flows.<flow>]` and `[listeners.push]` are optional: a gateway with only "
         "`[gateway]` starts, serves metrics and health, and moves no files.",
+        "- A reload (`systemctl reload`, SIGHUP) applies every key but those marked *restart*: they take "
+        "effect at the next start, and the reload says so (`config.restart_needed`). The marks come from "
+        "the schema (`reload=RESTART`), as does the reload's list.",
     ]
     seen: set[type] = set()
     for header, cls, _ in SECTIONS:
@@ -98,9 +101,12 @@ def configuration_markdown() -> str:
             continue
         seen.add(cls)
         name = header.replace("peers.jnks", "peers.<name>").replace("flows.jnks-payments", "flows.jnks-payments / flows.mpn-slips")
-        out += ["", f"## [{name}]", "", (cls.__doc__ or "").strip(), "",
+        whole = section_reload(cls) == RESTART
+        out += ["", f"## [{name}]", "", (cls.__doc__ or "").strip()
+                + (" Any change here takes effect only after a restart (*restart*)." if whole else ""), "",
                 "| key | kind | default | meaning |", "|---|---|---|---|"]
         for key, meta, default in section_settings(cls):
             shown = "**required**" if default is REQUIRED else f"`{_value_text(meta, default)}`"
-            out.append(f"| `{key}` | {_kind_text(meta)} | {shown} | {meta.doc} |")
+            restart = " *restart*" if meta.reload == RESTART and not whole else ""
+            out.append(f"| `{key}` | {_kind_text(meta)} | {shown} | {meta.doc}{restart} |")
     return "\n".join(out) + "\n"

@@ -3,23 +3,28 @@
 Each section is a frozen dataclass; each setting is a field built by
 :func:`setting`, which holds its kind, default, example and documentation.
 The loader, ``check-config``, ``etc/kei-gateway.toml.example`` and
-``docs/configuration.md`` are all derived from these declarations.
+``docs/configuration.md`` are all derived from these declarations, and so is what a
+reload can change: each setting is ``reload=LIVE`` (the default: a reload applies it)
+or ``reload=RESTART`` (it takes effect only after a restart); a section whose every
+setting needs a restart says so once (``RELOAD: ClassVar[str] = RESTART``).
+:func:`kei_gateway.config.restart_needed` compares two configurations by these
+declarations.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from kei_gateway.config import _kinds as k
 
 __all__ = [
-    "REQUIRED", "SettingMeta", "setting", "section_settings",
+    "REQUIRED", "LIVE", "RESTART", "SettingMeta", "setting", "section_settings", "section_reload",
     "GatewaySection", "RetentionSection", "DatabaseSection", "TlsSection", "KeysSection",
     "RetryPolicy", "PeerSection", "OutboundFlowSection", "InboundFlowSection",
     "ResultsFlowSection", "AirisFlowSection", "ListenerSection", "MetricsListenerSection", "FLOW_SECTIONS",
-    "OUTBOUND_FLOWS", "INBOUND_FLOWS",
+    "OUTBOUND_FLOWS", "INBOUND_FLOWS", "LOCAL_FLOWS",
 ]
 
 
@@ -32,17 +37,28 @@ REQUIRED: Any = _Required()
 """Default of a setting that has none: the key must be written."""
 
 
+LIVE = "live"
+"""A reload applies the setting."""
+RESTART = "restart"
+"""The setting takes effect only after a restart (a reload says so: ``config.restart_needed``)."""
+
+
 @dataclass(frozen=True)
 class SettingMeta:
     kind: k.Kind | type
     doc: str
     example: Any = None
     required: bool = False
+    reload: str = LIVE
 
 
-def setting(kind: k.Kind | type, doc: str, default: Any = REQUIRED, example: Any = None) -> Any:
-    """Declare one setting: its kind (a :class:`~kei_gateway.config._kinds.Kind` or a nested section class)."""
-    meta = SettingMeta(kind, doc, example, required=default is REQUIRED)
+def setting(kind: k.Kind | type, doc: str, default: Any = REQUIRED, example: Any = None, *,
+            reload: str = LIVE) -> Any:
+    """Declare one setting: its kind (a :class:`~kei_gateway.config._kinds.Kind` or a nested section class),
+    and whether a reload applies it (:data:`LIVE`) or it needs a restart (:data:`RESTART`)."""
+    if reload not in (LIVE, RESTART):
+        raise ValueError(f"reload must be {LIVE!r} or {RESTART!r}, not {reload!r}")
+    meta = SettingMeta(kind, doc, example, required=default is REQUIRED, reload=reload)
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for defaults")
     return field(default=default, metadata={"setting": meta})
@@ -60,17 +76,22 @@ def section_settings(section: type) -> list[tuple[str, SettingMeta, Any]]:
     return out
 
 
+def section_reload(section: type) -> str:
+    """:data:`RESTART` when the whole section needs a restart to change, else :data:`LIVE` (see its settings)."""
+    return str(getattr(section, "RELOAD", LIVE))
+
+
 @dataclass(frozen=True)
 class GatewaySection:
     """The gateway itself."""
 
-    lg_code: str = setting(k.LgCode(), "全国地方公共団体コード of this city (6 digits, check digit verified); every JNKS record must carry it.", example="131041")
-    spool_dir: str = setting(k.AbsolutePath(), "Root of the intranet spool: outbox/, inbox/ and quarantine/ live here.", "/var/spool/kei-gateway")
-    state_dir: str = setting(k.AbsolutePath(), "The gateway's private state: encrypted store, default SQLite ledger, reports.", "/var/lib/kei-gateway")
+    lg_code: str = setting(k.LgCode(), "全国地方公共団体コード of this city (6 digits, check digit verified); every JNKS record must carry it.", example="131041", reload=RESTART)
+    spool_dir: str = setting(k.AbsolutePath(), "Root of the intranet spool: outbox/, inbox/ and quarantine/ live here.", "/var/spool/kei-gateway", reload=RESTART)
+    state_dir: str = setting(k.AbsolutePath(), "The gateway's private state: encrypted store, default SQLite ledger, reports.", "/var/lib/kei-gateway", reload=RESTART)
     purge_at: tuple[int, int] = setting(k.TimeOfDay(), "Local time of the daily purge of expired personal data.", (0, 30))
     log_level: str = setting(k.Choice(choices=("debug", "info", "warn", "error", "critical")), "Lowest level of events logged; changes on reload.", "info")
     max_file_size: int = setting(k.Size(minimum=1 << 10, maximum=64 << 30), "Largest outbox file taken (SPEC §4): a larger one is refused unread — not read, not kept, removed from the outbox, and quarantine/<flow>/<name>.errors.txt says why. Bounds: 1KiB to 64GiB (1,000,000 MPN slips are 158 MB); changes on reload.", 2 << 30)
-    node_id: str = setting(k.Text(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}|", hint="letters, digits, '.', '_', '-' (up to 64), or empty"), "This node's id in a shared ledger (docs/high-availability.md): unique among the nodes on one database; it holds the node's leases. Empty: the host name.", "", example="gw1")
+    node_id: str = setting(k.Text(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}|", hint="letters, digits, '.', '_', '-' (up to 64), or empty"), "This node's id in a shared ledger (docs/high-availability.md): unique among the nodes on one database; it holds the node's leases. Empty: the host name.", "", example="gw1", reload=RESTART)
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,8 @@ class RetentionSection:
 class DatabaseSection:
     """The ledger database."""
 
+    RELOAD: ClassVar[str] = RESTART
+
     url: str = setting(k.DatabaseUrl(), "SQLAlchemy URL of the ledger. Empty: SQLite file ledger.sqlite3 in gateway.state_dir (WAL, synchronous=FULL).", "", example="sqlite:////var/lib/kei-gateway/ledger.sqlite3")
     busy_timeout: float = setting(k.Duration(minimum=0.1), "How long a blocked database operation waits for a lock before it is retried.", 5.0)
     lease: float = setting(k.Duration(minimum=1), "How long a node's claim on a piece of work (a send, a pull, an ingest, the purge, the audit verify) lasts unless renewed; renewed every third of it. A node that stops for longer loses its work to another node (docs/high-availability.md).", 15.0)
@@ -96,6 +119,8 @@ class DatabaseSection:
 class TlsSection:
     """The gateway's TLS identity, presented to peers and on the push listener."""
 
+    RELOAD: ClassVar[str] = RESTART
+
     certificate: str = setting(k.FileRef(), "The gateway's certificate (PEM), with its chain.", "gateway.crt")
     private_key: str = setting(k.FileRef(secret=True), "The private key of the certificate (PEM). Must not be readable by group or others.", "gateway.key")
     min_version: str = setting(k.Choice(choices=("1.2", "1.3")), "Lowest TLS version accepted or offered.", "1.2")
@@ -104,6 +129,8 @@ class TlsSection:
 @dataclass(frozen=True)
 class KeysSection:
     """Secret keys, normally systemd credentials."""
+
+    RELOAD: ClassVar[str] = RESTART
 
     store: str = setting(k.FileRef(secret=True), "Key of the encrypted store: 32 random bytes, raw or base64 (AES-256-GCM).", "store.key")
     audit: str = setting(k.FileRef(secret=True), "HMAC key of the audit chain: 32 random bytes, raw or base64.", "audit.key")
@@ -138,6 +165,8 @@ class PeerSection:
 class OutboundFlowSection:
     """A flow from an outbox to a peer (``jnks-payments``, ``mpn-slips``)."""
 
+    RELOAD: ClassVar[str] = RESTART  # flows start and stop with the process
+
     peer: str = setting(k.Text(pattern=r"[a-z0-9][a-z0-9_-]*", hint="a peer name"), "Name of the peer (a [peers.<name>] section).", example="jnks")
     outbox: str = setting(k.RelativeDir(), "Outbox the tax system writes into.", example="outbox/jnks")
     ready: str = setting(k.Choice(choices=("rename", "marker")), "When a file is ready: renamed from name.tmp or a dotfile, or followed by name.end.", "rename")
@@ -151,6 +180,8 @@ class OutboundFlowSection:
 @dataclass(frozen=True)
 class InboundFlowSection:
     """A flow from a peer into an inbox (``jnks-receipts``)."""
+
+    RELOAD: ClassVar[str] = RESTART  # flows start and stop with the process
 
     peer: str = setting(k.Text(pattern=r"[a-z0-9][a-z0-9_-]*", hint="a peer name"), "Name of the peer (a [peers.<name>] section).", example="jnks")
     inbox: str = setting(k.RelativeDir(), "Inbox the tax system reads from.", example="inbox/jnks-receipts")
@@ -169,6 +200,8 @@ class ResultsFlowSection(InboundFlowSection):
 class AirisFlowSection:
     """The AIRIS 突合 flow (``[flows.airis-reconcile]``, SPEC §13): no peer, two outboxes and an inbox."""
 
+    RELOAD: ClassVar[str] = RESTART  # flows start and stop with the process
+
     airis_outbox: str = setting(k.RelativeDir(), "Where the AIRIS download (the AES-256 ZIP as received) and its key file <name>.key are put.", example="outbox/airis")
     register_outbox: str = setting(k.RelativeDir(), "Where the tax system writes its 小型二輪 register extract (tax-register-2w).", example="outbox/airis-register")
     inbox: str = setting(k.RelativeDir(), "Where the results (.dat, .csv, .txt) are written for the tax division.", example="inbox/airis-reconcile")
@@ -180,7 +213,7 @@ class AirisFlowSection:
 class ListenerSection:
     """The LGWAN push listener (``[listeners.push]``); absent means no push."""
 
-    address: k.HostPort = setting(k.Address(), "Address to listen on.", example="0.0.0.0:8443")
+    address: k.HostPort = setting(k.Address(), "Address to listen on.", example="0.0.0.0:8443", reload=RESTART)
     max_connections_per_source: int = setting(k.Integer(minimum=1, maximum=1024), "Connections open at once from one source address; more are closed before the TLS handshake (reason connections).", 8)
     max_pushes: int = setting(k.Integer(minimum=1, maximum=32), "Push bodies received at once; more are answered 503 busy with Retry-After. One source address may hold at most half of them (at least one), so a listed peer cannot take every slot.", 4)
     header_timeout: float = setting(k.Duration(minimum=1, maximum=300), "Time from the connection (TLS handshake included), or from the first byte of a further request on it, to the end of the request headers; slower is answered 408 and closed (reason header_timeout).", 10.0)
@@ -193,7 +226,8 @@ class ListenerSection:
 class MetricsListenerSection:
     """Metrics and health (``[listeners.metrics]``)."""
 
-    address: k.HostPort = setting(k.Address(), "Address of /metrics, /healthz and /readyz.", k.HostPort("127.0.0.1", 9464))
+    address: k.HostPort = setting(k.Address(), "Address of /metrics, /healthz and /readyz.", k.HostPort("127.0.0.1", 9464),
+                                  reload=RESTART)
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
         k.CidrList(), "Who may connect; others are closed before any request is read.",
         (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")))
@@ -208,3 +242,5 @@ FLOW_SECTIONS: dict[str, type] = {
 }
 OUTBOUND_FLOWS = ("jnks-payments", "mpn-slips")
 INBOUND_FLOWS = ("jnks-receipts", "mpn-results")
+LOCAL_FLOWS = ("airis-reconcile",)
+"""Flows with no peer: they read the spool and write the spool (AIRIS 突合)."""

@@ -4,7 +4,7 @@
 30 s as a safety net), runs :func:`~kei_gateway.flows.airis_reconcile.run_flow_once` through the
 blocking door one run at a time, then logs the run (``airis.reconciled``, which the audit observer
 records, or ``airis.rejected``) and counts ``kei_gateway_airis_vehicles_total{category}``.
-:func:`build_airis_flow` is the one builder the service tree calls.
+:func:`build_airis_flow` is its builder (the composition root calls it like every flow's).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
@@ -43,7 +44,7 @@ class AirisReconcileService(service.Service):
                  metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
                  use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
                  gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute",
-                 max_input_bytes: int = MAX_INPUT_BYTES) -> None:
+                 max_file_size: Callable[[], int] = lambda: MAX_INPUT_BYTES) -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -55,7 +56,8 @@ class AirisReconcileService(service.Service):
         self.note_erased = note_erased
         self.gaiji: GaijiPolicy = gaiji
         self.gaiji_fallback: GaijiFallback = gaiji_fallback
-        self.max_input_bytes = max_input_bytes
+        self.max_file_size = max_file_size
+        """``[gateway] max_file_size`` of the current configuration (reload=live: read at each check)."""
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -100,7 +102,7 @@ class AirisReconcileService(service.Service):
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
             note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback,
-            max_input_bytes=self.max_input_bytes).addCallback(self._report)
+            max_input_bytes=self.max_file_size()).addCallback(self._report)
         return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
@@ -121,28 +123,24 @@ class AirisReconcileService(service.Service):
                     reason=f"the run failed: {events.describe_error(failure.value)}; the inputs stay for the next try")
 
 
-def build_airis_flow(parent: service.MultiService, config: Any, *, clock: Any, blocking: Blocking, ledger: Any,
-                     store: Any, metrics: GatewayMetrics,
-                     note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
-                     use_inotify: bool = True) -> AirisReconcileService | None:
-    """The flow's service under *parent* when ``[flows.airis-reconcile]`` is configured (the one builder).
+def build_airis_flow(flow: str, config_source: Callable[[], Any], deps: FlowDependencies) -> list[service.Service]:
+    """The flow's service (``[flows.airis-reconcile]`` of the current configuration); the composition
+    root calls it like every other flow's builder.
 
-    *note_erased* lists the plaintext inputs a run erased in the day's 消去報告 (the purge's report,
-    which flows do not import: the composition root passes it in).
+    Its settings (``[flows.airis-reconcile]``, ``gateway.lg_code``, ``gateway.spool_dir``) are
+    ``reload=restart`` in the schema, so they are read here once. *deps.note_erased* lists the
+    plaintext inputs a run erased in the day's 消去報告 (the purge's report, which flows do not
+    import: the composition root passes it in).
     """
-    settings = config.flows.get(FLOW)
-    if settings is None:
-        return None
-    if store is None:
-        raise ValueError("the airis-reconcile flow needs the encrypted store")
+    config = config_source()
+    settings = config.flows[flow]
     paths = FlowPaths(
         airis_outbox=config.spool_path(settings.airis_outbox), register_outbox=config.spool_path(settings.register_outbox),
-        inbox=config.spool_path(settings.inbox), quarantine=config.spool_path(os.path.join("quarantine", FLOW)),
+        inbox=config.spool_path(settings.inbox), quarantine=config.spool_path(os.path.join("quarantine", flow)),
         airis_label=settings.airis_outbox.rstrip("/"),
         register_label=settings.register_outbox.rstrip("/"))
-    flow = AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=clock, blocking=blocking,
-                                 ledger=ledger, store=store, metrics=metrics, note_erased=note_erased,
-                                 use_inotify=use_inotify, gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback,
-                                 max_input_bytes=config.gateway.max_file_size)
-    flow.setServiceParent(parent)
-    return flow
+    return [AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=deps.clock, blocking=deps.blocking,
+                                  ledger=deps.ledger, store=deps.store, metrics=deps.metrics,
+                                  note_erased=deps.note_erased, use_inotify=deps.use_inotify,
+                                  gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback,
+                                  max_file_size=lambda: config_source().gateway.max_file_size)]

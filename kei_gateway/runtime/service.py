@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application import service
@@ -19,21 +19,22 @@ from twisted.python.threadpool import ThreadPool
 
 from kei_gateway.adapters.ledger import Ledger, TransferLedger
 from kei_gateway.adapters.ledger.results import ResultLedger
+from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import WebDavClient
-from kei_gateway.config import INBOUND_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config
+from kei_gateway.config import INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config, restart_needed
 from kei_gateway.core.results import ResultKeyer
 from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.airis_flow import build_airis_flow
+from kei_gateway.flows.dependencies import FlowDependencies
+from kei_gateway.flows.inbound.build import build_inbound_flow, build_push_listener
 from kei_gateway.flows.inbound.downloads import DownloadPoller
 from kei_gateway.flows.inbound.mpn_results import ResultRelay
-from kei_gateway.flows.inbound.push_listener import make_push_listener
 from kei_gateway.flows.inbound.push_routing import DENIAL_REASONS
 from kei_gateway.flows.inbound.receipts import ReceiptRecorder
 from kei_gateway.flows.inbound.relay import InboxRelay, Relay
+from kei_gateway.flows.outbound.build import build_outbound_flow
 from kei_gateway.flows.outbound.held import HeldWatch
-from kei_gateway.flows.outbound.ingest import IngestResult
-from kei_gateway.flows.outbound.outbox import OutboxWatcher
 from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL, UploadSender
 from kei_gateway.operations.audit import AuditLog
 from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
@@ -48,7 +49,7 @@ from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, write_outcome
 from kei_gateway.runtime.sdnotify import Notifier, Watchdog, reloading_message
 
-__all__ = ["make_service", "GatewayService", "ListenerService", "restart_needed"]
+__all__ = ["make_service", "GatewayService", "ListenerService"]
 
 
 def server_endpoint(reactor: Any, address: HostPort) -> IStreamServerEndpoint:
@@ -92,27 +93,6 @@ class ListenerService(service.Service):
         return str(HostPort(getattr(host, "host", "?"), getattr(host, "port", 0)))
 
 
-def restart_needed(old: Config, new: Config) -> list[str]:
-    """Keys whose change a reload cannot apply (the process must restart)."""
-    changed = []
-    pairs: list[tuple[str, object, object]] = [
-        ("gateway.lg_code", old.gateway.lg_code, new.gateway.lg_code),
-        ("gateway.spool_dir", old.gateway.spool_dir, new.gateway.spool_dir),
-        ("gateway.state_dir", old.gateway.state_dir, new.gateway.state_dir),
-        ("database", old.database_url, new.database_url),
-        ("tls", old.tls, new.tls),
-        ("keys", old.keys, new.keys),
-        ("listeners.metrics.address", old.listeners.metrics.address, new.listeners.metrics.address),
-        ("flows", dict(old.flows), dict(new.flows)),
-        ("listeners.push.address", old.listeners.push and old.listeners.push.address,
-         new.listeners.push and new.listeners.push.address),
-    ]
-    for key, before, after in pairs:
-        if before != after:
-            changed.append(key)
-    return changed
-
-
 class GatewayService(service.MultiService):
     """The running gateway: its service tree and its live configuration.
 
@@ -154,9 +134,6 @@ class GatewayService(service.MultiService):
         self.senders: list[UploadSender] = []
         self.pollers: list[DownloadPoller] = []
         self.relay: ResultRelay | None = None
-        self.on_reconfigure: list[Callable[[Config], None]] = []
-        """Reload hooks of services that cache something derived from the config (the push listener's TLS)."""
-        self.client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None
         self.audit: AuditObserver | None = None
         self.audit_log: AuditLog | None = None
         """The audit trail (docs/audit.md): the observer starts writing at start and is flushed last at stop."""
@@ -284,52 +261,50 @@ class GatewayService(service.MultiService):
         if dict(old.peers) != dict(new.peers):
             changes.append("peers")
         for sender in self.senders:
-            if old.peers.get(sender.peer) != new.peers.get(sender.peer) and sender.peer in new.peers:
-                if self.client_factory is not None:
-                    sender.client = self.client_factory(self.clock, new, sender.peer, self.blocking)
-                sender.dir_url = new.peers[sender.peer].url
-                sender.policy = new.peers[sender.peer].retry
             sender.resume()  # whatever was paused for a person is tried again with the new settings
         self.export_queue_age_limits()
-        for poller in self.pollers:
-            if old.peers.get(poller.peer) != new.peers.get(poller.peer) and poller.peer in new.peers:
-                if self.client_factory is not None:
-                    poller.client = self.client_factory(self.clock, new, poller.peer, self.blocking)
-                poller.results_url = new.peers[poller.peer].results_url
-        for hook in self.on_reconfigure:
-            hook(new)  # e.g. the push listener re-reads peer CAs and pins for new connections
         events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
         return pending
 
 
-def _result_relay(gateway: GatewayService, config: Config, ledger: TransferLedger, store: BlobStore,
-                  blocking: Blocking, metrics: GatewayMetrics) -> ResultRelay:
-    """The one relay of payment results, shared by the pull poller and the push listener."""
-    if gateway.relay is None:
-        keyring = getattr(store, "keyring", None)
-        if keyring is None:
-            raise ValueError("payment results need the store's keyring (their dedupe keys derive from it)")
-        settings = config.flows.get("mpn-results")
-        inbox = settings.inbox if settings is not None else "inbox/mpn-results"
-        gateway.relay = ResultRelay(
-            inbox_dir=config.spool_path(inbox), marker=bool(settings and settings.marker),
-            lg_code=config.gateway.lg_code, ledger=ledger, results=ResultLedger(ledger.engine),
-            keyer=ResultKeyer.from_keyring(keyring), store=store, blocking=blocking, clock=gateway.clock,
-            metrics=metrics, unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
-        gateway.relay.setServiceParent(gateway)
-    return gateway.relay
+class _Relays:
+    """The relay of each inbound flow, built on first use and put in the service tree then (one per flow:
+    the pull poller and the push listener of ``mpn-results`` share it)."""
 
+    def __init__(self, gateway: GatewayService, ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking,
+                 metrics: GatewayMetrics) -> None:
+        self.gateway, self.ledger, self.store, self.blocking, self.metrics = gateway, ledger, store, blocking, metrics
+        self._relays: dict[str, Relay] = {}
 
-def _inbound_relay(gateway: GatewayService, config: Config, flow: str, ledger: TransferLedger, store: BlobStore,
-                   blocking: Blocking, metrics: GatewayMetrics) -> Relay:
-    """The relay of an inbound flow: payment results deduplicated first, any other file whole into its inbox."""
-    if flow == "mpn-results":
-        return _result_relay(gateway, config, ledger, store, blocking, metrics)
-    settings = config.flows[flow]
-    after = ReceiptRecorder(ledger, blocking, metrics, gateway.clock) if flow == "jnks-receipts" else None
-    return InboxRelay(flow=flow, peer=settings.peer, inbox_dir=config.spool_path(settings.inbox),
-                      marker=settings.marker, ledger=ledger, store=store, blocking=blocking, clock=gateway.clock,
-                      metrics=metrics, after=after)
+    def relay_for(self, flow: str) -> Relay:
+        if flow not in self._relays:
+            self._relays[flow] = self._build(flow)
+        return self._relays[flow]
+
+    def _build(self, flow: str) -> Relay:
+        config, gateway = self.gateway.config, self.gateway
+        if flow == "mpn-results":  # payment results: deduplicated result by result first
+            keyring = getattr(self.store, "keyring", None)
+            if keyring is None:
+                raise ValueError("payment results need the store's keyring (their dedupe keys derive from it)")
+            settings = config.flows.get(flow)
+            inbox = settings.inbox if settings is not None else "inbox/mpn-results"
+            ledger = cast(TransferLedger, self.ledger)
+            relay = ResultRelay(
+                inbox_dir=config.spool_path(inbox), marker=bool(settings and settings.marker),
+                lg_code=config.gateway.lg_code, ledger=self.ledger, results=ResultLedger(ledger.engine),
+                keyer=ResultKeyer.from_keyring(keyring), store=self.store, blocking=self.blocking,
+                clock=gateway.clock, metrics=self.metrics,
+                unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
+            gateway.relay = relay
+            relay.setServiceParent(gateway)
+            return relay
+        settings = config.flows[flow]
+        after = ReceiptRecorder(self.ledger, self.blocking, self.metrics, gateway.clock) \
+            if flow == "jnks-receipts" else None
+        return InboxRelay(flow=flow, peer=settings.peer, inbox_dir=config.spool_path(settings.inbox),
+                          marker=settings.marker, ledger=self.ledger, store=self.store, blocking=self.blocking,
+                          clock=gateway.clock, metrics=self.metrics, after=after)
 
 
 def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifier: Notifier,
@@ -365,9 +340,11 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         def client_factory(reactor: Any, config: Config, peer: str, blocking: Blocking) -> Any:
             return WebDavClient.from_config(reactor, config, peer, blocking, environ=environ,
                                             on_certificate=gateway.certificates.peer_certificate_seen)
-    gateway.client_factory = client_factory
     gateway._schema = schema
     gateway.pool, gateway.intake_pool = pool, intake_pool
+    if audit_log is not None and isinstance(ledger, TransferLedger):
+        # An action's audit record is chained in the action's own transaction (issue 11, STYLE 14).
+        ledger.audit_writer = audit_log.append_in
 
     def denied(listener: str, source: str) -> None:
         metrics.denied_connections.labels(listener=listener, reason="address").inc()
@@ -377,61 +354,44 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     metrics.denied_connections.labels(listener="metrics", reason="address")  # exported as 0 from the start
     gateway.add_listener(ListenerService("metrics", server_endpoint(reactor, config.listeners.metrics.address), guarded))
 
-    for flow in OUTBOUND_FLOWS:
-        settings = config.flows.get(flow)
-        if settings is None:
-            continue
-        if store is None:
-            raise ValueError("outbound flows need the encrypted store")
-        peer = config.peers[settings.peer]
-        sender = UploadSender(flow=flow, peer=settings.peer, lg_code=config.gateway.lg_code, dir_url=peer.url,
-                              client=client_factory(reactor, config, settings.peer, blocking), ledger=ledger,
-                              store=store, blocking=blocking, clock=reactor, metrics=metrics, policy=peer.retry)
-        gateway.senders.append(sender)
+    if store is not None:
+        relays = _Relays(gateway, ledger, store, blocking, metrics)
 
-        def ingested(result: IngestResult, sender: UploadSender = sender) -> None:
-            gateway.status.soon()
-            if result.outcome == "queued":
-                sender.kick()
+        def make_client(config: Config, peer: str) -> Any:
+            return client_factory(reactor, config, peer, blocking)
 
-        watcher = OutboxWatcher(
-            flow=flow, settings=settings, outbox_dir=config.spool_path(settings.outbox),
-            quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), lg_code=config.gateway.lg_code,
-            clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
-            on_ingested=ingested, use_inotify=use_inotify,
-            max_file_size=lambda: gateway.config.gateway.max_file_size)
-        watcher.setServiceParent(gateway)
-        sender.setServiceParent(gateway)
+        deps = FlowDependencies(clock=reactor, ledger=ledger, store=store, blocking=blocking,
+                                intake_blocking=intake_blocking, metrics=metrics, environ=environ,
+                                make_client=make_client, relay_for=relays.relay_for,
+                                status_soon=gateway.status.soon,
+                                note_erased=partial(append_input_erasures, reports_directory(config)),
+                                use_inotify=use_inotify)
+
+    def source() -> Config:
+        return gateway.config
+
+    # Each flow is built by its own builder, from the config source and the shared dependencies.
+    for kind, flows, build in (("outbound flows", OUTBOUND_FLOWS, build_outbound_flow),
+                               ("inbound flows", INBOUND_FLOWS, build_inbound_flow),
+                               ("local flows", LOCAL_FLOWS, build_airis_flow)):
+        for flow in flows:
+            if flow not in config.flows:
+                continue
+            if store is None:
+                raise ValueError(f"{kind} need the encrypted store")
+            for child in build(flow, source, deps):
+                if isinstance(child, UploadSender):
+                    gateway.senders.append(child)
+                elif isinstance(child, DownloadPoller):
+                    gateway.pollers.append(child)
+                child.setServiceParent(gateway)
 
     gateway.export_queue_age_limits()
-
-    for flow in INBOUND_FLOWS:
-        inbound = config.flows.get(flow)
-        if inbound is None:
-            continue
-        if store is None:
-            raise ValueError("inbound flows need the encrypted store")
-        peer = config.peers[inbound.peer]
-        poller = DownloadPoller(
-            flow=flow, layout_name=flow, peer=inbound.peer, results_url=peer.results_url,
-            quarantine_dir=config.spool_path(os.path.join("quarantine", flow)),
-            relay=_inbound_relay(gateway, config, flow, ledger, store, blocking, metrics),
-            client=client_factory(reactor, config, inbound.peer, blocking), ledger=ledger,
-            store=store, blocking=blocking, clock=reactor, metrics=metrics, poll_interval=inbound.poll_interval,
-            intake_blocking=intake_blocking)
-        gateway.pollers.append(poller)
-        poller.setServiceParent(gateway)
-
-    build_airis_flow(gateway, config, clock=reactor, blocking=blocking, ledger=ledger, store=store, metrics=metrics,
-                     note_erased=partial(append_input_erasures, reports_directory(config)), use_inotify=use_inotify)
 
     if config.listeners.push is not None:
         if store is None:
             raise ValueError("the push listener needs the encrypted store")
-        relay = gateway.relay or _result_relay(gateway, config, ledger, store, blocking, metrics)
-        push = make_push_listener(lambda: gateway.config, reactor, ledger=ledger, store=store, blocking=blocking,
-                                  metrics=metrics, environ=environ, relay=relay, intake_blocking=intake_blocking)
-        gateway.on_reconfigure.append(push.reconfigure)
+        push = build_push_listener(source, deps)
         for reason in DENIAL_REASONS:
             metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start
         gateway.add_listener(ListenerService("push", server_endpoint(reactor, config.listeners.push.address),

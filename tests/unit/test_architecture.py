@@ -14,8 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "kei_gateway"
 
-RUNTIME_ROOT = {"kei_gateway.runtime.service", "kei_gateway.cli"}
-"""Modules only the command line may import (the composition root and the CLI itself)."""
+RUNTIME_ROOT = {"kei_gateway.runtime.service", "kei_gateway.runtime.daemon", "kei_gateway.cli"}
+"""Modules only the command line and the runtime may import (the composition root, the daemon, the CLI)."""
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "core": ("adapters", "flows", "operations", "runtime", "cli", "sim", "testing", "tools"),
@@ -64,9 +64,9 @@ def _violations() -> list[str]:
             where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {imported}"
             if target in FORBIDDEN.get(folder, ()) and target != folder:
                 problems.append(f"{where}: {folder}/ must not import {target}/")
-            if folder not in ("cli", "") and any(imported == root or imported.startswith(root + ".") for root in RUNTIME_ROOT) \
-                    and not module.startswith("kei_gateway.runtime.service"):
-                problems.append(f"{where}: only cli/ may import the composition root and the CLI")
+            if folder not in ("cli", "runtime", "") and any(imported == root or imported.startswith(root + ".")
+                                                           for root in RUNTIME_ROOT):
+                problems.append(f"{where}: only cli/ and runtime/ may import the composition root and the CLI")
     return problems
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
-from kei_gateway.cli import exitcodes
-from kei_gateway.cli import daemon
+from kei_gateway.runtime import daemon
 from kei_gateway.config import read_config
 from kei_gateway.sim.harness import demo_config_text
 from kei_gateway.testing import DUMMY_STORE_KEY, RecordingNotifier
@@ -35,13 +34,13 @@ def test_when_the_store_holds_a_blob_the_ledger_does_not_know_then_the_start_kee
     store.write("out-queued-elsewhere", [b"dummy payload\r\n"])  # e.g. database.url names a new, empty ledger
     served: list[Any] = []
 
-    def serve(*args: Any, **kwargs: Any) -> int:
+    def serve(*args: Any, **kwargs: Any) -> bool:
         served.append(args)
-        return exitcodes.OK
+        return True
 
-    monkeypatch.setattr(daemon, "_serve", serve)
+    monkeypatch.setattr(daemon, "serve", serve)
 
-    assert daemon._start(config, str(path), RecordingNotifier(), None, None) == exitcodes.OK  # type: ignore[arg-type]
+    assert daemon.start(config, str(path), RecordingNotifier(), None)  # type: ignore[arg-type]
 
     assert served, "the start stopped before serving"
     assert store.exists("out-queued-elsewhere")

@@ -20,6 +20,7 @@ from kei_gateway.adapters.transport import (
 from kei_gateway.config import RetryPolicy
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.sender import UploadSender
+from kei_gateway.flows.peer_link import FixedPeerLink
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import InMemoryBlobStore, InMemoryLedger, InMemoryPeer, SynchronousBlocking
 
@@ -54,11 +55,11 @@ class SenderTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def sender(self, client: InMemoryPeer, attempts: int = 3) -> UploadSender:
-        sender = UploadSender(flow="jnks-payments", peer="jnks", lg_code="131041",
-                              dir_url="https://jnks.example/upload/", client=client,
+        link = FixedPeerLink("jnks", client, url="https://jnks.example/upload/",
+                             retry=RetryPolicy(attempts=attempts, first_delay=30.0, max_delay=3600.0))
+        sender = UploadSender(flow="jnks-payments", lg_code="131041", link=link,
                               ledger=self.ledger, store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
-                              metrics=GatewayMetrics(self.registry, process=False),
-                              policy=RetryPolicy(attempts=attempts, first_delay=30.0, max_delay=3600.0))
+                              metrics=GatewayMetrics(self.registry, process=False))
         sender.startService()
         self.addCleanup(sender.stopService)
         self.clock.advance(0)

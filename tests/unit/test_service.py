@@ -12,12 +12,12 @@ import pytest
 
 from kei_gateway.adapters.ledger import Ledger, TransferLedger, create_ledger_engine, head_revision, upgrade
 from kei_gateway.adapters.store.keys import StoreKeyring
-from kei_gateway.config import config_from_string, read_config
+from kei_gateway.config import config_from_string, read_config, restart_needed
 from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL
 from kei_gateway.runtime.blocking import ThreadPoolBlocking
 from kei_gateway.runtime.metrics import exposition
-from kei_gateway.runtime.service import make_service, restart_needed
+from kei_gateway.runtime.service import make_service
 from kei_gateway.sim.pki import write_demo_credentials
 from tests.unit.helpers import temporary_directory
 from kei_gateway.sim.harness import demo_config_text, jnks_flow_config_text, mpn_flow_config_text
@@ -220,6 +220,27 @@ class ThreadPoolTests(SynchronousTestCase):
         for poller in gateway.pollers:
             self.assertIs(poller.intake_blocking.pool, gateway.intake_pool)  # type: ignore[attr-defined]
             self.assertIs(poller.blocking, gateway.blocking)
+
+
+class RestartKeysFromTheSchemaTests(SynchronousTestCase):
+    def test_when_the_schema_is_read_then_the_restart_keys_are_exactly_those_it_declares(self) -> None:
+        from kei_gateway.config._reload import restart_keys
+
+        self.assertEqual([key for key, _ in restart_keys()], [
+            "gateway.lg_code", "gateway.spool_dir", "gateway.state_dir", "gateway.node_id", "database", "tls", "keys",
+            "flows",
+            "listeners.metrics.address", "listeners.push.address"])
+
+    def test_when_only_live_keys_change_then_no_restart_is_needed(self) -> None:
+        base = config_from_string('[gateway]\nlg_code = "131041"\n')
+        live = config_from_string('[gateway]\nlg_code = "131041"\nlog_level = "debug"\n[listeners.metrics]\n'
+                                  'allow = ["10.0.0.0/8"]\n[retention]\ninbox = "1d"\n')
+        self.assertEqual(restart_needed(base, live), [])
+
+    def test_when_the_push_listener_appears_then_its_address_needs_a_restart(self) -> None:
+        base = config_from_string('[gateway]\nlg_code = "131041"\n')
+        pushing = config_from_string('[gateway]\nlg_code = "131041"\n[listeners.push]\naddress = "0.0.0.0:8443"\n')
+        self.assertEqual(restart_needed(base, pushing), ["listeners.push.address"])
 
 
 @pytest.mark.integration  # opens a SQLite ledger file

@@ -37,11 +37,13 @@ with the (masked) errors; else the inbound transfer is committed ``VALIDATED`` a
 the answer is ``201``, after which the flow's relay takes it (``relay.relay(row, received_at)``,
 not awaited). The decision is :func:`kei_gateway.core.settle.settle`, the same as for a pulled file. Ledger or store trouble → ``503`` with ``Retry-After``.
 
-:func:`make_push_listener` builds it all; the composition root listens with its
-``factory`` and calls its ``reconfigure`` after a reload. The allow-lists, CAs and
-pins are read through ``config_source`` for every new connection (TLS contexts are
-cached per configuration object and rebuilt when it changes); connections already
-open keep the context they started with.
+:func:`make_push_listener` builds it all (the daemon's builder is
+:func:`kei_gateway.flows.inbound.build.build_push_listener`); the composition root
+listens with its ``factory``. The allow-lists, CAs and pins are read through
+``config_source`` for every new connection (TLS contexts are cached per configuration
+object and rebuilt when it changes, so a reload, which hands a new configuration, re-reads
+them); connections already open keep the context they started with. ``reconfigure``
+drops the cached contexts without a new configuration (CA files replaced in place).
 """
 
 from __future__ import annotations
@@ -464,7 +466,7 @@ class PushSite(server.Site):
 
 
 class PushListener(NamedTuple):
-    """What :func:`make_push_listener` returns: listen with *factory*; call *reconfigure* after a reload."""
+    """What :func:`make_push_listener` returns: listen with *factory*; *reconfigure* re-reads the TLS files."""
 
     factory: Factory
     reconfigure: Callable[[Config], None]

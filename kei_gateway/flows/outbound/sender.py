@@ -18,16 +18,20 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.ledger import Claimed
 from kei_gateway.adapters.ports import PeerClient, TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundDenied, PeerIdentityError, RemoteConflict, TransportError, remote_name
 from kei_gateway.config import RetryPolicy
+from kei_gateway.flows.peer_link import PeerLink
 from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["UploadSender", "SEND_POLL_INTERVAL"]
@@ -51,13 +55,14 @@ class UploadSender(service.Service):
 
     log = Logger()
 
-    def __init__(self, *, flow: str, peer: str, lg_code: str, dir_url: str, client: PeerClient,
-                 ledger: TransferLedgerPort, store: BlobStore, blocking: Blocking, clock: Any, metrics: GatewayMetrics,
-                 policy: RetryPolicy, poll_interval: float = SEND_POLL_INTERVAL) -> None:
+    def __init__(self, *, flow: str, lg_code: str, link: PeerLink, ledger: TransferLedgerPort, store: BlobStore,
+                 blocking: Blocking, clock: Any, metrics: GatewayMetrics,
+                 poll_interval: float = SEND_POLL_INTERVAL) -> None:
+        """*link* gives the peer's current upload URL, retry policy and client (a reload changes them there)."""
         self.setName(f"sender:{flow}")
-        self.flow, self.peer, self.lg_code, self.dir_url = flow, peer, lg_code, dir_url
-        self.client, self.ledger, self.store = client, ledger, store
-        self.blocking, self.clock, self.metrics, self.policy = blocking, clock, metrics, policy
+        self.flow, self.peer, self.lg_code, self.link = flow, link.peer, lg_code, link
+        self.ledger, self.store = ledger, store
+        self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.paused: str | None = None
         """Why sending is paused for a person (address refused, identity check failed); cleared by :meth:`resume`."""
         self._passes = OneAtATime(self._start_pass, may_start=lambda: bool(self.running) and self.paused is None,
@@ -66,6 +71,19 @@ class UploadSender(service.Service):
         self._poll = task.LoopingCall(self.kick)
         self._poll.clock = clock
         self._poll_interval = poll_interval
+
+    @property
+    def client(self) -> PeerClient:
+        return self.link.client()
+
+    @property
+    def dir_url(self) -> str:
+        return str(self.link.settings().url)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        policy: RetryPolicy = self.link.settings().retry
+        return policy
 
     def startService(self) -> None:
         super().startService()
@@ -78,12 +96,16 @@ class UploadSender(service.Service):
         # The transfer in flight ends (done, or back to a waiting state) before the stop; then idle
         # connections kept for reuse are closed.
         done = defer.maybeDeferred(lambda: self._passes.in_flight)
-        return done.addBoth(lambda _: getattr(self.client, "close", lambda: None)())
+        return done.addBoth(lambda _: self.link.close())
 
     def resume(self) -> None:
         """After a reload: try again what was paused for a person."""
         self.paused = None
         self.kick()
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: each transfer is claimed before it is sent and
+    every commit on it is fenced. None: the ledger's queue is this process's alone (tests, a bare ledger)."""
 
     def kick(self) -> defer.Deferred[Any] | None:
         """Send what is due now; if busy, look again when the current transfer ends."""
@@ -95,18 +117,42 @@ class UploadSender(service.Service):
                         reason=f"sender: {events.describe_error(failure.value)}")
             return False
 
-        d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)
-        d.addCallback(self._send_first)
+        now = _utc(self.clock.seconds())
+        leases = self.leases
+        if leases is None:
+            d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, now, 1)
+            d.addCallback(lambda due: self._send_first(due[0], None) if due else False)
+            return d.addErrback(crashed)
+        if not leases.may_claim:
+            return defer.succeed(False)  # the database is away, or the clock off: claim nothing (SPEC §14)
+
+        def claimed(claim: Claimed | None) -> Any:
+            if claim is None:
+                return False
+            leases.adopt(claim.fence, claim.decision)
+            return self._send_first(claim.row, claim.fence)
+
+        d = self.blocking.run(self.ledger.claim_due, self.flow, now, leases.node_id, leases.duration)
+        d.addCallback(claimed)
         return d.addErrback(crashed)
 
     @defer.inlineCallbacks
-    def _send_first(self, due: list[TransferRow]) -> Any:
-        if not due:
-            return False
-        row = due[0]
+    def _send_first(self, row: TransferRow, fence: Fence | None) -> Any:
+        try:
+            sent = yield self._send(row, fence)
+        except Fenced:
+            assert fence is not None and self.leases is not None
+            self.leases.fenced(fence)  # another node took it over: it finishes the transfer; nothing is committed here
+            return True
+        if fence is not None and self.leases is not None:
+            self.leases.forget(fence)  # released with the commit that ended the attempt
+        return sent
+
+    @defer.inlineCallbacks
+    def _send(self, row: TransferRow, fence: Fence | None) -> Any:
         started = self.clock.seconds()
         name = row.remote_name or remote_name(self.lg_code, self.flow, row.created_at, row.id)
-        row = yield self.blocking.run(self.ledger.transition, row.id, S.SENDING, _utc(started),
+        row = yield self.blocking.run(self.ledger.transition, row.id, S.SENDING, _utc(started), fence=fence,
                                       attempts=row.attempts + 1, remote_name=name)
         blob_id = row.blob_id
         try:
@@ -115,14 +161,15 @@ class UploadSender(service.Service):
             result = yield self.client.put(self.dir_url, name, lambda: _with_crashpoint(self.store.read(blob_id)),
                                            row.size, row.sha256 or "")
         except TransportError as error:
-            yield self._failed(row, error)
+            yield self._failed(row, error, fence)
             return True
         crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
         sent = {"flow": self.flow, "peer": self.peer, "records": row.record_count, "sha256": row.sha256}
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
-                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent))
+                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent),
+                                fence=fence, release=True)
         self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
@@ -134,13 +181,13 @@ class UploadSender(service.Service):
         return True
 
     @defer.inlineCallbacks
-    def _failed(self, row: TransferRow, error: TransportError) -> Any:
+    def _failed(self, row: TransferRow, error: TransportError, fence: Fence | None = None) -> Any:
         now = _utc(self.clock.seconds())
         self.metrics.peer_up.labels(peer=self.peer).set(0)
         decision = after_send_failure(kind=failure_kind(error), attempts=row.attempts, policy=self.policy, now=now,
                                       reason=str(error),
                                       retry_after=error.retry_after if isinstance(error, HttpError) else None)
-        yield self.blocking.run(self.ledger.apply, row.id, decision.transition, now)
+        yield self.blocking.run(self.ledger.apply, row.id, decision.transition, now, fence=fence, release=True)
         if decision.pause:
             # Retrying cannot cure it: back in the queue, attempt not counted, flow paused for a person.
             self.paused = str(error)

@@ -81,7 +81,6 @@ def test_when_a_gaiji_key_has_a_bad_value_then_the_config_is_refused_naming_the_
 
 
 def test_when_the_flow_is_built_then_it_runs_with_the_configured_policy() -> None:
-    from twisted.application import service
     from twisted.internet.testing import MemoryReactorClock
     from prometheus_client import CollectorRegistry
 
@@ -89,8 +88,19 @@ def test_when_the_flow_is_built_then_it_runs_with_the_configured_policy() -> Non
     from kei_gateway.runtime.metrics import GatewayMetrics
     from kei_gateway.testing import InMemoryLedger, SynchronousBlocking
 
+    from kei_gateway.flows.airis_flow import AirisReconcileService
+    from kei_gateway.flows.dependencies import FlowDependencies
+    from kei_gateway.testing import InMemoryBlobStore
+
     config = config_from_string(FLOW + 'gaiji = "reject"\n')
-    flow = build_airis_flow(service.MultiService(), config, clock=MemoryReactorClock(), blocking=SynchronousBlocking(),
-                            ledger=InMemoryLedger(), store=object(), metrics=GatewayMetrics(CollectorRegistry()),
-                            note_erased=lambda erased, when: None, use_inotify=False)
-    assert flow is not None and (flow.gaiji, flow.gaiji_fallback) == ("reject", "substitute")
+    blocking = SynchronousBlocking()
+    deps = FlowDependencies(clock=MemoryReactorClock(), ledger=InMemoryLedger(), store=InMemoryBlobStore(),
+                            blocking=blocking, intake_blocking=blocking, metrics=GatewayMetrics(CollectorRegistry()),
+                            environ={}, make_client=lambda config, peer: None, relay_for=lambda flow: None,
+                            status_soon=lambda: None, note_erased=lambda erased, when: None, use_inotify=False)
+    current = [config]
+    [flow] = build_airis_flow("airis-reconcile", lambda: current[0], deps)
+    assert isinstance(flow, AirisReconcileService) and (flow.gaiji, flow.gaiji_fallback) == ("reject", "substitute")
+    assert flow.max_file_size() == 2 << 30
+    current[0] = config_from_string(FLOW.replace("[flows.", 'max_file_size = "1MiB"\n[flows.', 1))
+    assert flow.max_file_size() == 1 << 20  # [gateway] max_file_size is reload=live: read at each check

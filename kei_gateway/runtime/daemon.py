@@ -1,0 +1,129 @@
+"""The daemon process once its configuration is valid: prepare what the service tree needs, then serve.
+
+:mod:`kei_gateway.cli.daemon` parses the command line, reads the configuration and turns
+the outcome into the exit code; this module opens the ledger (migrating it), the audit
+trail and the encrypted store, requeues what a stop cut off, builds the tree
+(:func:`kei_gateway.runtime.service.make_service`, the one composition root) and runs
+the reactor with SIGHUP as reload.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.logger import Logger
+
+from kei_gateway import __version__
+from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.store.blobs import FileBlobStore, open_store
+from kei_gateway.adapters.store.errors import StoreError
+from kei_gateway.config import Config
+from kei_gateway.runtime import events
+from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
+from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
+
+__all__ = ["StartFailed", "Prepared", "prepare", "serve", "start"]
+
+log = Logger(namespace="kei_gateway.daemon")
+
+
+class StartFailed(Exception):
+    """The daemon cannot start; ``daemon.failed`` was logged with the reason.
+
+    *usage*: the operator's to fix (keys, store) rather than the machine's (database, disk).
+    """
+
+    def __init__(self, usage: bool) -> None:
+        super().__init__("the daemon cannot start (see daemon.failed)")
+        self.usage = usage
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the service tree is built on."""
+
+    ledger: TransferLedger
+    store: FileBlobStore
+    schema: str
+    audit_log: Any
+
+
+def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
+    """Migrate and open the ledger, open the audit trail and the store, requeue cut-off sends; or :class:`StartFailed`."""
+    from kei_gateway.operations.audit import AuditError, AuditLog, audit_key_from_config
+
+    events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
+    notifier.notify("STATUS=Migrating the ledger database")
+    try:
+        engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
+        schema = upgrade(engine) or "?"
+    except Exception as error:  # any database failure at start is fatal, with its reason
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: {events.describe_error(error)}")
+        raise StartFailed(usage=False) from error
+    events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=config.database_url_redacted)
+    try:
+        audit_log = AuditLog(engine, audit_key_from_config(config))
+    except AuditError as error:
+        events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: {error}")
+        raise StartFailed(usage=True) from error
+    try:
+        store = open_store(config)
+        store.recover()
+    except (StoreError, OSError) as error:
+        events.emit(log, events.DAEMON_FAILED, reason=f"encrypted store: {error}")
+        raise StartFailed(usage=isinstance(error, StoreError)) from error
+    ledger = TransferLedger(engine)
+    # Blobs no transfer refers to (a crash between the store write and the ledger commit) are left to the
+    # daily purge: it erases them past retention.payloads and lists them in the deletion report. Deleting
+    # them here would erase unreported, and erase the whole store if database.url named a new, empty ledger.
+    requeued = ledger.requeue_sending(datetime.now(timezone.utc))
+    if requeued:
+        events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
+    return Prepared(ledger, store, schema, audit_log)
+
+
+def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, observer: GatewayLogObserver,
+          audit: Any = None) -> bool:
+    """Build the service tree and run the reactor until it stops; False when a listener could not be bound."""
+    from twisted.internet import reactor as _reactor
+
+    from kei_gateway.runtime.service import make_service
+
+    reactor: Any = _reactor
+    ok = [True]
+
+    def set_level(name: str) -> None:
+        observer.level = parse_level(name)
+
+    gateway = make_service(config, reactor, prepared.ledger, notifier=notifier, environ=os.environ,
+                           watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=prepared.schema,
+                           store=prepared.store, audit=audit, audit_log=prepared.audit_log)
+
+    def start_failed(failure: Any) -> None:
+        events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")
+        ok[0] = False
+        reactor.stop()
+
+    def start_service() -> None:
+        gateway.ready.addErrback(start_failed)
+        gateway.startService()
+
+    def on_hangup(signum: int, frame: object) -> None:
+        reactor.callFromThread(gateway.reload_from, path)
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    reactor.callWhenRunning(start_service)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: events.emit(log, events.DAEMON_STOPPED))
+    reactor.run()
+    prepared.ledger.engine.dispose()
+    return ok[0]
+
+
+def start(config: Config, path: str, notifier: Notifier, observer: GatewayLogObserver, audit: Any = None) -> bool:
+    """:func:`prepare`, then :func:`serve`; :class:`StartFailed` when the start is refused."""
+    return serve(config, path, prepare(config, path, notifier), notifier, observer, audit)
