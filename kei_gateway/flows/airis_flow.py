@@ -2,8 +2,8 @@
 
 :class:`AirisReconcileService` checks both outboxes when inotify says something arrived (and every
 30 s as a safety net), runs :func:`~kei_gateway.flows.airis_reconcile.run_flow_once` through the
-blocking door one run at a time, then logs the run (``airis.reconciled``, which the audit observer
-records, or ``airis.rejected``) and counts ``kei_gateway_airis_vehicles_total{category}``.
+blocking door one run at a time, then logs the run (``airis.reconciled`` or ``airis.rejected``, whose
+audit record the run committed with its outcome) and counts ``kei_gateway_airis_vehicles_total{category}``.
 :func:`build_airis_flow` is its builder (the composition root calls it like every flow's).
 """
 
@@ -128,7 +128,8 @@ def build_airis_flow(flow: str, config_source: Callable[[], Any], deps: FlowDepe
     root calls it like every other flow's builder.
 
     Its settings (``[flows.airis-reconcile]``, ``gateway.lg_code``, ``gateway.spool_dir``) are
-    ``reload=restart`` in the schema, so they are read here once. *deps.note_erased* lists the
+    ``reload=restart`` in the schema, so they are read here once; ``gateway.max_file_size`` is
+    ``reload=live`` and read at each check. *deps.note_erased* lists the
     plaintext inputs a run erased in the day's 消去報告 (the purge's report, which flows do not
     import: the composition root passes it in).
     """
