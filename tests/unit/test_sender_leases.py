@@ -16,6 +16,7 @@ from kei_gateway.adapters.transport.webdav import BodySource
 from kei_gateway.config import RetryPolicy
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.sender import UploadSender
+from kei_gateway.flows.peer_link import FixedPeerLink
 from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import InMemoryBlobStore, InMemoryLeases, InMemoryLedger, InMemoryPeer, SynchronousBlocking
@@ -70,10 +71,10 @@ class TwoNodeSenderTests(SynchronousTestCase):
         leases = NodeLeases(store=store, incarnation=f"inc-{name}", clock=self.clock, blocking=SynchronousBlocking(),
                             metrics=metrics)
         leases.startService()
-        sender = UploadSender(flow="jnks-payments", peer="jnks", lg_code="131041",
-                              dir_url="https://jnks.example/upload/", client=client, ledger=self.ledger,
-                              store=self.store, blocking=SynchronousBlocking(), clock=self.clock, metrics=metrics,
-                              policy=RetryPolicy(attempts=3, first_delay=30.0, max_delay=3600.0))
+        link = FixedPeerLink("jnks", client, url="https://jnks.example/upload/",
+                             retry=RetryPolicy(attempts=3, first_delay=30.0, max_delay=3600.0))
+        sender = UploadSender(flow="jnks-payments", lg_code="131041", link=link, ledger=self.ledger,
+                              store=self.store, blocking=SynchronousBlocking(), clock=self.clock, metrics=metrics)
         sender.leases = leases
         return sender, leases
 
