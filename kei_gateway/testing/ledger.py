@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -22,6 +23,7 @@ from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
+from kei_gateway.core.results import fresh_results
 from kei_gateway.core.transfer import Transition, TransferState, check_transition, on_restart
 from kei_gateway.testing.leases import LeaseTable
 
@@ -279,6 +281,19 @@ class InMemoryResultLedger:
             chosen.append(facts.under(variant) if variant else facts)
         return chosen
 
+    @contextmanager
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[_InMemoryRelay]:
+        """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error."""
+        self.ledger.get(transfer_id)  # TransferNotFound
+        relay = _InMemoryRelay(self, transfer_id, relay_name, now)
+        yield relay
+        if not relay.finished:
+            raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+        if relay.pending:
+            self.record_relay(transfer_id, relay.pending, relay_name, now, relay.summary, done=False)
+        else:
+            self.record_relay(transfer_id, [], None, now, relay.summary, done=True)
+
     def finish_relay(self, transfer_id: int, now: datetime) -> None:
         self.ledger.transition(transfer_id, TransferState.DONE, now)
 
@@ -302,3 +317,26 @@ class InMemoryResultLedger:
         settled = {r.match_key for r in self.results if r.kind in (KIND_FINAL, KIND_CANCEL)}
         return self._sorted(r for r in self.results if r.kind == KIND_PROVISIONAL and r.match_key not in settled
                             and (within is None or r.received_at >= _utc(now - within)))
+
+
+class _InMemoryRelay:
+    """The open "transaction" of :meth:`InMemoryResultLedger.relay_transaction`: results kept aside until the end."""
+
+    def __init__(self, results: InMemoryResultLedger, transfer_id: int, relay_name: str, now: datetime) -> None:
+        self._results = results
+        self.pending: list[ResultFacts] = []
+        self.summary = ""
+        self.finished = False
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        self._results.ledger._check()
+        known = {result.identity_key for result in self._results.results}
+        known |= {key for item in self.pending for key in (item.identity_key, *(v.identity_key for v in item.variants))}
+        fresh = fresh_results(facts, known)
+        self.pending.extend(fresh)
+        return fresh
+
+    def finish(self, summary: str) -> bool:
+        self.summary = summary
+        self.finished = True
+        return bool(self.pending)
