@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import partial
 from pathlib import Path
@@ -243,3 +244,30 @@ class AirisFlowResumeTests(AirisFlowCase):
                 (report,) = (self.base / "state" / "reports").glob("erasure-*.csv")
                 self.assertEqual(report.read_text(encoding="utf-8-sig").count("outbox/airis-register/REG2W.dat,"),
                                  number + 1)
+
+    def test_when_an_input_is_replaced_after_a_cut_run_claimed_it_then_the_new_one_is_used_and_the_old_claim_ends(
+            self) -> None:
+        from kei_gateway.flows import airis_reconcile
+        from kei_gateway.layouts.airis import TAX_REGISTER_2W as LAYOUT
+
+        self.put_inputs()
+
+        def crash(name: str) -> None:
+            if name == "airis.inputs-recorded":
+                raise _Crash(name)
+
+        self.patch(airis_reconcile, "crashpoint", crash)
+        with self.assertRaises(_Crash):
+            self.check(0)
+        self.patch(airis_reconcile, "crashpoint", lambda name: None)
+        register = self.spool / "outbox" / "airis-register" / "REG2W.dat"
+        fewer = b"".join(render_records(LAYOUT, self.case.register[1:]))  # the tax system wrote it again, one less
+        register.write_bytes(fewer)
+        run = self.check(60)
+        assert run is not None and run.reconciled is not None and not run.resumed
+        rows = {row.id: row for row in self.ledger.list_transfers(flow="airis-reconcile")}
+        stale = [row for row in rows.values() if row.last_error == "replaced before the 突合 ran"]
+        self.assertEqual([(row.local_name, row.source_removed) for row in stale], [("REG2W.dat", True)])
+        self.assertIn(f"register sha256={hashlib.sha256(fewer).hexdigest()}", str(run.reconciled["reason"]))
+        self.assertEqual(len(os.listdir(self.spool / "inbox" / "airis-reconcile")), 3)
+        self.assertEqual([r[0] for r in self.audit_records() if r[0].startswith("airis.")], ["airis.reconciled"])
