@@ -242,25 +242,24 @@ class KeyTable:
         insert = self.overflow is None
         table, mask = self.slots, self._mask
         inserted = 0
+        at, want = slot[pending], entry[pending]
         while pending.size > 32:  # distinct fingerprints: of two writes to one slot, one stays
-            at, want = slot[pending], entry[pending]
             current = table[at]
             found = current == want
             empty = current == 0
-            settled = found.copy()
             if insert:
                 table[at[empty]] = want[empty]
-                won = empty.copy()
-                won[empty] = table[at[empty]] == want[empty]
-                inserted += int(np.count_nonzero(won))
-                settled |= won
+                settled = found | (empty & (table[at] == want))  # the writes that stayed
+                inserted += int(np.count_nonzero(settled)) - int(np.count_nonzero(found))
             else:
-                settled |= empty
+                settled = found | empty
             if found.any():
                 suspect[pending[found]] = True
-            moving = ~(found | empty)  # another entry: go on; a lost write: read the slot again
-            slot[pending[moving]] = (at[moving] + 1) & mask
-            pending = pending[~settled]
+            # Another entry: go on to the next slot; a lost write: read the same slot again.
+            at = np.where(found | empty, at, (at + 1) & mask)
+            keep = ~settled
+            pending, at, want = pending[keep], at[keep], want[keep]
+        slot[pending], entry[pending] = at, want
         for index in pending.tolist():
             if self._probe(int(slot[index]), int(entry[index]), insert):
                 suspect[index] = True
