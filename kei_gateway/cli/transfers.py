@@ -225,13 +225,21 @@ _AUDIT_EVENTS = {"retry": "operator.transfer_retried", "approve": "operator.tran
 
 
 def change_transfer(args: argparse.Namespace) -> int:
-    from kei_gateway.operations.audit import record_or_warn
+    """retry, approve, cancel: the change and its audit record commit in one transaction (issue 11); when the
+    audit trail cannot be opened (no key, no table) the change is still made and the gap said, as before."""
+    from kei_gateway.operations.audit import AuditError, record_or_warn
+    from kei_gateway.operations.audit.operator_action import journal_operator_action, operator_audit_log
 
     config = read_config(config_path_from(args))
     ledger = TransferLedger(create_ledger_engine(config.database_url, config.database.busy_timeout))
     target, allowed = _ACTIONS[args.action]
     now = datetime.now(timezone.utc)
     who = operator_name()
+    event = _AUDIT_EVENTS[args.action]
+    try:
+        audit_log = operator_audit_log(config, ledger.engine)
+    except AuditError:
+        audit_log = None  # record_or_warn below says why
     try:
         row = ledger.get(args.id)
         if row.state not in allowed:
@@ -245,7 +253,14 @@ def change_transfer(args: argparse.Namespace) -> int:
             fields["last_error"] = f"cancelled by {who}: {args.reason}"
         elif args.action == "retry":
             fields.update(next_attempt_at=None, attempts=0)
-        changed = _transition_from(ledger, row.id, allowed, target, now, fields)
+        audit_fields = {"transfer_id": row.id, "flow": row.flow, "peer": row.peer, "records": row.record_count,
+                        "sha256": row.sha256, "reason": getattr(args, "reason", None)}
+
+        def record(connection: Any) -> None:
+            if audit_log is not None:
+                audit_log.append_in(connection, event, audit_fields, now, actor=who)
+
+        changed = _transition_from(ledger, row.id, allowed, target, now, fields, record)
         if changed is None:
             now_state = ledger.get(row.id).state
             print(f"transfer {row.id} became {now_state} meanwhile (the daemon moved it); '{args.action}' applies to "
@@ -255,15 +270,22 @@ def change_transfer(args: argparse.Namespace) -> int:
     except (TransferNotFound, InvalidTransition) as error:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
+    except AuditError as error:  # the record could not be chained: the change was rolled back with it
+        print(f"transfer {args.id} was not changed: its audit record could not be written: {error}", file=sys.stderr)
+        return exitcodes.FAILED
     print(f"transfer {row.id} is now {row.state} (by {who})")
-    record_or_warn(config, _AUDIT_EVENTS[args.action], transfer_id=row.id, flow=row.flow, peer=row.peer,
-                   records=row.record_count, sha256=row.sha256, reason=getattr(args, "reason", None))
+    if audit_log is not None:
+        journal_operator_action(event, who, audit_fields)
+    else:
+        record_or_warn(config, event, **audit_fields)
     return exitcodes.OK
 
 
 def _transition_from(ledger: TransferLedger, transfer_id: int, allowed: tuple[str, ...], target: TransferState,
-                     now: datetime, fields: dict[str, Any]) -> TransferRow | None:
-    """Move the transfer to *target* only if it is still in one of *allowed*, in one statement; None if it is not.
+                     now: datetime, fields: dict[str, Any],
+                     record: Callable[[Any], None] = lambda connection: None) -> TransferRow | None:
+    """Move the transfer to *target* only if it is still in one of *allowed*, in one statement, and *record* it
+    on the same connection before the commit; None if it is not.
 
     The state read before is stale: the daemon may have moved the transfer since (a
     RETRY_WAIT one to SENDING, and SENDING -> QUEUED is a legal move, so a plain
@@ -279,6 +301,8 @@ def _transition_from(ledger: TransferLedger, transfer_id: int, allowed: tuple[st
     with ledger.engine.begin() as connection:
         result = connection.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.state.in_(allowed))
                                     .values(state=target.value, updated_at=now, **fields))
+        if result.rowcount == 1:
+            record(connection)  # the UPDATE holds SQLite's write lock: the chain's head cannot move meanwhile
     if result.rowcount != 1:
         return None
     return ledger.get(transfer_id)

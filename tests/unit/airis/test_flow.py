@@ -107,6 +107,12 @@ class AirisFlowTests(SynchronousTestCase):
         stored = [row for row in self.ledger.list_transfers(flow="airis-reconcile")]
         self.assertEqual(len(stored), 6)  # three inputs and three results, each encrypted in the store
         self.assertTrue(all(row.blob_id and row.state == "DONE" for row in stored))
+        # issue 11: each transfer committed with its record (the .dat's is the run's airis.reconciled, the other
+        # five airis.stored), so audit verify finds none without one
+        recorded = sorted(s.record.transfer_id or 0 for s in self.audit_log.iter_records()
+                          if s.record.event in ("airis.stored", "airis.reconciled"))
+        self.assertEqual(recorded, sorted(row.id for row in stored))
+        self.assertEqual(self.audit_log.unrecorded_transfers(), (0, []))
         personal = [str(r[key]) for r in self.case.register for key in ("owner_name", "owner_address", "chassis_no")]
         dumped = repr(self.audit_records())
         self.assertFalse([value for value in personal if value in dumped])
