@@ -31,7 +31,7 @@ Exit status: 0 done (or, with --dry-run, planned); 1 something could not be eras
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "purge", help="erase the data past its retention now and write the deletion report (消去報告)",
         description="Run the daily purge now: erase payloads, inbox and quarantine files and ledger metadata "

@@ -22,7 +22,7 @@ from kei_gateway.adapters.ledger import (
     create_ledger_engine,
 )
 from kei_gateway.cli import exitcodes
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 from kei_gateway.config import read_config
 from kei_gateway.core.transfer import InvalidTransition
 from kei_gateway.core.transfer import TransferState
@@ -47,7 +47,7 @@ TRANSFER_ID = bounded_int("a transfer id", 2**63 - 1)
 """Transfer ids are the ledger's 64-bit integer keys; a larger number cannot name one."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = subparsers.add_parser("status", help="queue summary per flow and the transfers that need a person")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=show_status)
@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         if name == "cancel":
             action.add_argument("--reason", required=True, help="why (kept in the ledger)")
         action.set_defaults(func=change_transfer, action=name)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def operator_name(environ: Any = os.environ) -> str:

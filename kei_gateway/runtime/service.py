@@ -184,7 +184,8 @@ class GatewayService(service.MultiService):
         events.emit(self.log, events.DAEMON_STOPPING)
         if self.watchdog is not None:
             self.watchdog.stop()
-        stopped: defer.Deferred[Any] = defer.maybeDeferred(super().stopService)  # type: ignore[arg-type]
+        stopping = super().stopService
+        stopped: defer.Deferred[Any] = defer.maybeDeferred(lambda: stopping())
 
         def stop_pool(result: object) -> object:
             # Only now: until every service has finished, its last ledger writes still need the pool.
