@@ -12,7 +12,10 @@ child process (so peak RSS is per measurement):
 * ``validate``: the layout engine on the file streamed in 64 KiB reads, exactly what
   ``kei-gateway validate FILE`` does (uniqueness through the fixed-size key filter);
 * ``degenerate``: the UTF-8 slips validated with ``gaiji = "degenerate"``, with and
-  without the MJ characters.
+  without the MJ characters;
+* ``invalid``: the JNKS file with every record made invalid (its first byte), against the
+  valid one (issue 11: an all-invalid file costs at most 2× a valid one of the same size;
+  validation stops after ``max_errors`` errors).
 
 Every run is printed (``--repeat``, default 3) with the load average before it; the
 ratios are validate / bulk and validate / lines of the same run, and degenerate with MJ
@@ -47,6 +50,15 @@ def ensure_file(layout_name: str, records: int, variant: str = "cp932") -> Path:
     from kei_gateway.layouts.generator import DUMMY_MJ_CHARS
 
     path = OUT / f"{layout_name}-{records}-{variant}.dat"
+    if variant == "invalid" and not path.exists():
+        valid, size = ensure_file(layout_name, records), get_layout(layout_name).record_length
+        tmp = path.with_suffix(".tmp")
+        with valid.open("rb") as source, tmp.open("wb") as out:
+            for block in iter(partial(source.read, size * 10_000), b""):
+                data = bytearray(block)
+                data[0::size] = b"#" * (len(data) // size)  # no record kind is "#"
+                out.write(data)
+        tmp.rename(path)
     if not path.exists():
         OUT.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -91,7 +103,7 @@ def measure_decode(path: str) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "records": count}
 
 
-def measure_validate(path: str, layout_name: str, policy: str = "") -> dict[str, float]:
+def measure_validate(path: str, layout_name: str, policy: str = "", expect_valid: bool = True) -> dict[str, float]:
     from kei_gateway.layouts import ValidationOptions, get_layout, validate_stream
 
     options = ValidationOptions(today=TODAY) if not policy else ValidationOptions(
@@ -107,8 +119,9 @@ def measure_validate(path: str, layout_name: str, policy: str = "") -> dict[str,
                              expected_size=os.path.getsize(path))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    if not report.valid:
-        raise SystemExit(f"benchmark file {path} is invalid: {report.errors[:3]}")
+    if report.valid != expect_valid:
+        raise SystemExit(f"benchmark file {path}: valid is {report.valid}, expected {expect_valid}: "
+                         f"{report.errors[:3]}")
     return {"seconds": elapsed, "cpu": cpu, "records": report.records, "degenerated": report.degenerated}
 
 
@@ -119,6 +132,8 @@ def child(what: str, path: str, layout_name: str) -> None:
         result = measure_bulk(path)
     elif what == "validate":
         result = measure_validate(path, layout_name)
+    elif what == "invalid":
+        result = measure_validate(path, layout_name, expect_valid=False)
     else:
         result = measure_validate(path, layout_name, policy="degenerate")
     result["peak_rss_mb"] = peak_rss_mb()
@@ -169,6 +184,19 @@ def main() -> None:
                   f"{validate['seconds'] / lines['seconds']:>5.2f}x {validate['cpu'] / bulk['cpu']:>8.2f}x "
                   f"{bulk['peak_rss_mb']:>6.0f}MB {lines['peak_rss_mb']:>7.0f}MB {validate['peak_rss_mb']:>10.0f}MB",
                   flush=True)
+    print()
+    print(f"{'all invalid (jnks-payments)':<30} {'run':>3} {'load':>14} {'MB':>5} {'valid s':>9} {'invalid s':>9} "
+          f"{'ratio':>6} {'cpu ratio':>9} {'records read':>12} {'RSS':>6}")
+    valid_path, invalid_path = ensure_file("jnks-payments", args.records), ensure_file("jnks-payments", args.records,
+                                                                                      "invalid")
+    for run in range(1, args.repeat + 1):
+        before = load()
+        valid, invalid = run_child("validate", valid_path, "jnks-payments"), run_child("invalid", invalid_path,
+                                                                                       "jnks-payments")
+        print(f"{'':<30} {run:>3} {before:>14} {invalid_path.stat().st_size / 1e6:>5.0f} {valid['seconds']:>9.2f} "
+              f"{invalid['seconds']:>9.2f} {invalid['seconds'] / valid['seconds']:>5.2f}x "
+              f"{invalid['cpu'] / valid['cpu']:>8.2f}x {int(invalid['records']):>12} {invalid['peak_rss_mb']:>4.0f}MB",
+              flush=True)
     print()
     print(f"{'degenerate (mpn-slips, UTF-8)':<30} {'run':>3} {'load':>14} {'MB':>5} {'without s':>9} {'with 1% MJ s':>12} "
           f"{'ratio':>6} {'degenerated':>11} {'RSS':>6}")

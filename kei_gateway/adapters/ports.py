@@ -16,12 +16,14 @@ The peer client returns Deferreds.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from kei_gateway.adapters.ledger.ledger import AuditEvent, TransferRow
+from kei_gateway.adapters.ledger.leases import Fence
+from kei_gateway.adapters.ledger.ledger import AuditEvent, Claimed, TransferRow
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport._dav import RemoteEntry
 from kei_gateway.adapters.transport.webdav import BodySource, PutResult, Sink
@@ -48,20 +50,25 @@ class TransferLedgerPort(Protocol):
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow: ...
+                     remote_etag: str | None = None, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> TransferRow: ...
 
     def get(self, transfer_id: int) -> TransferRow: ...
 
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
-                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow: ...
+                   audit: AuditEvent | None = None, fence: Fence | None = None, release: bool = False,
+                   **fields: Any) -> TransferRow: ...
 
-    def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow: ...
+    def apply(self, transfer_id: int, transition: Transition, now: datetime, *, fence: Fence | None = None,
+              release: bool = False) -> TransferRow: ...
 
     def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow: ...
 
     def unremoved_source(self, flow: str, local_name: str, sha256: str | None) -> TransferRow | None: ...
 
-    def requeue_sending(self, now: datetime) -> int: ...
+    def requeue_sending(self, now: datetime, node: str | None = None) -> int: ...
+
+    def claim_due(self, flow: str, now: datetime, node: str, duration: float, scan: int = 20) -> Claimed | None: ...
 
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]: ...
 
@@ -73,6 +80,19 @@ class TransferLedgerPort(Protocol):
     def inbound_for(self, flow: str, remote_name: str) -> list[TransferRow]: ...
 
     def by_remote_name(self, flow: str, remote_name: str) -> TransferRow | None: ...
+
+
+class RelayTransaction(Protocol):
+    """One relay decision recorded batch by batch in ONE open transaction (see ``ResultLedger.relay_transaction``)."""
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """Record the new results of *facts* (the next records of the file, in order); return them, in file order."""
+        ...
+
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        """The decision on the transfer — its relay name if some result was new (True), else ``DONE`` with the
+        relay's *audit* record — committed when the ``with`` block ends without an error."""
+        ...
 
 
 class ResultLedgerPort(Protocol):
@@ -87,8 +107,8 @@ class ResultLedgerPort(Protocol):
         """Whether a relay's *audit* record is written in the transaction that makes it DONE (STYLE 14)."""
         ...
 
-    def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None) -> None: ...
+    def relay_transaction(self, transfer_id: int, relay_name: str,
+                          now: datetime) -> AbstractContextManager[RelayTransaction]: ...
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None: ...
 

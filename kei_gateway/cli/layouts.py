@@ -128,6 +128,7 @@ def _print_report(args: argparse.Namespace, report: ValidationReport) -> None:
             "error_count": report.error_count,
             "errors": [error.as_dict() for error in report.errors],
             "errors_truncated": report.truncated,
+            "stopped_after_record": report.stopped_at,
             "gaiji_substituted": report.gaiji_substituted,
             "degenerated": report.degenerated,
         }, sys.stdout, ensure_ascii=False, indent=2)
@@ -141,6 +142,7 @@ def _print_report(args: argparse.Namespace, report: ValidationReport) -> None:
     for error in report.errors:
         print(f"{args.file}: {error.message()}")
     shown = f" (first {len(report.errors)} listed)" if report.truncated else ""
+    shown += f"; {report.stop_note}" if report.stopped_at is not None else ""
     print(f"INVALID: {args.file}: {report.error_count} errors in {report.records} records{shown} "
           f"({report.layout}). Correct these records in the system that wrote the file and send it again; "
           "check --encoding/--charset/--gaiji if the errors are about characters.", file=sys.stderr)

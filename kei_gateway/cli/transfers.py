@@ -107,14 +107,48 @@ def _line(row: TransferRow) -> str:
             f"{when}  {row.local_name}{extra}{error}")
 
 
+def _nodes(args: argparse.Namespace, ledger: TransferLedger) -> list[dict[str, Any]] | None:
+    """The nodes sharing the ledger (SPEC §14) and what each holds; None on a ledger from before leases."""
+    from sqlalchemy import inspect
+
+    from kei_gateway.adapters.ledger.leases import LeaseLedger
+
+    if not inspect(ledger.engine).has_table("nodes"):
+        return None
+    config = read_config(config_path_from(args))
+    now = datetime.now(timezone.utc)
+    out = []
+    for status in LeaseLedger(ledger.engine, config.node_id, config.database.lease).nodes(now):
+        age = (now - status.node.heartbeat).total_seconds()
+        out.append({"node": status.node.node_id, "host": status.host, "pid": status.pid,
+                    "started": status.node.started.isoformat(), "heartbeat": status.node.heartbeat.isoformat(),
+                    "heartbeat_age_seconds": round(age, 1), "up": age < config.database.lease,
+                    "holds": dict(sorted(status.holds.items()))})
+    return out
+
+
 def show_status(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     counts = ledger.queue_counts()
     attention = [row for state in (TransferState.HELD, TransferState.FAILED) for row in ledger.list_transfers(state=state, limit=20)]
+    nodes = _nodes(args, ledger)
     if args.json:
         print(json.dumps({"queue": [{"flow": f, "state": s, "count": c} for (f, s), c in sorted(counts.items())],
-                          "attention": [_row_dict(r) for r in attention]}, ensure_ascii=False, indent=2))
+                          "attention": [_row_dict(r) for r in attention], "nodes": nodes},
+                         ensure_ascii=False, indent=2))
         return exitcodes.OK
+    if nodes is None:
+        print("Nodes: unknown (the ledger is from before leases: run 'kei-gateway db upgrade').")
+    elif not nodes:
+        print("Nodes: none running.")
+    else:
+        print("Nodes:")
+        for node in nodes:
+            holds = ", ".join(f"{count} {kind}" for kind, count in node["holds"].items()) or "nothing"
+            state = "up" if node["up"] else "SILENT"
+            print(f"  {node['node']:<20} {state:<6} heartbeat {node['heartbeat_age_seconds']:g}s ago  "
+                  f"host {node['host']} pid {node['pid']}  holds {holds}")
+        print()
     flows = sorted({flow for flow, _ in counts})
     if not flows:
         print("Queue: empty (no open transfers).")

@@ -504,10 +504,19 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
         def when(block: _Block) -> Mask:
             chosen = chosen_by(block)
             ok = np.ones(block.count, dtype=np.bool_)
-            for check in then_checks:
-                ok &= ~chosen | check(block)
-            for check in else_checks:
-                ok &= chosen | check(block)
+            for checks, rows in ((then_checks, chosen), (else_checks, ~chosen)):
+                if not checks or not rows.any():
+                    continue
+                if rows.all():
+                    for check in checks:
+                        ok &= check(block)
+                    continue
+                # Only the rows the branch applies to, as a block of their own (e.g. the 5 % paid at a
+                # convenience store for the GS1 check over 44 digits).
+                where = np.flatnonzero(rows)
+                part = _Block(np.ascontiguousarray(block.matrix[where]))
+                for check in checks:
+                    ok[where] &= check(part)
             return ok
         return when
     if isinstance(rule, Unique):

@@ -36,7 +36,8 @@ class ValidationOptions:
     lg_code: str | None = None
     """The gateway's 全国地方公共団体コード; when ``None`` only the check digit is verified."""
     max_errors: int = DEFAULT_MAX_ERRORS
-    """Errors kept in the report; counting goes on past it."""
+    """Errors kept in the report; the validation stops after the record that reaches it
+    (duplicates aside: they are kept up to it and counted past it)."""
     max_degenerations: int = DEFAULT_MAX_DEGENERATIONS
     """縮退 kept in the report's list; counting goes on past it."""
 
@@ -55,7 +56,7 @@ class ValidationReport:
     errors: list[LayoutError] = dataclass_field(default_factory=list)
     """The first ``max_errors`` errors, in file order."""
     error_count: int = 0
-    """All errors found, including those past ``max_errors``."""
+    """All errors found, including duplicates past ``max_errors`` (other errors stop the validation there)."""
     gaiji_substituted: int = 0
     """外字 replaced by 〓 under ``gaiji = "substitute"`` (or ``degenerate`` with fallback ``substitute``)."""
     degenerated: int = 0
@@ -67,6 +68,10 @@ class ValidationReport:
     :attr:`degenerations`.
     """
 
+    stopped_at: int | None = None
+    """Set when validation stopped early, after this record: ``max_errors`` errors other than
+    duplicates were found (bounded time on any input), or a record had no CR LF within its
+    layout's width (bounded memory).  The records after it were not read."""
     uniqueness_pending: bool = False
     """Suspect keys are waiting for :meth:`Validator.rescan`; until then the report is not final."""
 
@@ -77,6 +82,14 @@ class ValidationReport:
     @property
     def truncated(self) -> bool:
         return self.error_count > len(self.errors)
+
+    @property
+    def stop_note(self) -> str:
+        """``""``, or a sentence saying where validation stopped (for the operator and the errors file)."""
+        if self.stopped_at is None:
+            return ""
+        return (f"validation stopped after record {self.stopped_at}; the rest of the file was not checked "
+                "(fix the errors listed and send the whole file again)")
 
     @property
     def degenerations(self) -> list[Degenerated]:

@@ -11,7 +11,7 @@ in the options.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from heapq import merge
 from itertools import compress, islice
 from typing import Final
@@ -91,6 +91,17 @@ class Validator:
         self._duplicate_count = 0
         self._closed = False
         self._block_size = _BLOCK_SIZE if options.encoding == "cp932" else min(_BLOCK_SIZE, _UTF8_BLOCK_SIZE)
+        self._counted_errors = 0  # errors other than duplicates: reaching max_errors stops the validation
+        self._tail = 0  # bytes fed since the last LF: the record being read
+        chars = sum(item.chars for item in layout.fields)
+        self._max_line = len(BOM) + (layout.record_length if options.encoding == "cp932" else 4 * chars + 2)
+        """The longest line a record of the layout can be (a BOM on the first one, UTF-8's 4 bytes a character)."""
+        self._stop_record: int | None = None  # the second read: records after it were not checked in the first
+
+    @property
+    def stopped(self) -> bool:
+        """Validation has stopped (``max_errors`` reached, or a record without CR LF): feed no more."""
+        return self.report.stopped_at is not None
 
     @property
     def needs_rescan(self) -> bool:
@@ -103,16 +114,40 @@ class Validator:
         """Add the next bytes of the file."""
         if self._closed:
             raise RuntimeError("feed() after close()")
-        if self._digest is not None:
-            self._digest.update(data)
-        if not data:
+        if not data or self.stopped:
             return
         if type(data) is not bytes:  # a bytearray could change after the call: keep a copy
             data = bytes(data)
         self._pieces.append(data)
         self._pending += len(data)
-        if self._pending >= self._block_size:
+        last = data.rfind(b"\n") + 1
+        self._tail = len(data) - last if last else self._tail + len(data)
+        if self._tail > self._max_line:  # never buffer a record past its width (SPEC §4: bounded memory)
+            self._no_line_end()
+        elif self._pending >= self._block_size:
             self._drain(final=False)
+
+    def _no_line_end(self) -> None:
+        """The record being read is longer than any record of the layout: check the lines before it, then stop."""
+        data = b"".join(self._pieces)  # at most a block and the last piece: the tail was checked at every feed
+        complete = data[:len(data) - self._tail]
+        del data
+        self._pieces[:] = [complete] if complete else []
+        self._pending = len(complete)
+        self._drain(final=True)
+        if self.stopped:
+            return
+        self.report.records += 1
+        self._error(LayoutError(self.report.records, self._offset, (
+            f"has no CR LF within {self._max_line} bytes ({self.layout.name} records are "
+            f"{self.layout.record_length} bytes including CR LF): the file is not a {self.layout.name} file, "
+            "or its line ends are missing; validation stopped here")))
+        self._stop()
+
+    def _stop(self) -> None:
+        self.report.stopped_at = self.report.records
+        self._pieces.clear()
+        self._pending = 0
 
     def _drain(self, *, final: bool) -> None:
         """Validate the complete lines fed so far, in blocks of about ``_BLOCK_SIZE`` (bounded memory).
@@ -134,7 +169,7 @@ class Validator:
             data = b"".join(pieces)
             pieces.clear()
             start = 0
-            while len(data) - start >= (1 if final else self._block_size):
+            while len(data) - start >= (1 if final else self._block_size) and not self.stopped:
                 end = data.rfind(b"\n", start, start + self._block_size) + 1
                 if end <= start:  # a line longer than a block: take it whole
                     end = data.find(b"\n", start + self._block_size) + 1
@@ -154,7 +189,11 @@ class Validator:
         self._closed = True
         self._drain(final=True)
         rest = b"".join(self._pieces)
-        if rest:
+        if self.stopped:
+            pass
+        elif rest:
+            if self._digest is not None:
+                self._digest.update(rest)
             self._trailing(rest)
         elif self._offset == 0:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
@@ -184,12 +223,14 @@ class Validator:
         second._unique = SuspectKeys(self.layout, first.suspects)
         del first
         second._duplicates = []
+        second._stop_record = self.report.stopped_at
         digest = _Checksum()
+        # The bytes the first read checked (all of them, unless it stopped), checksummed as they go.
+        checked = _first_bytes(chunks, self._digest.value[0], digest)
         if self.options.encoding == "cp932":
-            second._replay_suspects(chunks, digest)
+            second._replay_suspects(checked)
         else:  # UTF-8: record places depend on the conversion, so validate it all again
-            second._digest = digest
-            for chunk in chunks:
+            for chunk in checked:
                 second.feed(chunk)
             second.close()
         if digest.value != self._digest.value:
@@ -201,7 +242,7 @@ class Validator:
         report.uniqueness_pending = False
         return report
 
-    def _replay_suspects(self, chunks: Iterable[bytes], digest: _Checksum) -> None:
+    def _replay_suspects(self, chunks: Iterable[bytes]) -> None:
         """Second read of a CP932 file: only the records whose key bytes are suspects are validated again.
 
         Record numbers are line numbers, as in the first read.  Each line that
@@ -257,7 +298,6 @@ class Validator:
 
         buffer = bytearray()
         for chunk in chunks:
-            digest.update(chunk)
             buffer += chunk
             if len(buffer) >= self._block_size:
                 drain(buffer, False)
@@ -265,14 +305,20 @@ class Validator:
 
     # -- internals
 
-    def _error(self, error: LayoutError) -> None:
+    def _error(self, error: LayoutError, *, counted: bool = True) -> None:
+        """Keep an error; ``counted`` ones (all but duplicates) stop the validation at ``max_errors``.
+
+        Duplicates do not count, so that the first read of a filtered uniqueness check (which
+        finds them only in the second read) stops at the same record as the in-memory check.
+        """
         self.report.error_count += 1
+        self._counted_errors += counted
         if len(self.report.errors) < self.options.max_errors:
             self.report.errors.append(error)
 
     def _duplicate(self, error: LayoutError) -> None:
         if self._duplicates is None:
-            self._error(error)
+            self._error(error, counted=False)
             return
         self._duplicate_count += 1
         if len(self._duplicates) < self.options.max_errors:
@@ -284,6 +330,10 @@ class Validator:
 
     def _process(self, block: bytes) -> None:
         """Validate a block of whole lines (ending in LF)."""
+        if self.stopped:
+            return
+        if self._digest is not None:
+            self._digest.update(block)
         self._lines(block, self._offset)
         self._offset += len(block)
 
@@ -313,13 +363,14 @@ class Validator:
                 middle = block.rfind(b"\n", 0, len(block) // 2) + 1
                 if 0 < middle < len(block):
                     self._lines(block[:middle], offset)
-                    self._lines(block[middle:], offset + middle)
+                    if not self.stopped:
+                        self._lines(block[middle:], offset + middle)
                     return
         self._precise_lines(block, offset)
 
     def _precise_lines(self, block: bytes, offset: int) -> None:
         start = 0
-        while start < len(block):
+        while start < len(block) and not self.stopped:
             end = block.index(b"\n", start) + 1
             self._line(block[start:end], offset + start)
             start = end
@@ -367,6 +418,8 @@ class Validator:
                     continue
             for index in range(first, last):  # rejected records, or a run whose keys repeat: one by one
                 self._line(*line(index))
+                if self.stopped:
+                    return
 
     def _convert_rejected(self, cp932: bytes, ok: npt.NDArray[np.bool_], line: Callable[[int], tuple[bytes, int]],
                           offset: int) -> tuple[bytes, dict[int, Utf8Conversion]]:
@@ -412,7 +465,15 @@ class Validator:
         return bytes(repaired), kept
 
     def _line(self, line: bytes, offset: int) -> None:
-        """Validate one line (ending in LF) precisely."""
+        """Validate one line (ending in LF) precisely; stop after the record that reaches ``max_errors``."""
+        if self._stop_record is not None and self.report.records >= self._stop_record:
+            self._stop()  # the second read: records after this one were not checked in the first
+            return
+        self._record(line, offset)
+        if self._counted_errors >= self.options.max_errors:
+            self._stop()
+
+    def _record(self, line: bytes, offset: int) -> None:
         self.report.records += 1
         number = self.report.records
         if number == 1 and line.startswith(BOM):
@@ -505,6 +566,18 @@ class Validator:
         self._error(LayoutError(number, offset + len(rest), reason))
 
 
+def _first_bytes(chunks: Iterable[bytes], limit: int, checksum: _Checksum) -> Iterator[bytes]:
+    """The chunks up to ``limit`` bytes in all (the last one cut), each added to ``checksum``."""
+    left = limit
+    for chunk in chunks:
+        if left <= 0:
+            return
+        piece = chunk if len(chunk) <= left else chunk[:left]
+        left -= len(piece)
+        checksum.update(piece)
+        yield piece
+
+
 class _Checksum:
     """What tells the second read that it saw the first read's bytes: their length and CRC-32.
 
@@ -544,6 +617,8 @@ def validate_stream(chunks: Iterable[bytes], layout: Layout, options: Validation
                           filter_bits_log2=filter_bits_log2, expected_size=expected_size)
     for chunk in chunks:
         validator.feed(chunk)
+        if validator.stopped:  # max_errors reached, or a record without CR LF: the rest is not read
+            break
     report = validator.close()
     if validator.needs_rescan:
         assert reread is not None

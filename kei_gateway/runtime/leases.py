@@ -56,6 +56,8 @@ class LeaseStore(Protocol):
 
     def live_leases(self, now: datetime.datetime) -> dict[str, int]: ...
 
+    def current(self, fence: Fence) -> bool: ...
+
 
 def new_incarnation() -> str:
     """A random id for this start of the node."""

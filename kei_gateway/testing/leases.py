@@ -27,7 +27,7 @@ class LeaseTable:
     clock_offset: float = 0.0
     """The database's clock minus the nodes' (seconds): the skew a heartbeat reports."""
     unreachable: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def check(self) -> None:
         if self.unreachable:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, TransferNotFound, TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, Claimed, TransferNotFound, TransferRow
+from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_release, is_current, is_live, \
+    on_start, revoke
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
+from kei_gateway.core.results import fresh_results
 from kei_gateway.core.transfer import Transition, TransferState, check_transition, on_restart
+from kei_gateway.testing.leases import LeaseTable
 
 __all__ = ["InMemoryLedger", "InMemoryResultLedger"]
 
@@ -41,7 +47,9 @@ class InMemoryLedger:
         """The audit records written with their actions (event name, fields), as the real ledger chains them."""
         self.fail: BaseException | None = None
         self._next_id = 1
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.leases: LeaseTable = LeaseTable()
+        """The lease rows (SPEC §14); share one table between two ledgers' twins to play two nodes."""
 
     def _check(self) -> None:
         if self.fail is not None:
@@ -78,9 +86,14 @@ class InMemoryLedger:
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
+                     remote_etag: str | None = None, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> TransferRow:
         self._check()
-        with self._lock:
+        with self._lock, self.leases.lock:
+            if fence is not None:
+                current = self.leases.leases.get((fence.kind, fence.key))
+                if not is_current(current, fence.node, fence.token):
+                    raise Fenced(fence, current)
             row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
                               state=TransferState(state), local_name=local_name, remote_name=remote_name, size=size,
                               sha256=sha256, record_count=record_count, attempts=0, next_attempt_at=None,
@@ -101,18 +114,25 @@ class InMemoryLedger:
         return row
 
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, *,
-                   audit: AuditEvent | None = None, **fields: Any) -> TransferRow:
-        return self._change(transfer_id, now, new_state, fields, audit)
+                   audit: AuditEvent | None = None, fence: Fence | None = None, release: bool = False,
+                   **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, new_state, fields, audit, fence, release)
 
-    def apply(self, transfer_id: int, transition: Transition, now: datetime) -> TransferRow:
-        return self._change(transfer_id, now, transition.state, dict(transition.fields))
+    def apply(self, transfer_id: int, transition: Transition, now: datetime, *, fence: Fence | None = None,
+              release: bool = False) -> TransferRow:
+        return self._change(transfer_id, now, transition.state, dict(transition.fields), None, fence, release)
 
     def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
         return self._change(transfer_id, now, None, fields)
 
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
-                fields: dict[str, Any], audit: AuditEvent | None = None) -> TransferRow:
-        with self._lock:
+                fields: dict[str, Any], audit: AuditEvent | None = None, fence: Fence | None = None,
+                release: bool = False) -> TransferRow:
+        with self._lock, self.leases.lock:
+            if fence is not None:
+                current = self.leases.leases.get((fence.kind, fence.key))
+                if not is_current(current, fence.node, fence.token):
+                    raise Fenced(fence, current)
             row = self.get(transfer_id)
             changes = dict(fields, updated_at=_utc(now))
             if new_state is not None:
@@ -122,6 +142,11 @@ class InMemoryLedger:
                 raise AttributeError(f"transfers have no column {', '.join(sorted(unknown))}")
             row = dataclasses.replace(row, **changes)
             self.rows[transfer_id] = row
+            if fence is not None and release:
+                released = decide_release(self.leases.leases.get((fence.kind, fence.key)), node=fence.node,
+                                          token=fence.token)
+                if released is not None:
+                    self.leases.leases[(fence.kind, fence.key)] = released
             if audit is not None:
                 self.audit.append((audit[0], {**audit[1], "transfer_id": transfer_id}))
             return row
@@ -132,16 +157,47 @@ class InMemoryLedger:
                      if (row.flow, row.local_name, row.sha256, row.direction) == (flow, local_name, sha256, "out")
                      and not row.source_removed), None)
 
-    def requeue_sending(self, now: datetime) -> int:
+    def requeue_sending(self, now: datetime, node: str | None = None) -> int:
         self._check()
         count = 0
-        for row in list(self.rows.values()):
-            if row.state == TransferState.SENDING:
+        with self._lock, self.leases.lock:
+            for row in list(self.rows.values()):
+                if row.state != TransferState.SENDING:
+                    continue
+                key = (LeaseKind.TRANSFER.value, str(row.id))
+                lease = self.leases.leases.get(key)
+                if on_start(lease, node=node or "", now=now) is StartAction.LEAVE:
+                    continue
                 after = on_restart(row.state)
                 if after is not None:
                     self.transition(row.id, after, now)
+                    if lease is not None:
+                        self.leases.leases[key] = revoke(lease)
                     count += 1
         return count
+
+    def claim_due(self, flow: str, now: datetime, node: str, duration: float, scan: int = 20) -> Claimed | None:
+        self._check()
+        with self._lock, self.leases.lock:
+            for row in sorted(self.rows.values(), key=lambda r: r.id):
+                if row.flow != flow or row.direction != "out":
+                    continue
+                key = (LeaseKind.TRANSFER.value, str(row.id))
+                lease = self.leases.leases.get(key)
+                waiting = row.state == TransferState.QUEUED or (
+                    row.state == TransferState.RETRY_WAIT and row.next_attempt_at is not None
+                    and row.next_attempt_at <= now)
+                stale_send = row.state == TransferState.SENDING and lease is not None and not is_live(lease, now)
+                if not (waiting or stale_send):
+                    continue
+                decision = decide_claim(lease, kind=key[0], key=key[1], node=node, now=now, duration=duration)
+                if decision.lease is None:
+                    continue
+                self.leases.leases[key] = decision.lease
+                if stale_send:
+                    row = self.transition(row.id, on_restart(row.state) or row.state, now)
+                return Claimed(row, Fence(key[0], key[1], node, decision.lease.token), decision)
+        return None
 
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:
         self._check()
@@ -227,6 +283,19 @@ class InMemoryResultLedger:
             chosen.append(facts.under(variant) if variant else facts)
         return chosen
 
+    @contextmanager
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[_InMemoryRelay]:
+        """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error."""
+        self.ledger.get(transfer_id)  # TransferNotFound
+        relay = _InMemoryRelay(self, transfer_id, relay_name, now)
+        yield relay
+        if not relay.finished:
+            raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+        if relay.pending:
+            self.record_relay(transfer_id, relay.pending, relay_name, now, relay.summary, done=False)
+        else:
+            self.record_relay(transfer_id, [], None, now, relay.summary, done=True, audit=relay.audit)
+
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
         self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit)
 
@@ -250,3 +319,27 @@ class InMemoryResultLedger:
         settled = {r.match_key for r in self.results if r.kind in (KIND_FINAL, KIND_CANCEL)}
         return self._sorted(r for r in self.results if r.kind == KIND_PROVISIONAL and r.match_key not in settled
                             and (within is None or r.received_at >= _utc(now - within)))
+
+
+class _InMemoryRelay:
+    """The open "transaction" of :meth:`InMemoryResultLedger.relay_transaction`: results kept aside until the end."""
+
+    def __init__(self, results: InMemoryResultLedger, transfer_id: int, relay_name: str, now: datetime) -> None:
+        self._results = results
+        self.pending: list[ResultFacts] = []
+        self.summary = ""
+        self.audit: AuditEvent | None = None
+        self.finished = False
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        self._results.ledger._check()
+        known = {result.identity_key for result in self._results.results}
+        known |= {key for item in self.pending for key in (item.identity_key, *(v.identity_key for v in item.variants))}
+        fresh = fresh_results(facts, known)
+        self.pending.extend(fresh)
+        return fresh
+
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        self.summary, self.audit = summary, audit
+        self.finished = True
+        return bool(self.pending)

@@ -220,3 +220,24 @@ def test_when_many_nodes_race_for_transfers_on_postgresql_then_each_transfer_is_
         for engine in engines:
             engine.dispose()
         setup.dispose()
+
+
+def test_when_the_purge_lost_its_lease_then_its_erasures_are_fenced_and_the_ledger_keeps_the_payload(
+        engines: tuple[Engine, Engine]) -> None:
+    from kei_gateway.operations.purge.execute import LEDGER_PRUNABLE_STATES, PurgeLedger
+
+    ledger = TransferLedger(engines[0])
+    transfer = add(ledger, "a.dat", S.QUEUED)
+    ledger.transition(transfer, S.CANCELLED, T0)
+    a, b = LeaseLedger(engines[0], "a", LEASE), LeaseLedger(engines[1], "b", LEASE)
+    granted = a.claim("purge", "daily", T0).lease
+    assert granted is not None
+    purge = PurgeLedger(engines[0])
+    purge.fence = Fence("purge", "daily", "a", granted.token)
+    purge.check_fence()  # still a's
+    assert b.claim("purge", "daily", at(LEASE + 1)).outcome is ClaimOutcome.TAKEN_OVER
+    with pytest.raises(Fenced):
+        purge.forget_blob(transfer, "blob-a.dat", LEDGER_PRUNABLE_STATES)
+    with pytest.raises(Fenced):
+        purge.delete_transfers([transfer], at(10 ** 6))
+    assert ledger.get(transfer).blob_id == "blob-a.dat", "nothing erased by the node that lost the purge"

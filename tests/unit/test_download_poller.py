@@ -191,3 +191,57 @@ class ReceiptRelayedOnceTests(PollerCase):
         self.addCleanup(self.poller.stopService)
         self.assertEqual(sorted(p.name for p in self.inbox.iterdir()), [NAME])
         self.assertEqual(self.ledger.get(transfer_id).state, S.DONE.value)
+
+
+class TwoNodesPollOneDirectoryTests(PollerCase):
+    """Two nodes poll one peer directory (SPEC §14): a pass runs under the directory's pull lease."""
+
+    def leases(self, name: str) -> Any:
+        from kei_gateway.runtime.leases import NodeLeases
+        from kei_gateway.testing import InMemoryLeases
+
+        store = InMemoryLeases(self.ledger.leases, name, 15.0)
+        store.join(f"inc-{name}", dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc), name, 1)
+        leases = NodeLeases(store=store, incarnation=f"inc-{name}", clock=self.clock, blocking=SynchronousBlocking(),
+                            metrics=GatewayMetrics(CollectorRegistry(), process=False))
+        leases.startService()
+        return leases
+
+    def test_when_another_node_holds_the_pull_then_this_one_does_not_list_the_directory(self) -> None:
+        other = self.leases("b")
+        fence = self.successResultOf(other.claim("pull", "jnks-receipts"))
+        self.assertIsNotNone(fence)
+        self.poller.leases = self.leases("a")
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        self.assertEqual(self.client.calls, [], "b pulls this directory now")
+        other.release(fence)
+        self.clock.advance(60)
+        self.assertEqual(self.client.files, {}, "the next poll pulled, relayed and deleted it")
+        self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
+        self.assertIsNone(self.ledger.leases.leases[("pull", "jnks-receipts")].holder, "released after the pass")
+
+    def test_when_the_pull_was_taken_over_during_a_pass_then_the_node_neither_relays_nor_deletes(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        held: defer.Deferred[None] = defer.Deferred()
+        original_get = self.client.get
+
+        def slow_get(url: str, sink: Any) -> Any:
+            return held.addCallback(lambda _: original_get(url, sink))
+
+        self.client.get = slow_get  # type: ignore[method-assign]
+        leases_a = self.leases("a")
+        self.poller.leases = leases_a
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        leases_a._loop.stop()  # a stalls mid-download
+        self.clock.advance(16)
+        self.assertIsNotNone(self.successResultOf(self.leases("b").claim("pull", "jnks-receipts")))
+        held.callback(None)  # a wakes up: the download completes and is committed (deduplicated later), then
+        self.assertNotIn("DELETE", self.client.methods())
+        self.assertFalse((self.inbox / NAME).exists(), "a relays nothing: the pull is b's now")
+        self.assertIn("lease.fenced", [e.get("kei_event") for e in logged])

@@ -40,7 +40,7 @@ class DeferredBlocking:
 
     def finish_one(self) -> None:
         d, f, args = self.waiting.pop(0)
-        d.callback(f(*args))
+        defer.maybeDeferred(f, *args).chainDeferred(d)
 
 
 class OutboxWatcherTests(SynchronousTestCase):
@@ -54,6 +54,7 @@ class OutboxWatcherTests(SynchronousTestCase):
         self.results: list[Any] = []
 
     def watcher(self, blocking: Any, ready: str = "rename", max_file_size: Callable[[], int] | None = None,
+                registry: CollectorRegistry | None = None,
                 **flow_settings: str) -> OutboxWatcher:
         settings = OutboundFlowSection(peer="jnks", outbox="outbox/jnks", ready=ready, **flow_settings)
         watcher = OutboxWatcher(
@@ -61,8 +62,8 @@ class OutboxWatcherTests(SynchronousTestCase):
             outbox_dir=str(self.outbox), quarantine_dir=str(self.base / "quarantine" / "jnks-payments"),
             lg_code="131041", clock=self.clock, blocking=blocking, ledger=self.ledger,
             store=FileBlobStore(str(self.base / "store"), StoreKeyring(secrets.token_bytes(32))),
-            metrics=GatewayMetrics(self.registry, process=False), on_ingested=self.results.append, use_inotify=False,
-            **({"max_file_size": max_file_size} if max_file_size is not None else {}))
+            metrics=GatewayMetrics(registry or self.registry, process=False), on_ingested=self.results.append,
+            use_inotify=False, **({"max_file_size": max_file_size} if max_file_size is not None else {}))
         return watcher
 
     def put(self, name: str, records: int = 3) -> None:
@@ -204,3 +205,48 @@ class OutboxWatcherTests(SynchronousTestCase):
         self.assertEqual(self.registry.get_sample_value(
             "kei_gateway_degenerated_characters_total", {"flow": "jnks-payments"}), result.degenerated)
         watcher.stopService()
+
+    # -- two nodes watch one shared outbox (SPEC §14): a scan runs under the outbox's lease, its commits fenced
+
+    def node(self, name: str, blocking: Any) -> tuple[OutboxWatcher, Any]:
+        from kei_gateway.runtime.leases import NodeLeases
+        from kei_gateway.testing import InMemoryLeases
+
+        store = InMemoryLeases(self.ledger.leases, name, 15.0)
+        store.join(f"inc-{name}", datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc),
+                   name, 1)
+        leases = NodeLeases(store=store, incarnation=f"inc-{name}", clock=self.clock, blocking=SynchronousBlocking(),
+                            metrics=GatewayMetrics(CollectorRegistry(), process=False))
+        leases.startService()
+        watcher = self.watcher(blocking, registry=CollectorRegistry())
+        watcher.leases = leases
+        return watcher, leases
+
+    def test_when_a_stalled_node_ingests_after_the_other_took_the_outbox_over_then_its_commit_is_fenced_and_the_file_is_ingested_once(
+            self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.put("a.dat")
+        blocking_a, blocking_b = DeferredBlocking(), DeferredBlocking()
+        watcher_a, leases_a = self.node("a", blocking_a)
+        watcher_a.startService()
+        self.assertEqual(len(blocking_a.waiting), 1, "a holds the outbox's lease; its scan is under way")
+        leases_a._loop.stop()  # a stalls
+        watcher_a._rescan.stop()
+        watcher_b, _ = self.node("b", blocking_b)
+        watcher_b.startService()
+        self.assertEqual(blocking_b.waiting, [], "a's lease is live: b does not scan")
+        self.clock.advance(16)
+        watcher_b.scan_soon()
+        self.assertEqual(len(blocking_b.waiting), 1, "b took the outbox over")
+        blocking_a.finish_one()  # a wakes up and ingests: refused at its commit
+        self.assertEqual(self.ledger.rows, {})
+        self.assertIn("lease.fenced", [e.get("kei_event") for e in logged])
+        self.assertTrue((self.outbox / "a.dat").exists(), "the file stays for the lease holder")
+        blocking_b.finish_one()
+        self.assertEqual([(row.local_name, row.state) for row in self.ledger.rows.values()], [("a.dat", "QUEUED")])
+        self.assertFalse((self.outbox / "a.dat").exists())
+        watcher_b.stopService()

@@ -138,3 +138,26 @@ class PurgeServiceTests(SynchronousTestCase):
         pending.callback(PurgeOutcome(PurgePlan(now), PurgeRun(now, now, []), ("a", "b")))
         self.successResultOf(stopped)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_when_another_node_holds_the_purge_then_this_one_skips_it_and_looks_again_an_hour_later(self) -> None:
+        last = [datetime.datetime(2026, 11, 21, 0, 30, 1, tzinfo=JST)]
+        h = Harness(self, at(2026, 11, 22, 0, 29), last=last[0])
+        h.service._last_completed = lambda: defer.succeed(last[0])
+        elsewhere = [True]
+
+        def purge() -> defer.Deferred[PurgeOutcome | None]:
+            if elsewhere[0]:
+                return defer.succeed(None)  # the lease is the other node's
+            return h.purge()  # type: ignore[return-value]
+
+        h.service._purge = purge
+        h.service.startService()
+        h.clock.advance(60)
+        self.assertEqual((h.runs, h.kinds(), h.after), ([], [], 0), "no run here, no failure, no verification")
+        last[0] = datetime.datetime(2026, 11, 22, 0, 31, tzinfo=JST)  # the other node completed it
+        h.clock.advance(RETRY_AFTER_FAILURE)
+        self.assertEqual(h.runs, [])
+        self.assertEqual(h.service.next_run, datetime.datetime(2026, 11, 23, 0, 30, tzinfo=JST))
+        elsewhere[0] = False
+        h.clock.advance(at(2026, 11, 23, 0, 30) - h.clock.seconds())
+        self.assertEqual(h.runs, [at(2026, 11, 23, 0, 30)])

@@ -176,3 +176,24 @@ def test_when_show_is_asked_for_degenerations_then_the_encrypted_list_is_printed
     audited = [stored.record for stored in AuditLog(engine, audit_key_from_config(config)).iter_records()
                if stored.record.event == "operator.degenerations_shown"]
     assert [(r.actor, r.transfer_id, r.count) for r in audited] == [("tanaka-dummy", transfer, 2)] * 2
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
+def test_when_nodes_share_the_ledger_then_status_lists_each_with_its_heartbeat_and_what_it_holds(
+        setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
+    from kei_gateway.adapters.ledger.leases import LeaseLedger
+
+    config, ledger = setup
+    assert run(config, "status") == exitcodes.OK
+    assert "Nodes: none running." in capsys.readouterr().out
+    now = datetime.now(timezone.utc)
+    leases = LeaseLedger(ledger.engine, "gw1", 15.0)
+    leases.join("inc", now, "host-1", 4242, pid_alive=lambda pid: True)
+    leases.claim("purge", "daily", now)
+    leases.claim("transfer", "3", now)
+    assert run(config, "status") == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "gw1" in out and " up " in out and "host host-1 pid 4242" in out and "holds 1 purge, 1 transfer" in out
+    assert run(config, "status", "--json") == exitcodes.OK
+    [node] = json.loads(capsys.readouterr().out)["nodes"]
+    assert (node["node"], node["up"], node["holds"]) == ("gw1", True, {"purge": 1, "transfer": 1})

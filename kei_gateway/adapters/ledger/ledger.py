@@ -18,7 +18,7 @@ from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
 __all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK",
-           "Claimed", "AuditEvent", "AuditWriter", "write_audit"]
+           "Claimed", "FencedLedger", "AuditEvent", "AuditWriter", "write_audit"]
 
 OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
 """States of transfers that still need something: shown in the queue gauge and STATUS=."""
@@ -151,9 +151,13 @@ class TransferLedger(Ledger):
     def add_transfer(self, *, flow: str, direction: str, peer: str, local_name: str, state: TransferState,
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
-                     remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
-        """Commit a new transfer, and with it *audit* (event name and fields; the transfer id is added)."""
+                     remote_etag: str | None = None, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> TransferRow:
+        """Commit a new transfer, and with it *audit* (event name and fields; the transfer id is added); with
+        *fence*, only while that lease is this node's (an ingest under the outbox's lease, SPEC §14)."""
         with Session(self.engine) as session, session.begin():
+            if fence is not None:
+                check_fence(session, fence)
             transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
                                 size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
                                 created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
@@ -353,3 +357,20 @@ class Claimed:
     row: TransferRow
     fence: Fence
     decision: ClaimDecision
+
+
+class FencedLedger:
+    """A transfer ledger whose every commit is fenced by one lease (SPEC §14): hand it to code that commits
+    through the ledger port (an ingest, a quarantine) while the caller holds the lease."""
+
+    def __init__(self, ledger: Any, fence: Fence) -> None:
+        self._ledger, self.fence = ledger, fence
+
+    def add_transfer(self, **fields: Any) -> TransferRow:
+        return self._ledger.add_transfer(**fields, fence=self.fence)  # type: ignore[no-any-return]
+
+    def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
+        return self._ledger.transition(transfer_id, new_state, now, fence=self.fence, **fields)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)

@@ -9,7 +9,8 @@ offset) and handed back aware, ``received_at`` in JST.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -20,12 +21,14 @@ from sqlalchemy.orm import Session, aliased
 from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter, TransferNotFound, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
-from kei_gateway.core.results.identity import KEPT_FIELDS, KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts
+from kei_gateway.core.results.identity import (
+    KEPT_FIELDS, KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, fresh_results,
+)
 from kei_gateway.core.results.reconcile import StoredResult
 from kei_gateway.core.transfer import check_transition
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK"]
+__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK", "SqlRelayTransaction"]
 
 
 
@@ -165,6 +168,34 @@ class ResultLedger:
                 return True
         return False
 
+    @contextmanager
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[SqlRelayTransaction]:
+        """A relay decision recorded batch by batch, committed as ONE transaction when the block ends.
+
+        The file's results are given to :meth:`SqlRelayTransaction.record` a batch at a time
+        (the relay streams them from the store): each batch's identities are looked up in
+        this transaction, which sees the batches recorded before it, so a result repeated
+        anywhere in the file or recorded by an earlier file is a duplicate, and the new ones
+        are inserted, with *relay_name*. Memory holds one batch, whatever the file's size (SPEC §4).
+        :meth:`SqlRelayTransaction.finish` sets the decision on the transfer: *relay_name* when
+        some result was new, else none and the transfer ``DONE``. An error in the
+        block rolls everything back. :class:`DuplicateResult` when another relay recorded one
+        of the results meanwhile (the unique constraint); the caller starts again.
+        On SQLite the database's write lock is held from the first insert to the commit.
+        """
+        recorded_at = _utc(now)
+        try:
+            with Session(self.engine) as session, session.begin():
+                transfer = session.get(Transfer, transfer_id, with_for_update=True)
+                if transfer is None:
+                    raise TransferNotFound(transfer_id)
+                relay = SqlRelayTransaction(session, transfer, relay_name, recorded_at, self.audit_writer)
+                yield relay
+                if not relay.finished:
+                    raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+        except IntegrityError as error:
+            raise DuplicateResult(transfer_id) from error
+
     @retry_transient
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
         """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record."""
@@ -217,3 +248,50 @@ class ResultLedger:
         if within is not None:
             query = query.where(PaymentResult.received_at >= _utc(now - within))
         return self._rows(query)
+
+
+class SqlRelayTransaction:
+    """The open transaction of :meth:`ResultLedger.relay_transaction`."""
+
+    def __init__(self, session: Session, transfer: Transfer, relay_name: str, recorded_at: datetime,
+                 audit_writer: AuditWriter | None = None) -> None:
+        self._session = session
+        self._audit_writer = audit_writer
+        self._transfer = transfer
+        self._relay_name = relay_name
+        self._recorded_at = recorded_at
+        self.recorded = 0
+        self.finished = False
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """Insert the results of *facts* not recorded yet (nor earlier in this transaction); return them."""
+        candidates = {key for item in facts for key in (item.identity_key, *(v.identity_key for v in item.variants))}
+        known: set[str] = set()
+        for chunk in in_chunks(sorted(candidates)):
+            known.update(self._session.scalars(select(PaymentResult.identity_key).where(
+                PaymentResult.identity_key.in_(chunk))))
+        fresh = fresh_results(facts, known)
+        rows = ResultLedger._under_recorded_keys(self._session, fresh)
+        if rows:  # one executemany per batch, not an ORM object and an INSERT per result
+            self._session.execute(insert(PaymentResult), [{
+                **r.kept(), "received_at": _utc(r.received_at), "transfer_id": self._transfer.id,
+                "relay_name": self._relay_name, "recorded_at": self._recorded_at} for r in rows])
+        self.recorded += len(rows)
+        return fresh
+
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        """The decision on the transfer: its relay name if some result was new (returns True), else DONE with the
+        relay's *audit* record in this transaction."""
+        transfer = self._transfer
+        done = self.recorded == 0
+        if done:
+            check_transition(transfer.state, TransferState.DONE)
+            transfer.state = TransferState.DONE.value
+        transfer.relay_name = None if done else self._relay_name
+        transfer.receipt_summary = summary
+        transfer.updated_at = self._recorded_at
+        self._session.flush()
+        if done:
+            write_audit(self._audit_writer, self._session.connection(), audit, transfer.id, self._recorded_at)
+        self.finished = True
+        return not done

@@ -31,11 +31,13 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ports import PeerClient, TransferLedgerPort
 from kei_gateway.adapters.spool import NAME_PATTERN
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import RemoteEntry, TransportError, file_url
 from kei_gateway.core.jst import today_in_jst
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.settle import Door, Settlement
 from kei_gateway.core.transfer import RemoteAction, on_remote_entry
 from kei_gateway.core.transfer import TransferState as S
@@ -46,6 +48,7 @@ from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["DownloadPoller", "Downloaded"]
@@ -98,6 +101,10 @@ class DownloadPoller(service.Service):
         done = defer.maybeDeferred(lambda: self._busy)
         return done.addBoth(lambda _: self.link.close())
 
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: a pass runs only under the directory's pull
+    lease, and checks it before each relay and DELETE. None: the directory is this process's alone."""
+
     def poll(self) -> defer.Deferred[Any] | None:
         """One pass over the peer directory (skipped while the previous pass still runs)."""
         if self._busy is not None or not self.running:
@@ -113,6 +120,37 @@ class DownloadPoller(service.Service):
 
     @defer.inlineCallbacks
     def _poll(self) -> Any:
+        leases = self.leases
+        if leases is None:
+            yield self._pass(None)
+            return
+        fence = yield leases.claim(LeaseKind.PULL, self.flow)
+        if fence is None:
+            return  # another node pulls this directory now (or this node may not claim): the next poll
+        try:
+            yield self._pass(fence)
+        except Fenced:
+            leases.fenced(fence)
+            return
+        leases.release(fence)
+
+    def _still_mine(self, fence: Fence | None) -> defer.Deferred[None]:
+        """Before an action on a file that another node may now own (relay, DELETE at the peer): raise
+        :class:`Fenced` if this node lost the pull's lease (the relay's own commit is deduplicated: SPEC §14)."""
+        leases = self.leases
+        if fence is None or leases is None:
+            return defer.succeed(None)
+        if not leases.holds(fence):
+            return defer.fail(Fenced(fence, None))
+
+        def checked(current: bool) -> None:
+            if not current:
+                raise Fenced(fence, None)
+
+        return self.blocking.run(leases.store.current, fence).addCallback(checked)
+
+    @defer.inlineCallbacks
+    def _pass(self, fence: Fence | None) -> Any:
         try:
             entries = yield self.client.propfind(self.results_url)
         except TransportError as error:
@@ -127,7 +165,9 @@ class DownloadPoller(service.Service):
             if not NAME_PATTERN.fullmatch(entry.name) or entry.name.endswith(".part"):
                 continue
             try:
-                yield self._one(entry)
+                yield self._one(entry, fence)
+            except Fenced:
+                raise  # another node pulls this directory now: this pass stops
             except TransportError as error:
                 events.emit(self.log, events.TRANSFER_RETRY, flow=self.flow, peer=self.peer, transfer_id="-",
                             attempts=1, reason=error.kind, next_attempt_at=f"+{self._interval:g}s")
@@ -137,11 +177,12 @@ class DownloadPoller(service.Service):
                             reason=f"{entry.name}: {events.describe_error(error)}")
 
     @defer.inlineCallbacks
-    def _one(self, entry: RemoteEntry) -> Any:
+    def _one(self, entry: RemoteEntry, fence: Fence | None = None) -> Any:
         known: list[TransferRow] = yield self.blocking.run(self.ledger.inbound_for, self.flow, entry.name)
         url = file_url(self.results_url, entry.name)
         decision = on_remote_entry(known, entry.etag, entry.size)
         if decision.action is RemoteAction.DELETE_AT_PEER:
+            yield self._still_mine(fence)
             yield self.client.delete(url)  # this very file was relayed before; the DELETE was lost
             return
         if decision.action is RemoteAction.LEAVE:
@@ -151,7 +192,9 @@ class DownloadPoller(service.Service):
             if decision.validate_first:
                 now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
                 row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now)
+            yield self._still_mine(fence)
             yield self._relay(row)  # a crash came between commit and relay
+            yield self._still_mine(fence)
             yield self.client.delete(url)
             return
         downloaded = yield self._download(url)
@@ -168,8 +211,10 @@ class DownloadPoller(service.Service):
                         audit_recorded=self.ledger.records_audit)  # committed with the QUARANTINED transfer
             return
         assert settled.row is not None
+        yield self._still_mine(fence)
         yield self._relay(settled.row)
         crashpoint("download.relayed")
+        yield self._still_mine(fence)
         yield self.client.delete(url)
 
     def _download(self, url: str) -> defer.Deferred[Received]:

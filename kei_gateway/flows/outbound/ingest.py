@@ -146,6 +146,8 @@ def errors_file_lines(flow: str, name: str, report: ValidationReport) -> list[st
     lines += [error.message(full_values=True) for error in report.errors]
     if report.error_count > len(report.errors):
         lines.append(f"... and {report.error_count - len(report.errors)} more error(s) not listed")
+    if report.stop_note:
+        lines.append(f"# {report.stop_note}")
     return lines
 
 
@@ -197,6 +199,8 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
                 yield from pending
                 pending.clear()
                 crashpoint("ingest.reading")
+                if validator.stopped:  # invalid (max_errors, or no CR LF within a record): read no more
+                    break
             validator.close()
             yield from pending
             pending.clear()

@@ -14,19 +14,24 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.ledger import FencedLedger
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import NAME_PATTERN, SHARED_DIR_MODE, classify, ensure_directory, list_entries
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import OutboundFlowSection
 from kei_gateway.core.jst import today_in_jst
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import DEFAULT_MAX_FILE_SIZE, IngestResult, ingest_file, quarantine_refused
 from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["OutboxWatcher", "RESCAN_INTERVAL", "loggable_name"]
@@ -43,6 +48,10 @@ class OutboxWatcher(service.Service):
     """Ingests the ready files of one outbound flow's outbox."""
 
     log = Logger()
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: a scan runs only under the outbox's lease and
+    commits fenced by it. None: the outbox is this process's alone."""
 
     def __init__(self, *, flow: str, settings: OutboundFlowSection, outbox_dir: str, quarantine_dir: str,
                  lg_code: str, clock: Any, blocking: Blocking, ledger: TransferLedgerPort, store: BlobStore,
@@ -99,12 +108,33 @@ class OutboxWatcher(service.Service):
         """Scan now, or once more after the scan in flight."""
         return self._scans.request()
 
-    def _start_scan(self) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = self.blocking.run(self._scan, self.clock.seconds()).addCallback(self._report)
-        return d.addErrback(self._scan_failed)
+    def _start_scan(self) -> defer.Deferred[Any]:
+        leases = self.leases
+        if leases is None:
+            d: defer.Deferred[Any] = self.blocking.run(self._scan, self.clock.seconds(), None)
+            return d.addCallback(self._report).addErrback(self._scan_failed)
 
-    def _scan(self, seconds: float) -> list[IngestResult]:
-        """Blocking: list, refuse what must be refused, ingest what is ready."""
+        def claimed(fence: Fence | None) -> Any:
+            if fence is None:
+                return None  # another node scans this outbox now (or this node may not claim): its next scan
+            scanned: defer.Deferred[Any] = self.blocking.run(self._scan, self.clock.seconds(), fence)
+            scanned.addCallback(self._report)
+
+            def finished(result: Any) -> Any:
+                if isinstance(result, Failure) and result.check(Fenced):
+                    leases.fenced(fence)
+                    return None
+                leases.release(fence)
+                return result
+
+            return scanned.addBoth(finished).addErrback(self._scan_failed)
+
+        return leases.claim(LeaseKind.INGEST, self.flow).addCallback(claimed)
+
+    def _scan(self, seconds: float, fence: Fence | None = None) -> list[IngestResult]:
+        """Blocking: list, refuse what must be refused, ingest what is ready; with *fence* (the outbox's lease,
+        SPEC §14) every commit is fenced, so two nodes never ingest one file twice."""
+        ledger: Any = self.ledger if fence is None else FencedLedger(self.ledger, fence)
         self.scans += 1
         now = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
         decision = classify(list_entries(self.outbox_dir), self.settings.ready)
@@ -113,8 +143,10 @@ class OutboxWatcher(service.Service):
         for refusal in decision.refused:
             try:
                 results.append(quarantine_refused(self.flow, self.outbox_dir, self.quarantine_dir, refusal.name,
-                                                  refusal.reason, refusal.detail, self.ledger, self.settings.peer,
+                                                  refusal.reason, refusal.detail, ledger, self.settings.peer,
                                                   now, self.store, max_file_size=max_file_size))
+            except Fenced:
+                raise  # another node holds this outbox now: this scan stops
             except PermissionError as error:  # e.g. a 0555 directory cannot be moved: it costs that entry only
                 results.append(IngestResult(refusal.name, "skipped", reason=(
                     f"{refusal.reason}: {refusal.detail}; it cannot be moved to quarantine "
@@ -131,7 +163,9 @@ class OutboxWatcher(service.Service):
                     flow=self.flow, peer=self.settings.peer, outbox_dir=self.outbox_dir,
                     quarantine_dir=self.quarantine_dir, name=name, marker=decision.markers.get(name),
                     layout=self.layout, options=options, hold_over_records=self.settings.hold_over_records,
-                    store=self.store, ledger=self.ledger, now=now, max_file_size=max_file_size))
+                    store=self.store, ledger=ledger, now=now, max_file_size=max_file_size))
+            except Fenced:
+                raise
             except Exception as error:  # one file's failure must not stop the others; it stays for the next scan
                 results.append(IngestResult(name, "failed", reason=events.describe_error(error)))
         return results

@@ -18,6 +18,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.ledger import Claimed
 from kei_gateway.adapters.ports import PeerClient, TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundDenied, PeerIdentityError, RemoteConflict, TransportError, remote_name
@@ -29,6 +31,7 @@ from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["UploadSender", "SEND_POLL_INTERVAL"]
@@ -100,6 +103,10 @@ class UploadSender(service.Service):
         self.paused = None
         self.kick()
 
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the flow's builder: each transfer is claimed before it is sent and
+    every commit on it is fenced. None: the ledger's queue is this process's alone (tests, a bare ledger)."""
+
     def kick(self) -> defer.Deferred[Any] | None:
         """Send what is due now; if busy, look again when the current transfer ends."""
         return self._passes.request()
@@ -110,18 +117,42 @@ class UploadSender(service.Service):
                         reason=f"sender: {events.describe_error(failure.value)}")
             return False
 
-        d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, _utc(self.clock.seconds()), 1)
-        d.addCallback(self._send_first)
+        now = _utc(self.clock.seconds())
+        leases = self.leases
+        if leases is None:
+            d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, now, 1)
+            d.addCallback(lambda due: self._send_first(due[0], None) if due else False)
+            return d.addErrback(crashed)
+        if not leases.may_claim:
+            return defer.succeed(False)  # the database is away, or the clock off: claim nothing (SPEC §14)
+
+        def claimed(claim: Claimed | None) -> Any:
+            if claim is None:
+                return False
+            leases.adopt(claim.fence, claim.decision)
+            return self._send_first(claim.row, claim.fence)
+
+        d = self.blocking.run(self.ledger.claim_due, self.flow, now, leases.node_id, leases.duration)
+        d.addCallback(claimed)
         return d.addErrback(crashed)
 
     @defer.inlineCallbacks
-    def _send_first(self, due: list[TransferRow]) -> Any:
-        if not due:
-            return False
-        row = due[0]
+    def _send_first(self, row: TransferRow, fence: Fence | None) -> Any:
+        try:
+            sent = yield self._send(row, fence)
+        except Fenced:
+            assert fence is not None and self.leases is not None
+            self.leases.fenced(fence)  # another node took it over: it finishes the transfer; nothing is committed here
+            return True
+        if fence is not None and self.leases is not None:
+            self.leases.forget(fence)  # released with the commit that ended the attempt
+        return sent
+
+    @defer.inlineCallbacks
+    def _send(self, row: TransferRow, fence: Fence | None) -> Any:
         started = self.clock.seconds()
         name = row.remote_name or remote_name(self.lg_code, self.flow, row.created_at, row.id)
-        row = yield self.blocking.run(self.ledger.transition, row.id, S.SENDING, _utc(started),
+        row = yield self.blocking.run(self.ledger.transition, row.id, S.SENDING, _utc(started), fence=fence,
                                       attempts=row.attempts + 1, remote_name=name)
         blob_id = row.blob_id
         try:
@@ -130,14 +161,15 @@ class UploadSender(service.Service):
             result = yield self.client.put(self.dir_url, name, lambda: _with_crashpoint(self.store.read(blob_id)),
                                            row.size, row.sha256 or "")
         except TransportError as error:
-            yield self._failed(row, error)
+            yield self._failed(row, error, fence)
             return True
         crashpoint("send.after-move")
         now = self.clock.seconds()
         summary = "already present at the peer (same SHA-256)" if getattr(result, "already_present", False) else None
         sent = {"flow": self.flow, "peer": self.peer, "records": row.record_count, "sha256": row.sha256}
         yield self.blocking.run(self.ledger.transition, row.id, S.DONE, _utc(now), last_error=None,
-                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent))
+                                next_attempt_at=None, receipt_summary=summary, audit=("transfer.sent", sent),
+                                fence=fence, release=True)
         self.metrics.transfers.labels(flow=self.flow, outcome="done").inc()
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
         self.metrics.transfer_duration.labels(flow=self.flow).observe(now - started)
@@ -149,13 +181,13 @@ class UploadSender(service.Service):
         return True
 
     @defer.inlineCallbacks
-    def _failed(self, row: TransferRow, error: TransportError) -> Any:
+    def _failed(self, row: TransferRow, error: TransportError, fence: Fence | None = None) -> Any:
         now = _utc(self.clock.seconds())
         self.metrics.peer_up.labels(peer=self.peer).set(0)
         decision = after_send_failure(kind=failure_kind(error), attempts=row.attempts, policy=self.policy, now=now,
                                       reason=str(error),
                                       retry_after=error.retry_after if isinstance(error, HttpError) else None)
-        yield self.blocking.run(self.ledger.apply, row.id, decision.transition, now)
+        yield self.blocking.run(self.ledger.apply, row.id, decision.transition, now, fence=fence, release=True)
         if decision.pause:
             # Retrying cannot cure it: back in the queue, attempt not counted, flow paused for a person.
             self.paused = str(error)

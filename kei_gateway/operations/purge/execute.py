@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from twisted.logger import Logger
 
 from kei_gateway.adapters.durable import fsync_directory
+from kei_gateway.adapters.ledger.leases import Fence, Fenced, check_fence
 from kei_gateway.adapters.ledger.ledger import AuditEvent, TransferLedger, TransferRow, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer
 from kei_gateway.adapters.spool import entry_kind, write_durable
@@ -88,7 +89,21 @@ def reports_directory(config: Config) -> str:
 
 
 class PurgeLedger(TransferLedger):
-    """The ledger queries of the purge. Every method blocks."""
+    """The ledger queries of the purge. Every method blocks.
+
+    :attr:`fence`, when set, is the node's lease on the purge (SPEC §14): every erasure commits only
+    while it is current (checked in the erasure's own transaction), and a file erasure only after a
+    check that it still is; a node that lost the purge to another erases nothing more.
+    """
+
+    fence: Fence | None = None
+
+    def check_fence(self) -> None:
+        """Raise :class:`~kei_gateway.adapters.ledger.leases.Fenced` unless this run's lease is still current."""
+        if self.fence is None:
+            return
+        with Session(self.engine) as session, session.begin():
+            check_fence(session, self.fence)
 
     @retry_transient
     def candidates(self, ledger_cutoff: datetime.datetime, inbox_names: dict[str, set[str]]) -> list[TransferRow]:
@@ -121,6 +136,8 @@ class PurgeLedger(TransferLedger):
         clock of the ledger's own retention.
         """
         with Session(self.engine) as session, session.begin():
+            if self.fence is not None:
+                check_fence(session, self.fence)
             result = session.execute(update(Transfer).where(
                 Transfer.id == transfer_id, Transfer.blob_id == blob_id, Transfer.state.in_(states))
                 .values(blob_id=None))
@@ -137,6 +154,8 @@ class PurgeLedger(TransferLedger):
         transaction with a ``purge.erased`` record per transfer (when :attr:`audit_writer` is set); return
         the ids deleted and the number of payment results that went with them."""
         with Session(self.engine) as session, session.begin():
+            if self.fence is not None:
+                check_fence(session, self.fence)
             still = list(session.scalars(select(Transfer.id).where(
                 Transfer.id.in_(transfer_ids), Transfer.state.in_(LEDGER_PRUNABLE_STATES),
                 Transfer.updated_at <= cutoff)))
@@ -347,6 +366,8 @@ def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, n
                 continue  # below, in batches
             try:
                 done = _erase(item, store, ledger, audit_pruner)
+            except Fenced:
+                raise  # another node holds the purge now: this run stops here (its journal is recovered next run)
             except Exception as error:  # one item's trouble must not keep the rest
                 errors.append(f"{item.area} {item.name}: {describe_error(error)}")
                 continue
@@ -362,6 +383,8 @@ def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, n
         for start in range(0, len(ids), _BATCH):
             try:
                 deleted, count = ledger.delete_transfers(ids[start:start + _BATCH], cutoff, now())
+            except Fenced:
+                raise
             except Exception as error:
                 errors.append(f"ledger transfers {ids[start]}..: {describe_error(error)}")
                 continue
@@ -454,9 +477,11 @@ def _erase(item: Erasure, store: BlobStore | None, ledger: PurgeLedger,
     if item.area == "ledger" and item.audit_before is not None:
         if audit_pruner is None:
             return None
+        ledger.check_fence()
         count = audit_pruner(item.audit_before)
         return (None, None) if count else None
     assert item.directory is not None and item.entry is not None
+    ledger.check_fence()  # a file erasure is no ledger commit: check the lease just before it
     path = os.path.join(item.directory, item.entry)
     try:
         if item.kind == "directory" and not os.path.islink(path) and os.path.isdir(path):

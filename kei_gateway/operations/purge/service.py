@@ -13,9 +13,12 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ledger.ledger import AuditWriter
 from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.operations.purge.execute import (
     AuditPruner,
     PurgeLedger,
@@ -28,6 +31,7 @@ from kei_gateway.operations.purge.plan import AREAS
 from kei_gateway.operations.purge.schedule import missed_run, next_scheduled
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.leases import NodeLeases
 
 if TYPE_CHECKING:
     from kei_gateway.config import Config
@@ -55,9 +59,11 @@ class PurgeService(service.Service):
     log = Logger(namespace="kei_gateway.purge")
 
     def __init__(self, *, clock: Any, purge_at: Callable[[], tuple[int, int]],
-                 purge: Callable[[], defer.Deferred[PurgeOutcome]],
+                 purge: Callable[[], defer.Deferred[PurgeOutcome | None]],
                  last_completed: Callable[[], defer.Deferred[datetime.datetime | None]],
                  metrics: Any = None, after_purge: Sequence[Callable[[], object]] = ()) -> None:
+        """*purge* fires with None when another node holds the purge's lease (SPEC §14): it runs there, and
+        this node looks again after :data:`RETRY_AFTER_FAILURE` whether a run is still missed."""
         self.setName("purge")
         self.clock = clock
         self.purge_at = purge_at
@@ -76,6 +82,9 @@ class PurgeService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self._check_missed()
+
+    def _check_missed(self) -> None:
         d = self._last_completed()
         d.addCallbacks(self._started, self._cannot_tell)
 
@@ -115,6 +124,7 @@ class PurgeService(service.Service):
             self._call.cancel()
         self._call = None
         self._busy = True
+        self._elsewhere = False
         started: defer.Deferred[Any] = defer.maybeDeferred(self._purge)
         started.addCallbacks(self._finished, self._failed)
         d: defer.Deferred[PurgeOutcome | None] = started.addBoth(self._after)
@@ -122,7 +132,13 @@ class PurgeService(service.Service):
             self.running_run = d
         return d
 
-    def _finished(self, outcome: PurgeOutcome) -> PurgeOutcome:
+    _elsewhere = False
+
+    def _finished(self, outcome: PurgeOutcome | None) -> PurgeOutcome | None:
+        if outcome is None:
+            self._elsewhere = True
+            self.log.info("the daily purge runs on another node (it holds the purge's lease)")
+            return None
         counts = outcome.counts()
         if self.metrics is not None:
             for area, count in counts.items():
@@ -154,6 +170,11 @@ class PurgeService(service.Service):
         self.running_run = None
         now = _utc(self.clock.seconds())
         daily = next_scheduled(now, self.purge_at())
+        if self._elsewhere:
+            # Another node runs it: look again later whether it completed (the reports are shared).
+            if self.running:
+                self._call = self.clock.callLater(RETRY_AFTER_FAILURE, self._check_missed)
+            return outcome
         if outcome is None or not outcome.ok:
             retry = now + datetime.timedelta(seconds=RETRY_AFTER_FAILURE)
             self._schedule(min(retry, daily))
@@ -218,20 +239,43 @@ def _audit_log(config: Config, engine: Engine, environ: Mapping[str, str]) -> An
 
 
 def make_purge_service(*, config: Callable[[], Config], clock: Any, engine: Engine, store: BlobStore,
-                       blocking: Blocking, metrics: Any, environ: Mapping[str, str]) -> PurgeService:
+                       blocking: Blocking, metrics: Any, environ: Mapping[str, str],
+                       leases: NodeLeases | None = None) -> PurgeService:
     """The daemon's :class:`PurgeService`: *config* is read at each run (a reload changes the retention
-    and ``purge_at``), the work runs through *blocking*."""
+    and ``purge_at``), the work runs through *blocking*. With *leases* (SPEC §14) a run first claims
+    the purge's lease and erases only while it holds it: one node purges."""
     ledger = PurgeLedger(engine)
 
     def now() -> datetime.datetime:
         return _utc(clock.seconds())
 
-    def one_run() -> PurgeOutcome:
+    def one_run(fence: Fence | None) -> PurgeOutcome:
         current = config()
+        ledger.fence = fence
         ledger.audit_writer = purge_audit_writer(current, engine, environ)
         return run_purge(current, ledger, store, now=now, audit_pruner=audit_pruner(current, engine, environ, now))
 
+    def purge() -> defer.Deferred[PurgeOutcome | None]:
+        if leases is None:
+            return blocking.run(one_run, None)
+
+        def claimed(fence: Fence | None) -> defer.Deferred[PurgeOutcome | None] | None:
+            if fence is None:
+                return None
+            ran: defer.Deferred[PurgeOutcome | None] = blocking.run(one_run, fence)
+
+            def finished(result: object) -> object:
+                if isinstance(result, Failure) and result.check(Fenced):
+                    leases.fenced(fence)
+                else:
+                    leases.release(fence)
+                return result
+
+            return ran.addBoth(finished)
+
+        return leases.claim(LeaseKind.PURGE, "daily").addCallback(claimed)
+
     return PurgeService(clock=clock, purge_at=lambda: config().gateway.purge_at,
-                        purge=lambda: blocking.run(one_run),
+                        purge=purge,
                         last_completed=lambda: blocking.run(last_completed, reports_directory(config())),
                         metrics=metrics)

@@ -37,13 +37,16 @@ KEY = "dummy-key-for-tests"
 PLANT = {"02": 2, "03": 1, "04": 1, "05": 3, "06": 2, "07": 1, "08": 2}
 
 
-class AirisFlowTests(SynchronousTestCase):
+class AirisFlowCase(SynchronousTestCase):
+    gateway_extra = ""
+    """Settings added to ``[gateway]`` of the test configuration."""
+
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
         write_demo_credentials(str(self.base / "credentials"))
         path = self.base / "kei-gateway.toml"
-        path.write_text(demo_config_text(str(self.base), 19997, lg_code="131202", extra=FLOW_CONFIG),
-                        encoding="utf-8")
+        text = demo_config_text(str(self.base), 19997, lg_code="131202", extra=FLOW_CONFIG)
+        path.write_text(text.replace("[gateway]\n", "[gateway]\n" + self.gateway_extra, 1), encoding="utf-8")
         self.config = read_config(str(path))
         engine = create_ledger_engine(self.config.database_url)
         upgrade(engine)
@@ -76,6 +79,9 @@ class AirisFlowTests(SynchronousTestCase):
         return [(s.record.event, s.record.sha256, s.record.reason, s.record.count)
                 for s in self.audit_log.iter_records()]
 
+
+
+class AirisFlowTests(AirisFlowCase):
     def test_when_all_three_inputs_are_there_then_results_appear_and_the_plaintext_is_erased_and_reported(
             self) -> None:
         self.put_inputs()
@@ -160,3 +166,28 @@ class AirisFlowTests(SynchronousTestCase):
         self.assertEqual(len([name for area, name in erased if area == "inbox"]), 3)
         self.assertEqual(len([name for area, name in erased if area == "store"]), 6)
         self.assertTrue(all(row.blob_id is None for row in self.ledger.list_transfers(flow="airis-reconcile")))
+
+
+class AirisFlowLimitTests(AirisFlowCase):
+    gateway_extra = 'max_file_size = "1KiB"\n'
+
+    def test_when_an_input_is_over_max_file_size_then_the_run_is_refused_unread_and_the_inputs_erased_once(
+            self) -> None:
+        self.put_inputs()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.reactor.advance(1)
+        self.reactor.advance(31)  # a second check finds nothing left to refuse
+        self.assertFalse((self.spool / "inbox" / "airis-reconcile").exists()
+                         and os.listdir(self.spool / "inbox" / "airis-reconcile"))
+        (errors,) = (self.spool / "quarantine" / "airis-reconcile").glob("*.errors.txt")
+        text = errors.read_text(encoding="utf-8")
+        self.assertIn("AIRIS20250701.zip", text)
+        self.assertIn("over [gateway] max_file_size (1,024 bytes): refused unread", text)
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis"), [])
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis-register"), [])
+        self.assertEqual([r[0] for r in self.audit_records() if r[0].startswith("airis.")], ["airis.rejected"])
+        (row,) = self.ledger.list_transfers(flow="airis-reconcile")
+        self.assertEqual((row.state, row.blob_id), ("QUARANTINED", None))  # nothing of the inputs kept
+        (report,) = (self.base / "state" / "reports").glob("erasure-*.csv")
+        self.assertIn("outbox/airis-register/REG2W.dat", report.read_text(encoding="utf-8-sig"))

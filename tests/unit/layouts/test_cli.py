@@ -50,8 +50,10 @@ def test_when_json_is_asked_then_the_report_is_json_with_masked_values(
     code = main(["validate", str(path), "--layout", "jnks-payments", "--today", TODAY, "--json", "--max-errors", "3"])
     report = json.loads(capsys.readouterr().out)
     assert code == exitcodes.INVALID
-    assert report["valid"] is False and report["records"] == 300
-    assert len(report["errors"]) == 3 and report["error_count"] > 3 and report["errors_truncated"] is True
+    # Rewritten for issue 11 item 5: validation stops after the record that reaches --max-errors.
+    assert report["valid"] is False and 3 <= report["records"] < 300
+    assert report["stopped_after_record"] == report["records"] == report["errors"][-1]["record"]
+    assert len(report["errors"]) == 3 and report["error_count"] >= 3
     assert set(report["errors"][0]) == {"record", "offset", "field", "key", "reason", "value"}
     for error in report["errors"]:
         if error["key"] == "chassis_no" and error["value"]:

@@ -47,11 +47,28 @@ def test_when_an_error_is_about_the_whole_file_then_the_message_says_file() -> N
     assert LayoutError(None, 0, "the file is empty").message() == "file, byte 0: the file is empty"
 
 
-def test_when_errors_exceed_the_maximum_then_only_that_many_are_kept_but_all_are_counted() -> None:
+def test_when_errors_reach_the_maximum_then_that_many_are_kept_and_validation_stops_there() -> None:
+    """Rewritten for issue 11 item 5 (bounded CPU): it used to count all 30 errors."""
     records = [put(JNKS_PAYMENTS, r, "vehicle_type", b"99") for r in dummy_records(JNKS_PAYMENTS, 30)]
     report = validate(b"".join(records), JNKS_PAYMENTS, dataclasses.replace(OPTIONS, max_errors=10))
-    assert len(report.errors) == 10 and report.error_count == 30 and report.truncated
+    assert len(report.errors) == 10 and report.error_count == 10 and not report.truncated
     assert [e.record for e in report.errors] == list(range(1, 11))
+    assert report.records == report.stopped_at == 10 and not report.valid
+    assert "validation stopped after record 10" in report.stop_note
+
+
+def test_when_one_record_has_several_errors_then_the_maximum_stops_after_that_whole_record() -> None:
+    records = dummy_records(JNKS_PAYMENTS, 5)
+    records[1] = put(JNKS_PAYMENTS, put(JNKS_PAYMENTS, records[1], "vehicle_type", b"99"), "payment_status", b"9")
+    report = validate(b"".join(records), JNKS_PAYMENTS, dataclasses.replace(OPTIONS, max_errors=1))
+    assert [(e.record, e.key) for e in report.errors] == [(2, "vehicle_type")]
+    assert report.error_count == 2 and report.truncated and report.stopped_at == 2
+
+
+def test_when_errors_stay_under_the_maximum_then_every_record_is_checked() -> None:
+    records = [put(JNKS_PAYMENTS, r, "vehicle_type", b"99") for r in dummy_records(JNKS_PAYMENTS, 30)]
+    report = validate(b"".join(records), JNKS_PAYMENTS, dataclasses.replace(OPTIONS, max_errors=31))
+    assert report.error_count == 30 and report.records == 30 and report.stopped_at is None and not report.stop_note
 
 
 def test_when_the_default_maximum_applies_then_it_is_1000() -> None:
