@@ -710,13 +710,18 @@ def _reject(paths: FlowPaths, ledger: TransferLedgerPort, inputs: Sequence[Trans
         f"{error.label}: {problem}" for problem in error.problems] + [
         f"{error.total} problem(s); inputs {names} were erased from the outboxes "
         "(encrypted copies kept until retention.payloads): correct them and put all three there again"])
-    reason = f"{error.total} problem(s) in {error.label}; see {errors_file}"
-    row = ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=os.path.basename(errors_file),
-                              state=TransferState.QUARANTINED, size=0, sha256=None, record_count=0, blob_id=None,
-                              now=now, last_error=reason[:500],
-                              audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
+    row = _record_rejection(ledger, errors_file, f"{error.total} problem(s) in {error.label}; see {errors_file}", now)
     crashpoint("airis.recorded")
     return _finish(paths, ledger, None, inputs, [row], now, note_erased, resumed=False)
+
+
+def _record_rejection(ledger: TransferLedgerPort, errors_file: str, reason: str,
+                      now: datetime.datetime) -> TransferRow:
+    """A refused run as a ``QUARANTINED`` transfer named after its errors file, with its audit record."""
+    return ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=os.path.basename(errors_file),
+                               state=TransferState.QUARANTINED, size=0, sha256=None, record_count=0, blob_id=None,
+                               now=now, last_error=reason[:500],
+                               audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
 
 
 def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequence[tuple[str, str, str]],
@@ -734,10 +739,7 @@ def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequen
         f"inputs {', '.join(name for _, _, name in sources)} were erased from the outboxes unread (nothing kept): "
         "put correct ones there again"])
     reason = f"{len(problems)} problem(s) in {label}; see {errors_file}"
-    row = ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=os.path.basename(errors_file),
-                              state=TransferState.QUARANTINED, size=0, sha256=None, record_count=0, blob_id=None,
-                              now=now, last_error=reason[:500],
-                              audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
+    row = _record_rejection(ledger, errors_file, reason, now)
     for directory, _, name in sources:
         try:
             os.unlink(os.path.join(directory, name))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from kei_gateway.adapters.airis_zip import write_airis_zip
+from kei_gateway.flows.airis_reconcile import FlowPaths, FlowRun, run_flow_once
+from kei_gateway.runtime.crashpoints import POINTS
 from kei_gateway.operations.audit import AuditLog, audit_key_from_config
 from kei_gateway.operations.audit.observer import AuditObserver
 from kei_gateway.config import read_config
@@ -191,3 +195,85 @@ class AirisFlowLimitTests(AirisFlowCase):
         self.assertEqual((row.state, row.blob_id), ("QUARANTINED", None))  # nothing of the inputs kept
         (report,) = (self.base / "state" / "reports").glob("erasure-*.csv")
         self.assertIn("outbox/airis-register/REG2W.dat", report.read_text(encoding="utf-8-sig"))
+
+
+class _Crash(BaseException):
+    """Stands for kill -9 at a crash point: nothing after it runs (the process state is dropped)."""
+
+
+class AirisFlowResumeTests(AirisFlowCase):
+    """The run cut at each crash point (as the kill -9 integration test does, in process): the next check finishes
+    it — one set of results, the counts of the run for the metric, one audit record, the inputs listed once."""
+
+    def paths(self) -> FlowPaths:
+        settings = self.config.flows["airis-reconcile"]
+        return FlowPaths(airis_outbox=self.config.spool_path(settings.airis_outbox),
+                         register_outbox=self.config.spool_path(settings.register_outbox),
+                         inbox=self.config.spool_path(settings.inbox),
+                         quarantine=self.config.spool_path("quarantine/airis-reconcile"),
+                         airis_label=settings.airis_outbox, register_label=settings.register_outbox)
+
+    def check(self, seconds: float) -> FlowRun | None:
+        import datetime
+
+        from kei_gateway.operations.purge.execute import append_input_erasures, reports_directory
+
+        now = datetime.datetime.fromtimestamp(1_750_000_000 + seconds, datetime.timezone.utc)
+        return run_flow_once(self.paths(), lg_code="131202", store=open_store(self.config, {}), ledger=self.ledger,
+                             now=now, note_erased=partial(append_input_erasures, reports_directory(self.config)))
+
+    def test_when_a_run_is_cut_at_any_crash_point_then_the_next_check_finishes_it_exactly_once(self) -> None:
+        from kei_gateway.flows import airis_reconcile
+
+        for number, point in enumerate(p for p in POINTS if p.startswith("airis.")):
+            with self.subTest(point=point):
+                self.put_inputs()
+
+                def crash(name: str, at: str = point) -> None:
+                    if name == at:
+                        raise _Crash(name)
+
+                self.patch(airis_reconcile, "crashpoint", crash)
+                with self.assertRaises(_Crash):
+                    self.check(100 * number)
+                self.patch(airis_reconcile, "crashpoint", lambda name: None)
+                run = self.check(100 * number + 60)
+                assert run is not None and run.reconciled is not None
+                self.assertEqual(run.counts, self.case.expected)
+                self.assertEqual(run.resumed, point not in ("airis.inputs-recorded",))
+                self.assertIsNone(self.check(100 * number + 61))  # nothing left to do
+                inbox = sorted(os.listdir(self.spool / "inbox" / "airis-reconcile"))
+                self.assertEqual(len(inbox), 3 * (number + 1), inbox)  # one more set per run, no staged leftovers
+                self.assertEqual(os.listdir(self.spool / "outbox" / "airis"), [])
+                runs = [r for r in self.audit_records() if r[0] == "airis.reconciled"]
+                self.assertEqual(len(runs), number + 1)
+                (report,) = (self.base / "state" / "reports").glob("erasure-*.csv")
+                self.assertEqual(report.read_text(encoding="utf-8-sig").count("outbox/airis-register/REG2W.dat,"),
+                                 number + 1)
+
+    def test_when_an_input_is_replaced_after_a_cut_run_claimed_it_then_the_new_one_is_used_and_the_old_claim_ends(
+            self) -> None:
+        from kei_gateway.flows import airis_reconcile
+        from kei_gateway.layouts.airis import TAX_REGISTER_2W as LAYOUT
+
+        self.put_inputs()
+
+        def crash(name: str) -> None:
+            if name == "airis.inputs-recorded":
+                raise _Crash(name)
+
+        self.patch(airis_reconcile, "crashpoint", crash)
+        with self.assertRaises(_Crash):
+            self.check(0)
+        self.patch(airis_reconcile, "crashpoint", lambda name: None)
+        register = self.spool / "outbox" / "airis-register" / "REG2W.dat"
+        fewer = b"".join(render_records(LAYOUT, self.case.register[1:]))  # the tax system wrote it again, one less
+        register.write_bytes(fewer)
+        run = self.check(60)
+        assert run is not None and run.reconciled is not None and not run.resumed
+        rows = {row.id: row for row in self.ledger.list_transfers(flow="airis-reconcile")}
+        stale = [row for row in rows.values() if row.last_error == "replaced before the 突合 ran"]
+        self.assertEqual([(row.local_name, row.source_removed) for row in stale], [("REG2W.dat", True)])
+        self.assertIn(f"register sha256={hashlib.sha256(fewer).hexdigest()}", str(run.reconciled["reason"]))
+        self.assertEqual(len(os.listdir(self.spool / "inbox" / "airis-reconcile")), 3)
+        self.assertEqual([r[0] for r in self.audit_records() if r[0].startswith("airis.")], ["airis.reconciled"])
