@@ -593,8 +593,9 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: BlobStore, ledger: T
        then renamed into place — :func:`~kei_gateway.adapters.spool.publish_staged`, the inbound
        relays' exactly-once hand-off, so a result the tax system has taken is never written again —
        and marked ``DONE`` (from then on they follow ``retention.inbox`` and ``retention.payloads``);
-    4. the plaintext inputs are erased from the outboxes, listed in the day's 消去報告, and their
-       transfers marked ``source_removed``.
+    4. the time of the erasure is recorded on the inputs (``updated_at``), the plaintext inputs are
+       erased from the outboxes, listed in that day's 消去報告 (once: an input listed already is
+       recognised by its transfer), and their transfers marked ``source_removed``.
     """
     recent = ledger.list_transfers(flow=FLOW, limit=RECENT_TRANSFERS)
     pending = sorted((row for row in recent if row.remote_name is not None and not row.source_removed),
@@ -789,6 +790,12 @@ def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | Non
                          and row.remote_name.startswith(paths.register_label + "/")), airis)
         run.reconciled = _run_fields(dat.local_name.removesuffix(".dat"), airis.sha256 or "", register.sha256 or "",
                                      run.counts)
+    # The erasure's time, recorded before anything is erased (updated_at of the inputs), so a run cut after
+    # listing lists under the same time and day again, which the 消去報告 recognises: listed once.
+    erased_at = max(row.updated_at for row in inputs) if inputs else now
+    if inputs and erased_at <= max(row.created_at for row in inputs):  # not recorded yet
+        erased_at = max(now, erased_at + datetime.timedelta(microseconds=1))
+        inputs = [ledger.update(row.id, erased_at) for row in inputs]
     erased: list[ErasedInput] = []
     for row in inputs:
         assert row.remote_name is not None
@@ -800,7 +807,8 @@ def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | Non
     for directory in {paths.airis_outbox, paths.register_outbox}:
         fsync_directory(directory)
     crashpoint("airis.erased")
-    note_erased(erased, now)
+    note_erased(erased, erased_at)
+    crashpoint("airis.listed")
     for row in inputs:
         ledger.update(row.id, now, source_removed=True)
     return run

@@ -35,7 +35,7 @@ AIRIS_POINTS = [point for point in POINTS if point.startswith("airis.")]
 def test_every_airis_crash_point_is_covered() -> None:
     """When a crash point is added on the AIRIS flow, then the loop below kills the daemon there too."""
     assert AIRIS_POINTS == ["airis.inputs-recorded", "airis.recorded", "airis.staged", "airis.publishing",
-                            "airis.published", "airis.erased"]
+                            "airis.published", "airis.erased", "airis.listed"]
 
 
 def put_inputs(files: GatewayFiles, key: str) -> tuple[bytes, bytes, dict[str, int]]:

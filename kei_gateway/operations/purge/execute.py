@@ -524,14 +524,18 @@ def append_input_erasures(directory: str, erased: Sequence[tuple[str, str, int, 
     """List the plaintext inputs a run erased in the day's 消去報告 (CSV rows and a text block), fsynced.
 
     The block carries no "completed" line: it is not a purge run, and the daemon reads those lines
-    to know whether the daily purge was missed.
+    to know whether the daily purge was missed. An input already listed in the day's report (its
+    transfer id) is not listed again: a run cut after listing calls this again with the same *when*.
     """
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    csv_name, text_name = report_names(when)
+    listed = _already_listed(os.path.join(directory, csv_name))
     items = [ErasedItem(when, "store", name, digest, size, _AIRIS_INPUT_CATEGORY,
                         f"突合の実行後に平文を消去 (plaintext erased after the run); 暗号化した写しは "
                         f"retention.payloads まで保管 (encrypted copy: transfer {transfer_id})")
-             for name, digest, size, transfer_id in erased]
-    csv_name, text_name = report_names(when)
+             for name, digest, size, transfer_id in erased if f"(encrypted copy: transfer {transfer_id})" not in listed]
+    if not items:  # listed by the run before a crash cut it (the flow passes the same *when* again)
+        return
     stamp = when.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S")
     block = ["=" * 72, f"AIRIS 突合の入力の消去 (AIRIS inputs erased after the run): {stamp} JST", ""]
     for number, item in enumerate(items, 1):
@@ -541,6 +545,15 @@ def append_input_erasures(directory: str, erased: Sequence[tuple[str, str, int, 
     _append_to(os.path.join(directory, csv_name), lambda new: render_csv(items, heading=new))
     _append_to(os.path.join(directory, text_name), lambda new: ("\n".join(block) + "\n").encode("utf-8"))
     fsync_directory(directory)
+
+
+def _already_listed(path: str) -> str:
+    """The day's CSV report as text ('' when there is none yet): what was listed already."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as report:
+            return report.read()
+    except FileNotFoundError:
+        return ""
 
 
 def last_completed(directory: str) -> datetime.datetime | None:
