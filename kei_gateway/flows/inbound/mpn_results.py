@@ -127,7 +127,8 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
         if row.relay_name is not None:  # decided before a stop or crash: finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
-            results.finish_relay(transfer_id, now)
+            results.finish_relay(transfer_id, now,
+                                 audit=(events.RESULTS_RELAY_FINISHED.name, {"flow": FLOW, "name": row.relay_name}))
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
             return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
@@ -162,15 +163,22 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
         crashpoint("results.staged")
         if not relayed:  # every result a duplicate: nothing goes to the inbox
             os.unlink(os.path.join(inbox_dir, staged_name(name)))
-        relay.finish(_summary(sum(relayed.values()), sum(total.values())))
+        # DONE here when every result was a duplicate: the relay's record commits with it
+        relay.finish(_summary(sum(relayed.values()), sum(total.values())),
+                     audit=_relayed(None, 0, sum(total.values())))
     duplicates = total - relayed
     if not relayed:
         return RelayOutcome(row.id, None, relayed, duplicates)
     crashpoint("results.recorded")
     publish_staged(inbox_dir, name, marker)
     crashpoint("results.published")
-    results.finish_relay(row.id, now)
+    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())))
     return RelayOutcome(row.id, name, relayed, duplicates)
+
+
+def _relayed(name: str | None, new: int, repeated: int) -> tuple[str, dict[str, Any]]:
+    """The relay's audit record, chained in the transaction that makes the transfer DONE."""
+    return events.RESULTS_RELAYED.name, {"flow": FLOW, "name": name or "-", "records": new, "duplicates": repeated}
 
 
 def _summary(fresh: int, total: int) -> str:
@@ -274,12 +282,13 @@ class ResultRelay(service.Service):
         new, repeated = sum(outcome.relayed.values()), sum(outcome.duplicates.values())
         self.metrics.transfers.labels(flow=FLOW, outcome="relayed" if outcome.relay_name else "duplicate").inc()
         self.metrics.last_success.labels(flow=FLOW).set(self.clock.seconds())
+        recorded = self.results.records_audit  # the record was committed with DONE
         if outcome.recovered:
             events.emit(log, events.RESULTS_RELAY_FINISHED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name)
+                        name=outcome.relay_name, audit_recorded=recorded)
         else:
             events.emit(log, events.RESULTS_RELAYED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name or "-", records=new, duplicates=repeated)
+                        name=outcome.relay_name or "-", records=new, duplicates=repeated, audit_recorded=recorded)
         return outcome
 
     def check_unconfirmed(self) -> defer.Deferred[None]:
