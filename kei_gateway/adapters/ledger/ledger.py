@@ -367,10 +367,12 @@ class FencedLedger:
         self._ledger, self.fence = ledger, fence
 
     def add_transfer(self, **fields: Any) -> TransferRow:
-        return self._ledger.add_transfer(**fields, fence=self.fence)  # type: ignore[no-any-return]
+        row: TransferRow = self._ledger.add_transfer(**fields, fence=self.fence)
+        return row
 
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        return self._ledger.transition(transfer_id, new_state, now, fence=self.fence, **fields)  # type: ignore[no-any-return]
+        row: TransferRow = self._ledger.transition(transfer_id, new_state, now, fence=self.fence, **fields)
+        return row
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)

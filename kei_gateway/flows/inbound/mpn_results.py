@@ -142,13 +142,14 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
+    blob_id = row.blob_id  # narrowed by the assert above, also inside new_records below
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
     relayed: Counter[int] = Counter()
     total: Counter[int] = Counter()
     with results.relay_transaction(row.id, name, now) as relay:
         def new_records() -> Iterator[bytes]:
             index = 0
-            for records in record_batches(store.read(row.blob_id), layout.record_length, RELAY_BATCH):  # type: ignore[arg-type]
+            for records in record_batches(store.read(blob_id), layout.record_length, RELAY_BATCH):
                 # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
                 fields = raw_fields((b"".join(records),), layout.offsets, widths, layout.record_length)
                 facts = [facts_of(item, index + n, keyer) for n, item in enumerate(fields)]
