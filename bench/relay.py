@@ -6,7 +6,7 @@ One run, one real daemon (``python -m kei_gateway -c CONFIG run``, started with 
 ``ca.pem`` with ``push_allow = ["127.0.0.1/32"]`` and ``[flows.mpn-results]`` (its pull
 side points at a closed loopback port and polls once an hour, so only pushes relay).
 
-* **pusher**: ``--clients`` threads (default 2, the listener's ``MAX_CONCURRENT_PUSHES``),
+* **pusher**: ``--clients`` threads (default 2: one address may hold half of ``max_pushes``, 4),
   each with one keep-alive ``http.client.HTTPSConnection`` presenting ``peer-sim.crt`` (the
   demo CA signs it, as it signs the MPN simulator's pushes). For each target rate R
   (results/s) batches of B 速報 (収納区分 1) records are pushed open-loop: batch k is due at
@@ -32,6 +32,13 @@ side points at a closed loopback port and polls once an hour, so only pushes rel
 After each rate the pusher waits (bounded) for every accepted batch to be relayed. The
 rates stop rising once the daemon falls behind: under 90 % of R relayed, any ``503``, or a
 batch not relayed in time.
+
+**Maximum-size push** (``--max-push``, issue 11): one daemon; first a baseline push of
+10,000 results, then one push of 1,000,000 results (258 MB, under the 256 MiB body limit),
+each streamed from a file over one connection; for each, the time to the ``201`` and to
+the relayed file in the inbox, and the daemon's peak RSS (``VmHWM`` in
+``/proc/<pid>/status``) after it — the ratio is the maximum push's peak over the
+baseline's. The target is a peak under 150 MB (it was 3.7 GB before the relay streamed).
 
 Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--seconds S]``
 (about a minute; ``--quick``: 2 s at 100 and 250 results/s, about 6 s).
@@ -61,7 +68,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from upload import _drain_notifications, _start_profiled_daemon, machine, percentile, stop_gateway  # noqa: E402
+from upload import (  # noqa: E402
+    _drain_notifications,
+    _start_profiled_daemon,
+    machine,
+    percentile,
+    stop_gateway,
+    vm_hwm_bytes,
+)
 
 from kei_gateway.core.jst import today_in_jst  # noqa: E402
 from kei_gateway.layouts import get_layout  # noqa: E402
@@ -456,6 +470,89 @@ def verdict(rows: list[Row]) -> list[str]:
     return lines
 
 
+MAX_PUSH_RESULTS = 1_000_000
+BASELINE_PUSH_RESULTS = 10_000
+MAX_PUSH_TARGET_BYTES = 150 * 1000 * 1000
+
+
+def push_file(port: int, context: ssl.SSLContext, path: Path, name: str) -> tuple[int, float]:
+    """PUT *path* (streamed from disk in 1 MiB blocks) as *name*; the status and the seconds to the answer."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=900, blocksize=1 << 20)
+    started = time.perf_counter()
+    try:
+        with path.open("rb") as body:
+            connection.request("PUT", f"/push/mpn-results/{name}", body=body,
+                               headers={"Content-Type": "application/octet-stream",
+                                        "Content-Length": str(path.stat().st_size)})
+            response = connection.getresponse()
+            response.read()
+            return response.status, time.perf_counter() - started
+    finally:
+        connection.close()
+
+
+def wait_for_inbox_file(inbox: Path, before: set[str], timeout: float, daemon: DaemonProcess) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise SystemExit(f"the daemon exited ({daemon.process.returncode}):\n{daemon.stderr()[-3000:]}")
+        if {n for n in os.listdir(inbox) if not n.startswith(".")} - before:
+            return time.perf_counter()
+        time.sleep(0.05)
+    raise SystemExit(f"no relayed file in {inbox} within {timeout:g} s")
+
+
+def max_push() -> int:
+    """The maximum-size push (see the module docstring); prints one table and the verdict."""
+    print(f"# kei-gateway maximum-size push benchmark — {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"# {machine()}")
+    print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    maker = BatchMaker()
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kei-bench-maxpush-", dir=ROOT / "bench" / "out") as tmp:
+        files = make_gateway_files(Path(tmp) / "gateway")
+        port = free_port()
+        configure(files, port)
+        inbox = files.base / "spool" / "inbox" / "mpn-results"
+        inbox.mkdir(parents=True, exist_ok=True)
+        context = client_context(files.base / "credentials")
+        daemon = start_gateway(files)
+        try:
+            ready_peak = vm_hwm_bytes(daemon.process.pid)
+            for label, results in (("baseline", BASELINE_PUSH_RESULTS), ("maximum", MAX_PUSH_RESULTS)):
+                path = Path(tmp) / f"{label}.dat"
+                with path.open("wb") as out:
+                    for start in range(0, results, 10_000):
+                        out.write(maker.batch(min(10_000, results - start)))
+                before = set(os.listdir(inbox))
+                started = time.perf_counter()
+                status, answered = push_file(port, context, path, f"{label}.dat")
+                if status != 201:
+                    raise SystemExit(f"the {label} push was answered {status}")
+                relayed = wait_for_inbox_file(inbox, before, 1800, daemon) - started
+                rows.append((label, results, path.stat().st_size, answered, relayed,
+                             vm_hwm_bytes(daemon.process.pid), os.getloadavg()[0]))
+                path.unlink()
+                print(f"# {label}: {results:,} results pushed in {answered:.1f} s, relayed after {relayed:.1f} s, "
+                      f"daemon peak RSS {rows[-1][5] / 1e6:.0f} MB", flush=True)
+        finally:
+            stop_gateway(daemon)
+    print()
+    print(f"## Maximum-size push (peak RSS = the daemon's VmHWM after each push; {ready_peak / 1e6:.0f} MB at READY)")
+    print()
+    print("| push | results | bytes | 201 after s | in the inbox after s | daemon peak RSS MB | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, results, size, answered, relayed, peak, load in rows:
+        print(f"| {label} | {results:,} | {size:,} | {answered:.1f} | {relayed:.1f} | {peak / 1e6:.0f} | {load:.2f} |")
+    peak = rows[-1][5]
+    print()
+    print(f"- peak RSS ratio maximum/baseline: {peak / rows[0][5]:.2f}×")
+    print(f"- peak RSS with the maximum push: {peak / 1e6:.0f} MB — target < {MAX_PUSH_TARGET_BYTES / 1e6:.0f} MB: "
+          f"{'met' if peak < MAX_PUSH_TARGET_BYTES else 'NOT met'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 s at 100 and 250 results/s (a smoke run)")
@@ -465,7 +562,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   f"at least {MIN_BATCH})")
     parser.add_argument("--clients", type=int, default=2, help="concurrent pushing connections (default 2)")
     parser.add_argument("--all-rates", action="store_true", help="keep raising the rate after it falls behind")
+    parser.add_argument("--max-push", action="store_true",
+                        help=f"one push of {MAX_PUSH_RESULTS:,} results after a baseline of "
+                             f"{BASELINE_PUSH_RESULTS:,}: times and the daemon's peak RSS")
     args = parser.parse_args(argv)
+    if args.max_push:
+        return max_push()
     rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else QUICK_RATES if args.quick else FULL_RATES
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     print(f"# kei-gateway relay benchmark — {time.strftime('%Y-%m-%d %H:%M %Z')}")

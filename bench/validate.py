@@ -199,13 +199,14 @@ def main() -> None:
               flush=True)
     print()
     print(f"{'degenerate (mpn-slips, UTF-8)':<30} {'run':>3} {'load':>14} {'MB':>5} {'without s':>9} {'with 1% MJ s':>12} "
-          f"{'ratio':>6} {'degenerated':>11} {'RSS':>6}")
+          f"{'ratio':>6} {'cpu ratio':>9} {'degenerated':>11} {'RSS':>6}")
     plain, marked = ensure_file("mpn-slips", args.records, "utf8-plain"), ensure_file("mpn-slips", args.records, "utf8-mj")
     for run in range(1, args.repeat + 1):
         before = load()
         without, with_mj = run_child("degenerate", plain, "mpn-slips"), run_child("degenerate", marked, "mpn-slips")
         print(f"{'':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} {without['seconds']:>9.2f} "
               f"{with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
+              f"{with_mj['cpu'] / without['cpu']:>8.2f}x "
               f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
 
 

@@ -16,6 +16,7 @@ The peer client returns Deferreds.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -81,6 +82,19 @@ class TransferLedgerPort(Protocol):
     def by_remote_name(self, flow: str, remote_name: str) -> TransferRow | None: ...
 
 
+class RelayTransaction(Protocol):
+    """One relay decision recorded batch by batch in ONE open transaction (see ``ResultLedger.relay_transaction``)."""
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """Record the new results of *facts* (the next records of the file, in order); return them, in file order."""
+        ...
+
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        """The decision on the transfer — its relay name if some result was new (True), else ``DONE`` with the
+        relay's *audit* record — committed when the ``with`` block ends without an error."""
+        ...
+
+
 class ResultLedgerPort(Protocol):
     """Payment results: dedupe, the relay decision (recorded with the transfer, in one transaction), reconcile."""
 
@@ -88,10 +102,15 @@ class ResultLedgerPort(Protocol):
 
     def identities_of_transfer(self, transfer_id: int) -> set[str]: ...
 
-    def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool) -> None: ...
+    @property
+    def records_audit(self) -> bool:
+        """Whether a relay's *audit* record is written in the transaction that makes it DONE (STYLE 14)."""
+        ...
 
-    def finish_relay(self, transfer_id: int, now: datetime) -> None: ...
+    def relay_transaction(self, transfer_id: int, relay_name: str,
+                          now: datetime) -> AbstractContextManager[RelayTransaction]: ...
+
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None: ...
 
     def results_received_on(self, day: date) -> list[StoredResult]: ...
 

@@ -57,7 +57,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     layouts = sorted(LAYOUTS)
     validate = subparsers.add_parser(
         "validate", help="check a record file against a layout (no config file needed)",
@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           help="the gateway's 全国地方公共団体コード; jnks-payments records must carry it "
                                "(default: only the check digit is verified)")
     validate.add_argument("--max-errors", type=_positive, default=DEFAULT_MAX_ERRORS, metavar="N",
-                          help=f"errors to list (default: {DEFAULT_MAX_ERRORS}); all are counted")
+                          help=f"errors to list (default: {DEFAULT_MAX_ERRORS}); validation stops after the "
+                               "record that reaches them (duplicate keys aside)")
     validate.add_argument("--today", type=_date, metavar="YYYY-MM-DD",
                           help="the date 'not in the future' is checked against (default: today in JST)")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -2,8 +2,8 @@
 
 :class:`AirisReconcileService` checks both outboxes when inotify says something arrived (and every
 30 s as a safety net), runs :func:`~kei_gateway.flows.airis_reconcile.run_flow_once` through the
-blocking door one run at a time, then logs the run (``airis.reconciled``, which the audit observer
-records, or ``airis.rejected``) and counts ``kei_gateway_airis_vehicles_total{category}``.
+blocking door one run at a time, then logs the run (``airis.reconciled`` or ``airis.rejected``, whose
+audit record the run committed with its outcome) and counts ``kei_gateway_airis_vehicles_total{category}``.
 :func:`build_airis_flow` is its builder (the composition root calls it like every flow's).
 """
 
@@ -22,7 +22,9 @@ from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.runtime.one_at_a_time import OneAtATime
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
-from kei_gateway.flows.airis_reconcile import FLOW, ErasedInput, FlowPaths, FlowRun, audit_fields, run_flow_once
+from kei_gateway.flows.airis_reconcile import (
+    FLOW, MAX_INPUT_BYTES, ErasedInput, FlowPaths, FlowRun, run_flow_once,
+)
 from kei_gateway.layouts.airis import CATEGORIES
 from kei_gateway.layouts.encoding import GaijiPolicy
 from kei_gateway.layouts.gaiji import GaijiFallback
@@ -41,7 +43,8 @@ class AirisReconcileService(service.Service):
     def __init__(self, *, paths: FlowPaths, lg_code: str, clock: Any, blocking: Blocking, ledger: Any, store: Any,
                  metrics: GatewayMetrics, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
                  use_inotify: bool = True, rescan_interval: float = RESCAN_INTERVAL,
-                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute") -> None:
+                 gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute",
+                 max_file_size: Callable[[], int] = lambda: MAX_INPUT_BYTES) -> None:
         self.setName(f"flow:{FLOW}")
         self.paths = paths
         self.lg_code = lg_code
@@ -53,6 +56,8 @@ class AirisReconcileService(service.Service):
         self.note_erased = note_erased
         self.gaiji: GaijiPolicy = gaiji
         self.gaiji_fallback: GaijiFallback = gaiji_fallback
+        self.max_file_size = max_file_size
+        """``[gateway] max_file_size`` of the current configuration (reload=live: read at each check)."""
         self._use_inotify = use_inotify
         self._notifier: Any = None
         self._rescan = task.LoopingCall(self.scan_soon)
@@ -96,7 +101,8 @@ class AirisReconcileService(service.Service):
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         d: defer.Deferred[None] = self.blocking.run(
             run_flow_once, self.paths, lg_code=self.lg_code, store=self.store, ledger=self.ledger, now=now,
-            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback).addCallback(self._report)
+            note_erased=self.note_erased, gaiji=self.gaiji, gaiji_fallback=self.gaiji_fallback,
+            max_input_bytes=self.max_file_size()).addCallback(self._report)
         return d.addErrback(self._failed)
 
     def _report(self, run: FlowRun | None) -> None:
@@ -122,7 +128,8 @@ def build_airis_flow(flow: str, config_source: Callable[[], Any], deps: FlowDepe
     root calls it like every other flow's builder.
 
     Its settings (``[flows.airis-reconcile]``, ``gateway.lg_code``, ``gateway.spool_dir``) are
-    ``reload=restart`` in the schema, so they are read here once. *deps.note_erased* lists the
+    ``reload=restart`` in the schema, so they are read here once; ``gateway.max_file_size`` is
+    ``reload=live`` and read at each check. *deps.note_erased* lists the
     plaintext inputs a run erased in the day's 消去報告 (the purge's report, which flows do not
     import: the composition root passes it in).
     """
@@ -136,4 +143,5 @@ def build_airis_flow(flow: str, config_source: Callable[[], Any], deps: FlowDepe
     return [AirisReconcileService(paths=paths, lg_code=config.gateway.lg_code, clock=deps.clock, blocking=deps.blocking,
                                   ledger=deps.ledger, store=deps.store, metrics=deps.metrics,
                                   note_erased=deps.note_erased, use_inotify=deps.use_inotify,
-                                  gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback)]
+                                  gaiji=settings.gaiji, gaiji_fallback=settings.gaiji_fallback,
+                                  max_file_size=lambda: config_source().gateway.max_file_size)]

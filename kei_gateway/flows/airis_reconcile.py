@@ -43,6 +43,7 @@ from kei_gateway.adapters.spool import fsync_directory, publish, write_durable
 from kei_gateway.core.transfer import TransferState
 from kei_gateway.layouts.encoding import GaijiPolicy
 from kei_gateway.layouts.gaiji import GaijiFallback, apply_gaiji_policy
+from kei_gateway.runtime import events
 from kei_gateway.runtime.crashpoints import crashpoint
 
 if TYPE_CHECKING:
@@ -473,7 +474,7 @@ def write_outputs(result: Reconciliation, directory: str, *, mode: int = 0o640) 
 # --------------------------------------------------------------------------- the daemon flow
 
 MAX_INPUT_BYTES: Final = 2 << 30
-"""An input over 2 GiB is refused unread."""
+"""An input over 2 GiB is refused unread (the command's limit; the flow's is ``[gateway] max_file_size``)."""
 PEER: Final = "airis"
 """The ledger's peer column for this flow's transfers (AIRIS and the tax system are not LGWAN peers)."""
 RECONCILED_EVENT: Final = "airis.reconciled"
@@ -536,12 +537,17 @@ def find_inputs(paths: FlowPaths) -> tuple[str, str, str] | None:
     return downloads[0], downloads[0] + ".key", registers[0]
 
 
-def _read_input(path: str) -> bytes:
+def _size(path: str) -> int:
+    return os.lstat(path).st_size
+
+
+def _read_input(path: str, limit: int) -> bytes:
+    """The whole input (the ZIP is opened in memory; the register is read from its bytes), at most *limit*."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as file:
-        data = file.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise AirisInputError(os.path.basename(path), [f"over {MAX_INPUT_BYTES} bytes: not an AIRIS 突合 input"])
+        data = file.read(limit + 1)
+    if len(data) > limit:  # grew after it was measured: the next check refuses it unread
+        raise OSError(f"{os.path.basename(path)} grew past {limit} bytes while it was read")
     return data
 
 
@@ -567,7 +573,8 @@ def audit_fields(result: Reconciliation) -> dict[str, object]:
 
 def run_flow_once(paths: FlowPaths, *, lg_code: str, store: BlobStore, ledger: TransferLedgerPort,
                   now: datetime.datetime, note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object],
-                  gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute") -> FlowRun | None:
+                  gaiji: GaijiPolicy = "degenerate", gaiji_fallback: GaijiFallback = "substitute",
+                  max_input_bytes: int = MAX_INPUT_BYTES) -> FlowRun | None:
     """Blocking: finish the unfinished run, or run once if all three inputs are there (:func:`find_inputs`); else None.
 
     Exactly once, whatever step a crash (``kill -9``) cuts, because every step is recorded in
@@ -586,8 +593,9 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: BlobStore, ledger: T
        then renamed into place — :func:`~kei_gateway.adapters.spool.publish_staged`, the inbound
        relays' exactly-once hand-off, so a result the tax system has taken is never written again —
        and marked ``DONE`` (from then on they follow ``retention.inbox`` and ``retention.payloads``);
-    4. the plaintext inputs are erased from the outboxes, listed in the day's 消去報告, and their
-       transfers marked ``source_removed``.
+    4. the time of the erasure is recorded on the inputs (``updated_at``), the plaintext inputs are
+       erased from the outboxes, listed in that day's 消去報告 (once: an input listed already is
+       recognised by its transfer), and their transfers marked ``source_removed``.
     """
     recent = ledger.list_transfers(flow=FLOW, limit=RECENT_TRANSFERS)
     pending = sorted((row for row in recent if row.remote_name is not None and not row.source_removed),
@@ -600,7 +608,7 @@ def run_flow_once(paths: FlowPaths, *, lg_code: str, store: BlobStore, ledger: T
     if found is None:  # inputs claimed by a run cut short wait with their files; others replacing them end them
         return None
     return _run(paths, found, pending, recent, lg_code=lg_code, store=store, ledger=ledger, now=now,
-                note_erased=note_erased, gaiji=gaiji, gaiji_fallback=gaiji_fallback)
+                note_erased=note_erased, gaiji=gaiji, gaiji_fallback=gaiji_fallback, max_input_bytes=max_input_bytes)
 
 
 def _outcome(recent: Sequence[TransferRow], first_input: TransferRow) -> list[TransferRow]:
@@ -620,11 +628,15 @@ _OUTPUT_ORDER: Final = {"dat": 0, "csv": 1, "txt": 2}
 def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRow], recent: Sequence[TransferRow],
          *, lg_code: str, store: BlobStore, ledger: TransferLedgerPort, now: datetime.datetime,
          note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object], gaiji: GaijiPolicy,
-         gaiji_fallback: GaijiFallback) -> FlowRun:
+         gaiji_fallback: GaijiFallback, max_input_bytes: int) -> FlowRun:
     zip_name, key_name, register_name = found
     sources = ((paths.airis_outbox, paths.airis_label, zip_name), (paths.airis_outbox, paths.airis_label, key_name),
                (paths.register_outbox, paths.register_label, register_name))
-    data = [_read_input(os.path.join(directory, name)) for directory, _, name in sources]
+    sizes = [_size(os.path.join(directory, name)) for directory, _, name in sources]
+    if any(size > max_input_bytes for size in sizes):
+        return _refuse_unread(paths, ledger, sources, sizes, max_input_bytes,
+                              _stem(lg_code, _run_time(recent, (), now)), now, note_erased)
+    data = [_read_input(os.path.join(directory, name), max_input_bytes) for directory, _, name in sources]
     present = [(f"{label}/{name}", hashlib.sha256(body).hexdigest()) for (_, label, name), body in zip(sources, data)]
     claimed = {(row.remote_name, row.sha256): row for row in pending if (row.remote_name, row.sha256) in present}
     for stale in pending:
@@ -642,7 +654,7 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
             found_row = ledger.add_transfer(
                 flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.DONE, size=len(content),
                 sha256=digest, record_count=0, blob_id=blob.blob_id, now=at, remote_name=remote_name,
-                source_removed=False)
+                source_removed=False, audit=_stored_record("input", digest, 0))
         inputs.append(found_row)
     crashpoint("airis.inputs-recorded")
     stem = _stem(lg_code, at)
@@ -655,7 +667,6 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
         return _reject(paths, ledger, inputs, stem, error, now, note_erased)
     del data
     outcome: list[TransferRow] = []
-    bodies: tuple[Iterable[bytes], ...]
     for name, body in zip(reversed(output_names(stem)), (  # the .dat last: its commit is the run's
             (result.text().encode("utf-8"),), result.csv_chunks(), result.dat_chunks())):
         if name in recorded:
@@ -666,10 +677,16 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
         outcome.append(ledger.add_transfer(  # VALIDATED until published, as the inbound relays: never purged before
             flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.VALIDATED, size=blob.size,
             sha256=blob.sha256, record_count=len(result.rows) if is_dat else 0, blob_id=blob.blob_id, now=now,
-            audit=(RECONCILED_EVENT, audit_fields(result)) if is_dat else None))
+            audit=(RECONCILED_EVENT, audit_fields(result)) if is_dat else _stored_record("result", blob.sha256, 0)))
     crashpoint("airis.recorded")
     return _finish(paths, ledger, store, inputs, outcome[::-1], now, note_erased, resumed=False,
                    counts=result.counts)
+
+
+def _stored_record(role: str, sha256: str | None, records: int) -> tuple[str, dict[str, object]]:
+    """The record committed with an input's or a ``.csv``/``.txt`` result's transfer (issue 11: no transfer
+    without a record; the ``.dat``'s is the run's own, ``airis.reconciled``)."""
+    return events.AIRIS_STORED.name, {"flow": FLOW, "sha256": sha256, "records": records, "reason": role}
 
 
 def _run_time(recent: Sequence[TransferRow], pending: Sequence[TransferRow], now: datetime.datetime) -> datetime.datetime:
@@ -694,13 +711,45 @@ def _reject(paths: FlowPaths, ledger: TransferLedgerPort, inputs: Sequence[Trans
         f"{error.label}: {problem}" for problem in error.problems] + [
         f"{error.total} problem(s); inputs {names} were erased from the outboxes "
         "(encrypted copies kept until retention.payloads): correct them and put all three there again"])
-    reason = f"{error.total} problem(s) in {error.label}; see {errors_file}"
-    row = ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=os.path.basename(errors_file),
-                              state=TransferState.QUARANTINED, size=0, sha256=None, record_count=0, blob_id=None,
-                              now=now, last_error=reason[:500],
-                              audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
+    row = _record_rejection(ledger, errors_file, f"{error.total} problem(s) in {error.label}; see {errors_file}", now)
     crashpoint("airis.recorded")
     return _finish(paths, ledger, None, inputs, [row], now, note_erased, resumed=False)
+
+
+def _record_rejection(ledger: TransferLedgerPort, errors_file: str, reason: str,
+                      now: datetime.datetime) -> TransferRow:
+    """A refused run as a ``QUARANTINED`` transfer named after its errors file, with its audit record."""
+    return ledger.add_transfer(flow=FLOW, direction="in", peer=PEER, local_name=os.path.basename(errors_file),
+                               state=TransferState.QUARANTINED, size=0, sha256=None, record_count=0, blob_id=None,
+                               now=now, last_error=reason[:500],
+                               audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
+
+
+def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequence[tuple[str, str, str]],
+                   sizes: Sequence[int], limit: int, stem: str, now: datetime.datetime,
+                   note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object]) -> FlowRun:
+    """An input over ``[gateway] max_file_size`` (SPEC §4): the run is refused unread, the inputs erased unkept."""
+    from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
+
+    problems = [f"{name}: {size:,} bytes, over [gateway] max_file_size ({limit:,} bytes): refused unread; an AIRIS "
+                "download or register extract is far smaller — check the file"
+                for (_, _, name), size in zip(sources, sizes) if size > limit]
+    label = ", ".join(name for (_, _, name), size in zip(sources, sizes) if size > limit)
+    ensure_directory(paths.quarantine, QUARANTINE_DIR_MODE)
+    errors_file = write_errors_file(paths.quarantine, stem, problems + [
+        f"inputs {', '.join(name for _, _, name in sources)} were erased from the outboxes unread (nothing kept): "
+        "put correct ones there again"])
+    reason = f"{len(problems)} problem(s) in {label}; see {errors_file}"
+    row = _record_rejection(ledger, errors_file, reason, now)
+    for directory, _, name in sources:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    for directory in {paths.airis_outbox, paths.register_outbox}:
+        fsync_directory(directory)
+    note_erased([(f"{label_}/{name}", "", size, row.id) for (_, label_, name), size in zip(sources, sizes)], now)
+    return FlowRun(tuple(name for _, _, name in sources), rejected=reason, errors_file=errors_file)
 
 
 def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | None, inputs: Sequence[TransferRow],
@@ -741,6 +790,12 @@ def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | Non
                          and row.remote_name.startswith(paths.register_label + "/")), airis)
         run.reconciled = _run_fields(dat.local_name.removesuffix(".dat"), airis.sha256 or "", register.sha256 or "",
                                      run.counts)
+    # The erasure's time, recorded before anything is erased (updated_at of the inputs), so a run cut after
+    # listing lists under the same time and day again, which the 消去報告 recognises: listed once.
+    erased_at = max(row.updated_at for row in inputs) if inputs else now
+    if inputs and erased_at <= max(row.created_at for row in inputs):  # not recorded yet
+        erased_at = max(now, erased_at + datetime.timedelta(microseconds=1))
+        inputs = [ledger.update(row.id, erased_at) for row in inputs]
     erased: list[ErasedInput] = []
     for row in inputs:
         assert row.remote_name is not None
@@ -752,7 +807,8 @@ def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | Non
     for directory in {paths.airis_outbox, paths.register_outbox}:
         fsync_directory(directory)
     crashpoint("airis.erased")
-    note_erased(erased, now)
+    note_erased(erased, erased_at)
+    crashpoint("airis.listed")
     for row in inputs:
         ledger.update(row.id, now, source_removed=True)
     return run

@@ -25,7 +25,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyFilter", "KeyTable", "table_slots_for", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "MIN_FILTER_BITS_LOG2", "lane_width",
+__all__ = ["KeyFilter", "KeyTable", "table_slots_for", "fingerprint", "fingerprints", "DEFAULT_FILTER_BITS_LOG2", "DEFAULT_HASHES", "MIN_FILTER_BITS_LOG2", "lane_width",
            "filter_bits_for"]
 
 DEFAULT_FILTER_BITS_LOG2: Final = 27
@@ -71,6 +71,18 @@ def _fmix_int(h: int) -> int:
     return h ^ (h >> 33)
 
 
+def fingerprints(packed: bytes | bytearray, lane: int, salt: int) -> Fingerprints:
+    """The keyed fingerprint of each key in ``packed`` (keys of ``lane`` bytes each, ``lane`` a multiple of 8).
+
+    Equal to :func:`fingerprint` of each key (unpadded) with the same salt.
+    """
+    lanes = np.frombuffer(packed, dtype="<u8").reshape(-1, lane // 8)
+    h = np.full(lanes.shape[0], salt & _MASK64, dtype=np.uint64)
+    for column in range(lanes.shape[1]):
+        h = _fmix(h ^ lanes[:, column])
+    return h
+
+
 class KeyFilter:
     """A Bloom filter of ``2 ** bits_log2`` bits with ``hashes`` positions per key; its memory never grows."""
 
@@ -94,11 +106,7 @@ class KeyFilter:
 
     def fingerprints(self, packed: bytes | bytearray, lane: int) -> Fingerprints:
         """The fingerprint of each key in ``packed`` (keys of ``lane`` bytes each, ``lane`` a multiple of 8)."""
-        lanes = np.frombuffer(packed, dtype="<u8").reshape(-1, lane // 8)
-        h = np.full(lanes.shape[0], self._salt, dtype=np.uint64)
-        for column in range(lanes.shape[1]):
-            h = _fmix(h ^ lanes[:, column])
-        return h
+        return fingerprints(packed, lane, self._salt)
 
     def _positions(self, h: Fingerprints) -> npt.NDArray[np.uint64]:
         first = h & np.uint64(0xFFFFFFFF)
@@ -131,7 +139,7 @@ class KeyFilter:
 
     def add_one(self, key: bytes) -> bool:
         """Add one key (unpadded); ``True`` when it is a suspect.  Plain Python, same arithmetic as the block."""
-        h = _fingerprint_int(self._salt, key)
+        h = fingerprint(self._salt, key)
         first, second = h & 0xFFFFFFFF, (h >> 32) | 1
         bits = self.bits
         suspect = True
@@ -145,8 +153,8 @@ class KeyFilter:
 
 
 
-def _fingerprint_int(salt: int, key: bytes) -> int:
-    """The fingerprint of one key (unpadded), in plain Python: the arithmetic of :meth:`KeyFilter.fingerprints`."""
+def fingerprint(salt: int, key: bytes) -> int:
+    """The fingerprint of one key (unpadded), in plain Python: the arithmetic of :func:`fingerprints`."""
     padded = key.ljust(lane_width(len(key)), b"\x00")
     h = salt
     for start in range(0, len(padded), 8):
@@ -208,7 +216,7 @@ class KeyTable:
         return int(self.slots.nbytes) + (0 if self.overflow is None else self.overflow.nbytes)
 
     def fingerprints(self, packed: bytes | bytearray, lane: int) -> Fingerprints:
-        return KeyFilter.fingerprints(self, packed, lane)  # type: ignore[arg-type]
+        return fingerprints(packed, lane, self._salt)
 
     def _split(self, h: Fingerprints) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint32]]:
         entries = (h >> np.uint64(32)).astype(np.uint32)
@@ -234,25 +242,24 @@ class KeyTable:
         insert = self.overflow is None
         table, mask = self.slots, self._mask
         inserted = 0
+        at, want = slot[pending], entry[pending]
         while pending.size > 32:  # distinct fingerprints: of two writes to one slot, one stays
-            at, want = slot[pending], entry[pending]
             current = table[at]
             found = current == want
             empty = current == 0
-            settled = found.copy()
             if insert:
                 table[at[empty]] = want[empty]
-                won = empty.copy()
-                won[empty] = table[at[empty]] == want[empty]
-                inserted += int(np.count_nonzero(won))
-                settled |= won
+                settled = found | (empty & (table[at] == want))  # the writes that stayed
+                inserted += int(np.count_nonzero(settled)) - int(np.count_nonzero(found))
             else:
-                settled |= empty
+                settled = found | empty
             if found.any():
                 suspect[pending[found]] = True
-            moving = ~(found | empty)  # another entry: go on; a lost write: read the slot again
-            slot[pending[moving]] = (at[moving] + 1) & mask
-            pending = pending[~settled]
+            # Another entry: go on to the next slot; a lost write: read the same slot again.
+            at = np.where(found | empty, at, (at + 1) & mask)
+            keep = ~settled
+            pending, at, want = pending[keep], at[keep], want[keep]
+        slot[pending], entry[pending] = at, want
         for index in pending.tolist():
             if self._probe(int(slot[index]), int(entry[index]), insert):
                 suspect[index] = True
@@ -280,7 +287,7 @@ class KeyTable:
 
     def add_one(self, key: bytes) -> bool:
         """Add one key (unpadded); ``True`` when it is a suspect.  Plain Python, same arithmetic as the block."""
-        h = _fingerprint_int(self._salt, key)
+        h = fingerprint(self._salt, key)
         insert = self.overflow is None
         suspect = self._probe(h & self._mask, (h >> 32) or 1, insert)
         if not insert:

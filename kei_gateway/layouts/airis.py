@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import datetime
 import enum
+import operator
 import random
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -472,7 +473,7 @@ class AirisVehicles(Sequence[AirisVehicle]):
         self._packed: list[str] = []
 
     def append(self, cells: Sequence[str], row: int) -> None:
-        self._packed.append(_SEPARATOR.join((*(cells[index] for index in _KEPT), str(row))))
+        self._packed.append(f"{_SEPARATOR.join(_PICK(cells))}{_SEPARATOR}{row}")
 
     def __len__(self) -> int:
         return len(self._packed)
@@ -500,6 +501,7 @@ class AirisVehicles(Sequence[AirisVehicle]):
 
 _KEPT: Final = tuple(_INDEX[key] for key in AirisVehicle._fields if key != "row")
 """The columns a vehicle keeps (the others are checked, then dropped)."""
+_PICK: Final = operator.itemgetter(*_KEPT)
 
 
 def _unpack(packed: str) -> AirisVehicle:

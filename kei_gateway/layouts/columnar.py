@@ -284,13 +284,31 @@ def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCh
     return _DIGIT, t_check
 
 
+def _month_days_table() -> npt.NDArray[np.bool_]:
+    """10,000 booleans indexed by ``MMDD``: a day of that month in a leap year."""
+    table = np.zeros(10_000, dtype=np.bool_)
+    for month in range(1, 13):
+        days = int(_DAYS_IN_MONTH[month]) + (month == 2)
+        table[month * 100 + 1:month * 100 + days + 1] = True
+    return table
+
+
+_MONTH_DAYS: Final = _month_days_table()
+
+
 def _real_dates(block: _Block, start: int) -> Mask:
-    """``YYYYMMDD`` (digits, checked by class) forming a real calendar date of years 0001–9999."""
-    year, month, day = block.number(start, 4), block.number(start + 4, 2), block.number(start + 6, 2)
-    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
-    valid_month = (month >= 1) & (month <= 12)
-    days = _DAYS_IN_MONTH[np.where(valid_month, month, 0)] + ((month == 2) & leap)
-    return (year >= 1) & valid_month & (day >= 1) & (day <= days)
+    """``YYYYMMDD`` (digits, checked by class) forming a real calendar date of years 0001–9999.
+
+    ``MMDD`` is looked up in a table of the days of a leap year; only the 29ths of
+    February are then checked against their year.
+    """
+    month_day = block.number(start + 4, 4)
+    year = block.number(start, 4)
+    ok = _MONTH_DAYS[month_day % 10_000] & (year >= 1)  # (non-digits, which the byte classes reject, stay in range)
+    february_29 = month_day == 229
+    if february_29.any():
+        ok &= ~february_29 | (((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0))
+    return ok
 
 
 def _blank(item: Field, start: int) -> FieldCheck | None:
@@ -505,15 +523,17 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
             chosen = chosen_by(block)
             ok = np.ones(block.count, dtype=np.bool_)
             for checks, rows in ((then_checks, chosen), (else_checks, ~chosen)):
-                if not checks or not rows.any():
+                if not checks:
                     continue
-                if rows.all():
-                    for check in checks:
-                        ok &= check(block)
-                    continue
-                # Only the rows the branch applies to, as a block of their own (e.g. the 5 % paid at a
-                # convenience store for the GS1 check over 44 digits).
                 where = np.flatnonzero(rows)
+                if 4 * where.size > block.count:  # most rows: checking all of them is cheaper than copying
+                    for check in checks:
+                        ok &= ~rows | check(block)
+                    continue
+                if not where.size:
+                    continue
+                # Only the rows the branch applies to, as a block of their own (e.g. the few paid at a
+                # convenience store, for the GS1 check over 44 digits).
                 part = _Block(np.ascontiguousarray(block.matrix[where]))
                 for check in checks:
                     ok[where] &= check(part)

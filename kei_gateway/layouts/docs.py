@@ -97,7 +97,11 @@ quarantine errors file for the tax division carries the full values.  Structural
 errors are reported where they are: a wrong record length, a missing CR or LF, a
 bare LF, a BOM, data after the last CR LF, an empty file, bytes that are not
 valid CP932 (or UTF-8), a NUL byte.  Validation keeps the first 1000 errors
-(`max_errors`) and always reports the total count.
+(`max_errors`) and stops after the record that reaches them, so an invalid file
+of any size costs no more than a valid one (duplicate keys do not count towards
+the stop; those found up to it are all reported).  A record with no CR LF within
+its layout's width (plus 3 bytes for a BOM; 4 bytes a character in UTF-8) stops
+validation at once: a file without line ends is not read to its end.
 """
 
 

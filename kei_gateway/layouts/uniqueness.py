@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from kei_gateway.layouts._keyfilter import (
-    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyTable, filter_bits_for, lane_width, table_slots_for,
+    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyTable, filter_bits_for, fingerprint, fingerprints, lane_width,
+    table_slots_for,
 )
 from kei_gateway.layouts.fields import Kind, Layout
 
@@ -144,6 +145,9 @@ class FilteredKeys:
         return False
 
 
+_CANDIDATE_FLAGS = 1 << 20
+
+
 class SuspectKeys:
     """Second read: only the suspect keys are followed, exactly; a repeat of one is a duplicate."""
 
@@ -151,6 +155,16 @@ class SuspectKeys:
         self.columns = layout.unique_keys or ()
         self.suspects = suspects
         self.seen: set[bytes] = set()
+        self.lane = lane_width(sum(layout[key].width for key in self.columns))
+        self._salt = 0x6B65692D67617465  # any: the fingerprints only narrow down where to look
+        # 2^20 flags (1 MiB) indexed by 20 bits of a fingerprint: a few false candidates a block at most.
+        self._flags = np.zeros(_CANDIDATE_FLAGS, dtype=np.bool_)
+        self._flags[[fingerprint(self._salt, key) & (_CANDIDATE_FLAGS - 1) for key in suspects]] = True
+
+    def candidates(self, columns: Columns) -> list[int]:
+        """Indices of the block's records whose key may be a suspect (every one that is, and rarely others)."""
+        found = fingerprints(columns.packed_keys(self.columns, self.lane), self.lane, self._salt)
+        return np.flatnonzero(self._flags[found & np.uint64(_CANDIDATE_FLAGS - 1)]).tolist()  # type: ignore[no-any-return]
 
     def block(self, columns: Columns, first_number: int) -> bool:
         hits = list(filter(self.suspects.__contains__, columns.keys(self.columns)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from heapq import merge
-from itertools import compress, islice
+from itertools import islice
 from typing import Final
 
 import numpy as np
@@ -267,9 +267,11 @@ class Validator:
             count = len(piece) // size
             if (number > 0 and len(piece) == count * size and piece.count(b"\n") == count
                     and piece[size - 1::size] == b"\n" * count and piece[size - 2::size] == b"\r" * count):
-                keys = Columns(layout, piece).keys(unique.columns)
-                for index in compress(range(count), map(suspects.__contains__, keys)):
-                    replay(piece[index * size:(index + 1) * size], number + index + 1, offset + index * size)
+                # Keyed fingerprints of every key narrow the records down; the replay settles them exactly.
+                for index in unique.candidates(Columns(layout, piece)):
+                    line = piece[index * size:(index + 1) * size]
+                    if b"".join(line[a:b] for a, b in parts) in suspects:
+                        replay(line, number + index + 1, offset + index * size)
                 number += count
             else:
                 start = 0
@@ -284,24 +286,8 @@ class Validator:
                     start = end
             offset += len(piece)
 
-        def drain(buffer: bytearray, final: bool) -> None:
-            start = 0
-            while len(buffer) - start >= (1 if final else self._block_size):
-                end = buffer.rfind(b"\n", start, start + self._block_size) + 1
-                if end <= start:  # a line longer than a block: take it whole
-                    end = buffer.find(b"\n", start + self._block_size) + 1
-                    if end <= 0:
-                        break  # what follows the last LF is no record with a key
-                scan(bytes(buffer[start:end]))
-                start = end
-            del buffer[:start]
-
-        buffer = bytearray()
-        for chunk in chunks:
-            buffer += chunk
-            if len(buffer) >= self._block_size:
-                drain(buffer, False)
-        drain(buffer, True)
+        for block in _line_blocks(chunks, self._block_size):
+            scan(block)
 
     # -- internals
 
@@ -564,6 +550,26 @@ class Validator:
             reason = f"{len(rest)} bytes of data after the last CR LF; remove them or complete the record"
         self.report.records += 1
         self._error(LayoutError(number, offset + len(rest), reason))
+
+
+def _line_blocks(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The chunks' bytes as blocks of whole lines of about ``size`` bytes; what follows the last LF is left out."""
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        start = 0
+        while len(data) - start >= size:
+            end = data.rfind(b"\n", start, start + size) + 1
+            if end <= start:  # a line longer than a block: take it whole
+                end = data.find(b"\n", start + size) + 1
+                if end <= 0:
+                    break
+            yield data[start:end]
+            start = end
+        rest = data[start:]
+    end = rest.rfind(b"\n") + 1
+    if end:
+        yield rest[:end]
 
 
 def _first_bytes(chunks: Iterable[bytes], limit: int, checksum: _Checksum) -> Iterator[bytes]:

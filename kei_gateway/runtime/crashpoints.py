@@ -39,6 +39,7 @@ POINTS = (
     "airis.publishing",    # the .dat renamed into the inbox, the .csv and .txt still staged
     "airis.published",     # all three in the inbox, the plaintext inputs still in the outboxes
     "airis.erased",        # the plaintext inputs erased, not yet listed in the 消去報告 nor marked removed
+    "airis.listed",        # ... and listed in the 消去報告, the inputs' transfers not yet marked removed
 )
 
 

@@ -27,6 +27,7 @@ from kei_gateway.adapters.ledger.leases import LeaseLedger, NodeRefused
 from kei_gateway.runtime.leases import NodeIdentity, host_and_pid, new_incarnation
 from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
 from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
+from kei_gateway.operations.audit.spool import spool_path
 
 __all__ = ["StartFailed", "Prepared", "prepare", "serve", "start"]
 
@@ -59,6 +60,7 @@ class Prepared:
 def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     """Migrate and open the ledger, open the audit trail and the store, requeue cut-off sends; or :class:`StartFailed`."""
     from kei_gateway.operations.audit import AuditError, AuditLog, audit_key_from_config
+    from kei_gateway.operations.audit.spool import recover_pending
 
     events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
     notifier.notify("STATUS=Migrating the ledger database")
@@ -74,6 +76,15 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     except AuditError as error:
         events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: {error}")
         raise StartFailed(usage=True) from error
+    try:
+        chained, known = recover_pending(audit_spool_path(config), audit_log)
+    except Exception as error:  # the database went away since the migration, or the file is unreadable
+        events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: the records left by the last run: "
+                                                      f"{events.describe_error(error)}")
+        raise StartFailed(usage=False) from error
+    if chained:
+        events.emit(log, events.MESSAGE, text=f"{chained} audit record(s) the last run had not chained yet are "
+                                              f"chained now ({known} were already)")
     try:
         store = open_store(config)
         store.recover()
@@ -91,6 +102,12 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
     return Prepared(ledger, store, schema, audit_log, node)
+
+
+def audit_spool_path(config: Config) -> str:
+    """The audit observer's pending file: one per node when the ledger (and so ``state_dir``) is shared."""
+    shared = not config.database_url.startswith("sqlite")
+    return spool_path(config.gateway.state_dir, config.node_id if shared else None)
 
 
 def join_ledger(config: Config, engine: Any) -> NodeIdentity:
@@ -129,7 +146,8 @@ def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, obs
 
     gateway = make_service(config, reactor, prepared.ledger, notifier=notifier, environ=os.environ,
                            watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=prepared.schema,
-                           store=prepared.store, audit=audit, audit_log=prepared.audit_log, node=prepared.node)
+                           store=prepared.store, audit=audit, audit_log=prepared.audit_log,
+                           audit_spool=audit_spool_path(config), node=prepared.node)
 
     def start_failed(failure: Any) -> None:
         events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -22,6 +23,7 @@ from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
+from kei_gateway.core.results import fresh_results
 from kei_gateway.core.transfer import Transition, TransferState, check_transition, on_restart
 from kei_gateway.testing.leases import LeaseTable
 
@@ -244,8 +246,12 @@ class InMemoryResultLedger:
         self.ledger._check()
         return {result.identity_key for result in self.results if result.transfer_id == transfer_id}
 
+    @property
+    def records_audit(self) -> bool:
+        return self.ledger.records_audit
+
     def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool) -> None:
+                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None) -> None:
         if len({r.identity_key for r in results}) != len(results):
             raise ValueError("results repeat an identity; keep the first of each (see fresh_results)")
         recorded_at = _utc(now)
@@ -258,13 +264,11 @@ class InMemoryResultLedger:
         if every_key & recorded:
             raise DuplicateResult(transfer_id)
         self.results.extend(StoredResult(
-            identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
-            channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
-            received_at=_utc(r.received_at).astimezone(JST), slip_hint=r.slip_hint, transfer_id=transfer_id,
+            **{**r.kept(), "received_at": _utc(r.received_at).astimezone(JST)}, transfer_id=transfer_id,
             relay_name=relay_name, recorded_at=recorded_at) for r in chosen)
         fields: dict[str, Any] = {"relay_name": relay_name, "receipt_summary": summary}
         if done:
-            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, **fields)
+            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, **fields)
         else:
             self.ledger.update(transfer_id, recorded_at, **fields)
 
@@ -279,8 +283,21 @@ class InMemoryResultLedger:
             chosen.append(facts.under(variant) if variant else facts)
         return chosen
 
-    def finish_relay(self, transfer_id: int, now: datetime) -> None:
-        self.ledger.transition(transfer_id, TransferState.DONE, now)
+    @contextmanager
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[_InMemoryRelay]:
+        """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error."""
+        self.ledger.get(transfer_id)  # TransferNotFound
+        relay = _InMemoryRelay(self, transfer_id, relay_name, now)
+        yield relay
+        if not relay.finished:
+            raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+        if relay.pending:
+            self.record_relay(transfer_id, relay.pending, relay_name, now, relay.summary, done=False)
+        else:
+            self.record_relay(transfer_id, [], None, now, relay.summary, done=True, audit=relay.audit)
+
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
+        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit)
 
     def _sorted(self, results: Iterable[StoredResult]) -> list[StoredResult]:
         return sorted(results, key=lambda r: r.received_at)
@@ -302,3 +319,27 @@ class InMemoryResultLedger:
         settled = {r.match_key for r in self.results if r.kind in (KIND_FINAL, KIND_CANCEL)}
         return self._sorted(r for r in self.results if r.kind == KIND_PROVISIONAL and r.match_key not in settled
                             and (within is None or r.received_at >= _utc(now - within)))
+
+
+class _InMemoryRelay:
+    """The open "transaction" of :meth:`InMemoryResultLedger.relay_transaction`: results kept aside until the end."""
+
+    def __init__(self, results: InMemoryResultLedger, transfer_id: int, relay_name: str, now: datetime) -> None:
+        self._results = results
+        self.pending: list[ResultFacts] = []
+        self.summary = ""
+        self.audit: AuditEvent | None = None
+        self.finished = False
+
+    def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
+        self._results.ledger._check()
+        known = {result.identity_key for result in self._results.results}
+        known |= {key for item in self.pending for key in (item.identity_key, *(v.identity_key for v in item.variants))}
+        fresh = fresh_results(facts, known)
+        self.pending.extend(fresh)
+        return fresh
+
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        self.summary, self.audit = summary, audit
+        self.finished = True
+        return bool(self.pending)

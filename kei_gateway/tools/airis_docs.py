@@ -196,7 +196,9 @@ cut in the `.dat` only.
 | 監視 | metric `kei_gateway_airis_vehicles_total{{category}}` (category codes only) |
 | 入力及び取込みテストにはダミーデータ | `generate_airis_case` plants every category in obviously fake data (ダミー 太郎, chassis `DMY…`); tests, demo and bench use only it |
 
-Bounds: the ZIP and the register at most {MAX_INPUT_BYTES:,} bytes (refused unread); the CSV inside
+Bounds: the ZIP and the register at most {MAX_INPUT_BYTES:,} bytes for the command, `[gateway]
+max_file_size` (SPEC §4, default the same) for the flow — a larger input is refused unread: the
+run is rejected with an errors file, the three inputs erased from the outboxes unkept; the CSV inside
 may inflate to {MAX_CSV_BYTES:,} bytes (counted as it streams, whatever the ZIP header says); a CSV
 line is at most {MAX_AIRIS_LINE_BYTES:,} bytes; the key file at most {MAX_KEY_BYTES:,} bytes; the
 first 20 problems are kept, all counted.

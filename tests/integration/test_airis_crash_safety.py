@@ -20,15 +20,10 @@ from kei_gateway.layouts.airis import AIRIS_RECONCILE, TAX_REGISTER_2W, airis_cs
 from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
 from tests.integration.conftest import poll_until
 from tests.integration.harness import GatewayFiles, make_gateway_files, start_daemon
+from tests.integration.test_airis_flow import FLOW_CONFIG
 
 pytestmark = pytest.mark.integration
 
-FLOW_CONFIG = """
-[flows.airis-reconcile]
-airis_outbox = "outbox/airis"
-register_outbox = "outbox/airis-register"
-inbox = "inbox/airis-reconcile"
-"""
 KEY = "dummy-airis-crash-key"
 PLANT = {"02": 2, "03": 2, "04": 1, "05": 2, "06": 2, "07": 1, "08": 2}
 TIMEOUT = 120.0
@@ -40,7 +35,7 @@ AIRIS_POINTS = [point for point in POINTS if point.startswith("airis.")]
 def test_every_airis_crash_point_is_covered() -> None:
     """When a crash point is added on the AIRIS flow, then the loop below kills the daemon there too."""
     assert AIRIS_POINTS == ["airis.inputs-recorded", "airis.recorded", "airis.staged", "airis.publishing",
-                            "airis.published", "airis.erased"]
+                            "airis.published", "airis.erased", "airis.listed"]
 
 
 def put_inputs(files: GatewayFiles, key: str) -> tuple[bytes, bytes, dict[str, int]]:

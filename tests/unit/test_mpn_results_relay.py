@@ -21,7 +21,7 @@ from kei_gateway.flows.inbound.mpn_results import (
     UNCONFIRMED_CHECK_INTERVAL,
     RelayOutcome,
     ResultRelay,
-    select_records,
+    record_batches,
 )
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records, render_record
 from kei_gateway.runtime.metrics import GatewayMetrics
@@ -123,6 +123,28 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(outcome.relayed, {1: 1, 2: 2})
         self.assertEqual(outcome.duplicates, {1: 2})
 
+    def test_when_repeats_and_known_results_fall_in_other_batches_then_each_result_is_still_relayed_once(self) -> None:
+        from unittest import mock
+
+        from kei_gateway.flows.inbound import mpn_results
+
+        provisional = [with_kind(r, "1") for r in RECORDS[:8]]
+        self.relayed(self.received(provisional[:2], "a.dat"))
+        # batches of 3: [p0 p2 p3] [p4 p2 p1] [p5 p3] — a known one and repeats across batch boundaries
+        later = [provisional[0], provisional[2], provisional[3], provisional[4], provisional[2], provisional[1],
+                 provisional[5], provisional[3]]
+        with mock.patch.object(mpn_results, "RELAY_BATCH", 3):
+            outcome = self.relayed(self.received(later, "b.dat"))
+        assert outcome.relay_name is not None
+        self.assertEqual(self.inbox_files()[outcome.relay_name], data_of([provisional[i] for i in (2, 3, 4, 5)]))
+        self.assertEqual((outcome.relayed, outcome.duplicates), ({1: 4}, {1: 4}))
+
+    def test_when_every_result_of_a_file_is_known_then_no_staged_file_is_left_behind(self) -> None:
+        records = [with_kind(r, "1") for r in RECORDS[:3]]
+        first = self.relayed(self.received(records, "a.dat"))
+        self.relayed(self.received(records, "b.dat"))
+        self.assertEqual(sorted(self.inbox_files()), [first.relay_name])
+
     def test_when_the_relay_had_been_recorded_but_not_renamed_then_the_staged_file_is_published_not_rewritten(self) -> None:
         records = RECORDS[:3]
         row = self.received(records, "r.dat")
@@ -151,6 +173,26 @@ class RelayTests(SynchronousTestCase):
         (self.inbox / staged_name(name)).write_bytes(b"half")
         self.relayed(row)
         self.assertEqual(self.inbox_files(), {name: data_of(records)})
+
+    def test_when_results_are_relayed_then_the_relay_record_commits_with_done_and_is_not_queued_again(self) -> None:
+        """Issue 11: results.relayed is chained in the transaction that makes the transfer DONE (new results
+        or only duplicates), results.relay_finished in the one that finishes a relay cut off by a crash."""
+        records = [with_kind(r, "1") for r in RECORDS[:4]]
+        first = self.received(records, "push-1.dat")
+        outcome = self.relayed(first)
+        again = self.received(records, "pull-1.dat")
+        self.relayed(again)
+        cut_off = self.received([with_kind(r, "2") for r in RECORDS[:2]], "r.dat")
+        self.results.record_relay(cut_off.id, [], "gone.dat", dt.datetime.now(dt.timezone.utc), "decided", done=False)
+        self.relayed(cut_off)
+        self.assertEqual(self.ledger.audit, [
+            ("results.relayed", {"flow": "mpn-results", "name": outcome.relay_name, "records": 4, "duplicates": 0,
+                                 "transfer_id": first.id}),
+            ("results.relayed", {"flow": "mpn-results", "name": "-", "records": 0, "duplicates": 4,
+                                 "transfer_id": again.id}),
+            ("results.relay_finished", {"flow": "mpn-results", "name": "gone.dat", "transfer_id": cut_off.id})])
+        said = [e for e in self.logged if e.get("kei_event", "").startswith("results.relay")]
+        self.assertEqual([e.get("audit_recorded") for e in said], [True, True, True])
 
     def test_when_markers_are_asked_for_then_the_end_file_follows_the_data(self) -> None:
         self.relay = self.make_relay(marker=True)
@@ -221,12 +263,14 @@ class RawFieldsTests(SynchronousTestCase):
         self.assertEqual(len(raw), 300)
 
 
-class SelectRecordsTests(SynchronousTestCase):
-    def test_when_chunks_split_records_anywhere_then_the_wanted_records_come_out_whole(self) -> None:
+class RecordBatchesTests(SynchronousTestCase):
+    def test_when_chunks_split_records_anywhere_then_the_records_come_out_whole_in_batches(self) -> None:
         data = b"".join(bytes([65 + i]) * 10 for i in range(7))
         chunks = [data[i:i + 7] for i in range(0, len(data), 7)]
-        self.assertEqual(b"".join(select_records(chunks, 10, {0, 3, 6})), b"A" * 10 + b"D" * 10 + b"G" * 10)
+        self.assertEqual(list(record_batches(chunks, 10, 3)),
+                         [[bytes([65 + i]) * 10 for i in range(3)], [bytes([65 + i]) * 10 for i in range(3, 6)],
+                          [b"G" * 10]])
 
     def test_when_the_file_ends_mid_record_then_it_is_an_error(self) -> None:
         with self.assertRaises(ValueError):
-            list(select_records([b"x" * 15], 10, {0}))
+            list(record_batches([b"x" * 15], 10, 3))

@@ -199,3 +199,45 @@ def test_when_asked_for_open_provisionals_then_only_those_without_final_or_cance
     assert {r.identity_key for r in open_ones} == {facts[4].identity_key, facts[5].identity_key}
     assert [r.identity_key for r in results.open_provisional(NOW, within=dt.timedelta(days=30))] == [
         facts[4].identity_key]
+
+
+def test_when_a_relay_is_recorded_batch_by_batch_then_repeats_across_batches_are_dropped_and_all_commits_at_once(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    earlier = inbound(transfers, "a.dat")
+    results.record_relay(earlier, [result(0)], "a-relay.dat", NOW, "1 new", done=True)
+    transfer = inbound(transfers, "b.dat")
+    with results.relay_transaction(transfer, "b-relay.dat", NOW) as relay:
+        assert [f.record_index for f in relay.record([result(0, index=0), result(1, index=1), result(2, index=2)])] \
+            == [1, 2]
+        assert [f.record_index for f in relay.record([result(1, index=3), result(3, index=4)])] == [4]
+        assert relay.finish("新規 3, 重複 2 (of 5 results)") is True
+    with Session(results.engine) as session:
+        rows = session.scalars(select(PaymentResult).where(PaymentResult.transfer_id == transfer)).all()
+        assert sorted(r.relay_name for r in rows) == ["b-relay.dat"] * 3
+    row = transfers.get(transfer)
+    assert (row.state, row.relay_name) == (S.VALIDATED.value, "b-relay.dat")
+
+
+def test_when_a_batched_relay_fails_half_way_then_nothing_of_it_is_recorded(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    transfer = inbound(transfers)
+    with pytest.raises(OSError):
+        with results.relay_transaction(transfer, "x.dat", NOW) as relay:
+            relay.record([result(0), result(1, index=1)])
+            raise OSError("the store could not be read")
+    assert results.known_identities({result(0).identity_key, result(1).identity_key}) == set()
+    assert transfers.get(transfer).relay_name is None
+
+
+def test_when_every_result_of_a_batched_relay_is_known_then_the_transfer_is_done_without_a_relay_name(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    transfers, results = ledgers
+    results.record_relay(inbound(transfers, "a.dat"), [result(0)], "a-relay.dat", NOW, "1 new", done=True)
+    transfer = inbound(transfers, "b.dat")
+    with results.relay_transaction(transfer, "b-relay.dat", NOW) as relay:
+        assert relay.record([result(0)]) == []
+        assert relay.finish("新規 0, 重複 1 (of 1 results)") is False
+    row = transfers.get(transfer)
+    assert (row.state, row.relay_name) == (S.DONE.value, None)

@@ -4,18 +4,20 @@ A results file arrives by pull (:class:`~kei_gateway.flows.inbound.downloads.Dow
 or push (:mod:`kei_gateway.flows.inbound.push.PushReceiver`) and is committed as an inbound transfer in
 ``VALIDATED`` with its encrypted blob. :class:`ResultRelay` then, one file at a time:
 
-1. reads the stored file and computes each record's identity (keyed digests,
-   :mod:`kei_gateway.core.results`); results already recorded — from push and pull,
-   a repeated 速報, a repeat inside the file — are duplicates;
-2. writes the new records, byte for byte, as ``inbox/.<name>.part`` (fsync the file
-   and the directory) — a dotfile the tax system does not take;
-3. in ONE transaction records the new results (the dedupe key is unique) and the
-   relay name on the transfer;
+1. in ONE ledger transaction, reads the stored file a batch of :data:`RELAY_BATCH`
+   records at a time, computes each record's identity (keyed digests,
+   :mod:`kei_gateway.core.results`) and records the new results (the dedupe key is
+   unique); results already recorded — from push and pull, a repeated 速報, a repeat
+   anywhere in the file (the transaction sees its own earlier batches) — are duplicates;
+2. meanwhile writes the new records, byte for byte, as ``inbox/.<name>.part`` (fsync
+   the file and the directory at the end) — a dotfile the tax system does not take;
+3. sets the relay name on the transfer and commits that transaction;
 4. renames ``.<name>.part`` to ``<name>`` (fsync the directory), then ``<name>.end``
    when the flow asks for markers;
 5. marks the transfer ``DONE``.
 
-Why this order gives exactly once under kill -9: before step 3 nothing is recorded,
+Memory holds one batch whatever the file's size (a 1,000,000-result push is 258 MB;
+SPEC §4). Why this order gives exactly once under kill -9: before step 3 nothing is recorded,
 so a restart starts again (the ``.part`` is rewritten under the same name). After
 step 3 the decision is durable: if ``.<name>.part`` still exists the rename did not
 happen and is done now; if it is gone the rename happened — the file is in the inbox,
@@ -26,6 +28,7 @@ results are all duplicates writes nothing and becomes ``DONE`` in step 3.
 from __future__ import annotations
 
 import datetime
+import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,26 +42,24 @@ from twisted.python.failure import Failure
 from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
-from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
+from kei_gateway.adapters.spool import publish_staged, stage_for_inbox, staged_name
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.names import remote_name
 from kei_gateway.core.results import (
-    ResultFacts,
     ResultKeyer,
-    facts_from_records,
-    fresh_results,
+    facts_of,
     unconfirmed_counts,
 )
 from kei_gateway.core.results.identity import raw_fields
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import get_layout
 from kei_gateway.runtime import events
-from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.blocking import Blocking, retry_transient
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS", "select_records",
-           "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW"]
+__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS",
+           "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW", "RELAY_BATCH", "record_batches"]
 
 FLOW = "mpn-results"
 KIND_LABELS = {1: "provisional", 2: "final", 3: "cancellation"}
@@ -68,8 +69,10 @@ UNCONFIRMED_CHECK_INTERVAL = 300.0
 UNCONFIRMED_WINDOW = datetime.timedelta(days=35)
 """Only 速報 this recent count in the gauge: one nobody will ever confirm stops alerting after a month
 (``results reconcile`` still lists it for its day)."""
-_OUT_BATCH = 1 << 20
 _ATTEMPTS = 3
+RELAY_BATCH = 2_000
+"""Records looked up, recorded and staged at a time: about 8 MB of records, digests and insert parameters
+(10,000 a batch held 52 MB for the same speed; docs/performance.md)."""
 
 log = Logger(namespace="kei_gateway.flows.mpn_results")
 
@@ -91,30 +94,26 @@ class RelayOutcome:
     """The relay had been decided before a stop or crash; only its last steps ran now."""
 
 
-def select_records(chunks: Iterable[bytes], record_length: int, wanted: Collection[int]) -> Iterator[bytes]:
-    """The records (0-based indexes in *wanted*) of a fixed-length file given in chunks, in file order."""
+def record_batches(chunks: Iterable[bytes], record_length: int, size: int = RELAY_BATCH) -> Iterator[list[bytes]]:
+    """The whole records of a fixed-length file given in chunks, *size* at a time, in file order."""
     pending = b""
-    index = 0
-    out: list[bytes] = []
-    size = 0
+    batch: list[bytes] = []
     for chunk in chunks:
         pending += chunk
         whole = len(pending) - len(pending) % record_length
         for offset in range(0, whole, record_length):
-            if index in wanted:
-                out.append(pending[offset:offset + record_length])
-                size += record_length
-            index += 1
+            batch.append(pending[offset:offset + record_length])
+            if len(batch) == size:
+                yield batch
+                batch = []
         pending = pending[whole:]
-        if size >= _OUT_BATCH:
-            yield b"".join(out)
-            out, size = [], 0
     if pending:
         raise ValueError(f"the stored file ends with {len(pending)} bytes that are not a whole record")
-    if out:
-        yield b"".join(out)
+    if batch:
+        yield batch
 
 
+@retry_transient
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
                          now: datetime.datetime) -> RelayOutcome:
@@ -128,7 +127,8 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
         if row.relay_name is not None:  # decided before a stop or crash: finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
-            results.finish_relay(transfer_id, now)
+            results.finish_relay(transfer_id, now,
+                                 audit=(events.RESULTS_RELAY_FINISHED.name, {"flow": FLOW, "name": row.relay_name}))
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
             return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
@@ -142,33 +142,48 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
-    # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
-    facts = facts_from_records(raw_fields(store.read(row.blob_id), layout.offsets, widths, layout.record_length),
-                               keyer)
-    candidates: set[str] = set()
-    for item in facts:
-        candidates |= keyer.identity_candidates(item)
-    fresh = fresh_results(facts, results.known_identities(candidates))
-    relayed = Counter(item.kind for item in fresh)
-    duplicates = Counter(item.kind for item in facts) - relayed
-    summary = _summary(fresh, len(facts))
-    if not fresh:
-        results.record_relay(row.id, [], None, now, summary, done=True)
-        return RelayOutcome(row.id, None, relayed, duplicates)
+    blob_id = row.blob_id  # narrowed by the assert above, also inside new_records below
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
-    wanted = {item.record_index for item in fresh}
-    stage_for_inbox(inbox_dir, name, select_records(store.read(row.blob_id), layout.record_length, wanted))
-    crashpoint("results.staged")
-    results.record_relay(row.id, fresh, name, now, summary, done=False)
+    relayed: Counter[int] = Counter()
+    total: Counter[int] = Counter()
+    with results.relay_transaction(row.id, name, now) as relay:
+        def new_records() -> Iterator[bytes]:
+            index = 0
+            for records in record_batches(store.read(blob_id), layout.record_length, RELAY_BATCH):
+                # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
+                fields = raw_fields((b"".join(records),), layout.offsets, widths, layout.record_length)
+                facts = [facts_of(item, index + n, keyer) for n, item in enumerate(fields)]
+                fresh = relay.record(facts)
+                total.update(item.kind for item in facts)
+                relayed.update(item.kind for item in fresh)
+                if fresh:
+                    yield b"".join(records[item.record_index - index] for item in fresh)
+                index += len(records)
+
+        stage_for_inbox(inbox_dir, name, new_records())
+        crashpoint("results.staged")
+        if not relayed:  # every result a duplicate: nothing goes to the inbox
+            os.unlink(os.path.join(inbox_dir, staged_name(name)))
+        # DONE here when every result was a duplicate: the relay's record commits with it
+        relay.finish(_summary(sum(relayed.values()), sum(total.values())),
+                     audit=_relayed(None, 0, sum(total.values())))
+    duplicates = total - relayed
+    if not relayed:
+        return RelayOutcome(row.id, None, relayed, duplicates)
     crashpoint("results.recorded")
     publish_staged(inbox_dir, name, marker)
     crashpoint("results.published")
-    results.finish_relay(row.id, now)
+    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())))
     return RelayOutcome(row.id, name, relayed, duplicates)
 
 
-def _summary(fresh: list[ResultFacts], total: int) -> str:
-    return f"新規 {len(fresh)}, 重複 {total - len(fresh)} (of {total} results)"
+def _relayed(name: str | None, new: int, repeated: int) -> tuple[str, dict[str, Any]]:
+    """The relay's audit record, chained in the transaction that makes the transfer DONE."""
+    return events.RESULTS_RELAYED.name, {"flow": FLOW, "name": name or "-", "records": new, "duplicates": repeated}
+
+
+def _summary(fresh: int, total: int) -> str:
+    return f"新規 {fresh}, 重複 {total - fresh} (of {total} results)"
 
 
 class ResultRelay(service.Service):
@@ -268,12 +283,13 @@ class ResultRelay(service.Service):
         new, repeated = sum(outcome.relayed.values()), sum(outcome.duplicates.values())
         self.metrics.transfers.labels(flow=FLOW, outcome="relayed" if outcome.relay_name else "duplicate").inc()
         self.metrics.last_success.labels(flow=FLOW).set(self.clock.seconds())
+        recorded = self.results.records_audit  # the record was committed with DONE
         if outcome.recovered:
             events.emit(log, events.RESULTS_RELAY_FINISHED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name)
+                        name=outcome.relay_name, audit_recorded=recorded)
         else:
             events.emit(log, events.RESULTS_RELAYED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name or "-", records=new, duplicates=repeated)
+                        name=outcome.relay_name or "-", records=new, duplicates=repeated, audit_recorded=recorded)
         return outcome
 
     def check_unconfirmed(self) -> defer.Deferred[None]:

@@ -98,5 +98,9 @@ def test_when_the_flow_is_built_then_it_runs_with_the_configured_policy() -> Non
                             blocking=blocking, intake_blocking=blocking, metrics=GatewayMetrics(CollectorRegistry()),
                             environ={}, make_client=lambda config, peer: None, relay_for=lambda flow: None,
                             status_soon=lambda: None, note_erased=lambda erased, when: None, use_inotify=False)
-    [flow] = build_airis_flow("airis-reconcile", lambda: config, deps)
+    current = [config]
+    [flow] = build_airis_flow("airis-reconcile", lambda: current[0], deps)
     assert isinstance(flow, AirisReconcileService) and (flow.gaiji, flow.gaiji_fallback) == ("reject", "substitute")
+    assert flow.max_file_size() == 2 << 30
+    current[0] = config_from_string(FLOW.replace("[flows.", 'max_file_size = "1MiB"\n[flows.', 1))
+    assert flow.max_file_size() == 1 << 20  # [gateway] max_file_size is reload=live: read at each check
