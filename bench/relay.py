@@ -6,7 +6,7 @@ One run, one real daemon (``python -m kei_gateway -c CONFIG run``, started with 
 ``ca.pem`` with ``push_allow = ["127.0.0.1/32"]`` and ``[flows.mpn-results]`` (its pull
 side points at a closed loopback port and polls once an hour, so only pushes relay).
 
-* **pusher**: ``--clients`` threads (default 2, the listener's ``MAX_CONCURRENT_PUSHES``),
+* **pusher**: ``--clients`` threads (default 2: one address may hold half of ``max_pushes``, 4),
   each with one keep-alive ``http.client.HTTPSConnection`` presenting ``peer-sim.crt`` (the
   demo CA signs it, as it signs the MPN simulator's pushes). For each target rate R
   (results/s) batches of B 速報 (収納区分 1) records are pushed open-loop: batch k is due at

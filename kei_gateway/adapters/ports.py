@@ -89,9 +89,9 @@ class RelayTransaction(Protocol):
         """Record the new results of *facts* (the next records of the file, in order); return them, in file order."""
         ...
 
-    def finish(self, summary: str) -> bool:
-        """The decision on the transfer — its relay name if some result was new (True), else ``DONE`` — committed
-        when the ``with`` block ends without an error."""
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        """The decision on the transfer — its relay name if some result was new (True), else ``DONE`` with the
+        relay's *audit* record — committed when the ``with`` block ends without an error."""
         ...
 
 
@@ -102,13 +102,15 @@ class ResultLedgerPort(Protocol):
 
     def identities_of_transfer(self, transfer_id: int) -> set[str]: ...
 
-    def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool) -> None: ...
+    @property
+    def records_audit(self) -> bool:
+        """Whether a relay's *audit* record is written in the transaction that makes it DONE (STYLE 14)."""
+        ...
 
     def relay_transaction(self, transfer_id: int, relay_name: str,
                           now: datetime) -> AbstractContextManager[RelayTransaction]: ...
 
-    def finish_relay(self, transfer_id: int, now: datetime) -> None: ...
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None: ...
 
     def results_received_on(self, day: date) -> list[StoredResult]: ...
 

@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from kei_gateway.cli import exitcodes
+from kei_gateway.cli.main import show_usage
 
 if TYPE_CHECKING:
     from kei_gateway.config import Config
@@ -34,7 +35,7 @@ an --output directory that group or others can read; 1 the results could not be 
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("airis", help="AIRIS 突合 for 小型二輪 (SPEC §13)")
     actions = parser.add_subparsers(dest="airis_command", metavar="ACTION", parser_class=type(parser))
     run = actions.add_parser(
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--output", required=True, metavar="DIR", help="directory for the results (mode 0700)")
     run.add_argument("--lg-code", metavar="CODE", help="全国地方公共団体コード (default: [gateway] lg_code of the config)")
     run.set_defaults(func=reconcile_command)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def _read(path: str, what: str) -> bytes:

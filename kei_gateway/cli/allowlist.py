@@ -12,6 +12,7 @@ import ipaddress
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli.main import DEFAULT_CONFIG_PATH, config_path_from
@@ -20,7 +21,7 @@ from kei_gateway.config import Config, read_config
 __all__ = ["register", "allowlist_dropin"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "systemd-allowlist", help="write the systemd drop-in with IPAddressAllow= for every configured CIDR")
     parser.add_argument("--output", metavar="FILE",
@@ -51,7 +52,7 @@ def allowlist_dropin(config: Config) -> str:
         "IPAddressAllow=localhost",
     ]
     seen = {"localhost"}
-    sources: list[tuple[str, object]] = [("listeners.metrics.allow", config.listeners.metrics.allow)]
+    sources: list[tuple[str, Iterable[object]]] = [("listeners.metrics.allow", config.listeners.metrics.allow)]
     for name, peer in sorted(config.peers.items()):
         sources += [(f"peers.{name}.allow", peer.allow), (f"peers.{name}.push_allow", peer.push_allow)]
     database = database_address(config.database_url)
@@ -62,7 +63,7 @@ def allowlist_dropin(config: Config) -> str:
             lines += [f"# database.url names the host {database!r}: add 'IPAddressAllow=<its address>' for it "
                       "in another drop-in, or the daemon cannot reach its database"]
     for key, networks in sources:
-        for network in networks:  # type: ignore[attr-defined]
+        for network in networks:
             text = str(network)
             if text in seen:
                 continue

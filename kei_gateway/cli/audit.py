@@ -14,7 +14,7 @@ import sys
 
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli._args import save_csv
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 
 __all__ = ["register", "verify_command", "report_command", "parse_since"]
 
@@ -40,7 +40,7 @@ def parse_since(text: str, now: datetime.datetime | None = None) -> datetime.dat
         raise argparse.ArgumentTypeError(f"{text!r}: write a period like 7d, 24h or 90m, or a date YYYY-MM-DD") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("audit", help="the tamper-evident audit trail: verify the chain, weekly report")
     actions = parser.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(parser))
     verify = actions.add_parser(
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="also write every listed record as CSV (UTF-8 with BOM, for Excel); FILE is replaced")
     report.add_argument("--no-verify", action="store_true", help="do not walk the chain first")
     report.set_defaults(func=report_command)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def _open(args: argparse.Namespace) -> tuple[object, int]:

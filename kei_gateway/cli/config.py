@@ -12,7 +12,7 @@ from kei_gateway.config import Config, load_config
 __all__ = ["register", "check_config", "key_problem"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "check-config", help="check the configuration file and the keys and certificates it names")
     parser.set_defaults(func=check_config)

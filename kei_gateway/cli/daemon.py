@@ -24,7 +24,7 @@ __all__ = ["register", "run_daemon"]
 log = Logger(namespace="kei_gateway.daemon")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("run", help="run the gateway daemon in the foreground")
     parser.add_argument("--log-target", choices=("auto", "journal", "terminal"), default="auto",
                         help="where events go: journald, one line each on stderr, or auto "

@@ -7,18 +7,18 @@ import sys
 
 from kei_gateway.adapters.ledger import create_ledger_engine, current_revision, head_revision, upgrade
 from kei_gateway.cli import exitcodes
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 from kei_gateway.config import read_config
 
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("db", help="ledger database maintenance")
     db = parser.add_subparsers(dest="db_command", metavar="ACTION", parser_class=type(parser))
     up = db.add_parser("upgrade", help="migrate the ledger schema to the newest revision")
     up.set_defaults(func=db_upgrade)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def db_upgrade(args: argparse.Namespace) -> int:

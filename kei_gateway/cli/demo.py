@@ -92,7 +92,7 @@ DEMO_FILES = (DemoFile("payments-001.dat", 1000, 1), DemoFile("payments-002.dat"
               DemoFile("payments-003.dat", 1000, 3), DemoFile("payments-broken.dat", 200, 4, invalid_rate=0.03))
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("demo", help="run the gateway end to end on throwaway defaults (loopback, SQLite)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory for a look afterwards")
     parser.set_defaults(func=run_demo)

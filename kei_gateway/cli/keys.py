@@ -23,13 +23,13 @@ from kei_gateway.adapters.store.blobs import FileBlobStore, store_directory
 from kei_gateway.adapters.store.errors import BlobNotFound, BlobUnreadable, StoreKeyError
 from kei_gateway.adapters.store.keys import KEY_BYTES, keyring_from_config, parse_store_key
 from kei_gateway.cli import exitcodes
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 from kei_gateway.config import ConfigError, check_files, read_config
 
 __all__ = ["register", "rotate", "generate", "rotate_store", "RotationCounts"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("keys", help="store keys: rotate, generate")
     keys = parser.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(parser))
     rot = keys.add_parser(
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gen = keys.add_parser("generate", help="write a new store or audit key: 32 random bytes, mode 0600")
     gen.add_argument("--output", metavar="FILE", required=True, help="the key file to create (never overwritten)")
     gen.set_defaults(func=generate)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 class RotationCounts:

@@ -57,7 +57,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     layouts = sorted(LAYOUTS)
     validate = subparsers.add_parser(
         "validate", help="check a record file against a layout (no config file needed)",

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kei_gateway import __version__
 from kei_gateway.cli import exitcodes
@@ -58,6 +58,15 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n"
                                    f"Run '{self.prog} --help' for the commands and options.\n")
+
+
+def show_usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """What a sub-command given without its action runs: its help on stderr, exit 2."""
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return exitcodes.USAGE
+
+    return usage
 
 
 def _command_of(argv: Sequence[str]) -> str | None:

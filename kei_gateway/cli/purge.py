@@ -31,7 +31,7 @@ Exit status: 0 done (or, with --dry-run, planned); 1 something could not be eras
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "purge", help="erase the data past its retention now and write the deletion report (消去報告)",
         description="Run the daily purge now: erase payloads, inbox and quarantine files and ledger metadata "
@@ -54,7 +54,7 @@ def purge_command(args: argparse.Namespace) -> int:
     from kei_gateway.runtime.events import describe_error
     from kei_gateway.adapters.ledger import create_ledger_engine
     from kei_gateway.operations.purge import PurgeLedger, run_purge
-    from kei_gateway.operations.purge.service import audit_pruner
+    from kei_gateway.operations.purge.service import audit_pruner, purge_audit_writer
     from kei_gateway.adapters.store.errors import StoreError
     from kei_gateway.adapters.store.blobs import open_store
 
@@ -82,8 +82,9 @@ def purge_command(args: argparse.Namespace) -> int:
             print("the ledger has no transfers table; run 'kei-gateway db upgrade'", file=sys.stderr)
             return exitcodes.FAILED
         pruner = None if args.dry_run else audit_pruner(config, engine, os.environ, now, actor=actor)
-        outcome = run_purge(config, PurgeLedger(engine), store, now=now, dry_run=args.dry_run,
-                            audit_pruner=pruner, actor=actor)
+        ledger = PurgeLedger(engine)
+        ledger.audit_writer = None if args.dry_run else purge_audit_writer(config, engine, os.environ, actor=actor)
+        outcome = run_purge(config, ledger, store, now=now, dry_run=args.dry_run, audit_pruner=pruner, actor=actor)
     except (SQLAlchemyError, OSError) as error:
         print(f"the purge could not run: {describe_error(error)}", file=sys.stderr)
         return exitcodes.FAILED

@@ -23,7 +23,7 @@ __all__ = ["register", "reload_daemon"]
 DEFAULT_TIMEOUT = 60.0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "reload", help="signal the running daemon to reload its configuration and wait for its verdict "
                        "(the unit's ExecReload=; operators run 'systemctl reload kei-gateway')")

@@ -13,7 +13,7 @@ import sys
 
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli._args import save_csv
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 
 __all__ = ["register", "reconcile_command", "parse_day"]
 
@@ -46,7 +46,7 @@ def parse_day(text: str) -> datetime.date:
                                          "'today' or 'yesterday'") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("results", help="MPN payment results: reconcile 速報 against 確報")
     actions = parser.add_subparsers(dest="results_command", metavar="ACTION", parser_class=type(parser))
     check = actions.add_parser(
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     check.add_argument("--check", action="store_true",
                        help="exit 1 when something needs a person (see 'Exit status' below)")
     check.set_defaults(func=reconcile_command)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def _database_missing(url: str) -> str | None:

@@ -46,7 +46,7 @@ def _lines(text: str) -> frozenset[int]:
     return numbers
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = subparsers.add_parser("sim", help="run a peer simulator (WebDAV subset over mutual TLS) in the foreground")
     kinds = sim.add_subparsers(dest="simulator", metavar="PEER", parser_class=type(sim))
     jnks = kinds.add_parser(
@@ -126,7 +126,7 @@ _MPN_SHARES = (
 )
 
 
-def _register_mpn(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_mpn(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mpn = kinds.add_parser(
         "mpn", help="MPN 収納機関共同利用センター: takes slips under /slips/, answers with 速報/確報/取消 results",
         description="The MPN joint-use centre simulator: PUT /slips/<name>.part, MOVE to /slips/<name>; each "

@@ -22,7 +22,7 @@ from kei_gateway.adapters.ledger import (
     create_ledger_engine,
 )
 from kei_gateway.cli import exitcodes
-from kei_gateway.cli.main import config_path_from
+from kei_gateway.cli.main import config_path_from, show_usage
 from kei_gateway.config import read_config
 from kei_gateway.core.transfer import InvalidTransition
 from kei_gateway.core.transfer import TransferState
@@ -47,7 +47,7 @@ TRANSFER_ID = bounded_int("a transfer id", 2**63 - 1)
 """Transfer ids are the ledger's 64-bit integer keys; a larger number cannot name one."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = subparsers.add_parser("status", help="queue summary per flow and the transfers that need a person")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=show_status)
@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         if name == "cancel":
             action.add_argument("--reason", required=True, help="why (kept in the ledger)")
         action.set_defaults(func=change_transfer, action=name)
-    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), exitcodes.USAGE)[1])
+    parser.set_defaults(func=show_usage(parser))
 
 
 def operator_name(environ: Any = os.environ) -> str:
@@ -259,13 +259,21 @@ _AUDIT_EVENTS = {"retry": "operator.transfer_retried", "approve": "operator.tran
 
 
 def change_transfer(args: argparse.Namespace) -> int:
-    from kei_gateway.operations.audit import record_or_warn
+    """retry, approve, cancel: the change and its audit record commit in one transaction (issue 11); when the
+    audit trail cannot be opened (no key, no table) the change is still made and the gap said, as before."""
+    from kei_gateway.operations.audit import AuditError, record_or_warn
+    from kei_gateway.operations.audit.operator_action import journal_operator_action, operator_audit_log
 
     config = read_config(config_path_from(args))
     ledger = TransferLedger(create_ledger_engine(config.database_url, config.database.busy_timeout))
     target, allowed = _ACTIONS[args.action]
     now = datetime.now(timezone.utc)
     who = operator_name()
+    event = _AUDIT_EVENTS[args.action]
+    try:
+        audit_log = operator_audit_log(config, ledger.engine)
+    except AuditError:
+        audit_log = None  # record_or_warn below says why
     try:
         row = ledger.get(args.id)
         if row.state not in allowed:
@@ -279,7 +287,14 @@ def change_transfer(args: argparse.Namespace) -> int:
             fields["last_error"] = f"cancelled by {who}: {args.reason}"
         elif args.action == "retry":
             fields.update(next_attempt_at=None, attempts=0)
-        changed = _transition_from(ledger, row.id, allowed, target, now, fields)
+        audit_fields = {"transfer_id": row.id, "flow": row.flow, "peer": row.peer, "records": row.record_count,
+                        "sha256": row.sha256, "reason": getattr(args, "reason", None)}
+
+        def record(connection: Any) -> None:
+            if audit_log is not None:
+                audit_log.append_in(connection, event, audit_fields, now, actor=who)
+
+        changed = _transition_from(ledger, row.id, allowed, target, now, fields, record)
         if changed is None:
             now_state = ledger.get(row.id).state
             print(f"transfer {row.id} became {now_state} meanwhile (the daemon moved it); '{args.action}' applies to "
@@ -289,15 +304,22 @@ def change_transfer(args: argparse.Namespace) -> int:
     except (TransferNotFound, InvalidTransition) as error:
         print(error, file=sys.stderr)
         return exitcodes.FAILED
+    except AuditError as error:  # the record could not be chained: the change was rolled back with it
+        print(f"transfer {args.id} was not changed: its audit record could not be written: {error}", file=sys.stderr)
+        return exitcodes.FAILED
     print(f"transfer {row.id} is now {row.state} (by {who})")
-    record_or_warn(config, _AUDIT_EVENTS[args.action], transfer_id=row.id, flow=row.flow, peer=row.peer,
-                   records=row.record_count, sha256=row.sha256, reason=getattr(args, "reason", None))
+    if audit_log is not None:
+        journal_operator_action(event, who, audit_fields)
+    else:
+        record_or_warn(config, event, **audit_fields)
     return exitcodes.OK
 
 
 def _transition_from(ledger: TransferLedger, transfer_id: int, allowed: tuple[str, ...], target: TransferState,
-                     now: datetime, fields: dict[str, Any]) -> TransferRow | None:
-    """Move the transfer to *target* only if it is still in one of *allowed*, in one statement; None if it is not.
+                     now: datetime, fields: dict[str, Any],
+                     record: Callable[[Any], None] = lambda connection: None) -> TransferRow | None:
+    """Move the transfer to *target* only if it is still in one of *allowed*, in one statement, and *record* it
+    on the same connection before the commit; None if it is not.
 
     The state read before is stale: the daemon may have moved the transfer since (a
     RETRY_WAIT one to SENDING, and SENDING -> QUEUED is a legal move, so a plain
@@ -313,6 +335,8 @@ def _transition_from(ledger: TransferLedger, transfer_id: int, allowed: tuple[st
     with ledger.engine.begin() as connection:
         result = connection.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.state.in_(allowed))
                                     .values(state=target.value, updated_at=now, **fields))
+        if result.rowcount == 1:
+            record(connection)  # the UPDATE holds SQLite's write lock: the chain's head cannot move meanwhile
     if result.rowcount != 1:
         return None
     return ledger.get(transfer_id)

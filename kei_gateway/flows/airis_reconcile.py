@@ -43,6 +43,7 @@ from kei_gateway.adapters.spool import fsync_directory, publish, write_durable
 from kei_gateway.core.transfer import TransferState
 from kei_gateway.layouts.encoding import GaijiPolicy
 from kei_gateway.layouts.gaiji import GaijiFallback, apply_gaiji_policy
+from kei_gateway.runtime import events
 from kei_gateway.runtime.crashpoints import crashpoint
 
 if TYPE_CHECKING:
@@ -653,7 +654,7 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
             found_row = ledger.add_transfer(
                 flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.DONE, size=len(content),
                 sha256=digest, record_count=0, blob_id=blob.blob_id, now=at, remote_name=remote_name,
-                source_removed=False)
+                source_removed=False, audit=_stored_record("input", digest, 0))
         inputs.append(found_row)
     crashpoint("airis.inputs-recorded")
     stem = _stem(lg_code, at)
@@ -676,10 +677,16 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
         outcome.append(ledger.add_transfer(  # VALIDATED until published, as the inbound relays: never purged before
             flow=FLOW, direction="in", peer=PEER, local_name=name, state=TransferState.VALIDATED, size=blob.size,
             sha256=blob.sha256, record_count=len(result.rows) if is_dat else 0, blob_id=blob.blob_id, now=now,
-            audit=(RECONCILED_EVENT, audit_fields(result)) if is_dat else None))
+            audit=(RECONCILED_EVENT, audit_fields(result)) if is_dat else _stored_record("result", blob.sha256, 0)))
     crashpoint("airis.recorded")
     return _finish(paths, ledger, store, inputs, outcome[::-1], now, note_erased, resumed=False,
                    counts=result.counts)
+
+
+def _stored_record(role: str, sha256: str | None, records: int) -> tuple[str, dict[str, object]]:
+    """The record committed with an input's or a ``.csv``/``.txt`` result's transfer (issue 11: no transfer
+    without a record; the ``.dat``'s is the run's own, ``airis.reconciled``)."""
+    return events.AIRIS_STORED.name, {"flow": FLOW, "sha256": sha256, "records": records, "reason": role}
 
 
 def _run_time(recent: Sequence[TransferRow], pending: Sequence[TransferRow], now: datetime.datetime) -> datetime.datetime:

@@ -25,6 +25,7 @@ from kei_gateway.config import Config
 from kei_gateway.runtime import events
 from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
 from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
+from kei_gateway.operations.audit.spool import spool_path
 
 __all__ = ["StartFailed", "Prepared", "prepare", "serve", "start"]
 
@@ -55,6 +56,7 @@ class Prepared:
 def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     """Migrate and open the ledger, open the audit trail and the store, requeue cut-off sends; or :class:`StartFailed`."""
     from kei_gateway.operations.audit import AuditError, AuditLog, audit_key_from_config
+    from kei_gateway.operations.audit.spool import recover_pending
 
     events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
     notifier.notify("STATUS=Migrating the ledger database")
@@ -70,6 +72,15 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     except AuditError as error:
         events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: {error}")
         raise StartFailed(usage=True) from error
+    try:
+        chained, known = recover_pending(spool_path(config.gateway.state_dir), audit_log)
+    except Exception as error:  # the database went away since the migration, or the file is unreadable
+        events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: the records left by the last run: "
+                                                      f"{events.describe_error(error)}")
+        raise StartFailed(usage=False) from error
+    if chained:
+        events.emit(log, events.MESSAGE, text=f"{chained} audit record(s) the last run had not chained yet are "
+                                              f"chained now ({known} were already)")
     try:
         store = open_store(config)
         store.recover()
@@ -101,7 +112,8 @@ def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, obs
 
     gateway = make_service(config, reactor, prepared.ledger, notifier=notifier, environ=os.environ,
                            watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=prepared.schema,
-                           store=prepared.store, audit=audit, audit_log=prepared.audit_log)
+                           store=prepared.store, audit=audit, audit_log=prepared.audit_log,
+                           audit_spool=spool_path(config.gateway.state_dir))
 
     def start_failed(failure: Any) -> None:
         events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")

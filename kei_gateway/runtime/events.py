@@ -380,6 +380,15 @@ PURGE_MISSED = _event(
     "None needed; check that the purge.done event follows.",
     "対応は不要です。続いて purge.done が記録されることを確認してください。",
 )
+PURGE_ERASED = _event(
+    "purge.erased", "711b7d54eb924ea594cb844723fd64cf", LogLevel.info,
+    "purge erased {area} of transfer {transfer_id}: {reason}",
+    "An audit record only (not logged): the purge erased a transfer's stored payload, or the transfer's ledger "
+    "metadata, in the transaction that records it; the day's deletion report lists the same item.",
+    "監査記録のみ（ログには出力しません）：日次消去で転送の保管データまたは台帳メタデータを消去し、"
+    "その消去と同じトランザクションで記録しました。当日の消去報告にも同じ項目が記載されています。",
+    "None needed.", "対応は不要です。",
+)
 PURGE_BY_OPERATOR = _event(
     "operator.purged", "71d6bc6692f6490680cf38515ed051f0", LogLevel.info,
     "purge run by {actor} with 'kei-gateway purge': {files} item(s) erased; report {report}",
@@ -499,6 +508,15 @@ AIRIS_RECONCILED = _event(
     "AIRIS 突合を実行しました。小型二輪の課税台帳を AIRIS の車検証情報と突合し、結果（.dat・.csv・.txt）を出力しました（区分ごとの件数のみ記録し、個人情報は記録しません）。",
     "The tax division reviews the rows of categories 02–08 (docs/airis.md says what to do with each) before the 小型二輪 are registered in 軽JNKS.",
     "税務課は区分 02〜08 の行を確認してください（各区分の対応は docs/airis.md）。確認後に小型二輪を軽JNKSへ登録します。",
+)
+AIRIS_STORED = _event(
+    "airis.stored", "5967e760aea94b66945f881a9e9f500e", LogLevel.info,
+    "{flow}: {role} stored encrypted as transfer {transfer_id}",
+    "An audit record only (not logged): an AIRIS 突合 input or result was stored encrypted and recorded as a "
+    "transfer, in the transaction that records it (airis.reconciled or airis.rejected says what the run did).",
+    "監査記録のみ（ログには出力しません）：AIRIS 突合の入力または結果を暗号化して保管し、転送として記録しました"
+    "（同じトランザクションで記録）。実行結果は airis.reconciled または airis.rejected に記録されます。",
+    "None needed.", "対応は不要です。",
 )
 AIRIS_REJECTED = _event(
     "airis.rejected", "29df13f18f704fec9bc3be68fc7c00c4", LogLevel.warn,

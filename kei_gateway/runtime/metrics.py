@@ -32,7 +32,8 @@ class GatewayMetrics:
         self.build_info.labels(version=__version__).set(1)
         self.denied_connections = Counter(
             "kei_gateway_denied_connections_total",
-            "Connections refused by a listener, by reason (address: outside the allow-list).",
+            "Connections and requests refused by a listener, by reason (address: outside the allow-list; the push "
+            "listener's reasons are in docs/push.md).",
             ["listener", "reason"], registry=registry)
         self.certificate_expiry = Gauge(
             "kei_gateway_certificate_expiry_timestamp_seconds",

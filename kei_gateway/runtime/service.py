@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from functools import partial
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,9 @@ from kei_gateway.flows.outbound.held import HeldWatch
 from kei_gateway.flows.outbound.sender import SEND_POLL_INTERVAL, UploadSender
 from kei_gateway.operations.audit import AuditLog
 from kei_gateway.operations.audit.observer import VERIFY_INTERVAL, AuditObserver, verify_now
+from kei_gateway.operations.audit.operator_action import record_from_fields
+from kei_gateway.operations.audit.log import DAEMON_ACTOR
+from kei_gateway.operations.audit.spool import AuditSpool
 from kei_gateway.operations.certificates import CertificateWatch
 from kei_gateway.operations.purge.execute import append_input_erasures, reports_directory
 from kei_gateway.operations.status import StatusLine
@@ -137,6 +141,8 @@ class GatewayService(service.MultiService):
         self.audit: AuditObserver | None = None
         self.audit_log: AuditLog | None = None
         """The audit trail (docs/audit.md): the observer starts writing at start and is flushed last at stop."""
+        self.audit_spool: AuditSpool | None = None
+        """Where the observer's records wait until chained (they survive kill -9): the daemon's pending file."""
 
     # -- start and stop ---------------------------------------------------
 
@@ -149,7 +155,7 @@ class GatewayService(service.MultiService):
             if pool is not None:
                 pool.start()
         if self.audit is not None and self.audit_log is not None:
-            self.audit.start(self.audit_log, self.blocking, self.metrics)
+            self.audit.start(self.audit_log, self.blocking, self.metrics, spool=self.audit_spool)
         super().startService()
         # The certificate is read before READY=1, so /readyz and the expiry metric are right from the start.
         waits: list[defer.Deferred[Any]] = [listener.listening for listener in self.listeners]
@@ -178,7 +184,8 @@ class GatewayService(service.MultiService):
         events.emit(self.log, events.DAEMON_STOPPING)
         if self.watchdog is not None:
             self.watchdog.stop()
-        stopped: defer.Deferred[Any] = defer.maybeDeferred(super().stopService)  # type: ignore[arg-type]
+        stopping = super().stopService
+        stopped: defer.Deferred[Any] = defer.maybeDeferred(lambda: stopping())
 
         def stop_pool(result: object) -> object:
             # Only now: until every service has finished, its last ledger writes still need the pool.
@@ -209,9 +216,12 @@ class GatewayService(service.MultiService):
         """SIGHUP: re-read *path*; apply what can change live, or keep the old config."""
         self.notifier.notify(reloading_message())
 
-        def loaded(new: Config) -> bool:
-            self.apply(new)
-            return True
+        def loaded(new: Config) -> defer.Deferred[bool]:
+            def apply(recorded: bool) -> bool:
+                self.apply(new, audit_recorded=recorded)
+                return True
+
+            return self._record_reload_first(new).addCallback(apply)
 
         refusal: list[str] = []
 
@@ -230,6 +240,22 @@ class GatewayService(service.MultiService):
         d = self.blocking.run(load_config, path, self.environ)
         return d.addCallbacks(loaded, failed).addCallback(done)
 
+    def _record_reload_first(self, new: Config) -> defer.Deferred[bool]:
+        """Chain ``config.reloaded`` before the new configuration takes effect (issue 11: a kill -9 cannot leave
+        a reload without its record); False when there is no audit trail or it cannot be written now (the
+        event's record then goes through the observer, whose pending file survives a kill)."""
+        if self.audit_log is None:
+            return defer.succeed(False)
+        audit_log = self.audit_log
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        reason = f"changes: {', '.join(describe_changes(self.config, new)) or 'no live changes'}"
+        pending = restart_needed(self.config, new)
+        if pending:
+            reason += f"; after a restart: {', '.join(pending)}"
+        record = record_from_fields(events.CONFIG_RELOADED.name, DAEMON_ACTOR, now, {"reason": reason})
+        d = self.blocking.run(audit_log.append, record)
+        return d.addCallbacks(lambda _: True, lambda failure: False)
+
     def _record_reload(self, accepted: bool, reason: str) -> defer.Deferred[bool] | bool:
         """Write the verdict where ``kei-gateway reload`` (the unit's ExecReload=) waits for it."""
         if self._reload_outcome_path is None:
@@ -245,26 +271,35 @@ class GatewayService(service.MultiService):
         d = self.blocking.run(write_outcome, path, outcome)
         return d.addErrback(unwritten).addCallback(lambda _: accepted)
 
-    def apply(self, new: Config) -> list[str]:
-        """Switch to *new*; return the keys that need a restart to take effect."""
+    def apply(self, new: Config, audit_recorded: bool = False) -> list[str]:
+        """Switch to *new*; return the keys that need a restart to take effect.
+
+        *audit_recorded*: ``config.reloaded`` was chained already (:meth:`reload_from`)."""
         old, self.config = self.config, new
         self.status.extra = ""
         self.on_log_level(new.gateway.log_level)
         pending = restart_needed(old, new)
         if pending:
             events.emit(self.log, events.CONFIG_RESTART_NEEDED, keys=", ".join(pending))
-        changes = []
-        if old.listeners.metrics.allow != new.listeners.metrics.allow:
-            changes.append("metrics allow-list")
-        if old.gateway.log_level != new.gateway.log_level:
-            changes.append(f"log level {new.gateway.log_level}")
-        if dict(old.peers) != dict(new.peers):
-            changes.append("peers")
+        changes = describe_changes(old, new)
         for sender in self.senders:
             sender.resume()  # whatever was paused for a person is tried again with the new settings
         self.export_queue_age_limits()
-        events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes")
+        events.emit(self.log, events.CONFIG_RELOADED, config_path=new.source, changes=", ".join(changes) or "no live changes",
+                    audit_recorded=audit_recorded)
         return pending
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """What a reload from *old* to *new* applies live, for the log line and the audit record."""
+    changes = []
+    if old.listeners.metrics.allow != new.listeners.metrics.allow:
+        changes.append("metrics allow-list")
+    if old.gateway.log_level != new.gateway.log_level:
+        changes.append(f"log level {new.gateway.log_level}")
+    if dict(old.peers) != dict(new.peers):
+        changes.append("peers")
+    return changes
 
 
 class _Relays:
@@ -292,7 +327,8 @@ class _Relays:
             ledger = cast(TransferLedger, self.ledger)
             relay = ResultRelay(
                 inbox_dir=config.spool_path(inbox), marker=bool(settings and settings.marker),
-                lg_code=config.gateway.lg_code, ledger=self.ledger, results=ResultLedger(ledger.engine),
+                lg_code=config.gateway.lg_code, ledger=self.ledger,
+                results=ResultLedger(ledger.engine, audit_writer=ledger.audit_writer),
                 keyer=ResultKeyer.from_keyring(keyring), store=self.store, blocking=self.blocking,
                 clock=gateway.clock, metrics=self.metrics,
                 unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
@@ -314,12 +350,13 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                  store: BlobStore | None = None, use_inotify: bool = True,
                  client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None,
                  audit: AuditObserver | None = None, audit_log: AuditLog | None = None,
-                 ) -> GatewayService:
+                 audit_spool: str | None = None) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
     The caller owns the reactor and the process; everything the tree needs is
     passed in, so tests build it with a fake clock, a synchronous blocking door,
-    a recording notifier and their own registry.
+    a recording notifier and their own registry. *audit_spool* is the path of the observer's
+    pending file (:mod:`kei_gateway.operations.audit.spool`; the daemon passes it).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
@@ -415,6 +452,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     # after each daily purge (kei_gateway_audit_chain_ok); without a purge service, every 24 h.
     if audit is not None and audit_log is not None:
         gateway.audit, gateway.audit_log = audit, audit_log
+        gateway.audit_spool = AuditSpool(audit_spool) if audit_spool is not None else None
 
         def verify_audit_chain() -> defer.Deferred[Any]:
             return verify_now(audit_log, blocking, metrics, clock=reactor)

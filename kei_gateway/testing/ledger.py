@@ -246,8 +246,12 @@ class InMemoryResultLedger:
         self.ledger._check()
         return {result.identity_key for result in self.results if result.transfer_id == transfer_id}
 
+    @property
+    def records_audit(self) -> bool:
+        return self.ledger.records_audit
+
     def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool) -> None:
+                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None) -> None:
         if len({r.identity_key for r in results}) != len(results):
             raise ValueError("results repeat an identity; keep the first of each (see fresh_results)")
         recorded_at = _utc(now)
@@ -260,13 +264,11 @@ class InMemoryResultLedger:
         if every_key & recorded:
             raise DuplicateResult(transfer_id)
         self.results.extend(StoredResult(
-            identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
-            channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
-            received_at=_utc(r.received_at).astimezone(JST), slip_hint=r.slip_hint, transfer_id=transfer_id,
+            **{**r.kept(), "received_at": _utc(r.received_at).astimezone(JST)}, transfer_id=transfer_id,
             relay_name=relay_name, recorded_at=recorded_at) for r in chosen)
         fields: dict[str, Any] = {"relay_name": relay_name, "receipt_summary": summary}
         if done:
-            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, **fields)
+            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, **fields)
         else:
             self.ledger.update(transfer_id, recorded_at, **fields)
 
@@ -292,10 +294,10 @@ class InMemoryResultLedger:
         if relay.pending:
             self.record_relay(transfer_id, relay.pending, relay_name, now, relay.summary, done=False)
         else:
-            self.record_relay(transfer_id, [], None, now, relay.summary, done=True)
+            self.record_relay(transfer_id, [], None, now, relay.summary, done=True, audit=relay.audit)
 
-    def finish_relay(self, transfer_id: int, now: datetime) -> None:
-        self.ledger.transition(transfer_id, TransferState.DONE, now)
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
+        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit)
 
     def _sorted(self, results: Iterable[StoredResult]) -> list[StoredResult]:
         return sorted(results, key=lambda r: r.received_at)
@@ -326,6 +328,7 @@ class _InMemoryRelay:
         self._results = results
         self.pending: list[ResultFacts] = []
         self.summary = ""
+        self.audit: AuditEvent | None = None
         self.finished = False
 
     def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
@@ -336,7 +339,7 @@ class _InMemoryRelay:
         self.pending.extend(fresh)
         return fresh
 
-    def finish(self, summary: str) -> bool:
-        self.summary = summary
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        self.summary, self.audit = summary, audit
         self.finished = True
         return bool(self.pending)

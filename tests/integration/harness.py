@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from kei_gateway.sim.harness import (
@@ -118,6 +119,22 @@ def start_daemon(files: GatewayFiles, *, log_target: str = "terminal", watchdog_
     if out is not None:
         out.close()
     return DaemonProcess(process, notify, files, stderr_path)
+
+
+def run_until_killed(files: GatewayFiles, point: str, act: Callable[[], object], timeout: float = 120.0,
+                     crash_at: str | None = None) -> None:
+    """Start the daemon armed to SIGKILL itself at crash *point* (``$KEI_GATEWAY_CRASH_AT`` = *crash_at*, default
+    *point*), do *act* once it is ready, and wait until it has been killed there (asserted, with its stderr)."""
+    from kei_gateway.runtime.crashpoints import CRASH_ENV
+
+    crashing = start_daemon(files, extra_env={CRASH_ENV: crash_at or point})
+    try:
+        crashing.notify.wait_for("READY=1")
+        act()
+        code = crashing.process.wait(timeout=timeout)
+    finally:
+        crashing.notify.close()
+    assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
 
 
 @dataclass

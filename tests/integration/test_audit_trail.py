@@ -83,3 +83,49 @@ def test_when_the_daemon_runs_a_jnks_flow_then_the_audit_chain_records_it_and_ve
     assert "接続拒否 (denied connections): 1" in report.stdout and "127.0.0.2" in report.stdout
     assert "隔離 (quarantined files): 1" in report.stdout
     assert "承認 (approved)" in report.stdout and "ope-dummy" in report.stdout
+
+
+def test_when_killed_before_a_denial_is_chained_then_the_next_start_chains_it_once(tmp_path: Path) -> None:
+    """Issue 11: a denied connection has no ledger transaction; its record waits in audit-pending.jsonl, which a
+    kill -9 cannot undo, and the next start chains it. The ledger's write lock is held by the test meanwhile,
+    so the observer cannot chain it before the kill (the kill always finds it pending)."""
+    import sqlite3
+
+    files = make_gateway_files(tmp_path)
+    pending = files.base / "state" / "audit-pending.jsonl"
+    daemon = start_daemon(files)
+    try:
+        daemon.notify.wait_for("READY=1")
+        blocker = sqlite3.connect(files.base / "state" / "ledger.sqlite3", timeout=30, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the observer's next batch waits behind this lock
+            with socket.create_connection(("127.0.0.1", files.metrics_port), timeout=10,
+                                          source_address=("127.0.0.2", 0)) as denied:
+                denied.settimeout(10)
+                assert denied.recv(1) == b""
+            poll_until(lambda: b'"listener.denied"' in pending.read_bytes() or None, 30, "the denial in the pending file",
+                       lambda: daemon.stderr()[-2000:])
+            daemon.process.kill()
+            assert daemon.process.wait(timeout=30) == -9
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    finally:
+        daemon.notify.close()
+
+    again = start_daemon(files)
+    try:
+        again.notify.wait_for("READY=1")
+        assert "audit record(s) the last run had not chained yet are chained now" in again.stderr()
+    finally:
+        assert again.stop() == 0, again.stderr()[-3000:]
+    config = read_config(str(files.config))
+    engine = create_ledger_engine(config.database_url)
+    try:
+        records = [s.record for s in AuditLog(engine, audit_key_from_config(config)).iter_records()]
+    finally:
+        engine.dispose()
+    denials = [r for r in records if r.event == "listener.denied"]
+    assert [(r.listener, r.source) for r in denials] == [("metrics", "127.0.0.2")]
+    verified = cli(files.config, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

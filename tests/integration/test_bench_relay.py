@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +24,32 @@ def test_when_the_relay_benchmark_runs_quick_then_it_relays_every_batch_prints_i
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert int(cells[3]) > 0 and cells[6] == "0", row  # batches accepted (201), none left unrelayed
     assert "- sustained throughput:" in result.stdout
+
+
+@pytest.mark.timeout(1800)
+def test_when_a_maximum_size_push_is_relayed_then_the_daemons_peak_rss_stays_under_150_mb() -> None:
+    """Issue 11: a 1,000,000-result push (258 MB) relayed with the daemon's peak RSS under 150 MB (it was 3.7 GB).
+
+    ``bench/relay.py --max-push`` pushes 10,000 results, then 1,000,000, into a real daemon and
+    waits for each relayed file in the inbox (it exits non-zero if a push is not answered
+    ``201`` or its file does not come); the peak is the daemon's ``VmHWM``. Memory, not time,
+    is checked: it does not depend on the machine's load.
+    """
+    # Its own session, so that nothing it started (the daemon) outlives a failure or a timeout here.
+    bench = subprocess.Popen([sys.executable, str(BENCH), "--max-push"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = bench.communicate(timeout=1700)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    result = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in result.stdout.splitlines()
+                                          if line.startswith(("| baseline |", "| maximum |")))}
+    assert rows["maximum"][1] == "1,000,000" and rows["maximum"][2] == "258,000,000", result.stdout
+    peak_mb = {label: int(cells[5]) for label, cells in rows.items()}
+    assert peak_mb["maximum"] < 150, result.stdout
+    assert peak_mb["maximum"] - peak_mb["baseline"] < 32, "memory grows with the push's size: " + result.stdout

@@ -11,15 +11,16 @@ nothing sent twice, nothing left in the outbox and no plaintext in its state.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
+from kei_gateway.runtime.crashpoints import POINTS
+from tests.integration.audit_checks import assert_every_action_recorded
 from tests.integration.conftest import poll_until
-from tests.integration.harness import GatewayFiles, make_gateway_files, start_daemon, start_jnks_sim
+from tests.integration.harness import make_gateway_files, run_until_killed, start_daemon, start_jnks_sim
 from tests.integration.test_jnks_flow import drop, dummy_file, transfers
 
 pytestmark = pytest.mark.integration
@@ -36,14 +37,13 @@ QUARANTINE_POINTS = [p for p in POINTS if p.startswith("ingest.quarantine-")]
 """The points of a refused file's quarantine."""
 
 
-def assert_each_ingest_recorded_once(files: GatewayFiles, event: str, expected: int, point: str) -> None:
-    """Every outbound transfer has exactly one audit record of *event* (its ingest, its delivery), and no such record
-    lacks its transfer: the record is committed with the action (issue 11), so no crash point can separate them."""
-    with sqlite3.connect(files.base / "state" / "ledger.sqlite3") as db:
-        transfers = sorted(row[0] for row in db.execute("SELECT id FROM transfers WHERE direction = 'out'"))
-        recorded = sorted(row[0] for row in db.execute("SELECT transfer_id FROM audit WHERE event = ?", (event,)))
-    assert len(transfers) == expected and recorded == transfers, \
-        f"after a crash at {point}: transfers {transfers}, {event} records for {recorded}"
+def assert_no_plaintext(roots: list[Path], payloads: Iterable[bytes]) -> None:
+    """No file under *roots* holds the first record of any of *payloads* in clear."""
+    for path in (p for root in roots for p in root.rglob("*")):
+        if path.is_file():
+            content = path.read_bytes()
+            for data in payloads:
+                assert data[:70] not in content, f"plaintext record in {path}"
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -57,15 +57,7 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
         records = LARGE if point == "ingest.reading" else SMALL
         sent = {f"pay-{run}-{n}.dat": dummy_file(records, seed=100 * run + n) for n in range(FILES)}
 
-        crashing = start_daemon(files, extra_env={CRASH_ENV: point})
-        try:
-            crashing.notify.wait_for("READY=1")
-            for name, data in sent.items():
-                drop(files, name, data)
-            code = crashing.process.wait(timeout=120)
-        finally:
-            crashing.notify.close()
-        assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
+        run_until_killed(files, point, lambda: [drop(files, name, data) for name, data in sent.items()])
 
         daemon = start_daemon(files)
         try:
@@ -87,20 +79,16 @@ def test_when_killed_at_a_step_then_after_restart_each_file_reaches_the_peer_exa
             receipts = sorted(p.name for p in inbox.glob("*.result"))
             assert len(receipts) == FILES and sorted(p.name + ".result" for p in upload.glob("*.dat")) == receipts
             assert list((files.base / "spool" / "outbox" / "jnks").iterdir()) == []
-            for path in (files.base / "state").rglob("*"):
-                if path.is_file():
-                    content = path.read_bytes()
-                    for data in sent.values():
-                        assert data[:70] not in content, f"plaintext record in {path}"
+            assert_no_plaintext([files.base / "state"], sent.values())
             listing = subprocess.run(
                 [__import__("sys").executable, "-m", "kei_gateway", "-c", str(files.config), "status"],
                 capture_output=True, text=True, timeout=60, check=True).stdout
             assert "Queue: empty" in listing
-            assert_each_ingest_recorded_once(files, "ingest.queued", FILES, point)
-            assert_each_ingest_recorded_once(files, "transfer.sent", FILES, point)
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()
+        ledger = assert_every_action_recorded(files, point)
+        assert sum(1 for direction, *_ in ledger.transfers.values() if direction == "out") == FILES
     finally:
         sim.stop()
 
@@ -115,15 +103,7 @@ def test_when_killed_while_quarantining_then_after_restart_each_refused_file_is_
     try:
         files.write_jnks_config(sim.url)
         refused = {"bad.dat": dummy_file(SMALL, seed=7, invalid_rate=1.0), "納付.dat": b"A\r\n" * 3}
-        crashing = start_daemon(files, extra_env={CRASH_ENV: point})
-        try:
-            crashing.notify.wait_for("READY=1")
-            for name, data in refused.items():
-                drop(files, name, data)
-            code = crashing.process.wait(timeout=120)
-        finally:
-            crashing.notify.close()
-        assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
+        run_until_killed(files, point, lambda: [drop(files, name, data) for name, data in refused.items()])
 
         daemon = start_daemon(files)
         try:
@@ -136,14 +116,10 @@ def test_when_killed_while_quarantining_then_after_restart_each_refused_file_is_
             quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
             listed = sorted(p.name for p in quarantine.iterdir())
             assert len(listed) == len(refused) and all(n.endswith(".errors.txt") for n in listed), listed
-            for path in [*quarantine.rglob("*"), *(files.base / "state").rglob("*")]:
-                if path.is_file():
-                    content = path.read_bytes()
-                    for data in refused.values():
-                        assert data[:70] not in content, f"plaintext of a refused file in {path}"
-            assert_each_ingest_recorded_once(files, "ingest.quarantined", len(refused), point)
+            assert_no_plaintext([quarantine, files.base / "state"], refused.values())
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()
+        assert_every_action_recorded(files, point)
     finally:
         sim.stop()

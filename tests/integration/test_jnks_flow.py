@@ -166,6 +166,31 @@ def test_when_an_invalid_file_arrives_then_it_is_quarantined_and_the_daemon_keep
         daemon.notify.close()
 
 
+def test_when_a_file_is_over_max_file_size_then_the_daemon_refuses_it_unread_and_sends_the_one_beside_it(
+        setup: tuple[GatewayFiles, SimProcess]) -> None:
+    files, sim = setup
+    small = dummy_file(20, seed=5)  # 1,400 bytes: the limit is 1,470 (at least "1KiB")
+    files.write_jnks_config(sim.url, **{'state_dir = ': f'max_file_size = "{len(small) + 70}B"\nstate_dir = '})
+    daemon = run_daemon(files)
+    try:
+        big = dummy_file(100, seed=6)
+        drop(files, "big.dat", big)
+        drop(files, "good.dat", small)
+        quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
+        poll_until(lambda: (quarantine / "big.dat.errors.txt").exists() or None, 30, "the errors file of big.dat")
+        poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "good.dat sent")
+        errors = (quarantine / "big.dat.errors.txt").read_text(encoding="utf-8")
+        assert f"{len(big)} bytes, larger than [gateway] max_file_size ({len(small) + 70} bytes)" in errors
+        assert sorted(os.listdir(quarantine)) == ["big.dat.errors.txt"], "nothing of it is kept"
+        assert not (files.base / "spool" / "outbox" / "jnks" / "big.dat").exists()
+        by_name = {t["local_name"]: t for t in transfers(files)}
+        assert (by_name["big.dat"]["state"], by_name["big.dat"]["size"]) == ("QUARANTINED", len(big))
+        assert len(list((sim.root / "upload").glob("*.dat"))) == 1
+    finally:
+        assert daemon.stop() == 0
+        daemon.notify.close()
+
+
 def test_when_jnks_answers_then_the_receipt_is_relayed_to_the_inbox_deleted_there_and_counted(
         tmp_path: Path) -> None:
     files = make_gateway_files(tmp_path)

@@ -10,7 +10,8 @@ The relay points run twice: with the 速報 pushed (many of them also left for p
 file both ways) and with everything pulled. The simulator keeps delivering while the daemon
 is down (its pushes are retried, then left in ``results/``). Then the daemon is started
 again, unarmed, and every distinct result of the simulator's ground truth must be in the
-inbox exactly once, nothing left at the peer or staged, every transfer ``DONE``.
+inbox exactly once, nothing left at the peer or staged, every transfer ``DONE``, and every action
+(ingest, send, push accepted, relay) has exactly one audit record and no such record lacks its action.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from kei_gateway.runtime.crashpoints import CRASH_ENV, POINTS
+from kei_gateway.runtime.crashpoints import POINTS
 from kei_gateway.sim.harness import free_port
-from tests.integration.harness import make_gateway_files, start_daemon, start_mpn_sim
+from tests.integration.audit_checks import assert_every_action_recorded
+from tests.integration.harness import make_gateway_files, run_until_killed, start_daemon, start_mpn_sim
 from tests.integration.test_jnks_flow import transfers
 from tests.integration.test_mpn_flow import (
     drop_slips, inbox_dir, relayed_files, remote_results, slips_file, truth_of, wait_until_relayed,
@@ -62,14 +64,8 @@ def test_when_killed_at_a_step_then_after_restart_each_result_is_relayed_exactly
     sim = start_mpn_sim(files, push_port, *COMMON, *DELIVERY[mode])
     try:
         files.write_mpn_config(sim.url, push_port)
-        crashing = start_daemon(files, extra_env={CRASH_ENV: f"{point}@2"})
-        try:
-            crashing.notify.wait_for("READY=1")
-            drop_slips(files, "slips-crash.dat", slips_file(SLIPS, seed=23))
-            code = crashing.process.wait(timeout=CRASH_TIMEOUT)
-        finally:
-            crashing.notify.close()
-        assert code == -9, f"the daemon should have been killed at {point}; stderr:\n{crashing.stderr()[-3000:]}"
+        run_until_killed(files, point, lambda: drop_slips(files, "slips-crash.dat", slips_file(SLIPS, seed=23)),
+                         CRASH_TIMEOUT, crash_at=f"{point}@2")
 
         daemon = start_daemon(files)
         try:
@@ -102,5 +98,8 @@ def test_when_killed_at_a_step_then_after_restart_each_result_is_relayed_exactly
         finally:
             assert daemon.stop() == 0
             daemon.notify.close()
+        ledger = assert_every_action_recorded(files, f"{point} ({mode})")
+        if mode == "push":
+            assert any(pushed for *_, pushed in ledger.transfers.values()), "some results file came by push"
     finally:
         sim.stop()

@@ -40,7 +40,8 @@ from tests.integration.harness import GatewayFiles, make_gateway_files, start_da
 from tests.integration.test_jnks_flow import drop, transfers
 from tests.integration.test_mpn_flow import drop_slips, inbox_dir, wait_until_relayed
 
-pytestmark = [pytest.mark.integration,
+# Every flow end to end in one test: about 40 s idle, 100 s at load 5, so the suite's 120 s would cut it short.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(360),
               pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")]
 
 JST = datetime.timezone(datetime.timedelta(hours=9))

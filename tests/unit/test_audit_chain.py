@@ -532,3 +532,109 @@ def test_when_a_transfer_is_delivered_then_its_record_commits_with_done(log: Aud
     last = list(log.iter_records())[-1].record
     assert (last.event, last.transfer_id, last.peer, last.count) == ("transfer.sent", row.id, "jnks", 1)
     assert ledger.get(row.id).state == TransferState.DONE and log.verify().ok
+
+
+# --- issue 11, the rest: relays, purge erasures and operators' changes commit with their records -----------
+
+def _done_with_blob(ledger: Any, n: int) -> Any:
+    from kei_gateway.core.transfer import TransferState
+
+    return ledger.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name=f"r{n}.dat",
+                               state=TransferState.VALIDATED, size=70, sha256=f"{n:064x}", record_count=1,
+                               blob_id=f"blob-{n}", now=NOW)
+
+
+def test_when_a_results_relay_makes_its_transfer_done_then_the_relay_record_commits_with_it(
+        log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.adapters.ledger import TransferLedger
+    from kei_gateway.adapters.ledger.results import ResultLedger
+
+    ledger = TransferLedger(engine)
+    results = ResultLedger(engine, audit_writer=log.append_in)
+    assert results.records_audit
+    only_repeats, staged = _done_with_blob(ledger, 1), _done_with_blob(ledger, 2)
+    results.record_relay(only_repeats.id, [], None, NOW, "新規 0, 重複 3", done=True,
+                         audit=("results.relayed", {"flow": "mpn-results", "records": 0, "duplicates": 3}))
+    results.record_relay(staged.id, [], "x.dat", NOW, "decided", done=False,
+                         audit=("results.relayed", {"flow": "mpn-results", "records": 2}))  # not DONE: no record
+    assert [r.record.transfer_id for r in log.iter_records() if r.record.event == "results.relayed"] == [only_repeats.id]
+    results.finish_relay(staged.id, NOW, audit=("results.relayed", {"flow": "mpn-results", "records": 2}))
+    relayed = [r.record for r in log.iter_records() if r.record.event == "results.relayed"]
+    assert [(r.transfer_id, r.count) for r in relayed] == [(only_repeats.id, 0), (staged.id, 2)]
+    assert log.unrecorded_transfers() == (0, []) and log.verify().ok
+
+
+def test_when_the_purge_erases_a_payload_and_ledger_rows_then_each_erasure_commits_with_its_record(
+        log: AuditLog, engine: Engine) -> None:
+    from kei_gateway.core.transfer import TransferState
+    from kei_gateway.operations.purge.execute import PurgeLedger
+
+    ledger = PurgeLedger(engine)
+    ledger.audit_writer = log.append_in
+    rows = [_done_with_blob(ledger, n) for n in (1, 2)]
+    for row in rows:
+        ledger.transition(row.id, TransferState.DONE, NOW)
+    assert ledger.forget_blob(rows[0].id, "blob-1", ("DONE",), NOW, reason="retention.payloads")
+    assert not ledger.forget_blob(rows[0].id, "blob-1", ("DONE",), NOW, reason="again")  # nothing erased: no record
+    deleted, _ = ledger.delete_transfers([row.id for row in rows], NOW + timedelta(days=1), NOW)
+    assert deleted == [row.id for row in rows]
+    erased = [(r.record.transfer_id, r.record.reason) for r in log.iter_records() if r.record.event == "purge.erased"]
+    assert erased == [(rows[0].id, "store: retention.payloads"),
+                      (rows[0].id, "ledger: ledger metadata past retention.ledger (2026-11-22)"),
+                      (rows[1].id, "ledger: ledger metadata past retention.ledger (2026-11-22)")]
+    assert log.verify().ok
+
+
+def test_when_ingests_relays_purges_and_batches_append_from_several_threads_then_each_is_chained_once(
+        log: AuditLog, engine: Engine) -> None:
+    """The chain's head stays serialised (SQLite's write lock, PostgreSQL's row lock) whichever transaction
+    writes the record: a transfer's, a relay's, a purge's, or the observer's own batch."""
+    import threading
+
+    from kei_gateway.adapters.ledger.results import ResultLedger
+    from kei_gateway.core.transfer import TransferState
+    from kei_gateway.operations.purge.execute import PurgeLedger
+
+    ledger = PurgeLedger(engine)
+    ledger.audit_writer = log.append_in
+    results = ResultLedger(engine, audit_writer=log.append_in)
+    to_relay = [_done_with_blob(ledger, 500 + n) for n in range(10)]
+    to_purge = [_done_with_blob(ledger, 600 + n) for n in range(10)]
+    for row in to_purge:
+        ledger.transition(row.id, TransferState.DONE, NOW)
+    failures: list[BaseException] = []
+
+    def guarded(work: Any) -> Any:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as error:  # reported below
+                failures.append(error)
+        return run
+
+    def ingesting() -> None:
+        for n in range(100, 110):
+            _add(ledger, n)
+
+    def relaying() -> None:
+        for row in to_relay:
+            results.record_relay(row.id, [], None, NOW, "0", done=True, audit=("results.relayed", {"records": 0}))
+
+    def purging() -> None:
+        for row in to_purge:
+            ledger.forget_blob(row.id, row.blob_id, ("DONE",), NOW, reason="retention.payloads")
+
+    def batching() -> None:
+        for i in range(10):
+            log.append_batch([record(1000 + i)])
+
+    threads = [threading.Thread(target=guarded(work)) for work in (ingesting, relaying, purging, batching)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    events = [r.record.event for r in log.iter_records()][10:]
+    assert sorted(set(events)) == ["ingest.queued", "purge.erased", "results.relayed", "transfer.sent"]
+    assert all(events.count(name) == 10 for name in set(events))
+    assert log.verify().ok

@@ -105,6 +105,18 @@ def test_when_the_audit_key_is_missing_then_the_action_is_done_and_the_gap_is_sa
 
 
 @pytest.mark.integration  # opens a SQLite ledger file
+def test_when_the_record_of_an_approval_cannot_be_chained_then_the_approval_is_rolled_back_with_it(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11: the approval and its record commit in one transaction; a chain that cannot take the record
+    (its head row gone) leaves the transfer HELD, and the operator is told."""
+    held = add(config, S.HELD)
+    sql(config, "DELETE FROM audit_head")
+    assert run(config, "transfers", "approve", str(held)) == exitcodes.FAILED
+    assert "was not changed" in capsys.readouterr().err
+    assert TransferLedger(engine_of(config)).get(held).state == S.HELD
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
 def test_when_the_chain_is_intact_then_verify_exits_0_with_the_count(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fill(config)
     assert run(config, "audit", "verify") == exitcodes.OK

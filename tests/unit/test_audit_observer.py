@@ -18,6 +18,7 @@ import pytest
 from kei_gateway.adapters.ledger import create_ledger_engine, upgrade
 from kei_gateway.operations.audit import AuditLog, AuditRecord, StoredRecord
 from kei_gateway.operations.audit.observer import AUDITED, AuditObserver, audited_event_names, verify_now
+from kei_gateway.operations.audit.spool import PENDING_NAME, AuditSpool, read_pending, recover_pending
 from kei_gateway.runtime import events
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import SynchronousBlocking
@@ -213,6 +214,82 @@ def events_time() -> Any:
     from datetime import datetime, timezone
 
     return datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+    # --- the pending file: records with no transaction of their own survive kill -9 (issue 11) ---------------
+
+    def spooled(self) -> tuple[Path, AuditSpool]:
+        directory = Path(tempfile.mkdtemp(prefix="audit-spool-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory / PENDING_NAME, AuditSpool(str(directory / PENDING_NAME))
+
+    def test_when_a_record_is_queued_then_it_is_in_the_pending_file_until_chained_and_then_the_file_is_empty(
+            self) -> None:
+        path, spool = self.spooled()
+        self.emit_sent(1)  # before start: written to the file at start
+        self.audit_log.down = True
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics, spool=spool)
+        self.emit_sent(2)
+        self.assertEqual([r.transfer_id for r in read_pending(str(path)) if r.event == "transfer.sent"], [0, 0, 1])
+        self.audit_log.down = False
+        self.clock.advance(1)
+        self.assertEqual(path.read_bytes(), b"")
+        self.assertEqual([r.record.transfer_id for r in self.audit_log.iter_records()
+                          if r.record.event == "transfer.sent"], [0, 0, 1])
+
+    def test_when_the_daemon_is_killed_with_records_queued_then_the_next_start_chains_each_once(self) -> None:
+        path, spool = self.spooled()
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics, spool=spool)
+        self.emit_sent(3)
+        self.clock.advance(1)  # chained: the file is emptied
+        self.audit_log.down = True
+        events.emit(self.log, events.LISTENER_DENIED, listener="push", source="192.0.2.7", reason="address")
+        self.emit_sent(2)
+        # kill -9 here: nothing more runs in this daemon; its file is what the kernel has
+        self.audit_log.down = False
+        fresh = AuditLog(self.engine, KEY)
+        self.assertEqual(recover_pending(str(path), fresh), (4, 0))  # denied, audit.write_failed, two sent
+        events_chained = [r.record.event for r in fresh.iter_records()]
+        self.assertEqual(events_chained, ["transfer.sent"] * 3 + ["listener.denied", "audit.write_failed"]
+                         + ["transfer.sent"] * 2)
+        self.assertFalse(path.exists())
+        self.assertTrue(fresh.verify().ok)
+
+    def test_when_killed_between_a_chained_batch_and_emptying_the_file_then_nothing_is_chained_twice(self) -> None:
+        path, _ = self.spooled()
+        chained = [AuditRecord(time=events_time(), actor="kei-gateway", event="push.refused", source="192.0.2.7",
+                               reason=f"address {i}") for i in range(3)]
+        self.audit_log.append_batch(chained)
+        waiting = AuditRecord(time=events_time(), actor="kei-gateway", event="push.refused", source="192.0.2.8",
+                              reason="unknown_ca")
+        spool = AuditSpool(str(path))
+        spool.open([*chained, waiting])
+        with path.open("ab") as cut:
+            cut.write(b'{"time":"2026-12-02T07:00:00+00:00","actor":"kei-ga')  # the write the kill cut short
+        spool.close()
+        self.assertEqual(recover_pending(str(path), self.audit_log), (1, 3))
+        self.assertEqual([r.record.reason for r in self.audit_log.iter_records()],
+                         ["address 0", "address 1", "address 2", "unknown_ca"])
+
+    def test_when_the_file_grows_past_its_bound_then_it_keeps_only_the_records_still_queued(self) -> None:
+        import kei_gateway.operations.audit.spool as spool_module
+
+        path, spool = self.spooled()
+        self.patch(spool_module, "COMPACT_BYTES", 2000)
+        original = self.audit_log.append_batch
+
+        def one_batch_then_down(records: Sequence[AuditRecord]) -> list[StoredRecord]:
+            stored = original(records)
+            self.audit_log.down = True
+            return stored
+
+        self.audit_log.append_batch = one_batch_then_down  # type: ignore[method-assign]
+        self.emit_sent(15)  # 15 lines, more than 2000 bytes; a batch is 10
+        self.observer.start(self.audit_log, SynchronousBlocking(), self.metrics, spool=spool)
+        left = read_pending(str(path))
+        self.assertEqual([(r.event, r.transfer_id) for r in left],
+                         [("transfer.sent", i) for i in range(10, 15)] + [("audit.write_failed", None)])
+        self.assertEqual(self.observer.queued, 6)
 
 
 def test_when_the_audited_set_is_derived_then_messages_debug_and_the_purge_anchor_are_left_out() -> None:

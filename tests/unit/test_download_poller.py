@@ -67,6 +67,18 @@ class CommittedBeforeACrashTests(PollerCase):
         self.assertEqual((self.inbox / NAME).read_bytes(), self.data)
 
 
+class AuditedRelayTests(PollerCase):
+    def test_when_a_pulled_file_is_relayed_then_download_relayed_commits_with_done(self) -> None:
+        """Issue 11: the relay's record is chained in the transaction that makes the transfer DONE."""
+        self.poller.startService()
+        self.addCleanup(self.poller.stopService)
+        [row] = self.ledger.inbound_for("jnks-receipts", NAME)
+        self.assertEqual(row.state, S.DONE.value)
+        self.assertEqual(self.ledger.audit, [("download.relayed", {
+            "flow": "jnks-receipts", "peer": "jnks", "name": NAME, "records": 3, "sha256": row.sha256,
+            "transfer_id": row.id})])
+
+
 class InvalidPaymentResultsTests(SynchronousTestCase):
     """When a pulled mpn-results file is invalid, then it is quarantined, alerted, counted, left and not fetched again."""
 
@@ -109,6 +121,10 @@ class InvalidPaymentResultsTests(SynchronousTestCase):
         self.assertTrue((base / "quarantine" / "r-001.dat.errors.txt").exists())
         alerts = [e for e in logged if e.get("kei_event") == "download.quarantined"]
         self.assertEqual([e["log_level"] for e in alerts], [LogLevel.critical])
+        # Issue 11: its record committed with the QUARANTINED transfer, so the observer does not queue it again.
+        self.assertEqual([(event, fields["transfer_id"]) for event, fields in ledger.audit],
+                         [("download.quarantined", row.id)])
+        self.assertEqual([e.get("audit_recorded") for e in alerts], [True])
         self.assertEqual(registry.get_sample_value("kei_gateway_payment_results_total",
                                                    {"kind": "unknown", "outcome": "rejected"}), 10)
 

@@ -174,6 +174,26 @@ class RelayTests(SynchronousTestCase):
         self.relayed(row)
         self.assertEqual(self.inbox_files(), {name: data_of(records)})
 
+    def test_when_results_are_relayed_then_the_relay_record_commits_with_done_and_is_not_queued_again(self) -> None:
+        """Issue 11: results.relayed is chained in the transaction that makes the transfer DONE (new results
+        or only duplicates), results.relay_finished in the one that finishes a relay cut off by a crash."""
+        records = [with_kind(r, "1") for r in RECORDS[:4]]
+        first = self.received(records, "push-1.dat")
+        outcome = self.relayed(first)
+        again = self.received(records, "pull-1.dat")
+        self.relayed(again)
+        cut_off = self.received([with_kind(r, "2") for r in RECORDS[:2]], "r.dat")
+        self.results.record_relay(cut_off.id, [], "gone.dat", dt.datetime.now(dt.timezone.utc), "decided", done=False)
+        self.relayed(cut_off)
+        self.assertEqual(self.ledger.audit, [
+            ("results.relayed", {"flow": "mpn-results", "name": outcome.relay_name, "records": 4, "duplicates": 0,
+                                 "transfer_id": first.id}),
+            ("results.relayed", {"flow": "mpn-results", "name": "-", "records": 0, "duplicates": 4,
+                                 "transfer_id": again.id}),
+            ("results.relay_finished", {"flow": "mpn-results", "name": "gone.dat", "transfer_id": cut_off.id})])
+        said = [e for e in self.logged if e.get("kei_event", "").startswith("results.relay")]
+        self.assertEqual([e.get("audit_recorded") for e in said], [True, True, True])
+
     def test_when_markers_are_asked_for_then_the_end_file_follows_the_data(self) -> None:
         self.relay = self.make_relay(marker=True)
         outcome = self.relayed(self.received(RECORDS[:2], "r.dat"))

@@ -67,7 +67,9 @@ def test_when_the_purge_runs_by_hand_then_it_erases_writes_the_report_and_record
     reports = sorted(os.listdir(config.parent / "state" / "reports"))
     assert [n for n in reports if n.startswith("erasure-")] == [reports[1], reports[2]]
     records = list(AuditLog(ledger.engine, AUDIT_KEY).iter_records())
-    assert [(r.record.event, r.record.actor, r.record.count) for r in records] == [("operator.purged", "operator-dummy", 1)]
+    # The payload's erasure is chained with the ledger change that forgets it (issue 11), then the run's record.
+    assert [(r.record.event, r.record.actor, r.record.transfer_id, r.record.count) for r in records] == [
+        ("purge.erased", "operator-dummy", transfer_id, None), ("operator.purged", "operator-dummy", None, 1)]
 
 
 def test_when_there_is_no_ledger_then_the_purge_says_so_and_creates_nothing(

@@ -232,6 +232,29 @@ class PushTests(SynchronousTestCase):
         self.assertEqual(sorted(row.blob_id for row in rows if row.blob_id),
                          sorted(blob for text in texts for blob in h.store.list_ids() if blob in text))
 
+    def test_when_a_push_is_accepted_then_its_audit_record_commits_with_its_transfer(self) -> None:
+        """Issue 11: push.accepted is chained in the transaction of the VALIDATED transfer (the twin keeps the
+        records it was given with each action); a repeat and a conflict commit nothing, so they add none."""
+        h = PushHarness(self)
+        body = results_file(3)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 201)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 204)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(3, seed=2))[0], 409)
+        [row] = h.ledger.inbound_for("mpn-results", "R1.dat")
+        self.assertEqual(h.ledger.audit, [("push.accepted", {"flow": "mpn-results", "peer": "mpn", "records": 3,
+                                                             "sha256": row.sha256, "transfer_id": row.id})])
+
+    def test_when_a_push_is_quarantined_then_its_record_commits_with_the_quarantined_transfer_once(self) -> None:
+        h = PushHarness(self)
+        data = results_file(20, invalid_rate=0.5, seed=3)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", data)[0], 422)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/BAD.dat", data)[0], 422)  # known invalid: no new row
+        [row] = h.ledger.inbound_for("mpn-results", "BAD.dat")
+        [(event, fields)] = h.ledger.audit
+        self.assertEqual((event, fields["transfer_id"], fields["records"], fields["sha256"]),
+                         ("push.quarantined", row.id, 20, row.sha256))
+        self.assertNotIn("BAD", repr(fields))  # no file name in a record
+
     def test_when_the_422_body_is_built_then_values_are_masked(self) -> None:
         h = PushHarness(self)
         record = results_file(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
@@ -93,6 +94,51 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIs(self.gateway.config, old)
         self.assertIn("READY=1", self.notifier.messages)
         self.assertIn("check-config", self.notifier.states("STATUS=")[-1])
+
+    def audited_gateway(self) -> tuple[Any, Any, Any]:
+        from kei_gateway.adapters.ledger import TransferLedger
+        from kei_gateway.operations.audit import AuditLog
+        from kei_gateway.operations.audit.observer import AuditObserver
+
+        engine = create_ledger_engine(self.config.database_url)
+        self.addCleanup(engine.dispose)
+        ledger, audit_log = TransferLedger(engine), AuditLog(engine, bytes(32))
+        from twisted.logger import globalLogPublisher
+
+        observer = AuditObserver(self.reactor)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        gateway = make_service(self.config, self.reactor, ledger, notifier=RecordingNotifier(),
+                               registry=CollectorRegistry(), blocking=SynchronousBlocking(), environ={},
+                               audit=observer, audit_log=audit_log)
+        return gateway, ledger, audit_log
+
+    def test_when_built_with_an_audit_trail_then_the_ledger_chains_each_record_in_its_action_s_transaction(
+            self) -> None:
+        """The composition root (not the CLI) wires TransferLedger.audit_writer (issue 10 phase E, issue 11)."""
+        _, ledger, audit_log = self.audited_gateway()
+        self.assertEqual(ledger.audit_writer, audit_log.append_in)
+
+    def test_when_a_reload_is_accepted_then_its_record_is_chained_before_it_applies(self) -> None:
+        gateway, _, audit_log = self.audited_gateway()
+        applied: list[int] = []
+        original = gateway.apply
+
+        def apply(new: Any, audit_recorded: bool = False) -> Any:
+            applied.append(audit_log.count())  # the record is there when the new configuration takes effect
+            self.assertTrue(audit_recorded)
+            return original(new, audit_recorded=audit_recorded)
+
+        gateway.apply = apply
+        self.path.write_text(demo_config_text(str(self.base), 19999).replace(
+            'allow = ["127.0.0.1/32"]', 'allow = ["127.0.0.0/8"]'), encoding="utf-8")
+        self.assertTrue(self.successResultOf(gateway.reload_from(str(self.path))))
+        [stored] = list(audit_log.iter_records())
+        self.assertEqual((stored.record.event, stored.record.reason),
+                         ("config.reloaded", "changes: metrics allow-list"))
+        self.assertEqual(applied, [1])
+        queued = [record.event for record in gateway.audit._queue]
+        self.assertNotIn("config.reloaded", queued, "not queued a second time by the observer")
 
     def test_when_run_by_systemd_then_each_reload_verdict_is_written_for_systemctl_reload(self) -> None:
         """When RUNTIME_DIRECTORY is set, then every reload writes pid, a growing generation and the verdict."""

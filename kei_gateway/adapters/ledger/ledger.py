@@ -18,7 +18,7 @@ from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
 __all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK",
-           "Claimed", "FencedLedger"]
+           "Claimed", "FencedLedger", "AuditEvent", "AuditWriter", "write_audit"]
 
 OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
 """States of transfers that still need something: shown in the queue gauge and STATUS=."""
@@ -46,6 +46,16 @@ AuditEvent = tuple[str, Mapping[str, Any]]
 """An action's audit record as its event name and fields (what the event is logged with)."""
 AuditWriter = Callable[[Connection, str, Mapping[str, Any], datetime], object]
 """Appends an audit record on the given connection, inside the caller's transaction."""
+
+
+def write_audit(writer: AuditWriter | None, connection: Connection, audit: AuditEvent | None, transfer_id: int | None,
+                now: datetime) -> None:
+    """Chain *audit* (with *transfer_id* added) on *connection*, inside the action's open transaction, after the
+    action's own writes (SQLite then holds the write lock, so the chain's head cannot move before the commit)."""
+    if audit is None or writer is None:
+        return
+    event, fields = audit
+    writer(connection, event, {**fields, "transfer_id": transfer_id} if transfer_id is not None else fields, now)
 
 
 class Ledger:
@@ -154,9 +164,7 @@ class TransferLedger(Ledger):
                                 remote_name=remote_name, remote_etag=remote_etag)
             session.add(transfer)
             session.flush()  # the INSERT holds SQLite's write lock from here, so the chain's head cannot move
-            if audit is not None and self.audit_writer is not None:
-                event, fields = audit
-                self.audit_writer(session.connection(), event, {**fields, "transfer_id": transfer.id}, now)
+            write_audit(self.audit_writer, session.connection(), audit, transfer.id, now)
             return TransferRow.of(transfer)
 
     @retry_transient
@@ -206,9 +214,7 @@ class TransferLedger(Ledger):
             for name, value in fields.items():
                 setattr(transfer, name, value)
             session.flush()  # the UPDATE holds SQLite's write lock from here
-            if audit is not None and self.audit_writer is not None:
-                event, audit_fields = audit
-                self.audit_writer(session.connection(), event, {**audit_fields, "transfer_id": transfer_id}, now)
+            write_audit(self.audit_writer, session.connection(), audit, transfer_id, now)
             return TransferRow.of(transfer)
 
     @retry_transient
@@ -361,10 +367,12 @@ class FencedLedger:
         self._ledger, self.fence = ledger, fence
 
     def add_transfer(self, **fields: Any) -> TransferRow:
-        return self._ledger.add_transfer(**fields, fence=self.fence)  # type: ignore[no-any-return]
+        row: TransferRow = self._ledger.add_transfer(**fields, fence=self.fence)
+        return row
 
     def transition(self, transfer_id: int, new_state: TransferState, now: datetime, **fields: Any) -> TransferRow:
-        return self._ledger.transition(transfer_id, new_state, now, fence=self.fence, **fields)  # type: ignore[no-any-return]
+        row: TransferRow = self._ledger.transition(transfer_id, new_state, now, fence=self.fence, **fields)
+        return row
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)

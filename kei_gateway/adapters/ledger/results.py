@@ -18,10 +18,12 @@ from sqlalchemy import Engine, Select, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from kei_gateway.adapters.ledger.ledger import IN_CHUNK, TransferNotFound, in_chunks
+from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter, TransferNotFound, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
-from kei_gateway.core.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, fresh_results
+from kei_gateway.core.results.identity import (
+    KEPT_FIELDS, KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, fresh_results,
+)
 from kei_gateway.core.results.reconcile import StoredResult
 from kei_gateway.core.transfer import check_transition
 from kei_gateway.runtime.blocking import retry_transient
@@ -54,18 +56,23 @@ def _from_db(value: datetime) -> datetime:
 
 
 def _stored(row: PaymentResult) -> StoredResult:
-    return StoredResult(identity_key=row.identity_key, match_key=row.match_key, amount_key=row.amount_key,
-                        kind=int(row.kind), channel=row.channel, tax_item=row.tax_item, pay_method=row.pay_method,
-                        received_at=_from_db(row.received_at).astimezone(JST), slip_hint=row.slip_hint,
-                        transfer_id=row.transfer_id, relay_name=row.relay_name,
+    kept: dict[str, Any] = {name: getattr(row, name) for name in KEPT_FIELDS}
+    kept.update(kind=int(row.kind), received_at=_from_db(row.received_at).astimezone(JST))
+    return StoredResult(**kept, transfer_id=row.transfer_id, relay_name=row.relay_name,
                         recorded_at=_from_db(row.recorded_at))
 
 
 class ResultLedger:
     """``payment_results`` on a SQLAlchemy engine (the same one as :class:`~kei_gateway.adapters.ledger.TransferLedger`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit_writer: AuditWriter | None = None) -> None:
         self.engine = engine
+        self.audit_writer = audit_writer
+        """Chains a relay's audit record in the transaction that makes it DONE (as ``TransferLedger.audit_writer``)."""
+
+    @property
+    def records_audit(self) -> bool:
+        return self.audit_writer is not None
 
     # ------------------------------------------------------------------ dedupe
 
@@ -91,7 +98,7 @@ class ResultLedger:
 
     @retry_transient
     def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool) -> None:
+                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None) -> None:
         """Record a file's new *results* and the relay decision, in ONE transaction.
 
         Inserts one row per result (with *relay_name*), sets the transfer's ``relay_name``
@@ -103,6 +110,7 @@ class ResultLedger:
         recorded, under any key; :class:`~kei_gateway.adapters.ledger.TransferNotFound`;
         ``InvalidTransition`` when *done* and the transfer cannot become DONE; ``ValueError``
         when *results* repeat an identity (drop in-file repeats first: ``fresh_results``).
+        With *done*, the relay's *audit* record is chained in the same transaction.
         """
 
         if len({r.identity_key for r in results}) != len(results):
@@ -119,17 +127,17 @@ class ResultLedger:
                 if self._any_known_under_previous_keys(session, rows):
                     raise DuplicateResult(transfer_id)
                 if rows:  # one executemany, not an ORM object and an INSERT per result (bench/relay.py)
-                    session.execute(insert(PaymentResult), [dict(
-                        identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
-                        channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
-                        received_at=_utc(r.received_at), slip_hint=r.slip_hint, transfer_id=transfer_id,
-                        relay_name=relay_name, recorded_at=recorded_at) for r in rows])
+                    session.execute(insert(PaymentResult), [{
+                        **r.kept(), "received_at": _utc(r.received_at), "transfer_id": transfer_id,
+                        "relay_name": relay_name, "recorded_at": recorded_at} for r in rows])
                 transfer.relay_name = relay_name
                 transfer.receipt_summary = summary
                 transfer.updated_at = recorded_at
                 if done:
                     transfer.state = TransferState.DONE.value
                 session.flush()
+                if done:
+                    write_audit(self.audit_writer, session.connection(), audit, transfer_id, recorded_at)
         except IntegrityError as error:
             raise DuplicateResult(transfer_id) from error
 
@@ -181,7 +189,7 @@ class ResultLedger:
                 transfer = session.get(Transfer, transfer_id, with_for_update=True)
                 if transfer is None:
                     raise TransferNotFound(transfer_id)
-                relay = SqlRelayTransaction(session, transfer, relay_name, recorded_at)
+                relay = SqlRelayTransaction(session, transfer, relay_name, recorded_at, self.audit_writer)
                 yield relay
                 if not relay.finished:
                     raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
@@ -189,8 +197,8 @@ class ResultLedger:
             raise DuplicateResult(transfer_id) from error
 
     @retry_transient
-    def finish_relay(self, transfer_id: int, now: datetime) -> None:
-        """The second step after the inbox rename: the transfer is DONE."""
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
+        """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record."""
 
         with Session(self.engine) as session, session.begin():
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
@@ -199,6 +207,8 @@ class ResultLedger:
             check_transition(transfer.state, TransferState.DONE)
             transfer.state = TransferState.DONE.value
             transfer.updated_at = _utc(now)
+            session.flush()
+            write_audit(self.audit_writer, session.connection(), audit, transfer_id, _utc(now))
 
     # ------------------------------------------------------------------ reconcile queries
 
@@ -243,8 +253,10 @@ class ResultLedger:
 class SqlRelayTransaction:
     """The open transaction of :meth:`ResultLedger.relay_transaction`."""
 
-    def __init__(self, session: Session, transfer: Transfer, relay_name: str, recorded_at: datetime) -> None:
+    def __init__(self, session: Session, transfer: Transfer, relay_name: str, recorded_at: datetime,
+                 audit_writer: AuditWriter | None = None) -> None:
         self._session = session
+        self._audit_writer = audit_writer
         self._transfer = transfer
         self._relay_name = relay_name
         self._recorded_at = recorded_at
@@ -261,16 +273,15 @@ class SqlRelayTransaction:
         fresh = fresh_results(facts, known)
         rows = ResultLedger._under_recorded_keys(self._session, fresh)
         if rows:  # one executemany per batch, not an ORM object and an INSERT per result
-            self._session.execute(insert(PaymentResult), [dict(
-                identity_key=r.identity_key, match_key=r.match_key, amount_key=r.amount_key, kind=r.kind,
-                channel=r.channel, tax_item=r.tax_item, pay_method=r.pay_method,
-                received_at=_utc(r.received_at), slip_hint=r.slip_hint, transfer_id=self._transfer.id,
-                relay_name=self._relay_name, recorded_at=self._recorded_at) for r in rows])
+            self._session.execute(insert(PaymentResult), [{
+                **r.kept(), "received_at": _utc(r.received_at), "transfer_id": self._transfer.id,
+                "relay_name": self._relay_name, "recorded_at": self._recorded_at} for r in rows])
         self.recorded += len(rows)
         return fresh
 
-    def finish(self, summary: str) -> bool:
-        """The decision on the transfer: its relay name if some result was new (returns True), else DONE."""
+    def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
+        """The decision on the transfer: its relay name if some result was new (returns True), else DONE with the
+        relay's *audit* record in this transaction."""
         transfer = self._transfer
         done = self.recorded == 0
         if done:
@@ -280,5 +291,7 @@ class SqlRelayTransaction:
         transfer.receipt_summary = summary
         transfer.updated_at = self._recorded_at
         self._session.flush()
+        if done:
+            write_audit(self._audit_writer, self._session.connection(), audit, transfer.id, self._recorded_at)
         self.finished = True
         return not done

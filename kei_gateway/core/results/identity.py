@@ -30,7 +30,7 @@ import hashlib
 import hmac
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kei_gateway.core.jst import JST
 
 __all__ = ["HKDF_INFO", "IDENTITY_ITEMS", "MATCH_ITEMS", "KIND_PROVISIONAL", "KIND_FINAL", "KIND_CANCEL",
-           "Digests", "ResultFacts", "ResultKeyer", "facts_of", "facts_from_records", "fresh_results", "slip_hint",
+           "Digests", "KeptResult", "KEPT_FIELDS", "ResultFacts", "ResultKeyer", "facts_of", "facts_from_records", "fresh_results", "slip_hint",
            "canonical_items", "raw_fields", "RAW_FIELDS"]
 
 HKDF_INFO = b"kei-gateway payment-result identity v1"
@@ -80,13 +80,11 @@ class Digests:
 
 
 @dataclass(frozen=True)
-class ResultFacts:
+class KeptResult:
     """What the ledger keeps of one payment result: digests, codes and times, nothing personal.
 
-    ``identity_key``, ``match_key`` and ``amount_key`` are under the current key;
-    ``variants`` holds the digests under every key, the current one first, for lookups
-    (see :meth:`ResultKeyer.identity_candidates`) and to keep a 確報 under the key its
-    速報 was recorded with (:meth:`under`).
+    The part shared by the facts of a result just read (:class:`ResultFacts`) and a result
+    as recorded (:class:`~kei_gateway.core.results.reconcile.StoredResult`).
     """
 
     identity_key: str
@@ -102,6 +100,25 @@ class ResultFacts:
     """収納日時, timezone-aware in JST."""
     slip_hint: str
     """The 納付書番号 masked but for its last 4 digits (see :func:`slip_hint`)."""
+
+    def kept(self) -> dict[str, Any]:
+        """The :data:`KEPT_FIELDS` by name (to record these facts, or to make a stored result of them)."""
+        return {name: getattr(self, name) for name in KEPT_FIELDS}
+
+
+KEPT_FIELDS = tuple(f.name for f in dataclasses.fields(KeptResult))
+
+
+@dataclass(frozen=True)
+class ResultFacts(KeptResult):
+    """The facts of one payment result read from a file: what the ledger keeps, and where it was.
+
+    ``identity_key``, ``match_key`` and ``amount_key`` are under the current key;
+    ``variants`` holds the digests under every key, the current one first, for lookups
+    (see :meth:`ResultKeyer.identity_candidates`) and to keep a 確報 under the key its
+    速報 was recorded with (:meth:`under`).
+    """
+
     record_index: int
     """0-based position of the record in its file (so the relay can copy its bytes)."""
     variants: tuple[Digests, ...] = dataclasses.field(default=(), repr=False, compare=False)

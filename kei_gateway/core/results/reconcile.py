@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 from kei_gateway.core.jst import JST
 from kei_gateway.core.report_format import BOM, csv_rows, display_width, ljust, rjust
-from kei_gateway.core.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL
+from kei_gateway.core.results.identity import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, KeptResult
 from kei_gateway.layouts.codes import CHANNELS, TAX_ITEMS
 
 __all__ = ["StoredResult", "ChannelSummary", "Problem", "ReconcileReport", "PROBLEMS", "MEASURES",
@@ -31,19 +31,10 @@ CSV_BOM = BOM
 
 
 @dataclass(frozen=True)
-class StoredResult:
-    """One row of ``payment_results`` as the ledger returns it: nothing personal."""
+class StoredResult(KeptResult):
+    """One row of ``payment_results`` as the ledger returns it: what is kept of the result (nothing personal),
+    the transfer that brought it, the relay that wrote it and when it was recorded."""
 
-    identity_key: str
-    match_key: str
-    amount_key: str
-    kind: int
-    channel: str
-    tax_item: str
-    pay_method: str
-    received_at: datetime.datetime
-    """収納日時, aware (JST)."""
-    slip_hint: str
     transfer_id: int
     relay_name: str | None
     recorded_at: datetime.datetime

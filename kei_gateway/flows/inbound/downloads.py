@@ -206,7 +206,9 @@ class DownloadPoller(service.Service):
         if settled.settlement is Settlement.INVALID:
             count_quarantined(self.metrics, self.flow, downloaded.report)
             events.emit(self.log, events.DOWNLOAD_QUARANTINED, flow=self.flow, peer=self.peer, name=entry.name,
-                        reason=first_error(downloaded.report), sha256=downloaded.sha256)
+                        reason=first_error(downloaded.report), sha256=downloaded.sha256,
+                        transfer_id=settled.row.id if settled.row is not None else "-",
+                        audit_recorded=self.ledger.records_audit)  # committed with the QUARANTINED transfer
             return
         assert settled.row is not None
         yield self._still_mine(fence)

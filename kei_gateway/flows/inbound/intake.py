@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.ledger import AuditEvent
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -35,6 +36,7 @@ from kei_gateway.core.settle import Door, SettleDecision, Settlement, settle
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.outbound.ingest import errors_file_lines
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
+from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.metrics import GatewayMetrics
@@ -216,6 +218,11 @@ class Settled:
 
 _COMMIT_POINTS = {Door.PULL: (None, "download.committed"), Door.PUSH: ("push.stored", "push.committed")}
 """The crash points around the commit of a new inbound file, by door (kei_gateway.runtime.crashpoints)."""
+_AUDIT_EVENTS: dict[Door, tuple[str | None, str]] = {
+    Door.PULL: (None, events.DOWNLOAD_QUARANTINED.name),  # a pulled file's record is its relay's (download.relayed)
+    Door.PUSH: (events.PUSH_ACCEPTED.name, events.PUSH_QUARANTINED.name),
+}
+"""The audit records committed with a new inbound file (accepted, quarantined), by door (issue 11)."""
 
 
 def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore, flow: str, peer: str, name: str,
@@ -231,14 +238,17 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     peer listed); any other settlement drops the new blob. A failure before the commit drops
     the new blob too, and is raised.
     """
+    accepted_event, quarantined_event = _AUDIT_EVENTS[door]
     try:
         if known is None:
             known = ledger.inbound_for(flow, name)
         decision = settle(door, known, received.sha256, received.report.valid)
         if decision.settlement is Settlement.INVALID:
+            audit = (quarantined_event, {"flow": flow, "peer": peer, "reason": first_error(received.report),
+                                         "sha256": received.sha256, "records": received.report.records})
             quarantined = quarantine_received(ledger=ledger, flow=flow, peer=peer, name=name,
                                               quarantine_dir=quarantine_dir, received=received, now=now, note=note,
-                                              size=size, remote_etag=remote_etag)
+                                              size=size, remote_etag=remote_etag, audit=audit)
             return Settled(decision, quarantined)
     except Exception:
         _discard(store, received.blob_id)
@@ -249,9 +259,12 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     stored, committed = _COMMIT_POINTS[door]
     if stored is not None:
         crashpoint(stored)
+    accepted = None if accepted_event is None else (accepted_event, {
+        "flow": flow, "peer": peer, "records": received.report.records, "sha256": received.sha256})
     row = ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
                               size=received.size, sha256=received.sha256, record_count=received.report.records,
-                              blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag)
+                              blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag,
+                              audit=accepted)
     crashpoint(committed)
     return Settled(decision, row)
 
@@ -265,7 +278,7 @@ def _discard(store: BlobStore, blob_id: str) -> None:
 
 def quarantine_received(*, ledger: TransferLedgerPort, flow: str, peer: str, name: str, quarantine_dir: str,
                         received: Received, now: datetime.datetime, note: str, size: int | None = None,
-                        remote_etag: str | None = None) -> TransferRow:
+                        remote_etag: str | None = None, audit: AuditEvent | None = None) -> TransferRow:
     """Blocking: keep an invalid inbound file encrypted, write its errors for a person, record it ``QUARANTINED``.
 
     *note* ends the errors file (what happened to the file at the peer's side).
@@ -279,7 +292,7 @@ def quarantine_received(*, ledger: TransferLedgerPort, flow: str, peer: str, nam
     return ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.QUARANTINED,
                                size=size or received.size, sha256=received.sha256, record_count=report.records,
                                blob_id=received.blob_id, now=now, last_error=first_error_summary(report),
-                               remote_name=name, remote_etag=remote_etag)
+                               remote_name=name, remote_etag=remote_etag, audit=audit)
 
 
 def first_error_summary(report: ValidationReport) -> str:

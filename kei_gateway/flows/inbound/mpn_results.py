@@ -127,7 +127,8 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
         if row.relay_name is not None:  # decided before a stop or crash: finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
-            results.finish_relay(transfer_id, now)
+            results.finish_relay(transfer_id, now,
+                                 audit=(events.RESULTS_RELAY_FINISHED.name, {"flow": FLOW, "name": row.relay_name}))
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
             return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
@@ -141,13 +142,14 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
+    blob_id = row.blob_id  # narrowed by the assert above, also inside new_records below
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
     relayed: Counter[int] = Counter()
     total: Counter[int] = Counter()
     with results.relay_transaction(row.id, name, now) as relay:
         def new_records() -> Iterator[bytes]:
             index = 0
-            for records in record_batches(store.read(row.blob_id), layout.record_length, RELAY_BATCH):  # type: ignore[arg-type]
+            for records in record_batches(store.read(blob_id), layout.record_length, RELAY_BATCH):
                 # Validated at intake and AEAD-verified as it is read: only the identity fields are sliced out.
                 fields = raw_fields((b"".join(records),), layout.offsets, widths, layout.record_length)
                 facts = [facts_of(item, index + n, keyer) for n, item in enumerate(fields)]
@@ -162,15 +164,22 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
         crashpoint("results.staged")
         if not relayed:  # every result a duplicate: nothing goes to the inbox
             os.unlink(os.path.join(inbox_dir, staged_name(name)))
-        relay.finish(_summary(sum(relayed.values()), sum(total.values())))
+        # DONE here when every result was a duplicate: the relay's record commits with it
+        relay.finish(_summary(sum(relayed.values()), sum(total.values())),
+                     audit=_relayed(None, 0, sum(total.values())))
     duplicates = total - relayed
     if not relayed:
         return RelayOutcome(row.id, None, relayed, duplicates)
     crashpoint("results.recorded")
     publish_staged(inbox_dir, name, marker)
     crashpoint("results.published")
-    results.finish_relay(row.id, now)
+    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())))
     return RelayOutcome(row.id, name, relayed, duplicates)
+
+
+def _relayed(name: str | None, new: int, repeated: int) -> tuple[str, dict[str, Any]]:
+    """The relay's audit record, chained in the transaction that makes the transfer DONE."""
+    return events.RESULTS_RELAYED.name, {"flow": FLOW, "name": name or "-", "records": new, "duplicates": repeated}
 
 
 def _summary(fresh: int, total: int) -> str:
@@ -274,12 +283,13 @@ class ResultRelay(service.Service):
         new, repeated = sum(outcome.relayed.values()), sum(outcome.duplicates.values())
         self.metrics.transfers.labels(flow=FLOW, outcome="relayed" if outcome.relay_name else "duplicate").inc()
         self.metrics.last_success.labels(flow=FLOW).set(self.clock.seconds())
+        recorded = self.results.records_audit  # the record was committed with DONE
         if outcome.recovered:
             events.emit(log, events.RESULTS_RELAY_FINISHED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name)
+                        name=outcome.relay_name, audit_recorded=recorded)
         else:
             events.emit(log, events.RESULTS_RELAYED, flow=FLOW, transfer_id=transfer_id,
-                        name=outcome.relay_name or "-", records=new, duplicates=repeated)
+                        name=outcome.relay_name or "-", records=new, duplicates=repeated, audit_recorded=recorded)
         return outcome
 
     def check_unconfirmed(self) -> defer.Deferred[None]:

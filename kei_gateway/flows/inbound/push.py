@@ -223,14 +223,17 @@ class PushReceiver:
         if decision.settlement in (Settlement.INVALID, Settlement.KNOWN_INVALID):
             if decision.settlement is Settlement.INVALID:
                 count_quarantined(self.metrics, target.flow, report)
+            recorded = decision.settlement is Settlement.INVALID and self.ledger.records_audit  # with its transfer
             events.emit(self.log, events.PUSH_QUARANTINED, flow=target.flow, peer=target.peer, name=target.name,
-                        reason=first_error(report), sha256=received.sha256, records=report.records)
+                        reason=first_error(report), sha256=received.sha256, records=report.records,
+                        transfer_id=settled.row.id if settled.row is not None else "-", audit_recorded=recorded)
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
         row = settled.row
         assert row is not None
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
-                    records=report.records, transfer_id=row.id, sha256=row.sha256)
+                    records=report.records, transfer_id=row.id, sha256=row.sha256,
+                    audit_recorded=self.ledger.records_audit)  # committed with the transfer
         self._hand_over(row, accepted.started_at)
         return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
 

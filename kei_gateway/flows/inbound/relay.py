@@ -79,9 +79,12 @@ class InboxRelay:
         crashpoint("relay.written")
         if self.after is not None:
             await defer.maybeDeferred(self.after, row, self.store)  # before DONE: after a crash it simply runs again
-        await self.blocking.run(self.ledger.transition, row.id, S.DONE, now)
+        fields = {"flow": self.flow, "peer": self.peer, "name": row.local_name, "records": row.record_count,
+                  "sha256": row.sha256}
+        await self.blocking.run(self.ledger.transition, row.id, S.DONE, now,
+                                audit=(events.DOWNLOAD_RELAYED.name, fields))  # the record commits with DONE
         crashpoint("relay.committed")
         self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
         self.metrics.last_success.labels(flow=self.flow).set(self.clock.seconds())
-        events.emit(self.log, events.DOWNLOAD_RELAYED, flow=self.flow, peer=self.peer, name=row.local_name,
-                    records=row.record_count, transfer_id=row.id, sha256=row.sha256)
+        events.emit(self.log, events.DOWNLOAD_RELAYED, transfer_id=row.id, audit_recorded=self.ledger.records_audit,
+                    **fields)

@@ -228,8 +228,9 @@ class AuditLog:
     def append(self, record: AuditRecord) -> StoredRecord:
         return self.append_batch([record])[0]
 
-    def append_in(self, connection: Connection, event: str, fields: Mapping[str, Any], now: datetime) -> StoredRecord:
-        """Chain the record of *event* inside the caller's open transaction on *connection* (STYLE 14).
+    def append_in(self, connection: Connection, event: str, fields: Mapping[str, Any], now: datetime,
+                  actor: str = DAEMON_ACTOR) -> StoredRecord:
+        """Chain the record of *event* (by *actor*) inside the caller's open transaction on *connection* (STYLE 14).
 
         The caller has already written in that transaction (SQLite then holds the database's
         write lock; PostgreSQL locks the head row here), so the head read below cannot move
@@ -237,7 +238,7 @@ class AuditLog:
         """
         from kei_gateway.operations.audit.operator_action import record_from_fields
 
-        record = record_from_fields(event, DAEMON_ACTOR, now, fields)
+        record = record_from_fields(event, actor, now, fields)
         row = connection.execute(select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac)
                                  .where(AuditHead.id == _HEAD_ID).with_for_update()).first()
         if row is None:

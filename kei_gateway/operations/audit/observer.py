@@ -11,8 +11,14 @@ logged once per outage (and once a minute while it lasts) and events beyond the 
 dropped and counted in ``kei_gateway_audit_dropped_events_total``: never silently.
 
 An event logged with ``audit_recorded=True`` is skipped: its record was written in the
-transaction of the action itself (STYLE 14; so far the outbox ingests and quarantines,
-through ``TransferLedger.audit_writer``), which no kill -9 can separate from it.
+transaction of the action itself (STYLE 14: ingests, quarantines, sends, relays, accepted and
+quarantined pushes, approvals, purge erasures, through ``TransferLedger.audit_writer``), or
+just before the action (a reload), which no kill -9 can separate from it.
+
+The records that remain (no ledger transaction: a denied connection, a refused push, the
+daemon's start and stop) are also written to the daemon's pending file as they are queued
+(:mod:`kei_gateway.operations.audit.spool`, when :meth:`AuditObserver.start` is given one):
+a kill -9 loses none of them; the next start chains them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from zope.interface import implementer
 from kei_gateway.operations.audit.chain import ANCHOR_EVENT, AuditRecord, ChainReport
 from kei_gateway.operations.audit.log import AuditLog
 from kei_gateway.operations.audit.operator_action import record_from_fields
+from kei_gateway.operations.audit.spool import AuditSpool
 from kei_gateway.runtime import events
 
 if TYPE_CHECKING:
@@ -80,6 +87,7 @@ class AuditObserver:
         self._metrics: GatewayMetrics | None = None
         self._loop: task.LoopingCall | None = None
         self._flushing: defer.Deferred[int] | None = None
+        self._spool: AuditSpool | None = None
         self.dropped = 0
         self.written = 0
         self._failing_since: float | None = None
@@ -100,6 +108,8 @@ class AuditObserver:
                     dropped = True
                 else:
                     self._queue.append(record)
+                    if self._spool is not None:
+                        self._spool.write(record)  # in the kernel before the event's emit returns
                     dropped = False
             if dropped and self._metrics is not None:
                 self._metrics.audit_dropped.inc()
@@ -113,9 +123,15 @@ class AuditObserver:
 
     # --- writing --------------------------------------------------------------------
 
-    def start(self, audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics | None = None) -> None:
-        """Begin flushing every :attr:`interval` seconds (the first flush at once)."""
+    def start(self, audit_log: AuditLog, blocking: Blocking, metrics: GatewayMetrics | None = None,
+              spool: AuditSpool | None = None) -> None:
+        """Begin flushing every :attr:`interval` seconds (the first flush at once); with *spool*, every record
+        queued from now on (and those queued already) is also in its file until chained."""
         self._audit_log, self._blocking, self._metrics = audit_log, blocking, metrics
+        if spool is not None:
+            with self._lock:
+                spool.open(list(self._queue))
+                self._spool = spool
         if metrics is not None and self.dropped:
             metrics.audit_dropped.inc(self.dropped)
         self._loop = task.LoopingCall(self.flush)
@@ -143,6 +159,8 @@ class AuditObserver:
         while True:
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                if not batch and self._spool is not None:
+                    self._spool.emptied()  # nothing queued, nothing in flight: every spooled record is chained
             if not batch:
                 break
             try:
@@ -163,6 +181,9 @@ class AuditObserver:
                 continue
             total += len(batch)
             self._counted(batch)
+            if self._spool is not None:
+                with self._lock:
+                    self._spool.compact(list(self._queue))
         self._failing_since = None
         return total
 
@@ -217,8 +238,11 @@ class AuditObserver:
         def report(written: int) -> int:
             left = self.queued
             if left:
-                events.emit(self.log, events.AUDIT_WRITE_FAILED, reason="stopping with the database unavailable",
-                            queued=left, dropped=self.dropped + left)
+                kept = " (kept in the pending file for the next start)" if self._spool is not None else ""
+                events.emit(self.log, events.AUDIT_WRITE_FAILED, reason=f"stopping with the database unavailable{kept}",
+                            queued=left, dropped=self.dropped + (0 if self._spool is not None else left))
+            if self._spool is not None:
+                self._spool.close()
             return written
 
         return waiting.addBoth(last).addCallback(report)

@@ -19,7 +19,8 @@ from kei_gateway.operations.audit.log import AuditError, AuditLog, AuditUnavaila
 if TYPE_CHECKING:
     from kei_gateway.config import Config
 
-__all__ = ["record_operator_action", "record_or_warn", "operator_login", "record_from_fields"]
+__all__ = ["record_operator_action", "record_or_warn", "operator_login", "record_from_fields", "operator_audit_log",
+           "journal_operator_action"]
 
 _COUNT_FIELDS = ("count", "records", "files")
 _TEXT_FIELDS = ("flow", "peer", "listener", "source", "sha256", "reason")
@@ -88,6 +89,30 @@ def _to_journal(event_name: str, actor: str, fields: Mapping[str, Any]) -> None:
     send(entry.pop("MESSAGE"), **entry)
 
 
+def operator_audit_log(config: Config, engine: Any, environ: Mapping[str, str] = os.environ) -> AuditLog:
+    """The audit chain on *engine* for a command that records its change in the change's own transaction
+    (:meth:`AuditLog.append_in` with the operator as actor); :class:`AuditError` saying what to fix."""
+    key = audit_key_from_config(config, environ)
+    try:
+        log = AuditLog(engine, key)
+        available = log.available()
+    except Exception as error:  # the database: its first line, never parameters
+        from kei_gateway.runtime.events import describe_error
+
+        raise AuditError(f"cannot open the audit trail: {describe_error(error)}") from None
+    if not available:
+        raise AuditUnavailable("the ledger has no audit table: run 'kei-gateway db upgrade'")
+    return log
+
+
+def journal_operator_action(event_name: str, actor: str, fields: Mapping[str, Any]) -> None:
+    """The same event as a native journald entry, when the host has one (never a reason to fail the command)."""
+    try:
+        _to_journal(event_name, actor, fields)
+    except Exception:
+        pass
+
+
 def record_operator_action(config: Config, event_name: str, *, environ: Mapping[str, str] = os.environ,
                            now: datetime | None = None, journal: bool = True, **fields: Any) -> StoredRecord:
     """Append an audit record of *event_name* with the operator as actor; also log it to journald.
@@ -102,10 +127,7 @@ def record_operator_action(config: Config, event_name: str, *, environ: Mapping[
     actor = operator_login(environ)
     record = record_from_fields(event_name, actor, now or datetime.now(timezone.utc), fields)
     if journal:  # first, so that the action is in journald even if the audit trail cannot be written
-        try:
-            _to_journal(event_name, actor, fields)
-        except Exception:
-            pass  # journald is the second copy, never a reason to fail the command
+        journal_operator_action(event_name, actor, fields)
     key = audit_key_from_config(config, environ)
     engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
     try:

@@ -23,6 +23,9 @@ FAILURES = ("transfer.failed", "transfer.retry", "ingest.failed", "push.failed")
 QUARANTINES = ("ingest.quarantined", "download.quarantined", "push.quarantined")
 HOLDS = ("operator.transfer_approved", "operator.transfer_cancelled", "transfer.held_overdue")
 PURGES = ("purge.done", "purge.failed", "purge.missed", "operator.purged", ANCHOR_EVENT)
+ITEM_RECORDS = ("purge.erased", "airis.stored")
+"""Records of single items (issue 11: each committed with its ledger change), left out of the review: a manual
+purge would otherwise list every payload it erased among the operators' commands; the 消去報告 lists them."""
 SECTIONS = (
     ("denials", "接続拒否 (denied connections)"),
     ("failures", "送信失敗・再試行 (failed and retried transfers)"),
@@ -51,6 +54,8 @@ def section_of(stored: StoredRecord) -> str | None:
         return "holds"
     if event in PURGES:
         return "purges"
+    if event in ITEM_RECORDS:
+        return None  # one record per item erased or stored: the run's own record is in its section
     if stored.record.actor != "kei-gateway":
         return "operators"
     return None

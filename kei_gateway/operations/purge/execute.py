@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from kei_gateway.adapters.durable import fsync_directory
 from kei_gateway.adapters.ledger.leases import Fence, Fenced, check_fence
-from kei_gateway.adapters.ledger.ledger import TransferLedger, TransferRow, in_chunks
+from kei_gateway.adapters.ledger.ledger import AuditEvent, TransferLedger, TransferRow, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer
 from kei_gateway.adapters.spool import entry_kind, write_durable
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -60,6 +60,7 @@ from kei_gateway.operations.purge.report import (
     report_names,
 )
 from kei_gateway.runtime.blocking import retry_transient
+from kei_gateway.runtime import events
 from kei_gateway.runtime.events import describe_error
 from kei_gateway.adapters.store.format import degenerations_blob_id
 
@@ -126,8 +127,10 @@ class PurgeLedger(TransferLedger):
             return session.get(Transfer, transfer_id) is not None
 
     @retry_transient
-    def forget_blob(self, transfer_id: int, blob_id: str, states: Sequence[str]) -> bool:
-        """Set ``blob_id`` NULL if the transfer still has *blob_id* and is in one of *states*.
+    def forget_blob(self, transfer_id: int, blob_id: str, states: Sequence[str], now: datetime.datetime | None = None,
+                    reason: str = "") -> bool:
+        """Set ``blob_id`` NULL if the transfer still has *blob_id* and is in one of *states*, with the
+        ``purge.erased`` record of the payload in the same transaction (when :attr:`audit_writer` is set).
 
         ``updated_at`` is left alone: it says when the transfer got to its state, the
         clock of the ledger's own retention.
@@ -138,12 +141,18 @@ class PurgeLedger(TransferLedger):
             result = session.execute(update(Transfer).where(
                 Transfer.id == transfer_id, Transfer.blob_id == blob_id, Transfer.state.in_(states))
                 .values(blob_id=None))
-            return bool(getattr(result, "rowcount", 0))
+            forgotten = bool(getattr(result, "rowcount", 0))
+            if forgotten:
+                write_audit(self.audit_writer, session.connection(), _erased("store", reason), transfer_id,
+                            now or datetime.datetime.now(datetime.timezone.utc))
+            return forgotten
 
     @retry_transient
-    def delete_transfers(self, transfer_ids: Sequence[int], cutoff: datetime.datetime) -> tuple[list[int], int]:
+    def delete_transfers(self, transfer_ids: Sequence[int], cutoff: datetime.datetime,
+                         now: datetime.datetime | None = None) -> tuple[list[int], int]:
         """Delete these transfers (still prunable and past *cutoff*) and their payment results, in one
-        transaction; return the ids deleted and the number of payment results that went with them."""
+        transaction with a ``purge.erased`` record per transfer (when :attr:`audit_writer` is set); return
+        the ids deleted and the number of payment results that went with them."""
         with Session(self.engine) as session, session.begin():
             if self.fence is not None:
                 check_fence(session, self.fence)
@@ -157,7 +166,16 @@ class PurgeLedger(TransferLedger):
             # Explicitly, not only by ON DELETE CASCADE: SQLite enforces that only with foreign_keys=ON.
             session.execute(delete(PaymentResult).where(PaymentResult.transfer_id.in_(still)))
             session.execute(delete(Transfer).where(Transfer.id.in_(still)))
+            when = now or datetime.datetime.now(datetime.timezone.utc)
+            for transfer_id in sorted(still):
+                write_audit(self.audit_writer, session.connection(),
+                            _erased("ledger", f"ledger metadata past retention.ledger ({cutoff:%Y-%m-%d})"),
+                            transfer_id, when)
             return sorted(still), int(results)
+
+
+def _erased(area: str, reason: str) -> AuditEvent:
+    return events.PURGE_ERASED.name, {"area": area, "reason": f"{area}: {reason}" if reason else area}
 
 
 # --- the filesystem ---------------------------------------------------------------------
@@ -364,7 +382,7 @@ def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, n
         ids = sorted(i for i in by_id if i is not None)
         for start in range(0, len(ids), _BATCH):
             try:
-                deleted, count = ledger.delete_transfers(ids[start:start + _BATCH], cutoff)
+                deleted, count = ledger.delete_transfers(ids[start:start + _BATCH], cutoff, now())
             except Fenced:
                 raise
             except Exception as error:
@@ -447,7 +465,8 @@ def _erase(item: Erasure, store: BlobStore | None, ledger: PurgeLedger,
             raise RuntimeError("no store to erase the payload from")
         if item.transfer_id is not None:
             # Only while still in a final state (DONE, CANCELLED, QUARANTINED never change again).
-            if not ledger.forget_blob(item.transfer_id, item.blob_id, LEDGER_PRUNABLE_STATES):
+            if not ledger.forget_blob(item.transfer_id, item.blob_id, LEDGER_PRUNABLE_STATES,
+                                      reason=item.reason):
                 return None
         elif item.blob_id in ledger.referenced_blobs():
             return None  # an unreferenced blob someone committed meanwhile

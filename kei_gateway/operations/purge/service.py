@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.ledger import AuditWriter
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.core.lease import LeaseKind
 from kei_gateway.operations.purge.execute import (
@@ -34,7 +36,7 @@ from kei_gateway.runtime.leases import NodeLeases
 if TYPE_CHECKING:
     from kei_gateway.config import Config
 
-__all__ = ["PurgeService", "RETRY_AFTER_FAILURE", "make_purge_service", "audit_pruner"]
+__all__ = ["PurgeService", "RETRY_AFTER_FAILURE", "make_purge_service", "audit_pruner", "purge_audit_writer"]
 
 RETRY_AFTER_FAILURE = 3600.0
 """A run that failed (in part) is tried again after this long, if the next daily run is later."""
@@ -213,12 +215,27 @@ def audit_pruner(config: Config, engine: Engine, environ: Mapping[str, str],
     Old records go through :meth:`kei_gateway.operations.audit.AuditLog.purge_before`, which leaves
     an anchor record so the chain stays verifiable.
     """
+    log = _audit_log(config, engine, environ)
+    if log is None:
+        return None
+    return lambda cutoff: log.purge_before(cutoff, now(), actor=actor).deleted
+
+
+def purge_audit_writer(config: Config, engine: Engine, environ: Mapping[str, str],
+                       actor: str = "kei-gateway") -> AuditWriter | None:
+    """Blocking: what chains a ``purge.erased`` record in the transaction of each ledger erasure (the payload
+    forgotten, the metadata deleted), or None when the ledger has no audit table."""
+    log = _audit_log(config, engine, environ)
+    if log is None:
+        return None
+    return partial(log.append_in, actor=actor)
+
+
+def _audit_log(config: Config, engine: Engine, environ: Mapping[str, str]) -> Any:
     from kei_gateway.operations.audit import AuditLog, audit_key_from_config
 
     log = AuditLog(engine, audit_key_from_config(config, environ))
-    if not log.available():
-        return None
-    return lambda cutoff: log.purge_before(cutoff, now(), actor=actor).deleted
+    return log if log.available() else None
 
 
 def make_purge_service(*, config: Callable[[], Config], clock: Any, engine: Engine, store: BlobStore,
@@ -235,6 +252,7 @@ def make_purge_service(*, config: Callable[[], Config], clock: Any, engine: Engi
     def one_run(fence: Fence | None) -> PurgeOutcome:
         current = config()
         ledger.fence = fence
+        ledger.audit_writer = purge_audit_writer(current, engine, environ)
         return run_purge(current, ledger, store, now=now, audit_pruner=audit_pruner(current, engine, environ, now))
 
     def purge() -> defer.Deferred[PurgeOutcome | None]:

@@ -117,6 +117,12 @@ class AirisFlowTests(AirisFlowCase):
         stored = [row for row in self.ledger.list_transfers(flow="airis-reconcile")]
         self.assertEqual(len(stored), 6)  # three inputs and three results, each encrypted in the store
         self.assertTrue(all(row.blob_id and row.state == "DONE" for row in stored))
+        # issue 11: each transfer committed with its record (the .dat's is the run's airis.reconciled, the other
+        # five airis.stored), so audit verify finds none without one
+        recorded = sorted(s.record.transfer_id or 0 for s in self.audit_log.iter_records()
+                          if s.record.event in ("airis.stored", "airis.reconciled"))
+        self.assertEqual(recorded, sorted(row.id for row in stored))
+        self.assertEqual(self.audit_log.unrecorded_transfers(), (0, []))
         personal = [str(r[key]) for r in self.case.register for key in ("owner_name", "owner_address", "chassis_no")]
         dumped = repr(self.audit_records())
         self.assertFalse([value for value in personal if value in dumped])
@@ -270,4 +276,5 @@ class AirisFlowResumeTests(AirisFlowCase):
         self.assertEqual([(row.local_name, row.source_removed) for row in stale], [("REG2W.dat", True)])
         self.assertIn(f"register sha256={hashlib.sha256(fewer).hexdigest()}", str(run.reconciled["reason"]))
         self.assertEqual(len(os.listdir(self.spool / "inbox" / "airis-reconcile")), 3)
-        self.assertEqual([r[0] for r in self.audit_records() if r[0].startswith("airis.")], ["airis.reconciled"])
+        runs = [r[0] for r in self.audit_records() if r[0].startswith("airis.") and r[0] != "airis.stored"]
+        self.assertEqual(runs, ["airis.reconciled"])  # one run record (airis.stored: each transfer's own, issue 11)
