@@ -55,11 +55,12 @@ class Validator:
     * ``rereadable=False`` (the default, for input that can be read only once,
       e.g. standard input): every key is kept exactly in memory, about 95 bytes
       a record; :meth:`close` returns the final report.
-    * ``rereadable=True``: keys go into a fixed-size Bloom filter
-      (``2 ** filter_bits_log2`` bits, 16 MiB by default; smaller when
-      ``expected_size``, the file's size in bytes, says it has fewer records
-      than that serves well) and only the keys it
-      cannot rule out (suspects) are kept.  If there are any after
+    * ``rereadable=True``: keys go into a fixed-size index and only the keys it
+      cannot rule out (suspects) are kept: a table of fingerprints when
+      ``expected_size`` (the file's size in bytes) gives a number of records
+      that fits in the largest filter's memory (2 slots of 4 bytes a record),
+      else a Bloom filter (``2 ** filter_bits_log2`` bits, 16 MiB by default;
+      smaller for fewer records).  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
       (``valid`` is false) and the caller feeds the same bytes again to
       :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
