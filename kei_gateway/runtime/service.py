@@ -52,6 +52,7 @@ from kei_gateway.runtime.listeners import AllowListFactory, metrics_site
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, write_outcome
 from kei_gateway.runtime.sdnotify import Notifier, Watchdog, reloading_message
+from kei_gateway.runtime.timeline import TIMELINE, StallWatch
 
 __all__ = ["make_service", "GatewayService", "ListenerService"]
 
@@ -467,6 +468,15 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             verifier.setServiceParent(gateway)
 
     gateway.status.setServiceParent(gateway)
+
+    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE): reactor ticks later than 5 ms
+        stalls = StallWatch(reactor, TIMELINE)
+
+        def start_stall_watch(addresses: list[str]) -> list[str]:
+            stalls.start()
+            return addresses
+
+        gateway.ready.addCallback(start_stall_watch)
 
     if watchdog_interval is not None:
         def healthy(ok: bool) -> None:
