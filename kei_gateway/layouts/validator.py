@@ -171,12 +171,9 @@ class Validator:
             data = b"".join(pieces)
             pieces.clear()
             start = 0
-            while len(data) - start >= (1 if final else self._block_size) and not self.stopped:
-                end = data.rfind(b"\n", start, start + self._block_size) + 1
-                if end <= start:  # a line longer than a block: take it whole
-                    end = data.find(b"\n", start + self._block_size) + 1
-                    if end <= 0:
-                        break
+            for end in _line_block_ends(data, self._block_size, final):
+                if self.stopped:
+                    break
                 self._process(data[start:end])
                 start = end
             rest = data[start:]
@@ -554,24 +551,37 @@ class Validator:
         self._error(LayoutError(number, offset + len(rest), reason))
 
 
+def _line_block_ends(data: bytes, size: int, final: bool) -> Iterator[int]:
+    """Where blocks of whole lines of about ``size`` bytes cut from the start of ``data`` end.
+
+    Blocks are cut while ``size`` bytes remain (any, when ``final``); a line longer than a
+    block is one block; what follows the last LF is never part of one.
+    """
+    start = 0
+    while len(data) - start >= (1 if final else size):
+        end = data.rfind(b"\n", start, start + size) + 1
+        if end <= start:  # a line longer than a block: take it whole
+            end = data.find(b"\n", start + size) + 1
+            if end <= 0:
+                return
+        yield end
+        start = end
+
+
 def _line_blocks(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     """The chunks' bytes as blocks of whole lines of about ``size`` bytes; what follows the last LF is left out."""
     rest = b""
     for chunk in chunks:
         data = rest + chunk if rest else chunk
         start = 0
-        while len(data) - start >= size:
-            end = data.rfind(b"\n", start, start + size) + 1
-            if end <= start:  # a line longer than a block: take it whole
-                end = data.find(b"\n", start + size) + 1
-                if end <= 0:
-                    break
+        for end in _line_block_ends(data, size, False):
             yield data[start:end]
             start = end
         rest = data[start:]
-    end = rest.rfind(b"\n") + 1
-    if end:
-        yield rest[:end]
+    start = 0
+    for end in _line_block_ends(rest, size, True):
+        yield rest[start:end]
+        start = end
 
 
 def _first_bytes(chunks: Iterable[bytes], limit: int, checksum: _Checksum) -> Iterator[bytes]:
