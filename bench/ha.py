@@ -94,7 +94,7 @@ def main() -> int:
             daemons[node] = start_daemon(files[node], watchdog_usec=None)
             daemons[node].notify.wait_for("READY=1")
         for trial in range(args.trials):
-            drop(where, f"pay-bench-{trial:03d}.dat", args.records)  # type: ignore[arg-type]
+            drop(where, f"pay-bench-{trial:03d}.dat", args.records, seed=trial)  # type: ignore[arg-type]
 
             def sending() -> tuple[int, str, int] | None:
                 with engine.connect() as connection:
