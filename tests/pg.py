@@ -78,6 +78,8 @@ class Cluster:
     base: str
     run_as: list[str]
     _names: count[int] = field(default_factory=lambda: count(1))
+    options: str = ""
+    """The server options it was started with (to start it again after :meth:`stop_server`)."""
 
     @property
     def data_dir(self) -> str:
@@ -120,6 +122,16 @@ class Cluster:
         except OSError as error:
             return f"(no server log: {error})"
 
+    def stop_server(self) -> None:
+        """Stop the server (fast: open sessions are ended) and keep its data, for :meth:`start_server`."""
+        _run([*self.run_as, os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w",
+              "-t", str(int(START_TIMEOUT)), "stop"], "pg_ctl stop")
+
+    def start_server(self) -> None:
+        """Start the server again after :meth:`stop_server`; wait (bounded) until it accepts connections."""
+        _run([*self.run_as, os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir, "-l", self.log_path, "-w",
+              "-t", str(int(START_TIMEOUT)), "-o", self.options, "start"], "pg_ctl start")
+
     def stop(self) -> None:
         """Stop the server (immediately: nothing in it is kept) and remove its directory."""
         subprocess.run([*self.run_as, os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir, "-m", "immediate",
@@ -156,6 +168,7 @@ def start_cluster() -> Cluster:
         _run([*run_as, "mkdir", "-m", "0755", cluster.socket_dir], "mkdir socket dir")
         options = (f"-k {cluster.socket_dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
                    f"-c full_page_writes=off -c max_connections=100 -c timezone=Asia/Tokyo")
+        cluster.options = options
         _run([*run_as, os.path.join(bin_dir, "pg_ctl"), "-D", cluster.data_dir, "-l", cluster.log_path, "-w",
               "-t", str(int(START_TIMEOUT)), "-o", options, "start"], "pg_ctl start")
         deadline = time.monotonic() + START_TIMEOUT

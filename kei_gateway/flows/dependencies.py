@@ -11,6 +11,7 @@ from kei_gateway.adapters.ports import BlobStore, PeerClient, TransferLedgerPort
 from kei_gateway.config import Config
 from kei_gateway.flows.inbound.relay import Relay
 from kei_gateway.runtime.blocking import Blocking
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
 __all__ = ["FlowDependencies"]
@@ -38,3 +39,6 @@ class FlowDependencies:
     note_erased: Callable[[Sequence[Any], datetime.datetime], object]
     """List plaintext inputs a flow erased (AIRIS 突合) in the day's 消去報告 (the purge's report)."""
     use_inotify: bool = True
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14): the sender, the outbox watcher and the poller claim their work with them.
+    None: the ledger is this process's alone."""

@@ -1,7 +1,9 @@
-"""A fixed-size Bloom filter over fixed-width record keys, for the uniqueness check of large files.
+"""Fixed-size key indexes for the uniqueness check: a Bloom filter, and a table of fingerprints.
 
-Pure: no clock, no files.  The filter answers "maybe seen before" or "surely
-not seen"; the :class:`~kei_gateway.layouts.engine.Validator` keeps the
+Pure: no clock, no files.  Both answer "maybe seen before" or "surely not seen":
+:class:`KeyTable` (32 bits of each key's fingerprint in an open-addressing table) when
+the number of keys is known and fits, with about one false "maybe" in 2^31 keys;
+:class:`KeyFilter` (a Bloom filter) for more or an unknown number.  The :class:`~kei_gateway.layouts.engine.Validator` keeps the
 "maybe" keys (the suspects) exactly and settles them in a second read of the
 file, so the result is exact while memory stays fixed whatever the file size.
 

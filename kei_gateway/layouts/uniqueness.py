@@ -2,7 +2,7 @@
 
 :class:`Columns` cuts the key fields out of a block of whole records with strided
 slices; :class:`ExactKeys` keeps every key (input read once); :class:`FilteredKeys` puts
-keys in a fixed-size Bloom filter and keeps only the suspects, which
+keys in a fixed-size key table or Bloom filter and keeps only the suspects, which
 :class:`SuspectKeys` settles exactly in a second read.  Pure; no I/O.
 """
 

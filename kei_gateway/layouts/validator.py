@@ -31,10 +31,11 @@ from kei_gateway.layouts.utf8 import Utf8Conversion, convert_utf8_record, utf8_b
 __all__ = ["BOM", "Validator", "validate_bytes", "validate_stream"]
 
 BOM: Final = b"\xef\xbb\xbf"
-_BLOCK_SIZE: Final = 1 << 20
-"""Bytes gathered before a block is validated (whole records only): 1 MiB, ~15,000 JNKS records a numpy
-call (the calls' own cost is what a smaller block pays most: 256 KiB took 40 % more time), while the
-block and its temporaries stay a few MiB, so the peak RSS stays ≤ 64 MB with the key index's 8–16 MiB."""
+_BLOCK_SIZE: Final = 1 << 19
+"""Bytes gathered before a block is validated (whole records only): 512 KiB, ~7,500 JNKS records a numpy
+call (the calls' own cost is what a smaller block pays most: 256 KiB took 20 % more time, 1 MiB 5 % less),
+while the block and its temporaries stay a few MiB: peak RSS ≤ 64 MB with the key index's 8–16 MiB, and
+the daemon's under 150 MB on a 512 MiB upload (1 MiB blocks: 150–151 MB)."""
 _UTF8_BLOCK_SIZE: Final = 1 << 18
 """The same for UTF-8 input, whose conversion makes more copies of a block (1 MiB reached 67 MB)."""
 _SPLIT_BELOW: Final = 32
@@ -54,11 +55,12 @@ class Validator:
     * ``rereadable=False`` (the default, for input that can be read only once,
       e.g. standard input): every key is kept exactly in memory, about 95 bytes
       a record; :meth:`close` returns the final report.
-    * ``rereadable=True``: keys go into a fixed-size Bloom filter
-      (``2 ** filter_bits_log2`` bits, 16 MiB by default; smaller when
-      ``expected_size``, the file's size in bytes, says it has fewer records
-      than that serves well) and only the keys it
-      cannot rule out (suspects) are kept.  If there are any after
+    * ``rereadable=True``: keys go into a fixed-size index and only the keys it
+      cannot rule out (suspects) are kept: a table of fingerprints when
+      ``expected_size`` (the file's size in bytes) gives a number of records
+      that fits in the largest filter's memory (2 slots of 4 bytes a record),
+      else a Bloom filter (``2 ** filter_bits_log2`` bits, 16 MiB by default;
+      smaller for fewer records).  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
       (``valid`` is false) and the caller feeds the same bytes again to
       :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
@@ -169,12 +171,9 @@ class Validator:
             data = b"".join(pieces)
             pieces.clear()
             start = 0
-            while len(data) - start >= (1 if final else self._block_size) and not self.stopped:
-                end = data.rfind(b"\n", start, start + self._block_size) + 1
-                if end <= start:  # a line longer than a block: take it whole
-                    end = data.find(b"\n", start + self._block_size) + 1
-                    if end <= 0:
-                        break
+            for end in _line_block_ends(data, self._block_size, final):
+                if self.stopped:
+                    break
                 self._process(data[start:end])
                 start = end
             rest = data[start:]
@@ -552,24 +551,37 @@ class Validator:
         self._error(LayoutError(number, offset + len(rest), reason))
 
 
+def _line_block_ends(data: bytes, size: int, final: bool) -> Iterator[int]:
+    """Where blocks of whole lines of about ``size`` bytes cut from the start of ``data`` end.
+
+    Blocks are cut while ``size`` bytes remain (any, when ``final``); a line longer than a
+    block is one block; what follows the last LF is never part of one.
+    """
+    start = 0
+    while len(data) - start >= (1 if final else size):
+        end = data.rfind(b"\n", start, start + size) + 1
+        if end <= start:  # a line longer than a block: take it whole
+            end = data.find(b"\n", start + size) + 1
+            if end <= 0:
+                return
+        yield end
+        start = end
+
+
 def _line_blocks(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     """The chunks' bytes as blocks of whole lines of about ``size`` bytes; what follows the last LF is left out."""
     rest = b""
     for chunk in chunks:
         data = rest + chunk if rest else chunk
         start = 0
-        while len(data) - start >= size:
-            end = data.rfind(b"\n", start, start + size) + 1
-            if end <= start:  # a line longer than a block: take it whole
-                end = data.find(b"\n", start + size) + 1
-                if end <= 0:
-                    break
+        for end in _line_block_ends(data, size, False):
             yield data[start:end]
             start = end
         rest = data[start:]
-    end = rest.rfind(b"\n") + 1
-    if end:
-        yield rest[:end]
+    start = 0
+    for end in _line_block_ends(rest, size, True):
+        yield rest[start:end]
+        start = end
 
 
 def _first_bytes(chunks: Iterable[bytes], limit: int, checksum: _Checksum) -> Iterator[bytes]:

@@ -23,6 +23,8 @@ from kei_gateway.adapters.store.blobs import FileBlobStore, open_store
 from kei_gateway.adapters.store.errors import StoreError
 from kei_gateway.config import Config
 from kei_gateway.runtime import events
+from kei_gateway.adapters.ledger.leases import LeaseLedger, NodeRefused
+from kei_gateway.runtime.leases import NodeIdentity, host_and_pid, new_incarnation
 from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
 from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
 from kei_gateway.operations.audit.spool import spool_path
@@ -51,6 +53,8 @@ class Prepared:
     store: FileBlobStore
     schema: str
     audit_log: Any
+    node: NodeIdentity | None = None
+    """This node in the ledger (SPEC §14), registered at the start."""
 
 
 def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
@@ -73,7 +77,7 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
         events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: {error}")
         raise StartFailed(usage=True) from error
     try:
-        chained, known = recover_pending(spool_path(config.gateway.state_dir), audit_log)
+        chained, known = recover_pending(audit_spool_path(config), audit_log)
     except Exception as error:  # the database went away since the migration, or the file is unreadable
         events.emit(log, events.DAEMON_FAILED, reason=f"audit trail: the records left by the last run: "
                                                       f"{events.describe_error(error)}")
@@ -88,13 +92,43 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
         events.emit(log, events.DAEMON_FAILED, reason=f"encrypted store: {error}")
         raise StartFailed(usage=isinstance(error, StoreError)) from error
     ledger = TransferLedger(engine)
+    node = join_ledger(config, engine)
     # Blobs no transfer refers to (a crash between the store write and the ledger commit) are left to the
     # daily purge: it erases them past retention.payloads and lists them in the deletion report. Deleting
     # them here would erase unreported, and erase the whole store if database.url named a new, empty ledger.
-    requeued = ledger.requeue_sending(datetime.now(timezone.utc))
+    # The restart rule of SPEC §6 as §14 restates it: this node's own cut-off sends (and unleased or expired
+    # ones), never those another live node holds.
+    requeued = ledger.requeue_sending(datetime.now(timezone.utc), node=config.node_id)
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
-    return Prepared(ledger, store, schema, audit_log)
+    return Prepared(ledger, store, schema, audit_log, node)
+
+
+def audit_spool_path(config: Config) -> str:
+    """The audit observer's pending file: one per node when the ledger (and so ``state_dir``) is shared."""
+    shared = not config.database_url.startswith("sqlite")
+    return spool_path(config.gateway.state_dir, config.node_id if shared else None)
+
+
+def join_ledger(config: Config, engine: Any) -> NodeIdentity:
+    """Register this start of the node in the ledger (SPEC §14), or :class:`StartFailed`: a second node on a
+    SQLite ledger, or a node id another live node uses."""
+    store = LeaseLedger(engine, config.node_id, config.database.lease)
+    incarnation = new_incarnation()
+    host, pid = host_and_pid()
+    try:
+        store.join(incarnation, datetime.now(timezone.utc), host, pid)
+        nodes = store.nodes(datetime.now(timezone.utc))
+    except NodeRefused as refused:
+        events.emit(log, events.DAEMON_FAILED, reason=str(refused))
+        raise StartFailed(usage=True) from refused
+    except Exception as error:
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: "
+                                                      f"{events.describe_error(error)}")
+        raise StartFailed(usage=False) from error
+    events.emit(log, events.NODE_JOINED, node=config.node_id, lease=f"{config.database.lease:g}",
+                nodes=", ".join(status.node.node_id for status in nodes))
+    return NodeIdentity(store, incarnation)
 
 
 def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, observer: GatewayLogObserver,
@@ -113,7 +147,7 @@ def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, obs
     gateway = make_service(config, reactor, prepared.ledger, notifier=notifier, environ=os.environ,
                            watchdog_interval=watchdog_interval(), on_log_level=set_level, schema=prepared.schema,
                            store=prepared.store, audit=audit, audit_log=prepared.audit_log,
-                           audit_spool=spool_path(config.gateway.state_dir))
+                           audit_spool=audit_spool_path(config), node=prepared.node)
 
     def start_failed(failure: Any) -> None:
         events.emit(log, events.DAEMON_FAILED, reason=f"cannot bind a listener: {failure.value}")

@@ -21,6 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.application import service
@@ -33,7 +34,7 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["LeaseStore", "NodeLeases", "new_incarnation"]
+__all__ = ["LeaseStore", "NodeLeases", "NodeIdentity", "new_incarnation", "host_and_pid"]
 
 
 class LeaseStore(Protocol):
@@ -57,6 +58,14 @@ class LeaseStore(Protocol):
     def live_leases(self, now: datetime.datetime) -> dict[str, int]: ...
 
     def current(self, fence: Fence) -> bool: ...
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """This node as the daemon's start registered it: the ledger's lease store and this start's incarnation."""
+
+    store: LeaseStore
+    incarnation: str
 
 
 def new_incarnation() -> str:
@@ -89,6 +98,11 @@ class NodeLeases(service.Service):
         self.problem = "no heartbeat yet"
         self._skewed = False
         self._known_nodes: set[str] = set()
+        self._beaten_once = False
+        self._first_beat: list[defer.Deferred[None]] = []
+        self.on_may_claim: list[Callable[[], object]] = []
+        """Called when the node may claim again (after its first heartbeat, the database back, the clock right):
+        the doors look for work at once rather than at their next poll."""
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = clock
 
@@ -138,7 +152,15 @@ class NodeLeases(service.Service):
 
         d = self.blocking.run(blocking_beat)
         d.addCallbacks(lambda result: self._beaten(now, *result), self._unreachable)
-        return d
+        return d.addBoth(self._after_beat)
+
+    def _after_beat(self, result: object) -> object:
+        if not self._beaten_once:
+            self._beaten_once = True
+            waiting, self._first_beat = self._first_beat, []
+            for waiter in waiting:
+                waiter.callback(None)
+        return result
 
     def _beaten(self, now: datetime.datetime, database_now: datetime.datetime | None, lost: list[Fence],
                 nodes: list[NodeStatus], live: dict[str, int]) -> None:
@@ -148,7 +170,11 @@ class NodeLeases(service.Service):
                 events.emit(self.log, events.NODE_CLOCK_SKEW, node=self.node_id, reason=skew)
             self._skewed, self.may_claim, self.problem = True, False, skew
         else:
+            was = self.may_claim
             self._skewed, self.may_claim, self.problem = False, True, ""
+            if not was:
+                for hook in self.on_may_claim:
+                    hook()
         for fence in lost:
             self.held.pop((fence.kind, fence.key), None)
             events.emit(self.log, events.LEASE_LOST, node=self.node_id, kind=fence.kind, key=fence.key)
@@ -178,7 +204,14 @@ class NodeLeases(service.Service):
     # -- claims ---------------------------------------------------------------------
 
     def claim(self, kind: str, key: str) -> defer.Deferred[Fence | None]:
-        """Claim (*kind*, *key*); fire with the fence to commit with, or None (busy, or this node may not claim)."""
+        """Claim (*kind*, *key*); fire with the fence to commit with, or None (busy, or this node may not claim).
+
+        A claim made before the node's first heartbeat has come back waits for it (the doors and the purge start
+        with the tree, the heartbeat's round trip to the database takes a moment)."""
+        if self.running and not self._beaten_once:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._first_beat.append(waiter)
+            return waiter.addCallback(lambda _: self.claim(kind, key))
         if not self.may_claim or not self.running:
             return defer.succeed(None)
         d = self.blocking.run(self.store.claim, kind, key, self.now())

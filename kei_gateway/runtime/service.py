@@ -25,6 +25,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import WebDavClient
 from kei_gateway.config import INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, Config, HostPort, load_config, restart_needed
 from kei_gateway.core.results import ResultKeyer
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.airis_flow import build_airis_flow
 from kei_gateway.flows.dependencies import FlowDependencies
@@ -49,9 +50,11 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, ThreadPoolBlocking
 from kei_gateway.runtime.health import HealthChecks
 from kei_gateway.runtime.listeners import AllowListFactory, metrics_site
+from kei_gateway.runtime.leases import NodeIdentity, NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, write_outcome
 from kei_gateway.runtime.sdnotify import Notifier, Watchdog, reloading_message
+from kei_gateway.runtime.timeline import TIMELINE, StallWatch
 
 __all__ = ["make_service", "GatewayService", "ListenerService"]
 
@@ -140,6 +143,8 @@ class GatewayService(service.MultiService):
         self.relay: ResultRelay | None = None
         self.audit: AuditObserver | None = None
         self.audit_log: AuditLog | None = None
+        self.leases: NodeLeases | None = None
+        """This node's leases in a shared ledger (SPEC §14); None for a tree built without a node (tests)."""
         """The audit trail (docs/audit.md): the observer starts writing at start and is flushed last at stop."""
         self.audit_spool: AuditSpool | None = None
         """Where the observer's records wait until chained (they survive kill -9): the daemon's pending file."""
@@ -350,13 +355,15 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                  store: BlobStore | None = None, use_inotify: bool = True,
                  client_factory: Callable[[Any, Config, str, Blocking], Any] | None = None,
                  audit: AuditObserver | None = None, audit_log: AuditLog | None = None,
-                 audit_spool: str | None = None) -> GatewayService:
+                 audit_spool: str | None = None, node: NodeIdentity | None = None) -> GatewayService:
     """Build the gateway's service tree from *config*.
 
     The caller owns the reactor and the process; everything the tree needs is
     passed in, so tests build it with a fake clock, a synchronous blocking door,
     a recording notifier and their own registry. *audit_spool* is the path of the observer's
-    pending file (:mod:`kei_gateway.operations.audit.spool`; the daemon passes it).
+    pending file (:mod:`kei_gateway.operations.audit.spool`; the daemon passes it). *node* (SPEC §14) is this
+    node as registered in the ledger: its leases are renewed by a service of the tree, and every door claims
+    its work with them.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
@@ -379,6 +386,14 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                                             on_certificate=gateway.certificates.peer_certificate_seen)
     gateway._schema = schema
     gateway.pool, gateway.intake_pool = pool, intake_pool
+    leases: NodeLeases | None = None
+    if node is not None:
+        # First child after the certificates: it stops after every door (their last commits need the leases).
+        leases = NodeLeases(store=node.store, incarnation=node.incarnation, clock=reactor, blocking=blocking,
+                            metrics=metrics)
+        leases.setServiceParent(gateway)
+        gateway.leases = leases
+        gateway.health.readiness_checks.append(leases.readiness)
     if audit_log is not None and isinstance(ledger, TransferLedger):
         # An action's audit record is chained in the action's own transaction (issue 11, STYLE 14).
         ledger.audit_writer = audit_log.append_in
@@ -402,7 +417,7 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                                 make_client=make_client, relay_for=relays.relay_for,
                                 status_soon=gateway.status.soon,
                                 note_erased=partial(append_input_erasures, reports_directory(config)),
-                                use_inotify=use_inotify)
+                                use_inotify=use_inotify, leases=leases)
 
     def source() -> Config:
         return gateway.config
@@ -421,6 +436,11 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                     gateway.senders.append(child)
                 elif isinstance(child, DownloadPoller):
                     gateway.pollers.append(child)
+                if leases is not None:
+                    # Claiming is possible again (first heartbeat, the database back): look for work at once.
+                    for door in ("kick", "scan_soon", "poll"):
+                        if hasattr(child, door):
+                            leases.on_may_claim.append(getattr(child, door))
                 child.setServiceParent(gateway)
 
     gateway.export_queue_age_limits()
@@ -445,7 +465,8 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         from kei_gateway.operations.purge.service import make_purge_service
 
         make_purge_service(config=lambda: gateway.config, clock=reactor, engine=ledger.engine, store=store,
-                           blocking=blocking, metrics=metrics, environ=environ).setServiceParent(gateway)
+                           blocking=blocking, metrics=metrics, environ=environ,
+                           leases=leases).setServiceParent(gateway)
 
     # The audit trail (issue 6, docs/audit.md): *audit* is already on the log publisher (the entry point
     # installs it); here it gets the ledger and the blocking door. The chain is verified at start and
@@ -454,8 +475,20 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
         gateway.audit, gateway.audit_log = audit, audit_log
         gateway.audit_spool = AuditSpool(audit_spool) if audit_spool is not None else None
 
-        def verify_audit_chain() -> defer.Deferred[Any]:
+        def verify_now_here() -> defer.Deferred[Any]:
             return verify_now(audit_log, blocking, metrics, clock=reactor)
+
+        def verify_audit_chain() -> defer.Deferred[Any]:
+            if leases is None:
+                return verify_now_here()
+            node_leases = leases
+
+            def claimed(fence: Any) -> Any:
+                if fence is None:
+                    return None  # another node verifies it now (one verification of one shared chain)
+                return verify_now_here().addBoth(lambda result: (node_leases.release(fence), result)[1])
+
+            return node_leases.claim(LeaseKind.VERIFY, "audit").addCallback(claimed)
 
         purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
         if purge_service is not None:
@@ -467,6 +500,15 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
             verifier.setServiceParent(gateway)
 
     gateway.status.setServiceParent(gateway)
+
+    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE): reactor ticks later than 5 ms
+        stalls = StallWatch(reactor, TIMELINE)
+
+        def start_stall_watch(addresses: list[str]) -> list[str]:
+            stalls.start()
+            return addresses
+
+        gateway.ready.addCallback(start_stall_watch)
 
     if watchdog_interval is not None:
         def healthy(ok: bool) -> None:

@@ -140,3 +140,28 @@ class NodeLeasesTests(SynchronousTestCase):
         [fenced] = self.logged("lease.fenced")
         self.assertEqual((fenced["node"], fenced["kind"], fenced["key"]), ("a", "transfer", "9"))
         self.a.stopService()
+
+    def test_when_work_is_claimed_before_the_first_heartbeat_came_back_then_the_claim_waits_for_it(self) -> None:
+        from twisted.internet import defer
+
+        held: list[tuple[defer.Deferred[Any], Any]] = []
+
+        class HeldBlocking:
+            def run(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append((d, lambda: f(*args, **kwargs)))
+                return d
+
+        self.a.blocking = HeldBlocking()
+        self.a.startService()  # its first beat waits in the pool
+        claim = self.a.claim("purge", "daily")
+        self.assertNoResult(claim)
+        while held:
+            d, work = held.pop(0)
+            defer.maybeDeferred(work).chainDeferred(d)
+        fence = self.successResultOf(claim)
+        assert fence is not None and (fence.kind, fence.node) == ("purge", "a")
+        self.a.stopService()
+        while held:
+            d, work = held.pop(0)
+            defer.maybeDeferred(work).chainDeferred(d)

@@ -298,10 +298,16 @@ def _seen(row: Node) -> NodeSeen:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is a gateway process *pid* running on this host? (A pid reused by another program does not count.)"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read()
+    except OSError:
+        return True  # no /proc to tell: assume it is
+    return b"kei_gateway" in command or b"kei-gateway" in command

@@ -29,6 +29,7 @@ def build_inbound_flow(flow: str, config_source: Callable[[], Config],
         quarantine_dir=config.spool_path(os.path.join("quarantine", flow)), relay=deps.relay_for(flow),
         ledger=deps.ledger, store=deps.store, blocking=deps.blocking, clock=deps.clock, metrics=deps.metrics,
         poll_interval=settings.poll_interval, intake_blocking=deps.intake_blocking)
+    poller.leases = deps.leases
     return [poller]
 
 

@@ -57,6 +57,7 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, retry_transient
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.runtime.timeline import TIMELINE
 
 __all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS",
            "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW", "RELAY_BATCH", "record_batches"]
@@ -161,6 +162,7 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
                 index += len(records)
 
         stage_for_inbox(inbox_dir, name, new_records())
+        TIMELINE.stamp(row.id, "staged")
         crashpoint("results.staged")
         if not relayed:  # every result a duplicate: nothing goes to the inbox
             os.unlink(os.path.join(inbox_dir, staged_name(name)))
@@ -170,8 +172,10 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     duplicates = total - relayed
     if not relayed:
         return RelayOutcome(row.id, None, relayed, duplicates)
+    TIMELINE.stamp(row.id, "recorded")
     crashpoint("results.recorded")
     publish_staged(inbox_dir, name, marker)
+    TIMELINE.stamp(row.id, "published")
     crashpoint("results.published")
     results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())))
     return RelayOutcome(row.id, name, relayed, duplicates)
@@ -265,12 +269,14 @@ class ResultRelay(service.Service):
 
     @defer.inlineCallbacks
     def _relay(self, transfer_id: int, received_at: float | None) -> Any:
+        TIMELINE.stamp(transfer_id, "relay_start")
         now_seconds = self.clock.seconds()
         now = datetime.datetime.fromtimestamp(now_seconds, datetime.timezone.utc)
         outcome: RelayOutcome = yield self.blocking.run(
             relay_stored_results, transfer_id=transfer_id, ledger=self.ledger, results=self.results,
             store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
             now=now)
+        TIMELINE.close(transfer_id, "done")  # a push's line (nothing for a pulled file)
         if outcome.already_done:
             return outcome
         if received_at is not None and outcome.relay_name is not None and not outcome.recovered:

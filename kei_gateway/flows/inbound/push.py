@@ -45,6 +45,7 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.bursts import BurstLog
 from kei_gateway.runtime.metrics import GatewayMetrics
+from kei_gateway.runtime.timeline import TIMELINE
 
 __all__ = ["PushReceiver", "RETRY_AFTER_SECONDS", "BUSY_RETRY_AFTER_SECONDS", "IDLE_TIMEOUT", "BODY_RATE_WINDOW",
            "AcceptedPush", "DEFAULT_LIMITS"]
@@ -150,13 +151,16 @@ class PushReceiver:
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
         intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
                               blocking=self.intake_blocking)
-        return AcceptedPush(decision, intake, started_at, source)
+        accepted = AcceptedPush(decision, intake, started_at, source)
+        TIMELINE.stamp(accepted, "received")
+        return accepted
 
     def _release(self, accepted: AcceptedPush) -> None:
         """The push no longer holds a slot (done, refused or broken): once only."""
         if accepted.released:
             return
         accepted.released = True
+        TIMELINE.drop(accepted)  # a push relayed was re-keyed by its transfer id before this
         self._in_flight.discard((accepted.target.flow, accepted.target.name))
         self._pushes_by_source[accepted.source] -= 1
         if self._pushes_by_source[accepted.source] <= 0:
@@ -194,7 +198,13 @@ class PushReceiver:
             self._release(accepted)
             return response
 
+        def stored(received: Received) -> Received:
+            TIMELINE.stamp(accepted, "stored")
+            return received
+
+        TIMELINE.stamp(accepted, "body")
         d: defer.Deferred[Any] = accepted.intake.finish()
+        d.addCallback(stored)
         d.addCallback(lambda received: self._settle(accepted, received))
         d.addErrback(lambda failure: self._unavailable(failure, accepted))
         return d.addCallback(done)
@@ -230,6 +240,8 @@ class PushReceiver:
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
         row = settled.row
         assert row is not None
+        TIMELINE.stamp(accepted, "committed")
+        TIMELINE.rekey(accepted, row.id)
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
                     records=report.records, transfer_id=row.id, sha256=row.sha256,

@@ -37,4 +37,5 @@ def build_outbound_flow(flow: str, config_source: Callable[[], Config],
         clock=deps.clock, blocking=deps.blocking, ledger=deps.ledger, store=deps.store, metrics=deps.metrics,
         on_ingested=ingested, use_inotify=deps.use_inotify,
         max_file_size=lambda: config_source().gateway.max_file_size)
+    sender.leases = watcher.leases = deps.leases
     return [watcher, sender]

@@ -261,9 +261,9 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
 
 
 _HANDOVER_DEPTH = 2
-"""Chunks (validated blocks of about 1 MiB, the validator's block) waiting between the two threads of an
-ingest: validating is the slower stage by far (about 8× encrypting and hashing), so a deeper queue
-only holds more memory (4 deep, the daemon peaked at 151 MB on the 512 MiB upload)."""
+"""Chunks (validated blocks, the validator's 512 KiB) waiting between the two threads of an ingest:
+validating is the slower stage by far (about 8× encrypting and hashing), so a deeper queue only
+holds more memory (4 deep with 1 MiB blocks, the daemon peaked at 151 MB on the 512 MiB upload)."""
 
 
 def in_helper_thread(source: Iterator[bytes], name: str, depth: int = _HANDOVER_DEPTH) -> Iterator[bytes]:

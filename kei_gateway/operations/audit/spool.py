@@ -41,8 +41,12 @@ COMPACT_BYTES: Final = 8 * 1024 * 1024
 _SAME_TIME = datetime.timedelta(milliseconds=1)
 
 
-def spool_path(state_dir: str) -> str:
-    return os.path.join(state_dir, PENDING_NAME)
+def spool_path(state_dir: str, node_id: str | None = None) -> str:
+    """The pending file in *state_dir*; with *node_id*, that node's own (nodes sharing one ``state_dir`` on a
+    shared ledger must not append to one file, SPEC §14)."""
+    if node_id is None:
+        return os.path.join(state_dir, PENDING_NAME)
+    return os.path.join(state_dir, f"audit-pending-{node_id}.jsonl")
 
 
 def _line(record: AuditRecord) -> bytes:

@@ -1,0 +1,267 @@
+"""Two real daemons on one real PostgreSQL and one shared directory (SPEC §14, docs/high-availability.md).
+
+Each test starts the JNKS simulator (loopback, mutual TLS), then two ``kei-gateway run``
+processes, nodes ``gw-a`` and ``gw-b``, with the same configuration but for ``node_id`` and
+the metrics port: spool, state (store, reports) and credentials in one directory, the ledger
+in a fresh database of the session's throwaway cluster. A short lease (3 s) keeps the suite
+quick; the simulator's ``delay_seconds`` fault holds each upload in flight long enough to
+kill or stop its node in the middle of it. Waits are bounded; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from kei_gateway.adapters.ledger import create_ledger_engine
+from kei_gateway.adapters.ledger.models import LeaseRow, Transfer
+from kei_gateway.layouts import generate_file, get_layout
+from kei_gateway.core.jst import today_in_jst
+from kei_gateway.sim.harness import demo_config_text, free_port, jnks_flow_config_text
+from tests.integration.conftest import poll_until
+from tests.pg import Cluster as PgCluster
+from tests.integration.harness import DaemonProcess, GatewayFiles, SimProcess, make_gateway_files, start_daemon, \
+    start_jnks_sim
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300 + int(os.environ.get("KEI_HA_RECORDS", "0")) // 2000)]
+
+LEASE = 3.0
+UPLOAD_DELAY = 6  # seconds the simulator holds every response: an upload stays in flight that long at least
+RECORDS = int(os.environ.get("KEI_HA_RECORDS", "50000"))
+"""Records of the file sent (100 bytes each): 5 MB by default; KEI_HA_RECORDS=1000000 sends the 100 MB of issue 15."""
+
+
+@dataclass
+class Cluster:
+    shared: Path
+    sim: SimProcess
+    url: str
+    engine: Engine
+    nodes: dict[str, DaemonProcess]
+    files: dict[str, GatewayFiles]
+
+    def start(self, node: str) -> DaemonProcess:
+        daemon = start_daemon(self.files[node], watchdog_usec=None)
+        self.nodes[node] = daemon
+        return daemon
+
+    def other(self, node: str) -> str:
+        return "gw-b" if node == "gw-a" else "gw-a"
+
+    def stderr(self) -> str:
+        return "\n".join(f"--- {name}\n{daemon.stderr()[-3000:]}" for name, daemon in self.nodes.items())
+
+    def transfers(self, flow: str = "jnks-payments") -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(Transfer).where(Transfer.flow == flow).order_by(Transfer.id)))
+
+    def all_transfers(self) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(Transfer)))
+
+    def holder(self, transfer_id: int) -> str | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(LeaseRow.holder).where(
+                LeaseRow.kind == "transfer", LeaseRow.key == str(transfer_id))).first()
+        return row[0] if row is not None else None
+
+    def delivered(self) -> list[Path]:
+        return sorted((self.sim.root / "upload").glob("*.dat"))
+
+
+def node_config(shared: Path, node: str, metrics_port: int, sim_url: str, database_url: str) -> str:
+    text = demo_config_text(str(shared), metrics_port, extra=jnks_flow_config_text(
+        sim_url, str(shared / "credentials" / "ca.pem")))
+    text = text.replace("[gateway]\n", f'[gateway]\nnode_id = "{node}"\n', 1)
+    return text + f'\n[database]\nurl = "{database_url}"\nlease = "{LEASE:g}s"\n'
+
+
+def make_cluster(tmp_path: Path, postgresql_url: str, delay: int) -> Cluster:
+    shared = tmp_path / "shared"
+    sim_files = make_gateway_files(shared)  # the shared credentials (and the simulator's)
+    sim = start_jnks_sim(sim_files, "--fault", f"delay_seconds={delay}")
+    files = {}
+    for node in ("gw-a", "gw-b"):
+        base = tmp_path / node
+        base.mkdir()
+        node_files = GatewayFiles(base, base / "kei-gateway.toml", free_port())
+        node_files.config.write_text(node_config(shared, node, node_files.metrics_port, sim.url, postgresql_url),
+                                     encoding="utf-8")
+        files[node] = node_files
+    return Cluster(shared, sim, postgresql_url, create_ledger_engine(postgresql_url), {}, files)
+
+
+def tear_down(cluster: Cluster) -> None:
+    for daemon in cluster.nodes.values():
+        if daemon.process.poll() is None:
+            daemon.process.send_signal(signal.SIGCONT)
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)
+        daemon.notify.close()
+    cluster.sim.stop()
+    cluster.engine.dispose()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgresql_url: str) -> Iterator[Cluster]:
+    result = make_cluster(tmp_path, postgresql_url, UPLOAD_DELAY)
+    try:
+        yield result
+    finally:
+        tear_down(result)
+
+
+def drop(cluster: Cluster, name: str, records: int, seed: int = 15) -> str:
+    """A valid payment file into the shared outbox (written, then renamed: ready); its SHA-256."""
+    outbox = cluster.shared / "spool" / "outbox" / "jnks"
+    outbox.mkdir(parents=True, exist_ok=True)
+    temporary = outbox / f".{name}.tmp"
+    digest = hashlib.sha256()
+    with open(temporary, "wb") as out:
+        for chunk in generate_file(get_layout("jnks-payments"), records, seed=seed, today=today_in_jst(time.time()),
+                                   lg_code="131041"):
+            digest.update(chunk)
+            out.write(chunk)
+    os.rename(temporary, outbox / name)
+    return digest.hexdigest()
+
+
+def both_ready(cluster: Cluster) -> None:
+    for node in ("gw-a", "gw-b"):
+        daemon = cluster.start(node)
+        daemon.notify.wait_for("READY=1")
+
+
+def sending(cluster: Cluster) -> tuple[int, str]:
+    """Wait (bounded) until the file is being uploaded; its transfer id and the node uploading it."""
+    def found() -> tuple[int, str] | None:
+        for transfer in cluster.transfers():
+            if transfer.state == "SENDING":
+                holder = cluster.holder(transfer.id)
+                if holder is not None:
+                    return transfer.id, holder
+        return None
+
+    return poll_until(found, 60 + RECORDS / 20000, "a transfer SENDING under a node's lease", cluster.stderr)
+
+
+def test_when_the_uploading_node_is_killed_then_the_other_finishes_within_two_leases_and_the_peer_has_one_copy(
+        cluster: Cluster) -> None:
+    both_ready(cluster)
+    sha256 = drop(cluster, "pay-ha-kill.dat", RECORDS)
+    transfer_id, holder = sending(cluster)
+    killed_at = time.monotonic()
+    cluster.nodes[holder].process.send_signal(signal.SIGKILL)
+    cluster.nodes[holder].process.wait(timeout=30)
+    survivor = cluster.other(holder)
+    poll_until(lambda: cluster.holder(transfer_id) == survivor or None, 2 * LEASE + 10,
+               f"{survivor} holding the transfer", cluster.stderr)
+    taken_over = time.monotonic() - killed_at
+    assert taken_over <= 2 * LEASE + 5 + 2, f"takeover after {taken_over:.1f}s"  # + the sender's 5 s poll
+    poll_until(lambda: [t for t in cluster.transfers() if t.id == transfer_id and t.state == "DONE"] or None,
+               120 + RECORDS / 5000, "the transfer DONE", cluster.stderr)
+    delivered = cluster.delivered()
+    assert len(delivered) == 1, delivered
+    assert hashlib.sha256(delivered[0].read_bytes()).hexdigest() == sha256
+    [transfer] = cluster.transfers()
+    assert transfer.attempts == 2 and transfer.state == "DONE"
+    assert "lease.takeover" in cluster.nodes[survivor].stderr() or "took over transfer" in \
+        cluster.nodes[survivor].stderr()
+
+
+def test_when_the_uploading_node_is_stopped_past_its_lease_then_the_other_finishes_and_the_stalled_node_is_fenced(
+        cluster: Cluster) -> None:
+    both_ready(cluster)
+    sha256 = drop(cluster, "pay-ha-stop.dat", RECORDS)
+    transfer_id, holder = sending(cluster)
+    stalled, survivor = cluster.nodes[holder], cluster.other(holder)
+    stalled.process.send_signal(signal.SIGSTOP)
+    try:
+        poll_until(lambda: [t for t in cluster.transfers() if t.id == transfer_id and t.state == "DONE"] or None,
+                   2 * LEASE + 120 + RECORDS / 5000, "the other node finishing the transfer", cluster.stderr)
+    finally:
+        stalled.process.send_signal(signal.SIGCONT)
+    poll_until(lambda: "lease is no longer this node's (fenced)" in stalled.stderr() or None, 60 + UPLOAD_DELAY * 3,
+               "the stalled node's commit fenced", cluster.stderr)
+    delivered = cluster.delivered()
+    assert len(delivered) == 1 and hashlib.sha256(delivered[0].read_bytes()).hexdigest() == sha256
+    [transfer] = cluster.transfers()
+    assert transfer.state == "DONE"
+    # and it goes on as a normal member: it claims the next file
+    drop(cluster, "pay-ha-next.dat", 100)
+    poll_until(lambda: len([t for t in cluster.transfers() if t.state == "DONE"]) == 2 or None, 120,
+               "the next file sent", cluster.stderr)
+    assert len(cluster.delivered()) == 2
+    assert stalled.process.poll() is None and cluster.nodes[survivor].process.poll() is None
+
+
+def test_when_a_second_node_starts_on_a_sqlite_ledger_then_it_is_refused_naming_database_url(tmp_path: Path) -> None:
+    first = make_gateway_files(tmp_path / "first")
+    first.write_config()
+    second = GatewayFiles(tmp_path / "second", tmp_path / "second" / "kei-gateway.toml", free_port())
+    (tmp_path / "second").mkdir()
+    text = first.config.read_text(encoding="utf-8").replace(str(first.metrics_port), str(second.metrics_port))
+    second.config.write_text(text.replace("[gateway]\n", '[gateway]\nnode_id = "other"\n', 1), encoding="utf-8")
+    running = start_daemon(first, watchdog_usec=None)
+    try:
+        running.notify.wait_for("READY=1")
+        refused = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(second.config), "run",
+                                  "--log-target", "terminal"], capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode != 0
+        assert "database.url is a SQLite ledger, which serves one node only" in refused.stderr, refused.stderr
+        status, _ = running.get("/readyz")
+        assert status == 200 and running.process.poll() is None, "the running node is unaffected"
+    finally:
+        assert running.stop() == 0, running.stderr()[-3000:]
+        running.notify.close()
+
+
+def test_when_two_nodes_start_with_one_node_id_then_the_second_is_refused_naming_node_id(cluster: Cluster) -> None:
+    first = cluster.start("gw-a")
+    first.notify.wait_for("READY=1")
+    text = cluster.files["gw-b"].config.read_text(encoding="utf-8").replace('node_id = "gw-b"', 'node_id = "gw-a"')
+    cluster.files["gw-b"].config.write_text(text, encoding="utf-8")
+    refused = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files["gw-b"].config), "run",
+                              "--log-target", "terminal"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "another node is running with gateway.node_id = 'gw-a'" in refused.stderr, refused.stderr
+    assert first.process.poll() is None
+    status = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files["gw-a"].config), "status"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0 and "gw-a" in status.stdout and " up " in status.stdout, status.stdout
+
+
+def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhile_and_then_go_on(
+        cluster: Cluster, pg_cluster: PgCluster) -> None:
+    both_ready(cluster)
+    drop(cluster, "pay-ha-before.dat", 100)
+    poll_until(lambda: [t for t in cluster.transfers() if t.state == "DONE"] or None, 120, "the first file sent",
+               cluster.stderr)
+    cluster.engine.dispose()
+    pg_cluster.stop_server()
+    try:
+        for node, daemon in cluster.nodes.items():
+            poll_until(lambda: daemon.get("/readyz")[0] == 503 or None, LEASE + 15, f"{node} /readyz 503",
+                       cluster.stderr)
+        drop(cluster, "pay-ha-during.dat", 100)  # written while the ledger is away: taken when it is back
+    finally:
+        pg_cluster.start_server()
+    for node, daemon in cluster.nodes.items():
+        poll_until(lambda: daemon.get("/readyz")[0] == 200 or None, 60, f"{node} ready again", cluster.stderr)
+    poll_until(lambda: len([t for t in cluster.transfers() if t.state == "DONE"]) == 2 or None, 120,
+               "the file written meanwhile sent", cluster.stderr)
+    assert len(cluster.delivered()) == 2
+    assert all(daemon.process.poll() is None for daemon in cluster.nodes.values()), "both kept running"
+
