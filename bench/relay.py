@@ -498,19 +498,23 @@ def verdict(rows: list[Row]) -> list[str]:
     return lines
 
 
-def read_timeline(path: Path) -> tuple[dict[int, dict[str, float]], list[tuple[float, float]]]:
-    """The daemon's timeline file: stamps by transfer id, and the reactor stalls as ``(end, lateness)``."""
+def read_timeline(path: Path) -> tuple[dict[int, dict[str, float]], list[tuple[float, float]],
+                                        list[tuple[float, float]]]:
+    """The daemon's timeline file: stamps by transfer id, the reactor stalls and the GC pauses as ``(end, seconds)``."""
     pushes: dict[int, dict[str, float]] = {}
     stalls: list[tuple[float, float]] = []
+    pauses: list[tuple[float, float]] = []
     if not path.exists():
-        return pushes, stalls
+        return pushes, stalls, pauses
     for line in path.read_text().splitlines():
         item = json.loads(line)
         if "stall" in item:
             stalls.append((item["at"], item["stall"]))
+        elif "gc" in item:
+            pauses.append((item["at"], item["gc"]))
         elif item.get("push") is not None:
             pushes[item.pop("push")] = item
-    return pushes, stalls
+    return pushes, stalls, pauses
 
 
 def breakdown(rows: list[Row], timeline: Path) -> list[str]:
@@ -520,12 +524,12 @@ def breakdown(rows: list[Row], timeline: Path) -> list[str]:
     a slow request spent its time in. ``stalls`` is the reactor lateness (ticks > 5 ms late) inside
     the request's window; ``inbox seen`` is published → the bench's inotify read.
     """
-    pushes, stalls = read_timeline(timeline)
+    pushes, stalls, pauses = read_timeline(timeline)
     if not pushes:
         return ["(no timeline: the daemon did not write one)"]
     labels = [label for label, _, _ in STAGES] + ["inbox seen"]
-    out = ["| rate | run | request | total ms | " + " | ".join(labels) + " | reactor stalls ms |",
-           "|---:|---:|---|---:|" + "---:|" * len(labels) + "---:|"]
+    out = ["| rate | run | request | total ms | " + " | ".join(labels) + " | reactor stalls ms | GC pauses ms |",
+           "|---:|---:|---|---:|" + "---:|" * len(labels) + "---:|---:|"]
     summary = []
     for rate in sorted({row.step.rate for row in rows}):
         slow_parts: list[list[float]] = []
@@ -542,15 +546,20 @@ def breakdown(rows: list[Row], timeline: Path) -> list[str]:
                 parts = [stamps.get(b, float("nan")) - stamps.get(a or "_start", float("nan")) for _, a, b in STAGES]
                 parts.append(arrival - stamps.get("published", float("nan")))
                 stalled = sum(late for end, late in stalls if start < end <= arrival)
+                collected = sum(took for end, took in pauses if start < end <= arrival)
                 (slow_parts if kind == "slow" else median_parts).append(parts)
                 out.append(f"| {rate:,} | {row.run} | {kind} #{transfer} | {total * 1000:.1f} | "
-                           + " | ".join(f"{part * 1000:.1f}" for part in parts) + f" | {stalled * 1000:.1f} |")
+                           + " | ".join(f"{part * 1000:.1f}" for part in parts) + f" | {stalled * 1000:.1f} | {collected * 1000:.1f} |")
         for kind, group in (("slowest", slow_parts), ("median", median_parts)):
             sums = [sum(p[i] for p in group if p[i] == p[i]) for i in range(len(labels))]
             whole = sum(sums) or 1.0
             summary.append(f"- {rate:,}/s, {kind} requests ({len(group)}): "
                            + ", ".join(f"{label} {share / whole:.0%}" for label, share in zip(labels, sums)
                                        if share / whole >= 0.02))
+    summary.append(f"- the whole run: {len(stalls)} reactor ticks more than 5 ms late ({sum(x for _, x in stalls):.3f} s "
+                   f"in all, longest {max((x for _, x in stalls), default=0) * 1000:.0f} ms); {len(pauses)} GC pauses "
+                   f"over 5 ms ({sum(x for _, x in pauses):.3f} s, longest "
+                   f"{max((x for _, x in pauses), default=0) * 1000:.0f} ms)")
     return out + [""] + summary
 
 

@@ -54,7 +54,7 @@ from kei_gateway.runtime.leases import NodeIdentity, NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.reload_outcome import ReloadOutcome, outcome_path, write_outcome
 from kei_gateway.runtime.sdnotify import Notifier, Watchdog, reloading_message
-from kei_gateway.runtime.timeline import TIMELINE, StallWatch
+from kei_gateway.runtime.timeline import TIMELINE, GcWatch, StallWatch
 
 __all__ = ["make_service", "GatewayService", "ListenerService"]
 
@@ -501,11 +501,12 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
 
     gateway.status.setServiceParent(gateway)
 
-    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE): reactor ticks later than 5 ms
+    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE): reactor ticks later than 5 ms, GC pauses
         stalls = StallWatch(reactor, TIMELINE)
 
         def start_stall_watch(addresses: list[str]) -> list[str]:
             stalls.start()
+            GcWatch(TIMELINE).install()
             return addresses
 
         gateway.ready.addCallback(start_stall_watch)

@@ -17,6 +17,7 @@ fsynced), ``done`` (DONE committed; back on the reactor).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-__all__ = ["TIMELINE_ENV", "Timeline", "TIMELINE", "StallWatch", "STALL_INTERVAL", "STALL_THRESHOLD"]
+__all__ = ["TIMELINE_ENV", "Timeline", "TIMELINE", "StallWatch", "STALL_INTERVAL", "STALL_THRESHOLD", "GcWatch"]
 
 TIMELINE_ENV = "KEI_BENCH_TIMELINE"
 STALL_INTERVAL = 0.005
@@ -90,6 +91,32 @@ class Timeline:
         assert self.out is not None
         with self._lock:
             self.out.write(json.dumps(line) + "\n")
+
+
+class GcWatch:
+    """Writes each garbage collection longer than *threshold* to *timeline* (``gc.callbacks``): a collection
+    holds the GIL, so it stalls the reactor and every worker thread alike. Installed only when enabled."""
+
+    def __init__(self, timeline: Timeline, now: Callable[[], float] = time.monotonic,
+                 threshold: float = STALL_THRESHOLD) -> None:
+        self.timeline, self.now, self.threshold = timeline, now, threshold
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self.now()
+            return
+        took = self.now() - self._started
+        if took > self.threshold:
+            self.timeline.write({"gc": round(took, 6), "generation": info.get("generation"), "at": self.now()})
+
+    def install(self) -> None:
+        if self.timeline.enabled and self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 TIMELINE = Timeline.from_environ()

@@ -88,7 +88,7 @@ def node_config(shared: Path, node: str, metrics_port: int, sim_url: str, databa
     return text + f'\n[database]\nurl = "{database_url}"\nlease = "{LEASE:g}s"\n'
 
 
-def make_cluster(tmp_path: Path, postgresql_url: str, delay: int) -> Cluster:
+def make_cluster(tmp_path: Path, postgresql_url: str, delay: int, attempts: int = 5) -> Cluster:
     shared = tmp_path / "shared"
     sim_files = make_gateway_files(shared)  # the shared credentials (and the simulator's)
     sim = start_jnks_sim(sim_files, "--fault", f"delay_seconds={delay}")
@@ -97,8 +97,8 @@ def make_cluster(tmp_path: Path, postgresql_url: str, delay: int) -> Cluster:
         base = tmp_path / node
         base.mkdir()
         node_files = GatewayFiles(base, base / "kei-gateway.toml", free_port())
-        node_files.config.write_text(node_config(shared, node, node_files.metrics_port, sim.url, postgresql_url),
-                                     encoding="utf-8")
+        text = node_config(shared, node, node_files.metrics_port, sim.url, postgresql_url)
+        node_files.config.write_text(text.replace("attempts = 5,", f"attempts = {attempts},"), encoding="utf-8")
         files[node] = node_files
     return Cluster(shared, sim, postgresql_url, create_ledger_engine(postgresql_url), {}, files)
 
@@ -265,3 +265,77 @@ def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhi
     assert len(cluster.delivered()) == 2
     assert all(daemon.process.poll() is None for daemon in cluster.nodes.values()), "both kept running"
 
+
+
+CHAOS_SECONDS = float(os.environ.get("KEI_HA_CHAOS_SECONDS", "90"))
+"""How long the chaos loop drops files and kills, stops and continues nodes (longer on demand)."""
+
+
+@pytest.mark.timeout(CHAOS_SECONDS + 480)
+def test_when_nodes_are_killed_stopped_and_continued_at_random_then_every_file_reaches_the_peer_exactly_once(
+        tmp_path: Path, postgresql_url: str) -> None:
+    import random
+
+    # Every kill or stop of the uploading node costs its transfer an attempt: enough of them that chaos alone
+    # never makes one FAILED.
+    cluster = make_cluster(tmp_path, postgresql_url, delay=1, attempts=100)
+    try:
+        both_ready(cluster)
+        rng = random.Random(int(os.environ.get("KEI_HA_CHAOS_SEED", "15")))
+        digests: dict[str, str] = {}
+        stopped: set[str] = set()
+        actions: list[str] = []
+        end = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < end:
+            name = f"pay-chaos-{len(digests):04d}.dat"
+            digests[name] = drop(cluster, name, rng.randint(10, 400), seed=len(digests))
+            node = rng.choice(["gw-a", "gw-b"])
+            action = rng.choice(["kill", "stop", "continue", "none", "none"])
+            daemon = cluster.nodes[node]
+            if action == "kill":
+                daemon.process.send_signal(signal.SIGCONT)
+                daemon.process.kill()
+                daemon.process.wait(timeout=30)
+                daemon.notify.close()
+                stopped.discard(node)
+                cluster.start(node).notify.wait_for("READY=1")
+            elif action == "stop" and not stopped:  # one node stalled at a time: the other carries on
+                daemon.process.send_signal(signal.SIGSTOP)
+                stopped.add(node)
+            elif action == "continue" and stopped:
+                for name_stopped in stopped:
+                    cluster.nodes[name_stopped].process.send_signal(signal.SIGCONT)
+                stopped.clear()
+            actions.append(f"{action} {node}")
+            # pace the schedule on the work itself: until this file is taken (or a few seconds pass)
+            deadline = time.monotonic() + rng.uniform(1.0, 4.0)
+            while time.monotonic() < deadline and (cluster.shared / "spool" / "outbox" / "jnks" / name).exists():
+                time.sleep(0.05)
+        for name_stopped in stopped:
+            cluster.nodes[name_stopped].process.send_signal(signal.SIGCONT)
+
+        def all_done() -> bool:
+            transfers = cluster.transfers()
+            return len(transfers) == len(digests) and all(t.state == "DONE" for t in transfers)
+
+        poll_until(all_done, 240, f"all {len(digests)} files DONE after {', '.join(actions)}", cluster.stderr)
+        delivered = cluster.delivered()
+        at_peer = sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in delivered)
+        assert at_peer == sorted(digests.values()), "every file at the peer exactly once"
+        assert len({path.name for path in delivered}) == len(delivered) == len(digests)
+        assert not [t for t in cluster.transfers() if t.state == "SENDING"], "nothing stuck in SENDING"
+        verified = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files["gw-a"].config),
+                                   "audit", "verify"], capture_output=True, text=True, timeout=120, check=False)
+        assert verified.stdout.startswith("OK, "), verified.stdout + verified.stderr  # the chain is intact
+        # A pulled receipt's transfer is committed before its audit record, which the observer writes afterwards
+        # (the relay/push records move into their transactions in issue 10/11's work): a kill -9 in between
+        # leaves it unrecorded. Every unrecorded transfer must be such a one; none of the sends.
+        unrecorded = re.search(r"have no audit record \(ids ([0-9, ]+)\)", verified.stderr)
+        if unrecorded is not None:
+            ids = {int(i) for i in unrecorded.group(1).split(",")}
+            assert {t.flow for t in cluster.all_transfers() if t.id in ids} == {"jnks-receipts"}, verified.stdout
+        else:
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "kill" in " ".join(actions) and "stop" in " ".join(actions), actions
+    finally:
+        tear_down(cluster)

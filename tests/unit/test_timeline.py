@@ -7,7 +7,7 @@ import json
 
 from twisted.internet import task
 
-from kei_gateway.runtime.timeline import StallWatch, Timeline
+from kei_gateway.runtime.timeline import GcWatch, StallWatch, Timeline
 
 
 class FakeNow:
@@ -73,3 +73,23 @@ def test_when_the_timeline_is_off_then_the_stall_watch_never_ticks() -> None:
     clock = task.Clock()
     StallWatch(clock, Timeline(None)).start()
     assert clock.getDelayedCalls() == []
+
+
+def test_when_a_collection_takes_longer_than_the_threshold_then_it_is_written_with_its_generation() -> None:
+    out, now = io.StringIO(), FakeNow()
+    watch = GcWatch(Timeline(out, now), now, threshold=0.005)
+    watch("start", {"generation": 0})
+    now.value += 0.001  # a short one: not written
+    watch("stop", {"generation": 0})
+    watch("start", {"generation": 2})
+    now.value += 0.04
+    watch("stop", {"generation": 2})
+    assert lines(out) == [{"gc": 0.04, "generation": 2, "at": now.value}]
+
+
+def test_when_the_timeline_is_off_then_no_gc_callback_is_installed() -> None:
+    import gc
+
+    watch = GcWatch(Timeline(None))
+    watch.install()
+    assert watch not in gc.callbacks
