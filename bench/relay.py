@@ -113,7 +113,7 @@ SLOWEST_SHARE = 0.01
 SLOWEST_MIN = 5
 STAGES = (("tls+headers", None, "received"), ("body", "received", "body"), ("store+fsync", "body", "stored"),
           ("commit", "stored", "committed"), ("relay queue", "committed", "relay_start"),
-          ("stage .part+fsync", "relay_start", "staged"), ("results commit", "staged", "recorded"),
+          ("results lookup+insert", "relay_start", "looked_up"), (".part fsyncs", "looked_up", "staged"), ("results commit", "staged", "recorded"),
           ("rename+dir fsync", "recorded", "published"), ("DONE commit", "published", "done"))
 """The breakdown's columns: (label, from stamp, to stamp); None is the PUT start (see runtime/timeline.py)."""
 

@@ -364,39 +364,76 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     pending file (:mod:`kei_gateway.operations.audit.spool`; the daemon passes it). *node* (SPEC §14) is this
     node as registered in the ledger: its leases are renewed by a service of the tree, and every door claims
     its work with them.
+
+    The order of the children is the order of start (and the reverse of stop): leases first, then the
+    listeners and flows, the held watch, the purge, the audit verification, the status line.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
     pool: ThreadPool | None = None
     intake_pool: ThreadPool | None = None
     if blocking is None:
-        # Up to 8: an upload takes a reader and a hasher; the ledger, health checks and pollers the rest.
-        pool = ThreadPool(minthreads=1, maxthreads=8, name="kei-gateway-blocking")
-        blocking = ThreadPoolBlocking(reactor, pool)
-        # The store writers of pushes and downloads: two of each at once, a writer and a feeder each.
-        intake_pool = ThreadPool(minthreads=0, maxthreads=8, name="kei-gateway-intake")
-        intake_blocking: Blocking = ThreadPoolBlocking(reactor, intake_pool)
+        pool, blocking, intake_pool, intake_blocking = _thread_pools(reactor)
     else:
-        intake_blocking = blocking
+        intake_blocking = blocking  # the caller's own door (tests): the tree owns no thread pool
     gateway = GatewayService(config, reactor, ledger, blocking, metrics, notifier, environ, on_log_level)
-    if client_factory is None:
-        # Controls (issue 6): each verified handshake reports the peer's certificate expiry.
-        def client_factory(reactor: Any, config: Config, peer: str, blocking: Blocking) -> Any:
-            return WebDavClient.from_config(reactor, config, peer, blocking, environ=environ,
-                                            on_certificate=gateway.certificates.peer_certificate_seen)
     gateway._schema = schema
     gateway.pool, gateway.intake_pool = pool, intake_pool
-    leases: NodeLeases | None = None
-    if node is not None:
-        # First child after the certificates: it stops after every door (their last commits need the leases).
-        leases = NodeLeases(store=node.store, incarnation=node.incarnation, clock=reactor, blocking=blocking,
-                            metrics=metrics)
-        leases.setServiceParent(gateway)
-        gateway.leases = leases
-        gateway.health.readiness_checks.append(leases.readiness)
+    leases = _node_leases(gateway, node) if node is not None else None
     if audit_log is not None and isinstance(ledger, TransferLedger):
         # An action's audit record is chained in the action's own transaction (issue 11, STYLE 14).
         ledger.audit_writer = audit_log.append_in
+    _add_metrics_listener(gateway, registry)
+
+    deps: FlowDependencies | None = None
+    if store is not None:
+        deps = _flow_dependencies(gateway, ledger, store, intake_blocking, client_factory, use_inotify, leases)
+    _add_flows(gateway, deps, leases)
+    gateway.export_queue_age_limits()
+    if config.listeners.push is not None:
+        if deps is None:
+            raise ValueError("the push listener needs the encrypted store")
+        _add_push_listener(gateway, deps)
+
+    # Controls (issue 6): a HELD transfer waiting more than 24 h is warned about, once a day.
+    # Always on (holds made under an earlier config still count); a bare Ledger (tests) has no transfers to list.
+    if isinstance(ledger, TransferLedger):
+        HeldWatch(ledger, blocking, reactor).setServiceParent(gateway)
+    if store is not None and isinstance(ledger, TransferLedger):
+        _add_purge(gateway, ledger, store, leases)
+    if audit is not None and audit_log is not None:
+        _add_audit(gateway, audit, audit_log, audit_spool, leases)
+    gateway.status.setServiceParent(gateway)
+    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE)
+        _watch_stalls(gateway)
+    if watchdog_interval is not None:
+        _add_watchdog(gateway, watchdog_interval)
+    return gateway
+
+
+def _thread_pools(reactor: Any) -> tuple[ThreadPool, Blocking, ThreadPool, Blocking]:
+    """The daemon's two thread pools and their doors: general blocking work, and the store writers."""
+    # Up to 8: an upload takes a reader and a hasher; the ledger, health checks and pollers the rest.
+    pool = ThreadPool(minthreads=1, maxthreads=8, name="kei-gateway-blocking")
+    # The store writers of pushes and downloads: two of each at once, a writer and a feeder each.
+    intake_pool = ThreadPool(minthreads=0, maxthreads=8, name="kei-gateway-intake")
+    return pool, ThreadPoolBlocking(reactor, pool), intake_pool, ThreadPoolBlocking(reactor, intake_pool)
+
+
+def _node_leases(gateway: GatewayService, node: NodeIdentity) -> NodeLeases:
+    """This node's leases (SPEC §14): the first child after the certificates, so it stops after every door
+    (their last commits need the leases)."""
+    leases = NodeLeases(store=node.store, incarnation=node.incarnation, clock=gateway.clock,
+                        blocking=gateway.blocking, metrics=gateway.metrics)
+    leases.setServiceParent(gateway)
+    gateway.leases = leases
+    gateway.health.readiness_checks.append(leases.readiness)
+    return leases
+
+
+def _add_metrics_listener(gateway: GatewayService, registry: CollectorRegistry) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` behind the metrics allow-list."""
+    metrics = gateway.metrics
 
     def denied(listener: str, source: str) -> None:
         metrics.denied_connections.labels(listener=listener, reason="address").inc()
@@ -404,32 +441,47 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
     site = metrics_site(registry, gateway.health)
     guarded = AllowListFactory(site, "metrics", lambda: gateway.config.listeners.metrics.allow, denied)
     metrics.denied_connections.labels(listener="metrics", reason="address")  # exported as 0 from the start
-    gateway.add_listener(ListenerService("metrics", server_endpoint(reactor, config.listeners.metrics.address), guarded))
+    gateway.add_listener(ListenerService(
+        "metrics", server_endpoint(gateway.clock, gateway.config.listeners.metrics.address), guarded))
 
-    if store is not None:
-        relays = _Relays(gateway, ledger, store, blocking, metrics)
 
-        def make_client(config: Config, peer: str) -> Any:
-            return client_factory(reactor, config, peer, blocking)
+def _flow_dependencies(gateway: GatewayService, ledger: TransferLedgerPort, store: BlobStore, intake_blocking: Blocking,
+                       client_factory: Callable[[Any, Config, str, Blocking], Any] | None, use_inotify: bool,
+                       leases: NodeLeases | None) -> FlowDependencies:
+    """The shared pieces every flow builder takes."""
+    reactor, blocking, environ = gateway.clock, gateway.blocking, gateway.environ
+    if client_factory is None:
+        # Controls (issue 6): each verified handshake reports the peer's certificate expiry.
+        def client_factory(reactor: Any, config: Config, peer: str, blocking: Blocking) -> Any:
+            return WebDavClient.from_config(reactor, config, peer, blocking, environ=environ,
+                                            on_certificate=gateway.certificates.peer_certificate_seen)
+    factory = client_factory
 
-        deps = FlowDependencies(clock=reactor, ledger=ledger, store=store, blocking=blocking,
-                                intake_blocking=intake_blocking, metrics=metrics, environ=environ,
-                                make_client=make_client, relay_for=relays.relay_for,
-                                status_soon=gateway.status.soon,
-                                note_erased=partial(append_input_erasures, reports_directory(config)),
-                                use_inotify=use_inotify, leases=leases)
+    def make_client(config: Config, peer: str) -> Any:
+        return factory(reactor, config, peer, blocking)
+
+    relays = _Relays(gateway, ledger, store, blocking, gateway.metrics)
+    return FlowDependencies(clock=reactor, ledger=ledger, store=store, blocking=blocking,
+                            intake_blocking=intake_blocking, metrics=gateway.metrics, environ=environ,
+                            make_client=make_client, relay_for=relays.relay_for, status_soon=gateway.status.soon,
+                            note_erased=partial(append_input_erasures, reports_directory(gateway.config)),
+                            use_inotify=use_inotify, leases=leases)
+
+
+def _add_flows(gateway: GatewayService, deps: FlowDependencies | None, leases: NodeLeases | None) -> None:
+    """Each configured flow, built by its own builder from the config source and the shared dependencies."""
+    config = gateway.config
 
     def source() -> Config:
         return gateway.config
 
-    # Each flow is built by its own builder, from the config source and the shared dependencies.
     for kind, flows, build in (("outbound flows", OUTBOUND_FLOWS, build_outbound_flow),
                                ("inbound flows", INBOUND_FLOWS, build_inbound_flow),
                                ("local flows", LOCAL_FLOWS, build_airis_flow)):
         for flow in flows:
             if flow not in config.flows:
                 continue
-            if store is None:
+            if deps is None:
                 raise ValueError(f"{kind} need the encrypted store")
             for child in build(flow, source, deps):
                 if isinstance(child, UploadSender):
@@ -443,84 +495,85 @@ def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifi
                             leases.on_may_claim.append(getattr(child, door))
                 child.setServiceParent(gateway)
 
-    gateway.export_queue_age_limits()
 
-    if config.listeners.push is not None:
-        if store is None:
-            raise ValueError("the push listener needs the encrypted store")
-        push = build_push_listener(source, deps)
-        for reason in DENIAL_REASONS:
-            metrics.denied_connections.labels(listener="push", reason=reason)  # exported as 0 from the start
-        gateway.add_listener(ListenerService("push", server_endpoint(reactor, config.listeners.push.address),
-                                             push.factory))
+def _add_push_listener(gateway: GatewayService, deps: FlowDependencies) -> None:
+    """The push listener (SPEC §5), its refusals exported as 0 from the start."""
+    push = build_push_listener(lambda: gateway.config, deps)
+    for reason in DENIAL_REASONS:
+        gateway.metrics.denied_connections.labels(listener="push", reason=reason)
+    address = gateway.config.listeners.push
+    assert address is not None
+    gateway.add_listener(ListenerService("push", server_endpoint(gateway.clock, address.address), push.factory))
 
-    # Controls (issue 6): a HELD transfer waiting more than 24 h is warned about, once a day.
-    # Always on (holds made under an earlier config still count); a bare Ledger (tests) has no transfers to list.
-    if isinstance(ledger, TransferLedger):
-        HeldWatch(ledger, blocking, reactor).setServiceParent(gateway)
 
-    # The daily purge (issue 6, docs/purge.md): at gateway.purge_at JST, and at start when the last run was
-    # missed. Found by name ("purge"); append to its after_purge list to act after each run (audit verify).
-    if store is not None and isinstance(ledger, TransferLedger):
-        from kei_gateway.operations.purge.service import make_purge_service
+def _add_purge(gateway: GatewayService, ledger: TransferLedger, store: BlobStore, leases: NodeLeases | None) -> None:
+    """The daily purge (issue 6, docs/purge.md): at gateway.purge_at JST, and at start when the last run was
+    missed. Found by name ("purge"); append to its after_purge list to act after each run (audit verify)."""
+    from kei_gateway.operations.purge.service import make_purge_service
 
-        make_purge_service(config=lambda: gateway.config, clock=reactor, engine=ledger.engine, store=store,
-                           blocking=blocking, metrics=metrics, environ=environ,
-                           leases=leases).setServiceParent(gateway)
+    make_purge_service(config=lambda: gateway.config, clock=gateway.clock, engine=ledger.engine, store=store,
+                       blocking=gateway.blocking, metrics=gateway.metrics, environ=gateway.environ,
+                       leases=leases).setServiceParent(gateway)
 
-    # The audit trail (issue 6, docs/audit.md): *audit* is already on the log publisher (the entry point
-    # installs it); here it gets the ledger and the blocking door. The chain is verified at start and
-    # after each daily purge (kei_gateway_audit_chain_ok); without a purge service, every 24 h.
-    if audit is not None and audit_log is not None:
-        gateway.audit, gateway.audit_log = audit, audit_log
-        gateway.audit_spool = AuditSpool(audit_spool) if audit_spool is not None else None
 
-        def verify_now_here() -> defer.Deferred[Any]:
-            return verify_now(audit_log, blocking, metrics, clock=reactor)
+def _add_audit(gateway: GatewayService, audit: AuditObserver, audit_log: AuditLog, audit_spool: str | None,
+               leases: NodeLeases | None) -> None:
+    """The audit trail (issue 6, docs/audit.md): *audit* is already on the log publisher (the entry point
+    installs it); here it gets the ledger and the blocking door. The chain is verified at start and after
+    each daily purge (kei_gateway_audit_chain_ok); without a purge service, every 24 h; on one node only."""
+    gateway.audit, gateway.audit_log = audit, audit_log
+    gateway.audit_spool = AuditSpool(audit_spool) if audit_spool is not None else None
+    reactor, blocking, metrics = gateway.clock, gateway.blocking, gateway.metrics
 
-        def verify_audit_chain() -> defer.Deferred[Any]:
-            if leases is None:
-                return verify_now_here()
-            node_leases = leases
+    def verify_now_here() -> defer.Deferred[Any]:
+        return verify_now(audit_log, blocking, metrics, clock=reactor)
 
-            def claimed(fence: Any) -> Any:
-                if fence is None:
-                    return None  # another node verifies it now (one verification of one shared chain)
-                return verify_now_here().addBoth(lambda result: (node_leases.release(fence), result)[1])
+    def verify_audit_chain() -> defer.Deferred[Any]:
+        if leases is None:
+            return verify_now_here()
+        node_leases = leases
 
-            return node_leases.claim(LeaseKind.VERIFY, "audit").addCallback(claimed)
+        def claimed(fence: Any) -> Any:
+            if fence is None:
+                return None  # another node verifies it now (one verification of one shared chain)
+            return verify_now_here().addBoth(lambda result: (node_leases.release(fence), result)[1])
 
-        purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
-        if purge_service is not None:
-            purge_service.after_purge.append(verify_audit_chain)
-            gateway.ready.addCallback(lambda addresses: (verify_audit_chain(), addresses)[1])
-        else:
-            verifier = TimerService(VERIFY_INTERVAL, verify_audit_chain)
-            verifier.clock = reactor
-            verifier.setServiceParent(gateway)
+        return node_leases.claim(LeaseKind.VERIFY, "audit").addCallback(claimed)
 
-    gateway.status.setServiceParent(gateway)
+    purge_service: Any = next((child for child in gateway if child.name == "purge"), None)
+    if purge_service is not None:
+        purge_service.after_purge.append(verify_audit_chain)
+        gateway.ready.addCallback(lambda addresses: (verify_audit_chain(), addresses)[1])
+    else:
+        verifier = TimerService(VERIFY_INTERVAL, verify_audit_chain)
+        verifier.clock = reactor
+        verifier.setServiceParent(gateway)
 
-    if TIMELINE.enabled:  # bench/relay.py only ($KEI_BENCH_TIMELINE): reactor ticks later than 5 ms, GC pauses
-        stalls = StallWatch(reactor, TIMELINE)
 
-        def start_stall_watch(addresses: list[str]) -> list[str]:
-            stalls.start()
-            GcWatch(TIMELINE).install()
-            return addresses
+def _watch_stalls(gateway: GatewayService) -> None:
+    """bench/relay.py only: reactor ticks later than 5 ms and GC pauses, from the moment the tree is ready."""
+    stalls = StallWatch(gateway.clock, TIMELINE)
 
-        gateway.ready.addCallback(start_stall_watch)
+    def start_stall_watch(addresses: list[str]) -> list[str]:
+        stalls.start()
+        GcWatch(TIMELINE).install()
+        return addresses
 
-    if watchdog_interval is not None:
-        def healthy(ok: bool) -> None:
-            metrics.database_up.set(1 if ok else 0)
+    gateway.ready.addCallback(start_stall_watch)
 
-        gateway.watchdog = Watchdog(reactor, notifier, lambda: blocking.run(ledger.ping), watchdog_interval, healthy)
-        watchdog = gateway.watchdog
 
-        def start_watchdog(addresses: list[str]) -> list[str]:
-            watchdog.start()
-            return addresses
+def _add_watchdog(gateway: GatewayService, interval: float) -> None:
+    """systemd's watchdog: pinged while the reactor turns and the ledger answers; started once ready."""
+    metrics, blocking, ledger = gateway.metrics, gateway.blocking, gateway.ledger
 
-        gateway.ready.addCallback(start_watchdog)
-    return gateway
+    def healthy(ok: bool) -> None:
+        metrics.database_up.set(1 if ok else 0)
+
+    watchdog = Watchdog(gateway.clock, gateway.notifier, lambda: blocking.run(ledger.ping), interval, healthy)
+    gateway.watchdog = watchdog
+
+    def start_watchdog(addresses: list[str]) -> list[str]:
+        watchdog.start()
+        return addresses
+
+    gateway.ready.addCallback(start_watchdog)

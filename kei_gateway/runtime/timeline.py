@@ -7,10 +7,11 @@ and :class:`StallWatch` appends a line for each reactor tick that came late by m
 than :data:`STALL_THRESHOLD`. No name, record or personal value is written: a transfer
 id, stage names and times. When off, :func:`stamp` is one attribute test.
 
-Stages of a push, in order (see docs/performance.md, "Where the relay's tail comes from"):
+Stages of a push, in order (see docs/performance.md, "Issue 16: where the relay's tail comes from"):
 ``received`` (headers in), ``body`` (last body byte), ``stored`` (blob written and
 fsynced), ``committed`` (VALIDATED transfer committed), ``relay_start`` (the relay's
-turn came: it relays one file at a time), ``staged`` (``.part`` written and fsynced),
+turn came: it relays one file at a time), ``looked_up`` (every result looked up and
+inserted, the ``.part`` written, not yet fsynced), ``staged`` (``.part`` and directory fsynced),
 ``recorded`` (results and relay name committed), ``published`` (renamed, directory
 fsynced), ``done`` (DONE committed; back on the reactor).
 """

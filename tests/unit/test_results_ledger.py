@@ -241,3 +241,23 @@ def test_when_every_result_of_a_batched_relay_is_known_then_the_transfer_is_done
         assert relay.finish("新規 0, 重複 1 (of 1 results)") is False
     row = transfers.get(transfer)
     assert (row.state, row.relay_name) == (S.DONE.value, None)
+
+
+def test_when_a_batched_relay_is_open_then_other_writers_commit_meanwhile_and_it_still_commits_after_them(
+        ledger_url: str) -> None:
+    """The new results wait in a temporary table: the ledger's tables are not locked until the decision."""
+    engine = create_ledger_engine(ledger_url, busy_timeout=0.2)
+    upgrade(engine)
+    try:
+        transfers, results = TransferLedger(engine), ResultLedger(engine)
+        transfer = inbound(transfers, "big.dat")
+        with results.relay_transaction(transfer, "big-relay.dat", NOW) as relay:
+            assert len(relay.record([result(0, index=0), result(1, index=1)])) == 2
+            other = inbound(transfers, "meanwhile.dat")  # another writer: not blocked (busy timeout 0.2 s)
+            results.record_relay(other, [result(2)], "meanwhile-relay.dat", NOW, "1 new", done=True)
+            assert len(relay.record([result(2, index=2), result(3, index=3)])) == 1  # sees what committed meanwhile
+            assert relay.finish("新規 3, 重複 1 (of 4 results)") is True
+        assert results.identities_of_transfer(transfer) == {result(n).identity_key for n in (0, 1, 3)}
+        assert transfers.get(transfer).relay_name == "big-relay.dat"
+    finally:
+        engine.dispose()

@@ -14,7 +14,10 @@ from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, Select, exists, insert, select
+from sqlalchemy import (
+    Column, Connection, DateTime, Engine, MetaData, Select, SmallInteger, String, Table, exists, insert, literal,
+    select, update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -170,29 +173,38 @@ class ResultLedger:
 
     @contextmanager
     def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[SqlRelayTransaction]:
-        """A relay decision recorded batch by batch, committed as ONE transaction when the block ends.
+        """A relay decision recorded batch by batch and committed at once by :meth:`SqlRelayTransaction.finish`.
 
         The file's results are given to :meth:`SqlRelayTransaction.record` a batch at a time
-        (the relay streams them from the store): each batch's identities are looked up in
-        this transaction, which sees the batches recorded before it, so a result repeated
-        anywhere in the file or recorded by an earlier file is a duplicate, and the new ones
-        are inserted, with *relay_name*. Memory holds one batch, whatever the file's size (SPEC §4).
-        :meth:`SqlRelayTransaction.finish` sets the decision on the transfer: *relay_name* when
-        some result was new, else none and the transfer ``DONE``. An error in the
-        block rolls everything back. :class:`DuplicateResult` when another relay recorded one
-        of the results meanwhile (the unique constraint); the caller starts again.
-        On SQLite the database's write lock is held from the first insert to the commit.
+        (the relay streams them from the store): each batch's identities are looked up in the
+        ledger and among the batches before it, so a result repeated anywhere in the file or
+        recorded by an earlier file is a duplicate; the new ones wait in a ``TEMPORARY``
+        table of this connection, committed after each batch (it takes no lock on the
+        ledger's tables, and each batch reads a fresh snapshot). Memory holds one batch,
+        whatever the file's size (SPEC §4). :meth:`SqlRelayTransaction.finish` then, in ONE
+        short transaction, copies them into ``payment_results`` with *relay_name* and sets the
+        decision on the transfer: *relay_name* when some result was new, else none and the
+        transfer ``DONE``. Nothing reaches the ledger's tables before that transaction.
+        :class:`DuplicateResult` when another relay recorded one of the results meanwhile
+        (the unique constraint); the caller starts again.
         """
         recorded_at = _utc(now)
         try:
-            with Session(self.engine) as session, session.begin():
-                transfer = session.get(Transfer, transfer_id, with_for_update=True)
-                if transfer is None:
+            with self.engine.connect() as connection:
+                if connection.execute(select(Transfer.id).where(Transfer.id == transfer_id)).one_or_none() is None:
                     raise TransferNotFound(transfer_id)
-                relay = SqlRelayTransaction(session, transfer, relay_name, recorded_at, self.audit_writer)
-                yield relay
-                if not relay.finished:
-                    raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+                _PENDING.drop(connection, checkfirst=True)
+                _PENDING.create(connection)
+                connection.commit()
+                relay = SqlRelayTransaction(connection, transfer_id, relay_name, recorded_at, self.audit_writer)
+                try:
+                    yield relay
+                    if not relay.finished:
+                        raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
+                finally:
+                    connection.rollback()
+                    _PENDING.drop(connection, checkfirst=True)
+                    connection.commit()
         except IntegrityError as error:
             raise DuplicateResult(transfer_id) from error
 
@@ -250,48 +262,86 @@ class ResultLedger:
         return self._rows(query)
 
 
-class SqlRelayTransaction:
-    """The open transaction of :meth:`ResultLedger.relay_transaction`."""
+_PENDING = Table(
+    "kei_relay_pending", MetaData(),
+    Column("identity_key", String(64), primary_key=True), Column("match_key", String(64), index=True),
+    Column("amount_key", String(64)), Column("kind", SmallInteger), Column("channel", String(2)),
+    Column("tax_item", String(2)), Column("pay_method", String(2)), Column("received_at", DateTime(timezone=True)),
+    Column("slip_hint", String(24)), prefixes=["TEMPORARY"])
+"""The new results of a relay being recorded (one connection's temporary table, the columns of ``payment_results``)."""
 
-    def __init__(self, session: Session, transfer: Transfer, relay_name: str, recorded_at: datetime,
+
+class SqlRelayTransaction:
+    """The open relay of :meth:`ResultLedger.relay_transaction` (its connection and its temporary table)."""
+
+    def __init__(self, connection: Connection, transfer_id: int, relay_name: str, recorded_at: datetime,
                  audit_writer: AuditWriter | None = None) -> None:
-        self._session = session
+        self._connection = connection
         self._audit_writer = audit_writer
-        self._transfer = transfer
+        self._transfer_id = transfer_id
         self._relay_name = relay_name
         self._recorded_at = recorded_at
         self.recorded = 0
         self.finished = False
 
+    def _found(self, column: str, keys: set[str]) -> set[str]:
+        """Those of *keys* in ``payment_results.<column>`` or among this relay's new results."""
+        found: set[str] = set()
+        for chunk in in_chunks(sorted(keys)):
+            for table in (PaymentResult.__table__, _PENDING):
+                found.update(self._connection.execute(
+                    select(table.c[column]).where(table.c[column].in_(chunk)).distinct()).scalars())
+        return found
+
     def record(self, facts: Sequence[ResultFacts]) -> list[ResultFacts]:
-        """Insert the results of *facts* not recorded yet (nor earlier in this transaction); return them."""
+        """Keep aside the results of *facts* not recorded yet (nor earlier in this relay); return them."""
         candidates = {key for item in facts for key in (item.identity_key, *(v.identity_key for v in item.variants))}
-        known: set[str] = set()
-        for chunk in in_chunks(sorted(candidates)):
-            known.update(self._session.scalars(select(PaymentResult.identity_key).where(
-                PaymentResult.identity_key.in_(chunk))))
-        fresh = fresh_results(facts, known)
-        rows = ResultLedger._under_recorded_keys(self._session, fresh)
-        if rows:  # one executemany per batch, not an ORM object and an INSERT per result
-            self._session.execute(insert(PaymentResult), [{
-                **r.kept(), "received_at": _utc(r.received_at), "transfer_id": self._transfer.id,
-                "relay_name": self._relay_name, "recorded_at": self._recorded_at} for r in rows])
+        fresh = fresh_results(facts, self._found("identity_key", candidates))
+        rows = self._under_recorded_keys(fresh)
+        if rows:  # one executemany per batch
+            self._connection.execute(insert(_PENDING), [
+                {**r.kept(), "received_at": _utc(r.received_at)} for r in rows])
+        self._connection.commit()  # the temporary table only: no lock on the ledger, a fresh snapshot next time
         self.recorded += len(rows)
         return fresh
 
+    def _under_recorded_keys(self, results: Sequence[ResultFacts]) -> list[ResultFacts]:
+        """*results*, each under the key its match group was first recorded with (current if none)."""
+        previous = {d.match_key for r in results for d in r.variants[1:]}
+        if not previous:
+            return list(results)
+        found = self._found("match_key", previous | {r.match_key for r in results})
+        chosen = []
+        for facts in results:
+            variant = 0
+            if facts.match_key not in found:  # a group already under the current key stays there
+                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
+            chosen.append(facts.under(variant) if variant else facts)
+        return chosen
+
     def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
-        """The decision on the transfer: its relay name if some result was new (returns True), else DONE with the
-        relay's *audit* record in this transaction."""
-        transfer = self._transfer
+        """The decision, in ONE transaction: the new results into ``payment_results`` and the transfer's relay name
+        (returns True), or, with none new, the transfer DONE with the relay's *audit* record."""
+        connection = self._connection
         done = self.recorded == 0
+        if not done:  # the write first: on SQLite it takes the write lock before anything is read
+            columns = [c.name for c in _PENDING.columns]
+            connection.execute(insert(PaymentResult).from_select(
+                [*columns, "transfer_id", "relay_name", "recorded_at"],
+                select(*_PENDING.columns, literal(self._transfer_id), literal(self._relay_name),
+                       literal(self._recorded_at, DateTime(timezone=True)))))
+        state = connection.execute(select(Transfer.state).where(Transfer.id == self._transfer_id)
+                                   .with_for_update()).scalar_one_or_none()
+        if state is None:
+            raise TransferNotFound(self._transfer_id)
+        values: dict[str, Any] = {"relay_name": None if done else self._relay_name, "receipt_summary": summary,
+                                  "updated_at": self._recorded_at}
         if done:
-            check_transition(transfer.state, TransferState.DONE)
-            transfer.state = TransferState.DONE.value
-        transfer.relay_name = None if done else self._relay_name
-        transfer.receipt_summary = summary
-        transfer.updated_at = self._recorded_at
-        self._session.flush()
+            check_transition(state, TransferState.DONE)
+            values["state"] = TransferState.DONE.value
+        connection.execute(update(Transfer).where(Transfer.id == self._transfer_id).values(**values))
         if done:
-            write_audit(self._audit_writer, self._session.connection(), audit, transfer.id, self._recorded_at)
+            write_audit(self._audit_writer, connection, audit, self._transfer_id, self._recorded_at)
+        connection.commit()
         self.finished = True
         return not done

@@ -160,6 +160,7 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
                 if fresh:
                     yield b"".join(records[item.record_index - index] for item in fresh)
                 index += len(records)
+            TIMELINE.stamp(row.id, "looked_up")  # every result looked up and inserted; the .part's fsyncs follow
 
         stage_for_inbox(inbox_dir, name, new_records())
         TIMELINE.stamp(row.id, "staged")
