@@ -23,7 +23,7 @@ from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
-from kei_gateway.core.results import fresh_results
+from kei_gateway.core.results import fresh_results, under_recorded_keys
 from kei_gateway.core.transfer import Transition, TransferState, check_transition, on_restart
 from kei_gateway.testing.leases import LeaseTable
 
@@ -274,14 +274,7 @@ class InMemoryResultLedger:
 
     def _under_recorded_keys(self, results: Sequence[ResultFacts]) -> list[ResultFacts]:
         """Each result under the key its match group was first recorded with (current if none)."""
-        found = {result.match_key for result in self.results}
-        chosen = []
-        for facts in results:
-            variant = 0
-            if facts.match_key not in found:
-                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
-            chosen.append(facts.under(variant) if variant else facts)
-        return chosen
+        return under_recorded_keys(results, {result.match_key for result in self.results})
 
     @contextmanager
     def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[_InMemoryRelay]:

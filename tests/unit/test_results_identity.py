@@ -10,7 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.core.jst import JST
-from kei_gateway.core.results import ResultKeyer, facts_from_records, facts_of, fresh_results, slip_hint
+from kei_gateway.core.results import (
+    ResultKeyer, earlier_match_keys, facts_from_records, facts_of, fresh_results, slip_hint, under_recorded_keys,
+)
 from kei_gateway.core.results.identity import HKDF_INFO, IDENTITY_ITEMS
 from kei_gateway.layouts import Record, ValidationOptions, generate_file, get_layout, parse_records
 
@@ -157,6 +159,19 @@ def test_when_the_key_is_rotated_then_new_facts_use_the_new_key_and_candidates_i
     under_old = rotated.under(1)
     assert (under_old.identity_key, under_old.match_key, under_old.amount_key) == (
         old.identity_key, old.match_key, old.amount_key)
+
+
+def test_when_a_group_was_recorded_under_the_old_key_then_its_result_stays_under_it_else_the_new_one() -> None:
+    rotated = ResultKeyer([NEW_KEY, OLD_KEY])
+    joins, alone = facts_of(RECORDS[0], 0, rotated), facts_of(RECORDS[1], 1, rotated)
+    old_match = facts_of(RECORDS[0], 0, ResultKeyer([OLD_KEY])).match_key
+    assert earlier_match_keys([joins, alone]) == {joins.variants[1].match_key, alone.variants[1].match_key}
+
+    chosen = under_recorded_keys([joins, alone], found={old_match})
+    assert chosen[0].match_key == old_match and chosen[0].identity_key == joins.variants[1].identity_key
+    assert chosen[1] == alone, "no earlier group: the current key"
+    both = under_recorded_keys([joins], found={old_match, joins.match_key})
+    assert both[0].match_key == joins.match_key, "a group already under the current key stays there"
 
 
 def test_when_built_from_the_store_keyring_then_the_current_key_comes_first() -> None:

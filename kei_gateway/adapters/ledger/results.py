@@ -25,7 +25,8 @@ from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results.identity import (
-    KEPT_FIELDS, KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, fresh_results,
+    KEPT_FIELDS, KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, earlier_match_keys, fresh_results,
+    under_recorded_keys,
 )
 from kei_gateway.core.results.reconcile import StoredResult
 from kei_gateway.core.transfer import check_transition
@@ -147,20 +148,14 @@ class ResultLedger:
     @staticmethod
     def _under_recorded_keys(session: Session, results: Sequence[ResultFacts]) -> list[ResultFacts]:
         """*results*, each under the key its match group was first recorded with (current if none)."""
-        previous = {d.match_key for r in results for d in r.variants[1:]}
+        previous = earlier_match_keys(results)
         if not previous:
             return list(results)
         found: set[str] = set()
         for chunk in in_chunks(sorted(previous | {r.match_key for r in results})):
             found.update(session.scalars(select(PaymentResult.match_key).where(
                 PaymentResult.match_key.in_(chunk)).distinct()))
-        chosen = []
-        for facts in results:
-            variant = 0
-            if facts.match_key not in found:  # a group already under the current key stays there
-                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
-            chosen.append(facts.under(variant) if variant else facts)
-        return chosen
+        return under_recorded_keys(results, found)
 
     @staticmethod
     def _any_known_under_previous_keys(session: Session, results: Sequence[ResultFacts]) -> bool:
@@ -307,17 +302,10 @@ class SqlRelayTransaction:
 
     def _under_recorded_keys(self, results: Sequence[ResultFacts]) -> list[ResultFacts]:
         """*results*, each under the key its match group was first recorded with (current if none)."""
-        previous = {d.match_key for r in results for d in r.variants[1:]}
+        previous = earlier_match_keys(results)
         if not previous:
             return list(results)
-        found = self._found("match_key", previous | {r.match_key for r in results})
-        chosen = []
-        for facts in results:
-            variant = 0
-            if facts.match_key not in found:  # a group already under the current key stays there
-                variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
-            chosen.append(facts.under(variant) if variant else facts)
-        return chosen
+        return under_recorded_keys(results, self._found("match_key", previous | {r.match_key for r in results}))
 
     def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
         """The decision, in ONE transaction: the new results into ``payment_results`` and the transfer's relay name

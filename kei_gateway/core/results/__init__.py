@@ -16,10 +16,12 @@ from kei_gateway.core.results.identity import (
     Digests,
     ResultFacts,
     ResultKeyer,
+    earlier_match_keys,
     facts_from_records,
     facts_of,
     fresh_results,
     slip_hint,
+    under_recorded_keys,
 )
 from kei_gateway.core.results.reconcile import (
     ChannelSummary,
@@ -32,6 +34,6 @@ from kei_gateway.core.results.reconcile import (
     unconfirmed_counts,
 )
 
-__all__ = ["KIND_PROVISIONAL", "KIND_FINAL", "KIND_CANCEL", "Digests", "ResultFacts", "ResultKeyer", "facts_of",
+__all__ = ["KIND_PROVISIONAL", "KIND_FINAL", "KIND_CANCEL", "Digests", "ResultFacts", "ResultKeyer", "earlier_match_keys", "under_recorded_keys", "facts_of",
            "facts_from_records", "fresh_results", "slip_hint", "StoredResult", "ChannelSummary", "Problem", "ReconcileReport",
            "reconcile", "unconfirmed_counts", "render_text", "render_csv"]

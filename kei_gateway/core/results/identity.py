@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kei_gateway.core.jst import JST
 
 __all__ = ["HKDF_INFO", "IDENTITY_ITEMS", "MATCH_ITEMS", "KIND_PROVISIONAL", "KIND_FINAL", "KIND_CANCEL",
-           "Digests", "KeptResult", "KEPT_FIELDS", "ResultFacts", "ResultKeyer", "facts_of", "facts_from_records", "fresh_results", "slip_hint",
+           "Digests", "KeptResult", "KEPT_FIELDS", "ResultFacts", "ResultKeyer", "earlier_match_keys", "under_recorded_keys", "facts_of", "facts_from_records", "fresh_results", "slip_hint",
            "canonical_items", "raw_fields", "RAW_FIELDS"]
 
 HKDF_INFO = b"kei-gateway payment-result identity v1"
@@ -128,6 +128,27 @@ class ResultFacts(KeptResult):
         digests = self.variants[variant]
         return dataclasses.replace(self, identity_key=digests.identity_key, match_key=digests.match_key,
                                    amount_key=digests.amount_key)
+
+
+def earlier_match_keys(results: Iterable[ResultFacts]) -> set[str]:
+    """The match keys of *results* under every previous store key (what the ledger must be asked about)."""
+    return {d.match_key for r in results for d in r.variants[1:]}
+
+
+def under_recorded_keys(results: Sequence[ResultFacts], found: Collection[str]) -> list[ResultFacts]:
+    """*results*, each under the key its match group was first recorded with (current if none).
+
+    *found*: the match keys, current or earlier, that the ledger already holds. A group already
+    recorded under the current key stays there; otherwise the first earlier key found wins, so a
+    確報 joins its 速報 across a key rotation.
+    """
+    chosen = []
+    for facts in results:
+        variant = 0
+        if facts.match_key not in found:
+            variant = next((v for v, d in enumerate(facts.variants) if v and d.match_key in found), 0)
+        chosen.append(facts.under(variant) if variant else facts)
+    return chosen
 
 
 class ResultKeyer:
