@@ -536,7 +536,8 @@ def _add_audit(gateway: GatewayService, audit: AuditObserver, audit_log: AuditLo
         def claimed(fence: Any) -> Any:
             if fence is None:
                 return None  # another node verifies it now (one verification of one shared chain)
-            return verify_now_here().addBoth(lambda result: (node_leases.release(fence), result)[1])
+            # The lease is free before the verification counts as done (a next one must not race the release).
+            return verify_now_here().addBoth(lambda result: node_leases.release(fence).addCallback(lambda _: result))
 
         return node_leases.claim(LeaseKind.VERIFY, "audit").addCallback(claimed)
 

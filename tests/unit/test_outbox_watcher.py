@@ -208,19 +208,40 @@ class OutboxWatcherTests(SynchronousTestCase):
 
     # -- two nodes watch one shared outbox (SPEC §14): a scan runs under the outbox's lease, its commits fenced
 
-    def node(self, name: str, blocking: Any) -> tuple[OutboxWatcher, Any]:
+    def node(self, name: str, blocking: Any, lease_blocking: Any = None) -> tuple[OutboxWatcher, Any]:
         from kei_gateway.runtime.leases import NodeLeases
         from kei_gateway.testing import InMemoryLeases
 
         store = InMemoryLeases(self.ledger.leases, name, 15.0)
         store.join(f"inc-{name}", datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc),
                    name, 1)
-        leases = NodeLeases(store=store, incarnation=f"inc-{name}", clock=self.clock, blocking=SynchronousBlocking(),
+        leases = NodeLeases(store=store, incarnation=f"inc-{name}", clock=self.clock,
+                            blocking=lease_blocking or SynchronousBlocking(),
                             metrics=GatewayMetrics(CollectorRegistry(), process=False))
         leases.startService()
         watcher = self.watcher(blocking, registry=CollectorRegistry())
         watcher.leases = leases
         return watcher, leases
+
+    def test_when_a_scan_ends_then_the_next_scan_claims_only_after_the_release(self) -> None:
+        """A release landing after the next scan's claim (the same node, the same token) would free the lease under
+        that scan, and its commits would be fenced: seen as a quarantine refused with lease.fenced under load."""
+        self.put("a.dat")
+        lease_door = DeferredBlocking()
+        watcher, _ = self.node("a", SynchronousBlocking(), lease_door)
+        watcher.startService()
+        while not self.ledger.rows and lease_door.waiting:  # the first heartbeat, the claim; the scan runs at once
+            lease_door.finish_one()
+        self.assertEqual([row.local_name for row in self.ledger.rows.values()], ["a.dat"])
+        self.put("b.dat")
+        watcher.scan_soon()  # once more after the scan in flight
+        self.assertEqual([f.__name__ for _, f, _ in lease_door.waiting], ["release"],
+                         "the next scan waits for the release of the lease")
+        lease_door.finish_one()
+        while lease_door.waiting:
+            lease_door.finish_one()
+        self.assertEqual(sorted(row.local_name for row in self.ledger.rows.values()), ["a.dat", "b.dat"])
+        watcher.stopService()
 
     def test_when_a_stalled_node_ingests_after_the_other_took_the_outbox_over_then_its_commit_is_fenced_and_the_file_is_ingested_once(
             self) -> None:

@@ -132,7 +132,7 @@ class DownloadPoller(service.Service):
         except Fenced:
             leases.fenced(fence)
             return
-        leases.release(fence)
+        yield leases.release(fence)  # before the next pass can claim (a late release would fence it)
 
     def _still_mine(self, fence: Fence | None) -> defer.Deferred[None]:
         """Before an action on a file that another node may now own (relay, DELETE at the peer): raise

@@ -124,8 +124,9 @@ class OutboxWatcher(service.Service):
                 if isinstance(result, Failure) and result.check(Fenced):
                     leases.fenced(fence)
                     return None
-                leases.release(fence)
-                return result
+                # The scan is over once the lease is free: a next scan's claim must not race the release (a
+                # release landing after the next claim renewed the same token would fence that scan's commits).
+                return leases.release(fence).addCallback(lambda _: result)
 
             return scanned.addBoth(finished).addErrback(self._scan_failed)
 

@@ -267,9 +267,8 @@ def make_purge_service(*, config: Callable[[], Config], clock: Any, engine: Engi
             def finished(result: object) -> object:
                 if isinstance(result, Failure) and result.check(Fenced):
                     leases.fenced(fence)
-                else:
-                    leases.release(fence)
-                return result
+                    return result
+                return leases.release(fence).addCallback(lambda _: result)  # before a next run can claim
 
             return ran.addBoth(finished)
 
