@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from relay import BatchMaker, client_context, start_gateway  # noqa: E402
+from relay import configure as relay_configure  # noqa: E402
 from upload import machine, percentile, stop_gateway  # noqa: E402
 
 from kei_gateway.sim.harness import free_port  # noqa: E402
@@ -45,25 +46,8 @@ TRICKLERS, HEADER_ONLY = 2, 50
 
 
 def configure(files: GatewayFiles, push_port: int) -> None:
-    credentials = files.base / "credentials"
-    closed = free_port()
-    files.write_config(extra=f"""
-[peers.mpn]
-url = "https://127.0.0.1:{closed}/slips/"
-results_url = "https://127.0.0.1:{closed}/results/"
-ca = "{credentials}/ca.pem"
-allow = ["127.0.0.1/32"]
-push_allow = ["127.0.0.0/29"]
-connect_timeout = "2s"
-
-[flows.mpn-results]
-peer = "mpn"
-inbox = "inbox/mpn-results"
-poll_interval = "1h"
-
-[listeners.push]
-address = "127.0.0.1:{push_port}"
-""")
+    """The relay bench's config, pushes allowed from 127.0.0.0/29 (the flood and the legitimate sources)."""
+    relay_configure(files, push_port, push_allow="127.0.0.0/29")
 
 
 def denied(daemon: DaemonProcess) -> dict[str, float]:

@@ -396,7 +396,8 @@ class Row:
                 and not self.step.statuses.get(503) and not self.step.errors)
 
 
-def configure(files: GatewayFiles, push_port: int) -> None:
+def configure(files: GatewayFiles, push_port: int, push_allow: str = "127.0.0.1/32") -> None:
+    """The daemon's config for a push bench: ``[listeners.push]`` on *push_port*, pushes from *push_allow*."""
     credentials = files.base / "credentials"
     closed = free_port()  # nothing listens there: the pull side finds no peer
     files.write_config(extra=f"""
@@ -405,7 +406,7 @@ url = "https://127.0.0.1:{closed}/slips/"
 results_url = "https://127.0.0.1:{closed}/results/"
 ca = "{credentials}/ca.pem"
 allow = ["127.0.0.1/32"]
-push_allow = ["127.0.0.1/32"]
+push_allow = ["{push_allow}"]
 connect_timeout = "2s"
 
 [flows.mpn-results]
