@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from kei_gateway.adapters.ledger.leases import Fence, check_fence, check_fence_on
 from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter, TransferNotFound, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
@@ -167,7 +168,8 @@ class ResultLedger:
         return False
 
     @contextmanager
-    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[SqlRelayTransaction]:
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime,
+                          fence: Fence | None = None) -> Iterator[SqlRelayTransaction]:
         """A relay decision recorded batch by batch and committed at once by :meth:`SqlRelayTransaction.finish`.
 
         The file's results are given to :meth:`SqlRelayTransaction.record` a batch at a time
@@ -179,7 +181,8 @@ class ResultLedger:
         whatever the file's size (SPEC §4). :meth:`SqlRelayTransaction.finish` then, in ONE
         short transaction, copies them into ``payment_results`` with *relay_name* and sets the
         decision on the transfer: *relay_name* when some result was new, else none and the
-        transfer ``DONE``. Nothing reaches the ledger's tables before that transaction.
+        transfer ``DONE``. Nothing reaches the ledger's tables before that transaction; with *fence* (SPEC §14)
+        it checks that lease first and raises :class:`~kei_gateway.adapters.ledger.leases.Fenced` instead.
         :class:`DuplicateResult` when another relay recorded one of the results meanwhile
         (the unique constraint); the caller starts again.
         """
@@ -191,7 +194,8 @@ class ResultLedger:
                 _PENDING.drop(connection, checkfirst=True)
                 _PENDING.create(connection)
                 connection.commit()
-                relay = SqlRelayTransaction(connection, transfer_id, relay_name, recorded_at, self.audit_writer)
+                relay = SqlRelayTransaction(connection, transfer_id, relay_name, recorded_at, self.audit_writer,
+                                            fence)
                 try:
                     yield relay
                     if not relay.finished:
@@ -204,10 +208,14 @@ class ResultLedger:
             raise DuplicateResult(transfer_id) from error
 
     @retry_transient
-    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
-        """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record."""
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> None:
+        """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record (with
+        *fence*, only while that lease is this node's)."""
 
         with Session(self.engine) as session, session.begin():
+            if fence is not None:
+                check_fence(session, fence)
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None:
                 raise TransferNotFound(transfer_id)
@@ -270,8 +278,9 @@ class SqlRelayTransaction:
     """The open relay of :meth:`ResultLedger.relay_transaction` (its connection and its temporary table)."""
 
     def __init__(self, connection: Connection, transfer_id: int, relay_name: str, recorded_at: datetime,
-                 audit_writer: AuditWriter | None = None) -> None:
+                 audit_writer: AuditWriter | None = None, fence: Fence | None = None) -> None:
         self._connection = connection
+        self._fence = fence
         self._audit_writer = audit_writer
         self._transfer_id = transfer_id
         self._relay_name = relay_name
@@ -318,6 +327,8 @@ class SqlRelayTransaction:
                 [*columns, "transfer_id", "relay_name", "recorded_at"],
                 select(*_PENDING.columns, literal(self._transfer_id), literal(self._relay_name),
                        literal(self._recorded_at, DateTime(timezone=True)))))
+        if self._fence is not None:
+            check_fence_on(connection, self._fence)  # in this transaction: a node that lost the lease writes nothing
         state = connection.execute(select(Transfer.state).where(Transfer.id == self._transfer_id)
                                    .with_for_update()).scalar_one_or_none()
         if state is None:

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
 from kei_gateway.adapters.spool import publish_staged, stage_for_inbox, staged_name
@@ -50,12 +51,14 @@ from kei_gateway.core.results import (
     facts_of,
     unconfirmed_counts,
 )
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.results.identity import raw_fields
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, retry_transient
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
@@ -117,8 +120,10 @@ def record_batches(chunks: Iterable[bytes], record_length: int, size: int = RELA
 @retry_transient
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
-                         now: datetime.datetime) -> RelayOutcome:
-    """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring)."""
+                         now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
+    """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring); with
+    *fence* (SPEC §14) the decision and ``DONE`` commit only while that lease is this node's (else
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced`, nothing written)."""
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
         if row.state == S.DONE.value:
@@ -128,18 +133,18 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
         if row.relay_name is not None:  # decided before a stop or crash: finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
-            results.finish_relay(transfer_id, now,
+            results.finish_relay(transfer_id, now, fence=fence,
                                  audit=(events.RESULTS_RELAY_FINISHED.name, {"flow": FLOW, "name": row.relay_name}))
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
-            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
+            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now, fence)
         except DuplicateResult:
             continue  # recorded meanwhile by another relay: compute the new ones again
     raise RuntimeError(f"transfer {transfer_id}: its results kept changing while being relayed")
 
 
 def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
-                marker: bool, lg_code: str, now: datetime.datetime) -> RelayOutcome:
+                marker: bool, lg_code: str, now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
@@ -147,7 +152,7 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
     relayed: Counter[int] = Counter()
     total: Counter[int] = Counter()
-    with results.relay_transaction(row.id, name, now) as relay:
+    with results.relay_transaction(row.id, name, now, fence) as relay:
         def new_records() -> Iterator[bytes]:
             index = 0
             for records in record_batches(store.read(blob_id), layout.record_length, RELAY_BATCH):
@@ -178,7 +183,8 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     publish_staged(inbox_dir, name, marker)
     TIMELINE.stamp(row.id, "published")
     crashpoint("results.published")
-    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())))
+    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())),
+                         fence=fence)
     return RelayOutcome(row.id, name, relayed, duplicates)
 
 
@@ -247,36 +253,60 @@ class ResultRelay(service.Service):
         # Whatever relay is running finishes (its steps are short and local); then stop.
         return self._lock.run(lambda: defer.succeed(None))
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[RelayOutcome]:
-        """Relay the committed results file *row*; *received_at* (clock seconds) times a push.
+    def relay(self, row: TransferRow, received_at: float | None = None,
+              fence: Fence | None = None) -> defer.Deferred[RelayOutcome]:
+        """Relay the committed results file *row*; *received_at* (clock seconds) times a push; *fence*: see
+        :class:`~kei_gateway.flows.inbound.relay.Relay`.
 
         When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
         """
-        return self._lock.run(self._relay, row.id, received_at)
+        return self._lock.run(self._relay, row.id, received_at, fence)
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the composition root: the pass over pending files runs under the
+    flow's relay lease, on one node at a time, and its commits are fenced by it. None: this process's alone."""
 
     @defer.inlineCallbacks
     def relay_pending(self) -> Any:
         """Relay every received file still VALIDATED (a stop, crash or failed relay came between)."""
+        leases = self.leases
+        if leases is None:
+            yield self._relay_pending(None)
+            return
+        fence = yield leases.claim(LeaseKind.RELAY, FLOW)
+        if fence is None:
+            return  # another node relays the pending files now (or this node may not claim): the next check
+        try:
+            yield self._relay_pending(fence)
+        except Fenced:
+            leases.fenced(fence)
+            return
+        yield leases.release(fence)
+
+    @defer.inlineCallbacks
+    def _relay_pending(self, fence: Fence | None) -> Any:
         pending: list[TransferRow] = yield self.blocking.run(
             self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
         for row in sorted(pending, key=lambda r: r.id):
             if not self.running:
                 return
             try:
-                yield self.relay(row)
+                yield self.relay(row, fence=fence)
+            except Fenced:
+                raise  # another node relays the pending files now: this pass stops, its commit refused
             except Exception as error:  # one file's trouble must not keep the others back
                 events.emit(log, events.INTERNAL_ERROR, flow=FLOW, transfer_id=row.id,
                             reason=f"relaying the results: {events.describe_error(error)}")
 
     @defer.inlineCallbacks
-    def _relay(self, transfer_id: int, received_at: float | None) -> Any:
+    def _relay(self, transfer_id: int, received_at: float | None, fence: Fence | None = None) -> Any:
         TIMELINE.stamp(transfer_id, "relay_start")
         now_seconds = self.clock.seconds()
         now = datetime.datetime.fromtimestamp(now_seconds, datetime.timezone.utc)
         outcome: RelayOutcome = yield self.blocking.run(
             relay_stored_results, transfer_id=transfer_id, ledger=self.ledger, results=self.results,
             store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
-            now=now)
+            now=now, fence=fence)
         TIMELINE.close(transfer_id, "done")  # a push's line (nothing for a pulled file)
         if outcome.already_done:
             return outcome
