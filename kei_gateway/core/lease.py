@@ -48,6 +48,8 @@ class LeaseKind(enum.StrEnum):
     """The daily purge (key: ``daily``)."""
     VERIFY = "verify"
     """The audit chain's verification (key: ``audit``)."""
+    RELAY = "relay"
+    """A pass relaying an inbound flow's received files still pending (key: the inbound flow)."""
 
 
 MAX_CLOCK_SKEW = 2.0

@@ -77,7 +77,7 @@ def _utc(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
-KINDS = ("transfer", "pull", "ingest", "purge", "verify")
+KINDS = ("transfer", "pull", "ingest", "purge", "verify", "relay")
 
 
 class NodeLeases(service.Service):

@@ -337,6 +337,7 @@ class _Relays:
                 keyer=ResultKeyer.from_keyring(keyring), store=self.store, blocking=self.blocking,
                 clock=gateway.clock, metrics=self.metrics,
                 unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
+            relay.leases = gateway.leases  # its pass over pending files runs under the flow's relay lease
             gateway.relay = relay
             relay.setServiceParent(gateway)
             return relay

@@ -90,10 +90,7 @@ class InMemoryLedger:
                      fence: Fence | None = None) -> TransferRow:
         self._check()
         with self._lock, self.leases.lock:
-            if fence is not None:
-                current = self.leases.leases.get((fence.kind, fence.key))
-                if not is_current(current, fence.node, fence.token):
-                    raise Fenced(fence, current)
+            self.check_fence(fence)
             row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
                               state=TransferState(state), local_name=local_name, remote_name=remote_name, size=size,
                               sha256=sha256, record_count=record_count, attempts=0, next_attempt_at=None,
@@ -122,17 +119,23 @@ class InMemoryLedger:
               release: bool = False) -> TransferRow:
         return self._change(transfer_id, now, transition.state, dict(transition.fields), None, fence, release)
 
-    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
-        return self._change(transfer_id, now, None, fields)
+    def update(self, transfer_id: int, now: datetime, *, fence: Fence | None = None, **fields: Any) -> TransferRow:
+        return self._change(transfer_id, now, None, fields, None, fence)
+
+    def check_fence(self, fence: Fence | None) -> None:
+        """Raise :class:`Fenced` unless *fence* (if any) is current: what the real ledger checks in a commit."""
+        if fence is None:
+            return
+        with self.leases.lock:
+            current = self.leases.leases.get((fence.kind, fence.key))
+            if not is_current(current, fence.node, fence.token):
+                raise Fenced(fence, current)
 
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,
                 fields: dict[str, Any], audit: AuditEvent | None = None, fence: Fence | None = None,
                 release: bool = False) -> TransferRow:
         with self._lock, self.leases.lock:
-            if fence is not None:
-                current = self.leases.leases.get((fence.kind, fence.key))
-                if not is_current(current, fence.node, fence.token):
-                    raise Fenced(fence, current)
+            self.check_fence(fence)
             row = self.get(transfer_id)
             changes = dict(fields, updated_at=_utc(now))
             if new_state is not None:
@@ -251,9 +254,11 @@ class InMemoryResultLedger:
         return self.ledger.records_audit
 
     def record_relay(self, transfer_id: int, results: Sequence[ResultFacts], relay_name: str | None,
-                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None) -> None:
+                     now: datetime, summary: str, done: bool, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> None:
         if len({r.identity_key for r in results}) != len(results):
             raise ValueError("results repeat an identity; keep the first of each (see fresh_results)")
+        self.ledger.check_fence(fence)
         recorded_at = _utc(now)
         row = self.ledger.get(transfer_id)
         if done:
@@ -268,16 +273,17 @@ class InMemoryResultLedger:
             relay_name=relay_name, recorded_at=recorded_at) for r in chosen)
         fields: dict[str, Any] = {"relay_name": relay_name, "receipt_summary": summary}
         if done:
-            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, **fields)
+            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, fence=fence, **fields)
         else:
-            self.ledger.update(transfer_id, recorded_at, **fields)
+            self.ledger.update(transfer_id, recorded_at, fence=fence, **fields)
 
     def _under_recorded_keys(self, results: Sequence[ResultFacts]) -> list[ResultFacts]:
         """Each result under the key its match group was first recorded with (current if none)."""
         return under_recorded_keys(results, {result.match_key for result in self.results})
 
     @contextmanager
-    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[_InMemoryRelay]:
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime,
+                          fence: Fence | None = None) -> Iterator[_InMemoryRelay]:
         """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error; the
         transfer is DONE with the results."""
         self.ledger.get(transfer_id)  # TransferNotFound
@@ -286,12 +292,13 @@ class InMemoryResultLedger:
         if not relay.finished:
             raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
         self.record_relay(transfer_id, relay.pending, relay_name if relay.pending else None, now, relay.summary,
-                          done=True, audit=relay.audit)
+                          done=True, audit=relay.audit, fence=fence)
 
     def commit_relays(self, decisions: Sequence[RelayDecision], now: datetime) -> None:
         """Like ``ResultLedger.commit_relays``: all the decisions, or nothing."""
         self.ledger._check()
         for decision in decisions:
+            self.ledger.check_fence(decision.fence)
             try:
                 row = self.ledger.get(decision.transfer_id)
             except TransferNotFound:
@@ -306,10 +313,11 @@ class InMemoryResultLedger:
             raise DuplicateResult(decisions[0].transfer_id)
         for decision in decisions:
             self.record_relay(decision.transfer_id, decision.results, decision.relay_name, now, decision.summary,
-                              done=True, audit=decision.audit)
+                              done=True, audit=decision.audit, fence=decision.fence)
 
-    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
-        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit)
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> None:
+        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit, fence=fence)
 
     def _sorted(self, results: Iterable[StoredResult]) -> list[StoredResult]:
         return sorted(results, key=lambda r: r.received_at)

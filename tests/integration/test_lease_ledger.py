@@ -241,3 +241,44 @@ def test_when_the_purge_lost_its_lease_then_its_erasures_are_fenced_and_the_ledg
     with pytest.raises(Fenced):
         purge.delete_transfers([transfer], at(10 ** 6))
     assert ledger.get(transfer).blob_id == "blob-a.dat", "nothing erased by the node that lost the purge"
+
+
+def test_when_a_stalled_node_relays_a_pulled_file_taken_over_then_its_decision_and_done_are_fenced(
+        engines: tuple[Engine, Engine]) -> None:
+    """The relay streams its results on a bare connection (a temporary table): its decision still locks the lease
+    row in its own transaction, on SQLite and on PostgreSQL (issue 15 item 2)."""
+    from kei_gateway.adapters.ledger.results import ResultLedger
+    from kei_gateway.core.results import KIND_PROVISIONAL, ResultFacts
+
+    jst = timezone(timedelta(hours=9))
+    ledger_a = TransferLedger(engines[0])
+    results_a, results_b = ResultLedger(engines[0]), ResultLedger(engines[1])
+    a, b = LeaseLedger(engines[0], "a", LEASE), LeaseLedger(engines[1], "b", LEASE)
+    transfer = ledger_a.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name="r.dat",
+                                     state=S.VALIDATED, size=10, sha256="ab" * 32, record_count=1, blob_id="blob-r",
+                                     now=T0, remote_name="r.dat").id
+    facts = [ResultFacts(identity_key=f"id{n}", match_key=f"m{n}", amount_key=f"a{n}", kind=KIND_PROVISIONAL,
+                         channel="01", tax_item="01", pay_method="1",
+                         received_at=datetime(2026, 12, 1, 10, n, tzinfo=jst), slip_hint="****0001", record_index=n)
+               for n in range(3)]
+    granted = a.claim("pull", "mpn-results", T0)
+    assert granted.lease is not None
+    fence_a = Fence("pull", "mpn-results", "a", granted.lease.token)
+    with pytest.raises(Fenced, match="no longer node 'a'"):
+        with results_a.relay_transaction(transfer, "r.dat", T0, fence_a) as relay:
+            assert len(relay.record(facts)) == 3
+            taken = b.claim("pull", "mpn-results", at(LEASE + 1))  # a stalled while reading the file
+            assert taken.outcome is ClaimOutcome.TAKEN_OVER
+            relay.finish("3 new")
+    assert results_a.identities_of_transfer(transfer) == set(), "a's decision wrote nothing"
+    assert taken.lease is not None
+    fence_b = Fence("pull", "mpn-results", "b", taken.lease.token)
+    with results_b.relay_transaction(transfer, "r.dat", at(LEASE + 2), fence_b) as relay:
+        assert len(relay.record(facts)) == 3
+        relay.finish("3 new")
+    with pytest.raises(Fenced):
+        results_a.finish_relay(transfer, at(LEASE + 3), fence=fence_a)
+    assert ledger_a.get(transfer).state is S.VALIDATED
+    results_b.finish_relay(transfer, at(LEASE + 3), fence=fence_b)
+    assert ledger_a.get(transfer).state is S.DONE
+    assert results_a.identities_of_transfer(transfer) == {"id0", "id1", "id2"}

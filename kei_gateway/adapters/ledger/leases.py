@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,8 +33,8 @@ from kei_gateway.core.lease import ClaimDecision, ClaimOutcome, Lease, NodeSeen,
     decide_renew, is_current, is_live, node_refusal
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["Fence", "Fenced", "NodeRefused", "LeaseLedger", "NodeStatus", "check_fence", "lock_lease", "lease_of", "lease_exists", "claim_in",
-           "write_lease"]
+__all__ = ["Fence", "Fenced", "NodeRefused", "LeaseLedger", "NodeStatus", "check_fence", "check_fence_on", "lock_lease",
+           "lease_of", "lease_exists", "claim_in", "write_lease"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,17 @@ def check_fence(session: Session, fence: Fence, *, release: bool = False) -> Non
         released = decide_release(current, node=fence.node, token=fence.token)
         assert released is not None
         write_lease(session, row, released)
+
+
+def check_fence_on(connection: Connection, fence: Fence) -> None:
+    """:func:`check_fence` inside a transaction held on a bare *connection* (the relay's, which streams its
+    results through a temporary table): the lease row locked, :class:`Fenced` unless *fence* is current."""
+    table = LeaseRow.__table__
+    row = connection.execute(select(table).where(table.c.kind == fence.kind, table.c.key == fence.key)
+                             .with_for_update()).first()
+    current = None if row is None else Lease(row.kind, row.key, row.holder, _aware(row.expires), int(row.token))
+    if not is_current(current, fence.node, fence.token):
+        raise Fenced(fence, current)
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,9 @@ class TransferLedger(Ledger):
         :meth:`transition`)."""
         return self._change(transfer_id, now, transition.state, dict(transition.fields), None, fence, release)
 
-    def update(self, transfer_id: int, now: datetime, **fields: Any) -> TransferRow:
-        """Set *fields* without changing the state."""
-        return self._change(transfer_id, now, None, fields)
+    def update(self, transfer_id: int, now: datetime, *, fence: Fence | None = None, **fields: Any) -> TransferRow:
+        """Set *fields* without changing the state (fenced as :meth:`transition`)."""
+        return self._change(transfer_id, now, None, fields, None, fence)
 
     @retry_transient
     def _change(self, transfer_id: int, now: datetime, new_state: TransferState | None,

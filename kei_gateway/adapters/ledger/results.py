@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from kei_gateway.adapters.ledger.leases import Fence, check_fence, check_fence_on
 from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter, TransferNotFound, in_chunks, write_audit
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
@@ -70,6 +71,8 @@ class RelayDecision:
     relay_name: str | None
     summary: str
     audit: AuditEvent | None = None
+    fence: Fence | None = None
+    """The lease it is relayed under (SPEC §14): checked in the commit, :class:`Fenced` and nothing written."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -202,12 +205,15 @@ class ResultLedger:
 
         Raises :class:`DuplicateResult` (nothing written) when a result was recorded meanwhile, under
         any key; :class:`NotRelayable` (nothing written) when a transfer is no longer ``VALIDATED`` or
-        has a relay decided already.
+        has a relay decided already; :class:`~kei_gateway.adapters.ledger.leases.Fenced` (nothing
+        written) when a decision's fence is no longer current.
         """
         recorded_at = _utc(now)
         try:
             with self.engine.connect() as connection, connection.begin():
-                for decision in decisions:  # the writes first: on SQLite they take the write lock before any read
+                for fence in dict.fromkeys(d.fence for d in decisions if d.fence is not None):
+                    check_fence_on(connection, fence)  # the lease rows first, as every claim locks them
+                for decision in decisions:  # then the writes (without a fence: on SQLite the write lock is first)
                     changed = connection.execute(
                         update(Transfer).where(Transfer.id == decision.transfer_id,
                                                Transfer.state == TransferState.VALIDATED.value,
@@ -254,7 +260,8 @@ class ResultLedger:
         return found
 
     @contextmanager
-    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime) -> Iterator[SqlRelayTransaction]:
+    def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime,
+                          fence: Fence | None = None) -> Iterator[SqlRelayTransaction]:
         """A relay decision recorded batch by batch and committed at once by :meth:`SqlRelayTransaction.finish`.
 
         The file's results are given to :meth:`SqlRelayTransaction.record` a batch at a time
@@ -266,7 +273,9 @@ class ResultLedger:
         whatever the file's size (SPEC §4). :meth:`SqlRelayTransaction.finish` then, in ONE
         short transaction, copies them into ``payment_results`` with *relay_name* and makes the
         transfer ``DONE`` with its relay name (*relay_name* when some result was new, else none)
-        and the relay's audit record. Nothing reaches the ledger's tables before that transaction.
+        and the relay's audit record. Nothing reaches the ledger's tables before that transaction; with
+        *fence* (SPEC §14) it checks that lease in it and raises
+        :class:`~kei_gateway.adapters.ledger.leases.Fenced` instead.
         For the files of at most one batch, :meth:`commit_relays` does the same for several files
         at once without the temporary table.
         :class:`DuplicateResult` when another relay recorded one of the results meanwhile
@@ -280,7 +289,8 @@ class ResultLedger:
                 _PENDING.drop(connection, checkfirst=True)
                 _PENDING.create(connection)
                 connection.commit()
-                relay = SqlRelayTransaction(connection, transfer_id, relay_name, recorded_at, self.audit_writer)
+                relay = SqlRelayTransaction(connection, transfer_id, relay_name, recorded_at, self.audit_writer,
+                                            fence)
                 try:
                     yield relay
                     if not relay.finished:
@@ -293,10 +303,14 @@ class ResultLedger:
             raise DuplicateResult(transfer_id) from error
 
     @retry_transient
-    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None) -> None:
-        """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record."""
+    def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
+                     fence: Fence | None = None) -> None:
+        """The second step after the inbox rename: the transfer is DONE, with the relay's *audit* record (with
+        *fence*, only while that lease is this node's)."""
 
         with Session(self.engine) as session, session.begin():
+            if fence is not None:
+                check_fence(session, fence)
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None:
                 raise TransferNotFound(transfer_id)
@@ -359,8 +373,9 @@ class SqlRelayTransaction:
     """The open relay of :meth:`ResultLedger.relay_transaction` (its connection and its temporary table)."""
 
     def __init__(self, connection: Connection, transfer_id: int, relay_name: str, recorded_at: datetime,
-                 audit_writer: AuditWriter | None = None) -> None:
+                 audit_writer: AuditWriter | None = None, fence: Fence | None = None) -> None:
         self._connection = connection
+        self._fence = fence
         self._audit_writer = audit_writer
         self._transfer_id = transfer_id
         self._relay_name = relay_name
@@ -402,7 +417,15 @@ class SqlRelayTransaction:
         staged file is then published after the commit; a crash before that leaves it for the restart rule)."""
         connection = self._connection
         fresh = self.recorded > 0
-        changed = connection.execute(  # the write first: on SQLite it takes the write lock before anything is read
+        if fresh:  # the write first: on SQLite it takes the write lock before anything is read
+            columns = [c.name for c in _PENDING.columns]
+            connection.execute(insert(PaymentResult).from_select(
+                [*columns, "transfer_id", "relay_name", "recorded_at"],
+                select(*_PENDING.columns, literal(self._transfer_id), literal(self._relay_name),
+                       literal(self._recorded_at, DateTime(timezone=True)))))
+        if self._fence is not None:
+            check_fence_on(connection, self._fence)  # in this transaction: a node that lost the lease writes nothing
+        changed = connection.execute(
             update(Transfer).where(Transfer.id == self._transfer_id, Transfer.state == TransferState.VALIDATED.value)
             .values(state=TransferState.DONE.value, relay_name=self._relay_name if fresh else None,
                     receipt_summary=summary, updated_at=self._recorded_at)).rowcount
@@ -412,12 +435,6 @@ class SqlRelayTransaction:
                 raise TransferNotFound(self._transfer_id)
             check_transition(state, TransferState.DONE)
             raise NotRelayable(self._transfer_id, state)
-        if fresh:
-            columns = [c.name for c in _PENDING.columns]
-            connection.execute(insert(PaymentResult).from_select(
-                [*columns, "transfer_id", "relay_name", "recorded_at"],
-                select(*_PENDING.columns, literal(self._transfer_id), literal(self._relay_name),
-                       literal(self._recorded_at, DateTime(timezone=True)))))
         write_audit(self._audit_writer, connection, audit, self._transfer_id, self._recorded_at)
         connection.commit()
         self.finished = True

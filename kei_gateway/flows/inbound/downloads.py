@@ -136,7 +136,8 @@ class DownloadPoller(service.Service):
 
     def _still_mine(self, fence: Fence | None) -> defer.Deferred[None]:
         """Before an action on a file that another node may now own (relay, DELETE at the peer): raise
-        :class:`Fenced` if this node lost the pull's lease (the relay's own commit is deduplicated: SPEC §14)."""
+        :class:`Fenced` if this node lost the pull's lease. Cheap and early; the relay's commits check the lease
+        again in their own transactions (SPEC §14), the DELETE rests on this check and the peer's 404."""
         leases = self.leases
         if fence is None or leases is None:
             return defer.succeed(None)
@@ -191,9 +192,9 @@ class DownloadPoller(service.Service):
             row = next(row for row in known if row.id == decision.transfer_id)
             if decision.validate_first:
                 now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-                row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now)
+                row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now, fence=fence)
             yield self._still_mine(fence)
-            yield self._relay(row)  # a crash came between commit and relay
+            yield self._relay(row, fence)  # a crash came between commit and relay
             yield self._still_mine(fence)
             yield self.client.delete(url)
             return
@@ -212,7 +213,7 @@ class DownloadPoller(service.Service):
             return
         assert settled.row is not None
         yield self._still_mine(fence)
-        yield self._relay(settled.row)
+        yield self._relay(settled.row, fence)
         crashpoint("download.relayed")
         yield self._still_mine(fence)
         yield self.client.delete(url)
@@ -229,7 +230,7 @@ class DownloadPoller(service.Service):
         return download.addCallbacks(lambda _: intake.finish(), failed)
 
     @defer.inlineCallbacks
-    def _relay(self, row: TransferRow) -> Any:
+    def _relay(self, row: TransferRow, fence: Fence | None) -> Any:
         assert row.blob_id is not None
-        yield self.relay.relay(row)  # it marks the transfer DONE and counts what it relayed
+        yield self.relay.relay(row, fence=fence)  # it marks the transfer DONE (fenced) and counts what it relayed
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferNotFound, TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ledger.results import DuplicateResult, RelayDecision
 from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
 from kei_gateway.adapters.spool import discard_staged, publish_relays, publish_staged, stage_relays, staged_relays
@@ -59,12 +60,14 @@ from kei_gateway.core.results import (
     fresh_results,
     unconfirmed_counts,
 )
+from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.results.identity import raw_fields
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, retry_transient
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
@@ -90,6 +93,8 @@ GROUP_RECORDS = RELAY_BATCH
 """Records of one group of small files at most (a single file is a group whatever its size): one batch's memory."""
 GROUP_FILES = 32
 """Files of one group at most (each has its audit record and transfer update in the group's commit)."""
+PENDING_SLICE = 256
+"""Pending files handed to the lanes at a time at start and at each check (a stop waits for one slice at most)."""
 
 log = Logger(namespace="kei_gateway.flows.mpn_results")
 
@@ -145,7 +150,8 @@ class _Planned:
     outcome: RelayOutcome
 
 
-def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[str], lg_code: str) -> _Planned:
+def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[str], lg_code: str,
+          fence: Fence | None) -> _Planned:
     """Decide one small file against *known* (updated with its new results, for the files after it)."""
     layout = get_layout(FLOW)
     length = layout.record_length
@@ -158,14 +164,15 @@ def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[st
     staged = b"".join(data[item.record_index * length:(item.record_index + 1) * length] for item in fresh) \
         if fresh else None
     new, count = sum(relayed.values()), sum(total.values())
-    decision = RelayDecision(row.id, fresh, relay_name, _summary(new, count), _relayed(relay_name, new, count - new))
+    decision = RelayDecision(row.id, fresh, relay_name, _summary(new, count), _relayed(relay_name, new, count - new),
+                             fence)
     return _Planned(name, decision, staged, RelayOutcome(row.id, relay_name, relayed, total - relayed))
 
 
 @retry_transient
 def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort, store: BlobStore,
                       keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
-                      now: datetime.datetime) -> list[RelayOutcome]:
+                      now: datetime.datetime, fences: Sequence[Fence | None] | None = None) -> list[RelayOutcome]:
     """Blocking: relay several received files of at most :data:`SMALL_FILE` records together (see the module
     docstring): one lookup, the new records of each staged with ONE directory fsync, ONE commit of every
     decision (results, ``DONE``, audit records), then the renames with ONE directory fsync.
@@ -173,7 +180,8 @@ def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort,
     Each of *rows* must be ``VALIDATED`` with no relay decided (a stale row raises
     :class:`~kei_gateway.adapters.ledger.results.NotRelayable` and nothing is written: relay the files one
     at a time with :func:`relay_stored_results` then). The files' order is the order of dedupe: a result
-    in two of them is relayed with the first.
+    in two of them is relayed with the first. *fences* (one per row, SPEC §14) are checked in the commit:
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced` and nothing written.
     """
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
@@ -189,7 +197,8 @@ def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort,
         loaded.append((row, data, [facts_of(item, n, keyer) for n, item in enumerate(fields)]))
     for _ in range(_ATTEMPTS):
         known = results.known_identities(_candidates(item for _, _, facts in loaded for item in facts))
-        planned = [_plan(row, data, facts, known, lg_code) for row, data, facts in loaded]
+        planned = [_plan(row, data, facts, known, lg_code, fence)
+                   for (row, data, facts), fence in zip(loaded, fences or [None] * len(loaded))]
         staged = [(p.name, p.staged) for p in planned if p.staged is not None]
         _stamp_all(rows, "looked_up")
         if staged:
@@ -221,9 +230,11 @@ def _stamp_all(rows: Sequence[TransferRow], stage: str) -> None:
 @retry_transient
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
-                         now: datetime.datetime) -> RelayOutcome:
+                         now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
     """Blocking: relay the new results of the received file of *transfer_id*, however large, streamed a batch at
-    a time (see the module docstring); also finishes what a stop or crash cut off after the decision."""
+    a time (see the module docstring); also finishes what a stop or crash cut off after the decision. With
+    *fence* (SPEC §14) the decision and ``DONE`` commit only while that lease is this node's (else
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced`, nothing written)."""
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
         if row.state == S.DONE.value:
@@ -235,18 +246,18 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
         if row.relay_name is not None:  # decided by an earlier version (relay name, then DONE): finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
-            results.finish_relay(transfer_id, now,
+            results.finish_relay(transfer_id, now, fence=fence,
                                  audit=(events.RESULTS_RELAY_FINISHED.name, {"flow": FLOW, "name": row.relay_name}))
             return RelayOutcome(transfer_id, row.relay_name, recovered=True)
         try:
-            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now)
+            return _relay_once(row, results, store, keyer, inbox_dir, marker, lg_code, now, fence)
         except DuplicateResult:
             continue  # recorded meanwhile by another relay: compute the new ones again
     raise RuntimeError(f"transfer {transfer_id}: its results kept changing while being relayed")
 
 
 def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
-                marker: bool, lg_code: str, now: datetime.datetime) -> RelayOutcome:
+                marker: bool, lg_code: str, now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
@@ -254,7 +265,7 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     name = remote_name(lg_code, FLOW, row.created_at, row.id)
     relayed: Counter[int] = Counter()
     total: Counter[int] = Counter()
-    with results.relay_transaction(row.id, name, now) as relay:
+    with results.relay_transaction(row.id, name, now, fence) as relay:
         def new_records() -> Iterator[bytes]:
             index = 0
             for records in record_batches(store.read(blob_id), layout.record_length, RELAY_BATCH):
@@ -341,6 +352,7 @@ class _Waiting:
 
     row: TransferRow
     received_at: float | None
+    fence: Fence | None = None
     waiters: list[defer.Deferred[RelayOutcome]] = field(default_factory=list)
 
     def settle(self, result: RelayOutcome | Failure) -> None:
@@ -422,38 +434,68 @@ class ResultRelay(service.Service):
         self._small_maybe_idle()
         return defer.DeferredList([idle, self._large.run(lambda: defer.succeed(None))]).addCallback(lambda _: None)
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[RelayOutcome]:
-        """Relay the committed results file *row*; *received_at* (clock seconds) times a push.
+    def relay(self, row: TransferRow, received_at: float | None = None,
+              fence: Fence | None = None) -> defer.Deferred[RelayOutcome]:
+        """Relay the committed results file *row*; *received_at* (clock seconds) times a push; *fence*: see
+        :class:`~kei_gateway.flows.inbound.relay.Relay`.
 
         When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
         """
         small = row.record_count <= SMALL_FILE and row.relay_name is None and row.state == S.VALIDATED.value
         if not small:
-            return self._large.run(self._relay, row.id, received_at)
+            return self._large.run(self._relay, row.id, received_at, fence)
         waiting = self._small.get(row.id)
         if waiting is None:
-            waiting = self._small[row.id] = _Waiting(row, received_at)
+            waiting = self._small[row.id] = _Waiting(row, received_at, fence)
         outcome: defer.Deferred[RelayOutcome] = defer.Deferred()
         waiting.waiters.append(outcome)
         if len(waiting.waiters) == 1:
             self._small_next()
         return outcome
 
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the composition root: the pass over pending files runs under the
+    flow's relay lease, on one node at a time, and its commits are fenced by it. None: this process's alone."""
+
     @defer.inlineCallbacks
     def relay_pending(self) -> Any:
         """Publish what a crash left staged after its decision; relay every received file still VALIDATED."""
+        leases = self.leases
+        if leases is None:
+            yield self._relay_pending(None)
+            return
+        fence = yield leases.claim(LeaseKind.RELAY, FLOW)
+        if fence is None:
+            return  # another node relays the pending files now (or this node may not claim): the next check
+        try:
+            yield self._relay_pending(fence)
+        except Fenced:
+            leases.fenced(fence)
+            return
+        yield leases.release(fence)
+
+    @defer.inlineCallbacks
+    def _relay_pending(self, fence: Fence | None) -> Any:
         yield self.blocking.run(finish_published, ledger=self.ledger, inbox_dir=self.inbox_dir)
         pending: list[TransferRow] = yield self.blocking.run(
             self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
-        if not self.running:
-            return
+        pending.sort(key=lambda r: r.id)
+        fenced: list[Failure] = []
 
         def failed(failure: Failure, row: TransferRow) -> None:  # one file's trouble must not keep the others back
+            if failure.check(Fenced):
+                fenced.append(failure)  # another node relays the pending files now: this pass stops
+                return
             events.emit(log, events.INTERNAL_ERROR, flow=FLOW, transfer_id=row.id,
                         reason=f"relaying the results: {_describe(failure)}")
 
-        relays = [self.relay(row).addErrback(failed, row) for row in sorted(pending, key=lambda r: r.id)]
-        yield defer.DeferredList(relays)
+        for start in range(0, len(pending), PENDING_SLICE):  # handed over together, so the small ones group
+            if not self.running or fenced:
+                break
+            yield defer.DeferredList([self.relay(row, fence=fence).addErrback(failed, row)
+                                      for row in pending[start:start + PENDING_SLICE]])
+        if fenced:
+            fenced[0].raiseException()
 
     # -- the small-file lane
 
@@ -491,13 +533,14 @@ class ResultRelay(service.Service):
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         try:
             outcomes: list[RelayOutcome] = yield self.blocking.run(
-                relay_small_files, rows=[w.row for w in group], results=self.results, store=self.store,
-                keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code, now=now)
+                relay_small_files, rows=[w.row for w in group], fences=[w.fence for w in group], results=self.results,
+                store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker,
+                lg_code=self.lg_code, now=now)
         except Exception:
             # One file of the group stale or broken: each on its own, so the others still go through.
             for waiting in group:
                 try:
-                    outcome = yield self._relay(waiting.row.id, waiting.received_at)
+                    outcome = yield self._relay(waiting.row.id, waiting.received_at, waiting.fence)
                 except Exception:
                     waiting.settle(Failure())
                 else:
@@ -511,14 +554,14 @@ class ResultRelay(service.Service):
     # -- one file (the large-file lane, and a group's files one by one after a failure)
 
     @defer.inlineCallbacks
-    def _relay(self, transfer_id: int, received_at: float | None) -> Any:
+    def _relay(self, transfer_id: int, received_at: float | None, fence: Fence | None = None) -> Any:
         TIMELINE.stamp(transfer_id, "relay_start")
         now_seconds = self.clock.seconds()
         now = datetime.datetime.fromtimestamp(now_seconds, datetime.timezone.utc)
         outcome: RelayOutcome = yield self.blocking.run(
             relay_stored_results, transfer_id=transfer_id, ledger=self.ledger, results=self.results,
             store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
-            now=now)
+            now=now, fence=fence)
         TIMELINE.close(transfer_id, "done")  # a push's line (nothing for a pulled file)
         self._account(transfer_id, outcome, received_at)
         return outcome

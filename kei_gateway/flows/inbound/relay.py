@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -35,14 +36,18 @@ __all__ = ["Relay", "InboxRelay", "relay_to_inbox"]
 class Relay(Protocol):
     """Relays a transfer committed ``VALIDATED`` and marks it ``DONE``; a failure leaves it ``VALIDATED``.
 
-    *received_at* (clock seconds) is when a push request started (its relay latency is measured).
+    *received_at* (clock seconds) is when a push request started (its relay latency is measured). *fence* is
+    the lease the work is done under (SPEC §14; the pull of the flow's directory): the relay's commits — its
+    decision and ``DONE`` — check it in their own transaction and fail with
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced`, writing nothing, once another node holds it.
     """
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[Any]: ...
+    def relay(self, row: TransferRow, received_at: float | None = None,
+              fence: Fence | None = None) -> defer.Deferred[Any]: ...
 
 
 def relay_to_inbox(ledger: TransferLedgerPort, store: BlobStore, row: TransferRow, inbox_dir: str, marker: bool,
-                   now: datetime.datetime) -> None:
+                   now: datetime.datetime, fence: Fence | None = None) -> None:
     """Blocking: the stored file into the inbox under its name, exactly once (SPEC §4).
 
     Staged as ``.name.part`` (fsynced), the decision recorded on the transfer
@@ -53,7 +58,7 @@ def relay_to_inbox(ledger: TransferLedgerPort, store: BlobStore, row: TransferRo
     if row.relay_name is None:
         stage_for_inbox(inbox_dir, row.local_name, store.read(row.blob_id))
         crashpoint("relay.staged")
-        row = ledger.update(row.id, now, relay_name=row.local_name)
+        row = ledger.update(row.id, now, relay_name=row.local_name, fence=fence)
     assert row.relay_name is not None
     publish_staged(inbox_dir, row.relay_name, marker)
 
@@ -70,18 +75,19 @@ class InboxRelay:
         self.ledger, self.store, self.blocking, self.clock, self.metrics = ledger, store, blocking, clock, metrics
         self.after = after
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(self._relay(row))
+    def relay(self, row: TransferRow, received_at: float | None = None,
+              fence: Fence | None = None) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._relay(row, fence))
 
-    async def _relay(self, row: TransferRow) -> None:
+    async def _relay(self, row: TransferRow, fence: Fence | None) -> None:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        await self.blocking.run(relay_to_inbox, self.ledger, self.store, row, self.inbox_dir, self.marker, now)
+        await self.blocking.run(relay_to_inbox, self.ledger, self.store, row, self.inbox_dir, self.marker, now, fence)
         crashpoint("relay.written")
         if self.after is not None:
             await defer.maybeDeferred(self.after, row, self.store)  # before DONE: after a crash it simply runs again
         fields = {"flow": self.flow, "peer": self.peer, "name": row.local_name, "records": row.record_count,
                   "sha256": row.sha256}
-        await self.blocking.run(self.ledger.transition, row.id, S.DONE, now,
+        await self.blocking.run(self.ledger.transition, row.id, S.DONE, now, fence=fence,
                                 audit=(events.DOWNLOAD_RELAYED.name, fields))  # the record commits with DONE
         crashpoint("relay.committed")
         self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
