@@ -237,9 +237,7 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
     :class:`~kei_gateway.adapters.ledger.leases.Fenced`, nothing written)."""
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
-        if row.state == S.DONE.value:
-            if row.relay_name is not None:  # decided: its staged file, if a crash left it, goes into place now
-                publish_relays(inbox_dir, [row.relay_name])
+        if row.state == S.DONE.value:  # (a staged file a crash left after the decision: finish_published)
             return RelayOutcome(transfer_id, row.relay_name, already_done=True)
         if row.state != S.VALIDATED.value or row.blob_id is None:
             raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
