@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kei_gateway.adapters.store.blobs import BlobStore, FileBlobStore
+from kei_gateway.adapters.store.blobs import BlobStore, BoundedWriteback, FileBlobStore
 from kei_gateway.adapters.store.errors import (
     BlobCorrupt,
     BlobExists,
@@ -431,6 +431,47 @@ def test_when_blobs_are_written_then_files_are_0600_and_the_directory_0700(tmp_p
     FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_B, [KEY_A])).rekey("mode")
     assert stat.S_IMODE(os.stat(tmp_path / "store" / "mode").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "store").st_mode) == 0o700
+
+
+def test_when_a_large_blob_is_written_then_writeback_follows_it_and_at_most_two_steps_stay_dirty(
+        tmp_path: Path) -> None:
+    """Issue 11: a 2 GiB quarantine copy stayed dirty until its final fsync, which then held the filesystem's
+    other fsyncs (/healthz). The writer starts each step's writeback and waits for the step before it."""
+    step = 4096
+    started: list[tuple[int, int]] = []
+    on_disk = 0
+    path = tmp_path / "blob"
+    with open(path, "wb", buffering=1 << 20) as out:
+        def sync(fd: int, offset: int, length: int, flags: int) -> None:
+            nonlocal on_disk
+            assert fd == out.fileno() and os.fstat(fd).st_size >= offset + length, "flushed before its writeback"
+            if flags & 4:  # SYNC_FILE_RANGE_WAIT_AFTER
+                assert offset == on_disk, "waited for in order"
+                on_disk = offset + length
+            else:
+                assert flags == 2  # SYNC_FILE_RANGE_WRITE
+                started.append((offset, length))
+
+        writer = BoundedWriteback(out.fileno(), out, step=step, sync=sync)
+        data = os.urandom(1000)
+        for n in range(1, 41):
+            writer.write(data)
+            assert n * len(data) - on_disk <= 2 * step + len(data), "at most two steps (and a write) not on disk"
+    assert path.read_bytes() == data * 40
+    assert [offset for offset, _ in started] == [sum(length for _, length in started[:n]) for n in range(len(started))]
+    assert sum(length for _, length in started) >= 40_000 - step
+
+
+def test_when_sync_file_range_is_refused_then_the_blob_is_written_whole_all_the_same(tmp_path: Path) -> None:
+    def refuse(*_: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    path = tmp_path / "blob"
+    with open(path, "wb") as out:
+        writer = BoundedWriteback(out.fileno(), out, step=10, sync=refuse)
+        for n in range(10):
+            writer.write(bytes([n]) * 7)
+    assert path.read_bytes() == b"".join(bytes([n]) * 7 for n in range(10))
 
 
 def test_when_64_mib_are_written_and_read_then_memory_stays_within_a_few_segments(tmp_path: Path) -> None:

@@ -127,7 +127,8 @@ class FileBlobStore:
         fd, temp = self._new_temp(blob_id)
         try:
             with open(fd, "wb", closefd=False, buffering=1 << 20) as out:
-                info = encrypt_stream(self.keyring, blob_id, chunks, out.write, self.segment_size)
+                info = encrypt_stream(self.keyring, blob_id, chunks, BoundedWriteback(fd, out).write,
+                                      self.segment_size)
             os.fsync(fd)
         except BaseException:
             _discard(fd, temp)
@@ -267,6 +268,76 @@ def _open_blob(path: str, blob_id: str) -> BinaryIO:
             raise BlobCorrupt(blob_id, None, "the store holds a symbolic link under this id, not a blob") from None
         raise
     return open(fd, "rb", buffering=0)
+
+
+_WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
+"""``SYNC_FILE_RANGE_WAIT_BEFORE``, ``_WRITE`` and ``_WAIT_AFTER`` of Linux's ``<fcntl.h>``."""
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], None] | None:
+    """``sync_file_range(2)``: ``os.sync_file_range`` where Python has it (not every build does: this one's
+    interpreter lacks it), else glibc's through ctypes; None where neither exists."""
+    if hasattr(os, "sync_file_range"):
+        return os.sync_file_range  # type: ignore[no-any-return]
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+        if function(fd, offset, length, flags) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return sync_file_range
+
+
+WRITEBACK_STEP = 8 << 20
+"""Bytes of a blob written between two writebacks started by :class:`BoundedWriteback`."""
+
+
+class BoundedWriteback:
+    """Writes through *out* (buffered, on *fd*) and keeps at most about two steps of the file dirty in the page cache.
+
+    Every :data:`WRITEBACK_STEP` bytes it starts the writeback of the step just written and waits for the one
+    before (``sync_file_range``, Linux). Without it a 2 GiB blob stayed dirty until its final fsync, and that
+    fsync's flush of gigabytes held every other fsync of the filesystem meanwhile (a ``/healthz`` store probe took
+    0.8 s, issue 11) and charged the dirty pages to the unit's ``MemoryMax``. The final fsync still makes the blob
+    durable; this only spreads the disk writes over the time the blob is made. Where ``sync_file_range`` does
+    not exist or is refused, writes are as before.
+    """
+
+    def __init__(self, fd: int, out: BinaryIO, step: int = WRITEBACK_STEP,
+                 sync: Callable[[int, int, int, int], None] | None = None) -> None:
+        self._fd = fd
+        self._out = out
+        self._step = step
+        self._written = 0
+        self._started = 0  # bytes whose writeback has been started
+        self._waited = 0  # bytes known to be on disk
+        self._sync = sync or _SYNC_FILE_RANGE
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+        self._written += len(data)
+        if self._sync is not None and self._written - self._started >= self._step:
+            self._out.flush()
+            try:
+                if self._started > self._waited:  # the step before: wait until it is on disk (it had a step's time)
+                    self._sync(self._fd, self._waited, self._started - self._waited,
+                               _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
+                self._sync(self._fd, self._started, self._written - self._started, _WRITE)
+            except OSError:
+                self._sync = None  # e.g. a filesystem that does not support it: leave it to the final fsync
+                return
+            self._waited, self._started = self._started, self._written
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
 
 
 def _discard(fd: int, path: str) -> None:
