@@ -126,6 +126,9 @@ def measure_validate(path: str, layout_name: str, policy: str = "", expect_valid
 
 
 def child(what: str, path: str, layout_name: str) -> None:
+    from kei_gateway.runtime.malloc import keep_block_buffers
+
+    keep_block_buffers()  # as every ``kei-gateway`` process does at its start (``cli.main``)
     if what == "lines":
         result = measure_decode(path)
     elif what == "bulk":

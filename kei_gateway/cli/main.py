@@ -126,6 +126,9 @@ def _config_option_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kei_gateway.runtime.malloc import keep_block_buffers
+
+    keep_block_buffers()  # validation's per-block buffers: reuse pages instead of faulting them in again
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(arguments))
     args = parser.parse_args(arguments)
