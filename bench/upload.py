@@ -26,9 +26,17 @@ credentials (``write_demo_credentials``):
 Input files are valid JNKS 納付情報 files (``bench/_jnks_data.py``), cached under
 ``bench/out/``; they and nginx's copies sit on the same disk, in the page cache.
 
-Run: ``.venv/bin/python bench/upload.py [--quick] [--repeat N]`` (about 2 minutes;
+* **hostile files** (``--hostile``, issue 11): a fresh daemon per file, each renamed alone into the outbox
+  and timed until it is *decided* (its outbox entry is gone: taken, or quarantined with its errors file):
+  a valid 512 MiB file, a file of the same size made of identical invalid 70-byte lines, and a 2 GiB sparse
+  file without a CR LF (exactly ``max_file_size``'s default, so it is read; its encrypted copy is kept).
+  Wall time, the daemon's CPU time (``utime + stime`` from ``/proc/<pid>/stat``, the steadier figure on a
+  shared machine), each against the valid file's, and the daemon's peak RSS (``VmHWM``).
+
+Run: ``.venv/bin/python bench/upload.py [--quick] [--repeat N] [--hostile]`` (about 2 minutes;
 ``--quick``: small sizes, one run each, about 10 s; throughput figures are the median of
-``--repeat`` runs, 3 by default). ``KEI_BENCH_PROFILE=DIR`` runs the daemon under cProfile (every thread) and
+``--repeat`` runs, 3 by default; ``--hostile`` measures only the hostile files, about 3 minutes, ``--quick
+--hostile`` with 64 MiB and 256 MiB files). ``KEI_BENCH_PROFILE=DIR`` runs the daemon under cProfile (every thread) and
 writes one ``.prof`` file per scenario into DIR. Figures go in ``docs/performance.md``.
 """
 
@@ -76,6 +84,8 @@ class Sizes:
 
 FULL = Sizes((("1M records", 1_000_000), ("512 MiB", BIG_RECORDS)), 50, 3_200)
 QUICK = Sizes((("100k records", 100_000),), 10, 3_200)
+INVALID_LINE = b"X" * (RECORD - 2) + b"\r\n"  # a JNKS record's length, every field wrong
+SPARSE_SIZE = 2 << 30  # [gateway] max_file_size's default: not larger, so it is read
 
 
 # --------------------------------------------------------------------------- helpers
@@ -343,6 +353,86 @@ def upload_stage_child(config_path: str, source: str, work: str) -> None:
     print(json.dumps(figures))
 
 
+def all_invalid_file(records: int) -> Path:
+    """A cached file of *records* identical invalid lines, as long as the valid file of as many records."""
+    path = ROOT / "bench" / "out" / f"upload-all-invalid-{records}.dat"
+    if path.exists() and path.stat().st_size == records * RECORD:
+        return path
+    tmp = path.with_suffix(".tmp")
+    block = INVALID_LINE * (MIB // RECORD)
+    with tmp.open("wb") as out:
+        remaining = records
+        while remaining > 0:
+            take = min(remaining, MIB // RECORD)
+            out.write(block[:take * RECORD])
+            remaining -= take
+    tmp.rename(path)
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_decided(bench: Bench, label: str, make: object) -> dict[str, float]:
+    """Rename one file into the outbox of a fresh daemon; wall and CPU time until its entry is gone, and peak RSS."""
+    daemon = bench.start_gateway(f"hostile-{label}")
+    try:
+        bench.outbox.mkdir(parents=True, exist_ok=True)
+        name = f"hostile-{label}.dat"
+        temporary = bench.outbox / f"{name}.tmp"
+        make(temporary)  # type: ignore[operator]
+        cpu_before = cpu_seconds(daemon.process.pid)
+        start = time.perf_counter()
+        os.rename(temporary, bench.outbox / name)
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while (bench.outbox / name).exists():
+            if time.monotonic() > deadline or daemon.process.poll() is not None:
+                raise SystemExit(f"{name} was not decided:\n{daemon.stderr()[-3000:]}")
+            time.sleep(POLL)
+        seconds = time.perf_counter() - start
+        cpu = cpu_seconds(daemon.process.pid) - cpu_before
+        while not re.search(rf"ingest\.(queued|quarantined): .*{re.escape(name)}", daemon.stderr()):
+            if time.monotonic() > deadline:  # the scan reports its files once it is over: bounded wait
+                raise SystemExit(f"{name} was decided but not reported:\n{daemon.stderr()[-3000:]}")
+            time.sleep(0.05)
+        hwm = vm_hwm_bytes(daemon.process.pid)
+        quarantined = f"ingest.quarantined: jnks-payments: quarantined {name}" in daemon.stderr()
+    finally:
+        stop_gateway(daemon)
+    bench.clear_upload()
+    return {"seconds": seconds, "cpu": cpu, "peak_rss": hwm, "quarantined": float(quarantined)}
+
+
+def measure_hostile(bench: Bench, records: int, sparse_size: int, repeat: int) -> list[str]:
+    """The hostile files against a valid one of the same size: rows of a markdown table, every run."""
+    valid, invalid = jnks_file(records), all_invalid_file(records)
+
+    def sparse(path: Path) -> None:
+        with path.open("wb") as out:
+            out.truncate(sparse_size)
+
+    scenarios = (("valid", lambda path: place(valid, path)), ("all-invalid", lambda path: place(invalid, path)),
+                 ("sparse-no-crlf", sparse))
+    rows = []
+    for run in range(1, repeat + 1):
+        load = open("/proc/loadavg").read().split()[:3]
+        figures = {label: measure_decided(bench, label, make) for label, make in scenarios}
+        base = figures["valid"]
+        for label, found in figures.items():
+            expected = label != "valid"
+            if bool(found["quarantined"]) != expected:
+                raise SystemExit(f"{label}: quarantined={bool(found['quarantined'])}, expected {expected}")
+            rows.append(f"| {run} | {label} | {found['seconds']:.2f} | {found['seconds'] / base['seconds']:.2f} | "
+                        f"{found['cpu']:.2f} | {found['cpu'] / base['cpu']:.2f} | {found['peak_rss'] / 1e6:.0f} MB | "
+                        f"{' '.join(load)} |")
+        print("\n".join(rows[-len(scenarios):]), flush=True)
+    return rows
+
+
 def measure_latency(bench: Bench, count: int, records: int) -> dict[str, object]:
     payloads = small_files(count, records)
     daemon = bench.start_gateway("latency")
@@ -406,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (about a minute)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs of each throughput measurement; the median is shown (default 3, 1 with --quick)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="only the hostile files (issue 11): all-invalid and sparse against a valid one")
     parser.add_argument("--upload-stage-child", nargs=3, metavar=("CONFIG", "FILE", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.upload_stage_child:
@@ -418,6 +510,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# throughput: median of {args.repeat} run(s); peak RSS: the largest")
     inputs = [(label, jnks_file(records), records) for label, records in sizes.throughput]
     rows: list[str] = []
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    if args.hostile:
+        records = (64 * MIB) // RECORD if args.quick else BIG_RECORDS
+        sparse_size = (256 * MIB) if args.quick else SPARSE_SIZE
+        with tempfile.TemporaryDirectory(prefix="kei-bench-upload-", dir=ROOT / "bench" / "out") as tmp:
+            bench = setup(Path(tmp))
+            try:
+                print(f"# hostile files: {records:,} records ({records * RECORD / 1e6:,.0f} MB) valid and all-invalid, "
+                      f"{sparse_size / 2**30:g} GiB sparse; decided = the outbox entry gone")
+                print("| run | file | decided s | × valid | daemon CPU s | × valid | daemon peak RSS | load |")
+                print("|---:|---|---:|---:|---:|---:|---:|---|")
+                measure_hostile(bench, records, sparse_size, args.repeat)
+            finally:
+                bench.nginx.stop()
+        return 0
     with tempfile.TemporaryDirectory(prefix="kei-bench-upload-", dir=ROOT / "bench" / "out") as tmp:
         bench = setup(Path(tmp))
         try:

@@ -12,13 +12,14 @@ import datetime
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli.main import show_usage
 
 if TYPE_CHECKING:
     from kei_gateway.config import Config
+    from kei_gateway.flows.airis_reconcile import Reconciliation
 
 __all__ = ["register", "reconcile_command"]
 
@@ -83,8 +84,24 @@ def _lg_code(args: argparse.Namespace) -> tuple[str | None, Config | None]:
     return code, config
 
 
+def _record_run(config: Config, result: Reconciliation, unrecorded: list[str]) -> None:
+    """Chain ``airis.reconciled`` with the operator as actor. A trail that cannot be opened (no audit key, no
+    table) is only noted in *unrecorded* (the results are still written and the gap said, as every command
+    does); any other failure to record raises :class:`AuditError` (nothing is published)."""
+    from kei_gateway.flows.airis_reconcile import audit_fields
+    from kei_gateway.operations.audit import record_operator_action
+    from kei_gateway.operations.audit.log import AuditKeyError, AuditUnavailable
+
+    fields: dict[str, Any] = audit_fields(result)  # flow, sha256, records, name, reason: none is a keyword of its own
+    try:
+        record_operator_action(config, "airis.reconciled", **fields)
+    except (AuditKeyError, AuditUnavailable) as error:
+        unrecorded.append(str(error))
+
+
 def reconcile_command(args: argparse.Namespace) -> int:
     from kei_gateway.flows.airis_reconcile import AirisInputError, reconcile, write_outputs
+    from kei_gateway.operations.audit import AuditError
     from kei_gateway.layouts import is_valid_lg_code
 
     output = args.output
@@ -126,18 +143,26 @@ def reconcile_command(args: argparse.Namespace) -> int:
               "(or download it from AIRIS again) and run again.", file=sys.stderr)
         return exitcodes.INVALID
     del airis_zip, key_file, register_data
+    unrecorded: list[str] = []
+
+    def record_the_run() -> None:
+        """The run's audit record, once the results are staged and before they are published (issue 11)."""
+        if config is not None:
+            _record_run(config, result, unrecorded)
+
     try:
-        names = write_outputs(result, output, mode=0o600)
+        names = write_outputs(result, output, mode=0o600, before_publishing=record_the_run)
     except OSError as error:
         print(f"error: cannot write the results into {output}: {error.strerror}; nothing was left half written",
+              file=sys.stderr)
+        return exitcodes.FAILED
+    except AuditError as error:  # the record could not be chained: nothing was published
+        print(f"error: nothing was written into {output}: the run's audit record could not be written: {error}",
               file=sys.stderr)
         return exitcodes.FAILED
     for name in names:
         print(os.path.join(output, name))
     print(", ".join(f"{code} {count}" for code, count in result.counts.items()), file=sys.stderr)
-    if config is not None:
-        from kei_gateway.operations.audit.operator_action import record_or_warn
-        from kei_gateway.flows.airis_reconcile import audit_fields
-
-        record_or_warn(config, "airis.reconciled", **audit_fields(result))
+    for error_text in unrecorded:
+        print(f"warning: done, but not recorded in the audit trail: {error_text}", file=sys.stderr)
     return exitcodes.OK

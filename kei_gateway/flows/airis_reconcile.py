@@ -447,8 +447,14 @@ def output_names(stem: str) -> tuple[str, str, str]:
     return f"{stem}.dat", f"{stem}.csv", f"{stem}.txt"
 
 
-def write_outputs(result: Reconciliation, directory: str, *, mode: int = 0o640) -> tuple[str, str, str]:
-    """The ``.dat``, ``.csv`` and ``.txt`` into *directory*, all three or none (staged, fsynced, renamed)."""
+def write_outputs(result: Reconciliation, directory: str, *, mode: int = 0o640,
+                  before_publishing: Callable[[], object] = lambda: None) -> tuple[str, str, str]:
+    """The ``.dat``, ``.csv`` and ``.txt`` into *directory*, all three or none (staged, fsynced, renamed).
+
+    *before_publishing* runs once all three are staged and before any is renamed (the command's audit
+    record: a kill -9 can then leave a record without results, never results without their record); if it
+    raises, the staged files are removed and nothing is published.
+    """
     names = output_names(result.stem)
     bodies: tuple[Iterable[bytes], ...] = (result.dat_chunks(), result.csv_chunks(),
                                            (result.text().encode("utf-8"),))
@@ -458,6 +464,7 @@ def write_outputs(result: Reconciliation, directory: str, *, mode: int = 0o640) 
             path = os.path.join(directory, f".{name}.part")
             staged.append(path)  # before writing: a write cut short is removed too
             write_durable(path, body, mode)
+        before_publishing()
         for name, path in zip(names, staged):
             publish(path, os.path.join(directory, name))
     except BaseException:
@@ -634,7 +641,7 @@ def _run(paths: FlowPaths, found: tuple[str, str, str], pending: list[TransferRo
                (paths.register_outbox, paths.register_label, register_name))
     sizes = [_size(os.path.join(directory, name)) for directory, _, name in sources]
     if any(size > max_input_bytes for size in sizes):
-        return _refuse_unread(paths, ledger, sources, sizes, max_input_bytes,
+        return _refuse_unread(paths, ledger, recent, sources, sizes, max_input_bytes,
                               _stem(lg_code, _run_time(recent, (), now)), now, note_erased)
     data = [_read_input(os.path.join(directory, name), max_input_bytes) for directory, _, name in sources]
     present = [(f"{label}/{name}", hashlib.sha256(body).hexdigest()) for (_, label, name), body in zip(sources, data)]
@@ -725,22 +732,33 @@ def _record_rejection(ledger: TransferLedgerPort, errors_file: str, reason: str,
                                audit=(REJECTED_EVENT, {"flow": FLOW, "reason": reason, "records": 0}))
 
 
-def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequence[tuple[str, str, str]],
-                   sizes: Sequence[int], limit: int, stem: str, now: datetime.datetime,
+def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, recent: Sequence[TransferRow],
+                   sources: Sequence[tuple[str, str, str]], sizes: Sequence[int], limit: int, stem: str,
+                   now: datetime.datetime,
                    note_erased: Callable[[Sequence[ErasedInput], datetime.datetime], object]) -> FlowRun:
-    """An input over ``[gateway] max_file_size`` (SPEC §4): the run is refused unread, the inputs erased unkept."""
-    from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
+    """An input over ``[gateway] max_file_size`` (SPEC §4): the run is refused unread, the inputs erased unkept.
+
+    Recorded first (the ``QUARANTINED`` transfer named after its errors file, ``source_removed`` false), then the
+    errors file, the erasure and its 消去報告 line, then ``source_removed``: a crash anywhere leaves the refusal
+    recorded, and the next check finds it again by its reason (the same inputs, names and sizes) and finishes it
+    under the same errors file — one transfer and one audit record per refusal (issue 11).
+    """
+    from kei_gateway.adapters.spool import ERRORS_SUFFIX, QUARANTINE_DIR_MODE, ensure_directory, write_errors_file
 
     problems = [f"{name}: {size:,} bytes, over [gateway] max_file_size ({limit:,} bytes): refused unread; an AIRIS "
                 "download or register extract is far smaller — check the file"
                 for (_, _, name), size in zip(sources, sizes) if size > limit]
-    label = ", ".join(name for (_, _, name), size in zip(sources, sizes) if size > limit)
+    label = ", ".join(f"{name} ({size:,} bytes)" for (_, _, name), size in zip(sources, sizes) if size > limit)
+    refusal = f"refused unread, over [gateway] max_file_size ({limit:,} bytes): {label}"
+    leftover = next((row for row in recent if row.state == TransferState.QUARANTINED and row.remote_name is None
+                     and not row.source_removed and (row.last_error or "").startswith((refusal + "; see ")[:500])), None)
+    row = leftover or _record_rejection(ledger, os.path.join(paths.quarantine, stem + ERRORS_SUFFIX),
+                                        f"{refusal}; see {os.path.join(paths.quarantine, stem + ERRORS_SUFFIX)}", now)
+    errors_name = row.local_name.removesuffix(ERRORS_SUFFIX)
     ensure_directory(paths.quarantine, QUARANTINE_DIR_MODE)
-    errors_file = write_errors_file(paths.quarantine, stem, problems + [
+    errors_file = write_errors_file(paths.quarantine, errors_name, problems + [
         f"inputs {', '.join(name for _, _, name in sources)} were erased from the outboxes unread (nothing kept): "
         "put correct ones there again"])
-    reason = f"{len(problems)} problem(s) in {label}; see {errors_file}"
-    row = _record_rejection(ledger, errors_file, reason, now)
     for directory, _, name in sources:
         try:
             os.unlink(os.path.join(directory, name))
@@ -749,7 +767,8 @@ def _refuse_unread(paths: FlowPaths, ledger: TransferLedgerPort, sources: Sequen
     for directory in {paths.airis_outbox, paths.register_outbox}:
         fsync_directory(directory)
     note_erased([(f"{label_}/{name}", "", size, row.id) for (_, label_, name), size in zip(sources, sizes)], now)
-    return FlowRun(tuple(name for _, _, name in sources), rejected=reason, errors_file=errors_file)
+    ledger.update(row.id, now, source_removed=True)
+    return FlowRun(tuple(name for _, _, name in sources), rejected=row.last_error or refusal, errors_file=errors_file)
 
 
 def _finish(paths: FlowPaths, ledger: TransferLedgerPort, store: BlobStore | None, inputs: Sequence[TransferRow],

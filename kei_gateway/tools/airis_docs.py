@@ -81,7 +81,11 @@ data in `kei_gateway/layouts/airis.py`; the tables here are generated from it.
   every problem is printed with its file, row or record, column or field, values masked; nothing
   was written. Exit 2: usage, an invalid `--lg-code`, or an `--output` directory group or others
   can read (the results hold names and addresses). The code comes from `--lg-code`, else from
-  `[gateway] lg_code` of the configuration; with a configuration the run is audited.
+  `[gateway] lg_code` of the configuration; with a configuration the run is audited: its record is
+  chained once the three results are staged and before any is renamed into `--output`, so a kill
+  can leave a record without results (run it again) but never results without their record. If the
+  record cannot be written, nothing is published and the command exits 1; if the audit trail cannot
+  be opened at all (no audit table yet), the results are written and a warning says so.
 * **In the daemon**, flow `airis-reconcile`:
 
   ```toml
@@ -198,7 +202,8 @@ cut in the `.dat` only.
 
 Bounds: the ZIP and the register at most {MAX_INPUT_BYTES:,} bytes for the command, `[gateway]
 max_file_size` (SPEC §4, default the same) for the flow — a larger input is refused unread: the
-run is rejected with an errors file, the three inputs erased from the outboxes unkept; the CSV inside
+run is rejected with an errors file, the three inputs erased from the outboxes unkept (recorded
+first and found again after a crash: one rejection, one audit record); the CSV inside
 may inflate to {MAX_CSV_BYTES:,} bytes (counted as it streams, whatever the ZIP header says); a CSV
 line is at most {MAX_AIRIS_LINE_BYTES:,} bytes; the key file at most {MAX_KEY_BYTES:,} bytes; the
 first 20 problems are kept, all counted.

@@ -50,6 +50,8 @@ pytestmark = [pytest.mark.integration,
 
 LAYOUT = get_layout("mpn-results")
 CURL_TIMEOUT = 60
+FLOOD_LATENCY_FACTOR = 10
+"""A legitimate push during a flood takes at most this many times its usual time (plus a second)."""
 
 
 def results_file(records: int, seed: int = 1) -> bytes:
@@ -294,9 +296,15 @@ def test_when_a_listed_peer_trickles_and_floods_header_only_connections_then_ano
                                                      ipaddress.ip_network("127.0.0.3/32")))
     push.holder[0] = replace(config, peers=peers)
     body = results_file(3)
-    started = time.monotonic()
-    assert push.curl("mpn-results/BEFORE.dat", body, interface="127.0.0.3")[:2] == ("201", 0)
-    usual = time.monotonic() - started
+
+    def timed_push(name: str, seed: int) -> float:
+        data = results_file(3, seed=seed)
+        started = time.monotonic()
+        code, rc, _ = push.curl(f"mpn-results/{name}", data, interface="127.0.0.3")
+        assert (code, rc) == ("201", 0), name
+        return time.monotonic() - started
+
+    usual = sorted(timed_push(f"BEFORE{n}.dat", 10 + n) for n in range(3))[1]  # a median, curl's start included
 
     stop = threading.Event()
     tricklers = [hostile_connection(push, f"T{n}.dat", len(body), body[:1]) for n in range(2)]
@@ -323,13 +331,12 @@ def test_when_a_listed_peer_trickles_and_floods_header_only_connections_then_ano
         poll_until(lambda: push.denied("connections") + push.denied("busy") == 50, 10,
                    "every header-only connection to be refused and counted")
         assert push.denied("connections") >= 50 - per_source and push.denied("busy") >= 1
-        started = time.monotonic()
-        code, rc, _ = push.curl("mpn-results/LEGIT.dat", body, interface="127.0.0.3")
-        elapsed = time.monotonic() - started
-        assert (code, rc) == ("201", 0)
-        # Not a speed target: a push that had to wait for a trickler's slot would get 503 or take a whole
-        # rate window (the tricklers are only closed BODY_RATE_WINDOW s after their headers).
-        assert elapsed < BODY_RATE_WINDOW, f"the push took {elapsed:.1f} s (usual {usual:.1f} s)"
+        elapsed = [timed_push(f"LEGIT{n}.dat", 20 + n) for n in range(3)]
+        print(f"usual {usual:.2f} s; during the flood {', '.join(f'{e:.2f}' for e in elapsed)} s")
+        # Within its usual time: a bounded multiple, far below the rate window a push waiting for a trickler's
+        # slot would take (the tricklers are only closed BODY_RATE_WINDOW s after their headers), or a 503.
+        assert max(elapsed) < min(FLOOD_LATENCY_FACTOR * usual + 1.0, BODY_RATE_WINDOW), \
+            f"the pushes took {', '.join(f'{e:.2f}' for e in elapsed)} s (usual {usual:.2f} s)"
         poll_until(lambda: push.denied("slow_body") == 2, 3 * BODY_RATE_WINDOW,
                    "the two tricklers to be closed for their body rate")
     finally:
@@ -339,7 +346,8 @@ def test_when_a_listed_peer_trickles_and_floods_header_only_connections_then_ano
             if connection is not None:
                 connection.close()
     # Nothing of the hostile requests was committed.
-    assert sorted(row.local_name for row in push.ledger.list_transfers()) == ["BEFORE.dat", "LEGIT.dat"]
+    assert sorted(row.local_name for row in push.ledger.list_transfers()) == [
+        *(f"BEFORE{n}.dat" for n in range(3)), *(f"LEGIT{n}.dat" for n in range(3))]
     # Logged once per burst (source, reason), not once per connection.
     logged = [(e["source"], e["reason"]) for e in push.refusals()]
     assert sorted(set(logged)) == sorted(logged), logged

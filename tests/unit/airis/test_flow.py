@@ -251,6 +251,51 @@ class AirisFlowResumeTests(AirisFlowCase):
                 self.assertEqual(report.read_text(encoding="utf-8-sig").count("outbox/airis-register/REG2W.dat,"),
                                  number + 1)
 
+    def test_when_a_refusal_over_max_file_size_is_cut_after_its_record_then_the_next_check_finishes_it_once(
+            self) -> None:
+        """Issue 11: the refusal was recorded after its errors file and never found again, so a kill -9 between
+        its commit and the erasure made a second transfer, a second errors file and a second audit record."""
+        import datetime
+
+        from kei_gateway.operations.purge.execute import append_input_erasures, reports_directory
+
+        ledger = self.ledger
+
+        class CrashAfterCommit:
+            """The ledger, killed just after its next transfer is committed (kill -9 between two steps)."""
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(ledger, name)
+
+            def add_transfer(self, **fields: object) -> object:
+                ledger.add_transfer(**fields)  # type: ignore[arg-type]
+                raise _Crash("after the refusal's commit")
+
+        def check(seconds: float, crashing: bool) -> FlowRun | None:
+            now = datetime.datetime.fromtimestamp(1_750_000_000 + seconds, datetime.timezone.utc)
+            return run_flow_once(self.paths(), lg_code="131202", store=open_store(self.config, {}),
+                                 ledger=CrashAfterCommit() if crashing else ledger, now=now,  # type: ignore[arg-type]
+                                 note_erased=partial(append_input_erasures, reports_directory(self.config)),
+                                 max_input_bytes=1024)
+
+        self.put_inputs()
+        with self.assertRaises(_Crash):
+            check(0, crashing=True)
+        self.assertEqual(len(os.listdir(self.spool / "outbox" / "airis-register")), 1, "cut before the erasure")
+        run = check(60, crashing=False)
+        assert run is not None and run.rejected is not None
+        self.assertIn("REG2W.dat", run.rejected)
+        self.assertIsNone(check(61, crashing=False))  # nothing left to do
+        (row,) = ledger.list_transfers(flow="airis-reconcile")
+        self.assertEqual((row.state, row.source_removed, row.blob_id), ("QUARANTINED", True, None))
+        (errors,) = (self.spool / "quarantine" / "airis-reconcile").glob("*.errors.txt")
+        self.assertEqual(errors.name, row.local_name)
+        self.assertIn("refused unread", errors.read_text(encoding="utf-8"))
+        self.assertEqual([r[0] for r in self.audit_records() if r[0].startswith("airis.")], ["airis.rejected"])
+        self.assertEqual(os.listdir(self.spool / "outbox" / "airis"), [])
+        (report,) = (self.base / "state" / "reports").glob("erasure-*.csv")
+        self.assertEqual(report.read_text(encoding="utf-8-sig").count("outbox/airis-register/REG2W.dat,"), 1)
+
     def test_when_an_input_is_replaced_after_a_cut_run_claimed_it_then_the_new_one_is_used_and_the_old_claim_ends(
             self) -> None:
         from kei_gateway.flows import airis_reconcile
