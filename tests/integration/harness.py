@@ -101,8 +101,13 @@ class DaemonProcess:
 
 
 def start_daemon(files: GatewayFiles, *, log_target: str = "terminal", watchdog_usec: int | None = 2_000_000,
-                 stderr: int | None = None, extra_env: dict[str, str] | None = None) -> DaemonProcess:
+                 stderr: int | None = None, extra_env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> DaemonProcess:
+    """The daemon on *files*' configuration; *prefix* goes before its command (e.g. ``setpriv`` to run it as
+    another user, who must be able to write the notify socket: it is made 0666)."""
     notify = NotifySocket(files.base / "notify.sock")
+    if prefix:
+        os.chmod(notify.path, 0o666)
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                                                               "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
     env["NOTIFY_SOCKET"] = str(notify.path)
@@ -113,7 +118,7 @@ def start_daemon(files: GatewayFiles, *, log_target: str = "terminal", watchdog_
     stderr_path = files.base / "daemon.stderr"
     out = open(stderr_path, "wb") if stderr is None else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "kei_gateway", "-c", str(files.config), "run", "--log-target", log_target],
+        [*prefix, sys.executable, "-m", "kei_gateway", "-c", str(files.config), "run", "--log-target", log_target],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr if stderr is not None else out,
     )
     if out is not None:

@@ -9,6 +9,10 @@ a time), so it is sent once the hostile files are decided — checked too, again
 
 Whether the all-invalid file costs at most 2× a valid one of the same size is measured by ``bench/upload.py
 --hostile`` (a valid 512 MiB file takes about 12 s end to end here, too long for the suite).
+
+A 0555 directory and a 0000 file in the outbox refuse the daemon's user (the daemon runs as ``nobody`` under
+``setpriv`` when the suite is root, whom the kernel grants everything): the valid file beside them is sent,
+each is reported once, and each is taken once the writer fixes it.
 """
 
 from __future__ import annotations
@@ -201,3 +205,102 @@ def test_when_a_2_gib_sparse_file_and_a_512_mib_all_invalid_file_are_dropped_the
             assert daemon.stop() == 0, daemon.stderr()[-3000:]
         jnks.stop()
         mpn.stop()
+
+
+NOBODY = 65534
+"""The unprivileged user the daemon runs as when the suite runs as root (root is granted every read and move)."""
+
+
+def unprivileged_prefix() -> tuple[str, ...] | None:
+    """How to run the daemon so that a 0555 directory and a 0000 file refuse it: as it is when the suite is not
+    root; under ``setpriv`` as nobody when it is; None when nobody cannot even import the package here."""
+    if os.geteuid() != 0:
+        return ()
+    prefix = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        return None
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import kei_gateway, twisted, sqlalchemy"],
+                           capture_output=True, timeout=60)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_when_a_0555_directory_and_an_unreadable_file_sit_in_the_outbox_then_the_valid_file_beside_them_is_sent(
+        ) -> None:
+    """Issue 11 item 3 in the real daemon: each entry the daemon cannot move or read is reported once and left;
+    the scan goes on; once the writer fixes them, they are taken."""
+    import shutil
+    import tempfile
+
+    prefix = unprivileged_prefix()
+    if prefix is None:
+        pytest.skip("the suite runs as root and cannot run the daemon as nobody here (setpriv, or the package "
+                    "unreadable to nobody)")
+    base = Path(tempfile.mkdtemp(prefix="kei-unprivileged-"))  # pytest's tmp_path is root's 0700: nobody is out
+    daemon: DaemonProcess | None = None
+    jnks = None
+    try:
+        os.chmod(base, 0o755)
+        files = make_gateway_files(base / "gateway")
+        os.chmod(files.base, 0o755)
+        jnks = start_jnks_sim(files)
+        files.write_jnks_config(jnks.url)
+        uid = os.geteuid() if not prefix else NOBODY
+        for root, directories, names in os.walk(files.base / "credentials"):
+            for name in [*directories, *names]:
+                os.chown(os.path.join(root, name), uid, uid)
+        os.chown(files.base / "credentials", uid, uid)
+        os.chown(files.config, uid, uid)
+        (files.base / "spool").mkdir(mode=0o755)
+        (files.base / "state").mkdir(mode=0o700)
+        for directory in ("spool", "state"):
+            os.chown(files.base / directory, uid, uid)
+        daemon = start_daemon(files, watchdog_usec=None, prefix=prefix)
+        daemon.notify.wait_for("READY=1", timeout=60)
+        outbox = files.base / "spool" / "outbox" / "jnks"
+        upload = jnks.root / "upload"
+        today = datetime.datetime.now(JST).date()
+        payments = [b"".join(generate_file(get_layout("jnks-payments"), 50, seed=n, today=today, lg_code="131041"))
+                    for n in range(1, 5)]
+
+        def at_peer() -> int:
+            return len(list(upload.glob("*.dat"))) if upload.exists() else 0
+
+        def stderr() -> str:
+            return daemon.stderr()  # type: ignore[union-attr]
+
+        # The writer's mistakes: a directory it cannot let go of (0555, the daemon's user cannot move it) and a
+        # file the daemon's user cannot read (0000), both owned by another user than the daemon's.
+        (outbox / "adir").mkdir(mode=0o555)
+        os.chmod(outbox / "adir", 0o555)
+        locked = outbox / "locked.dat"
+        locked.write_bytes(payments[0])
+        os.chmod(locked, 0o000)
+        drop(outbox, "good.dat", payments[1])
+        poll_until(lambda: at_peer() == 1 or None, 60, "good.dat at the peer", lambda: stderr()[-3000:])
+        poll_until(lambda: ("ingest.failed: jnks-payments: could not take adir" in stderr()
+                            and "ingest.failed: jnks-payments: could not take locked.dat" in stderr()) or None, 30,
+                   "both entries reported", lambda: stderr()[-3000:])
+        assert sorted(os.listdir(outbox)) == ["adir", "locked.dat"]
+        # A second scan (another file) does not report them again.
+        drop(outbox, "good2.dat", payments[2])
+        poll_until(lambda: at_peer() == 2 or None, 60, "good2.dat at the peer", lambda: stderr()[-3000:])
+        assert stderr().count("ingest.failed: jnks-payments: could not take adir") == 1, stderr()[-3000:]
+        assert stderr().count("ingest.failed: jnks-payments: could not take locked.dat") == 1, stderr()[-3000:]
+        # The writer fixes them: the file is taken (its mode change wakes a scan), the directory quarantined.
+        os.chown(outbox / "adir", uid, uid)
+        os.chmod(outbox / "adir", 0o755)
+        os.chmod(locked, 0o644)
+        poll_until(lambda: at_peer() == 3 or None, 60, "locked.dat at the peer once readable",
+                   lambda: stderr()[-3000:])
+        poll_until(lambda: not os.listdir(outbox) or None, 60, "the directory quarantined", lambda: stderr()[-3000:])
+        assert "ingest.quarantined: jnks-payments: quarantined adir" in stderr(), stderr()[-3000:]
+    finally:
+        if daemon is not None:
+            assert daemon.stop() == 0, daemon.stderr()[-3000:]
+        if jnks is not None:
+            jnks.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -40,6 +40,22 @@ def test_when_the_toml_nests_100000_deep_then_it_is_a_config_problem_not_a_recur
     assert "nested too deeply" in raised.value.render()
 
 
+@pytest.mark.parametrize("command", [["check-config"], ["run"]])
+@pytest.mark.parametrize(("text", "said"), [
+    ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+    ('[gateway]\nlg_code = "131041"\n[peers.jnks]\nurl = "https://127.0.0.1/"\nca = "ca.pem"\n'
+     'retry = { attempts = 3, first_delay = "1s", max_delay = "99999999999d" }\n', "peers.jnks.retry.max_delay"),
+])
+def test_when_the_config_nests_too_deep_or_a_duration_overflows_then_the_command_exits_2_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], text: str, said: str) -> None:
+    """The RecursionError and the retry schedule's OverflowError of the issue, through the command line."""
+    path = tmp_path / "hostile.toml"
+    path.write_text(text, encoding="utf-8")
+    assert cli.main(["-c", str(path), *command]) == exitcodes.USAGE
+    lines = error_lines(capsys)
+    assert [line for line in lines if said in line], lines
+
+
 def test_when_a_duration_is_beyond_ten_years_then_its_key_is_named_with_the_bound() -> None:
     problems = problems_of('[gateway]\nlg_code = "131041"\n[retention]\ninbox = "99999999999d"\n')
     assert "at most" in problems["retention.inbox"] and "3660d" in problems["retention.inbox"]
