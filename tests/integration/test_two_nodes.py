@@ -379,15 +379,17 @@ def results_body(number: int, count: int) -> bytes:
 
 
 def push(cluster: Cluster, first: str, name: str, body: bytes) -> str:
-    """PUT *body* as the MPN centre would: to *first*'s listener, and on no answer (a node killed or stopped)
-    to the other's, until one answers 201 or 204 (bounded); the node that took it."""
+    """PUT *body* as the MPN centre would: to *first*'s listener, and on no answer (a node killed or stopped) or a
+    ``503`` (busy) to the other's after a pause, until one answers 201 or 204 (bounded: 120 s); the node that took
+    it."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     credentials = cluster.shared / "credentials"
     context.load_verify_locations(str(credentials / "ca.pem"))
     context.load_cert_chain(str(credentials / "peer-sim.crt"), str(credentials / "peer-sim.key"))
     node, answers = first, []
-    for _ in range(12):
-        connection = http.client.HTTPSConnection("127.0.0.1", cluster.push_ports[node], context=context, timeout=5)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPSConnection("127.0.0.1", cluster.push_ports[node], context=context, timeout=15)
         try:
             connection.request("PUT", f"/push/mpn-results/{name}", body=body,
                                headers={"Content-Type": "application/octet-stream"})
@@ -396,12 +398,13 @@ def push(cluster: Cluster, first: str, name: str, body: bytes) -> str:
             answers.append(f"{node}: {response.status}")
             if response.status in (201, 204):
                 return node
+            time.sleep(1.0)  # 503 busy (its Retry-After is 1 s)
         except (OSError, http.client.HTTPException) as error:
             answers.append(f"{node}: {error!r}")
         finally:
             connection.close()
         node = cluster.other(node)
-    raise AssertionError(f"push {name} taken by neither node: {answers}")
+    raise AssertionError(f"push {name} taken by neither node: {answers}\n{cluster.stderr()}")
 
 
 def inbox_records(cluster: Cluster) -> list[bytes]:
