@@ -21,7 +21,6 @@ precise checker (cached), so a new rule kind is correct before it is fast.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,10 +87,11 @@ def _ascii_table(allowed: str) -> npt.NDArray[np.bool_]:
     return table
 
 
-# Byte classes: one translate of the block gives each byte its class bit; each position of a
-# record accepts a set of classes (digits for N/D/T, the field's set for X, CR/LF at the end,
-# anything in K fields, whose pairs the code table checks).  CR and LF share a class: a
-# block is only taken as a matrix when its LFs are exactly the records' last bytes.
+# Byte classes: a translate gives each byte its class bit; each position of a record accepts a
+# set of classes (digits for N/D/T, the field's set for X, CR/LF at the end, anything in K
+# fields, whose pairs the code table checks).  Runs of digit positions are checked by their
+# minimum and maximum instead (:func:`_class_checks`); CR and LF by checks of their own (a
+# block is only taken as a matrix when its LFs are exactly the records' last bytes).
 _DIGIT, _UPPER, _LOWER, _HYPHEN, _SPACE, _OTHER, _EOL, _NOT_ASCII = (1 << bit for bit in range(8))
 
 
@@ -591,44 +591,66 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
     raise TypeError(f"no column form for record rule {rule!r}")  # pragma: no cover - a new kind of record rule
 
 
+def _class_checks(accepted: npt.NDArray[np.uint8]) -> list[FieldCheck]:
+    """Per record: every byte is of a class its position accepts; one check per run of positions alike.
+
+    A run of digit positions (``N``, ``D``, ``T`` fields and ``X`` fields of ``0-9``, which
+    adjoin in most layouts) is one minimum and one maximum over its rows when the block is
+    fine; other runs (an ``X`` field's set) have their bytes translated to classes.  ``K``
+    positions accept any byte (their code table decides), and CR LF have checks of their own.
+    Record by record only when a run has a byte it rejects.
+    """
+    checks: list[FieldCheck] = []
+    position, size = 0, len(accepted)
+    while position < size:
+        classes = int(accepted[position])
+        end = position + 1
+        while end < size and int(accepted[end]) == classes:
+            end += 1
+        if classes == _DIGIT:
+            checks.append(_digit_run(position, end))
+        elif classes not in (0xFF, _EOL):
+            checks.append(_class_run(position, end, classes))
+        position = end
+    return checks
+
+
+def _digit_run(start: int, end: int) -> FieldCheck:
+    def check(block: _Block) -> Mask:
+        rows = block.rows[start:end]
+        if rows.min() >= 0x30 and rows.max() <= 0x39:
+            return np.True_
+        return ((rows - np.uint8(0x30)) < 10).all(axis=0)
+    return check
+
+
+def _class_run(start: int, end: int, classes: int) -> FieldCheck:
+    rejected = np.uint8(~classes & 0xFF)
+
+    def check(block: _Block) -> Mask:
+        found = np.frombuffer(block.rows[start:end].tobytes().translate(_CLASS_TABLE), dtype=np.uint8) & rejected
+        if not found.any():
+            return np.True_
+        return ~found.reshape(end - start, block.count).any(axis=0)
+    return check
+
+
 @dataclass(frozen=True)
 class ColumnarPlan:
     """The checks of one layout under one rule context, built once."""
 
     layout: Layout
     accepted: npt.NDArray[np.uint8]
-    """Per byte position of a record: the byte classes it accepts."""
+    """Per byte position of a record: the byte classes it accepts (checked by the first checks)."""
     checks: tuple[FieldCheck, ...]
 
     def check(self, block: bytes, matrix: Matrix) -> Mask:
         """Per record of ``matrix`` (``block`` as ``n × record_length``): whether it is valid as it is."""
-        ok = self._classes_ok(block.translate(_CLASS_TABLE), matrix.shape)
         columns = _Block(matrix)
+        ok = np.ones(matrix.shape[0], dtype=np.bool_)
         for check in self.checks:
             ok &= check(columns)
         return ok
-
-    def _classes_ok(self, classes: bytes, shape: tuple[int, int]) -> Mask:
-        """Per record: every byte is of a class its position accepts.
-
-        First over whole groups of records as 64-bit words (a group of ``lcm(record length,
-        8)`` bytes is whole words and whole records) against the classes each position
-        rejects: one pass when every byte is fine; record by record only when one is not.
-        """
-        count, size = shape
-        period = math.lcm(size, 8)
-        groups = count // (period // size)
-        if groups:
-            rejected = np.frombuffer(np.tile(~self.accepted, period // size).tobytes(), dtype=np.uint64)
-            words = np.frombuffer(classes, dtype=np.uint64, count=groups * period // 8).reshape(groups, -1)
-            fine = not (words & rejected).any()
-        else:
-            fine = True
-        rest = np.frombuffer(classes, dtype=np.uint8, offset=groups * period).reshape(-1, size)
-        if fine and ((rest & self.accepted) != 0).all():
-            return np.ones(count, dtype=np.bool_)
-        matrix = np.frombuffer(classes, dtype=np.uint8).reshape(shape)
-        return ((matrix & self.accepted) != 0).all(axis=1)
 
 
 @lru_cache(maxsize=64)
@@ -649,6 +671,7 @@ def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
             checks.append(kind_check)
         checks.extend(_rule_check(rule, item, start, layout, ctx) for rule in item.rules)
     size = layout.record_length
+    checks[:0] = _class_checks(accepted)
     checks.append(lambda block: block.rows[size - 2] == 0x0D)  # CR; the LF is the matrix's own
     for rule in layout.record_rules:
         check = _record_rule_check(rule, layout, ctx)
