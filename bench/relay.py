@@ -49,7 +49,12 @@ the relayed file in the inbox, and the daemon's peak RSS (``VmHWM`` in
 ``/proc/<pid>/status``) after it — the ratio is the maximum push's peak over the
 baseline's. The target is a peak under 150 MB (it was 3.7 GB before the relay streamed).
 
-Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--seconds S]``
+**Ledger** (issue 16): SQLite by default; ``--postgresql`` runs the daemon on a throwaway
+PostgreSQL cluster (``tests/pg.py``, unix socket) restarted with ``fsync``,
+``synchronous_commit`` and ``full_page_writes`` on, as a production ledger runs. The daemon's
+peak RSS (``VmHWM``) is printed at READY and after the run.
+
+Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--seconds S] [--postgresql]``
 (about a minute; ``--quick``: 2 s at 100 and 250 results/s, about 6 s).
 ``KEI_BENCH_PROFILE=DIR`` runs the daemon under cProfile (every thread) and writes
 ``DIR/relay.prof``. Figures go in ``docs/performance.md``.
@@ -74,6 +79,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -113,9 +119,11 @@ SLOWEST_SHARE = 0.01
 SLOWEST_MIN = 5
 STAGES = (("tls+headers", None, "received"), ("body", "received", "body"), ("store+fsync", "body", "stored"),
           ("commit", "stored", "committed"), ("relay queue", "committed", "relay_start"),
-          ("results lookup+insert", "relay_start", "looked_up"), (".part fsyncs", "looked_up", "staged"), ("results commit", "staged", "recorded"),
-          ("rename+dir fsync", "recorded", "published"), ("DONE commit", "published", "done"))
-"""The breakdown's columns: (label, from stamp, to stamp); None is the PUT start (see runtime/timeline.py)."""
+          ("read+lookup", "relay_start", "looked_up"), ("stage .part+fsyncs", "looked_up", "staged"),
+          ("relay commit", "staged", "recorded"), ("rename+dir fsync", "recorded", "published"),
+          ("to reactor", "published", "done"))
+"""The breakdown's columns: (label, from stamp, to stamp); None is the PUT start (see runtime/timeline.py).
+Before issue 16's fixes "relay commit" was the results' commit and "to reactor" held the DONE commit too."""
 
 
 # --------------------------------------------------------------------------- dummy 速報 batches
@@ -396,11 +404,32 @@ class Row:
                 and not self.step.statuses.get(503) and not self.step.errors)
 
 
-def configure(files: GatewayFiles, push_port: int, push_allow: str = "127.0.0.1/32") -> None:
-    """The daemon's config for a push bench: ``[listeners.push]`` on *push_port*, pushes from *push_allow*."""
+def durable_cluster() -> Any:
+    """A throwaway PostgreSQL cluster (``tests/pg.py``) restarted with its durability on, as a real ledger runs:
+    the tests' cluster has ``fsync``, ``synchronous_commit`` and ``full_page_writes`` off."""
+    from tests.pg import start_cluster
+
+    cluster = start_cluster()
+    try:
+        cluster.stop_server()
+        cluster.options = (cluster.options.replace("-c fsync=off", "-c fsync=on")
+                           .replace("-c synchronous_commit=off", "-c synchronous_commit=on")
+                           .replace("-c full_page_writes=off", "-c full_page_writes=on"))
+        cluster.start_server()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def configure(files: GatewayFiles, push_port: int, push_allow: str = "127.0.0.1/32",
+              database_url: str | None = None) -> None:
+    """The daemon's config for a push bench: ``[listeners.push]`` on *push_port*, pushes from *push_allow*; the
+    ledger at *database_url* (``[database] url``) when given, else the default SQLite file."""
     credentials = files.base / "credentials"
     closed = free_port()  # nothing listens there: the pull side finds no peer
-    files.write_config(extra=f"""
+    database = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
+    files.write_config(extra=database + f"""
 [peers.mpn]
 url = "https://127.0.0.1:{closed}/slips/"
 results_url = "https://127.0.0.1:{closed}/results/"
@@ -657,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs of each rate (default {RUNS})")
     parser.add_argument("--clients", type=int, default=2, help="concurrent pushing connections (default 2)")
     parser.add_argument("--all-rates", action="store_true", help="keep raising the rate after it falls behind")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="the ledger on a throwaway PostgreSQL cluster (tests/pg.py) with fsync and "
+                             "synchronous_commit on, instead of SQLite")
     parser.add_argument("--max-push", action="store_true",
                         help=f"one push of {MAX_PUSH_RESULTS:,} results after a baseline of "
                              f"{BASELINE_PUSH_RESULTS:,}: times and the daemon's peak RSS")
@@ -668,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# kei-gateway relay benchmark — {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"# {machine()}")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"# {args.clients} pushing connection(s), {seconds:g} s per rate, open loop; SQLite ledger", flush=True)
+    ledger = "PostgreSQL ledger (throwaway cluster, fsync on)" if args.postgresql else "SQLite ledger"
+    print(f"# {args.clients} pushing connection(s), {seconds:g} s per rate, open loop; {ledger}", flush=True)
+    cluster = durable_cluster() if args.postgresql else None
     rows: list[Row] = []
     maker = BatchMaker()
     prefix = secrets.token_hex(3)
@@ -676,12 +710,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kei-bench-relay-", dir=ROOT / "bench" / "out") as tmp:
         files = make_gateway_files(Path(tmp) / "gateway")
         port = free_port()
-        configure(files, port)
+        configure(files, port, database_url=cluster.create_database("bench_relay") if cluster else None)
         inbox = files.base / "spool" / "inbox" / "mpn-results"
         inbox.mkdir(parents=True, exist_ok=True)
         watcher = InboxWatcher(inbox)
         context = client_context(files.base / "credentials")
         daemon = start_gateway(files, Path(tmp))
+        ready_rss = vm_hwm_bytes(daemon.process.pid)
+        peak_rss = ready_rss
         try:
             for rate in rates:
                 batch = args.batch or max(MIN_BATCH, rate // BATCHES_PER_SECOND)
@@ -698,9 +734,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not row.kept_up and not args.all_rates:
                     print(f"# the daemon fell behind at {rate:,} results/s: no higher rate is tried", flush=True)
                     break
+            peak_rss = vm_hwm_bytes(daemon.process.pid)
         finally:
             watcher.close()
             stop_gateway(daemon)
+            if cluster is not None:
+                cluster.stop()
         slowest = breakdown(rows, Path(tmp) / "timeline.jsonl")
     print()
     print("## Relay: pushed 速報 → inbox (ms; external = PUT start → file in the inbox; daemon = "
@@ -713,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
         print(row_text(row))
     print()
     print("\n".join(verdict(rows)))
+    print(f"- peak RSS of the daemon (VmHWM): {peak_rss / 1e6:.0f} MB after the run, {ready_rss / 1e6:.0f} MB at READY "
+          f"— target < 150 MB: {'met' if peak_rss < 150e6 else 'NOT met'}")
     print()
     print("## The slowest requests (and each run's median) by stage, ms (daemon timeline, $KEI_BENCH_TIMELINE)")
     print()

@@ -24,6 +24,7 @@ from twisted.internet import defer
 
 from kei_gateway.adapters.ledger.leases import Fence
 from kei_gateway.adapters.ledger.ledger import AuditEvent, Claimed, TransferRow
+from kei_gateway.adapters.ledger.results import RelayDecision
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport._dav import RemoteEntry
 from kei_gateway.adapters.transport.webdav import BodySource, PutResult, Sink
@@ -90,8 +91,8 @@ class RelayTransaction(Protocol):
         ...
 
     def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
-        """The decision on the transfer — its relay name if some result was new (True), else ``DONE`` with the
-        relay's *audit* record — committed when the ``with`` block ends without an error."""
+        """The decision: the transfer ``DONE`` with its relay name if some result was new (True; else none) and
+        the relay's *audit* record, committed with the new results."""
         ...
 
 
@@ -111,6 +112,11 @@ class ResultLedgerPort(Protocol):
                           fence: Fence | None = None) -> AbstractContextManager[RelayTransaction]:
         """With *fence* (SPEC §14), :meth:`RelayTransaction.finish` commits only while that lease is this node's
         (:class:`~kei_gateway.adapters.ledger.leases.Fenced` otherwise, nothing written)."""
+        ...
+
+    def commit_relays(self, decisions: Sequence[RelayDecision], now: datetime) -> None:
+        """Several files' relays, each ``VALIDATED`` → ``DONE`` with its new results and audit record, in ONE
+        transaction; ``DuplicateResult`` or ``NotRelayable`` and nothing written."""
         ...
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,

@@ -16,7 +16,8 @@ from kei_gateway.adapters.durable import fsync_directory
 
 __all__ = ["NAME_PATTERN", "ERRORS_SUFFIX", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
            "quarantine_entry", "write_errors_file", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
-           "staged_name", "stage_for_inbox", "publish_staged",
+           "staged_name", "stage_for_inbox", "publish_staged", "stage_relays", "publish_relays", "discard_staged",
+           "staged_relays",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -226,3 +227,97 @@ def publish_staged(inbox_dir: str, name: str, marker: bool) -> None:
         publish(staged, final)
     if marker and os.path.exists(final) and not os.path.exists(final + MARKER_SUFFIX):
         atomic_write(final + MARKER_SUFFIX, [])
+
+
+# --- the relay of payment results: several files staged, decided in one commit, published (issue 16) ---
+
+
+def _staged_marker(name: str) -> str:
+    return staged_name(name + MARKER_SUFFIX)
+
+
+def _write_synced(path: str, chunks: Iterable[bytes], mode: int) -> int:
+    """*chunks* into *path* (replaced), the file fsynced; its directory entry is the caller's to fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    size = 0
+    try:
+        os.fchmod(fd, mode)
+        for chunk in chunks:
+            os.write(fd, chunk)
+            size += len(chunk)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return size
+
+
+def stage_relays(inbox_dir: str, files: Iterable[tuple[str, Iterable[bytes]]], marker: bool,
+                 mode: int = 0o640) -> int:
+    """Stage each ``(name, chunks)`` as ``.name.part`` (and, with *marker*, an empty ``.name.end.part``), every
+    file fsynced, then the directory once: one directory fsync for the whole group. Returns the bytes staged.
+
+    The relay then commits its decision (names and ``DONE``) and calls :func:`publish_relays`; after a
+    crash, a staged file of a transfer that is ``DONE`` under that name is published
+    (:func:`staged_relays`), one of a transfer not yet decided is staged again.
+    """
+    ensure_directory(inbox_dir, SHARED_DIR_MODE)
+    size = 0
+    for name, chunks in files:
+        size += _write_synced(os.path.join(inbox_dir, staged_name(name)), chunks, mode)
+        if marker:
+            _write_synced(os.path.join(inbox_dir, _staged_marker(name)), (), mode)
+    fsync_directory(inbox_dir)
+    return size
+
+
+def publish_relays(inbox_dir: str, names: Iterable[str]) -> None:
+    """Rename each staged ``.name.part`` still there to ``name``, fsync the directory; then the same for the
+    staged markers (``name.end`` appears only once its data file is durably in place). Safe to repeat and to
+    run twice at once (a staged file already renamed by the other is skipped): a staged file that is gone was
+    published — perhaps taken by the tax system since — and is never written again."""
+    names = list(names)
+    renamed = False
+    for name in names:
+        renamed |= _rename_if_staged(os.path.join(inbox_dir, staged_name(name)), os.path.join(inbox_dir, name))
+    markers = [name for name in names if os.path.exists(os.path.join(inbox_dir, _staged_marker(name)))]
+    if renamed or markers:
+        fsync_directory(inbox_dir)
+    if markers:
+        for name in markers:
+            _rename_if_staged(os.path.join(inbox_dir, _staged_marker(name)),
+                              os.path.join(inbox_dir, name + MARKER_SUFFIX))
+        fsync_directory(inbox_dir)
+
+
+def _rename_if_staged(staged: str, final: str) -> bool:
+    try:
+        os.rename(staged, final)
+    except FileNotFoundError:
+        return False  # published already (by a recovery running at the same time, or before a crash)
+    return True
+
+
+def discard_staged(inbox_dir: str, name: str) -> None:
+    """Remove what a relay cut off before its decision left staged for *name* (nothing if none)."""
+    for staged in (staged_name(name), _staged_marker(name)):
+        try:
+            os.unlink(os.path.join(inbox_dir, staged))
+        except FileNotFoundError:
+            pass
+
+
+def staged_relays(inbox_dir: str) -> list[str]:
+    """The names with a staged file (``.name.part`` or ``.name.end.part``) in *inbox_dir*, sorted."""
+    try:
+        entries = os.listdir(inbox_dir)
+    except FileNotFoundError:
+        return []
+    names = set()
+    for entry in entries:
+        if entry.startswith(".") and entry.endswith(".part"):
+            name = entry[1:-len(".part")]
+            names.add(name.removesuffix(MARKER_SUFFIX))
+    return sorted(names)

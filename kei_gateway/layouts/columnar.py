@@ -52,18 +52,29 @@ _DISTINCT_LIMIT: Final = 1 << 14
 
 
 @lru_cache(maxsize=None)
+def _wide_codes_of(charset: Charset) -> tuple[npt.NDArray[np.intp], tuple[str, ...]]:
+    """The double-byte codes (``lead << 8 | trail``) of the characters a ``K`` field accepts under ``charset``
+    (each one CP932 double-byte character), and those characters."""
+    allowed = allowed_wide_chars(charset)
+    pairs = [(code[0] << 8 | code[1], char) for code, char in CP932_PAIRS.items() if char in allowed]
+    if len("".join(char for _, char in pairs).encode("cp932")) != 2 * len(pairs):  # one encode for all of them
+        pairs = [(code, char) for code, char in pairs if len(char.encode("cp932")) == 2]
+    return np.array([code for code, _ in pairs], dtype=np.intp), tuple(char for _, char in pairs)
+
+
+@lru_cache(maxsize=None)
 def wide_code_table(charset: Charset, predicate: Callable[[str], bool] | None = None) -> npt.NDArray[np.bool_]:
     """65,536 booleans: which double-byte codes a ``K`` field accepts (padding included) under ``charset``.
 
     With ``predicate``: only the codes of allowed characters it accepts (a :class:`WideChars` rule).
     """
-    allowed = allowed_wide_chars(charset)
+    codes, chars = _wide_codes_of(charset)
     table = np.zeros(1 << 16, dtype=np.bool_)
-    for code, char in CP932_PAIRS.items():
-        if char in allowed and (predicate is None or predicate(char)) and len(char.encode("cp932")) == 2:
-            table[code[0] << 8 | code[1]] = True
     if predicate is None:
+        table[codes] = True
         table[_PAD] = True
+    else:
+        table[codes[np.fromiter(map(predicate, chars), dtype=np.bool_, count=len(chars))]] = True
     return table
 
 

@@ -2,8 +2,8 @@
 
 :class:`Columns` cuts the key fields out of a block of whole records with strided
 slices; :class:`ExactKeys` keeps every key (input read once); :class:`FilteredKeys` puts
-keys in a fixed-size key table or Bloom filter and keeps only the suspects, which
-:class:`SuspectKeys` settles exactly in a second read.  Pure; no I/O.
+keys in a fixed-size log of fingerprints or Bloom filter and keeps only the suspects (as
+fingerprints), which :class:`SuspectKeys` settles exactly in a second read.  Pure; no I/O.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from kei_gateway.layouts._keyfilter import (
-    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyTable, filter_bits_for, fingerprint, fingerprints, lane_width,
-    table_slots_for,
+    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyLog, filter_bits_for, fingerprint, fingerprints, lane_width,
+    log_capacity_for,
 )
 from kei_gateway.layouts.fields import Kind, Layout
 
@@ -107,14 +107,15 @@ class ExactKeys:
 
 
 class FilteredKeys:
-    """First read: keys go into a fixed-size index; the "maybe seen" ones are kept as suspects.
+    """First read: keys go into a fixed-size index; the fingerprints of the suspects are kept.
 
-    The index is a :class:`KeyTable` of fingerprints when the number of records is known
-    and fits in the memory of the largest filter (false suspects about one in 2^31 keys,
-    one or two slot reads a key), else a :class:`KeyFilter` (a Bloom filter: six bits a
-    key, a few false suspects per million keys at its largest).  Nothing is reported here;
-    a key equal to an earlier one is always a suspect, so :class:`SuspectKeys` can settle
-    uniqueness exactly in a second read.
+    The index is a :class:`KeyLog` of every key's 64-bit fingerprint when the number of
+    records is known and fits in the memory of the largest filter (the repeated
+    fingerprints, found at :meth:`finish`, are the suspects: every repeated key, and a
+    different key with odds of about n² / 2^65), else a :class:`KeyFilter` (a Bloom
+    filter: a few false suspects per million keys at its largest).  Nothing is reported
+    here; a key equal to an earlier one is always a suspect, so :class:`SuspectKeys` can
+    settle uniqueness exactly in a second read.
     """
 
     def __init__(self, layout: Layout, records: int | None = None,
@@ -122,61 +123,77 @@ class FilteredKeys:
         self.columns = layout.unique_keys or ()
         self.width = sum(layout[key].width for key in self.columns)
         self.lane = lane_width(self.width)
-        slots = table_slots_for(records, largest_bits_log2)
-        self.filter: KeyFilter | KeyTable = KeyFilter(filter_bits_for(records, largest_bits_log2)) if slots is None \
-            else KeyTable(slots, largest_bits_log2=largest_bits_log2)
-        self.suspects: set[bytes] = set()
-        self.last_suspect = 0
-        """Record number of the last suspect: no duplicate can come after it."""
+        capacity = log_capacity_for(records, largest_bits_log2)
+        self.filter: KeyFilter | KeyLog = KeyFilter(filter_bits_for(records, largest_bits_log2)) if capacity is None \
+            else KeyLog(capacity, largest_bits_log2=largest_bits_log2)
+        self.suspects: set[int] = set()
+        """Fingerprints (with :attr:`salt`) of the keys the second read must follow."""
+
+    @property
+    def salt(self) -> int:
+        return self.filter.salt
 
     def block(self, columns: Columns, first_number: int) -> bool:
-        packed = columns.packed_keys(self.columns, self.lane)
-        found = self.filter.add_block(packed, self.lane)
+        h = self.filter.fingerprints(columns.packed_keys(self.columns, self.lane), self.lane)
+        found = self.filter.add_fingerprints(h)
         if found.size:
-            lane, width = self.lane, self.width
-            self.suspects.update(bytes(packed[i * lane:i * lane + width]) for i in found.tolist())
-            self.last_suspect = first_number + int(found[-1])
+            self.suspects.update(h[found].tolist())
         return True
 
     def record(self, key: bytes, number: int) -> bool:
         if self.filter.add_one(key):
-            self.suspects.add(key)
-            self.last_suspect = number
+            self.suspects.add(fingerprint(self.salt, key))
         return False
+
+    def finish(self) -> None:
+        """The first read is over: the repeated fingerprints of the log join the suspects."""
+        if isinstance(self.filter, KeyLog):
+            self.suspects |= self.filter.repeated()
 
 
 _CANDIDATE_FLAGS = 1 << 20
 
 
 class SuspectKeys:
-    """Second read: only the suspect keys are followed, exactly; a repeat of one is a duplicate."""
+    """Second read: only the keys whose fingerprint is a suspect's are followed, exactly; a repeat is a duplicate."""
 
-    def __init__(self, layout: Layout, suspects: set[bytes]) -> None:
+    def __init__(self, layout: Layout, suspects: set[int], salt: int) -> None:
         self.columns = layout.unique_keys or ()
         self.suspects = suspects
         self.seen: set[bytes] = set()
-        self.lane = lane_width(sum(layout[key].width for key in self.columns))
-        self._salt = 0x6B65692D67617465  # any: the fingerprints only narrow down where to look
-        # 2^20 flags (1 MiB) indexed by 20 bits of a fingerprint: a few false candidates a block at most.
+        self.width = sum(layout[key].width for key in self.columns)
+        self.lane = lane_width(self.width)
+        self._salt = salt  # the first read's: the suspects are its fingerprints
+        # 2^20 flags (1 MiB) indexed by 20 bits of a fingerprint: a few candidates a block to look up exactly.
         self._flags = np.zeros(_CANDIDATE_FLAGS, dtype=np.bool_)
-        self._flags[[fingerprint(self._salt, key) & (_CANDIDATE_FLAGS - 1) for key in suspects]] = True
+        self._flags[[suspect & (_CANDIDATE_FLAGS - 1) for suspect in suspects]] = True
+
+    def is_suspect(self, key: bytes) -> bool:
+        return fingerprint(self._salt, key) in self.suspects
+
+    def _candidates(self, columns: Columns) -> tuple[list[int], bytearray]:
+        packed = columns.packed_keys(self.columns, self.lane)
+        found = fingerprints(packed, self.lane, self._salt)
+        flagged = np.flatnonzero(self._flags[found & np.uint64(_CANDIDATE_FLAGS - 1)])
+        return [int(index) for index in flagged if int(found[index]) in self.suspects], packed
 
     def candidates(self, columns: Columns) -> list[int]:
-        """Indices of the block's records whose key may be a suspect (every one that is, and rarely others)."""
-        found = fingerprints(columns.packed_keys(self.columns, self.lane), self.lane, self._salt)
-        return np.flatnonzero(self._flags[found & np.uint64(_CANDIDATE_FLAGS - 1)]).tolist()  # type: ignore[no-any-return]
+        """Indices of the block's records whose key's fingerprint is a suspect's (every one whose key is)."""
+        return self._candidates(columns)[0]
 
     def block(self, columns: Columns, first_number: int) -> bool:
-        hits = list(filter(self.suspects.__contains__, columns.keys(self.columns)))
-        if not hits:
+        indices, packed = self._candidates(columns)
+        if not indices:
             return True
+        lane, width = self.lane, self.width
+        hits = [bytes(packed[index * lane:index * lane + width]) for index in indices]
         if len(set(hits)) != len(hits) or not self.seen.isdisjoint(hits):
             return False  # the record-by-record path reports it at its place
         self.seen.update(hits)
         return True
 
     def record(self, key: bytes, number: int) -> bool:
-        if key not in self.suspects:
+        if not self.is_suspect(key):
             return False
         if key in self.seen:
             return True

@@ -56,9 +56,10 @@ class Validator:
       e.g. standard input): every key is kept exactly in memory, about 95 bytes
       a record; :meth:`close` returns the final report.
     * ``rereadable=True``: keys go into a fixed-size index and only the keys it
-      cannot rule out (suspects) are kept: a table of fingerprints when
+      cannot rule out (suspects) are kept, as fingerprints: a log of every key's
+      64-bit fingerprint, sorted at :meth:`close` to find the repeated ones, when
       ``expected_size`` (the file's size in bytes) gives a number of records
-      that fits in the largest filter's memory (2 slots of 4 bytes a record),
+      that fits in the largest filter's memory (8 bytes a record),
       else a Bloom filter (``2 ** filter_bits_log2`` bits, 16 MiB by default;
       smaller for fewer records).  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
@@ -197,6 +198,7 @@ class Validator:
         elif self._offset == 0:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
         if isinstance(self._unique, FilteredKeys):
+            self._unique.finish()
             if self._unique.suspects:
                 self.report.uniqueness_pending = True
             else:
@@ -219,7 +221,7 @@ class Validator:
         assert isinstance(first, FilteredKeys) and self._digest is not None
         self._unique = None  # the filter's pages go before the second read; only the suspects are needed
         second = Validator(self.layout, self.options, fast_path=self._plan is not None)
-        second._unique = SuspectKeys(self.layout, first.suspects)
+        second._unique = SuspectKeys(self.layout, first.suspects, first.salt)
         del first
         second._duplicates = []
         second._stop_record = self.report.stopped_at
@@ -242,17 +244,17 @@ class Validator:
         return report
 
     def _replay_suspects(self, chunks: Iterable[bytes]) -> None:
-        """Second read of a CP932 file: only the records whose key bytes are suspects are validated again.
+        """Second read of a CP932 file: only the records whose key is a suspect's are validated again.
 
         Record numbers are line numbers, as in the first read.  Each line that
-        could carry a suspect key (its unique fields' bytes are one) is replayed
+        could carry a suspect key (its unique fields' fingerprint is a suspect's) is replayed
         through the precise path at its number and offset, which settles it
         exactly and reports a duplicate where the in-memory check would.
         Runs of well-formed lines are scanned as columns, without per-record work.
         """
         unique = self._unique
         assert isinstance(unique, SuspectKeys)
-        suspects, layout = unique.suspects, self.layout
+        layout = self.layout
         size, length = layout.record_length, layout.data_length
         parts = [(layout.offsets[key], layout.offsets[key] + layout[key].width) for key in unique.columns]
         number = offset = 0
@@ -268,9 +270,7 @@ class Validator:
                     and piece[size - 1::size] == b"\n" * count and piece[size - 2::size] == b"\r" * count):
                 # Keyed fingerprints of every key narrow the records down; the replay settles them exactly.
                 for index in unique.candidates(Columns(layout, piece)):
-                    line = piece[index * size:(index + 1) * size]
-                    if b"".join(line[a:b] for a, b in parts) in suspects:
-                        replay(line, number + index + 1, offset + index * size)
+                    replay(piece[index * size:(index + 1) * size], number + index + 1, offset + index * size)
                 number += count
             else:
                 start = 0
@@ -280,7 +280,7 @@ class Validator:
                     number += 1
                     data = line[:-2] if line.endswith(b"\r\n") else line[:-1]
                     if number == 1 or (len(data) == length
-                                       and b"".join(data[a:b] for a, b in parts) in suspects):
+                                       and unique.is_suspect(b"".join(data[a:b] for a, b in parts))):
                         replay(line, number, offset + start)
                     start = end
             offset += len(piece)

@@ -28,9 +28,9 @@ POINTS = (
     "relay.committed",     # relayed and DONE, the DELETE at the peer not sent
     "download.committed",  # a downloaded file is stored and VALIDATED, not relayed, still at the peer
     "download.relayed",    # relayed (and DONE), the DELETE at the peer not sent
-    "results.staged",      # payment results: the new records are durable as .name.part, nothing recorded
-    "results.recorded",    # the results and the relay name are committed, the .part not yet renamed
-    "results.published",   # the results file is in the inbox, the transfer still VALIDATED
+    "results.staged",      # payment results: the new records (of a group of files) durable as .name.part, nothing recorded
+    "results.recorded",    # the results, relay names and DONE committed, the .part files not yet renamed
+    "results.published",   # the results files are in the inbox (an earlier version's relay: the transfer still VALIDATED)
     "push.stored",         # a pushed file's blob is durable and valid, nothing committed, no answer sent
     "push.committed",      # the pushed file's transfer is committed VALIDATED, the 201 not yet sent
     "airis.inputs-recorded",  # AIRIS 突合: the three inputs stored and recorded, nothing run

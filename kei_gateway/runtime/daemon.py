@@ -9,6 +9,7 @@ the reactor with SIGHUP as reload.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
 from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
 from kei_gateway.operations.audit.spool import spool_path
 
-__all__ = ["StartFailed", "Prepared", "prepare", "serve", "start"]
+__all__ = ["StartFailed", "MigrationFailed", "Prepared", "prepare", "serve", "start", "migrate_apart"]
 
 log = Logger(namespace="kei_gateway.daemon")
 
@@ -66,9 +67,10 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     notifier.notify("STATUS=Migrating the ledger database")
     try:
         engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
-        schema = upgrade(engine) or "?"
+        schema = migrate_apart(engine) or "?"
     except Exception as error:  # any database failure at start is fatal, with its reason
-        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: {events.describe_error(error)}")
+        reason = str(error) if isinstance(error, MigrationFailed) else events.describe_error(error)
+        events.emit(log, events.DAEMON_FAILED, reason=f"database {config.database_url_redacted}: {reason}")
         raise StartFailed(usage=False) from error
     events.emit(log, events.DATABASE_MIGRATED, schema=schema, url=config.database_url_redacted)
     try:
@@ -104,6 +106,45 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     return Prepared(ledger, store, schema, audit_log, node)
 
 
+class MigrationFailed(Exception):
+    """The migration's child process failed; the message is ``describe_error`` of its exception, as the child wrote it."""
+
+
+def migrate_apart(engine: Any) -> str | None:
+    """:func:`~kei_gateway.adapters.ledger.upgrade` in a forked child process; the schema revision now in force.
+
+    The daemon runs for months: Alembic, Mako (and Pygments where installed) and what the
+    migration allocates would stay in its resident memory all that time, about 8 MB of it
+    (docs/performance.md, "Daemon memory at READY"). The child starts from the parent's
+    engine without its pooled connections (there are none yet), migrates, closes its own,
+    and writes one answer back: ``ok <revision>``, or ``error <describe_error of what it
+    raised>``, which the parent raises as :class:`MigrationFailed`.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: migrate, answer, and leave without running the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            engine.dispose(close=False)
+            try:
+                answer, code = f"ok {upgrade(engine) or ''}", 0
+                engine.dispose()
+            except BaseException as error:
+                answer = f"error {events.describe_error(error)}"
+            os.write(write_end, answer.encode("utf-8", "replace"))
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answers:
+        kind, _, text = answers.read().decode("utf-8", "replace").partition(" ")
+    _, status = os.waitpid(pid, 0)
+    if kind == "ok" and status == 0:
+        return text or None
+    raise MigrationFailed(text if kind == "error" else
+                          f"the migration process ended with status {os.waitstatus_to_exitcode(status)}")
+
+
 def audit_spool_path(config: Config) -> str:
     """The audit observer's pending file: one per node when the ledger (and so ``state_dir``) is shared."""
     shared = not config.database_url.startswith("sqlite")
@@ -131,6 +172,16 @@ def join_ledger(config: Config, engine: Any) -> NodeIdentity:
     return NodeIdentity(store, incarnation)
 
 
+def freeze_startup_objects() -> int:
+    """Move every object alive now (modules, layouts, config, the service tree) out of the garbage collector's
+    sight (``gc.freeze``), after one collection: a full collection then walks only what was made since, so it no
+    longer stalls every thread for 100–270 ms in the middle of a relay (issue 16, docs/performance.md). Returns
+    the number of objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, observer: GatewayLogObserver,
           audit: Any = None) -> bool:
     """Build the service tree and run the reactor until it stops; False when a listener could not be bound."""
@@ -156,6 +207,7 @@ def serve(config: Config, path: str, prepared: Prepared, notifier: Notifier, obs
 
     def start_service() -> None:
         gateway.ready.addErrback(start_failed)
+        freeze_startup_objects()
         gateway.startService()
 
     def on_hangup(signum: int, frame: object) -> None:

@@ -27,7 +27,6 @@ from kei_gateway.config import INBOUND_FLOWS, LOCAL_FLOWS, OUTBOUND_FLOWS, Confi
 from kei_gateway.core.results import ResultKeyer
 from kei_gateway.core.lease import LeaseKind
 from kei_gateway.core.transfer import longest_wait
-from kei_gateway.flows.airis_flow import build_airis_flow
 from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.flows.inbound.build import build_inbound_flow, build_push_listener
 from kei_gateway.flows.inbound.downloads import DownloadPoller
@@ -478,7 +477,7 @@ def _add_flows(gateway: GatewayService, deps: FlowDependencies | None, leases: N
 
     for kind, flows, build in (("outbound flows", OUTBOUND_FLOWS, build_outbound_flow),
                                ("inbound flows", INBOUND_FLOWS, build_inbound_flow),
-                               ("local flows", LOCAL_FLOWS, build_airis_flow)):
+                               ("local flows", LOCAL_FLOWS, _build_local_flow)):
         for flow in flows:
             if flow not in config.flows:
                 continue
@@ -495,6 +494,15 @@ def _add_flows(gateway: GatewayService, deps: FlowDependencies | None, leases: N
                         if hasattr(child, door):
                             leases.on_may_claim.append(getattr(child, door))
                 child.setServiceParent(gateway)
+
+
+def _build_local_flow(flow: str, config_source: Callable[[], Any], deps: FlowDependencies) -> list[service.Service]:
+    """The AIRIS 突合 flow's builder, imported only when such a flow is configured: its ZIP reader (pyzipper,
+    PyCryptodome) and the 突合 stay out of the daemons that do not run it (docs/performance.md, "Daemon
+    memory at READY")."""
+    from kei_gateway.flows.airis_flow import build_airis_flow
+
+    return build_airis_flow(flow, config_source, deps)
 
 
 def _add_push_listener(gateway: GatewayService, deps: FlowDependencies) -> None:

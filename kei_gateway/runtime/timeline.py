@@ -10,10 +10,10 @@ id, stage names and times. When off, :func:`stamp` is one attribute test.
 Stages of a push, in order (see docs/performance.md, "Issue 16: where the relay's tail comes from"):
 ``received`` (headers in), ``body`` (last body byte), ``stored`` (blob written and
 fsynced), ``committed`` (VALIDATED transfer committed), ``relay_start`` (the relay's
-turn came: it relays one file at a time), ``looked_up`` (every result looked up and
-inserted, the ``.part`` written, not yet fsynced), ``staged`` (``.part`` and directory fsynced),
-``recorded`` (results and relay name committed), ``published`` (renamed, directory
-fsynced), ``done`` (DONE committed; back on the reactor).
+turn came: its lane was free; a small file's group starts together), ``looked_up`` (the file read and
+every result looked up; in the large-file lane also inserted aside and the ``.part`` written),
+``staged`` (``.part`` files and directory fsynced), ``recorded`` (results, relay name and DONE
+committed, issue 16), ``published`` (renamed, directory fsynced), ``done`` (back on the reactor).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, Claimed, TransferNotFound, TransferRow
 from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_release, is_current, is_live, \
     on_start, revoke
-from kei_gateway.adapters.ledger.results import DuplicateResult
+from kei_gateway.adapters.ledger.results import DuplicateResult, NotRelayable, RelayDecision
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
 from kei_gateway.core.results import fresh_results, under_recorded_keys
@@ -284,16 +284,36 @@ class InMemoryResultLedger:
     @contextmanager
     def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime,
                           fence: Fence | None = None) -> Iterator[_InMemoryRelay]:
-        """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error."""
+        """Like ``ResultLedger.relay_transaction``: nothing is kept unless the block ends without an error; the
+        transfer is DONE with the results."""
         self.ledger.get(transfer_id)  # TransferNotFound
         relay = _InMemoryRelay(self, transfer_id, relay_name, now)
         yield relay
         if not relay.finished:
             raise RuntimeError(f"transfer {transfer_id}: the relay transaction ended without a decision")
-        if relay.pending:
-            self.record_relay(transfer_id, relay.pending, relay_name, now, relay.summary, done=False, fence=fence)
-        else:
-            self.record_relay(transfer_id, [], None, now, relay.summary, done=True, audit=relay.audit, fence=fence)
+        self.record_relay(transfer_id, relay.pending, relay_name if relay.pending else None, now, relay.summary,
+                          done=True, audit=relay.audit, fence=fence)
+
+    def commit_relays(self, decisions: Sequence[RelayDecision], now: datetime) -> None:
+        """Like ``ResultLedger.commit_relays``: all the decisions, or nothing."""
+        self.ledger._check()
+        for decision in decisions:
+            self.ledger.check_fence(decision.fence)
+            try:
+                row = self.ledger.get(decision.transfer_id)
+            except TransferNotFound:
+                raise NotRelayable(decision.transfer_id, None) from None
+            if row.state != TransferState.VALIDATED or row.relay_name is not None:
+                raise NotRelayable(decision.transfer_id, str(TransferState(row.state).value))
+        every = [r for d in decisions for r in d.results]
+        if len({r.identity_key for r in every}) != len(every):
+            raise ValueError("results repeat an identity across the files; keep the first of each")
+        recorded = {result.identity_key for result in self.results}
+        if recorded & {k for r in every for k in (r.identity_key, *(v.identity_key for v in r.variants))}:
+            raise DuplicateResult(decisions[0].transfer_id)
+        for decision in decisions:
+            self.record_relay(decision.transfer_id, decision.results, decision.relay_name, now, decision.summary,
+                              done=True, audit=decision.audit, fence=decision.fence)
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
                      fence: Fence | None = None) -> None:

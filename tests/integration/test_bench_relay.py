@@ -32,6 +32,25 @@ def test_when_the_relay_benchmark_runs_quick_then_it_relays_every_batch_prints_i
     slow = [line for line in result.stdout.splitlines() if line.startswith("| 250 |") and "slow #" in line]
     assert len(slow) >= 2 * 5, result.stdout  # at least five slowest requests per run, each with its stages
     assert "- 250/s, slowest requests" in result.stdout and "store+fsync" in result.stdout
+    assert "- peak RSS of the daemon (VmHWM):" in result.stdout  # issue 16's third target
+
+
+def test_when_the_relay_benchmark_runs_quick_on_postgresql_then_every_batch_is_relayed() -> None:
+    """Issue 16: the bench runs on a PostgreSQL ledger too (a throwaway cluster with fsync on)."""
+    from tests.conftest import _cannot_run_postgresql
+    from tests.pg import unavailable
+
+    reason = unavailable()
+    if reason:
+        _cannot_run_postgresql(reason)
+    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--runs", "1", "--rates", "250", "--postgresql"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PostgreSQL ledger" in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("| 250 |")
+             and "median" not in line and "slow" not in line]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[4]) > 0 and cells[7] == "0", row
 
 
 @pytest.mark.timeout(1800)

@@ -564,6 +564,27 @@ def test_when_a_results_relay_makes_its_transfer_done_then_the_relay_record_comm
     assert log.unrecorded_transfers() == (0, []) and log.verify().ok
 
 
+def test_when_several_relays_commit_together_then_each_relay_record_commits_with_its_done(
+        log: AuditLog, engine: Engine) -> None:
+    """Issue 16: a group of small files' relays is one commit; each has its own record in it, or none does."""
+    from kei_gateway.adapters.ledger import TransferLedger
+    from kei_gateway.adapters.ledger.results import NotRelayable, RelayDecision, ResultLedger
+
+    ledger = TransferLedger(engine)
+    results = ResultLedger(engine, audit_writer=log.append_in)
+    first, second = _done_with_blob(ledger, 1), _done_with_blob(ledger, 2)
+    results.commit_relays([RelayDecision(t.id, [], None, "新規 0", ("results.relayed", {"records": 0, "duplicates": 1}))
+                           for t in (first, second)], NOW)
+    third = _done_with_blob(ledger, 3)
+    with pytest.raises(NotRelayable):  # second is DONE: third's record must not commit without its action
+        results.commit_relays([RelayDecision(t.id, [], None, "新規 0", ("results.relayed", {"records": 0}))
+                               for t in (third, second)], NOW)
+    relayed = [r.record.transfer_id for r in log.iter_records() if r.record.event == "results.relayed"]
+    assert relayed == [first.id, second.id]
+    assert ledger.get(third.id).state == "VALIDATED"
+    assert log.unrecorded_transfers() == (0, []) and log.verify().ok
+
+
 def test_when_the_purge_erases_a_payload_and_ledger_rows_then_each_erasure_commits_with_its_record(
         log: AuditLog, engine: Engine) -> None:
     from kei_gateway.core.transfer import TransferState

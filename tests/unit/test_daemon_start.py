@@ -44,3 +44,56 @@ def test_when_the_store_holds_a_blob_the_ledger_does_not_know_then_the_start_kee
 
     assert served, "the start stopped before serving"
     assert store.exists("out-queued-elsewhere")
+
+
+@pytest.mark.integration  # starts a process (the migration's child, and a clean interpreter)
+def test_when_the_daemon_migrates_then_alembic_and_the_airis_reader_stay_out_of_its_process(tmp_path: Path) -> None:
+    """The migration runs in a forked child (``migrate_apart``) and the AIRIS 突合 flow is imported only when
+    configured: a fresh interpreter that imports what ``kei-gateway run`` imports and migrates a new ledger
+    has neither Alembic, Mako nor pyzipper loaded (they cost the daemon ~11 MB for its whole life)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from kei_gateway.adapters.ledger import create_ledger_engine
+import kei_gateway.cli.daemon, kei_gateway.runtime.service
+from kei_gateway.runtime.daemon import migrate_apart
+revision = migrate_apart(create_ledger_engine("sqlite:///{tmp_path}/ledger.sqlite3"))
+print(sorted(m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("alembic", "mako", "pyzipper")))
+print(revision)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded, revision = result.stdout.splitlines()
+    assert loaded == "[]"
+    from kei_gateway.adapters.ledger.db import head_revision
+    assert revision == head_revision()
+
+
+@pytest.mark.integration  # opens a SQLite file and forks the migration's child
+def test_when_the_ledger_file_is_not_a_database_then_the_migration_fails_with_the_drivers_words(tmp_path: Path) -> None:
+    from kei_gateway.adapters.ledger import create_ledger_engine
+
+    (tmp_path / "ledger.sqlite3").write_bytes(b"dummy, not a database\n" * 200)
+    with pytest.raises(daemon.MigrationFailed, match="DatabaseError: file is not a database"):
+        daemon.migrate_apart(create_ledger_engine(f"sqlite:///{tmp_path}/ledger.sqlite3"))
+
+
+def test_when_the_daemon_starts_serving_then_what_exists_at_start_is_frozen_out_of_the_collector() -> None:
+    """Issue 16: a full collection walked every module, layout table and service object (100–270 ms with every
+    thread stopped, in the middle of relays); frozen at start, it walks only what was made since."""
+    import gc
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    Cycle()  # garbage in a cycle: collected first, not frozen with the living
+    gc.unfreeze()
+    try:
+        frozen = daemon.freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 1000
+        assert not [o for o in gc.get_objects() if isinstance(o, Cycle)], "garbage collected before the freeze"
+    finally:
+        gc.unfreeze()

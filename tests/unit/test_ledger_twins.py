@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from kei_gateway.adapters.ledger import TransferLedger, TransferNotFound, upgrade
-from kei_gateway.adapters.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.adapters.ledger.results import DuplicateResult, NotRelayable, RelayDecision, ResultLedger
 from kei_gateway.core.results import KIND_FINAL, KIND_PROVISIONAL, ResultFacts
 from kei_gateway.core.transfer import InvalidTransition, Transition
 from kei_gateway.core.transfer import TransferState as S
@@ -145,3 +145,25 @@ def test_when_a_final_result_arrives_then_its_provisional_is_no_longer_open(ledg
     assert ledger.get(final.id).state is S.DONE
     day = dt.date(2026, 11, 20)
     assert [r.identity_key for r in results.results_received_on(day)] == ["id1-1", "id1-2", "id2-1"]
+
+
+def test_when_several_relays_are_committed_together_then_each_is_done_with_its_results_or_none_is(
+        ledgers: Any) -> None:
+    """commit_relays (issue 16): one commit for the small files ready at once; all of them, or nothing."""
+    ledger, results = ledgers
+    a, b, c = (add(ledger, f"{n}.dat", S.VALIDATED, direction="in", flow="mpn-results", remote_name=f"{n}.dat")
+               for n in "abc")
+    results.commit_relays([RelayDecision(a.id, [facts(1), facts(2)], "A.dat", "2 new"),
+                           RelayDecision(b.id, [], None, "0 new, 1 repeated")], NOW)
+    assert [(r.state, r.relay_name, r.receipt_summary) for r in (ledger.get(a.id), ledger.get(b.id))] == [
+        (S.DONE, "A.dat", "2 new"), (S.DONE, None, "0 new, 1 repeated")]
+    assert results.identities_of_transfer(a.id) == {"id1-1", "id2-1"}
+    d = add(ledger, "d.dat", S.VALIDATED, direction="in", flow="mpn-results", remote_name="d.dat")
+    with pytest.raises(DuplicateResult):  # id2-1 was recorded by a
+        results.commit_relays([RelayDecision(c.id, [facts(3)], "C.dat", "1 new"),
+                               RelayDecision(d.id, [facts(2)], "D.dat", "1 new")], NOW)
+    with pytest.raises(NotRelayable):  # a is DONE already
+        results.commit_relays([RelayDecision(c.id, [facts(3)], "C.dat", "1 new"),
+                               RelayDecision(a.id, [facts(4)], "A.dat", "1 new")], NOW)
+    assert [ledger.get(t.id).state for t in (c, d)] == [S.VALIDATED, S.VALIDATED], "nothing written"
+    assert results.known_identities({"id3-1", "id4-1"}) == set()

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet import task
+from collections import Counter
+
+from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.results import RelayDecision
 from kei_gateway.adapters.spool import MARKER_SUFFIX, staged_name
 from kei_gateway.core.results import ResultKeyer, facts_from_records
 from kei_gateway.core.results.identity import raw_fields
@@ -43,7 +46,9 @@ def data_of(records: list[Record]) -> bytes:
     return b"".join(render_record(LAYOUT, record) for record in records)
 
 
-class RelayTests(SynchronousTestCase):
+class RelayCase(SynchronousTestCase):
+    """A relay over the twins, a fake clock and a temporary inbox."""
+
     def setUp(self) -> None:
         self.base = Path(temporary_directory(self))
         self.ledger = InMemoryLedger()
@@ -85,6 +90,9 @@ class RelayTests(SynchronousTestCase):
     def counted(self, kind: str, outcome: str) -> float | None:
         return self.registry.get_sample_value("kei_gateway_payment_results_total", {"kind": kind, "outcome": outcome})
 
+
+
+class RelayTests(RelayCase):
     def test_when_a_file_of_new_results_is_relayed_then_the_inbox_gets_its_records_and_the_transfer_is_done(self) -> None:
         records = RECORDS[:5]
         row = self.received(records, "r1.dat")
@@ -152,7 +160,7 @@ class RelayTests(SynchronousTestCase):
         name = "131041_mpn-results_20261121120000_1.dat"
         (self.inbox / staged_name(name)).write_bytes(b"as staged before the crash")
         self.results.record_relay(row.id, [], name, dt.datetime.now(dt.timezone.utc), "decided", done=False)
-        outcome = self.relayed(row)
+        outcome = self.relayed(self.ledger.get(row.id))  # as relay_pending reads it at start
         self.assertTrue(outcome.recovered)
         self.assertEqual(self.inbox_files(), {name: b"as staged before the crash"})
         self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
@@ -160,7 +168,7 @@ class RelayTests(SynchronousTestCase):
     def test_when_the_relayed_file_was_already_taken_by_the_tax_system_then_it_is_not_written_again(self) -> None:
         row = self.received(RECORDS[:3], "r.dat")
         self.results.record_relay(row.id, [], "gone.dat", dt.datetime.now(dt.timezone.utc), "decided", done=False)
-        outcome = self.relayed(row)
+        outcome = self.relayed(self.ledger.get(row.id))
         self.assertTrue(outcome.recovered)
         self.assertEqual(self.inbox_files(), {})
         self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
@@ -184,7 +192,7 @@ class RelayTests(SynchronousTestCase):
         self.relayed(again)
         cut_off = self.received([with_kind(r, "2") for r in RECORDS[:2]], "r.dat")
         self.results.record_relay(cut_off.id, [], "gone.dat", dt.datetime.now(dt.timezone.utc), "decided", done=False)
-        self.relayed(cut_off)
+        self.relayed(self.ledger.get(cut_off.id))
         self.assertEqual(self.ledger.audit, [
             ("results.relayed", {"flow": "mpn-results", "name": outcome.relay_name, "records": 4, "duplicates": 0,
                                  "transfer_id": first.id}),
@@ -249,6 +257,133 @@ class RelayTests(SynchronousTestCase):
         self.relayed(self.received(old + recent, "r.dat"))
         self.relay.check_unconfirmed()
         self.assertEqual(self.registry.get_sample_value("kei_gateway_unconfirmed_results", {"age": "overdue"}), 1)
+
+
+class HeldBlocking:
+    """A blocking door whose calls wait until the test runs them (to see what waits for what)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any], defer.Deferred[Any]]] = []
+
+    def run(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((f, args, kwargs, d))
+        return d
+
+    def names(self) -> list[str]:
+        return [getattr(f, "__name__", repr(f)) for f, *_ in self.calls]
+
+    def run_call(self, name: str) -> None:
+        """Run the first waiting call of the function *name*."""
+        index = self.names().index(name)
+        f, args, kwargs, d = self.calls.pop(index)
+        defer.maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+    def run_all(self) -> None:
+        while self.calls:
+            self.run_call(self.names()[0])
+
+
+class CountingResults(InMemoryResultLedger):
+    """Counts the commits of decisions (one per group, one per large file)."""
+
+    def __init__(self, ledger: InMemoryLedger) -> None:
+        super().__init__(ledger)
+        self.group_commits: list[list[int]] = []
+
+    def commit_relays(self, decisions: Any, now: dt.datetime) -> None:
+        self.group_commits.append([d.transfer_id for d in decisions])
+        super().commit_relays(decisions, now)
+
+
+class LaneTests(RelayCase):
+    """Issue 16: small files relayed in groups, one commit each; a large file in its own lane; the restart rule."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.results = CountingResults(self.ledger)
+        self.held = HeldBlocking()
+        self.relay = ResultRelay(inbox_dir=str(self.inbox), marker=False, lg_code="131041", ledger=self.ledger,
+                                 results=self.results, keyer=ResultKeyer([b"\x05" * 32]), store=self.store,
+                                 blocking=self.held, clock=self.clock, metrics=self.metrics,
+                                 unconfirmed_after=3 * 86400.0)
+
+    def test_when_files_wait_while_a_relay_runs_then_they_are_relayed_together_in_one_commit(self) -> None:
+        provisional = [with_kind(r, "1") for r in RECORDS[:8]]
+        first = self.relay.relay(self.received(provisional[:2], "a.dat"))
+        self.assertEqual(self.held.names(), ["relay_small_files"], "a lone file starts at once")
+        waiting = [self.relay.relay(self.received(records, name))
+                   for records, name in ((provisional[2:4], "b.dat"), (provisional[3:6], "c.dat"))]
+        self.assertEqual(self.held.names(), ["relay_small_files"], "the others wait for the lane")
+        self.held.run_call("relay_small_files")
+        self.successResultOf(first)
+        self.held.run_call("relay_small_files")
+        b, c = (self.successResultOf(d) for d in waiting)
+        self.assertEqual(self.results.group_commits, [[1], [2, 3]])
+        assert b.relay_name is not None and c.relay_name is not None
+        files = self.inbox_files()
+        self.assertEqual(files[b.relay_name], data_of(provisional[2:4]))
+        self.assertEqual(files[c.relay_name], data_of(provisional[4:6]), "a result in two files of a group goes once")
+        self.assertEqual((c.relayed, c.duplicates), ({1: 2}, {1: 1}))
+        self.assertEqual([self.ledger.get(n).state for n in (1, 2, 3)], [S.DONE.value] * 3)
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_relay_latency_seconds_count"), 0)
+        self.assertEqual(self.counted("provisional", "relayed"), 6)
+
+    def test_when_a_large_file_is_being_relayed_then_a_small_one_does_not_wait_for_it(self) -> None:
+        from unittest import mock
+
+        from kei_gateway.flows.inbound import mpn_results
+
+        with mock.patch.object(mpn_results, "SMALL_FILE", 3):
+            large = self.relay.relay(self.received(RECORDS[:6], "large.dat"))
+            small = self.relay.relay(self.received(RECORDS[6:8], "small.dat"))
+        self.assertEqual(self.held.names(), ["relay_stored_results", "relay_small_files"])
+        self.held.run_call("relay_small_files")  # while the large file's relay still runs
+        outcome = self.successResultOf(small)
+        self.assertNoResult(large)
+        self.assertEqual(list(self.inbox_files()), [outcome.relay_name])
+        self.held.run_call("relay_stored_results")
+        self.assertEqual(len(self.inbox_files()), 2)
+        self.assertEqual(self.successResultOf(large).relayed + outcome.relayed,
+                         Counter(int(r["result_kind"]) for r in RECORDS[:8]))
+
+    def test_when_a_file_of_a_group_was_relayed_meanwhile_then_the_others_are_still_relayed_one_by_one(self) -> None:
+        blocker = self.relay.relay(self.received(RECORDS[:1], "first.dat"))
+        stale = self.received(RECORDS[1:3], "stale.dat")
+        fresh = self.received(RECORDS[3:5], "fresh.dat")
+        group = [self.relay.relay(stale), self.relay.relay(fresh)]
+        self.results.record_relay(stale.id, [], None, dt.datetime.now(dt.timezone.utc), "by the other node",
+                                  done=True)  # DONE meanwhile: the group's commit refuses it
+        self.held.run_all()
+        self.successResultOf(blocker)
+        stale_outcome, fresh_outcome = (self.successResultOf(d) for d in group)
+        self.assertTrue(stale_outcome.already_done)
+        assert fresh_outcome.relay_name is not None
+        self.assertEqual(self.inbox_files()[fresh_outcome.relay_name], data_of(RECORDS[3:5]))
+        self.assertEqual(self.ledger.get(fresh.id).state, S.DONE.value)
+
+    def test_when_a_crash_came_after_the_commit_then_the_start_publishes_what_was_staged_and_drops_leftovers(
+            self) -> None:
+        decided = self.received(RECORDS[:2], "decided.dat")
+        repeated = self.received(RECORDS[:2], "repeated.dat")
+        pending = self.received(RECORDS[2:4], "pending.dat")
+        self.inbox.mkdir(parents=True)
+        name = f"131041_mpn-results_20261121120000_{decided.id}.dat"
+        (self.inbox / staged_name(name)).write_bytes(b"as staged before the crash")
+        (self.inbox / staged_name(name + MARKER_SUFFIX)).write_bytes(b"")
+        self.results.commit_relays([RelayDecision(decided.id, [], name, "decided")], dt.datetime.now(dt.timezone.utc))
+        left = f"131041_mpn-results_20261121120000_{repeated.id}.dat"
+        (self.inbox / staged_name(left)).write_bytes(b"staged by an attempt before the decision")
+        self.results.commit_relays([RelayDecision(repeated.id, [], None, "all repeated")],
+                                   dt.datetime.now(dt.timezone.utc))
+        undecided = f"131041_mpn-results_20261121120000_{pending.id}.dat"
+        (self.inbox / staged_name(undecided)).write_bytes(b"half")
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.held.run_all()
+        self.assertEqual(self.inbox_files(), {name: b"as staged before the crash", name + MARKER_SUFFIX: b"",
+                                              undecided: data_of(RECORDS[2:4])})
+        self.assertEqual(self.ledger.get(pending.id).state, S.DONE.value)
 
 
 class RawFieldsTests(SynchronousTestCase):

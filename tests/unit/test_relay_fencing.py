@@ -92,13 +92,14 @@ def test_when_the_lease_was_taken_over_during_the_relay_then_its_decision_commit
     assert (after.state, after.relay_name) == (S.VALIDATED, None)
 
 
-def test_when_the_lease_was_taken_over_after_the_decision_then_done_is_not_committed(ledgers: Any) -> None:
+def test_when_the_lease_was_taken_over_after_an_earlier_versions_decision_then_done_is_not_committed(
+        ledgers: Any) -> None:
+    """Since issue 16 the decision and DONE are one commit; a transfer decided by an earlier version (relay name
+    committed, not yet DONE) is finished by finish_relay, which is fenced too."""
     ledger, results, a, b = ledgers
     row = received(ledger, "r.dat")
     fence = claimed(a, NOW)
-    with results.relay_transaction(row.id, "r.dat", NOW, fence) as relay:
-        relay.record([facts(1)])
-        relay.finish("1 new")
+    results.record_relay(row.id, [facts(1)], "r.dat", NOW, "1 new", done=False)
     claimed(b, LATER)
     with pytest.raises(Fenced):
         results.finish_relay(row.id, LATER, fence=fence)
@@ -123,6 +124,22 @@ def test_when_every_result_is_a_duplicate_and_the_lease_was_lost_then_the_transf
             assert relay.record([facts(1)]) == []
             relay.finish("0 new")
     assert ledger.get(row.id).state is S.VALIDATED
+
+
+def test_when_small_files_are_relayed_together_and_one_lease_was_lost_then_none_of_them_commits(
+        ledgers: Any) -> None:
+    """Issue 16: a group's commit checks each file's fence; one lost lease and nothing of the group is written."""
+    from kei_gateway.adapters.ledger.results import RelayDecision
+
+    ledger, results, a, b = ledgers
+    pushed, pulled = received(ledger, "pushed.dat"), received(ledger, "pulled.dat")
+    fence = claimed(a, NOW)
+    claimed(b, LATER)
+    with pytest.raises(Fenced):
+        results.commit_relays([RelayDecision(pushed.id, [facts(1)], "p.dat", "1 new"),
+                               RelayDecision(pulled.id, [facts(2)], "q.dat", "1 new", fence=fence)], LATER)
+    assert [ledger.get(t.id).state for t in (pushed, pulled)] == [S.VALIDATED, S.VALIDATED]
+    assert results.known_identities({"id1", "id2"}) == set()
 
 
 # -- the flows ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger import TransferLedger, TransferNotFound, create_ledger_engine, upgrade
 from kei_gateway.adapters.ledger.models import PaymentResult, TransferState as S
-from kei_gateway.adapters.ledger.results import DuplicateResult, ResultLedger
+from kei_gateway.adapters.ledger.results import DuplicateResult, RelayDecision, ResultLedger
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import (
     ResultFacts,
@@ -156,6 +156,26 @@ def test_when_a_final_arrives_after_a_rotation_then_it_is_recorded_under_its_pro
     assert report.total.confirmed == 2 and report.problems == ()
 
 
+def test_when_relays_commit_together_after_a_rotation_then_a_final_joins_its_provisionals_key_and_an_old_row_is_found(
+        ledgers: tuple[TransferLedger, ResultLedger]) -> None:
+    """commit_relays (issue 16) keeps record_relay's rules for a previous store key."""
+    transfers, results = ledgers
+    provisional = result(0, OLD, result_kind="1")
+    results.record_relay(inbound(transfers, "a.dat"), [provisional], "a.dat", NOW, "1 new", done=True)
+    final, other = result(0, ROTATED, result_kind="2"), result(1, ROTATED, result_kind="1")
+    b, c = inbound(transfers, "b.dat"), inbound(transfers, "c.dat")
+    results.commit_relays([RelayDecision(b, [other], "b.dat", "1 new"), RelayDecision(c, [final], "c.dat", "1 new")],
+                          NOW)
+    rows = results.results_since(dt.datetime(1999, 1, 1, tzinfo=JST))
+    stored_final = next(r for r in rows if r.kind == 2)
+    assert (stored_final.match_key, stored_final.transfer_id) == (provisional.match_key, c)
+    assert [transfers.get(t).state for t in (b, c)] == [S.DONE.value, S.DONE.value]
+    later = inbound(transfers, "d.dat")
+    with pytest.raises(DuplicateResult):  # the provisional again, under the new key: its old-key row is found
+        results.commit_relays([RelayDecision(later, [result(0, ROTATED, result_kind="1")], "d.dat", "1 new")], NOW)
+    assert transfers.get(later).state == S.VALIDATED.value
+
+
 def test_when_more_identities_than_one_query_holds_are_asked_then_all_are_found(
         ledgers: tuple[TransferLedger, ResultLedger]) -> None:
     transfers, results = ledgers
@@ -216,7 +236,7 @@ def test_when_a_relay_is_recorded_batch_by_batch_then_repeats_across_batches_are
         rows = session.scalars(select(PaymentResult).where(PaymentResult.transfer_id == transfer)).all()
         assert sorted(r.relay_name for r in rows) == ["b-relay.dat"] * 3
     row = transfers.get(transfer)
-    assert (row.state, row.relay_name) == (S.VALIDATED.value, "b-relay.dat")
+    assert (row.state, row.relay_name) == (S.DONE.value, "b-relay.dat")  # decided and DONE in one commit
 
 
 def test_when_a_batched_relay_fails_half_way_then_nothing_of_it_is_recorded(

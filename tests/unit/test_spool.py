@@ -100,3 +100,25 @@ def test_when_the_daemon_creates_a_spool_directory_then_it_gets_its_mode_despite
     os.chmod(tmp_path / "outbox" / "jnks", 0o2700)
     ensure_directory(str(tmp_path / "outbox" / "jnks"), SHARED_DIR_MODE)
     assert (tmp_path / "outbox" / "jnks").stat().st_mode & 0o7777 == 0o2700, "an existing directory keeps its mode"
+
+
+def test_when_relays_are_staged_then_published_then_markers_follow_their_data_and_a_repeat_writes_nothing(
+        tmp_path: Path) -> None:
+    """Issue 16: a group's files staged (one directory fsync), then renamed; publishing again is harmless."""
+    from kei_gateway.adapters.spool import discard_staged, publish_relays, stage_relays, staged_relays
+
+    inbox = tmp_path / "inbox"
+    assert stage_relays(str(inbox), [("a.dat", [b"aa", b"a"]), ("b.dat", [b"b"])], marker=True) == 4
+    assert sorted(p.name for p in inbox.iterdir()) == [".a.dat.end.part", ".a.dat.part", ".b.dat.end.part",
+                                                       ".b.dat.part"]
+    assert staged_relays(str(inbox)) == ["a.dat", "b.dat"]
+    publish_relays(str(inbox), ["a.dat"])
+    assert sorted(p.name for p in inbox.iterdir()) == [".b.dat.end.part", ".b.dat.part", "a.dat", "a.dat.end"]
+    assert (inbox / "a.dat").read_bytes() == b"aaa" and (inbox / "a.dat").stat().st_mode & 0o777 == 0o640
+    (inbox / "a.dat").unlink()  # taken by the tax system
+    (inbox / "a.dat.end").unlink()
+    publish_relays(str(inbox), ["a.dat"])  # again (a recovery): nothing is written again
+    discard_staged(str(inbox), "b.dat")
+    discard_staged(str(inbox), "b.dat")
+    assert list(inbox.iterdir()) == [] and staged_relays(str(inbox)) == []
+    assert staged_relays(str(tmp_path / "missing")) == []

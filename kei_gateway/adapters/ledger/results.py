@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, DateTime, Engine, MetaData, Select, SmallInteger, String, Table, exists, insert, literal,
+    Column, Connection, DateTime, bindparam, Engine, MetaData, Select, SmallInteger, String, Table, exists, insert, literal,
     select, update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +34,7 @@ from kei_gateway.core.results.reconcile import StoredResult
 from kei_gateway.core.transfer import check_transition
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK", "SqlRelayTransaction"]
+__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK", "SqlRelayTransaction", "RelayDecision", "NotRelayable"]
 
 
 
@@ -47,6 +48,39 @@ class DuplicateResult(Exception):
         super().__init__(f"a payment result of transfer {transfer_id} was recorded by another relay meanwhile; "
                          "nothing of this relay was written: recompute the new results and record again")
         self.transfer_id = transfer_id
+
+
+class NotRelayable(ValueError):
+    """A transfer of a group relay is no longer ``VALIDATED`` with no relay decided (relayed meanwhile, decided by
+    an earlier version, or missing); nothing was written."""
+
+    def __init__(self, transfer_id: int, state: str | None) -> None:
+        super().__init__(f"transfer {transfer_id} is {state or 'missing'}, not VALIDATED without a relay decided: its "
+                         "results were not relayed with the others (it is relayed alone; 'kei-gateway transfers "
+                         "show' tells its state)")
+        self.transfer_id, self.state = transfer_id, state
+
+
+@dataclass(frozen=True)
+class RelayDecision:
+    """One received file's relay, decided: its new results (in file order, repeats dropped), the inbox name
+    they were staged under (None when none is new), the transfer's summary and the relay's audit record."""
+
+    transfer_id: int
+    results: Sequence[ResultFacts]
+    relay_name: str | None
+    summary: str
+    audit: AuditEvent | None = None
+    fence: Fence | None = None
+    """The lease it is relayed under (SPEC §14): checked in the commit, :class:`Fenced` and nothing written."""
+
+
+_DECIDE = (update(Transfer)
+           .where(Transfer.id == bindparam("transfer"), Transfer.state == TransferState.VALIDATED.value,
+                  Transfer.relay_name.is_(None))
+           .values(state=TransferState.DONE.value, relay_name=bindparam("name"), receipt_summary=bindparam("summary"),
+                   updated_at=bindparam("at")))
+"""A relay's decision on its transfer, built once (its cache key too: issue 16, the relay's CPU per push)."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -159,13 +193,76 @@ class ResultLedger:
         return under_recorded_keys(results, found)
 
     @staticmethod
-    def _any_known_under_previous_keys(session: Session, results: Sequence[ResultFacts]) -> bool:
+    def _any_known_under_previous_keys(session: Session | Connection, results: Sequence[ResultFacts]) -> bool:
         """The unique constraint catches a result recorded under the same key; this, under another one."""
         others = {d.identity_key for r in results for d in r.variants} - {r.identity_key for r in results}
         for chunk in in_chunks(sorted(others)):
-            if session.scalars(select(PaymentResult.id).where(PaymentResult.identity_key.in_(chunk)).limit(1)).first():
+            query = select(PaymentResult.id).where(PaymentResult.identity_key.in_(chunk)).limit(1)
+            if session.execute(query).scalars().first():
                 return True
         return False
+
+    @retry_transient
+    def commit_relays(self, decisions: Sequence[RelayDecision], now: datetime) -> None:
+        """The relays of several received files, each ``VALIDATED``, in ONE transaction (one commit, one fsync).
+
+        For each: its new results inserted (with its relay name), the transfer ``DONE`` with its
+        ``relay_name`` and ``receipt_summary``, and its audit record chained. A result whose match
+        group was recorded under a previous key is recorded under that key (as :meth:`record_relay`);
+        the decisions are applied in order, so a later file's result joins an earlier one's group.
+
+        Raises :class:`DuplicateResult` (nothing written) when a result was recorded meanwhile, under
+        any key; :class:`NotRelayable` (nothing written) when a transfer is no longer ``VALIDATED`` or
+        has a relay decided already; :class:`~kei_gateway.adapters.ledger.leases.Fenced` (nothing
+        written) when a decision's fence is no longer current.
+        """
+        recorded_at = _utc(now)
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                for fence in dict.fromkeys(d.fence for d in decisions if d.fence is not None):
+                    check_fence_on(connection, fence)  # the lease rows first, as every claim locks them
+                for decision in decisions:  # then the writes (without a fence: on SQLite the write lock is first)
+                    changed = connection.execute(_DECIDE, {
+                        "transfer": decision.transfer_id, "name": decision.relay_name, "summary": decision.summary,
+                        "at": recorded_at}).rowcount
+                    if changed != 1:
+                        state = connection.execute(select(Transfer.state).where(
+                            Transfer.id == decision.transfer_id)).scalar_one_or_none()
+                        raise NotRelayable(decision.transfer_id, state)
+                every = [r for d in decisions for r in d.results]
+                found = self._recorded_match_keys(connection, every)
+                rows: list[dict[str, Any]] = []
+                chosen_all: list[ResultFacts] = []
+                for decision in decisions:
+                    # (a result goes under an earlier key only if that key's group is recorded already: the
+                    # groups of earlier files in this commit change nothing, and each file is chosen alone)
+                    chosen = under_recorded_keys(decision.results, found) if found else list(decision.results)
+                    chosen_all += chosen
+                    rows += [{**r.kept(), "received_at": _utc(r.received_at), "transfer_id": decision.transfer_id,
+                              "relay_name": decision.relay_name, "recorded_at": recorded_at} for r in chosen]
+                if len({r.identity_key for r in chosen_all}) != len(chosen_all):
+                    raise ValueError("results repeat an identity across the files; keep the first of each")
+                if self._any_known_under_previous_keys(connection, chosen_all):
+                    raise DuplicateResult(decisions[0].transfer_id)
+                if rows:
+                    connection.execute(insert(PaymentResult), rows)
+                for decision in decisions:
+                    write_audit(self.audit_writer, connection, decision.audit, decision.transfer_id, recorded_at)
+        except IntegrityError as error:
+            raise DuplicateResult(decisions[0].transfer_id) from error
+
+    @staticmethod
+    def _recorded_match_keys(connection: Connection, results: Sequence[ResultFacts]) -> set[str]:
+        """The match keys of *results*, current or earlier, already recorded — only asked when a previous store
+        key exists (with one key every result is recorded under the current one)."""
+        previous = earlier_match_keys(results)
+        if not previous:
+            return set()
+        found: set[str] = set()
+        for chunk in in_chunks(sorted(previous | {r.match_key for r in results})):
+            found.update(connection.execute(select(PaymentResult.match_key).where(
+                PaymentResult.match_key.in_(chunk)).distinct()).scalars())
+        return found
 
     @contextmanager
     def relay_transaction(self, transfer_id: int, relay_name: str, now: datetime,
@@ -179,10 +276,13 @@ class ResultLedger:
         table of this connection, committed after each batch (it takes no lock on the
         ledger's tables, and each batch reads a fresh snapshot). Memory holds one batch,
         whatever the file's size (SPEC §4). :meth:`SqlRelayTransaction.finish` then, in ONE
-        short transaction, copies them into ``payment_results`` with *relay_name* and sets the
-        decision on the transfer: *relay_name* when some result was new, else none and the
-        transfer ``DONE``. Nothing reaches the ledger's tables before that transaction; with *fence* (SPEC §14)
-        it checks that lease first and raises :class:`~kei_gateway.adapters.ledger.leases.Fenced` instead.
+        short transaction, copies them into ``payment_results`` with *relay_name* and makes the
+        transfer ``DONE`` with its relay name (*relay_name* when some result was new, else none)
+        and the relay's audit record. Nothing reaches the ledger's tables before that transaction; with
+        *fence* (SPEC §14) it checks that lease in it and raises
+        :class:`~kei_gateway.adapters.ledger.leases.Fenced` instead.
+        For the files of at most one batch, :meth:`commit_relays` does the same for several files
+        at once without the temporary table.
         :class:`DuplicateResult` when another relay recorded one of the results meanwhile
         (the unique constraint); the caller starts again.
         """
@@ -317,11 +417,12 @@ class SqlRelayTransaction:
         return under_recorded_keys(results, self._found("match_key", previous | {r.match_key for r in results}))
 
     def finish(self, summary: str, audit: AuditEvent | None = None) -> bool:
-        """The decision, in ONE transaction: the new results into ``payment_results`` and the transfer's relay name
-        (returns True), or, with none new, the transfer DONE with the relay's *audit* record."""
+        """The decision, in ONE transaction: the new results into ``payment_results``, the transfer ``DONE`` with its
+        relay name (None when none was new) and the relay's *audit* record. True when some result was new (the
+        staged file is then published after the commit; a crash before that leaves it for the restart rule)."""
         connection = self._connection
-        done = self.recorded == 0
-        if not done:  # the write first: on SQLite it takes the write lock before anything is read
+        fresh = self.recorded > 0
+        if fresh:  # the write first: on SQLite it takes the write lock before anything is read
             columns = [c.name for c in _PENDING.columns]
             connection.execute(insert(PaymentResult).from_select(
                 [*columns, "transfer_id", "relay_name", "recorded_at"],
@@ -329,18 +430,17 @@ class SqlRelayTransaction:
                        literal(self._recorded_at, DateTime(timezone=True)))))
         if self._fence is not None:
             check_fence_on(connection, self._fence)  # in this transaction: a node that lost the lease writes nothing
-        state = connection.execute(select(Transfer.state).where(Transfer.id == self._transfer_id)
-                                   .with_for_update()).scalar_one_or_none()
-        if state is None:
-            raise TransferNotFound(self._transfer_id)
-        values: dict[str, Any] = {"relay_name": None if done else self._relay_name, "receipt_summary": summary,
-                                  "updated_at": self._recorded_at}
-        if done:
+        changed = connection.execute(
+            update(Transfer).where(Transfer.id == self._transfer_id, Transfer.state == TransferState.VALIDATED.value)
+            .values(state=TransferState.DONE.value, relay_name=self._relay_name if fresh else None,
+                    receipt_summary=summary, updated_at=self._recorded_at)).rowcount
+        if changed != 1:
+            state = connection.execute(select(Transfer.state).where(Transfer.id == self._transfer_id)).scalar_one_or_none()
+            if state is None:
+                raise TransferNotFound(self._transfer_id)
             check_transition(state, TransferState.DONE)
-            values["state"] = TransferState.DONE.value
-        connection.execute(update(Transfer).where(Transfer.id == self._transfer_id).values(**values))
-        if done:
-            write_audit(self._audit_writer, connection, audit, self._transfer_id, self._recorded_at)
+            raise NotRelayable(self._transfer_id, state)
+        write_audit(self._audit_writer, connection, audit, self._transfer_id, self._recorded_at)
         connection.commit()
         self.finished = True
-        return not done
+        return fresh

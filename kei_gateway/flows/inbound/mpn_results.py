@@ -2,35 +2,42 @@
 
 A results file arrives by pull (:class:`~kei_gateway.flows.inbound.downloads.DownloadPoller`)
 or push (:mod:`kei_gateway.flows.inbound.push.PushReceiver`) and is committed as an inbound transfer in
-``VALIDATED`` with its encrypted blob. :class:`ResultRelay` then, one file at a time:
+``VALIDATED`` with its encrypted blob. :class:`ResultRelay` then relays it:
 
-1. in ONE ledger transaction, reads the stored file a batch of :data:`RELAY_BATCH`
-   records at a time, computes each record's identity (keyed digests,
-   :mod:`kei_gateway.core.results`) and records the new results (the dedupe key is
-   unique); results already recorded — from push and pull, a repeated 速報, a repeat
-   anywhere in the file (the transaction sees its own earlier batches) — are duplicates;
-2. meanwhile writes the new records, byte for byte, as ``inbox/.<name>.part`` (fsync
-   the file and the directory at the end) — a dotfile the tax system does not take;
-3. sets the relay name on the transfer and commits that transaction;
-4. renames ``.<name>.part`` to ``<name>`` (fsync the directory), then ``<name>.end``
-   when the flow asks for markers;
-5. marks the transfer ``DONE``.
+1. reads the stored file, computes each record's identity (keyed digests,
+   :mod:`kei_gateway.core.results`) and looks them up: results already recorded — from push
+   and pull, a repeated 速報, a repeat anywhere in the file — are duplicates;
+2. writes the new records, byte for byte, as ``inbox/.<name>.part`` (and an empty
+   ``.<name>.end.part`` when the flow asks for markers), fsyncs them, then the directory —
+   dotfiles the tax system does not take;
+3. in ONE transaction records the new results (the dedupe key is unique), sets the relay
+   name on the transfer, makes it ``DONE`` and chains the relay's audit record;
+4. renames ``.<name>.part`` to ``<name>`` (fsync the directory), then the marker.
 
-Memory holds one batch whatever the file's size (a 1,000,000-result push is 258 MB;
-SPEC §4). Why this order gives exactly once under kill -9: before step 3 nothing is recorded,
-so a restart starts again (the ``.part`` is rewritten under the same name). After
-step 3 the decision is durable: if ``.<name>.part`` still exists the rename did not
-happen and is done now; if it is gone the rename happened — the file is in the inbox,
-or the tax system has already taken it — and is never written again. A file whose
-results are all duplicates writes nothing and becomes ``DONE`` in step 3.
+Two lanes (issue 16, see :class:`ResultRelay`): files of at most :data:`SMALL_FILE` records
+are relayed in groups — every small file waiting when the lane frees up, in one lookup,
+one directory fsync, ONE commit and one more directory fsync for the renames
+(:func:`relay_small_files`); a larger file on its own, a batch of :data:`RELAY_BATCH` records
+at a time through a temporary table (memory holds one batch whatever the file's size: a
+1,000,000-result push is 258 MB; SPEC §4) and the same single commit (:func:`relay_stored_results`).
+
+Why this order gives exactly once under kill -9: before step 3 nothing is recorded, so a
+restart relays the file again (its staged files are rewritten under the same names, or
+removed if none of its results is new any more). After step 3 the decision is durable and
+the transfer ``DONE``: at every start and check, :func:`finish_published` renames each staged
+file whose transfer is ``DONE`` under that name — if ``.<name>.part`` still exists the rename
+did not happen; if it is gone the rename happened (the file is in the inbox, or the tax
+system has already taken it) and it is never written again. A file whose results are all
+duplicates stages nothing and becomes ``DONE`` in step 3. A transfer left ``VALIDATED`` with
+a relay name by an earlier version (which committed the name, renamed, then ``DONE``) is
+finished the old way.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,16 +46,18 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger import TransferNotFound, TransferRow
 from kei_gateway.adapters.ledger.leases import Fence, Fenced
-from kei_gateway.adapters.ledger.results import DuplicateResult
+from kei_gateway.adapters.ledger.results import DuplicateResult, RelayDecision
 from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
-from kei_gateway.adapters.spool import publish_staged, stage_for_inbox, staged_name
+from kei_gateway.adapters.spool import discard_staged, publish_relays, publish_staged, stage_relays, staged_relays
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.names import remote_name
 from kei_gateway.core.results import (
+    ResultFacts,
     ResultKeyer,
     facts_of,
+    fresh_results,
     unconfirmed_counts,
 )
 from kei_gateway.core.lease import LeaseKind
@@ -62,8 +71,9 @@ from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
-__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "KIND_LABELS",
-           "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW", "RELAY_BATCH", "record_batches"]
+__all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "relay_small_files", "finish_published",
+           "KIND_LABELS", "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW", "RELAY_BATCH", "SMALL_FILE",
+           "GROUP_RECORDS", "GROUP_FILES", "record_batches"]
 
 FLOW = "mpn-results"
 KIND_LABELS = {1: "provisional", 2: "final", 3: "cancellation"}
@@ -77,6 +87,14 @@ _ATTEMPTS = 3
 RELAY_BATCH = 2_000
 """Records looked up, recorded and staged at a time: about 8 MB of records, digests and insert parameters
 (10,000 a batch held 52 MB for the same speed; docs/performance.md)."""
+SMALL_FILE = RELAY_BATCH
+"""A file of at most this many records is relayed whole, in the small-file lane, grouped with the others waiting."""
+GROUP_RECORDS = RELAY_BATCH
+"""Records of one group of small files at most (a single file is a group whatever its size): one batch's memory."""
+GROUP_FILES = 32
+"""Files of one group at most (each has its audit record and transfer update in the group's commit)."""
+PENDING_SLICE = 256
+"""Pending files handed to the lanes at a time at start and at each check (a stop waits for one slice at most)."""
 
 log = Logger(namespace="kei_gateway.flows.mpn_results")
 
@@ -117,20 +135,113 @@ def record_batches(chunks: Iterable[bytes], record_length: int, size: int = RELA
         yield batch
 
 
+def _candidates(facts: Iterable[ResultFacts]) -> set[str]:
+    """Every identity key of *facts*, under the current store key and each previous one."""
+    return {key for item in facts for key in (item.identity_key, *(v.identity_key for v in item.variants))}
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A small file's relay worked out before its commit: its inbox name, the decision, what to stage, its outcome."""
+
+    name: str
+    decision: RelayDecision
+    staged: bytes | None
+    outcome: RelayOutcome
+
+
+def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[str], lg_code: str,
+          fence: Fence | None) -> _Planned:
+    """Decide one small file against *known* (updated with its new results, for the files after it)."""
+    layout = get_layout(FLOW)
+    length = layout.record_length
+    fresh = fresh_results(facts, known)
+    known |= _candidates(fresh)
+    total = Counter(item.kind for item in facts)
+    relayed = Counter(item.kind for item in fresh)
+    name = remote_name(lg_code, FLOW, row.created_at, row.id)
+    relay_name = name if fresh else None
+    staged = b"".join(data[item.record_index * length:(item.record_index + 1) * length] for item in fresh) \
+        if fresh else None
+    new, count = sum(relayed.values()), sum(total.values())
+    decision = RelayDecision(row.id, fresh, relay_name, _summary(new, count), _relayed(relay_name, new, count - new),
+                             fence)
+    return _Planned(name, decision, staged, RelayOutcome(row.id, relay_name, relayed, total - relayed))
+
+
+@retry_transient
+def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort, store: BlobStore,
+                      keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
+                      now: datetime.datetime, fences: Sequence[Fence | None] | None = None) -> list[RelayOutcome]:
+    """Blocking: relay several received files of at most :data:`SMALL_FILE` records together (see the module
+    docstring): one lookup, the new records of each staged with ONE directory fsync, ONE commit of every
+    decision (results, ``DONE``, audit records), then the renames with ONE directory fsync.
+
+    Each of *rows* must be ``VALIDATED`` with no relay decided (a stale row raises
+    :class:`~kei_gateway.adapters.ledger.results.NotRelayable` and nothing is written: relay the files one
+    at a time with :func:`relay_stored_results` then). The files' order is the order of dedupe: a result
+    in two of them is relayed with the first. *fences* (one per row, SPEC §14) are checked in the commit:
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced` and nothing written.
+    """
+    layout = get_layout(FLOW)
+    widths = {item.key: item.width for item in layout.fields}
+    loaded = []
+    for row in rows:
+        assert row.blob_id is not None and row.relay_name is None, f"transfer {row.id} is not a file to relay"
+        data = b"".join(store.read(row.blob_id))  # AEAD-verified as it is read; at most SMALL_FILE records
+        if len(data) % layout.record_length:
+            raise ValueError(f"transfer {row.id}: the stored file ends with {len(data) % layout.record_length} "
+                             "bytes that are not a whole record")
+        # Validated at intake: only the identity fields are sliced out.
+        fields = raw_fields((data,), layout.offsets, widths, layout.record_length)
+        loaded.append((row, data, [facts_of(item, n, keyer) for n, item in enumerate(fields)]))
+    for _ in range(_ATTEMPTS):
+        known = results.known_identities(_candidates(item for _, _, facts in loaded for item in facts))
+        planned = [_plan(row, data, facts, known, lg_code, fence)
+                   for (row, data, facts), fence in zip(loaded, fences or [None] * len(loaded))]
+        staged = [(p.name, p.staged) for p in planned if p.staged is not None]
+        _stamp_all(rows, "looked_up")
+        if staged:
+            stage_relays(inbox_dir, [(name, (body,)) for name, body in staged], marker)
+        _stamp_all(rows, "staged")
+        crashpoint("results.staged")
+        try:
+            results.commit_relays([p.decision for p in planned], now)
+        except DuplicateResult:
+            continue  # recorded meanwhile by another relay: compute the new ones again
+        _stamp_all(rows, "recorded")
+        crashpoint("results.recorded")
+        if staged:
+            publish_relays(inbox_dir, [name for name, _ in staged])
+        for p in planned:
+            if p.staged is None:  # DONE with nothing new: what an attempt cut off before its commit left staged
+                discard_staged(inbox_dir, p.name)
+        _stamp_all(rows, "published")
+        crashpoint("results.published")
+        return [p.outcome for p in planned]
+    raise RuntimeError(f"transfers {[row.id for row in rows]}: their results kept changing while being relayed")
+
+
+def _stamp_all(rows: Sequence[TransferRow], stage: str) -> None:
+    for row in rows:
+        TIMELINE.stamp(row.id, stage)
+
+
 @retry_transient
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
                          now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
-    """Blocking: relay the new results of the received file of *transfer_id* (see the module docstring); with
+    """Blocking: relay the new results of the received file of *transfer_id*, however large, streamed a batch at
+    a time (see the module docstring); also finishes what a stop or crash cut off after the decision. With
     *fence* (SPEC §14) the decision and ``DONE`` commit only while that lease is this node's (else
     :class:`~kei_gateway.adapters.ledger.leases.Fenced`, nothing written)."""
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
-        if row.state == S.DONE.value:
+        if row.state == S.DONE.value:  # (a staged file a crash left after the decision: finish_published)
             return RelayOutcome(transfer_id, row.relay_name, already_done=True)
         if row.state != S.VALIDATED.value or row.blob_id is None:
             raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
-        if row.relay_name is not None:  # decided before a stop or crash: finish it
+        if row.relay_name is not None:  # decided by an earlier version (relay name, then DONE): finish it
             publish_staged(inbox_dir, row.relay_name, marker)
             crashpoint("results.published")
             results.finish_relay(transfer_id, now, fence=fence,
@@ -167,25 +278,61 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
                 index += len(records)
             TIMELINE.stamp(row.id, "looked_up")  # every result looked up and inserted; the .part's fsyncs follow
 
-        stage_for_inbox(inbox_dir, name, new_records())
+        stage_relays(inbox_dir, [(name, new_records())], marker)
         TIMELINE.stamp(row.id, "staged")
         crashpoint("results.staged")
         if not relayed:  # every result a duplicate: nothing goes to the inbox
-            os.unlink(os.path.join(inbox_dir, staged_name(name)))
-        # DONE here when every result was a duplicate: the relay's record commits with it
-        relay.finish(_summary(sum(relayed.values()), sum(total.values())),
-                     audit=_relayed(None, 0, sum(total.values())))
+            discard_staged(inbox_dir, name)
+        new, count = sum(relayed.values()), sum(total.values())
+        # The decision, the results, DONE and the relay's record: one commit.
+        relay.finish(_summary(new, count), audit=_relayed(name if relayed else None, new, count - new))
     duplicates = total - relayed
     if not relayed:
         return RelayOutcome(row.id, None, relayed, duplicates)
     TIMELINE.stamp(row.id, "recorded")
     crashpoint("results.recorded")
-    publish_staged(inbox_dir, name, marker)
+    publish_relays(inbox_dir, [name])
     TIMELINE.stamp(row.id, "published")
     crashpoint("results.published")
-    results.finish_relay(row.id, now, audit=_relayed(name, sum(relayed.values()), sum(duplicates.values())),
-                         fence=fence)
     return RelayOutcome(row.id, name, relayed, duplicates)
+
+
+def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str) -> list[str]:
+    """Blocking, at start and at each check: publish what a crash left staged after its relay was committed.
+
+    A staged file (``.name.part``, ``.name.end.part``) whose transfer — the id ends the name — is ``DONE``
+    under that very name is renamed into place; one whose transfer is ``DONE`` under no name or another is
+    what an attempt cut off before its decision left, and is removed; any other is left for its relay,
+    which stages it again. Returns the names published.
+    """
+    published = []
+    for name in staged_relays(inbox_dir):
+        transfer_id = _transfer_of(name)
+        if transfer_id is None:
+            continue
+        try:
+            row = ledger.get(transfer_id)
+        except TransferNotFound:
+            continue
+        if row.state != S.DONE.value:
+            continue
+        if row.relay_name == name:
+            publish_relays(inbox_dir, [name])
+            published.append(name)
+        else:  # DONE with nothing new, or under another name: left by an attempt before its decision
+            discard_staged(inbox_dir, name)
+    return published
+
+
+def _transfer_of(name: str) -> int | None:
+    """The transfer id that ends a relayed file's name (``<lg>_mpn-results_<stamp>_<id>.dat``), or None."""
+    stem, _, suffix = name.rpartition(".")
+    ident = stem.rpartition("_")[2]
+    return int(ident) if suffix == "dat" and ident.isdigit() else None
+
+
+def _describe(failure: Failure) -> str:
+    return events.describe_error(failure.value) if failure.value is not None else "unknown error"
 
 
 def _relayed(name: str | None, new: int, repeated: int) -> tuple[str, dict[str, Any]]:
@@ -197,12 +344,37 @@ def _summary(fresh: int, total: int) -> str:
     return f"新規 {fresh}, 重複 {total - fresh} (of {total} results)"
 
 
+@dataclass
+class _Waiting:
+    """A file waiting in the small-file lane: its row, when its push started, who waits for its outcome."""
+
+    row: TransferRow
+    received_at: float | None
+    fence: Fence | None = None
+    waiters: list[defer.Deferred[RelayOutcome]] = field(default_factory=list)
+
+    def settle(self, result: RelayOutcome | Failure) -> None:
+        """Fire every caller's Deferred with the outcome (or the failure)."""
+        for waiter in self.waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+
 class ResultRelay(service.Service):
-    """Relays received ``mpn-results`` files one at a time; keeps the unconfirmed gauge current.
+    """Relays received ``mpn-results`` files in two lanes; keeps the unconfirmed gauge current.
 
     :meth:`relay` is what the pull poller and the push listener call once a file is
     committed; on start, every received file not yet relayed (a stop or crash came
-    first) is relayed.
+    first) is relayed, and what a crash left staged after its decision is published.
+
+    The lanes (issue 16): a file of at most :data:`SMALL_FILE` records goes to the small-file
+    lane, which relays every file waiting there when it is free — up to :data:`GROUP_RECORDS`
+    records — as one group (:func:`relay_small_files`: one commit, one directory fsync
+    each for staging and publishing), and a lone file at once: nothing waits for a group to
+    fill. A larger file goes to the large-file lane, one at a time, streamed in batches
+    (:func:`relay_stored_results`), so a small file never waits behind a large one.
     """
 
     def __init__(self, *, inbox_dir: str, marker: bool, lg_code: str, ledger: TransferLedgerPort,
@@ -214,7 +386,11 @@ class ResultRelay(service.Service):
         self.ledger, self.results, self.keyer, self.store = ledger, results, keyer, store
         self.blocking, self.clock, self.metrics = blocking, clock, metrics
         self.unconfirmed_after = unconfirmed_after
-        self._lock = defer.DeferredLock()
+        self._large = defer.DeferredLock()
+        self._small: dict[int, _Waiting] = {}
+        """The small-file lane's queue, by transfer id (a file handed over twice waits once), oldest first."""
+        self._small_busy = False
+        self._small_idle: list[defer.Deferred[None]] = []
         self._overdue = 0
         self._check = task.LoopingCall(self._periodic)
         self._check.clock = clock
@@ -250,8 +426,11 @@ class ResultRelay(service.Service):
         super().stopService()
         if self._check.running:
             self._check.stop()
-        # Whatever relay is running finishes (its steps are short and local); then stop.
-        return self._lock.run(lambda: defer.succeed(None))
+        # Whatever relay is running or waiting finishes (its steps are short and local); then stop.
+        idle: defer.Deferred[None] = defer.Deferred()
+        self._small_idle.append(idle)
+        self._small_maybe_idle()
+        return defer.DeferredList([idle, self._large.run(lambda: defer.succeed(None))]).addCallback(lambda _: None)
 
     def relay(self, row: TransferRow, received_at: float | None = None,
               fence: Fence | None = None) -> defer.Deferred[RelayOutcome]:
@@ -260,7 +439,17 @@ class ResultRelay(service.Service):
 
         When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
         """
-        return self._lock.run(self._relay, row.id, received_at, fence)
+        small = row.record_count <= SMALL_FILE and row.relay_name is None and row.state == S.VALIDATED.value
+        if not small:
+            return self._large.run(self._relay, row.id, received_at, fence)
+        waiting = self._small.get(row.id)
+        if waiting is None:
+            waiting = self._small[row.id] = _Waiting(row, received_at, fence)
+        outcome: defer.Deferred[RelayOutcome] = defer.Deferred()
+        waiting.waiters.append(outcome)
+        if len(waiting.waiters) == 1:
+            self._small_next()
+        return outcome
 
     leases: NodeLeases | None = None
     """This node's leases (SPEC §14), set by the composition root: the pass over pending files runs under the
@@ -268,7 +457,7 @@ class ResultRelay(service.Service):
 
     @defer.inlineCallbacks
     def relay_pending(self) -> Any:
-        """Relay every received file still VALIDATED (a stop, crash or failed relay came between)."""
+        """Publish what a crash left staged after its decision; relay every received file still VALIDATED."""
         leases = self.leases
         if leases is None:
             yield self._relay_pending(None)
@@ -285,18 +474,82 @@ class ResultRelay(service.Service):
 
     @defer.inlineCallbacks
     def _relay_pending(self, fence: Fence | None) -> Any:
+        yield self.blocking.run(finish_published, ledger=self.ledger, inbox_dir=self.inbox_dir)
         pending: list[TransferRow] = yield self.blocking.run(
             self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
-        for row in sorted(pending, key=lambda r: r.id):
-            if not self.running:
+        pending.sort(key=lambda r: r.id)
+        fenced: list[Failure] = []
+
+        def failed(failure: Failure, row: TransferRow) -> None:  # one file's trouble must not keep the others back
+            if failure.check(Fenced):
+                fenced.append(failure)  # another node relays the pending files now: this pass stops
                 return
-            try:
-                yield self.relay(row, fence=fence)
-            except Fenced:
-                raise  # another node relays the pending files now: this pass stops, its commit refused
-            except Exception as error:  # one file's trouble must not keep the others back
-                events.emit(log, events.INTERNAL_ERROR, flow=FLOW, transfer_id=row.id,
-                            reason=f"relaying the results: {events.describe_error(error)}")
+            events.emit(log, events.INTERNAL_ERROR, flow=FLOW, transfer_id=row.id,
+                        reason=f"relaying the results: {_describe(failure)}")
+
+        for start in range(0, len(pending), PENDING_SLICE):  # handed over together, so the small ones group
+            if not self.running or fenced:
+                break
+            yield defer.DeferredList([self.relay(row, fence=fence).addErrback(failed, row)
+                                      for row in pending[start:start + PENDING_SLICE]])
+        if fenced:
+            fenced[0].raiseException()
+
+    # -- the small-file lane
+
+    def _small_next(self) -> None:
+        """If the lane is free, relay the files waiting (up to GROUP_RECORDS records) as one group."""
+        if self._small_busy or not self._small:
+            self._small_maybe_idle()
+            return
+        group: list[_Waiting] = []
+        records = 0
+        for waiting in self._small.values():
+            if group and (records + waiting.row.record_count > GROUP_RECORDS or len(group) >= GROUP_FILES):
+                break
+            group.append(waiting)
+            records += waiting.row.record_count
+        for waiting in group:
+            del self._small[waiting.row.id]
+        self._small_busy = True
+        self._relay_group(group).addBoth(self._small_done)
+
+    def _small_done(self, _: object) -> None:
+        self._small_busy = False
+        self._small_next()
+
+    def _small_maybe_idle(self) -> None:
+        if not self._small_busy and not self._small:
+            waiters, self._small_idle = self._small_idle, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    @defer.inlineCallbacks
+    def _relay_group(self, group: list[_Waiting]) -> Any:
+        for waiting in group:
+            TIMELINE.stamp(waiting.row.id, "relay_start")
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        try:
+            outcomes: list[RelayOutcome] = yield self.blocking.run(
+                relay_small_files, rows=[w.row for w in group], fences=[w.fence for w in group], results=self.results,
+                store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker,
+                lg_code=self.lg_code, now=now)
+        except Exception:
+            # One file of the group stale or broken: each on its own, so the others still go through.
+            for waiting in group:
+                try:
+                    outcome = yield self._relay(waiting.row.id, waiting.received_at, waiting.fence)
+                except Exception:
+                    waiting.settle(Failure())
+                else:
+                    waiting.settle(outcome)
+            return
+        for waiting, outcome in zip(group, outcomes):
+            TIMELINE.close(waiting.row.id, "done")
+            self._account(waiting.row.id, outcome, waiting.received_at)
+            waiting.settle(outcome)
+
+    # -- one file (the large-file lane, and a group's files one by one after a failure)
 
     @defer.inlineCallbacks
     def _relay(self, transfer_id: int, received_at: float | None, fence: Fence | None = None) -> Any:
@@ -308,8 +561,13 @@ class ResultRelay(service.Service):
             store=self.store, keyer=self.keyer, inbox_dir=self.inbox_dir, marker=self.marker, lg_code=self.lg_code,
             now=now, fence=fence)
         TIMELINE.close(transfer_id, "done")  # a push's line (nothing for a pulled file)
+        self._account(transfer_id, outcome, received_at)
+        return outcome
+
+    def _account(self, transfer_id: int, outcome: RelayOutcome, received_at: float | None) -> None:
+        """A relay's metrics and log line (on the reactor thread, after its commit)."""
         if outcome.already_done:
-            return outcome
+            return
         if received_at is not None and outcome.relay_name is not None and not outcome.recovered:
             # Push received → its new results durable in the inbox (nothing is written for duplicates).
             self.metrics.relay_latency.observe(max(0.0, self.clock.seconds() - received_at))
@@ -327,7 +585,6 @@ class ResultRelay(service.Service):
         else:
             events.emit(log, events.RESULTS_RELAYED, flow=FLOW, transfer_id=transfer_id,
                         name=outcome.relay_name or "-", records=new, duplicates=repeated, audit_recorded=recorded)
-        return outcome
 
     def check_unconfirmed(self) -> defer.Deferred[None]:
         """Refresh ``kei_gateway_unconfirmed_results``; warn when more 速報 are overdue than at the last check."""

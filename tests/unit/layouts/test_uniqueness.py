@@ -14,7 +14,7 @@ from kei_gateway.layouts import (
     JNKS_PAYMENTS, MPN_SLIPS, Layout, ValidationOptions, ValidationReport, Validator, generate_file, validate_bytes,
     validate_stream,
 )
-from kei_gateway.layouts._keyfilter import KeyFilter, KeyTable, lane_width
+from kei_gateway.layouts._keyfilter import KeyFilter, KeyLog, fingerprint, lane_width
 from kei_gateway.layouts import validator as validator_module
 from kei_gateway.layouts.uniqueness import ExactKeys, FilteredKeys
 
@@ -200,63 +200,67 @@ def test_when_two_filters_are_made_then_their_salts_differ_so_bits_are_no_fixed_
     assert not np.array_equal(first.bits, second.bits)
 
 
-def test_when_the_file_size_is_known_then_a_small_file_gets_a_small_table_and_a_large_one_at_most_16_mib() -> None:
-    """Rewritten for the key table: a known number of records that fits gets a table of 2 slots a
-    record (4 bytes each); more records, or an unknown number, get the Bloom filter (at most 16 MiB)."""
-    def index(size: int | None) -> KeyFilter | KeyTable:
+def test_when_the_file_size_is_known_then_a_small_file_gets_a_small_log_and_a_large_one_a_16_mib_filter() -> None:
+    """A known number of records that fits gets a log of 8 bytes a record (at least 1,024 entries);
+    more records (over 2,097,152), or an unknown number, get the Bloom filter (at most 16 MiB)."""
+    def index(size: int | None) -> KeyFilter | KeyLog:
         unique = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=size)._unique
         assert isinstance(unique, FilteredKeys)
         return unique.filter
 
     small = index(3200 * SIZE)
-    assert isinstance(small, KeyTable) and small.nbytes == 8192 * 4  # 3,201 records: 8,192 slots, 32 KiB
-    assert isinstance(index(0), KeyTable) and index(0).nbytes == 1024 * 4  # the smallest
+    assert isinstance(small, KeyLog) and small.nbytes == 3201 * 8  # 3,201 records (the size rounds up)
+    assert isinstance(index(0), KeyLog) and index(0).nbytes == 1024 * 8  # the smallest
     million = index(10**6 * SIZE)
-    assert isinstance(million, KeyTable) and million.nbytes == 1 << 23  # 2^21 slots: 8 MiB
+    assert isinstance(million, KeyLog) and million.nbytes == (10**6 + 1) * 8  # 8 MB
     for large in (index(3 * 10**6 * SIZE), index(10**9), index(None)):
         assert isinstance(large, KeyFilter) and large.nbytes == 1 << 24
 
 
-def test_when_keys_go_to_a_table_then_every_repeat_is_a_suspect_in_a_block_one_by_one_and_across_blocks() -> None:
+def test_when_keys_go_to_a_log_then_every_repeated_key_in_a_block_one_by_one_or_across_blocks_is_found() -> None:
     rng = random.Random(7)
     keys = [bytes(rng.randrange(0x30, 0x3A) for _ in range(24)) for _ in range(3000)]
     repeats = [keys[5], keys[2999], keys[100]]  # a repeat inside the next block, and of the last key
     second = [bytes(rng.randrange(0x30, 0x3A) for _ in range(24)) for _ in range(997)] + repeats
     lane = lane_width(24)
-    for table in (KeyTable(1 << 13, salt=99), KeyTable(1 << 13)):
-        assert table.add_block(b"".join(keys), lane).size == 0
-        found = table.add_block(b"".join(second), lane).tolist()
-        assert found == [997, 998, 999]
-        assert [table.add_one(key) for key in (keys[0], second[3], b"9" * 24)] == [True, True, False]
-    in_block = KeyTable(1 << 12, salt=5)
-    assert in_block.add_block(b"".join([keys[1], keys[2], keys[1], keys[3]] * 20), lane).size == 80
-    one_by_one = KeyTable(1 << 12, salt=5)
-    block = KeyTable(1 << 12, salt=5)
+    for log in (KeyLog(5000, salt=99), KeyLog(5000)):
+        assert log.add_block(b"".join(keys), lane).size == 0
+        assert log.add_block(b"".join(second), lane).size == 0  # nothing is a suspect before the end
+        assert [log.add_one(key) for key in (keys[0], b"9" * 24)] == [False, False]
+        assert log.repeated() == {fingerprint(log.salt, key) for key in [*repeats, keys[0]]}
+    in_block = KeyLog(100, salt=5)
+    in_block.add_block(b"".join([keys[1], keys[2], keys[1], keys[3]] * 20), lane)
+    assert in_block.repeated() == {fingerprint(5, key) for key in keys[1:4]}
+    one_by_one, block = KeyLog(1500, salt=5), KeyLog(1500, salt=5)
     block.add_block(b"".join(keys[:1500]), lane)
     for key in keys[:1500]:
         one_by_one.add_one(key)
-    assert np.array_equal(np.sort(block.slots), np.sort(one_by_one.slots))  # the same entries, in either order
+    assert np.array_equal(block.entries, one_by_one.entries)  # the same fingerprints, in the same order
+    assert KeyLog(10).repeated() == set()
 
 
-def test_when_a_table_gets_more_keys_than_it_was_made_for_then_it_stays_exact_and_bounded() -> None:
+def test_when_a_log_gets_more_keys_than_it_was_made_for_then_it_stays_exact_and_bounded() -> None:
     rng = random.Random(8)
     keys = [bytes(rng.randrange(0x30, 0x3A) for _ in range(24)) for _ in range(2000)]
     lane = lane_width(24)
-    table = KeyTable(1 << 10, largest_bits_log2=18)  # made for 512 keys
-    for start in range(0, 2000, 250):
-        assert table.add_block(b"".join(keys[start:start + 250]), lane).size == 0 or table.overflow is not None
-    assert table.overflow is not None and table.nbytes == (1 << 10) * 4 + (1 << 16) // 8
-    assert set(table.add_block(b"".join(keys[::7]), lane).tolist()) == set(range(len(keys[::7])))
-    assert all(table.add_one(key) for key in keys[::13])
+    log = KeyLog(512, largest_bits_log2=18)  # made for 512 keys
+    log.add_block(b"".join(keys[:250] + keys[:1]), lane)  # a repeat while the log still has room
+    for start in range(250, 2000, 250):
+        log.add_block(b"".join(keys[start:start + 250]), lane)
+    assert log.overflow is not None and log.nbytes == 512 * 8 + (1 << 16) // 8
+    # Every key added again is a suspect: those logged by the sorted log, the later ones by the filter.
+    assert set(log.add_block(b"".join(keys[::7]), lane).tolist()) == set(range(len(keys[::7])))
+    assert all(log.add_one(key) for key in keys[::13])
+    assert fingerprint(log.salt, keys[0]) in log.repeated()  # the repeat inside the log is still found
 
 
-def test_when_a_large_file_goes_through_a_table_then_nothing_is_suspect() -> None:
+def test_when_a_large_file_goes_through_a_log_then_nothing_is_suspect() -> None:
     size = 300_000 * SIZE
     validator = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=size)
     unique = validator._unique
-    assert isinstance(unique, FilteredKeys) and isinstance(unique.filter, KeyTable)
+    assert isinstance(unique, FilteredKeys) and isinstance(unique.filter, KeyLog)
     for block in large_unique_file(150):  # 300,000 records, 21 MB
         validator.feed(block)
     report = validator.close()
     assert report.valid and report.records == 300_000 and not validator.needs_rescan
-    assert not unique.suspects and unique.filter.nbytes == 1 << 22  # 2^20 slots, 4 MiB
+    assert not unique.suspects and unique.filter.nbytes == 300_001 * 8  # 2.4 MB

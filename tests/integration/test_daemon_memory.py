@@ -1,0 +1,42 @@
+"""The daemon's own size: its peak resident memory once READY (issue 11: < 150 MB with a maximum-size push)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kei_gateway.sim.harness import free_port
+from tests.integration.harness import make_gateway_files, start_daemon
+
+pytestmark = pytest.mark.integration
+
+READY_BOUND_MB = 116
+"""The daemon with the MPN flows and the push listener measured 103-105 MB at READY after the lazy
+imports of issue 11 (118-123 MB before: docs/performance.md, "Daemon memory at READY"); a maximum-size
+push adds ~20 MB to that, so READY must stay well under 130 MB for the push to stay under 150 MB."""
+
+
+def _status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def test_when_the_daemon_is_ready_then_its_peak_resident_memory_is_under_the_bound(tmp_path: Path) -> None:
+    """VmHWM, the peak since the process started (the start's migration included), with the MPN flows and the
+    push listener configured; the pull side points at a closed port, so nothing else runs."""
+    files = make_gateway_files(tmp_path / "gateway")
+    closed = free_port()
+    files.write_mpn_config(f"https://127.0.0.1:{closed}/", free_port())
+    daemon = start_daemon(files)
+    try:
+        daemon.notify.wait_for("READY=1", timeout=60)
+        peak_mb = _status_kb(daemon.process.pid, "VmHWM") / 1024
+    finally:
+        daemon.stop()
+    assert peak_mb < READY_BOUND_MB, (f"the daemon peaked at {peak_mb:.0f} MB before any work (bound "
+                                      f"{READY_BOUND_MB} MB): something heavy is imported or built at start; "
+                                      f"bench/memory.py shows what")
