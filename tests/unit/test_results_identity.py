@@ -212,6 +212,16 @@ def test_when_a_field_is_malformed_then_the_error_names_the_field_not_the_value(
     assert "12345" not in str(caught.value)
     with pytest.raises(ValueError, match="result_kind"):
         facts_of({**RECORDS[0], "result_kind": "4"}, 0, KEYER)
+    for impossible in ("20261321093000", "20260230093000", "20261121246000"):  # month 13, 30 Feb, 24:60
+        with pytest.raises(ValueError, match="received_at") as caught:
+            facts_of({**raw(RECORDS[0]), "received_at": impossible}, 0, KEYER)
+        assert impossible not in str(caught.value)
+
+
+def test_when_the_time_comes_as_raw_digits_or_as_a_datetime_then_the_facts_are_the_same() -> None:
+    """Issue 16: raw digits are parsed without strptime and kept as their own canonical form."""
+    assert facts_of(raw(RECORDS[3]), 0, KEYER) == facts_of(RECORDS[3], 0, KEYER)
+    assert facts_of(raw(RECORDS[3]), 0, KEYER).received_at == RECORDS[3]["received_at"].replace(tzinfo=JST)
 
 
 def test_when_a_slip_number_is_masked_then_only_the_last_four_digits_show() -> None:

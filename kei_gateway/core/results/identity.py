@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import hmac
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -205,7 +204,7 @@ def _derive(store_key: bytes) -> bytes:
 
 
 def _hmac(key: bytes, message: bytes) -> str:
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()  # the one-shot C path: hmac.new(...).hexdigest(), faster
 
 
 def slip_hint(slip_no: str) -> str:
@@ -235,7 +234,11 @@ def _received_at(record: Mapping[str, object]) -> datetime.datetime:
     if isinstance(value, str):
         if len(value) != 14 or not value.isascii() or not value.isdigit():
             raise ValueError("field received_at is not YYYYMMDDhhmmss")
-        value = datetime.datetime.strptime(value, _TIME_FORMAT)
+        try:  # what strptime(value, _TIME_FORMAT) gives for 14 digits, a tenth of its cost (issue 16)
+            return datetime.datetime(int(value[:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]),
+                                     int(value[10:12]), int(value[12:]), tzinfo=JST)
+        except ValueError:
+            raise ValueError("field received_at is not a valid date and time") from None
     if not isinstance(value, datetime.datetime):
         raise ValueError("field received_at is not a date-time")
     if value.tzinfo is None:  # the layouts parse T fields as naive JST wall-clock time
@@ -261,14 +264,20 @@ def canonical_items(record: Mapping[str, object]) -> dict[str, str]:
     strings, 収納日時 as a naive JST datetime) or the raw strings of the fields. A
     :class:`ValueError` names the field, never its value.
     """
+    return _canonical(record, _received_at(record))
+
+
+def _canonical(record: Mapping[str, object], received_at: datetime.datetime) -> dict[str, str]:
     items = {name: _code(record, name) for name in IDENTITY_ITEMS if name != "received_at"}
-    items["received_at"] = _received_at(record).strftime(_TIME_FORMAT)
+    raw = record["received_at"]  # raw digits (checked by _received_at) are their own canonical form
+    items["received_at"] = raw if isinstance(raw, str) else received_at.strftime(_TIME_FORMAT)
     return items
 
 
 def facts_of(record: Mapping[str, object], index: int, keyer: ResultKeyer) -> ResultFacts:
     """The facts of one parsed ``mpn-results`` record at 0-based *index* in its file."""
-    items = canonical_items(record)
+    received_at = _received_at(record)
+    items = _canonical(record, received_at)
     kind = int(items["result_kind"])
     if kind not in (KIND_PROVISIONAL, KIND_FINAL, KIND_CANCEL):
         raise ValueError("field result_kind is not 1, 2 or 3")
@@ -277,7 +286,7 @@ def facts_of(record: Mapping[str, object], index: int, keyer: ResultKeyer) -> Re
     return ResultFacts(identity_key=current.identity_key, match_key=current.match_key,
                        amount_key=current.amount_key, kind=kind, channel=items["channel"],
                        tax_item=items["tax_item"], pay_method=_code(record, "pay_method"),
-                       received_at=_received_at(record), slip_hint=slip_hint(items["slip_no"]),
+                       received_at=received_at, slip_hint=slip_hint(items["slip_no"]),
                        record_index=index, variants=variants)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from kei_gateway.adapters.ledger.models import AuditEntry, AuditHead
@@ -99,6 +99,14 @@ def audit_key_from_config(config: Config, environ: Mapping[str, str] = os.enviro
     if problems:
         raise AuditKeyError("; ".join(str(p) for p in problems))
     return load_audit_key(config.file_path(config.keys.audit, environ))
+
+
+_MOVE_HEAD = (update(AuditHead)
+              .where(AuditHead.id == _HEAD_ID, AuditHead.sequence == bindparam("old_sequence"),
+                     AuditHead.mac == bindparam("old_mac"))
+              .values(sequence=bindparam("new_sequence"), mac=bindparam("new_mac"), head_mac=bindparam("sealed")))
+"""The head moved from the one read to the new one, only if no other writer moved it (built once: it runs in
+every action's transaction, issue 16)."""
 
 
 def _row_values(stored: StoredRecord) -> dict[str, Any]:
@@ -186,9 +194,8 @@ class AuditLog:
 
     def _move_head(self, connection: Connection, old: ChainHead, new: ChainHead, mark: str | None) -> None:
         sealed = mark if mark is not None else head_mac(self._key, new.sequence, new.mac)
-        result = connection.execute(update(AuditHead)
-                                    .where(AuditHead.id == _HEAD_ID, AuditHead.sequence == old.sequence, AuditHead.mac == old.mac)
-                                    .values(sequence=new.sequence, mac=new.mac, head_mac=sealed))
+        result = connection.execute(_MOVE_HEAD, {"old_sequence": old.sequence, "old_mac": old.mac,
+                                                 "new_sequence": new.sequence, "new_mac": new.mac, "sealed": sealed})
         if result.rowcount != 1:
             raise _HeadMoved()
 
