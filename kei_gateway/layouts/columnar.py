@@ -21,7 +21,6 @@ precise checker (cached), so a new rule kind is correct before it is fast.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,10 +87,11 @@ def _ascii_table(allowed: str) -> npt.NDArray[np.bool_]:
     return table
 
 
-# Byte classes: one translate of the block gives each byte its class bit; each position of a
-# record accepts a set of classes (digits for N/D/T, the field's set for X, CR/LF at the end,
-# anything in K fields, whose pairs the code table checks).  CR and LF share a class: a
-# block is only taken as a matrix when its LFs are exactly the records' last bytes.
+# Byte classes: a translate gives each byte its class bit; each position of a record accepts a
+# set of classes (digits for N/D/T, the field's set for X, CR/LF at the end, anything in K
+# fields, whose pairs the code table checks).  Runs of digit positions are checked by their
+# minimum and maximum instead (:func:`_class_checks`); CR and LF by checks of their own (a
+# block is only taken as a matrix when its LFs are exactly the records' last bytes).
 _DIGIT, _UPPER, _LOWER, _HYPHEN, _SPACE, _OTHER, _EOL, _NOT_ASCII = (1 << bit for bit in range(8))
 
 
@@ -253,8 +253,8 @@ def _code_check(start: int, width: int, codes: list[str]) -> FieldCheck:
         table = np.zeros(1 << (8 * width), dtype=np.bool_)
         table[packed] = True
         if width == 1:
-            return lambda block: table[block.rows[start]]
-        return lambda block: table[(block.rows[start].astype(np.intp) << 8) | block.rows[start + 1]]
+            return lambda block: np.take(table, block.rows[start])
+        return lambda block: np.take(table, (block.rows[start].astype(np.intp) << 8) | block.rows[start + 1])
     wanted = np.array(packed, dtype=np.uint64)
     if len(packed) <= 4:
         def few(block: _Block) -> Mask:
@@ -271,7 +271,8 @@ def _code_check(start: int, width: int, codes: list[str]) -> FieldCheck:
 
 
 FieldCheck = Callable[[_Block], Mask]
-"""Per record: whether the check holds."""
+"""Per record: whether the check holds.  (Table look-ups are ``np.take``: 2–3 times as fast as
+``table[index]`` over a block.)"""
 
 
 def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCheck | None]:
@@ -289,7 +290,7 @@ def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCh
         inner_spaces = " " in item.allowed
 
         def x_check(block: _Block) -> Mask:
-            ok = _always(block) if classes is not None else _all_rows(table[block.field(start, width)])
+            ok = _always(block) if classes is not None else _all_rows(np.take(table, block.field(start, width)))
             spaces = block.spaces(start, width)
             if inner_spaces:  # only a leading space before a value is wrong
                 return ok & ~(spaces[0] & ~_all_rows(spaces))
@@ -304,7 +305,7 @@ def _kind_check(item: Field, start: int, ctx: RuleContext) -> tuple[int, FieldCh
 
         def k_check(block: _Block) -> Mask:
             codes = block.wide_codes(start, width)
-            ok = _all_rows(codes_ok[codes])
+            ok = _all_rows(np.take(codes_ok, codes))
             leading = codes[0] == _PAD
             if not leading.any():
                 return ok
@@ -340,7 +341,7 @@ def _real_dates(block: _Block, start: int) -> Mask:
     """
     month_day = block.number(start + 4, 4)
     year = block.number(start, 4)
-    ok = _MONTH_DAYS[month_day & 0x3FFF]  # (non-digits, which the byte classes reject, stay in range)
+    ok = np.take(_MONTH_DAYS, month_day & 0x3FFF)  # (non-digits, which the byte classes reject, stay in range)
     ok &= year >= 1
     february_29 = np.flatnonzero(month_day == 229)
     if february_29.size:
@@ -421,7 +422,7 @@ def _wide_chars_check(rule: WideChars, start: int, width: int, ctx: RuleContext)
         codes = block.wide_codes(start, width)
         not_pad = codes != _PAD
         in_value = np.logical_or.accumulate(not_pad[::-1], axis=0)[::-1]
-        ok = ~_any_rows(in_value & ~table[codes])
+        ok = ~_any_rows(in_value & ~np.take(table, codes))
         if rule.max_chars is not None:
             ok &= in_value.sum(axis=0) <= rule.max_chars
         return ok
@@ -473,10 +474,10 @@ def _short_wide_check(item: Field, start: int, ctx: RuleContext) -> FieldCheck |
 
     def check(block: _Block) -> Mask:
         codes = block.wide_codes(start, item.width)
-        index = tables[0][codes[0]]
+        index = np.take(tables[0], codes[0])
         for position in range(1, chars):
-            index |= tables[position][codes[position]]
-        return verdicts[index]
+            index |= np.take(tables[position], codes[position])
+        return np.take(verdicts, index)
     return check
 
 
@@ -496,7 +497,7 @@ def _lg_code_check(start: int, ctx: RuleContext) -> FieldCheck:
         total = 6 * digits[0]
         for index, weight in enumerate((5, 4, 3, 2), start=1):
             total += weight * digits[index]
-        ok = _LG_CHECK_DIGITS[total & 0xFFF] == digits[5]
+        ok = np.take(_LG_CHECK_DIGITS, total & 0xFFF) == digits[5]
         if expected is not None:
             ok &= block.number(start, 6) == expected
         return ok
@@ -509,7 +510,7 @@ def _gs1_ok(block: _Block, start: int) -> Mask:
     ok = _all_rows(block.digits(start, 44)) & (digits[0] == 9) & (digits[1] == 1)
     even = digits[42::-2].sum(axis=0)  # positions 2, 4, ... from the right
     odd = digits[41::-2].sum(axis=0)   # positions 3, 5, ...
-    return ok & (_GS1_CHECK_DIGITS[(3 * even + odd) & 0x3FF] == digits[43])
+    return ok & (np.take(_GS1_CHECK_DIGITS, (3 * even + odd) & 0x3FF) == digits[43])
 
 
 class _DistinctValues:
@@ -591,44 +592,66 @@ def _record_rule_check(rule: object, layout: Layout, ctx: RuleContext) -> FieldC
     raise TypeError(f"no column form for record rule {rule!r}")  # pragma: no cover - a new kind of record rule
 
 
+def _class_checks(accepted: npt.NDArray[np.uint8]) -> list[FieldCheck]:
+    """Per record: every byte is of a class its position accepts; one check per run of positions alike.
+
+    A run of digit positions (``N``, ``D``, ``T`` fields and ``X`` fields of ``0-9``, which
+    adjoin in most layouts) is one minimum and one maximum over its rows when the block is
+    fine; other runs (an ``X`` field's set) have their bytes translated to classes.  ``K``
+    positions accept any byte (their code table decides), and CR LF have checks of their own.
+    Record by record only when a run has a byte it rejects.
+    """
+    checks: list[FieldCheck] = []
+    position, size = 0, len(accepted)
+    while position < size:
+        classes = int(accepted[position])
+        end = position + 1
+        while end < size and int(accepted[end]) == classes:
+            end += 1
+        if classes == _DIGIT:
+            checks.append(_digit_run(position, end))
+        elif classes not in (0xFF, _EOL):
+            checks.append(_class_run(position, end, classes))
+        position = end
+    return checks
+
+
+def _digit_run(start: int, end: int) -> FieldCheck:
+    def check(block: _Block) -> Mask:
+        rows = block.rows[start:end]
+        if rows.min() >= 0x30 and rows.max() <= 0x39:
+            return np.True_
+        return ((rows - np.uint8(0x30)) < 10).all(axis=0)
+    return check
+
+
+def _class_run(start: int, end: int, classes: int) -> FieldCheck:
+    rejected = np.uint8(~classes & 0xFF)
+
+    def check(block: _Block) -> Mask:
+        found = np.frombuffer(block.rows[start:end].tobytes().translate(_CLASS_TABLE), dtype=np.uint8) & rejected
+        if not found.any():
+            return np.True_
+        return ~found.reshape(end - start, block.count).any(axis=0)
+    return check
+
+
 @dataclass(frozen=True)
 class ColumnarPlan:
     """The checks of one layout under one rule context, built once."""
 
     layout: Layout
     accepted: npt.NDArray[np.uint8]
-    """Per byte position of a record: the byte classes it accepts."""
+    """Per byte position of a record: the byte classes it accepts (checked by the first checks)."""
     checks: tuple[FieldCheck, ...]
 
     def check(self, block: bytes, matrix: Matrix) -> Mask:
         """Per record of ``matrix`` (``block`` as ``n × record_length``): whether it is valid as it is."""
-        ok = self._classes_ok(block.translate(_CLASS_TABLE), matrix.shape)
         columns = _Block(matrix)
+        ok = np.ones(matrix.shape[0], dtype=np.bool_)
         for check in self.checks:
             ok &= check(columns)
         return ok
-
-    def _classes_ok(self, classes: bytes, shape: tuple[int, int]) -> Mask:
-        """Per record: every byte is of a class its position accepts.
-
-        First over whole groups of records as 64-bit words (a group of ``lcm(record length,
-        8)`` bytes is whole words and whole records) against the classes each position
-        rejects: one pass when every byte is fine; record by record only when one is not.
-        """
-        count, size = shape
-        period = math.lcm(size, 8)
-        groups = count // (period // size)
-        if groups:
-            rejected = np.frombuffer(np.tile(~self.accepted, period // size).tobytes(), dtype=np.uint64)
-            words = np.frombuffer(classes, dtype=np.uint64, count=groups * period // 8).reshape(groups, -1)
-            fine = not (words & rejected).any()
-        else:
-            fine = True
-        rest = np.frombuffer(classes, dtype=np.uint8, offset=groups * period).reshape(-1, size)
-        if fine and ((rest & self.accepted) != 0).all():
-            return np.ones(count, dtype=np.bool_)
-        matrix = np.frombuffer(classes, dtype=np.uint8).reshape(shape)
-        return ((matrix & self.accepted) != 0).all(axis=1)
 
 
 @lru_cache(maxsize=64)
@@ -649,6 +672,7 @@ def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
             checks.append(kind_check)
         checks.extend(_rule_check(rule, item, start, layout, ctx) for rule in item.rules)
     size = layout.record_length
+    checks[:0] = _class_checks(accepted)
     checks.append(lambda block: block.rows[size - 2] == 0x0D)  # CR; the LF is the matrix's own
     for rule in layout.record_rules:
         check = _record_rule_check(rule, layout, ctx)

@@ -96,6 +96,8 @@ class Validator:
         self._block_size = _BLOCK_SIZE if options.encoding == "cp932" else min(_BLOCK_SIZE, _UTF8_BLOCK_SIZE)
         self._counted_errors = 0  # errors other than duplicates: reaching max_errors stops the validation
         self._tail = 0  # bytes fed since the last LF: the record being read
+        self._uniform = options.encoding == "cp932"
+        """So far every line was one record's length (the fast path's blocks): the second read can skip the check."""
         chars = sum(item.chars for item in layout.fields)
         self._max_line = len(BOM) + (layout.record_length if options.encoding == "cp932" else 4 * chars + 2)
         """The longest line a record of the layout can be (a BOM on the first one, UTF-8's 4 bytes a character)."""
@@ -148,6 +150,7 @@ class Validator:
         self._stop()
 
     def _stop(self) -> None:
+        self._uniform = False
         self.report.stopped_at = self.report.records
         self._pieces.clear()
         self._pending = 0
@@ -194,6 +197,7 @@ class Validator:
         elif rest:
             if self._digest is not None:
                 self._digest.update(rest)
+            self._uniform = False
             self._trailing(rest)
         elif self._offset == 0:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
@@ -229,7 +233,7 @@ class Validator:
         # The bytes the first read checked (all of them, unless it stopped), checksummed as they go.
         checked = _first_bytes(chunks, self._digest.value[0], digest)
         if self.options.encoding == "cp932":
-            second._replay_suspects(checked)
+            second._replay_suspects(checked, uniform=self._uniform)
         else:  # UTF-8: record places depend on the conversion, so validate it all again
             for chunk in checked:
                 second.feed(chunk)
@@ -243,14 +247,16 @@ class Validator:
         report.uniqueness_pending = False
         return report
 
-    def _replay_suspects(self, chunks: Iterable[bytes]) -> None:
+    def _replay_suspects(self, chunks: Iterable[bytes], *, uniform: bool = False) -> None:
         """Second read of a CP932 file: only the records whose key is a suspect's are validated again.
 
         Record numbers are line numbers, as in the first read.  Each line that
         could carry a suspect key (its unique fields' fingerprint is a suspect's) is replayed
         through the precise path at its number and offset, which settles it
         exactly and reports a duplicate where the in-memory check would.
-        Runs of well-formed lines are scanned as columns, without per-record work.
+        Runs of well-formed lines are scanned as columns, without per-record work;
+        ``uniform`` (the first read saw every line at one record's length, on the same
+        bytes: the checksums are compared at the end) skips checking that they are.
         """
         unique = self._unique
         assert isinstance(unique, SuspectKeys)
@@ -266,8 +272,9 @@ class Validator:
         def scan(piece: bytes) -> None:
             nonlocal number, offset
             count = len(piece) // size
-            if (number > 0 and len(piece) == count * size and piece.count(b"\n") == count
-                    and piece[size - 1::size] == b"\n" * count and piece[size - 2::size] == b"\r" * count):
+            if number > 0 and len(piece) == count * size and (uniform or (
+                    piece.count(b"\n") == count and piece[size - 1::size] == b"\n" * count
+                    and piece[size - 2::size] == b"\r" * count)):
                 # Keyed fingerprints of every key narrow the records down; the replay settles them exactly.
                 for index in unique.candidates(Columns(layout, piece)):
                     replay(piece[index * size:(index + 1) * size], number + index + 1, offset + index * size)
@@ -344,6 +351,7 @@ class Validator:
                         ok[0] = False  # the precise path names the BOM
                     self._runs(block, cp932, offset, ok)
                     return
+            self._uniform = False
             if len(block) > _SPLIT_BELOW * self.layout.record_length:
                 middle = block.rfind(b"\n", 0, len(block) // 2) + 1
                 if 0 < middle < len(block):
@@ -351,6 +359,7 @@ class Validator:
                     if not self.stopped:
                         self._lines(block[middle:], offset + middle)
                     return
+        self._uniform = False
         self._precise_lines(block, offset)
 
     def _precise_lines(self, block: bytes, offset: int) -> None:
