@@ -240,6 +240,15 @@ DOWNLOAD_RELAYED = _event(
     "接続先のファイルを取得・検証・保管し、税務システムの受信フォルダへ原子的に書き込んだ後、接続先から削除しました。",
     "None needed.", "対応は不要です。",
 )
+DOWNLOAD_RECEIVED = _event(
+    "download.received", "d05adea6bb1041e6bc1b804727869a4f", LogLevel.info,
+    "{flow}: file from {peer} received and stored encrypted ({records} records) as transfer {transfer_id}",
+    "An audit record only (not logged): a file pulled from the peer was validated, stored encrypted and recorded as "
+    "a transfer, in the transaction that records it; download.relayed follows once it is in the inbox.",
+    "監査記録のみ（ログには出力しません）：接続先から取得したファイルを検証し、暗号化して保管・台帳登録しました"
+    "（同じトランザクションで記録）。受信フォルダへの中継後に download.relayed が記録されます。",
+    "None needed.", "対応は不要です。",
+)
 RECEIPT_REJECTIONS = _event(
     "receipt.rejections", "6d0e2a032745469fb186ba7c42735826", LogLevel.warn,
     "{flow}: {peer} rejected {rejected} of {records} records of transfer {transfer_id} ({name})",

@@ -43,14 +43,13 @@ def _expected(direction: str, flow: str, state: str, pushed: bool) -> Counter[st
     if state == "QUARANTINED":
         expected["push.quarantined" if pushed else "download.quarantined"] += 1
         return expected
-    if pushed:
-        expected["push.accepted"] += 1
+    expected["push.accepted" if pushed else "download.received"] += 1
     if state == "DONE":
         expected["results.relayed" if flow == "mpn-results" else "download.relayed"] += 1
     return expected
 
 
-ACTION_EVENTS = frozenset({"ingest.queued", "ingest.quarantined", "transfer.sent", "push.accepted",
+ACTION_EVENTS = frozenset({"ingest.queued", "ingest.quarantined", "transfer.sent", "push.accepted", "download.received",
                            "push.quarantined", "download.quarantined", "download.relayed", "results.relayed"})
 """The events whose record is committed with a transfer's action (``results.relay_finished`` counts as
 ``results.relayed``: the same relay, finished after a restart)."""

@@ -68,13 +68,18 @@ class CommittedBeforeACrashTests(PollerCase):
 
 
 class AuditedRelayTests(PollerCase):
-    def test_when_a_pulled_file_is_relayed_then_download_relayed_commits_with_done(self) -> None:
-        """Issue 11: the relay's record is chained in the transaction that makes the transfer DONE."""
+    def test_when_a_pulled_file_is_relayed_then_download_received_commits_with_it_and_download_relayed_with_done(
+            self) -> None:
+        """Issue 11: the pull's record is chained in the transaction that records the pulled file (without it, a
+        file pulled but not yet relayed was a transfer without a record: ``audit verify`` named it), the relay's
+        in the transaction that makes it DONE."""
         self.poller.startService()
         self.addCleanup(self.poller.stopService)
         [row] = self.ledger.inbound_for("jnks-receipts", NAME)
         self.assertEqual(row.state, S.DONE.value)
-        self.assertEqual(self.ledger.audit, [("download.relayed", {
+        self.assertEqual(self.ledger.audit, [("download.received", {
+            "flow": "jnks-receipts", "peer": "jnks", "records": 3, "sha256": row.sha256, "transfer_id": row.id}),
+            ("download.relayed", {
             "flow": "jnks-receipts", "peer": "jnks", "name": NAME, "records": 3, "sha256": row.sha256,
             "transfer_id": row.id})])
 

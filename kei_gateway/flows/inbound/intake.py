@@ -218,8 +218,8 @@ class Settled:
 
 _COMMIT_POINTS = {Door.PULL: (None, "download.committed"), Door.PUSH: ("push.stored", "push.committed")}
 """The crash points around the commit of a new inbound file, by door (kei_gateway.runtime.crashpoints)."""
-_AUDIT_EVENTS: dict[Door, tuple[str | None, str]] = {
-    Door.PULL: (None, events.DOWNLOAD_QUARANTINED.name),  # a pulled file's record is its relay's (download.relayed)
+_AUDIT_EVENTS: dict[Door, tuple[str, str]] = {
+    Door.PULL: (events.DOWNLOAD_RECEIVED.name, events.DOWNLOAD_QUARANTINED.name),  # then download.relayed
     Door.PUSH: (events.PUSH_ACCEPTED.name, events.PUSH_QUARANTINED.name),
 }
 """The audit records committed with a new inbound file (accepted, quarantined), by door (issue 11)."""
@@ -259,8 +259,8 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     stored, committed = _COMMIT_POINTS[door]
     if stored is not None:
         crashpoint(stored)
-    accepted = None if accepted_event is None else (accepted_event, {
-        "flow": flow, "peer": peer, "records": received.report.records, "sha256": received.sha256})
+    accepted = (accepted_event, {"flow": flow, "peer": peer, "records": received.report.records,
+                                 "sha256": received.sha256})
     row = ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
                               size=received.size, sha256=received.sha256, record_count=received.report.records,
                               blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag,
