@@ -51,9 +51,10 @@ def convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, n
         chunk = text[position:position + item.chars]
         position += item.chars
         field_offsets.append(byte_offset)
-        byte_offset += len(chunk.encode("utf-8"))
+        ascii = chunk.isascii()
+        byte_offset += len(chunk) if ascii else len(chunk.encode("utf-8"))
         if item.kind is not Kind.K:
-            if not chunk.isascii():
+            if not ascii:
                 errors.append(LayoutError(number, field_offsets[-1], "has a non-ASCII character; this field takes "
                                           "half-width ASCII only", item.name, item.key, chunk, item.personal))
                 continue
@@ -62,7 +63,10 @@ def convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, n
         chars = clusters(widen_halfwidth_katakana(normalize_variants(chunk)).rstrip(IDEOGRAPHIC_SPACE))
         problem = None
         checked = len(chars)
-        for index, char in enumerate(chars):
+        joined = "".join(chars)
+        # Every code point two bytes in CP932 (or none: a 外字): no half-width character, no need to look closer.
+        for index, char in () if len(joined.encode("cp932", errors=_MARK_ERRORS)) == 2 * len(joined) \
+                else enumerate(chars):
             try:
                 width = len(char.encode("cp932"))
             except UnicodeEncodeError:

@@ -400,13 +400,12 @@ class Validator:
             if ok[first]:
                 run = cp932[first * size:last * size]
                 if self._unique is None or self._unique.block(Columns(self.layout, run), self.report.records + 1):
-                    for index in range(first, last) if converted else ():
-                        conversion = converted.get(index)
-                        if conversion is not None:
-                            self.report.gaiji_substituted += conversion.substituted
-                            for key, replacements in conversion.replacements:
-                                self.report.add_degenerations(self.report.records + 1 + index - first, key,
-                                                              replacements, self.options.max_degenerations)
+                    for index in sorted(index for index in converted if first <= index < last):
+                        conversion = converted[index]
+                        self.report.gaiji_substituted += conversion.substituted
+                        for key, replacements in conversion.replacements:
+                            self.report.add_degenerations(self.report.records + 1 + index - first, key,
+                                                          replacements, self.options.max_degenerations)
                     self.report.records += last - first
                     self._emit(run)
                     continue
