@@ -84,3 +84,17 @@ def test_when_a_maximum_size_push_is_relayed_then_the_daemons_peak_rss_grows_les
     # stacks), so 141-152 MB were seen on one commit, and a suite assertion on it would fail by the machine.
     assert peak_mb["maximum"] - peak_mb["baseline"] < 32, "memory grows with the push's size: " + result.stdout
     assert peak_mb["maximum"] < 512, "over the unit's MemoryMax=512M: " + result.stdout
+
+
+def test_when_the_relay_cost_benchmark_runs_against_a_baseline_then_it_prints_each_run_and_the_ratio() -> None:
+    """Issue 16: bench/relay_cpu.py (the relay's CPU and wall time per file, this tree against another)."""
+    bench = BENCH.with_name("relay_cpu.py")
+    result = subprocess.run([sys.executable, str(bench), "--files", "5", "--runs", "1", "--baseline",
+                             str(BENCH.parents[1])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| baseline |", "| this tree |"))]
+    assert len(rows) == 2, result.stdout
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and len(cells[5].split()) == 5, row
+    assert "- run 1: CPU ratio this tree / baseline" in result.stdout

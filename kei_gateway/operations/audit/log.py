@@ -109,6 +109,12 @@ _MOVE_HEAD = (update(AuditHead)
 every action's transaction, issue 16)."""
 
 
+_HEAD_FOR_UPDATE = select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac).where(AuditHead.id == _HEAD_ID) \
+    .with_for_update()
+_INSERT_ENTRY = insert(AuditEntry)
+"""The statements of :meth:`AuditLog.append_in`, built once (it runs in every action's transaction)."""
+
+
 def _row_values(stored: StoredRecord) -> dict[str, Any]:
     values = {name: getattr(stored.record, name) for name in FIELD_NAMES}
     values.update(sequence=stored.sequence, previous_mac=stored.previous_mac, mac=stored.mac)
@@ -246,15 +252,14 @@ class AuditLog:
         from kei_gateway.operations.audit.operator_action import record_from_fields
 
         record = record_from_fields(event, actor, now, fields)
-        row = connection.execute(select(AuditHead.sequence, AuditHead.mac, AuditHead.head_mac)
-                                 .where(AuditHead.id == _HEAD_ID).with_for_update()).first()
+        row = connection.execute(_HEAD_FOR_UPDATE).first()
         if row is None:
             raise AuditUnavailable("the audit chain's head row (audit_head id 1) is missing: the table was tampered with")
         head = ChainHead(int(row.sequence), row.mac, row.head_mac)
         mark = self._head_mark(connection, head)
         [stored] = chain(self._key, [record], head)
         self._move_head(connection, head, ChainHead(stored.sequence, stored.mac), mark)
-        connection.execute(insert(AuditEntry), [_row_values(stored)])
+        connection.execute(_INSERT_ENTRY, [_row_values(stored)])
         return stored
 
     def purge_before(self, cutoff: datetime, now: datetime, actor: str = "kei-gateway") -> PurgeResult:
