@@ -7,7 +7,8 @@ faulted in and zeroed again by the kernel: 75,000 page faults and a third of the
 validating 1,000,000 JNKS records went to that (docs/performance.md, "Issue 13, third pass").
 Allocations below 2 MiB served from the heap, and up to 4 MiB of free heap top kept per
 arena, let the next block reuse the same pages (2,000 faults; the peak RSS does not change:
-the pages are the ones the previous block used).
+the pages are the ones the previous block used).  The threads share two arenas
+(:data:`ARENA_MAX`), so that what each arena keeps is not multiplied by the thread pools' size.
 
 Called once at the entry point (:func:`kei_gateway.cli.main.main`, the daemon included).
 Not glibc (no ``mallopt``): nothing happens.
@@ -16,12 +17,20 @@ Not glibc (no ``mallopt``): nothing happens.
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Final
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_block_buffers"]
+__all__ = ["ARENA_MAX", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_block_buffers"]
 
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
+_M_ARENA_MAX: Final = -8
+ARENA_MAX: Final = 2
+"""glibc heaps (arenas) the threads share; glibc's default is 8 per core.  Each arena keeps up to
+:data:`TRIM_THRESHOLD` of free memory, so with one arena per pool thread (up to 16 of them) the
+daemon's size grew with the threads that had ever allocated; two arenas bound that at 8 MiB, and
+with 2 cores and the GIL two threads rarely allocate at once (docs/decisions.md, issues 11/16).
+``$MALLOC_ARENA_MAX``, when set, is glibc's and is left alone."""
 MMAP_THRESHOLD: Final = 2 << 20
 """Allocations of this size or more get their own mapping (the 16 MiB key index, whole files); smaller ones the heap."""
 TRIM_THRESHOLD: Final = 4 << 20
@@ -29,11 +38,13 @@ TRIM_THRESHOLD: Final = 4 << 20
 
 
 def keep_block_buffers() -> bool:
-    """Set the thresholds; ``True`` when the C library took them (glibc)."""
+    """Set the thresholds and the arena cap (before any thread starts); ``True`` when the C library took them (glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):  # pragma: no cover - not glibc
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    arenas = "MALLOC_ARENA_MAX" in os.environ or bool(mallopt(_M_ARENA_MAX, ARENA_MAX))
+    return (bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            and arenas)

@@ -40,3 +40,24 @@ def test_when_the_daemon_is_ready_then_its_peak_resident_memory_is_under_the_bou
     assert peak_mb < READY_BOUND_MB, (f"the daemon peaked at {peak_mb:.0f} MB before any work (bound "
                                       f"{READY_BOUND_MB} MB): something heavy is imported or built at start; "
                                       f"bench/memory.py shows what")
+
+
+def test_when_the_memory_benchmark_runs_quick_then_it_prints_the_import_steps_and_every_variant() -> None:
+    """``bench/memory.py --quick``: the import breakdown, then one daemon per environment variant with its READY
+    split and its peak after a 10,000-result push, and each variant's ratio to the daemon as shipped."""
+    import re
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "memory.py"
+    result = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [line for line in result.stdout.splitlines() if re.search(r"\| \+\d+\.\d \|$", line)]
+    assert len(steps) == 9 and "Alembic" in steps[-2] and "AIRIS" in steps[-1], result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+            if line.startswith(("| as shipped |", "| glibc's arenas |", "| OpenBLAS 1 thread |"))]
+    assert len(rows) == 3, result.stdout
+    for cells in rows:
+        ready, peak_after = float(cells[1]), float(cells[8])
+        assert 0 < ready <= peak_after, cells  # a push only adds
+    assert result.stdout.count("/ as shipped (medians): READY ") == 2, result.stdout

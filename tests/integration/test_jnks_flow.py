@@ -293,7 +293,7 @@ def test_when_the_peer_key_does_not_match_its_pin_then_nothing_is_sent_and_an_al
         sim.stop()
 
 
-def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_unread_and_the_daemon_runs_on(
+def test_when_bad_names_links_and_directories_appear_then_each_is_refused_unread_and_the_daemon_runs_on(
         setup: tuple[GatewayFiles, SimProcess], tmp_path: Path) -> None:
     files, sim = setup
     files.write_jnks_config(sim.url)
@@ -305,6 +305,8 @@ def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_un
         secret.write_text("not for the peer")
         os.symlink(secret, outbox / "link.dat")
         (outbox / "sub").mkdir()
+        (outbox / "full").mkdir()  # holds the writer's plaintext: left where it is, reported once
+        (outbox / "full" / "inner.dat").write_bytes(dummy_file(2))
         (outbox / "bad name.dat").write_bytes(dummy_file(3))
         drop(files, "good.dat", dummy_file(4, seed=11))
         quarantine = files.base / "spool" / "quarantine" / "jnks-payments"
@@ -312,7 +314,11 @@ def test_when_bad_names_links_and_directories_appear_then_each_is_quarantined_un
                    "three refusals", lambda: daemon.stderr()[-3000:])
         poll_until(lambda: [t for t in transfers(files) if t["state"] == "DONE"] or None, 30, "good.dat delivered")
         assert os.path.islink(quarantine / "link.dat") and (quarantine / "sub").is_dir()
-        assert sorted(p.name for p in outbox.iterdir()) == []
+        poll_until(lambda: "move it out of the outbox" in daemon.stderr() or None, 30, "full/ reported",
+                   lambda: daemon.stderr()[-3000:])
+        assert sorted(p.name for p in outbox.iterdir()) == ["full"]
+        assert (outbox / "full" / "inner.dat").read_bytes() == dummy_file(2)
+        assert not list(quarantine.rglob("inner.dat")), "no plaintext copied into quarantine/"
         assert "not for the peer" not in "".join(p.read_text(errors="replace") for p in quarantine.glob("*.errors.txt"))
         assert daemon.get("/healthz")[0] == 200
     finally:

@@ -172,6 +172,28 @@ class OutboxWatcherTests(SynchronousTestCase):
                          "once the writer fixes them, they are taken at the next scan")
         watcher.stopService()
 
+    def test_when_a_directory_holds_files_then_it_stays_in_the_outbox_reported_once_and_nothing_is_copied(
+            self) -> None:
+        """Its files are the writer's plaintext: quarantine/ keeps nothing unencrypted (SPEC §7, issue 11), and
+        the gateway deletes nothing it has not read. Once emptied, the directory is quarantined like an empty one."""
+        self.outbox.mkdir(parents=True)
+        (self.outbox / "sub").mkdir()
+        (self.outbox / "sub" / "inner.dat").write_bytes(b"plaintext\r\n")
+        self.put("good.dat")
+        watcher = self.watcher(SynchronousBlocking())
+        watcher.startService()
+        self.assertEqual(sorted((r.name, r.outcome) for r in self.results), [("good.dat", "queued"), ("sub", "skipped")])
+        self.assertIn("move it out of the outbox", next(r.reason for r in self.results if r.name == "sub"))
+        self.clock.advance(30)
+        self.assertEqual(len(self.results), 2, "reported once, not at every scan")
+        self.assertEqual((self.outbox / "sub" / "inner.dat").read_bytes(), b"plaintext\r\n")
+        quarantined = list((self.base / "quarantine").rglob("*"))
+        self.assertEqual([p for p in quarantined if p.name == "inner.dat"], [], "no plaintext copied to quarantine/")
+        (self.outbox / "sub" / "inner.dat").unlink()
+        self.clock.advance(30)
+        self.assertEqual([(r.name, r.outcome) for r in self.results[2:]], [("sub", "quarantined")])
+        watcher.stopService()
+
     def test_when_an_outbox_name_holds_a_newline_then_it_is_reported_escaped_on_one_line(self) -> None:
         self.outbox.mkdir(parents=True)
         (self.outbox / "a\nb.dat").write_bytes(b"A\r\n")

@@ -419,8 +419,9 @@ def quarantine_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: st
                        max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> IngestResult:
     """Quarantine an entry refused without validating it (bad name, link, directory, device).
 
-    A regular file (refused for its name) is kept encrypted like an invalid one; a link,
-    directory or device holds no payload of its own and is moved to quarantine/ as it is.
+    A regular file (refused for its name) is kept encrypted like an invalid one; a link, empty
+    directory or device holds no payload of its own and is moved to quarantine/ as it is; a
+    directory holding files is left in the outbox (``skipped``).
     """
     lines = [f"# {ascii(name)}: refused by kei-gateway, flow {flow}; nothing was validated or sent.",
              f"{reason}: {detail}"]
@@ -440,8 +441,25 @@ def _regular_entry(outbox_dir: str, name: str) -> bool:
 
 def _move_refused(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
                   ledger: TransferLedgerPort, peer: str, now: datetime) -> IngestResult:
-    """Move a link, directory or device into quarantine/ unfollowed, recorded first so no crash loses the record."""
+    """Move a link, empty directory or device into quarantine/ unfollowed, recorded first so no crash loses the
+    record. A directory that holds entries stays where it is, skipped with its reason: its files are the writer's
+    plaintext, which quarantine/ must not keep (SPEC §7) and the gateway must not delete unread."""
+    if _holds_entries(os.path.join(outbox_dir, name)):
+        return IngestResult(name, "skipped", reason=(
+            f"{reason}: {detail}; it holds files, which kei-gateway does not keep unencrypted in quarantine/ "
+            f"and does not delete: move it out of the outbox"))
     return _refuse_entry(flow, outbox_dir, quarantine_dir, name, reason, detail, ledger, peer, now, size=0, keep=True)
+
+
+def _holds_entries(path: str) -> bool:
+    """A directory (not followed through a link) with at least one entry; reads one entry at most."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        with os.scandir(path) as entries:
+            return next(entries, None) is not None
+    except FileNotFoundError:
+        return False
 
 
 def refuse_unread(flow: str, outbox_dir: str, quarantine_dir: str, name: str, reason: str, detail: str,
