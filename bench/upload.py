@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -246,14 +247,17 @@ def measure_curl(bench: Bench, path: Path) -> dict[str, float]:
     command = ["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(credentials / "ca.pem"),
                "--cert", str(credentials / "gateway.crt"), "--key", str(credentials / "gateway.key"),
                "-T", str(path), bench.nginx.url(f"upload/{name}")]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, timeout=ARRIVAL_TIMEOUT)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     delivered = bench.upload_dir / name
     if delivered.stat().st_size != path.stat().st_size:
         raise SystemExit(f"curl delivered {delivered.stat().st_size} of {path.stat().st_size} bytes")
     delivered.unlink()
-    return {"seconds": seconds}
+    cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return {"seconds": seconds, "cpu": cpu, "load": float(open("/proc/loadavg").read().split()[0])}
 
 
 def measure_gateway(bench: Bench, path: Path, label: str) -> dict[str, float]:
@@ -265,10 +269,12 @@ def measure_gateway(bench: Bench, path: Path, label: str) -> dict[str, float]:
         place(path, temporary)
         before = set(os.listdir(bench.upload_dir))
         upload_before = metric_sum(daemon, "kei_gateway_transfer_duration_seconds_sum")
+        cpu_before = cpu_seconds(daemon.process.pid)
         start = time.perf_counter()
         os.rename(temporary, bench.outbox / path.name)
         name, arrived = wait_for_new_file(bench.upload_dir, before, proc=daemon)
         seconds = arrived - start
+        cpu = cpu_seconds(daemon.process.pid) - cpu_before
         upload_seconds = _wait_metric_change(daemon, upload_before)
         hwm = vm_hwm_bytes(daemon.process.pid)
     finally:
@@ -277,7 +283,7 @@ def measure_gateway(bench: Bench, path: Path, label: str) -> dict[str, float]:
     if delivered.stat().st_size != path.stat().st_size or sha256_file(delivered) != sha256_file(path):
         raise SystemExit(f"the gateway delivered {name} different from {path}")
     delivered.unlink()
-    return {"seconds": seconds, "upload_seconds": upload_seconds, "peak_rss": hwm}
+    return {"seconds": seconds, "upload_seconds": upload_seconds, "peak_rss": hwm, "cpu": cpu}
 
 
 def _wait_metric_change(daemon: DaemonProcess, before: float, timeout: float = 60.0) -> float:
@@ -548,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(f"| | {what} | {figures['seconds']:.2f} | {rate:.0f} | "
                                 f"{rate / curl_rate:.2f} | {rss_text} |")
                 print("\n".join(rows[-4:]), flush=True)
+                for number, (curl_run, gateway_run, _) in enumerate(runs, 1):
+                    print(f"#   {label} run {number} (load {curl_run['load']:.2f} before curl): curl "
+                          f"{curl_run['seconds']:.2f} s ({curl_run['cpu']:.2f} s CPU), end to end "
+                          f"{gateway_run['seconds']:.2f} s ({gateway_run['cpu']:.2f} s daemon CPU): "
+                          f"{curl_run['seconds'] / gateway_run['seconds']:.2f}x curl's rate, daemon CPU "
+                          f"{gateway_run['cpu'] / curl_run['cpu']:.1f}x curl's", flush=True)
                 for what, key, index in (("curl", "seconds", 0), ("end to end", "seconds", 1),
                                          ("upload stage in the daemon", "upload_seconds", 1),
                                          ("upload stage alone", "seconds", 2)):

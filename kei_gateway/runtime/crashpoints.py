@@ -1,8 +1,12 @@
-"""Named points where the crash-safety tests kill the daemon, as ``kill -9`` would.
+"""Named points where the crash-safety tests kill the daemon, as ``kill -9`` would — or stop it.
 
 Inert in production: a point fires only when ``$KEI_GATEWAY_CRASH_AT`` names it
 (``point`` or ``point@N`` for its N-th pass), which only the test suite sets. The
 process then sends itself SIGKILL: no cleanup, no flush, exactly a crash.
+
+``$KEI_GATEWAY_STOP_AT`` (same form) makes the process send itself SIGSTOP there instead,
+once: the two-node tests stall a node at an exact step (a relay half done) and continue it
+with SIGCONT later (SPEC §14).
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["crashpoint", "CRASH_ENV", "POINTS"]
+__all__ = ["crashpoint", "CRASH_ENV", "STOP_ENV", "POINTS"]
 
 CRASH_ENV = "KEI_GATEWAY_CRASH_AT"
+STOP_ENV = "KEI_GATEWAY_STOP_AT"
 
 POINTS = (
     "ingest.reading",      # part of the outbox file read and encrypted, nothing committed
@@ -43,22 +48,29 @@ POINTS = (
 )
 
 
-def _armed(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[str, int] | None:
-    value = environ.get(CRASH_ENV)
+def _armed(environ: os._Environ[str] | dict[str, str] = os.environ,
+           variable: str = CRASH_ENV) -> tuple[str, int] | None:
+    value = environ.get(variable)
     if not value:
         return None
     name, _, count = value.partition("@")
     if name not in POINTS:
-        raise ValueError(f"{CRASH_ENV}={value!r}: unknown crash point; the points are {', '.join(POINTS)}")
+        raise ValueError(f"{variable}={value!r}: unknown crash point; the points are {', '.join(POINTS)}")
     return name, int(count or 1)
 
 
 _ARMED = _armed()
+_STOP = _armed(variable=STOP_ENV)
 _passes: dict[str, int] = {}
 
 
 def crashpoint(name: str) -> None:
-    """Die here with SIGKILL if the tests armed *name* (for its N-th pass)."""
+    """Die here with SIGKILL if the tests armed *name* (for its N-th pass); stop here once with SIGSTOP if they
+    asked for a stop (``$KEI_GATEWAY_STOP_AT``)."""
+    if _STOP is not None and _STOP[0] == name:
+        _passes["stop:" + name] = _passes.get("stop:" + name, 0) + 1
+        if _passes["stop:" + name] == _STOP[1]:
+            os.kill(os.getpid(), signal.SIGSTOP)  # the whole process, as `kill -STOP` would; SIGCONT goes on here
     if _ARMED is None or _ARMED[0] != name:
         return
     _passes[name] = _passes.get(name, 0) + 1

@@ -66,7 +66,9 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     events.emit(log, events.DAEMON_STARTING, version=__version__, config_path=path)
     notifier.notify("STATUS=Migrating the ledger database")
     try:
-        engine = create_ledger_engine(config.database_url, config.database.busy_timeout)
+        # A node stopped inside a transaction holds its row locks no longer than a lease (SPEC §14).
+        engine = create_ledger_engine(config.database_url, config.database.busy_timeout,
+                                      idle_in_transaction=config.database.lease)
         schema = migrate_apart(engine) or "?"
     except Exception as error:  # any database failure at start is fatal, with its reason
         reason = str(error) if isinstance(error, MigrationFailed) else events.describe_error(error)

@@ -285,9 +285,11 @@ class DavResource(resource.Resource):
         self._on_stored = on_stored
 
     def render(self, request: Any) -> Any:
-        delay = self.faults.faults.delay_seconds
+        delay, fault = self.faults.faults.delay_seconds, "delay_seconds"
+        if request.method == b"MOVE" and self.faults.faults.delay_move_seconds > 0:
+            delay, fault = delay + self.faults.faults.delay_move_seconds, "delay_move_seconds"
         if delay > 0:
-            self.faults.note("delay_seconds")
+            self.faults.note(fault)
             call = self._clock.callLater(delay, self._respond_later, request)
             request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
             return server.NOT_DONE_YET

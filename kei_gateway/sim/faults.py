@@ -26,6 +26,8 @@ class Faults:
     """The first N PUT bodies are cut: the connection is aborted half-way through the body."""
     delay_seconds: float = 0.0
     """Every response waits this long (on the reactor clock) before it is handled."""
+    delay_move_seconds: float = 0.0
+    """Every MOVE waits this long before it is handled (an upload stays in flight while pulls go on)."""
     replay_412: int = 0
     """The first N successful MOVEs store the file, then answer ``412`` as if it had existed."""
     wrong_server_cert: bool = False
@@ -37,6 +39,7 @@ FAULT_DOCS: dict[str, str] = {
     "retry_after_seconds": "the Retry-After value of those 503s, in seconds (default 1)",
     "reset_mid_body_times": "abort the connection half-way through the first N PUT bodies",
     "delay_seconds": "delay every response by this many seconds (reactor clock)",
+    "delay_move_seconds": "delay every MOVE by this many seconds (the upload in flight, other requests not)",
     "replay_412": "store the first N MOVEs, then answer 412 as if the destination had existed",
     "wrong_server_cert": "serve a certificate from a CA the client does not trust",
 }

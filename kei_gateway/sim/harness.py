@@ -176,6 +176,9 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
         """Notifications read but not yet returned by :meth:`wait_for`."""
+        self.history: list[tuple[float, str]] = []
+        """Every notification read, with the ``time.monotonic()`` it arrived at (e.g. the gaps between
+        ``WATCHDOG=1``, which systemd would judge against ``WatchdogSec=``)."""
         self._lock = threading.Condition()
         self._closed = False
         self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
@@ -191,6 +194,7 @@ class NotifySocket:
                 return
             with self._lock:
                 self.messages.append(message)
+                self.history.append((time.monotonic(), message))
                 self._lock.notify_all()
 
     def close(self) -> None:

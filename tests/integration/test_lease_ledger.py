@@ -280,3 +280,40 @@ def test_when_a_stalled_node_relays_a_pulled_file_taken_over_then_its_decision_a
     with pytest.raises(Fenced):  # a's late step of an earlier version's two-step relay: refused too
         results_a.finish_relay(transfer, at(LEASE + 3), fence=fence_a)
     assert results_a.identities_of_transfer(transfer) == {"id0", "id1", "id2"}
+
+
+def test_when_a_node_stops_inside_a_transaction_then_postgresql_ends_it_and_its_row_locks_free_the_others(
+        postgresql_url: str) -> None:
+    """A node stopped (SIGSTOP) in the middle of a commit holds its row locks — the audit chain's head, a lease row —
+    only as long as ``idle_in_transaction`` (the daemon passes its lease): then the server ends its session."""
+    import time
+
+    from sqlalchemy import select
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session
+
+    from kei_gateway.adapters.ledger.leases import check_fence
+    from kei_gateway.adapters.ledger.models import LeaseRow
+
+    stalled_engine = create_ledger_engine(postgresql_url, idle_in_transaction=1.0)
+    upgrade(stalled_engine)
+    other_engine = create_ledger_engine(postgresql_url, idle_in_transaction=1.0)
+    try:
+        decision = LeaseLedger(other_engine, "b", LEASE).claim("pull", "jnks-receipts", T0)
+        assert decision.lease is not None
+        fence_b = Fence("pull", "jnks-receipts", "b", decision.lease.token)
+        stalled = Session(stalled_engine)
+        stalled.begin()
+        stalled.scalars(select(LeaseRow).where(LeaseRow.kind == "pull").with_for_update()).all()  # then stops
+        started = time.monotonic()
+        with Session(other_engine) as session, session.begin():
+            check_fence(session, fence_b)  # waits for the row lock the stopped node holds
+        waited = time.monotonic() - started
+        assert 0.5 < waited < 10, f"the lock was freed after {waited:.1f}s"
+        with pytest.raises(DBAPIError):  # the stopped node continues: its transaction is gone, nothing committed
+            stalled.scalars(select(LeaseRow)).all()
+            stalled.commit()
+        stalled.close()
+    finally:
+        stalled_engine.dispose()
+        other_engine.dispose()

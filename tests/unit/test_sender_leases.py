@@ -61,9 +61,9 @@ class TwoNodeSenderTests(SynchronousTestCase):
                                         state=S.QUEUED, size=info.size, sha256=info.sha256, record_count=1,
                                         blob_id=f"blob-{name}", now=START).id
 
-    def node(self, name: str, client: InMemoryPeer) -> tuple[UploadSender, NodeLeases]:
+    def node(self, name: str, client: InMemoryPeer, lease: float = LEASE) -> tuple[UploadSender, NodeLeases]:
         metrics = GatewayMetrics(CollectorRegistry(), process=False)
-        store = InMemoryLeases(self.ledger.leases, name, LEASE)
+        store = InMemoryLeases(self.ledger.leases, name, lease)
         unreachable, self.ledger.leases.unreachable = self.ledger.leases.unreachable, False
         store.join(f"inc-{name}", datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc),
                    name, 1)  # (the node joined at its start, before the database went away)
@@ -127,6 +127,32 @@ class TwoNodeSenderTests(SynchronousTestCase):
         leases_a.beat()
         self.assertTrue(leases_a.may_claim, "a goes on as a normal member")
         sender_b.stopService()
+
+    def test_when_the_lease_is_short_then_a_dead_holders_transfer_is_taken_over_within_a_lease_and_a_third(
+            self) -> None:
+        lease = 3.0  # a fixed 5 s sender poll would make the takeover wait up to 8 s: past two leases
+        transfer = self.add("a.dat")
+        sender_a, leases_a = self.node("a", HeldPeer(self.files), lease)
+        sender_a.startService()
+        self.assertEqual(self.ledger.get(transfer).state, S.SENDING)
+        peer_b = HeldPeer(self.files)
+        sender_b, _ = self.node("b", peer_b, lease)
+        sender_b.startService()
+        self.assertEqual(sender_b.poll_interval, lease / 3)
+        self.clock.advance(0.5)
+        leases_a._loop.stop()  # node a dies (kill -9) just after renewing: its lease runs a full 3 s from here
+        sender_a._poll.stop()
+        waited = 0.0
+        while not peer_b.held and waited < 2 * lease:
+            self.clock.advance(0.1)
+            waited += 0.1
+        self.assertEqual(len(peer_b.held), 1, f"not taken over within {2 * lease:g} s")
+        self.assertLessEqual(waited, lease + lease / 3 + 0.15)
+        sender_b.stopService()
+
+    def test_when_the_lease_is_the_default_then_the_sender_polls_every_five_seconds(self) -> None:
+        sender, _ = self.node("a", HeldPeer(self.files))
+        self.assertEqual(sender.poll_interval, 5.0)
 
     def test_when_the_database_is_away_then_the_sender_claims_nothing_until_it_is_back(self) -> None:
         transfer = self.add("a.dat")

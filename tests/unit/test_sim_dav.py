@@ -218,6 +218,19 @@ class FaultTests(DavCase):
         self.assertEqual(Response(transport.value()).code, 201)
         self.assertEqual(self.state.fired["delay_seconds"], 1)
 
+    def test_when_a_move_delay_is_set_then_only_the_move_waits_for_the_clock(self) -> None:
+        self.state.faults.delay_move_seconds = 5.0
+        self.assertEqual(self.put("/upload/x.dat.part", b"x").code, 201, "a PUT is answered at once")
+        channel, transport = self.connect()
+        channel.dataReceived(request("MOVE", "/upload/x.dat.part", Destination="/upload/x.dat",  # type: ignore[attr-defined]
+                                     Overwrite="F"))
+        self.clock.advance(4.9)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(self.store.exists(DavPath("upload", "x.dat")), "not moved before its answer")
+        self.clock.advance(0.1)
+        self.assertEqual(Response(transport.value()).code, 201)
+        self.assertEqual(self.state.fired["delay_move_seconds"], 1)
+
     def test_when_replay_412_is_armed_then_the_move_is_stored_but_answered_412(self) -> None:
         self.state.faults.replay_412 = 1
         self.put("/upload/x.dat.part", b"x")

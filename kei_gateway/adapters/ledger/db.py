@@ -17,8 +17,15 @@ __all__ = ["create_ledger_engine", "upgrade", "current_revision", "head_revision
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def create_ledger_engine(url: str, busy_timeout: float = 5.0) -> Engine:
-    """An engine for *url*; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys."""
+def create_ledger_engine(url: str, busy_timeout: float = 5.0, idle_in_transaction: float | None = None) -> Engine:
+    """An engine for *url*; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys.
+
+    On PostgreSQL, *idle_in_transaction* (seconds; the daemon passes its lease, SPEC §14) makes the server end a
+    session that sits inside a transaction that long without a statement — a node stopped (SIGSTOP, a VM
+    paused) in the middle of a commit — so the row locks it holds (the audit chain's head, a lease row) are
+    released and the other nodes go on; the stopped node's transaction is rolled back and its next statement
+    fails, to be retried or fenced. Set with ``SET`` when a connection is made (no startup option, which a
+    transaction-pooling PgBouncer refuses)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -36,7 +43,18 @@ def create_ledger_engine(url: str, busy_timeout: float = 5.0) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if idle_in_transaction is not None and parsed.get_backend_name() == "postgresql":
+        milliseconds = max(1, int(idle_in_transaction * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _session_limits(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+            cursor.close()
+            dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
+
+    return engine
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:

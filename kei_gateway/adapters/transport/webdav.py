@@ -396,7 +396,8 @@ class WebDavClient:
         The ``MOVE`` is sent only after the whole body was read and matched *size*
         and *sha256_hex*. On ``412`` the existing file is fetched: the same SHA-256
         means it was delivered before (``already_present``); other content raises
-        :class:`RemoteConflict`. Either way the leftover ``.part`` is deleted.
+        :class:`RemoteConflict`. Either way the leftover ``.part`` is deleted. A ``404`` on
+        the MOVE (the ``.part`` gone: another attempt's MOVE came first) is judged the same way.
         """
         return self._bounded(f"PUT {name}", self._put(dir_url, name, body, size, sha256_hex))
 
@@ -521,11 +522,19 @@ class WebDavClient:
         if response.code in (201, 204):
             await self._discard(response)
             return PutResult(name, final_url, already_present=False)
-        if response.code != 412:
+        if response.code not in (404, 412):
             raise await self._status_error("MOVE", part_url, response)
-        await self._discard(response)
+        # 412: the final name exists. 404: our .part is gone — another attempt at this very transfer moved it into
+        # place first (a node that stalled mid-upload and whose MOVE the peer carried out late, SPEC §14, or a
+        # MOVE whose answer was lost). Either way the final name decides, by its SHA-256.
+        gone = await self._status_error("MOVE", part_url, response) if response.code == 404 else None
+        if gone is None:
+            await self._discard(response)
         response = await self._request(b"GET", final_url)
         if response.code != 200:
+            if gone is not None:
+                await self._discard(response)
+                raise gone  # neither the .part nor the final name: the peer lost it (a person looks)
             raise await self._status_error("GET", final_url, response)
         _, remote_sha256 = await self._read(response, lambda chunk: None)
         try:

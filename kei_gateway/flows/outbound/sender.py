@@ -25,6 +25,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport import BodySourceError, HttpError, OutboundDenied, PeerIdentityError, RemoteConflict, TransportError, remote_name
 from kei_gateway.config import RetryPolicy
 from kei_gateway.flows.peer_link import PeerLink
+from kei_gateway.core.lease import renew_interval
 from kei_gateway.core.transfer import FailureKind, after_send_failure
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime.one_at_a_time import OneAtATime
@@ -85,9 +86,18 @@ class UploadSender(service.Service):
         policy: RetryPolicy = self.link.settings().retry
         return policy
 
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between passes: *poll_interval*, and on a shared ledger at most a renewal interval (a third of
+        the lease), so a transfer whose holder died is taken over within a lease and a third of it, whatever the
+        lease (SPEC §14: within two) — a fixed 5 s poll would dominate a short lease."""
+        if self.leases is None:
+            return self._poll_interval
+        return min(self._poll_interval, renew_interval(self.leases.duration))
+
     def startService(self) -> None:
         super().startService()
-        self._poll.start(self._poll_interval, now=True)
+        self._poll.start(self.poll_interval, now=True)
 
     def stopService(self) -> defer.Deferred[Any] | None:
         super().stopService()
