@@ -84,7 +84,7 @@ print(json.dumps({"modules": len(sys.modules)}))
 
 
 def import_breakdown() -> list[tuple[str, float]]:
-    """(step, resident MB after it) in a clean interpreter, this tree first on its path."""
+    """(step, resident MiB after it) in a clean interpreter, this tree first on its path."""
     import json
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -108,7 +108,7 @@ _ARENA_ALIGN = 64 << 20
 
 
 def smaps_split(pid: int) -> dict[str, float]:
-    """Resident MB by kind: file-backed, ``[heap]``, glibc thread arenas, other anonymous."""
+    """Resident MiB by kind: file-backed, ``[heap]``, glibc thread arenas, other anonymous."""
     mappings: list[list] = []  # [start, permissions, name, rss kB]
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {machine()}")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     print()
-    print("## What `kei-gateway run` imports (a clean interpreter; resident MB after each step)")
+    print("## What `kei-gateway run` imports (a clean interpreter; resident MiB after each step)")
     print()
-    print("| step | resident MB | + MB |")
+    print("| step | resident MiB | + MiB |")
     print("|---|---:|---:|")
     previous = None
     for label, value in import_breakdown():
@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="kei-bench-memory-", dir=ROOT / "bench" / "out") as tmp:
                 run = measure(variant, env, pushes, maker, Path(tmp))
             results.append(run)
-            print(f"# run {number + 1}, {variant}: READY {mb(run.ready['VmRSS'])} MB, after the pushes "
-                  + ", ".join(f"{n:,}: {mb(hwm)} MB" for n, hwm, _ in run.after), flush=True)
+            print(f"# run {number + 1}, {variant}: READY {mb(run.ready['VmRSS'])} MiB, after the pushes "
+                  + ", ".join(f"{n:,}: {mb(hwm)} MiB" for n, hwm, _ in run.after), flush=True)
     print()
-    print("## The daemon (bench/relay.py's configuration; MB; peak = VmHWM)")
+    print("## The daemon (bench/relay.py's configuration; MiB = 2^20 bytes, as /proc counts; peak = VmHWM)")
     print()
     push_columns = "".join(f" peak after {n:,} |" for n in pushes)
     print(f"| variant | READY RSS | READY peak | file-backed | C heap | thread arenas | other anon | threads |"
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{median(variant, lambda r: r.after[index][1]) / median(baseline, lambda r: r.after[index][1]):.3f}×")
         print(f"- {variant} / {baseline} (medians): " + ", ".join(ratios))
     ready = median(baseline, lambda r: r.ready["VmHWM"]) / 1024
-    print(f"- {baseline}: READY peak {ready:.1f} MB (median); the suite's bound is 116 MB "
+    print(f"- {baseline}: READY peak {ready:.1f} MiB (median); the suite's bound is 116 MiB "
           f"(tests/integration/test_daemon_memory.py)")
     return 0
 

@@ -54,9 +54,9 @@ def test_when_the_relay_benchmark_runs_quick_on_postgresql_then_every_batch_is_r
 
 
 @pytest.mark.timeout(1800)
-def test_when_a_maximum_size_push_is_relayed_then_the_daemons_peak_rss_grows_less_than_32_mb() -> None:
-    """Issue 11: a 1,000,000-result push (258 MB) relayed with the daemon's peak RSS within 32 MB of a 10,000-result
-    push (it was 3.7 GB), and under the unit's ``MemoryMax=``.
+def test_when_a_maximum_size_push_is_relayed_then_the_daemons_peak_rss_stays_under_150_mb() -> None:
+    """Issue 11: a 1,000,000-result push (258 MB) relayed with the daemon's peak RSS under 150 MB (it was 3.7 GB),
+    within 32 MB of a 10,000-result push's, and under the unit's ``MemoryMax=``.
 
     ``bench/relay.py --max-push`` pushes 10,000 results, then 1,000,000, into a real daemon and
     waits for each relayed file in the inbox (it exits non-zero if a push is not answered
@@ -79,9 +79,11 @@ def test_when_a_maximum_size_push_is_relayed_then_the_daemons_peak_rss_grows_les
                                           if line.startswith(("| baseline |", "| maximum |")))}
     assert rows["maximum"][1] == "1,000,000" and rows["maximum"][2] == "258,000,000", result.stdout
     peak_mb = {label: int(cells[5]) for label, cells in rows.items()}
-    # Bounded: the maximum push costs little more than a small one. The absolute figure (target < 150 MB) is the
-    # bench's to print: the daemon is already ~120-140 MB before any push (numpy, the layouts' tables, thread
-    # stacks), so 141-152 MB were seen on one commit, and a suite assertion on it would fail by the machine.
+    # The issue's figure. 131-138 MB measured (108-109 MB at READY) since the daemon no longer keeps Alembic and the
+    # AIRIS reader and its threads share two malloc arenas; 144-152 MB before (docs/performance.md, "Daemon
+    # memory at READY"). MB of 10^6 bytes, as the bench prints.
+    assert peak_mb["maximum"] < 150, "the maximum push's peak is over the issue's 150 MB: " + result.stdout
+    # Bounded: the maximum push costs little more than a small one.
     assert peak_mb["maximum"] - peak_mb["baseline"] < 32, "memory grows with the push's size: " + result.stdout
     assert peak_mb["maximum"] < 512, "over the unit's MemoryMax=512M: " + result.stdout
 
