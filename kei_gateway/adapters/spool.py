@@ -142,19 +142,7 @@ def write_durable(path: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
     The building block of :func:`atomic_write`; on its own it stages a file under a
     name readers skip (a dotfile) that a later :func:`publish` renames into place.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    size = 0
-    try:
-        os.fchmod(fd, mode)  # the umask (0077 under the unit) must not hide the file from the tax system
-        for chunk in chunks:
-            os.write(fd, chunk)
-            size += len(chunk)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
+    size = _write_synced(path, chunks, mode)
     fsync_directory(os.path.dirname(path))
     return size
 
@@ -241,7 +229,7 @@ def _write_synced(path: str, chunks: Iterable[bytes], mode: int) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     size = 0
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, mode)  # the umask (0077 under the unit) must not hide the file from the tax system
         for chunk in chunks:
             os.write(fd, chunk)
             size += len(chunk)
