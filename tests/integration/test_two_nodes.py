@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from kei_gateway.adapters.ledger import create_ledger_engine
 from kei_gateway.adapters.ledger.models import LeaseRow, Node, Transfer
@@ -66,6 +66,37 @@ class Cluster:
 
     def stderr(self) -> str:
         return "\n".join(f"--- {name}\n{daemon.stderr()[-3000:]}" for name, daemon in self.nodes.items())
+
+    def thread_dumps(self) -> str:
+        """Every running (not stopped) node's threads, dumped by faulthandler on SIGABRT (the harness sets
+        ``PYTHONFAULTHANDLER``), which ends the node: for a failure message only, when a node hangs."""
+        dumps = []
+        for name, daemon in self.nodes.items():
+            if daemon.process.poll() is not None or stopped(daemon):
+                continue
+            daemon.process.send_signal(signal.SIGABRT)
+            try:
+                daemon.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            text_ = daemon.stderr()
+            start = text_.find("Fatal Python error")
+            dumps.append(f"--- {name} threads\n{text_[start:][-12000:] if start >= 0 else '(no dump)'}")
+        return "\n".join(dumps)
+
+    def database_activity(self) -> str:
+        """The ledger's sessions as PostgreSQL sees them (state, wait, transaction age, who blocks whom): what a
+        failure message needs when a node waits on a lock a stopped node holds."""
+        query = text("SELECT pid, state, wait_event_type, wait_event, pg_blocking_pids(pid) AS blocked_by, "
+                     "round(extract(epoch FROM now() - xact_start)::numeric, 1) AS xact_s, "
+                     "round(extract(epoch FROM now() - state_change)::numeric, 1) AS state_s, left(query, 160) AS query "
+                     "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                     "ORDER BY xact_start NULLS LAST")
+        try:
+            with self.engine.connect() as connection:
+                return "\n".join(str(dict(row._mapping)) for row in connection.execute(query))
+        except Exception as error:  # the failure message must not fail
+            return f"(pg_stat_activity unavailable: {error!r})"
 
     def transfers(self, flow: str = "jnks-payments") -> list[Any]:
         with self.engine.connect() as connection:
@@ -407,7 +438,9 @@ def push(cluster: Cluster, first: str, name: str, body: bytes) -> str:
         finally:
             connection.close()
         node = cluster.other(node)
-    raise AssertionError(f"push {name} taken by neither node: {answers}\n{cluster.stderr()}")
+    activity = cluster.database_activity()  # before the dumps end the running node
+    raise AssertionError(f"push {name} taken by neither node: {answers}\n{cluster.stderr()}\n"
+                         f"--- database sessions\n{activity}\n{cluster.thread_dumps()}")
 
 
 def inbox_records(cluster: Cluster) -> list[bytes]:
@@ -476,7 +509,8 @@ def test_when_nodes_are_killed_stopped_and_continued_at_random_then_every_file_a
                 and len(results) == len(pushed) and all(t.state == "DONE" for t in results)
 
         poll_until(all_done, 240, f"all {len(digests)} files and {len(pushed)} pushes DONE after "
-                   f"{', '.join(actions)}", cluster.stderr)
+                   f"{', '.join(actions)}", lambda: f"{cluster.stderr()}\n--- database sessions\n"
+                                                 f"{cluster.database_activity()}")
         delivered = cluster.delivered()
         at_peer = sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in delivered)
         assert at_peer == sorted(digests.values()), "every file at the peer exactly once"
@@ -486,6 +520,7 @@ def test_when_nodes_are_killed_stopped_and_continued_at_random_then_every_file_a
         sent = sorted(body[at:at + length] for body in pushed for at in range(0, len(body), length))
         assert sorted(inbox_records(cluster)) == sent, "every pushed result in the inbox exactly once"
         assert took["gw-a"] and took["gw-b"], f"pushes taken by both nodes: {took}"
+        assert "unavailable" not in cluster.database_activity(), "the failure messages' session list works"
         verified = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files["gw-a"].config),
                                    "audit", "verify"], capture_output=True, text=True, timeout=120, check=False)
         assert verified.stdout.startswith("OK, "), verified.stdout + verified.stderr  # the chain is intact
