@@ -596,3 +596,25 @@ def test_when_a_key_file_is_not_a_key_then_keys_rotate_exits_2_with_how_to_make_
     config = _config(tmp_path, str(tmp_path / "new.key"))
     assert cli.main(["-c", str(config), "keys", "rotate"]) == exitcodes.USAGE
     assert "head -c 32 /dev/urandom" in capsys.readouterr().err
+
+
+def test_when_another_node_holds_the_store_lock_then_a_new_blob_is_still_written_and_a_delete_waits_for_it(
+        tmp_path: Path) -> None:
+    """The store is shared by two nodes (SPEC §14): a node stopped while holding the store-wide lock must not stop
+    the other's pushes and ingests. A new blob's ``link`` never clobbers and takes no lock; a delete and a replace
+    still do (the clean-clone chaos loop saw a node hang on it behind a stopped one)."""
+    store = FileBlobStore(str(tmp_path / "store"), StoreKeyring(os.urandom(32)))
+    taken: list[str] = []
+
+    def no_lock_expected() -> int:
+        taken.append("lock")
+        raise AssertionError("a new blob's write must not take the store-wide lock")
+
+    store._store_lock = no_lock_expected  # type: ignore[method-assign]
+    store.write("b-1", [b"payload"])
+    assert collect(store, "b-1") == (b"payload", None) and taken == []
+    with pytest.raises(AssertionError):
+        store.delete("b-1")  # the delete still takes it
+    with pytest.raises(AssertionError):
+        store.write("b-1", [b"other"], replace=True)  # and so does a replace
+    assert taken == ["lock", "lock"] and collect(store, "b-1") == (b"payload", None)

@@ -105,7 +105,12 @@ class FileBlobStore:
         return os.path.join(self.directory, validate_blob_id(blob_id))
 
     def _store_lock(self) -> int:
-        """Hold the store-wide lock for a change of a final name (link, replace, unlink)."""
+        """Hold the store-wide lock for a change of a final name that must not race another: a replace (whose
+        check-then-replace in :meth:`rekey` must not bring back a blob deleted meanwhile) and an unlink.
+
+        Held for the rename or unlink alone, never for a directory fsync, and not for a new blob's ``link``
+        (which never clobbers: ``EEXIST``): the store is shared by the nodes of SPEC §14, and a node stopped
+        while holding this lock (SIGSTOP, a paused VM) must not stop the other node's pushes and ingests."""
         fd = os.open(os.path.join(self.directory, _LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
@@ -139,19 +144,19 @@ class FileBlobStore:
         final = self._path(blob_id)
         fd, temp, info = self._write_temp(blob_id, chunks)
         try:
-            lock = self._store_lock()
-            try:
-                if replace:
+            if replace:
+                lock = self._store_lock()
+                try:
                     os.replace(temp, final)
-                else:
-                    try:
-                        os.link(temp, final)  # never clobbers: EEXIST
-                    except FileExistsError:
-                        raise BlobExists(blob_id) from None
-                    os.unlink(temp)
-                fsync_directory(self.directory)
-            finally:
-                os.close(lock)
+                finally:
+                    os.close(lock)
+            else:
+                try:
+                    os.link(temp, final)  # never clobbers (EEXIST): no lock, see _store_lock
+                except FileExistsError:
+                    raise BlobExists(blob_id) from None
+                os.unlink(temp)
+            fsync_directory(self.directory)
         except BaseException:
             _discard(fd, temp)
             raise
@@ -177,14 +182,13 @@ class FileBlobStore:
         path = self._path(blob_id)
         lock = self._store_lock()
         try:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return False
-            fsync_directory(self.directory)
-            return True
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
         finally:
             os.close(lock)
+        fsync_directory(self.directory)
+        return True
 
     def list_ids(self) -> list[str]:
         ids = []
@@ -220,9 +224,9 @@ class FileBlobStore:
                     _discard(fd, temp)  # deleted or replaced meanwhile: never bring old data back
                     return False
                 os.replace(temp, final)
-                fsync_directory(self.directory)
             finally:
                 os.close(lock)
+            fsync_directory(self.directory)
         except BaseException:
             _discard(fd, temp)
             raise
