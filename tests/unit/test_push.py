@@ -56,7 +56,7 @@ class HookRelay:
     def __init__(self, hook: Any) -> None:
         self.hook = hook
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> Any:
+    def relay(self, row: TransferRow, received_at: float | None = None, fence: Any = None) -> Any:
         return self.hook(row, received_at)
 
 

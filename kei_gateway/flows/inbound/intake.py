@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Hold
 from kei_gateway.adapters.ledger.ledger import AuditEvent
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
@@ -210,6 +211,8 @@ class Settled:
 
     decision: SettleDecision
     row: TransferRow | None
+    fence: Fence | None = None
+    """A new file's ``received`` lease, written in the commit that accepted it (SPEC §14; None: no lease asked)."""
 
     @property
     def settlement(self) -> Settlement:
@@ -228,7 +231,7 @@ _AUDIT_EVENTS: dict[Door, tuple[str, str]] = {
 def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore, flow: str, peer: str, name: str,
                     received: Received, quarantine_dir: str, now: datetime.datetime, note: str,
                     known: list[TransferRow] | None = None, size: int | None = None,
-                    remote_etag: str | None = None) -> Settled:
+                    remote_etag: str | None = None, hold: Hold | None = None) -> Settled:
     """Blocking: settle a file now in the store (:func:`~kei_gateway.core.settle.settle`) and carry the decision out.
 
     *known* are the transfers under *name* (newest first), read here when not given. NEW is
@@ -236,7 +239,9 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     pointing at the blob, so the blob stays: an unreferenced one is the purge's to remove);
     INVALID is quarantined (*note* ends its errors file; *size* and *remote_etag* are what the
     peer listed); any other settlement drops the new blob. A failure before the commit drops
-    the new blob too, and is raised.
+    the new blob too, and is raised. With *hold* (two nodes, SPEC §14) a new file's ``received`` lease is
+    written in the commit that accepts it: this node relays it, and no other node's pending pass takes it
+    while the lease lives.
     """
     accepted_event, quarantined_event = _AUDIT_EVENTS[door]
     try:
@@ -264,9 +269,9 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     row = ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
                               size=received.size, sha256=received.sha256, record_count=received.report.records,
                               blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag,
-                              audit=accepted)
+                              audit=accepted, hold=hold)
     crashpoint(committed)
-    return Settled(decision, row)
+    return Settled(decision, row, hold.fence(row.id) if hold is not None else None)
 
 
 def _discard(store: BlobStore, blob_id: str) -> None:
