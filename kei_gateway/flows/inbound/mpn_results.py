@@ -254,8 +254,11 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
         if row.state == S.DONE.value:  # (a staged file a crash left after the decision: finish_published)
-            if fence is not None and relay_tag(fence) is not None and ledger.received_token(transfer_id) != fence.token:
-                raise Fenced(fence, None)  # relayed by the node that took it over
+            tag = relay_tag(fence)
+            if fence is not None and tag is not None and ledger.received_token(transfer_id) != fence.token:
+                # relayed by the node that took it over while this one stalled: its own copy goes, nothing else
+                discard_staged(inbox_dir, remote_name(lg_code, FLOW, row.created_at, row.id), tag)
+                raise Fenced(fence, None)
             return RelayOutcome(transfer_id, row.relay_name, already_done=True)
         if row.state != S.VALIDATED.value or row.blob_id is None:
             raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
