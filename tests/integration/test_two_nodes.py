@@ -254,8 +254,9 @@ def test_when_a_node_is_stopped_past_its_lease_holding_an_upload_a_pull_and_a_re
         tmp_path: Path, postgresql_url: str) -> None:
     """Node gw-a stalls (SIGSTOP, which it sends itself at the ``relay.staged`` step: the receipt staged in the
     inbox, its relay not yet committed) while it uploads a file (the simulator holds its MOVE) and pulls the
-    receipts' directory. gw-b takes the upload, the pull and the relay over; gw-a, continued, commits nothing on
-    them (two ``lease.fenced`` events) and goes on as a normal member."""
+    receipts' directory. gw-b takes the upload, the pull and the relay over (the receipt's own ``received`` lease,
+    written with its pulled commit); gw-a, continued, commits nothing on them (two ``lease.fenced`` events: the
+    upload and the receipt's relay) and goes on as a normal member."""
     from kei_gateway.runtime.crashpoints import STOP_ENV
 
     cluster = make_cluster(tmp_path, postgresql_url, delay=0, faults=(f"delay_move_seconds={MOVE_DELAY}",))
@@ -284,7 +285,7 @@ def test_when_a_node_is_stopped_past_its_lease_holding_an_upload_a_pull_and_a_re
         assert not (cluster.sim.root / "results" / receipt).exists(), "deleted at the peer once relayed"
         assert stopped(stalled), "gw-a was stopped all along"
         stalled.process.send_signal(signal.SIGCONT)
-        for kind, key in (("pull", "jnks-receipts"), ("transfer", str(transfer_id))):
+        for kind, key in (("received", str(pulled.id)), ("transfer", str(transfer_id))):
             refused = f"a commit on {kind} {key} by node gw-a was refused"
             poll_until(lambda: refused in stalled.stderr() or None, 60, f"gw-a fenced on {kind} {key}",
                        cluster.stderr)
