@@ -142,7 +142,7 @@ address = "127.0.0.1:{port}"
     reactor = reactor_thread.reactor
 
     class RecordingRelay:
-        def relay(self, row: TransferRow, received_at: float | None = None) -> None:
+        def relay(self, row: TransferRow, received_at: float | None = None, fence: Any = None) -> None:
             assert received_at is not None
             committed.append((row, received_at))
 
