@@ -19,7 +19,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2
+from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, Scratch
 from kei_gateway.layouts.columnar import Matrix, as_matrix, columnar_plan
 from kei_gateway.layouts.errors import LayoutError
 from kei_gateway.layouts.fields import Layout
@@ -60,18 +60,23 @@ class Validator:
       64-bit fingerprint, sorted at :meth:`close` to find the repeated ones, when
       ``expected_size`` (the file's size in bytes) gives a number of records
       that fits in the largest filter's memory (8 bytes a record),
-      else a Bloom filter (``2 ** filter_bits_log2`` bits, 16 MiB by default;
-      smaller for fewer records).  If there are any after
+      else, given ``scratch`` (a factory of :class:`~kei_gateway.layouts._keyfilter.Scratch`),
+      the same log spilled there in partitions (8 bytes a record on the scratch, a few
+      MiB in memory, exact at any size), else a Bloom filter (``2 ** filter_bits_log2``
+      bits, 16 MiB by default; smaller for fewer records).  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
       (``valid`` is false) and the caller feeds the same bytes again to
       :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
-      record and reports them where the in-memory check would have.
+      record and reports them where the in-memory check would have.  More suspects
+      than :data:`~kei_gateway.layouts.uniqueness.MAX_SUSPECTS` (a file whose keys mostly
+      repeat) end the check in bounded memory: the file is invalid with one file-level
+      error instead (:meth:`_too_many_suspects`), and no second read is made.
     """
 
     def __init__(self, layout: Layout, options: ValidationOptions,
                  sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
                  rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
-                 expected_size: int | None = None) -> None:
+                 expected_size: int | None = None, scratch: Callable[[], Scratch] | None = None) -> None:
         self.layout = layout
         self.options = options
         self.report = ValidationReport(layout=layout.name)
@@ -87,7 +92,7 @@ class Validator:
         if layout.unique_keys is not None:
             if rereadable:
                 records = None if expected_size is None else expected_size // layout.record_length + 1
-                self._unique = FilteredKeys(layout, records, filter_bits_log2)
+                self._unique = FilteredKeys(layout, records, filter_bits_log2, scratch)
             else:
                 self._unique = ExactKeys(layout)
         # Only a filtered uniqueness check may need the second read, whose bytes must be the first's.
@@ -205,11 +210,28 @@ class Validator:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
         if isinstance(self._unique, FilteredKeys):
             self._unique.finish()
-            if self._unique.suspects:
+            if self._unique.suspects.overflowed:
+                self._too_many_suspects(self._unique)
+                self._unique = None
+            elif self._unique.suspects:
                 self.report.uniqueness_pending = True
             else:
                 self._unique = None  # every key was new: the filter's 16 MiB can go now
         return self.report
+
+    def _too_many_suspects(self, unique: FilteredKeys) -> None:
+        """More keys repeat than the second read may follow in bounded memory: one file-level error, no second read."""
+        keys = ", ".join(unique.columns)
+        limit = unique.suspects.limit
+        if unique.exact_index:
+            reason = (f"more than {limit:,} different ({keys}) values occur more than once: each must be unique "
+                      "within a file; the file repeats too many to list them record by record (bounded memory), "
+                      "so check how it was produced and write it again")
+        else:
+            reason = (f"uniqueness of ({keys}) could not be settled in bounded memory: more than {limit:,} keys may "
+                      "repeat an earlier record's; the file is refused; validate it with a scratch directory "
+                      "(kei-gateway validate FILE) to have the repeated records named")
+        self._error(LayoutError(None, 0, reason), counted=False)
 
     def rescan(self, chunks: Iterable[bytes]) -> ValidationReport:
         """Read the same bytes again to settle the suspect keys; return the final report.
@@ -700,16 +722,18 @@ def validate_stream(chunks: Iterable[bytes], layout: Layout, options: Validation
                     sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
                     reread: Callable[[], Iterable[bytes]] | None = None,
                     filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
-                    expected_size: int | None = None) -> ValidationReport:
+                    expected_size: int | None = None,
+                    scratch: Callable[[], Scratch] | None = None) -> ValidationReport:
     """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``).
 
     ``reread``, when the file can be read again, returns a fresh iterable of
     the same bytes: uniqueness then takes fixed memory (see :class:`Validator`)
     and ``reread`` is called only when suspect keys need the second read.
-    Without it every key is kept in memory.
+    Without it every key is kept in memory.  ``scratch`` lets a large file's key log go
+    there instead of a Bloom filter (see :class:`Validator`).
     """
     validator = Validator(layout, options, sink, fast_path=fast_path, rereadable=reread is not None,
-                          filter_bits_log2=filter_bits_log2, expected_size=expected_size)
+                          filter_bits_log2=filter_bits_log2, expected_size=expected_size, scratch=scratch)
     for chunk in chunks:
         validator.feed(chunk)
         if validator.stopped:  # max_errors reached, or a record without CR LF: the rest is not read
