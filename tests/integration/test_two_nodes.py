@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
