@@ -54,6 +54,10 @@ RUNS = [("push.stored", "push"), ("push.committed", "push"), ("download.committe
         *((point, mode) for point in ("results.staged", "results.recorded", "results.published")
           for mode in ("push", "pull")),
         ("results.accept-staged", "push"), ("results.accept-recorded", "push")]
+IN_A_PUSH = {"push.stored", "push.committed", "results.accept-staged", "results.accept-recorded"}
+"""The points a push passes through before its answer. A pushed file reaches the lanes' points (results.staged …)
+only when the lane was busy at its commit (issue 16: else it is relayed in that commit), so in push mode those
+runs may crash on a pulled file after the pushes are answered."""
 
 
 def test_every_mpn_crash_point_is_covered() -> None:
@@ -98,7 +102,8 @@ def test_when_killed_at_a_step_then_after_restart_each_result_is_relayed_exactly
             if mode == "push":
                 assert deliveries["push"] + deliveries["both"] + deliveries["push-failed"] > 0
                 failed = [p for p in report["pushes"] if p["statuses"][0] not in ("201", "204")]
-                assert failed, f"some push met the crash or the daemon being down: {report['pushes']}"
+                if point in IN_A_PUSH:
+                    assert failed, f"some push met the crash or the daemon being down: {report['pushes']}"
             else:
                 assert set(deliveries) == {"pull"}
         finally:
