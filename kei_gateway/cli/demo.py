@@ -200,7 +200,7 @@ def _with_simulator(base: str, sim_url: str, mpn_url: str, push_port: int, keep:
         _say(f"-- daemon pid {daemon.pid} sent READY=1")
         _say("   " + notify.wait_for("STATUS=Ready").strip())
         notify.wait_for("WATCHDOG=1")
-        _say("   watchdog is fed (WATCHDOG=1 every 2 s while the reactor and database answer)")
+        _say("   watchdog is fed (WATCHDOG=1 every 2 s while the reactor turns and a ledger check ends)")
         if not _show_health(url, port):
             code = exitcodes.FAILED
         else:

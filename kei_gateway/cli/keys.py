@@ -20,7 +20,7 @@ import os
 import sys
 
 from kei_gateway.adapters.store.blobs import FileBlobStore, store_directory
-from kei_gateway.adapters.store.errors import BlobNotFound, BlobUnreadable, StoreKeyError
+from kei_gateway.adapters.store.errors import BlobBusy, BlobNotFound, BlobUnreadable, StoreKeyError
 from kei_gateway.adapters.store.keys import KEY_BYTES, keyring_from_config, parse_store_key
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli.main import config_path_from, show_usage
@@ -71,7 +71,7 @@ def rotate_store(store: FileBlobStore) -> RotationCounts:
                 counts.current += 1
         except BlobNotFound:
             counts.gone += 1  # purged while we ran
-        except BlobUnreadable as error:
+        except (BlobUnreadable, BlobBusy) as error:  # busy: being deleted or re-encrypted elsewhere; run again
             counts.failed.append(str(error))
     return counts
 

@@ -139,12 +139,28 @@ DATABASE_MIGRATED = _event(
     "None needed.", "対応は不要です。",
 )
 DATABASE_UNAVAILABLE = _event(
-    "database.unavailable", "10dae8cf93c0406da01d47b32eee15d4", LogLevel.error,
+    "database.unavailable", "10dae8cf93c0406da01d47b32eee15d4", LogLevel.critical,
     "database does not answer: {reason}",
-    "The ledger database did not answer a health check; the watchdog is no longer fed, so systemd restarts the gateway if this persists.",
-    "台帳データベースが応答しません。ウォッチドッグへの通知を止めたため、継続すると systemd がゲートウェイを再起動します。",
-    "Check the database (disk space and permissions of the SQLite file, or the PostgreSQL server and network).",
-    "データベース（SQLite ファイルのディスク容量と権限、または PostgreSQL サーバとネットワーク）を確認してください。",
+    "The ledger database refused or did not answer the daemon's check. The daemon keeps running (the watchdog stays fed: a restart would not bring the database back): /readyz answers 503, kei_gateway_database_up is 0, nothing is claimed, ingested, sent or relayed, and the work resumes by itself when the database answers again (database.available).",
+    "台帳データベースがデーモンの確認を拒否したか、応答しませんでした。デーモンは動作を続けます（再起動してもデータベースは戻らないため、ウォッチドッグへの通知は続けます）。/readyz は 503、kei_gateway_database_up は 0 となり、処理の取得・取込・送信・中継は行いません。データベースが応答すると自動的に再開します（database.available）。",
+    "Check the database (PostgreSQL: the server, its failover, the network to it; SQLite: disk space and permissions of the file in gateway.state_dir). Nothing to do on the gateway.",
+    "データベースを確認してください（PostgreSQL: サーバ、フェイルオーバー、ネットワーク。SQLite: gateway.state_dir のファイルのディスク容量と権限）。ゲートウェイ側の対応は不要です。",
+)
+DATABASE_AVAILABLE = _event(
+    "database.available", "07209b5345854624b66e813a83d8d3a1", LogLevel.info,
+    "database answers again (unavailable for {seconds}s)",
+    "The ledger database answers the daemon's check again after database.unavailable; the daemon is ready again and resumes its work.",
+    "database.unavailable の後、台帳データベースが再び応答しました。デーモンは準備完了に戻り、処理を再開します。",
+    "None needed. Note the outage if it was not planned.",
+    "対応は不要です。計画外の停止であれば記録してください。",
+)
+WATCHDOG_STARVED = _event(
+    "watchdog.starved", "8b72228915e74e69a527ba5eff51d907", LogLevel.critical,
+    "the watchdog is no longer fed: {reason}",
+    "The daemon's check of its own machinery (the reactor, the blocking thread pool, one bounded ledger call) did not end in time: something in the daemon hangs. systemd kills and restarts it once WatchdogSec passes, after dumping every thread's stack (SIGABRT).",
+    "デーモン自身の機構（リアクタ、ブロッキング処理のスレッドプール、時間制限付きの台帳呼び出し）の確認が時間内に終わりませんでした。デーモン内部で何かが停止しています。WatchdogSec を過ぎると systemd が全スレッドのスタックを出力（SIGABRT）させたうえで再起動します。",
+    "Read the thread stacks in the journal just before the restart (journalctl -u kei-gateway -p err) and report them; check the shared filesystem (a hung NFS mount blocks the pool) and the database's network.",
+    "再起動直前のジャーナルにあるスレッドのスタック（journalctl -u kei-gateway -p err）を確認し、報告してください。共有ファイルシステム（NFS のハングはスレッドプールを止めます）とデータベースへのネットワークも確認してください。",
 )
 CERTIFICATE_EXPIRING = _event(
     "certificate.expiring", "32ae27ee4ba447fb8f6430bdad0b34e9", LogLevel.warn,

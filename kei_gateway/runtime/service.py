@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from kei_gateway.adapters.ledger import Ledger, TransferLedger
+from kei_gateway.adapters.ledger.db import is_database_failure
 from kei_gateway.adapters.ledger.results import ResultLedger
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -574,13 +575,15 @@ def _watch_stalls(gateway: GatewayService) -> None:
 
 
 def _add_watchdog(gateway: GatewayService, interval: float) -> None:
-    """systemd's watchdog: pinged while the reactor turns and the ledger answers; started once ready."""
+    """systemd's watchdog: pinged while the reactor turns and a ledger check through the blocking pool ends within the
+    interval — answered or refused: a database that is down keeps it fed (issue 15); started once ready."""
     metrics, blocking, ledger = gateway.metrics, gateway.blocking, gateway.ledger
 
     def healthy(ok: bool) -> None:
         metrics.database_up.set(1 if ok else 0)
 
-    watchdog = Watchdog(gateway.clock, gateway.notifier, lambda: blocking.run(ledger.ping), interval, healthy)
+    watchdog = Watchdog(gateway.clock, gateway.notifier, lambda: blocking.run(ledger.ping), interval, healthy,
+                        is_database_failure=is_database_failure)
     gateway.watchdog = watchdog
 
     def start_watchdog(addresses: list[str]) -> list[str]:

@@ -54,7 +54,7 @@ EXPECTED: list[tuple[str, str, str, dict[str, str]]] = [
       "KEI_SHA256": SHA, "KEI_RECORDS": "3021", "KEI_REASON": "ok"}),
     ("metrics listener refused a connection from 10.0.0.9: address", events.LISTENER_DENIED.message_id, "4",
      {"KEI_EVENT": "listener.denied", "KEI_REASON": "address"}),
-    ("database does not answer: locked", events.DATABASE_UNAVAILABLE.message_id, "3",
+    ("database does not answer: locked", events.DATABASE_UNAVAILABLE.message_id, "2",
      {"KEI_EVENT": "database.unavailable", "KEI_REASON": "locked", "KEI_FLOW": "mpn-results"}),
     ("client certificate expired on 2026-11-01", events.CERTIFICATE_EXPIRED.message_id, "2",
      {"KEI_EVENT": "certificate.expired", "KEI_PEER": "mpn"}),

@@ -74,3 +74,32 @@ def test_when_the_ledger_is_on_postgresql_then_a_file_goes_to_the_peer_and_its_r
     verified = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(files.config), "audit", "verify"],
                               capture_output=True, text=True, timeout=60, check=False)
     assert verified.returncode == 0 and verified.stdout.startswith("OK, "), verified.stdout + verified.stderr
+
+
+def test_when_the_database_host_answers_nothing_then_the_health_check_fails_within_the_connect_timeout() -> None:
+    """A PostgreSQL address that takes the connection and never answers (a server host hung, a half-dead proxy):
+    the check fails — the database's failure, one attempt — within libpq's ``connect_timeout``, rather than waiting
+    for the kernel's TCP timeouts, so the watchdog's check ends and the watchdog stays fed (issue 15)."""
+    import socket
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from kei_gateway.adapters.ledger import Ledger
+    from kei_gateway.adapters.ledger.db import POSTGRESQL_NETWORK_BOUNDS, is_database_failure
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    engine = create_ledger_engine(f"postgresql+psycopg://kei@127.0.0.1:{silent.getsockname()[1]}/ledger")
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised:
+            Ledger(engine).ping()
+        took = time.monotonic() - started
+    finally:
+        engine.dispose()
+        silent.close()
+    bound = POSTGRESQL_NETWORK_BOUNDS["connect_timeout"]
+    assert bound - 0.5 <= took < bound + 2.0, f"took {took:.1f}s against connect_timeout {bound}s"
+    assert is_database_failure(raised.value)

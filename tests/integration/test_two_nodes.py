@@ -346,18 +346,21 @@ def test_when_two_nodes_start_with_one_node_id_then_the_second_is_refused_naming
     assert status.returncode == 0 and "gw-a" in status.stdout and " up " in status.stdout, status.stdout
 
 
-WATCHDOG_SEC = 30
-"""The unit's ``WatchdogSec=`` (systemd/kei-gateway.service): the daemons ping every 15 s."""
+WATCHDOG_SEC = 8
+"""A short ``WatchdogSec=`` (the unit's is 30 s): the daemons ping every 4 s, and PostgreSQL stays away for more than
+twice this — an outage systemd would have restarted both nodes for under SPEC §9's first rule (issue 15)."""
 
 
 def watchdog_pings(daemon: DaemonProcess) -> list[float]:
     return [at for at, message in daemon.notify.history if "WATCHDOG=1" in message.splitlines()]
 
 
-def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhile_and_then_go_on(
+def test_when_postgresql_is_away_longer_than_the_watchdog_under_both_nodes_then_they_are_unready_meanwhile_and_then_go_on(
         cluster: Cluster, pg_cluster: PgCluster) -> None:
-    """Both keep running — same processes, the watchdog fed all along (no gap systemd would restart them for,
-    no ``WATCHDOG=trigger``) —, ``/readyz`` answers 503 meanwhile, and the work resumes, nothing lost."""
+    """Both keep running — same processes, the watchdog fed all along, through an outage of more than twice
+    ``WatchdogSec=`` (no gap systemd would restart them for, no ``WATCHDOG=trigger``) —, ``/readyz`` answers 503
+    meanwhile and ``database.unavailable`` is logged, a file written meanwhile is sent once the database is back,
+    nothing lost."""
     for node in ("gw-a", "gw-b"):
         cluster.start(node, watchdog_usec=WATCHDOG_SEC * 1_000_000).notify.wait_for("READY=1")
     pids = {node: daemon.process.pid for node, daemon in cluster.nodes.items()}
@@ -372,6 +375,10 @@ def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhi
             poll_until(lambda: daemon.get("/readyz")[0] == 503 or None, LEASE + 15, f"{node} /readyz 503",
                        cluster.stderr)
         drop(cluster, "pay-ha-during.dat", 100)  # written while the ledger is away: taken when it is back
+        for node, daemon in cluster.nodes.items():  # the outage lasts until both fed the watchdog past 2 × WatchdogSec
+            poll_until(lambda: [at for at in watchdog_pings(daemon) if at > stopped_at + 2 * WATCHDOG_SEC] or None,
+                       3 * WATCHDOG_SEC + 15, f"{node} feeding the watchdog while PostgreSQL is away", cluster.stderr)
+            assert daemon.get("/readyz")[0] == 503, f"{node} still unready while PostgreSQL is away"
     finally:
         pg_cluster.start_server()
     back_at = time.monotonic()
@@ -389,6 +396,9 @@ def test_when_postgresql_restarts_under_both_nodes_then_they_are_unready_meanwhi
         assert [at for at in pings if at < stopped_at], "pinged before the restart"
         assert not [m for _, m in daemon.notify.history if "WATCHDOG=trigger" in m], "no watchdog restart asked"
         assert daemon.process.poll() is None and daemon.process.pid == pids[node], f"{node} kept running"
+        log = daemon.stderr()
+        assert "database does not answer" in log and "database answers again" in log, log[-3000:]
+        assert "the watchdog is no longer fed" not in log, log[-3000:]
     with cluster.engine.connect() as connection:
         registered = dict(connection.execute(select(Node.id, Node.pid)).all())
     assert registered == pids, "the same starts of both nodes, never replaced"

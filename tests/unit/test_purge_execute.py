@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.config import Config, config_from_string
 from kei_gateway.operations.purge import PurgeLedger, last_completed, run_purge, secure_unlink
+from kei_gateway.operations.purge.execute import LOCK_NAME, PurgeBusy, _lock
 from kei_gateway.operations.purge.report import CSV_BOM, HEADINGS
 from kei_gateway.sim.harness import demo_config_text
 from kei_gateway.testing import DUMMY_STORE_KEY
@@ -357,3 +359,61 @@ def test_when_a_payload_is_erased_then_its_degenerations_list_goes_with_it_and_a
     assert not world.store.exists(done.blob_id) and not world.store.exists(degenerations_blob_id(done.blob_id))
     assert world.store.exists(young.blob_id) and world.store.exists(degenerations_blob_id(young.blob_id))
     assert [item.name for item in outcome.run.items] == ["done.dat"], "the list is part of its payload's erasure"
+
+
+def hold_purge_lock(world: World) -> int:
+    """The purge's lock as another run holds it (a node stopped in the middle of its purge, or 'kei-gateway purge'):
+    its own open file description, so this process's run finds it taken."""
+    reports = world.base / "state" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    fd = os.open(reports / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_when_another_run_holds_the_purge_lock_then_this_run_gives_up_at_once_and_erases_nothing(world: World) -> None:
+    """The lock stays under the lease (an operator's 'kei-gateway purge' takes no lease, and two runs would share
+    one journal), but a node stopped in the middle of a run must not hold the other node's run — nor a thread of its
+    pool — for as long as it stays stopped: the run gives up after its bounded wait, and runs again later."""
+    done = world.add(state=TransferState.DONE, age_days=2, name="done.dat")
+    held = hold_purge_lock(world)
+    try:
+        with pytest.raises(PurgeBusy, match=r"another purge run holds .*\.purge\.lock .* after 0s: this run erased "
+                                             r"nothing and runs again later"):
+            world.purge(0, lock_wait=0.0)
+        assert world.store.exists(done.blob_id) and world.row(done.id).blob_id == done.blob_id
+        assert sorted(p.name for p in (world.base / "state" / "reports").iterdir()) == [LOCK_NAME], "no journal, no report"
+    finally:
+        os.close(held)
+    outcome = world.purge(0, lock_wait=0.0)
+    assert outcome.ok and [i.name for i in outcome.run.items] == ["done.dat"]
+
+
+def test_when_the_purge_lock_is_freed_within_the_wait_then_the_run_takes_it_and_a_longer_hold_is_given_up(
+        tmp_path: Path) -> None:
+    """The wait is bounded and polls without blocking (a fake clock: no real time passes)."""
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    clock = [0.0]
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        clock[0] += seconds
+        if len(naps) == 3:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the other run finishes
+
+    taken = _lock(str(tmp_path), 5.0, sleep=sleep, monotonic=lambda: clock[0])
+    os.close(taken)
+    assert naps == [0.25, 0.25, 0.25]
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    naps.clear()
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        clock[0] += seconds
+
+    with pytest.raises(PurgeBusy):
+        _lock(str(tmp_path), 1.1, sleep=nap, monotonic=lambda: clock[0])
+    assert naps == pytest.approx([0.25, 0.25, 0.25, 0.25, 0.1])
+    os.close(fd)

@@ -10,7 +10,7 @@ from twisted.internet import defer, task
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from kei_gateway.operations.purge.execute import PurgeOutcome
+from kei_gateway.operations.purge.execute import PurgeBusy, PurgeOutcome
 from kei_gateway.operations.purge.plan import PurgePlan
 from kei_gateway.operations.purge.report import ErasedItem, PurgeRun
 from kei_gateway.operations.purge.service import RETRY_AFTER_FAILURE, PurgeService
@@ -115,6 +115,21 @@ class PurgeServiceTests(SynchronousTestCase):
         self.assertEqual(len(h.runs), 3)
         self.assertEqual(h.after, 3)  # the verification runs after every run
         self.assertEqual(h.service.next_run, datetime.datetime(2026, 11, 23, 0, 30, tzinfo=JST))
+
+    def test_when_another_run_holds_the_lock_then_the_run_says_so_and_is_tried_again_an_hour_later(self) -> None:
+        """A node stopped in the middle of its purge (or an operator's run) holds the lock: this node's run gives
+        up at once (PurgeBusy), says why in our own words, and looks again after RETRY_AFTER_FAILURE."""
+        h = Harness(self, at(2026, 11, 22, 0, 29), last=datetime.datetime(2026, 11, 21, 0, 30, 1, tzinfo=JST),
+                    outcomes=[PurgeBusy("/state/reports/.purge.lock", 5.0), "ok"])
+        h.service.startService()
+        h.clock.advance(60)
+        failed = [e for e in h.events if e.get("kei_event") == "purge.failed"]
+        self.assertEqual(len(failed), 1)
+        self.assertIn("another purge run holds /state/reports/.purge.lock", failed[0]["reason"])
+        self.assertEqual(h.service.next_run, datetime.datetime(2026, 11, 22, 1, 30, tzinfo=JST))
+        h.clock.advance(RETRY_AFTER_FAILURE)
+        self.assertEqual(h.kinds(), ["purge.failed", "purge.done"])
+        self.assertEqual(len(h.runs), 2)
 
     def test_when_the_service_stops_then_no_purge_fires_later(self) -> None:
         h = Harness(self, at(2026, 11, 21, 23, 0), last=datetime.datetime(2026, 11, 21, 0, 30, 1, tzinfo=JST))

@@ -12,9 +12,27 @@ from sqlalchemy.engine import make_url
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-__all__ = ["create_ledger_engine", "upgrade", "current_revision", "head_revision", "ping"]
+__all__ = ["create_ledger_engine", "upgrade", "current_revision", "head_revision", "ping", "is_database_failure",
+           "POSTGRESQL_NETWORK_BOUNDS", "PING_STATEMENT_TIMEOUT"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+
+POSTGRESQL_NETWORK_BOUNDS: dict[str, int] = {
+    "connect_timeout": 3,        # seconds to connect (per host address; libpq's minimum is 2)
+    "tcp_user_timeout": 4000,    # ms a sent request may stay unacknowledged: a host gone or a network cut
+    "keepalives": 1,             # an established connection whose server went silent is found out
+    "keepalives_idle": 4,        # ... after 4 s idle,
+    "keepalives_interval": 1,    # probes every second,
+    "keepalives_count": 3,       # 3 unanswered: ~7 s
+}
+"""libpq's bounds on every ledger connection's network waits (no server setting: fine behind PgBouncer). Without
+them a PostgreSQL host that vanishes (no RST) holds a ledger call for the kernel's TCP timeouts — minutes — and every
+thread of the blocking pool with it. With them a call to a database that is away fails within seconds, as a refusal
+does, so the watchdog's check ends (issue 15, docs/high-availability.md "The watchdog and the database")."""
+
+PING_STATEMENT_TIMEOUT = 3.0
+"""Seconds the server may take to answer the health check (``SET LOCAL statement_timeout``): a server that is up but
+too busy to answer is reported down rather than holding the check."""
 
 
 def create_ledger_engine(url: str, busy_timeout: float = 5.0, idle_in_transaction: float | None = None) -> Engine:
@@ -43,7 +61,8 @@ def create_ledger_engine(url: str, busy_timeout: float = 5.0, idle_in_transactio
             cursor.close()
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True)
+    postgresql = parsed.get_backend_name() == "postgresql"
+    engine = create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRESQL_NETWORK_BOUNDS) if postgresql else {})
     if idle_in_transaction is not None and parsed.get_backend_name() == "postgresql":
         milliseconds = max(1, int(idle_in_transaction * 1000))
 
@@ -87,7 +106,17 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(_MIGRATIONS)).get_current_head()
 
 
-def ping(engine: Engine) -> None:
-    """Raise if the database does not answer a trivial query."""
+def ping(engine: Engine, statement_timeout: float | None = None) -> None:
+    """Raise if the database does not answer a trivial query (within *statement_timeout* seconds, on PostgreSQL)."""
     with engine.connect() as connection:
+        if statement_timeout is not None and connection.dialect.name == "postgresql":
+            connection.execute(text(f"SET LOCAL statement_timeout = {max(1, int(statement_timeout * 1000))}"))
         connection.execute(text("SELECT 1"))
+
+
+def is_database_failure(error: BaseException) -> bool:
+    """True for a failure the database's driver reports (refused, unreachable, timed out, an error of the server);
+    False for one of the daemon's own (the connection pool's wait, a bug)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(error, DBAPIError)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, String, cast, func, select
 from sqlalchemy.orm import Session
 
+from kei_gateway.adapters.ledger.db import PING_STATEMENT_TIMEOUT
 from kei_gateway.adapters.ledger.db import ping as _ping
 from kei_gateway.adapters.ledger.leases import Fence, check_fence, claim_in, lease_exists, lease_of, lock_lease, write_lease
 from kei_gateway.adapters.ledger.models import LeaseRow, Transfer, TransferState
@@ -64,9 +65,10 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @retry_transient
     def ping(self) -> None:
-        _ping(self.engine)
+        """One bounded attempt (no retry): the health checks and the watchdog report the database as it is now, and
+        must end within their interval (the engine's network bounds, :data:`PING_STATEMENT_TIMEOUT`)."""
+        _ping(self.engine, PING_STATEMENT_TIMEOUT)
 
     @retry_transient
     def queue_counts(self) -> dict[tuple[str, str], int]:

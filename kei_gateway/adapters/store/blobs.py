@@ -26,12 +26,13 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kei_gateway.adapters.durable import fsync_directory
-from kei_gateway.adapters.store.errors import BlobCorrupt, BlobExists, BlobNotFound
+from kei_gateway.adapters.store.errors import BlobBusy, BlobCorrupt, BlobExists, BlobNotFound
 from kei_gateway.adapters.store.format import BlobInfo, BlobStat, DEFAULT_SEGMENT_SIZE, HEADER_SIZE, BLOB_ID_PATTERN, read_exact, decrypt_stream, encrypt_stream, read_header, validate_blob_id
 from kei_gateway.adapters.store.keys import StoreKeyring, keyring_from_config
 
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["BlobStore", "FileBlobStore", "store_directory", "open_store"]
 
 _TEMP_PREFIX = ".tmp-"
-_LOCK_NAME = ".lock"
+LOCK_WAIT = 2.0
+"""Seconds a delete or re-encryption retries a blob another process holds locked, then :class:`BlobBusy`."""
+_LOCK_POLL = 0.05
 
 
 def store_directory(config: Config) -> str:
@@ -99,21 +102,50 @@ class FileBlobStore:
         self.directory = os.path.abspath(directory)
         self.keyring = keyring
         self.segment_size = segment_size
+        self.lock_wait = LOCK_WAIT
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
 
     def _path(self, blob_id: str) -> str:
         return os.path.join(self.directory, validate_blob_id(blob_id))
 
-    def _store_lock(self) -> int:
-        """Hold the store-wide lock for a change of a final name that must not race another: a replace (whose
-        check-then-replace in :meth:`rekey` must not bring back a blob deleted meanwhile) and an unlink.
+    def _lock_blob(self, blob_id: str) -> int | None:
+        """Lock the blob now under *blob_id*'s name, for a change of that name that must not race another: a
+        replace (whose check-then-replace in :meth:`rekey` must not bring back a blob deleted meanwhile) and an
+        unlink. The descriptor holding the lock, or None when there is no blob; :class:`BlobBusy` after
+        :attr:`lock_wait` seconds.
 
-        Held for the rename or unlink alone, never for a directory fsync, and not for a new blob's ``link``
-        (which never clobbers: ``EEXIST``): the store is shared by the nodes of SPEC §14, and a node stopped
-        while holding this lock (SIGSTOP, a paused VM) must not stop the other node's pushes and ingests."""
-        fd = os.open(os.path.join(self.directory, _LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        The lock is the blob file's own ``flock``, never a store-wide one: the store is shared by the nodes of
+        SPEC §14, and a node stopped (SIGSTOP, a paused VM) while holding a lock must hold no other blob than
+        the one it was changing — not the other node's pushes, ingests or their clean-up. It is taken without
+        blocking, retried for at most :attr:`lock_wait`: never a wait as long as the other's stop. Held for the
+        rename or unlink alone, never for a directory fsync."""
+        final = self._path(blob_id)
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                fd = _open_for_lock(final)
+            except FileNotFoundError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise BlobBusy(blob_id, self.lock_wait) from None
+                time.sleep(_LOCK_POLL)
+                continue
+            try:
+                now = os.lstat(final)
+            except FileNotFoundError:
+                now = None
+            held = os.fstat(fd)
+            if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+                return fd
+            os.close(fd)  # deleted or replaced between the open and the lock: look again
+            if now is None:
+                return None
 
     def _new_temp(self, blob_id: str) -> tuple[int, str]:
         """A fresh temp file, exclusively locked for as long as its writer lives (see :meth:`recover`)."""
@@ -145,14 +177,15 @@ class FileBlobStore:
         fd, temp, info = self._write_temp(blob_id, chunks)
         try:
             if replace:
-                lock = self._store_lock()
+                lock = self._lock_blob(blob_id)
                 try:
                     os.replace(temp, final)
                 finally:
-                    os.close(lock)
+                    if lock is not None:
+                        os.close(lock)
             else:
                 try:
-                    os.link(temp, final)  # never clobbers (EEXIST): no lock, see _store_lock
+                    os.link(temp, final)  # never clobbers (EEXIST): no lock, see _lock_blob
                 except FileExistsError:
                     raise BlobExists(blob_id) from None
                 os.unlink(temp)
@@ -180,7 +213,16 @@ class FileBlobStore:
 
     def delete(self, blob_id: str) -> bool:
         path = self._path(blob_id)
-        lock = self._store_lock()
+        try:
+            lock = self._lock_blob(blob_id)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            os.unlink(path)  # a symbolic link, not a blob (never followed): nothing to race, removed
+            fsync_directory(self.directory)
+            return True
+        if lock is None:
+            return False
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -214,18 +256,16 @@ class FileBlobStore:
             identity = os.fstat(source.fileno())
             fd, temp, _ = self._write_temp(blob_id, decrypt_stream(self.keyring, blob_id, source.read))
         try:
-            lock = self._store_lock()
+            lock = self._lock_blob(blob_id)
             try:
-                try:
-                    now = os.stat(final)
-                except FileNotFoundError:
-                    now = None
-                if now is None or (now.st_ino, now.st_dev) != (identity.st_ino, identity.st_dev):
+                held = os.fstat(lock) if lock is not None else None
+                if held is None or (held.st_ino, held.st_dev) != (identity.st_ino, identity.st_dev):
                     _discard(fd, temp)  # deleted or replaced meanwhile: never bring old data back
                     return False
                 os.replace(temp, final)
             finally:
-                os.close(lock)
+                if lock is not None:
+                    os.close(lock)
             fsync_directory(self.directory)
         except BaseException:
             _discard(fd, temp)
@@ -259,6 +299,15 @@ class FileBlobStore:
         if removed:
             fsync_directory(self.directory)
         return removed
+
+
+def _open_for_lock(path: str) -> int:
+    """A descriptor of the blob file to lock: read-write where allowed (a lock emulated over NFS, as POSIX locks,
+    wants it for an exclusive lock), else read-only (a blob made read-only by hand); never through a symlink."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _open_blob(path: str, blob_id: str) -> BinaryIO:

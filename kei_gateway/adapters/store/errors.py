@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = ["StoreError", "StoreKeyError", "InvalidBlobId", "BlobNotFound", "BlobExists", "BlobUnreadable",
-    "BlobCorrupt", "UnknownStoreKey"]
+    "BlobCorrupt", "UnknownStoreKey", "BlobBusy"]
 
 
 # --- errors -------------------------------------------------------------------------
@@ -39,6 +39,17 @@ class BlobExists(StoreError):
     def __init__(self, blob_id: str) -> None:
         self.blob_id = blob_id
         super().__init__(f"blob {blob_id}: already in the store; delete it first or write with replace=True")
+
+
+class BlobBusy(StoreError):
+    """A delete or re-encryption of a blob found it locked by another one for longer than the store waits."""
+
+    def __init__(self, blob_id: str, waited: float) -> None:
+        self.blob_id = blob_id
+        super().__init__(f"blob {blob_id}: another process (on this node or another one sharing the store) is "
+                         f"deleting or re-encrypting it and held it for more than {waited:g}s; nothing was changed. "
+                         f"Try again later (the purge does at its next run); a node stopped (SIGSTOP, a paused VM) "
+                         f"holds it until it continues or is killed")
 
 
 class BlobUnreadable(StoreError):

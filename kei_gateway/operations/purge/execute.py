@@ -21,11 +21,13 @@ the lock and then finds nothing left.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -66,13 +68,27 @@ from kei_gateway.adapters.store.format import degenerations_blob_id
 
 __all__ = ["PurgeLedger", "PurgeOutcome", "run_purge", "append_input_erasures", "plan_from_config", "secure_unlink", "list_directory",
            "recovered_from_journal", "JOURNAL_NAME", "INTERRUPTED_NOTE",
-           "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME"]
+           "reports_directory", "last_completed", "AuditPruner", "LOCK_NAME", "LOCK_WAIT", "PurgeBusy"]
 
 _log = Logger(namespace="kei_gateway.purge")
 
 AuditPruner = Callable[[datetime.datetime], int]
 """Erase the audit records older than the time given (keeping the chain verifiable); the number erased."""
 LOCK_NAME = ".purge.lock"
+"""One run at a time over the shared ``state_dir/reports`` (its journal and reports): a node's daily run under the
+purge's lease and an operator's ``kei-gateway purge``, which takes no lease (docs/high-availability.md)."""
+LOCK_WAIT = 5.0
+"""Seconds a run retries the lock another run holds before it gives up (:class:`PurgeBusy`): never a wait as long
+as that run — or as the stop of a node stopped in the middle of one."""
+
+
+class PurgeBusy(Exception):
+    """Another purge run holds the lock: this run did nothing."""
+
+    def __init__(self, path: str, waited: float) -> None:
+        super().__init__(f"another purge run holds {path} (a node's daily purge or 'kei-gateway purge', perhaps on "
+                         f"a node that is stopped) and still did after {waited:g}s: this run erased nothing and runs "
+                         f"again later")
 JOURNAL_NAME = ".purge-journal.jsonl"
 """The plan of the run in progress, written (and fsynced) before the first erasure; removed with the report.
 
@@ -332,24 +348,40 @@ def plan_from_config(config: Config, ledger: PurgeLedger, store: BlobStore | Non
                       referenced_blobs=referenced, reports=reports, audit=audit)
 
 
-def _lock(directory: str) -> int:
+def _lock(directory: str, wait: float, sleep: Callable[[float], None] = time.sleep,
+          monotonic: Callable[[], float] = time.monotonic) -> int:
+    """The purge's lock, taken without blocking and retried for at most *wait* seconds; :class:`PurgeBusy` then."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    path = os.path.join(directory, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+        left = deadline - monotonic()
+        if left <= 0:
+            os.close(fd)
+            raise PurgeBusy(path, wait)
+        sleep(min(0.25, left))
 
 
 def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, now: Callable[[], datetime.datetime],
               dry_run: bool = False, audit_pruner: AuditPruner | None = None,
-              actor: str = "kei-gateway") -> PurgeOutcome:
+              actor: str = "kei-gateway", lock_wait: float = LOCK_WAIT) -> PurgeOutcome:
     """One purge run for *config*: plan, and unless *dry_run* erase and append the day's report.
 
     *now* is called for the plan's time and for each item's 消去日時. A failure on one
     item (permissions, a vanished directory) does not stop the others: it is listed in
-    the report and the outcome is not ok, so the next run tries again.
+    the report and the outcome is not ok, so the next run tries again. :class:`PurgeBusy` when another run holds
+    the lock for longer than *lock_wait* seconds.
     """
     reports = reports_directory(config)
-    lock = _lock(reports) if not dry_run else None
+    lock = _lock(reports, lock_wait) if not dry_run else None
     try:
         started = now()
         plan = plan_from_config(config, ledger, store, started, audit=audit_pruner is not None)

@@ -21,6 +21,7 @@ from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.core.lease import LeaseKind
 from kei_gateway.operations.purge.execute import (
     AuditPruner,
+    PurgeBusy,
     PurgeLedger,
     PurgeOutcome,
     last_completed,
@@ -161,6 +162,9 @@ class PurgeService(service.Service):
         return outcome
 
     def _failed(self, failure: Any) -> None:
+        if failure.check(PurgeBusy):  # another run holds the lock (our own words): tried again later
+            events.emit(self.log, events.PURGE_FAILED, reason=str(failure.value))
+            return None
         events.emit(self.log, events.PURGE_FAILED,
                     reason=events.describe_error(failure.value) if isinstance(failure.value, BaseException) else "?")
         return None
