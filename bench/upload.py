@@ -59,6 +59,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
@@ -332,7 +333,10 @@ def upload_stage_child(config_path: str, source: str, work: str) -> None:
         info = store.write("bench-upload", iter(lambda: data.read(MIB), b""))
     pool = ThreadPool(minthreads=1, maxthreads=4, name="bench-blocking")
     pool.start()
-    client = WebDavClient.from_config(reactor, config, "jnks", ThreadPoolBlocking(reactor, pool))
+    from twisted.internet.interfaces import IReactorFromThreads
+
+    client = WebDavClient.from_config(reactor, config, "jnks",
+                                      ThreadPoolBlocking(cast(IReactorFromThreads, reactor), pool))
     name = f"stage-{Path(source).name}"
     figures: dict[str, object] = {"name": name}
 
@@ -568,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             latency = measure_latency(bench, sizes.latency_files, sizes.latency_records)
         finally:
             bench.nginx.stop()
-    samples = [s * 1000 for s in latency["samples"]]  # type: ignore[union-attr]
+    samples = [s * 1000 for s in cast("list[float]", latency["samples"])]
     print()
     print("## Throughput (MB = 10^6 bytes; ratio = rate / curl's rate; peak RSS = VmHWM of that process)")
     print()

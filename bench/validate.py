@@ -19,8 +19,15 @@ child process (so peak RSS is per measurement):
 
 Every run is printed (``--repeat``, default 3) with the load average before it; the
 ratios are validate / bulk and validate / lines of the same run, and degenerate with MJ
-/ without.  Run: ``.venv/bin/python bench/validate.py [--records N] [--repeat N]``.
-Figures go in ``docs/performance.md``.
+/ without.  Run: ``.venv/bin/python bench/validate.py [--records N] [--repeat N] [--only WHAT]``
+(``--only degenerate``: the 縮退 ratio alone).
+
+``--large`` measures instead the upload bench's 512 MiB JNKS file (7,669,584 records,
+``bench/_jnks_data.py``) as the ingest validates it (1 MiB reads, the key log spilled to the
+scratch, the second read only if keys are suspect): CPU of each read and peak RSS (issue 13:
+≤ 64 MB whatever the size).  ``--baseline DIR`` runs each measurement (of ``--large`` or of
+``--only degenerate``) also with the ``kei_gateway`` of another checkout (e.g. ``git archive``
+of main into DIR), in the same invocation, one child each.  Figures go in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from functools import partial
 from pathlib import Path
 
@@ -55,9 +63,9 @@ def ensure_file(layout_name: str, records: int, variant: str = "cp932") -> Path:
         tmp = path.with_suffix(".tmp")
         with valid.open("rb") as source, tmp.open("wb") as out:
             for block in iter(partial(source.read, size * 10_000), b""):
-                data = bytearray(block)
-                data[0::size] = b"#" * (len(data) // size)  # no record kind is "#"
-                out.write(data)
+                marked = bytearray(block)
+                marked[0::size] = b"#" * (len(marked) // size)  # no record kind is "#"
+                out.write(marked)
         tmp.rename(path)
     if not path.exists():
         OUT.mkdir(exist_ok=True)
@@ -103,6 +111,51 @@ def measure_decode(path: str) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "records": count}
 
 
+def scratch_option(function: object) -> dict[str, Any]:
+    """``scratch=`` as ``kei-gateway validate`` and the ingest pass it, when this checkout has one (not before)."""
+    import inspect
+
+    if "scratch" not in inspect.signature(function).parameters:  # type: ignore[arg-type]
+        return {}
+    from kei_gateway.adapters.scratch import scratch_in
+
+    return {"scratch": scratch_in()}
+
+
+def measure_large(path: str, layout_name: str) -> dict[str, float]:
+    """The ingest's validation of a large file: 1 MiB reads, the second read only if keys are suspect."""
+    from kei_gateway.core.jst import today_in_jst
+    from kei_gateway.layouts import ValidationOptions, Validator, get_layout
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def chunks() -> Iterator[bytes]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    validator = Validator(get_layout(layout_name), ValidationOptions(today=today_in_jst()), sink=lambda _: None,
+                          rereadable=True, expected_size=os.path.getsize(path), **scratch_option(Validator))
+    start, first = time.perf_counter(), cpu()
+    for chunk in chunks():
+        validator.feed(chunk)
+    report = validator.close()
+    second = cpu()
+    rescanned = validator.needs_rescan
+    if rescanned:
+        report = validator.rescan(chunks())
+    end = cpu()
+    if not report.valid:
+        raise SystemExit(f"benchmark file {path} is not valid: {report.errors[:3]}")
+    return {"seconds": time.perf_counter() - start, "cpu": end - first, "first_cpu": second - first,
+            "second_cpu": end - second, "second_read": float(rescanned), "records": report.records}
+
+
 def measure_validate(path: str, layout_name: str, policy: str = "", expect_valid: bool = True) -> dict[str, float]:
     from kei_gateway.layouts import ValidationOptions, get_layout, validate_stream
 
@@ -116,7 +169,7 @@ def measure_validate(path: str, layout_name: str, policy: str = "", expect_valid
 
     # As ``kei-gateway validate FILE``: the file may be read a second time, so uniqueness takes fixed memory.
     report = validate_stream(chunks(), get_layout(layout_name), options, reread=chunks,
-                             expected_size=os.path.getsize(path))
+                             expected_size=os.path.getsize(path), **scratch_option(validate_stream))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     if report.valid != expect_valid:
@@ -137,6 +190,8 @@ def child(what: str, path: str, layout_name: str) -> None:
         result = measure_validate(path, layout_name)
     elif what == "invalid":
         result = measure_validate(path, layout_name, expect_valid=False)
+    elif what == "large":
+        result = measure_large(path, layout_name)
     else:
         result = measure_validate(path, layout_name, policy="degenerate")
     result["peak_rss_mb"] = peak_rss_mb()
@@ -152,10 +207,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(what: str, path: Path, layout_name: str) -> dict[str, float]:
+def run_child(what: str, path: Path, layout_name: str, code: str | None = None) -> dict[str, float]:
+    """One measurement in a child process; ``code``: the checkout whose ``kei_gateway`` it imports."""
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = code
     output = subprocess.run([sys.executable, __file__, "--child", what, str(path), layout_name],
-                            check=True, capture_output=True, text=True).stdout
+                            check=True, capture_output=True, text=True, env=env).stdout
     return dict(json.loads(output))
+
+
+def main_large(repeat: int, baseline: str | None) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _jnks_data import jnks_file
+
+    path = jnks_file(7_669_584)
+    here = str(Path(__file__).resolve().parent.parent)
+    codes = [("baseline", baseline), ("this", here)] if baseline else [("this", here)]
+    print(f"large file: {path.name}, {path.stat().st_size / 1e6:.0f} MB, as the ingest validates it (1 MiB reads)")
+    print(f"{'code':<9} {'run':>3} {'load':>14} {'wall s':>7} {'CPU s':>6} {'1st read CPU':>12} "
+          f"{'2nd read CPU':>12} {'2nd read':>8} {'records':>9} {'peak RSS':>9}")
+    for run in range(1, repeat + 1):
+        for label, code in codes:
+            before = load()
+            result = run_child("large", path, "jnks-payments", code)
+            print(f"{label:<9} {run:>3} {before:>14} {result['seconds']:>7.2f} {result['cpu']:>6.2f} "
+                  f"{result['first_cpu']:>12.2f} {result['second_cpu']:>12.2f} "
+                  f"{'yes' if result['second_read'] else 'no':>8} {int(result['records']):>9} "
+                  f"{result['peak_rss_mb']:>7.1f}MB", flush=True)
 
 
 def load() -> str:
@@ -167,16 +246,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; every run is printed")
+    parser.add_argument("--only", choices=("validate", "invalid", "degenerate"),
+                        help="run only this measurement (e.g. degenerate: the 縮退 policy's ratio)")
+    parser.add_argument("--large", action="store_true",
+                        help="only the 512 MiB file as the ingest validates it: CPU of each read, peak RSS")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="with --large or --only degenerate: also run each measurement with the kei_gateway "
+                             "of the checkout DIR")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    if args.large:
+        main_large(args.repeat, args.baseline)
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
-    print(f"{'layout':<15} {'run':>3} {'load':>14} {'MB':>5} {'bulk s':>7} {'lines s':>8} {'validate s':>10} "
-          f"{'÷bulk':>6} {'÷lines':>6} {'cpu ÷bulk':>9} {'RSS bulk':>8} {'RSS lines':>9} {'RSS validate':>12}")
-    for name in LAYOUT_NAMES:
+    if args.only in (None, "validate"):
+        print(f"{'layout':<15} {'run':>3} {'load':>14} {'MB':>5} {'bulk s':>7} {'lines s':>8} {'validate s':>10} "
+              f"{'÷bulk':>6} {'÷lines':>6} {'cpu ÷bulk':>9} {'RSS bulk':>8} {'RSS lines':>9} {'RSS validate':>12}")
+    for name in LAYOUT_NAMES if args.only in (None, "validate") else ():
         path = ensure_file(name, args.records)
         size = path.stat().st_size / 1e6
         for run in range(1, args.repeat + 1):
@@ -187,12 +277,18 @@ def main() -> None:
                   f"{validate['seconds'] / lines['seconds']:>5.2f}x {validate['cpu'] / bulk['cpu']:>8.2f}x "
                   f"{bulk['peak_rss_mb']:>6.0f}MB {lines['peak_rss_mb']:>7.0f}MB {validate['peak_rss_mb']:>10.0f}MB",
                   flush=True)
+    if args.only in (None, "invalid"):
+        measure_invalid(args.records, args.repeat)
+    if args.only in (None, "degenerate"):
+        measure_degenerate(args.records, args.repeat, args.baseline)
+
+
+def measure_invalid(records: int, repeat: int) -> None:
     print()
     print(f"{'all invalid (jnks-payments)':<30} {'run':>3} {'load':>14} {'MB':>5} {'valid s':>9} {'invalid s':>9} "
           f"{'ratio':>6} {'cpu ratio':>9} {'records read':>12} {'RSS':>6}")
-    valid_path, invalid_path = ensure_file("jnks-payments", args.records), ensure_file("jnks-payments", args.records,
-                                                                                      "invalid")
-    for run in range(1, args.repeat + 1):
+    valid_path, invalid_path = ensure_file("jnks-payments", records), ensure_file("jnks-payments", records, "invalid")
+    for run in range(1, repeat + 1):
         before = load()
         valid, invalid = run_child("validate", valid_path, "jnks-payments"), run_child("invalid", invalid_path,
                                                                                        "jnks-payments")
@@ -200,17 +296,25 @@ def main() -> None:
               f"{invalid['seconds']:>9.2f} {invalid['seconds'] / valid['seconds']:>5.2f}x "
               f"{invalid['cpu'] / valid['cpu']:>8.2f}x {int(invalid['records']):>12} {invalid['peak_rss_mb']:>4.0f}MB",
               flush=True)
+
+
+def measure_degenerate(records: int, repeat: int, baseline: str | None = None) -> None:
+    """The 縮退 policy's cost: the UTF-8 slips with 1 % MJ names against the same without (``baseline``: old code too)."""
+    here = str(Path(__file__).resolve().parent.parent)
+    codes = [("baseline", baseline), ("this", here)] if baseline else [("this", None)]
     print()
     print(f"{'degenerate (mpn-slips, UTF-8)':<30} {'run':>3} {'load':>14} {'MB':>5} {'without s':>9} {'with 1% MJ s':>12} "
-          f"{'ratio':>6} {'cpu ratio':>9} {'degenerated':>11} {'RSS':>6}")
-    plain, marked = ensure_file("mpn-slips", args.records, "utf8-plain"), ensure_file("mpn-slips", args.records, "utf8-mj")
-    for run in range(1, args.repeat + 1):
-        before = load()
-        without, with_mj = run_child("degenerate", plain, "mpn-slips"), run_child("degenerate", marked, "mpn-slips")
-        print(f"{'':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} {without['seconds']:>9.2f} "
-              f"{with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
-              f"{with_mj['cpu'] / without['cpu']:>8.2f}x "
-              f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
+          f"{'ratio':>6} {'cpu ratio':>9} {'CPU s without/with':>18} {'degenerated':>11} {'RSS':>6}")
+    plain, marked = ensure_file("mpn-slips", records, "utf8-plain"), ensure_file("mpn-slips", records, "utf8-mj")
+    for run in range(1, repeat + 1):
+        for label, code in codes:
+            before = load()
+            without = run_child("degenerate", plain, "mpn-slips", code)
+            with_mj = run_child("degenerate", marked, "mpn-slips", code)
+            print(f"{label if baseline else '':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} "
+                  f"{without['seconds']:>9.2f} {with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
+                  f"{with_mj['cpu'] / without['cpu']:>8.2f}x {without['cpu']:>8.2f} / {with_mj['cpu']:<7.2f} "
+                  f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import BinaryIO
 
+from kei_gateway.adapters.scratch import ScratchError, scratch_in
 from kei_gateway.cli import exitcodes
 from kei_gateway.cli._args import share
 from kei_gateway.layouts import (
@@ -150,7 +151,7 @@ def _print_report(args: argparse.Namespace, report: ValidationReport) -> None:
 
 
 def validate_file(args: argparse.Namespace) -> int:
-    """``kei-gateway validate``: exit 0 valid, 3 invalid, 2 when the file cannot be read."""
+    """``kei-gateway validate``: exit 0 valid, 3 invalid, 2 when the file cannot be read, 1 when the scratch fails."""
     options = ValidationOptions(
         today=args.today or today_in_jst(),
         encoding=args.encoding,
@@ -170,7 +171,11 @@ def validate_file(args: argparse.Namespace) -> int:
             regular = os.path.isfile(args.file)
             reread = (lambda: _file_chunks(args.file)) if regular else None
             report = validate_stream(_file_chunks(args.file), layout, options, reread=reread,
-                                     expected_size=os.path.getsize(args.file) if regular else None)
+                                     expected_size=os.path.getsize(args.file) if regular else None,
+                                     scratch=scratch_in())
+    except ScratchError as exc:
+        print(f"kei-gateway validate: {args.file}: {exc.strerror}", file=sys.stderr)
+        return exitcodes.FAILED
     except ValueError as exc:  # the file changed between the two reads
         print(f"kei-gateway validate: {args.file}: {exc}", file=sys.stderr)
         return exitcodes.USAGE

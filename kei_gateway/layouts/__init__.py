@@ -18,6 +18,7 @@ The public surface::
     dummy = generate_file(layout, 1000, seed=1, today=today)  # ダミーデータ
 """
 
+from kei_gateway.layouts._keyfilter import MemoryScratch, Scratch
 from kei_gateway.layouts.checkdigits import (
     gs1_check_digit, is_valid_gs1_cvs_code, is_valid_lg_code, lg_code_check_digit,
 )
@@ -45,7 +46,9 @@ __all__ = [
     "LayoutError",
     "MPN_RESULTS",
     "MPN_SLIPS",
+    "MemoryScratch",
     "Record",
+    "Scratch",
     "ValidationOptions",
     "ValidationReport",
     "Validator",

@@ -2,21 +2,87 @@
 
 :class:`Columns` cuts the key fields out of a block of whole records with strided
 slices; :class:`ExactKeys` keeps every key (input read once); :class:`FilteredKeys` puts
-keys in a fixed-size log of fingerprints or Bloom filter and keeps only the suspects (as
-fingerprints), which :class:`SuspectKeys` settles exactly in a second read.  Pure; no I/O.
+keys in a fixed-size log of fingerprints, a log spilled to a scratch (larger files), or a
+Bloom filter, and keeps only the suspects (as fingerprints, at most :data:`MAX_SUSPECTS`),
+which :class:`SuspectKeys` settles exactly in a second read.  Pure; the scratch is injected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 import numpy as np
+import numpy.typing as npt
 
 from kei_gateway.layouts._keyfilter import (
-    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyLog, filter_bits_for, fingerprint, fingerprints, lane_width,
-    log_capacity_for,
+    DEFAULT_FILTER_BITS_LOG2, KeyFilter, KeyLog, Scratch, SpilledLog, filter_bits_for, fingerprint, fingerprints,
+    lane_width, log_capacity_for,
 )
 from kei_gateway.layouts.fields import Kind, Layout
 
-__all__ = ["Columns", "ExactKeys", "FilteredKeys", "SuspectKeys", "Uniqueness"]
+__all__ = ["Columns", "ExactKeys", "FilteredKeys", "MAX_SUSPECTS", "SuspectKeys", "SuspectSet", "Uniqueness"]
+
+MAX_SUSPECTS: Final = 1 << 16
+"""Distinct suspect fingerprints kept for the second read (512 KiB; the second read keeps one key per
+suspect, a few MB): a valid file of 7.7 M records leaves none with a log and ~2,900 with the Bloom
+filter.  A file with more is refused without the second read (:attr:`SuspectSet.overflowed`)."""
+
+
+class SuspectSet:
+    """Distinct 64-bit fingerprints, sorted, at most ``limit`` of them: past it, :attr:`overflowed` and no more.
+
+    Fingerprints are gathered and merged (``np.union1d``) once as many have come as are kept, so a
+    key repeated on every record costs one entry, not one per record.
+    """
+
+    def __init__(self, limit: int = MAX_SUSPECTS) -> None:
+        self.limit = limit
+        self._sorted = np.zeros(0, dtype=np.uint64)
+        self._pending: list[npt.NDArray[np.uint64]] = []
+        self._pending_count = 0
+        self._overflowed = False
+
+    @property
+    def overflowed(self) -> bool:
+        """More than ``limit`` distinct fingerprints came: none is kept any more."""
+        self._merge()
+        return self._overflowed
+
+    def add(self, found: npt.NDArray[np.uint64]) -> None:
+        if self._overflowed or not found.size:
+            return
+        self._pending.append(found)
+        self._pending_count += found.size
+        if self._pending_count >= max(4096, self._sorted.size, self.limit // 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            self._sorted = np.union1d(self._sorted, np.concatenate(self._pending))
+            self._pending, self._pending_count = [], 0
+        if self._sorted.size > self.limit:
+            self._overflowed = True
+            self._sorted = np.zeros(0, dtype=np.uint64)
+
+    @property
+    def array(self) -> npt.NDArray[np.uint64]:
+        """The fingerprints, sorted and distinct (empty once overflowed)."""
+        self._merge()
+        return self._sorted
+
+    def __len__(self) -> int:
+        return int(self.array.size)
+
+    def __bool__(self) -> bool:
+        return self.overflowed or len(self) > 0
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        array = self.array
+        at = int(np.searchsorted(array, np.uint64(value)))
+        return at < array.size and int(array[at]) == value
 
 
 class Columns:
@@ -112,43 +178,61 @@ class FilteredKeys:
     The index is a :class:`KeyLog` of every key's 64-bit fingerprint when the number of
     records is known and fits in the memory of the largest filter (the repeated
     fingerprints, found at :meth:`finish`, are the suspects: every repeated key, and a
-    different key with odds of about n² / 2^65), else a :class:`KeyFilter` (a Bloom
-    filter: a few false suspects per million keys at its largest).  Nothing is reported
-    here; a key equal to an earlier one is always a suspect, so :class:`SuspectKeys` can
-    settle uniqueness exactly in a second read.
+    different key with odds of about n² / 2^65); for more records a :class:`SpilledLog`
+    (the same log, partitioned on ``scratch()``: 8 bytes a record there, a few MiB in memory)
+    when a scratch is given, else a :class:`KeyFilter` (a Bloom filter: a few false suspects
+    per million keys at its largest).  Nothing is reported here; a key equal to an earlier one
+    is always a suspect, so :class:`SuspectKeys` can settle uniqueness exactly in a second read.
+    The suspects are a bounded :class:`SuspectSet`.
     """
 
     def __init__(self, layout: Layout, records: int | None = None,
-                 largest_bits_log2: int = DEFAULT_FILTER_BITS_LOG2) -> None:
+                 largest_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
+                 scratch: Callable[[], Scratch] | None = None, max_suspects: int | None = None) -> None:
         self.columns = layout.unique_keys or ()
         self.width = sum(layout[key].width for key in self.columns)
         self.lane = lane_width(self.width)
         capacity = log_capacity_for(records, largest_bits_log2)
-        self.filter: KeyFilter | KeyLog = KeyFilter(filter_bits_for(records, largest_bits_log2)) if capacity is None \
-            else KeyLog(capacity, largest_bits_log2=largest_bits_log2)
-        self.suspects: set[int] = set()
+        self.filter: KeyFilter | KeyLog | SpilledLog
+        if capacity is not None:
+            self.filter = KeyLog(capacity, largest_bits_log2=largest_bits_log2)
+        elif scratch is not None:
+            self.filter = SpilledLog(scratch(), records)
+        else:
+            self.filter = KeyFilter(filter_bits_for(records, largest_bits_log2))
+        self.suspects = SuspectSet(MAX_SUSPECTS if max_suspects is None else max_suspects)
         """Fingerprints (with :attr:`salt`) of the keys the second read must follow."""
 
     @property
     def salt(self) -> int:
         return self.filter.salt
 
+    @property
+    def exact_index(self) -> bool:
+        """Every suspect is a repeated 64-bit fingerprint (a log), not a Bloom filter's "maybe"."""
+        return not isinstance(self.filter, KeyFilter)
+
     def block(self, columns: Columns, first_number: int) -> bool:
         h = self.filter.fingerprints(columns.packed_keys(self.columns, self.lane), self.lane)
         found = self.filter.add_fingerprints(h)
         if found.size:
-            self.suspects.update(h[found].tolist())
+            self.suspects.add(h[found])
         return True
 
     def record(self, key: bytes, number: int) -> bool:
         if self.filter.add_one(key):
-            self.suspects.add(fingerprint(self.salt, key))
+            self.suspects.add(np.array([fingerprint(self.salt, key)], dtype=np.uint64))
         return False
 
     def finish(self) -> None:
-        """The first read is over: the repeated fingerprints of the log join the suspects."""
-        if isinstance(self.filter, KeyLog):
-            self.suspects |= self.filter.repeated()
+        """The first read is over: the repeated fingerprints of a log join the suspects (until they overflow)."""
+        if isinstance(self.filter, (KeyLog, SpilledLog)):
+            repeated = self.filter.repeated()
+            for found in repeated:
+                self.suspects.add(found)
+                if self.suspects.overflowed:
+                    break
+            repeated.close()
 
 
 _CANDIDATE_FLAGS = 1 << 20
@@ -157,16 +241,17 @@ _CANDIDATE_FLAGS = 1 << 20
 class SuspectKeys:
     """Second read: only the keys whose fingerprint is a suspect's are followed, exactly; a repeat is a duplicate."""
 
-    def __init__(self, layout: Layout, suspects: set[int], salt: int) -> None:
+    def __init__(self, layout: Layout, suspects: SuspectSet, salt: int) -> None:
         self.columns = layout.unique_keys or ()
         self.suspects = suspects
         self.seen: set[bytes] = set()
+        """One key per suspect fingerprint met (more only for distinct keys sharing one): bounded by the suspects."""
         self.width = sum(layout[key].width for key in self.columns)
         self.lane = lane_width(self.width)
         self._salt = salt  # the first read's: the suspects are its fingerprints
         # 2^20 flags (1 MiB) indexed by 20 bits of a fingerprint: a few candidates a block to look up exactly.
         self._flags = np.zeros(_CANDIDATE_FLAGS, dtype=np.bool_)
-        self._flags[[suspect & (_CANDIDATE_FLAGS - 1) for suspect in suspects]] = True
+        self._flags[suspects.array & np.uint64(_CANDIDATE_FLAGS - 1)] = True
 
     def is_suspect(self, key: bytes) -> bool:
         return fingerprint(self._salt, key) in self.suspects
@@ -175,7 +260,11 @@ class SuspectKeys:
         packed = columns.packed_keys(self.columns, self.lane)
         found = fingerprints(packed, self.lane, self._salt)
         flagged = np.flatnonzero(self._flags[found & np.uint64(_CANDIDATE_FLAGS - 1)])
-        return [int(index) for index in flagged if int(found[index]) in self.suspects], packed
+        if not flagged.size:
+            return [], packed
+        suspects, candidates = self.suspects.array, found[flagged]
+        at = np.minimum(np.searchsorted(suspects, candidates), suspects.size - 1)
+        return flagged[suspects[at] == candidates].tolist(), packed
 
     def candidates(self, columns: Columns) -> list[int]:
         """Indices of the block's records whose key's fingerprint is a suspect's (every one whose key is)."""

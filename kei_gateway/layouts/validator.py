@@ -19,14 +19,14 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2
-from kei_gateway.layouts.columnar import as_matrix, columnar_plan
+from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, Scratch
+from kei_gateway.layouts.columnar import Matrix, as_matrix, columnar_plan
 from kei_gateway.layouts.errors import LayoutError
 from kei_gateway.layouts.fields import Layout
 from kei_gateway.layouts.precise import RecordChecker
 from kei_gateway.layouts.report import ValidationOptions, ValidationReport
 from kei_gateway.layouts.uniqueness import Columns, ExactKeys, FilteredKeys, SuspectKeys, Uniqueness
-from kei_gateway.layouts.utf8 import Utf8Conversion, convert_utf8_record, utf8_block_as_cp932
+from kei_gateway.layouts.utf8 import Utf8Block, Utf8Conversion, convert_utf8_record, convert_wide_in_place, utf8_block
 
 __all__ = ["BOM", "Validator", "validate_bytes", "validate_stream"]
 
@@ -60,18 +60,23 @@ class Validator:
       64-bit fingerprint, sorted at :meth:`close` to find the repeated ones, when
       ``expected_size`` (the file's size in bytes) gives a number of records
       that fits in the largest filter's memory (8 bytes a record),
-      else a Bloom filter (``2 ** filter_bits_log2`` bits, 16 MiB by default;
-      smaller for fewer records).  If there are any after
+      else, given ``scratch`` (a factory of :class:`~kei_gateway.layouts._keyfilter.Scratch`),
+      the same log spilled there in partitions (8 bytes a record on the scratch, a few
+      MiB in memory, exact at any size), else a Bloom filter (``2 ** filter_bits_log2``
+      bits, 16 MiB by default; smaller for fewer records).  If there are any after
       :meth:`close`, :attr:`needs_rescan` is true, the report is not final
       (``valid`` is false) and the caller feeds the same bytes again to
       :meth:`rescan`, which finds, exactly, the suspects that repeat an earlier
-      record and reports them where the in-memory check would have.
+      record and reports them where the in-memory check would have.  More suspects
+      than :data:`~kei_gateway.layouts.uniqueness.MAX_SUSPECTS` (a file whose keys mostly
+      repeat) end the check in bounded memory: the file is invalid with one file-level
+      error instead (:meth:`_too_many_suspects`), and no second read is made.
     """
 
     def __init__(self, layout: Layout, options: ValidationOptions,
                  sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
                  rereadable: bool = False, filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
-                 expected_size: int | None = None) -> None:
+                 expected_size: int | None = None, scratch: Callable[[], Scratch] | None = None) -> None:
         self.layout = layout
         self.options = options
         self.report = ValidationReport(layout=layout.name)
@@ -81,11 +86,13 @@ class Validator:
         self._offset = 0  # file offset of the first of them
         self._checker = RecordChecker(layout, options)
         self._plan = columnar_plan(layout, options.rule_context) if fast_path else None
+        self._in_place = options.encoding == "utf-8" and options.gaiji != "reject"
+        """UTF-8 records whose only fault is a 外字 in a ``K`` field are converted in place (the policy replaces it)."""
         self._unique: Uniqueness | None = None
         if layout.unique_keys is not None:
             if rereadable:
                 records = None if expected_size is None else expected_size // layout.record_length + 1
-                self._unique = FilteredKeys(layout, records, filter_bits_log2)
+                self._unique = FilteredKeys(layout, records, filter_bits_log2, scratch)
             else:
                 self._unique = ExactKeys(layout)
         # Only a filtered uniqueness check may need the second read, whose bytes must be the first's.
@@ -203,11 +210,28 @@ class Validator:
             self._error(LayoutError(None, 0, "the file is empty; a file has at least one record"))
         if isinstance(self._unique, FilteredKeys):
             self._unique.finish()
-            if self._unique.suspects:
+            if self._unique.suspects.overflowed:
+                self._too_many_suspects(self._unique)
+                self._unique = None
+            elif self._unique.suspects:
                 self.report.uniqueness_pending = True
             else:
                 self._unique = None  # every key was new: the filter's 16 MiB can go now
         return self.report
+
+    def _too_many_suspects(self, unique: FilteredKeys) -> None:
+        """More keys repeat than the second read may follow in bounded memory: one file-level error, no second read."""
+        keys = ", ".join(unique.columns)
+        limit = unique.suspects.limit
+        if unique.exact_index:
+            reason = (f"more than {limit:,} different ({keys}) values occur more than once: each must be unique "
+                      "within a file; the file repeats too many to list them record by record (bounded memory), "
+                      "so check how it was produced and write it again")
+        else:
+            reason = (f"uniqueness of ({keys}) could not be settled in bounded memory: more than {limit:,} keys may "
+                      "repeat an earlier record's; the file is refused; validate it with a scratch directory "
+                      "(kei-gateway validate FILE) to have the repeated records named")
+        self._error(LayoutError(None, 0, reason), counted=False)
 
     def rescan(self, chunks: Iterable[bytes]) -> ValidationReport:
         """Read the same bytes again to settle the suspect keys; return the final report.
@@ -337,19 +361,26 @@ class Validator:
         line by line.
         """
         if self._plan is not None:
+            utf8 = None
             if self.options.encoding == "cp932":
                 cp932: bytes | None = block
             else:
-                cp932 = utf8_block_as_cp932(block)
+                utf8 = utf8_block(block)
+                cp932 = None if utf8 is None else utf8.cp932
             matrix = None if cp932 is None else as_matrix(cp932, self.layout.record_length, count_lines=False)
             if matrix is not None:
                 assert cp932 is not None
-                ok = self._plan.check(cp932, matrix)
-                # Records are lines only if no other byte is an LF: when every record passed, none is.
-                if ok.all() or cp932.count(b"\n") == len(ok):
+                narrow = None
+                if self._in_place:  # which rejected records failed only checks of K fields (the 外字 policy's)
+                    ok, narrow = self._plan.check_split(matrix)
+                else:
+                    ok = self._plan.check(cp932, matrix)
+                # Records are lines only if no other byte is an LF: a record that passed holds none but its
+                # last byte, so only those that did not are looked at.
+                if ok.all() or not (matrix[~ok, :-1] == 0x0A).any():
                     if self.report.records == 0 and offset == 0 and cp932.startswith(BOM):
                         ok[0] = False  # the precise path names the BOM
-                    self._runs(block, cp932, offset, ok)
+                    self._runs(block, cp932, offset, ok, matrix, narrow, utf8)
                     return
             self._uniform = False
             if len(block) > _SPLIT_BELOW * self.layout.record_length:
@@ -369,31 +400,34 @@ class Validator:
             self._line(block[start:end], offset + start)
             start = end
 
-    def _runs(self, block: bytes, cp932: bytes, offset: int, ok: npt.NDArray[np.bool_]) -> None:
+    def _runs(self, block: bytes, cp932: bytes, offset: int, ok: npt.NDArray[np.bool_], matrix: Matrix,
+              narrow: npt.NDArray[np.bool_] | None, utf8: Utf8Block | None) -> None:
         """Pass on the runs of accepted records; check the others precisely, in file order.
 
         ``block`` is the input (CP932 or UTF-8), ``cp932`` the same records in CP932 (the
-        same object for CP932 input); record ``i`` is line ``i`` of both.  UTF-8 records
-        the fast path rejected are first converted field by field, as the precise path
+        same object for CP932 input, ``matrix`` as rows); record ``i`` is line ``i`` of both.
+        UTF-8 records the fast path rejected are first converted, as the precise path
         converts them (外字 policy included), and checked again column-wise: those that
-        pass then join the runs with their 縮退 and 〓 counted.
+        pass then join the runs with their 縮退 and 〓 counted.  ``narrow``, when given, says
+        which records failed only checks of ``K`` fields: those are converted in place.
+        ``utf8``: the UTF-8 ``block`` converted (:func:`utf8_block`).
         """
         size = self.layout.record_length
         count = len(ok)
-        if self.options.encoding == "cp932":
-            line_starts = None
-        else:
-            line_starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + 1))
+        line_starts: npt.NDArray[np.intp] | None = None
 
         def line(index: int) -> tuple[bytes, int]:
-            if line_starts is None:
+            nonlocal line_starts
+            if utf8 is None:
                 return block[index * size:(index + 1) * size], offset + index * size
+            if line_starts is None:  # where each UTF-8 line starts: only for a record checked on its own
+                line_starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + 1))
             begin, finish = int(line_starts[index]), int(line_starts[index + 1])
             return block[begin:finish], offset + begin
 
         converted: dict[int, Utf8Conversion] = {}
-        if line_starts is not None and not ok.all():
-            cp932, converted = self._convert_rejected(cp932, ok, line, offset)
+        if utf8 is not None and not ok.all():
+            cp932, converted = self._convert_rejected(cp932, ok, line, offset, matrix, narrow, utf8)
         changes = np.flatnonzero(np.diff(ok.view(np.int8))) + 1
         bounds = [0, *changes.tolist(), count]
         for first, last in zip(bounds, bounds[1:]):
@@ -415,20 +449,54 @@ class Validator:
                     return
 
     def _convert_rejected(self, cp932: bytes, ok: npt.NDArray[np.bool_], line: Callable[[int], tuple[bytes, int]],
-                          offset: int) -> tuple[bytes, dict[int, Utf8Conversion]]:
-        """UTF-8 records the fast path rejected, converted by the precise conversion and checked column-wise again.
+                          offset: int, matrix: Matrix, narrow: npt.NDArray[np.bool_] | None, utf8: Utf8Block,
+                          ) -> tuple[bytes, dict[int, Utf8Conversion]]:
+        """UTF-8 records the fast path rejected, converted as the precise conversion does and checked again.
 
-        Marks in ``ok`` the records that now pass; returns the block with their CP932 bytes
-        and their conversions (for the 縮退 and 〓 counts).  The others stay rejected.
+        Records that failed only checks of ``K`` fields (``narrow``) have their 外字 replaced
+        in place (:func:`convert_wide_in_place`) and only their ``K`` checks made again; the
+        others, and those it leaves, are converted record by record (:func:`convert_utf8_record`)
+        and checked column-wise again.  Marks in ``ok`` the records that now pass; returns the
+        block with their CP932 bytes and their conversions (for the 縮退 and 〓 counts).  The
+        others stay rejected.
         """
         assert self._plan is not None
         size = self.layout.record_length
         expected = sum(item.chars for item in self.layout.fields)
+        rejected = np.flatnonzero(~ok)
+        texts = _rejected_texts(utf8.text, rejected, expected + 2) if narrow is not None else {}
+        if self.report.records == 0 and offset == 0:
+            rejected = rejected[rejected != 0]  # the BOM of record 1 is the precise path's
+        fixes: list[tuple[int, bytes]] = []
+        kept: dict[int, Utf8Conversion] = {}
+        if texts:
+            assert narrow is not None
+            wide_only = rejected[narrow[rejected]]
+
+            def text_of(row: int) -> str | None:
+                text = texts[int(wide_only[row])]
+                return text[:-2] if text.endswith("\r\n") else None
+
+            in_place = convert_wide_in_place(self.layout, self.options, matrix[wide_only], text_of, utf8.char)
+            if in_place:
+                rows = list(in_place)
+                retry = b"".join(in_place[row].record + b"\r\n" for row in rows)  # type: ignore[operator]
+                retried = as_matrix(retry, size, count_lines=False)
+                assert retried is not None  # records of the right length, each ending in LF
+                passed = self._plan.check_wide(retried)
+                for position, row in enumerate(rows):
+                    if passed is np.True_ or passed[position]:
+                        index = int(wide_only[row])
+                        fixes.append((index, retry[position * size:(position + 1) * size]))
+                        kept[index] = in_place[row]
+                        ok[index] = True
+                if kept:
+                    rejected = rejected[~ok[rejected]]
         candidates: dict[int, Utf8Conversion] = {}
-        for index in np.flatnonzero(~ok).tolist():
+        for index in rejected.tolist():
             raw, _ = line(index)
-            if not raw.endswith(b"\r\n") or (index == 0 and self.report.records == 0 and offset == 0):
-                continue  # structure and the BOM of record 1 are the precise path's
+            if not raw.endswith(b"\r\n"):
+                continue  # structure is the precise path's
             try:
                 text = raw[:-2].decode("utf-8")
             except UnicodeDecodeError:
@@ -438,24 +506,28 @@ class Validator:
             conversion = convert_utf8_record(self.layout, text, self.options, 0, 0)
             if conversion.record is not None and len(conversion.record) == size - 2:
                 candidates[index] = conversion
-        if not candidates:
+        if candidates:
+            indexes = list(candidates)
+            retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
+            retried = as_matrix(retry, size)
+            passed = np.zeros(len(indexes), dtype=np.bool_) if retried is None else self._plan.check(retry, retried)
+            for position, index in enumerate(indexes):
+                if passed[position]:
+                    fixes.append((index, retry[position * size:(position + 1) * size]))
+                    ok[index] = True
+                    kept[index] = candidates[index]
+        if not fixes:
             return cp932, {}
-        indexes = list(candidates)
-        retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
-        matrix = as_matrix(retry, size)
-        if matrix is None:
-            return cp932, {}
-        passed = self._plan.check(retry, matrix)
-        if not passed.any():
-            return cp932, {}
-        repaired = bytearray(cp932)
-        kept: dict[int, Utf8Conversion] = {}
-        for position, index in enumerate(indexes):
-            if passed[position]:
-                repaired[index * size:(index + 1) * size] = retry[position * size:(position + 1) * size]
-                ok[index] = True
-                kept[index] = candidates[index]
-        return bytes(repaired), kept
+        # The block with the converted records in their places: one copy.
+        fixes.sort()
+        whole = memoryview(cp932)
+        pieces: list[bytes | memoryview] = []
+        done = 0
+        for index, record in fixes:
+            pieces += [whole[done:index * size], record]
+            done = (index + 1) * size
+        pieces.append(whole[done:])
+        return b"".join(pieces), kept
 
     def _line(self, line: bytes, offset: int) -> None:
         """Validate one line (ending in LF) precisely; stop after the record that reaches ``max_errors``."""
@@ -559,6 +631,25 @@ class Validator:
         self._error(LayoutError(number, offset + len(rest), reason))
 
 
+def _rejected_texts(text: str, rejected: npt.NDArray[np.intp], line_chars: int) -> dict[int, str]:
+    """The lines of a block's text (:attr:`Utf8Block.text`) at the ``rejected`` records, in order.
+
+    Every other record passed the fast path, so it is ``line_chars`` characters long (one a byte
+    outside ``K`` fields, one a pair in them); a rejected one is measured to its LF.  Empty if
+    the text does not line up with that.
+    """
+    texts: dict[int, str] = {}
+    shift = 0
+    for index in rejected.tolist():
+        start = index * line_chars + shift
+        end = text.find("\n", start) + 1
+        if not end or (start and text[start - 1] != "\n"):
+            return {}
+        texts[index] = text[start:end]
+        shift += end - start - line_chars
+    return texts
+
+
 def _line_block_ends(data: bytes, size: int, final: bool) -> Iterator[int]:
     """Where blocks of whole lines of about ``size`` bytes cut from the start of ``data`` end.
 
@@ -631,16 +722,18 @@ def validate_stream(chunks: Iterable[bytes], layout: Layout, options: Validation
                     sink: Callable[[bytes], None] | None = None, *, fast_path: bool = True,
                     reread: Callable[[], Iterable[bytes]] | None = None,
                     filter_bits_log2: int = DEFAULT_FILTER_BITS_LOG2,
-                    expected_size: int | None = None) -> ValidationReport:
+                    expected_size: int | None = None,
+                    scratch: Callable[[], Scratch] | None = None) -> ValidationReport:
     """Validate a file given as an iterable of byte chunks (e.g. ``iter(partial(f.read, 1 << 16), b"")``).
 
     ``reread``, when the file can be read again, returns a fresh iterable of
     the same bytes: uniqueness then takes fixed memory (see :class:`Validator`)
     and ``reread`` is called only when suspect keys need the second read.
-    Without it every key is kept in memory.
+    Without it every key is kept in memory.  ``scratch`` lets a large file's key log go
+    there instead of a Bloom filter (see :class:`Validator`).
     """
     validator = Validator(layout, options, sink, fast_path=fast_path, rereadable=reread is not None,
-                          filter_bits_log2=filter_bits_log2, expected_size=expected_size)
+                          filter_bits_log2=filter_bits_log2, expected_size=expected_size, scratch=scratch)
     for chunk in chunks:
         validator.feed(chunk)
         if validator.stopped:  # max_errors reached, or a record without CR LF: the rest is not read

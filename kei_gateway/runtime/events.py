@@ -207,8 +207,8 @@ INGEST_FAILED = _event(
     "{flow}: could not take {name}: {reason}",
     "Reading, storing or committing an outbox file failed; the file stays in the outbox and is tried again at the next scan.",
     "送信フォルダのファイルの読込・保管・台帳登録に失敗しました。ファイルは送信フォルダに残り、次回の走査で再試行します。",
-    "Check the disk space and permissions of the state directory and the database; the reason names the failing step.",
-    "状態ディレクトリとデータベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
+    "Check the disk space and permissions of the state directory, of $TMPDIR (/var/tmp under the systemd unit: the uniqueness check's scratch file of a large file) and of the database; the reason names the failing step.",
+    "状態ディレクトリ、$TMPDIR（systemd ユニットでは /var/tmp：大きなファイルの一意性検査の一時ファイル）、データベースの空き容量・権限を確認してください。理由に失敗した処理が示されます。",
 )
 TRANSFER_SENT = _event(
     "transfer.sent", "0bd457284f0f41ee902dd96bcaca7a41", LogLevel.info,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import signal
@@ -185,6 +186,23 @@ def drop(cluster: Cluster, name: str, records: int, seed: int = 15) -> str:
     return digest.hexdigest()
 
 
+def metric(daemon: DaemonProcess, name: str, **labels: str) -> float | None:
+    """The value of one sample of *daemon*'s ``/metrics`` (labels as given, in any order), or None."""
+    code, body = daemon.get("/metrics")
+    assert code == 200, body[:300]
+    for line in body.decode("utf-8").splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        found = re.fullmatch(rf"{re.escape(name)}(?:{{(.*)}})?", sample)
+        if found is None:
+            continue
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+        if pairs == labels:
+            return float(value)
+    return None
+
+
 def both_ready(cluster: Cluster) -> None:
     for node in ("gw-a", "gw-b"):
         daemon = cluster.start(node)
@@ -229,6 +247,20 @@ def test_when_the_uploading_node_is_killed_then_the_other_finishes_within_two_le
     assert transfer.attempts == 2 and transfer.state == "DONE"
     assert "lease.takeover" in cluster.nodes[survivor].stderr() or "took over transfer" in \
         cluster.nodes[survivor].stderr()
+    # Visible (issue 15 item 5): the survivor's metrics and 'kei-gateway status' tell the operator what happened.
+    daemon = cluster.nodes[survivor]
+    poll_until(lambda: metric(daemon, "kei_gateway_node_up", node=holder) == 0.0 or None, 2 * LEASE + 10,
+               f"kei_gateway_node_up{{node={holder}}} 0 on {survivor}", cluster.stderr)
+    assert metric(daemon, "kei_gateway_node_up", node=survivor) == 1.0
+    assert (metric(daemon, "kei_gateway_lease_takeovers_total", kind="transfer") or 0) >= 1.0
+    poll_until(lambda: metric(daemon, "kei_gateway_leases", kind="transfer") == 0.0 or None, 2 * LEASE + 10,
+               "no transfer lease live once it is DONE", cluster.stderr)
+    status = subprocess.run([sys.executable, "-m", "kei_gateway", "-c", str(cluster.files[survivor].config),
+                             "status", "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stderr
+    nodes = {node["node"]: node for node in json.loads(status.stdout)["nodes"]}
+    assert (nodes[holder]["up"], nodes[holder]["holds"]) == (False, {}), "the killed node silent, holding nothing"
+    assert nodes[survivor]["up"] is True
 
 
 MOVE_DELAY = 15

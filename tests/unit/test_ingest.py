@@ -243,19 +243,21 @@ def test_when_a_file_repeats_a_key_then_the_second_read_finds_it_at_the_later_re
 
 def test_when_the_key_filter_leaves_false_suspects_then_a_valid_file_is_still_queued(
         spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from functools import partial
-
     from kei_gateway.flows.outbound import ingest
     from kei_gateway.layouts import Validator
 
     rescans: list[int] = []
 
     class TinyFilterValidator(Validator):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            # A 64-bit Bloom filter instead of the ingest's key log (spilled to its scratch): false suspects.
+            super().__init__(*args, **{**kwargs, "filter_bits_log2": 6, "fast_path": False, "scratch": None})
+
         def rescan(self, chunks):  # type: ignore[no-untyped-def]
             rescans.append(1)
             return super().rescan(chunks)
 
-    monkeypatch.setattr(ingest, "Validator", partial(TinyFilterValidator, filter_bits_log2=6, fast_path=False))
+    monkeypatch.setattr(ingest, "Validator", TinyFilterValidator)
     spool.put("pay1.dat", records=300)
     result = spool.ingest("pay1.dat")
     assert rescans == [1]

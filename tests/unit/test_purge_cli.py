@@ -79,3 +79,27 @@ def test_when_there_is_no_ledger_then_the_purge_says_so_and_creates_nothing(
     assert cli.main(["-c", str(config), "purge", "--dry-run"]) == exitcodes.FAILED
     assert "no ledger at" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
+def test_when_another_purge_holds_the_lock_then_the_command_exits_1_saying_so_and_erases_nothing(
+        setup: tuple[Path, TransferLedger, FileBlobStore, int], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's run in progress, or a node stopped in the middle of one: the operator is told, not held."""
+    import fcntl
+
+    from kei_gateway.operations.purge import execute
+
+    monkeypatch.setattr(execute, "LOCK_WAIT", 0.0)  # one attempt (the real wait is 5 s)
+    config, ledger, store, transfer_id = setup
+    reports = config.parent / "state" / "reports"
+    reports.mkdir(parents=True)
+    held = os.open(reports / execute.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        assert cli.main(["-c", str(config), "purge"]) == exitcodes.FAILED
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert "the purge could not run: another purge run holds" in err and "runs again later" in err, err
+    assert store.exists("out-done") and ledger.get(transfer_id).blob_id == "out-done"

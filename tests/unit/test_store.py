@@ -661,3 +661,25 @@ def test_when_a_symlink_sits_under_a_blob_id_then_delete_removes_the_link_not_it
     os.symlink(tmp_path / "store" / "real", tmp_path / "store" / "link")
     assert store.delete("link")
     assert not os.path.lexists(tmp_path / "store" / "link") and store.list_ids() == ["real"]
+
+
+def test_when_keys_rotate_finds_a_blob_held_by_another_process_then_it_lists_it_as_failed_and_goes_on(
+        tmp_path: Path) -> None:
+    """A blob the other node is deleting (the purge, stopped in the middle): rotation does not wait for it, moves
+    the others and says which one to run it again for."""
+    from kei_gateway.cli.keys import rotate_store
+
+    FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_A)).write("held", [b"one"])
+    FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_A)).write("free", [b"two"])
+    store = FileBlobStore(str(tmp_path / "store"), StoreKeyring(KEY_B, [KEY_A]))
+    store.lock_wait = 0.0
+    other = os.open(tmp_path / "store" / "held", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        counts = rotate_store(store)
+    finally:
+        os.close(other)
+    assert (counts.total, counts.reencrypted, len(counts.failed)) == (2, 1, 1)
+    assert "blob held: another process" in counts.failed[0]
+    assert store.info("free").key_id == key_id_of(KEY_B) and store.info("held").key_id == key_id_of(KEY_A)
+    assert rotate_store(store).reencrypted == 1, "a second run moves it"

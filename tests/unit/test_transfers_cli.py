@@ -197,3 +197,26 @@ def test_when_nodes_share_the_ledger_then_status_lists_each_with_its_heartbeat_a
     assert run(config, "status", "--json") == exitcodes.OK
     [node] = json.loads(capsys.readouterr().out)["nodes"]
     assert (node["node"], node["up"], node["holds"]) == ("gw1", True, {"purge": 1, "transfer": 1})
+
+
+@pytest.mark.integration  # opens a SQLite ledger file
+def test_when_a_node_stopped_heartbeating_then_status_shows_it_silent_and_holding_nothing(
+        setup: tuple[Path, TransferLedger], capsys: pytest.CaptureFixture[str]) -> None:
+    """A node killed for good (docs/high-availability.md, "When a node is lost for good"): after a lease its row
+    says SILENT and its expired leases are no longer counted as held."""
+    from datetime import timedelta
+
+    from kei_gateway.adapters.ledger.leases import LeaseLedger
+
+    config, ledger = setup
+    then = datetime.now(timezone.utc) - timedelta(seconds=60)
+    lost = LeaseLedger(ledger.engine, "gw2", 15.0)
+    lost.join("inc-2", then, "host-2", 4343, pid_alive=lambda pid: True)
+    lost.claim("transfer", "7", then)
+    assert run(config, "status") == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "gw2" in out and " SILENT " in out and "holds nothing" in out, out
+    assert run(config, "status", "--json") == exitcodes.OK
+    [node] = json.loads(capsys.readouterr().out)["nodes"]
+    assert (node["node"], node["up"], node["holds"]) == ("gw2", False, {})
+    assert node["heartbeat_age_seconds"] >= 60

@@ -5,10 +5,12 @@ The order is what makes a crash lose nothing and duplicate nothing:
 
 1. the file is read and validated (in a helper thread) while what was validated is
    encrypted, hashed and written into the store, as it streams (the list
-   of 縮退 made under ``gaiji = "degenerate"`` goes into a second blob); when
-   the uniqueness filter left suspect keys, the same open file is read a second
-   time to settle them exactly (a crash in either read leaves at most an
-   unreferenced blob, removed at the next start);
+   of 縮退 made under ``gaiji = "degenerate"`` goes into a second blob); the
+   uniqueness check logs every key's fingerprint (in memory, or for a large file
+   on an unnamed encrypted scratch file), and only when keys repeat is the same
+   open file read a second time to name them exactly (a crash in either read
+   leaves at most an unreferenced blob, removed at the next start; the scratch
+   file has no name and goes with the process);
 2. the transfer is committed in the ledger;
 3. the plaintext original (and its marker) is unlinked and the directory fsynced;
 4. the transfer is marked ``source_removed``.
@@ -39,6 +41,7 @@ from datetime import datetime
 
 from kei_gateway.adapters.durable import fsync_directory
 from kei_gateway.adapters.ports import TransferLedgerPort
+from kei_gateway.adapters.scratch import scratch_in
 from kei_gateway.adapters.spool import (
     ERRORS_SUFFIX,
     NAME_PATTERN,
@@ -51,7 +54,7 @@ from kei_gateway.adapters.spool import (
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.core.transfer import state_after_validation
 from kei_gateway.core.transfer import TransferState
-from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
+from kei_gateway.layouts import Layout, Scratch, ValidationOptions, ValidationReport, Validator
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.adapters.store.format import degenerations_blob_id
 from kei_gateway.layouts.degenerate import MAP_VERSIONS
@@ -166,8 +169,13 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
                 layout: Layout, options: ValidationOptions, hold_over_records: int, store: BlobStore,
                 ledger: TransferLedgerPort, now: datetime,
                 new_blob_id: Callable[[], str] = lambda: f"out-{uuid.uuid4().hex}",
-                max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> IngestResult:
-    """Take one ready outbox file into the gateway (see the module docstring for the order of steps)."""
+                max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+                scratch: Callable[[], Scratch] = scratch_in()) -> IngestResult:
+    """Take one ready outbox file into the gateway (see the module docstring for the order of steps).
+
+    ``scratch`` takes the uniqueness check's key log of a file over about 2 M records (8 bytes a
+    record, encrypted, unnamed: :mod:`kei_gateway.adapters.scratch`), so one read settles it.
+    """
     path = os.path.join(outbox_dir, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -188,10 +196,12 @@ def ingest_file(*, flow: str, peer: str, outbox_dir: str, quarantine_dir: str, n
                                  _too_large(before.size, max_file_size), ledger, peer, now, before.size)
         pending: list[bytes] = []
         # The file can be read again through the same descriptor (the outbox entry we opened,
-        # O_NOFOLLOW), so uniqueness takes fixed memory.  The store blob would not do: it holds
-        # the converted output, whose offsets differ from the input's for UTF-8 files.
+        # O_NOFOLLOW), so uniqueness takes fixed memory: a key log (in memory, or spilled to the
+        # scratch for a large file) leaves suspects only when keys repeat, and then a second read
+        # names them.  The store blob would not do for it: it holds the converted output, whose
+        # offsets differ from the input's for UTF-8 files.
         validator = Validator(layout, options, sink=pending.append, rereadable=True,
-                              expected_size=before.size)
+                              expected_size=before.size, scratch=scratch)
 
         def converted() -> Iterator[bytes]:
             for chunk in _read_chunks(fd):

@@ -372,16 +372,16 @@ def _lock(directory: str, wait: float, sleep: Callable[[float], None] = time.sle
 
 def run_purge(config: Config, ledger: PurgeLedger, store: BlobStore | None, *, now: Callable[[], datetime.datetime],
               dry_run: bool = False, audit_pruner: AuditPruner | None = None,
-              actor: str = "kei-gateway", lock_wait: float = LOCK_WAIT) -> PurgeOutcome:
+              actor: str = "kei-gateway", lock_wait: float | None = None) -> PurgeOutcome:
     """One purge run for *config*: plan, and unless *dry_run* erase and append the day's report.
 
     *now* is called for the plan's time and for each item's 消去日時. A failure on one
     item (permissions, a vanished directory) does not stop the others: it is listed in
     the report and the outcome is not ok, so the next run tries again. :class:`PurgeBusy` when another run holds
-    the lock for longer than *lock_wait* seconds.
+    the lock for longer than *lock_wait* seconds (default :data:`LOCK_WAIT`).
     """
     reports = reports_directory(config)
-    lock = _lock(reports, lock_wait) if not dry_run else None
+    lock = _lock(reports, LOCK_WAIT if lock_wait is None else lock_wait) if not dry_run else None
     try:
         started = now()
         plan = plan_from_config(config, ledger, store, started, audit=audit_pruner is not None)

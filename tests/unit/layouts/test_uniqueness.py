@@ -14,15 +14,20 @@ from kei_gateway.layouts import (
     JNKS_PAYMENTS, MPN_SLIPS, Layout, ValidationOptions, ValidationReport, Validator, generate_file, validate_bytes,
     validate_stream,
 )
-from kei_gateway.layouts._keyfilter import KeyFilter, KeyLog, fingerprint, lane_width
+from kei_gateway.layouts._keyfilter import KeyFilter, KeyLog, MemoryScratch, SpilledLog, fingerprint, lane_width
 from kei_gateway.layouts import validator as validator_module
-from kei_gateway.layouts.uniqueness import ExactKeys, FilteredKeys
+from kei_gateway.layouts.uniqueness import ExactKeys, FilteredKeys, SuspectSet
 
 from .helpers import OPTIONS, TODAY
 
 SIZE = JNKS_PAYMENTS.record_length
 TINY = 6
 """A 64-bit filter: nearly every key is a suspect, so the second read does all the work."""
+
+
+def repeated(log: KeyLog | SpilledLog) -> set[int]:
+    """Every fingerprint the log found repeated, as one set (the log gives sorted arrays)."""
+    return {int(value) for found in log.repeated() for value in found.tolist()}
 
 
 def exact(data: bytes, layout: Layout, options: ValidationOptions = OPTIONS, *,
@@ -227,16 +232,16 @@ def test_when_keys_go_to_a_log_then_every_repeated_key_in_a_block_one_by_one_or_
         assert log.add_block(b"".join(keys), lane).size == 0
         assert log.add_block(b"".join(second), lane).size == 0  # nothing is a suspect before the end
         assert [log.add_one(key) for key in (keys[0], b"9" * 24)] == [False, False]
-        assert log.repeated() == {fingerprint(log.salt, key) for key in [*repeats, keys[0]]}
+        assert repeated(log) == {fingerprint(log.salt, key) for key in [*repeats, keys[0]]}
     in_block = KeyLog(100, salt=5)
     in_block.add_block(b"".join([keys[1], keys[2], keys[1], keys[3]] * 20), lane)
-    assert in_block.repeated() == {fingerprint(5, key) for key in keys[1:4]}
+    assert repeated(in_block) == {fingerprint(5, key) for key in keys[1:4]}
     one_by_one, block = KeyLog(1500, salt=5), KeyLog(1500, salt=5)
     block.add_block(b"".join(keys[:1500]), lane)
     for key in keys[:1500]:
         one_by_one.add_one(key)
     assert np.array_equal(block.entries, one_by_one.entries)  # the same fingerprints, in the same order
-    assert KeyLog(10).repeated() == set()
+    assert repeated(KeyLog(10)) == set()
 
 
 def test_when_a_log_gets_more_keys_than_it_was_made_for_then_it_stays_exact_and_bounded() -> None:
@@ -251,7 +256,7 @@ def test_when_a_log_gets_more_keys_than_it_was_made_for_then_it_stays_exact_and_
     # Every key added again is a suspect: those logged by the sorted log, the later ones by the filter.
     assert set(log.add_block(b"".join(keys[::7]), lane).tolist()) == set(range(len(keys[::7])))
     assert all(log.add_one(key) for key in keys[::13])
-    assert fingerprint(log.salt, keys[0]) in log.repeated()  # the repeat inside the log is still found
+    assert fingerprint(log.salt, keys[0]) in repeated(log)  # the repeat inside the log is still found
 
 
 def test_when_a_large_file_goes_through_a_log_then_nothing_is_suspect() -> None:
@@ -264,3 +269,111 @@ def test_when_a_large_file_goes_through_a_log_then_nothing_is_suspect() -> None:
     report = validator.close()
     assert report.valid and report.records == 300_000 and not validator.needs_rescan
     assert not unique.suspects and unique.filter.nbytes == 300_001 * 8  # 2.4 MB
+
+
+def test_when_keys_are_spilled_then_the_repeats_are_exactly_those_of_an_in_memory_log() -> None:
+    """Small staging and passes force many chunks, partitions and multi-pass partitions."""
+    rng = random.Random(11)
+    keys = [bytes(rng.randrange(0x30, 0x3A) for _ in range(24)) for _ in range(20_000)]
+    keys += [keys[index] for index in rng.sample(range(20_000), 300)] + [keys[7]] * 5
+    rng.shuffle(keys)
+    lane = lane_width(24)
+    packed = b"".join(key.ljust(lane, b"\x00") for key in keys)
+    reference = KeyLog(len(keys), salt=21)
+    reference.add_block(packed, lane)
+    expected = repeated(reference)
+    assert len(expected) in (300, 301)  # the sampled repeats, and keys[7] unless it was sampled
+    for staging, pass_bytes, records in ((1000, 8 * 1024, len(keys)), (777, 8 * 1024, 10),
+                                         (4096, 1 << 20, None), (50_000, 1 << 22, len(keys))):
+        scratch = MemoryScratch()
+        log = SpilledLog(scratch, records, salt=21, staging=staging, pass_bytes=pass_bytes)
+        for start in range(0, len(packed), 3000 * lane):
+            assert log.add_block(packed[start:start + 3000 * lane], lane).size == 0  # none before the end
+        assert log.add_one(keys[0]) is False
+        assert repeated(log) == expected | {fingerprint(21, keys[0])}
+        assert scratch.closed  # the scratch is given back once the partitions are read
+    spilled = SpilledLog(MemoryScratch(), 20_000, staging=1000, pass_bytes=8 * 1024)
+    assert spilled.partitions == 32 and spilled.nbytes == 1000 * 8  # 160 KB of keys, 8 KiB a pass
+
+
+def test_when_the_file_size_is_over_the_log_and_a_scratch_is_given_then_the_keys_are_spilled() -> None:
+    scratches: list[MemoryScratch] = []
+
+    def scratch() -> MemoryScratch:
+        scratches.append(MemoryScratch())
+        return scratches[-1]
+
+    small = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=1000 * SIZE, scratch=scratch)._unique
+    assert isinstance(small, FilteredKeys) and isinstance(small.filter, KeyLog) and not scratches
+    for size in (3 * 10**6 * SIZE, None):
+        large = Validator(JNKS_PAYMENTS, OPTIONS, rereadable=True, expected_size=size, scratch=scratch)._unique
+        assert isinstance(large, FilteredKeys) and isinstance(large.filter, SpilledLog)
+        assert large.filter.nbytes <= 2 << 20  # the staging array: the keys are on the scratch
+    assert len(scratches) == 2
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_when_keys_are_spilled_then_a_file_is_judged_as_the_exact_check_does_in_one_read(fast_path: bool) -> None:
+    rng = random.Random(12)
+    records = list(generate_file(JNKS_PAYMENTS, 3000, seed=5, today=TODAY))
+    pairs = [(rng.randrange(0, 1500), rng.randrange(1500, 3000)) for _ in range(6)]
+    for data in (b"".join(records), with_duplicates(records, JNKS_PAYMENTS, pairs)):
+        reads = []
+
+        def chunks() -> Iterator[bytes]:
+            reads.append(1)
+            yield from (data[start:start + 50_000] for start in range(0, len(data), 50_000))
+
+        # No expected size: the spilled log (a tiny one: many chunks and partitions) instead of the in-memory log.
+        scratch = MemoryScratch()
+
+        class TinySpill(SpilledLog):
+            def __init__(self, scratch: MemoryScratch, records: int | None) -> None:
+                super().__init__(scratch, 10, staging=500, pass_bytes=4096)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("kei_gateway.layouts.uniqueness.SpilledLog", TinySpill)
+            report = validate_stream(chunks(), JNKS_PAYMENTS, OPTIONS, fast_path=fast_path, reread=chunks,
+                                     scratch=lambda: scratch)
+        assert summary(report) == summary(exact(data, JNKS_PAYMENTS, fast_path=fast_path))
+        assert len(reads) == (1 if report.valid else 2)  # a valid file is read once
+        assert scratch.appended == 6 and scratch.closed  # 3,000 keys staged 500 at a time, read back in 6 passes
+
+
+def test_when_suspects_come_then_the_set_keeps_them_distinct_sorted_and_bounded() -> None:
+    suspects = SuspectSet(limit=5000)
+    for _ in range(50):
+        suspects.add(np.full(1000, 42, dtype=np.uint64))  # one key repeated on every record: one entry
+    suspects.add(np.arange(100, 4000, dtype=np.uint64)[::-1].copy())
+    assert not suspects.overflowed and len(suspects) == 3901 and 42 in suspects and 43 not in suspects
+    assert np.all(np.diff(suspects.array.astype(np.int64)) > 0)
+    suspects.add(np.arange(10_000, 12_000, dtype=np.uint64))
+    assert suspects.overflowed and len(suspects) == 0 and suspects  # no more kept, and it says so
+    suspects.add(np.arange(5, dtype=np.uint64))
+    assert suspects.overflowed and suspects.array.size == 0
+
+
+@pytest.mark.parametrize("index", ["log", "spilled", "bloom"])
+def test_when_most_keys_repeat_then_the_file_is_refused_in_bounded_memory_with_one_clear_error(index: str) -> None:
+    records = list(generate_file(JNKS_PAYMENTS, 400, seed=6, today=TODAY))
+    data = with_duplicates(records, JNKS_PAYMENTS, [(number, number + 200) for number in range(200)])
+    reads = []
+
+    def chunks() -> Iterator[bytes]:
+        reads.append(1)
+        yield data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("kei_gateway.layouts.uniqueness.MAX_SUSPECTS", 50)
+        report = validate_stream(chunks(), JNKS_PAYMENTS, OPTIONS, reread=chunks,
+                                 expected_size=len(data) if index == "log" else None,
+                                 scratch=MemoryScratch if index == "spilled" else None,
+                                 filter_bits_log2=TINY if index == "bloom" else 27)
+    assert not report.valid and len(reads) == 1  # no second read
+    assert [error.record for error in report.errors] == [None]
+    message = report.errors[0].message()
+    assert "more than 50" in message and "(chassis_no, tax_year)" in message
+    assert ("could not be settled in bounded memory" if index == "bloom" else "occur more than once") in message
+    # Under the bound the same file names every duplicate at its record.
+    named = validate_stream(iter([data]), JNKS_PAYMENTS, OPTIONS, reread=lambda: iter([data]), expected_size=len(data))
+    assert named.error_count == 200 and all(error.record for error in named.errors)
