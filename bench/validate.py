@@ -19,14 +19,15 @@ child process (so peak RSS is per measurement):
 
 Every run is printed (``--repeat``, default 3) with the load average before it; the
 ratios are validate / bulk and validate / lines of the same run, and degenerate with MJ
-/ without.  Run: ``.venv/bin/python bench/validate.py [--records N] [--repeat N]``.
+/ without.  Run: ``.venv/bin/python bench/validate.py [--records N] [--repeat N] [--only WHAT]``
+(``--only degenerate``: the 縮退 ratio alone).
 
 ``--large`` measures instead the upload bench's 512 MiB JNKS file (7,669,584 records,
 ``bench/_jnks_data.py``) as the ingest validates it (1 MiB reads, the key log spilled to the
 scratch, the second read only if keys are suspect): CPU of each read and peak RSS (issue 13:
-≤ 64 MB whatever the size).  ``--baseline DIR`` runs each measurement also with the
-``kei_gateway`` of another checkout (e.g. ``git archive`` of main into DIR), in the same
-invocation, one child each.  Figures go in ``docs/performance.md``.
+≤ 64 MB whatever the size).  ``--baseline DIR`` runs each measurement (of ``--large`` or of
+``--only degenerate``) also with the ``kei_gateway`` of another checkout (e.g. ``git archive``
+of main into DIR), in the same invocation, one child each.  Figures go in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -245,10 +246,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; every run is printed")
+    parser.add_argument("--only", choices=("validate", "invalid", "degenerate"),
+                        help="run only this measurement (e.g. degenerate: the 縮退 policy's ratio)")
     parser.add_argument("--large", action="store_true",
                         help="only the 512 MiB file as the ingest validates it: CPU of each read, peak RSS")
     parser.add_argument("--baseline", metavar="DIR",
-                        help="with --large: also run each measurement with the kei_gateway of the checkout DIR")
+                        help="with --large or --only degenerate: also run each measurement with the kei_gateway "
+                             "of the checkout DIR")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -259,9 +263,10 @@ def main() -> None:
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
-    print(f"{'layout':<15} {'run':>3} {'load':>14} {'MB':>5} {'bulk s':>7} {'lines s':>8} {'validate s':>10} "
-          f"{'÷bulk':>6} {'÷lines':>6} {'cpu ÷bulk':>9} {'RSS bulk':>8} {'RSS lines':>9} {'RSS validate':>12}")
-    for name in LAYOUT_NAMES:
+    if args.only in (None, "validate"):
+        print(f"{'layout':<15} {'run':>3} {'load':>14} {'MB':>5} {'bulk s':>7} {'lines s':>8} {'validate s':>10} "
+              f"{'÷bulk':>6} {'÷lines':>6} {'cpu ÷bulk':>9} {'RSS bulk':>8} {'RSS lines':>9} {'RSS validate':>12}")
+    for name in LAYOUT_NAMES if args.only in (None, "validate") else ():
         path = ensure_file(name, args.records)
         size = path.stat().st_size / 1e6
         for run in range(1, args.repeat + 1):
@@ -272,12 +277,18 @@ def main() -> None:
                   f"{validate['seconds'] / lines['seconds']:>5.2f}x {validate['cpu'] / bulk['cpu']:>8.2f}x "
                   f"{bulk['peak_rss_mb']:>6.0f}MB {lines['peak_rss_mb']:>7.0f}MB {validate['peak_rss_mb']:>10.0f}MB",
                   flush=True)
+    if args.only in (None, "invalid"):
+        measure_invalid(args.records, args.repeat)
+    if args.only in (None, "degenerate"):
+        measure_degenerate(args.records, args.repeat, args.baseline)
+
+
+def measure_invalid(records: int, repeat: int) -> None:
     print()
     print(f"{'all invalid (jnks-payments)':<30} {'run':>3} {'load':>14} {'MB':>5} {'valid s':>9} {'invalid s':>9} "
           f"{'ratio':>6} {'cpu ratio':>9} {'records read':>12} {'RSS':>6}")
-    valid_path, invalid_path = ensure_file("jnks-payments", args.records), ensure_file("jnks-payments", args.records,
-                                                                                      "invalid")
-    for run in range(1, args.repeat + 1):
+    valid_path, invalid_path = ensure_file("jnks-payments", records), ensure_file("jnks-payments", records, "invalid")
+    for run in range(1, repeat + 1):
         before = load()
         valid, invalid = run_child("validate", valid_path, "jnks-payments"), run_child("invalid", invalid_path,
                                                                                        "jnks-payments")
@@ -285,17 +296,25 @@ def main() -> None:
               f"{invalid['seconds']:>9.2f} {invalid['seconds'] / valid['seconds']:>5.2f}x "
               f"{invalid['cpu'] / valid['cpu']:>8.2f}x {int(invalid['records']):>12} {invalid['peak_rss_mb']:>4.0f}MB",
               flush=True)
+
+
+def measure_degenerate(records: int, repeat: int, baseline: str | None = None) -> None:
+    """The 縮退 policy's cost: the UTF-8 slips with 1 % MJ names against the same without (``baseline``: old code too)."""
+    here = str(Path(__file__).resolve().parent.parent)
+    codes = [("baseline", baseline), ("this", here)] if baseline else [("this", None)]
     print()
     print(f"{'degenerate (mpn-slips, UTF-8)':<30} {'run':>3} {'load':>14} {'MB':>5} {'without s':>9} {'with 1% MJ s':>12} "
-          f"{'ratio':>6} {'cpu ratio':>9} {'degenerated':>11} {'RSS':>6}")
-    plain, marked = ensure_file("mpn-slips", args.records, "utf8-plain"), ensure_file("mpn-slips", args.records, "utf8-mj")
-    for run in range(1, args.repeat + 1):
-        before = load()
-        without, with_mj = run_child("degenerate", plain, "mpn-slips"), run_child("degenerate", marked, "mpn-slips")
-        print(f"{'':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} {without['seconds']:>9.2f} "
-              f"{with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
-              f"{with_mj['cpu'] / without['cpu']:>8.2f}x "
-              f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
+          f"{'ratio':>6} {'cpu ratio':>9} {'CPU s without/with':>18} {'degenerated':>11} {'RSS':>6}")
+    plain, marked = ensure_file("mpn-slips", records, "utf8-plain"), ensure_file("mpn-slips", records, "utf8-mj")
+    for run in range(1, repeat + 1):
+        for label, code in codes:
+            before = load()
+            without = run_child("degenerate", plain, "mpn-slips", code)
+            with_mj = run_child("degenerate", marked, "mpn-slips", code)
+            print(f"{label if baseline else '':<30} {run:>3} {before:>14} {marked.stat().st_size / 1e6:>5.0f} "
+                  f"{without['seconds']:>9.2f} {with_mj['seconds']:>12.2f} {with_mj['seconds'] / without['seconds']:>5.2f}x "
+                  f"{with_mj['cpu'] / without['cpu']:>8.2f}x {without['cpu']:>8.2f} / {with_mj['cpu']:<7.2f} "
+                  f"{int(with_mj['degenerated']):>11} {with_mj['peak_rss_mb']:>4.0f}MB", flush=True)
 
 
 if __name__ == "__main__":

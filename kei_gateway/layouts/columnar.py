@@ -644,6 +644,8 @@ class ColumnarPlan:
     accepted: npt.NDArray[np.uint8]
     """Per byte position of a record: the byte classes it accepts (checked by the first checks)."""
     checks: tuple[FieldCheck, ...]
+    wide_from: int = 0
+    """``checks[wide_from:]`` are the ones that read a ``K`` field's bytes; those before read none."""
 
     def check(self, block: bytes, matrix: Matrix) -> Mask:
         """Per record of ``matrix`` (``block`` as ``n × record_length``): whether it is valid as it is."""
@@ -653,10 +655,34 @@ class ColumnarPlan:
             ok &= check(columns)
         return ok
 
+    def check_split(self, matrix: Matrix) -> tuple[Mask, Mask]:
+        """:meth:`check`, and per record whether the checks that read no ``K`` field hold.
+
+        A record that fails only the second kind can be made valid by changing its ``K``
+        fields alone (the 外字 policy), and then :meth:`check_wide` of the changed record says.
+        """
+        columns = _Block(matrix)
+        ok = np.ones(matrix.shape[0], dtype=np.bool_)
+        for check in self.checks[:self.wide_from]:
+            ok &= check(columns)
+        narrow = ok.copy()
+        for check in self.checks[self.wide_from:]:
+            ok &= check(columns)
+        return ok, narrow
+
+    def check_wide(self, matrix: Matrix) -> Mask:
+        """Per record: the checks that read a ``K`` field's bytes hold (those of :meth:`check_split` left out)."""
+        columns = _Block(matrix)
+        ok = np.ones(matrix.shape[0], dtype=np.bool_)
+        for check in self.checks[self.wide_from:]:
+            ok &= check(columns)
+        return ok
+
 
 @lru_cache(maxsize=64)
 def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
     checks: list[FieldCheck] = []
+    wide: list[FieldCheck] = []  # the checks that read a K field's bytes: last (see ColumnarPlan.check_split)
     accepted = np.zeros(layout.record_length, dtype=np.uint8)
     accepted[-2:] = _EOL
     for item in layout.fields:
@@ -664,21 +690,34 @@ def columnar_plan(layout: Layout, ctx: RuleContext) -> ColumnarPlan:
         short = _short_wide_check(item, start, ctx)
         if short is not None:  # kind and rules in one table look-up
             accepted[start:start + item.width] = 0xFF
-            checks.append(short)
+            wide.append(short)
             continue
         classes, kind_check = _kind_check(item, start, ctx)
         accepted[start:start + item.width] = classes
+        into = wide if item.kind is Kind.K else checks
         if kind_check is not None:
-            checks.append(kind_check)
-        checks.extend(_rule_check(rule, item, start, layout, ctx) for rule in item.rules)
+            into.append(kind_check)
+        into.extend(_rule_check(rule, item, start, layout, ctx) for rule in item.rules)
     size = layout.record_length
-    checks[:0] = _class_checks(accepted)
+    checks[:0] = _class_checks(accepted)  # K positions accept every class: no class check reads them
     checks.append(lambda block: block.rows[size - 2] == 0x0D)  # CR; the LF is the matrix's own
     for rule in layout.record_rules:
         check = _record_rule_check(rule, layout, ctx)
         if check is not None:
-            checks.append(check)
-    return ColumnarPlan(layout, accepted, tuple(checks))
+            reads = _record_rule_fields(rule)
+            (wide if reads is None or any(layout[key].kind is Kind.K for key in reads) else checks).append(check)
+    return ColumnarPlan(layout, accepted, tuple(checks + wide), len(checks))
+
+
+def _record_rule_fields(rule: object) -> tuple[str, ...] | None:
+    """The fields a record rule's check reads; None when not known (then it counts as reading a ``K`` field)."""
+    if isinstance(rule, SumEquals):
+        return (rule.total, *rule.parts)
+    if isinstance(rule, NotBefore):
+        return (rule.later, rule.earlier)
+    if isinstance(rule, When):
+        return (rule.key, rule.then_key)
+    return None
 
 
 def as_matrix(block: bytes, record_length: int, *, count_lines: bool = True) -> Matrix | None:

@@ -22,7 +22,7 @@ import jntajis
 
 from kei_gateway.layouts.encoding import JISX0208_CHARS
 
-__all__ = ["MAP_VERSIONS", "Degeneration", "clusters", "degenerate_char", "degenerate_text"]
+__all__ = ["MAP_VERSIONS", "Degeneration", "clusters", "degenerate_char", "degenerate_text", "is_variation_selector"]
 
 _LIBRARY_VERSION: Final = getattr(jntajis, "__version__", "unknown")
 _BUNDLED_MAPS: Final = {
@@ -44,7 +44,8 @@ _NO_MAPPING: Final = "\ufffd"
 _VARIATION_SELECTORS: Final = ("\U000e0100", "\U000e01ef", "\ufe00", "\ufe0f")
 
 
-def _is_variation_selector(char: str) -> bool:
+def is_variation_selector(char: str) -> bool:
+    """Whether ``char`` is a variation selector (VS1–VS16, or an ideographic one: IVS, U+E0100–U+E01EF)."""
     return (_VARIATION_SELECTORS[0] <= char <= _VARIATION_SELECTORS[1]
             or _VARIATION_SELECTORS[2] <= char <= _VARIATION_SELECTORS[3])
 
@@ -59,7 +60,7 @@ def degenerate_char(char: str) -> str | None:
 
     A character already in JIS X 0208 is returned as it is (an IVS on it is dropped).
     """
-    base = char[0] if len(char) > 1 and all(_is_variation_selector(c) for c in char[1:]) else char
+    base = char[0] if len(char) > 1 and all(is_variation_selector(c) for c in char[1:]) else char
     if _in_jisx0208(base):
         return base
     candidates = {c for c in jntajis.mj_shrink_candidates(base, _MJ_SCHEMES) if _in_jisx0208(c)}
@@ -85,7 +86,7 @@ def clusters(text: str) -> list[str]:
     """The text's characters, each with the variation selectors that follow it."""
     clusters: list[str] = []
     for char in text:
-        if clusters and _is_variation_selector(char):
+        if clusters and is_variation_selector(char):
             clusters[-1] += char
         else:
             clusters.append(char)

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Final, NamedTuple
 
-from kei_gateway.layouts.degenerate import clusters
+import numpy as np
+import numpy.typing as npt
+
+from kei_gateway.layouts.columnar import wide_code_table
+from kei_gateway.layouts.degenerate import clusters, degenerate_char, is_variation_selector
 from kei_gateway.layouts.encoding import (
-    IDEOGRAPHIC_SPACE, allowed_wide_chars, normalize_variants, widen_halfwidth_katakana,
+    GETA, IDEOGRAPHIC_SPACE, MAPPING_VARIANTS, allowed_wide_chars, normalize_variants, widen_halfwidth_katakana,
 )
 from kei_gateway.layouts.errors import LayoutError
 from kei_gateway.layouts.fields import Kind, Layout
 from kei_gateway.layouts.gaiji import Replacement, apply_gaiji_policy
 from kei_gateway.layouts.report import ValidationOptions
 
-__all__ = ["Utf8Conversion", "convert_utf8_record", "utf8_block_as_cp932"]
+__all__ = ["Utf8Block", "Utf8Conversion", "convert_utf8_record", "convert_wide_in_place", "utf8_block",
+           "utf8_block_as_cp932"]
 
 
 class Utf8Conversion(NamedTuple):
@@ -114,16 +121,73 @@ def _mark(error: UnicodeError) -> tuple[bytes, int]:
 codecs.register_error(_MARK_ERRORS, _mark)
 
 
-def utf8_block_as_cp932(block: bytes) -> bytes | None:
+_STAND_IN: Final = 0x0800
+_STAND_INS: Final = 0x0800
+"""U+0800–U+0FFF (Samaritan … Tibetan: outside CP932, so they encode to the mark, and three UTF-8
+bytes led by E0, which a Japanese file hardly ever holds) stand in for the characters beyond
+U+FFFF of a block, up to 2,048 of them."""
+
+
+def _without_astral(block: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """The block with each character beyond U+FFFF (𠮷: four UTF-8 bytes) as a stand-in, and those characters.
+
+    Both encode to the same mark, and the decoded block stays two bytes a character: one
+    such character made Python's ``str`` of the whole block four bytes a character, and its
+    decoding and encoding cost 35 % more.  Unchanged (and no characters) when there are more
+    than the stand-ins, when the block holds a stand-in itself, or when it is not UTF-8 there
+    (its own decoding then says so).
+    """
+    leads = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0xF0).tolist()
+    if len(leads) > _STAND_INS or b"\xe0" in block:  # (one byte: a memchr)
+        return block, ()
+    pieces: list[bytes] = []
+    chars: list[str] = []
+    done = 0
+    for lead in leads:
+        try:
+            char = block[lead:lead + 4].decode("utf-8")
+        except UnicodeDecodeError:
+            return block, ()
+        if lead < done or len(char) != 1:
+            return block, ()
+        pieces += [block[done:lead], chr(_STAND_IN + len(chars)).encode("utf-8")]
+        chars.append(char)
+        done = lead + 4
+    pieces.append(block[done:])
+    return b"".join(pieces), tuple(chars)
+
+
+class Utf8Block(NamedTuple):
+    """A UTF-8 block converted in one go for the fast path (:func:`utf8_block`)."""
+
+    cp932: bytes
+    """The block in CP932, each character that needs the precise conversion as ``FF FF``."""
+    text: str
+    """The block decoded, the half-width katakana and BOMs as U+FFFE, characters beyond U+FFFF as
+    stand-ins (:meth:`char` gives them back)."""
+    astral: tuple[str, ...]
+
+    def char(self, char: str) -> str:
+        """The block's character that ``char`` (one of :attr:`text`) is."""
+        if self.astral and "\u0800" <= char <= "\u0fff":
+            return self.astral[ord(char) - _STAND_IN]
+        return char
+
+
+def utf8_block(block: bytes) -> Utf8Block | None:
     """A UTF-8 block converted in one go for the fast path; ``None`` when it is not UTF-8.
 
     Characters that need the precise conversion — 外字 outside CP932 (𠮷), half-width
     katakana, a BOM — become ``FF FF``, so the record holding them is rejected by the
-    fast path and converted record by record (SPEC §2) from its UTF-8 line.  A record the
-    fast path accepts is ASCII in its ``X``/``N``/``D``/``T`` fields and double-byte in its
-    ``K`` fields, so slicing by characters and by bytes cut the same fields and the
-    per-field conversion would produce exactly these bytes.
+    fast path and converted (SPEC §2): in place (:func:`convert_wide_in_place`) or record
+    by record from its UTF-8 line.  A record the fast path accepts is ASCII in its
+    ``X``/``N``/``D``/``T`` fields and double-byte in its ``K`` fields, so slicing by
+    characters and by bytes cut the same fields and the per-field conversion would produce
+    exactly these bytes.
     """
+    astral: tuple[str, ...] = ()
+    if np.frombuffer(block, dtype=np.uint8).max() >= 0xF0:
+        block, astral = _without_astral(block)
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
@@ -133,4 +197,120 @@ def utf8_block_as_cp932(block: bytes) -> bytes | None:
     # No normalize_variants(): Python's cp932 encoder already writes the mapping variants (〜 U+301C,
     # ‖, −, ¢, £, ¬) as the bytes of their CP932 characters (～ U+FF5E ...), which per-field
     # conversion gives too (a test checks this for the six).
-    return text.encode("cp932", errors=_MARK_ERRORS)
+    return Utf8Block(text.encode("cp932", errors=_MARK_ERRORS), text, astral)
+
+
+def utf8_block_as_cp932(block: bytes) -> bytes | None:
+    """:attr:`Utf8Block.cp932` of :func:`utf8_block`, or ``None`` when the block is not UTF-8."""
+    converted = utf8_block(block)
+    return None if converted is None else converted.cp932
+
+
+class _WidePlaces(NamedTuple):
+    """Each double-byte place of a layout's ``K`` fields, in record order."""
+
+    lead: npt.NDArray[np.intp]
+    """The byte offset of its lead byte in a CP932 record."""
+    char: list[int]
+    """The index of its character in the UTF-8 record (fields before it are one character a byte or a pair)."""
+    key: list[str]
+    """Its field's key."""
+
+
+@lru_cache(maxsize=4096)
+def _cp932_of(char: str) -> bytes:
+    """One character as the block conversion encodes it (a character outside CP932: ``FF FF``)."""
+    return char.encode("cp932", errors=_MARK_ERRORS)
+
+
+@lru_cache(maxsize=64)
+def _wide_places(layout: Layout) -> _WidePlaces:
+    lead: list[int] = []
+    char: list[int] = []
+    key: list[str] = []
+    chars = 0
+    for item in layout.fields:
+        if item.kind is Kind.K:
+            start = layout.offsets[item.key]
+            lead.extend(range(start, start + item.width, 2))
+            char.extend(range(chars, chars + item.width // 2))
+            key.extend([item.key] * (item.width // 2))
+        chars += item.chars
+    return _WidePlaces(np.array(lead, dtype=np.intp), char, key)
+
+
+def convert_wide_in_place(layout: Layout, options: ValidationOptions, records: npt.NDArray[np.uint8],
+                          text_of: Callable[[int], str | None],
+                          original: Callable[[str], str] = str) -> dict[int, Utf8Conversion]:
+    """The 外字 policy applied in place to CP932 records of :func:`utf8_block` (SPEC §2).
+
+    ``records`` (``n × record_length``, CR LF included) are records the fast path rejected
+    although every check that reads no ``K`` field held (:meth:`ColumnarPlan.check_split`):
+    their ``X``/``N``/``D``/``T`` fields are ASCII, so each byte there is one character of the
+    UTF-8 record.  Their ``K`` places whose code is not of the charset (a 外字 marked ``FF FF``,
+    or an extension kanji such as 髙 under ``jisx0208``) are found column-wise; each is
+    replaced by what :func:`convert_utf8_record` would give — the unique 縮退 candidate, or
+    〓 under ``gaiji = "substitute"`` or ``gaiji_fallback = "substitute"`` — read from the
+    character at its place in the UTF-8 record (``text_of(i)``: record ``i`` without CR LF,
+    or None, from :attr:`Utf8Block.text`, whose stand-ins ``original`` gives back, e.g.
+    :meth:`Utf8Block.char`).  The place's character must encode to the place's bytes: a one-byte
+    character in a ``K`` field puts the places after it off by one, and its own place holds
+    its byte and the next one's, so it never passes.
+
+    Returns, per record converted, its conversion (``record``: the CP932 bytes without CR LF,
+    ``replacements`` and ``substituted`` as :func:`convert_utf8_record` gives them). A record is
+    left out — for the whole-record conversion — when a place holds a character it would
+    treat otherwise: a variation selector (the pair degenerates as one), a half-width kana
+    (widened), a 縮退 of several characters (the field's length), a 外字 the policy rejects.
+    The records' ``K`` checks are still to be made on the new bytes (:meth:`ColumnarPlan.check_wide`).
+    """
+    if options.gaiji == "reject" or not len(records):
+        return {}
+    places = _wide_places(layout)
+    if not len(places.lead):
+        return {}
+    table = wide_code_table(options.charset)
+    codes = records[:, places.lead].astype(np.intp)
+    codes <<= 8
+    codes |= records[:, places.lead + 1]
+    rows, columns = np.nonzero(~np.take(table, codes))
+    if not len(rows):
+        return {}
+    allowed = allowed_wide_chars(options.charset)
+    expected = sum(item.chars for item in layout.fields)
+    degenerate = options.gaiji == "degenerate"
+    substitute = options.gaiji == "substitute" or options.gaiji_fallback == "substitute"
+    converted: dict[int, Utf8Conversion] = {}
+    bounds = np.flatnonzero(np.diff(rows)) + 1
+    for first, last in zip([0, *bounds.tolist()], [*bounds.tolist(), len(rows)]):
+        row = int(rows[first])
+        text = text_of(row)
+        if text is None or len(text) != expected:
+            continue
+        record = bytearray(records[row, :-2].tobytes())
+        substituted = 0
+        replacements: list[tuple[str, list[Replacement]]] = []
+        for column in columns[first:last].tolist():
+            char = original(text[places.char[column]])
+            lead = int(places.lead[column])
+            if char == _NOT_CP932 or is_variation_selector(char) or _cp932_of(char) != record[lead:lead + 2]:
+                break  # half-width kana, a BOM (or U+FFFE), a variation selector, or places off by one
+            char = MAPPING_VARIANTS.get(char, char)
+            target = degenerate_char(char) if degenerate else None
+            if target is not None and all(c in allowed for c in target):
+                if len(target) != 1:
+                    break  # a sequence: the whole-record conversion fits it or names the field
+                key = places.key[column]
+                if not replacements or replacements[-1][0] != key:
+                    replacements.append((key, []))
+                replacements[-1][1].append(Replacement(char, target))
+            elif substitute:
+                target = GETA
+                substituted += 1
+            else:
+                break  # rejected: the precise path names it
+            record[lead:lead + 2] = _cp932_of(target)
+        else:
+            converted[row] = Utf8Conversion(bytes(record), [], [], substituted,
+                                            [(key, tuple(done)) for key, done in replacements])
+    return converted

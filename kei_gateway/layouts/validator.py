@@ -20,13 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from kei_gateway.layouts._keyfilter import DEFAULT_FILTER_BITS_LOG2, Scratch
-from kei_gateway.layouts.columnar import as_matrix, columnar_plan
+from kei_gateway.layouts.columnar import Matrix, as_matrix, columnar_plan
 from kei_gateway.layouts.errors import LayoutError
 from kei_gateway.layouts.fields import Layout
 from kei_gateway.layouts.precise import RecordChecker
 from kei_gateway.layouts.report import ValidationOptions, ValidationReport
 from kei_gateway.layouts.uniqueness import Columns, ExactKeys, FilteredKeys, SuspectKeys, Uniqueness
-from kei_gateway.layouts.utf8 import Utf8Conversion, convert_utf8_record, utf8_block_as_cp932
+from kei_gateway.layouts.utf8 import Utf8Block, Utf8Conversion, convert_utf8_record, convert_wide_in_place, utf8_block
 
 __all__ = ["BOM", "Validator", "validate_bytes", "validate_stream"]
 
@@ -86,6 +86,8 @@ class Validator:
         self._offset = 0  # file offset of the first of them
         self._checker = RecordChecker(layout, options)
         self._plan = columnar_plan(layout, options.rule_context) if fast_path else None
+        self._in_place = options.encoding == "utf-8" and options.gaiji != "reject"
+        """UTF-8 records whose only fault is a 外字 in a ``K`` field are converted in place (the policy replaces it)."""
         self._unique: Uniqueness | None = None
         if layout.unique_keys is not None:
             if rereadable:
@@ -359,19 +361,26 @@ class Validator:
         line by line.
         """
         if self._plan is not None:
+            utf8 = None
             if self.options.encoding == "cp932":
                 cp932: bytes | None = block
             else:
-                cp932 = utf8_block_as_cp932(block)
+                utf8 = utf8_block(block)
+                cp932 = None if utf8 is None else utf8.cp932
             matrix = None if cp932 is None else as_matrix(cp932, self.layout.record_length, count_lines=False)
             if matrix is not None:
                 assert cp932 is not None
-                ok = self._plan.check(cp932, matrix)
-                # Records are lines only if no other byte is an LF: when every record passed, none is.
-                if ok.all() or cp932.count(b"\n") == len(ok):
+                narrow = None
+                if self._in_place:  # which rejected records failed only checks of K fields (the 外字 policy's)
+                    ok, narrow = self._plan.check_split(matrix)
+                else:
+                    ok = self._plan.check(cp932, matrix)
+                # Records are lines only if no other byte is an LF: a record that passed holds none but its
+                # last byte, so only those that did not are looked at.
+                if ok.all() or not (matrix[~ok, :-1] == 0x0A).any():
                     if self.report.records == 0 and offset == 0 and cp932.startswith(BOM):
                         ok[0] = False  # the precise path names the BOM
-                    self._runs(block, cp932, offset, ok)
+                    self._runs(block, cp932, offset, ok, matrix, narrow, utf8)
                     return
             self._uniform = False
             if len(block) > _SPLIT_BELOW * self.layout.record_length:
@@ -391,31 +400,34 @@ class Validator:
             self._line(block[start:end], offset + start)
             start = end
 
-    def _runs(self, block: bytes, cp932: bytes, offset: int, ok: npt.NDArray[np.bool_]) -> None:
+    def _runs(self, block: bytes, cp932: bytes, offset: int, ok: npt.NDArray[np.bool_], matrix: Matrix,
+              narrow: npt.NDArray[np.bool_] | None, utf8: Utf8Block | None) -> None:
         """Pass on the runs of accepted records; check the others precisely, in file order.
 
         ``block`` is the input (CP932 or UTF-8), ``cp932`` the same records in CP932 (the
-        same object for CP932 input); record ``i`` is line ``i`` of both.  UTF-8 records
-        the fast path rejected are first converted field by field, as the precise path
+        same object for CP932 input, ``matrix`` as rows); record ``i`` is line ``i`` of both.
+        UTF-8 records the fast path rejected are first converted, as the precise path
         converts them (外字 policy included), and checked again column-wise: those that
-        pass then join the runs with their 縮退 and 〓 counted.
+        pass then join the runs with their 縮退 and 〓 counted.  ``narrow``, when given, says
+        which records failed only checks of ``K`` fields: those are converted in place.
+        ``utf8``: the UTF-8 ``block`` converted (:func:`utf8_block`).
         """
         size = self.layout.record_length
         count = len(ok)
-        if self.options.encoding == "cp932":
-            line_starts = None
-        else:
-            line_starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + 1))
+        line_starts: npt.NDArray[np.intp] | None = None
 
         def line(index: int) -> tuple[bytes, int]:
-            if line_starts is None:
+            nonlocal line_starts
+            if utf8 is None:
                 return block[index * size:(index + 1) * size], offset + index * size
+            if line_starts is None:  # where each UTF-8 line starts: only for a record checked on its own
+                line_starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + 1))
             begin, finish = int(line_starts[index]), int(line_starts[index + 1])
             return block[begin:finish], offset + begin
 
         converted: dict[int, Utf8Conversion] = {}
-        if line_starts is not None and not ok.all():
-            cp932, converted = self._convert_rejected(cp932, ok, line, offset)
+        if utf8 is not None and not ok.all():
+            cp932, converted = self._convert_rejected(cp932, ok, line, offset, matrix, narrow, utf8)
         changes = np.flatnonzero(np.diff(ok.view(np.int8))) + 1
         bounds = [0, *changes.tolist(), count]
         for first, last in zip(bounds, bounds[1:]):
@@ -437,20 +449,54 @@ class Validator:
                     return
 
     def _convert_rejected(self, cp932: bytes, ok: npt.NDArray[np.bool_], line: Callable[[int], tuple[bytes, int]],
-                          offset: int) -> tuple[bytes, dict[int, Utf8Conversion]]:
-        """UTF-8 records the fast path rejected, converted by the precise conversion and checked column-wise again.
+                          offset: int, matrix: Matrix, narrow: npt.NDArray[np.bool_] | None, utf8: Utf8Block,
+                          ) -> tuple[bytes, dict[int, Utf8Conversion]]:
+        """UTF-8 records the fast path rejected, converted as the precise conversion does and checked again.
 
-        Marks in ``ok`` the records that now pass; returns the block with their CP932 bytes
-        and their conversions (for the 縮退 and 〓 counts).  The others stay rejected.
+        Records that failed only checks of ``K`` fields (``narrow``) have their 外字 replaced
+        in place (:func:`convert_wide_in_place`) and only their ``K`` checks made again; the
+        others, and those it leaves, are converted record by record (:func:`convert_utf8_record`)
+        and checked column-wise again.  Marks in ``ok`` the records that now pass; returns the
+        block with their CP932 bytes and their conversions (for the 縮退 and 〓 counts).  The
+        others stay rejected.
         """
         assert self._plan is not None
         size = self.layout.record_length
         expected = sum(item.chars for item in self.layout.fields)
+        rejected = np.flatnonzero(~ok)
+        texts = _rejected_texts(utf8.text, rejected, expected + 2) if narrow is not None else {}
+        if self.report.records == 0 and offset == 0:
+            rejected = rejected[rejected != 0]  # the BOM of record 1 is the precise path's
+        fixes: list[tuple[int, bytes]] = []
+        kept: dict[int, Utf8Conversion] = {}
+        if texts:
+            assert narrow is not None
+            wide_only = rejected[narrow[rejected]]
+
+            def text_of(row: int) -> str | None:
+                text = texts[int(wide_only[row])]
+                return text[:-2] if text.endswith("\r\n") else None
+
+            in_place = convert_wide_in_place(self.layout, self.options, matrix[wide_only], text_of, utf8.char)
+            if in_place:
+                rows = list(in_place)
+                retry = b"".join(in_place[row].record + b"\r\n" for row in rows)  # type: ignore[operator]
+                retried = as_matrix(retry, size, count_lines=False)
+                assert retried is not None  # records of the right length, each ending in LF
+                passed = self._plan.check_wide(retried)
+                for position, row in enumerate(rows):
+                    if passed is np.True_ or passed[position]:
+                        index = int(wide_only[row])
+                        fixes.append((index, retry[position * size:(position + 1) * size]))
+                        kept[index] = in_place[row]
+                        ok[index] = True
+                if kept:
+                    rejected = rejected[~ok[rejected]]
         candidates: dict[int, Utf8Conversion] = {}
-        for index in np.flatnonzero(~ok).tolist():
+        for index in rejected.tolist():
             raw, _ = line(index)
-            if not raw.endswith(b"\r\n") or (index == 0 and self.report.records == 0 and offset == 0):
-                continue  # structure and the BOM of record 1 are the precise path's
+            if not raw.endswith(b"\r\n"):
+                continue  # structure is the precise path's
             try:
                 text = raw[:-2].decode("utf-8")
             except UnicodeDecodeError:
@@ -460,24 +506,28 @@ class Validator:
             conversion = convert_utf8_record(self.layout, text, self.options, 0, 0)
             if conversion.record is not None and len(conversion.record) == size - 2:
                 candidates[index] = conversion
-        if not candidates:
+        if candidates:
+            indexes = list(candidates)
+            retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
+            retried = as_matrix(retry, size)
+            passed = np.zeros(len(indexes), dtype=np.bool_) if retried is None else self._plan.check(retry, retried)
+            for position, index in enumerate(indexes):
+                if passed[position]:
+                    fixes.append((index, retry[position * size:(position + 1) * size]))
+                    ok[index] = True
+                    kept[index] = candidates[index]
+        if not fixes:
             return cp932, {}
-        indexes = list(candidates)
-        retry = b"".join(candidates[index].record + b"\r\n" for index in indexes)  # type: ignore[operator]
-        matrix = as_matrix(retry, size)
-        if matrix is None:
-            return cp932, {}
-        passed = self._plan.check(retry, matrix)
-        if not passed.any():
-            return cp932, {}
-        repaired = bytearray(cp932)
-        kept: dict[int, Utf8Conversion] = {}
-        for position, index in enumerate(indexes):
-            if passed[position]:
-                repaired[index * size:(index + 1) * size] = retry[position * size:(position + 1) * size]
-                ok[index] = True
-                kept[index] = candidates[index]
-        return bytes(repaired), kept
+        # The block with the converted records in their places: one copy.
+        fixes.sort()
+        whole = memoryview(cp932)
+        pieces: list[bytes | memoryview] = []
+        done = 0
+        for index, record in fixes:
+            pieces += [whole[done:index * size], record]
+            done = (index + 1) * size
+        pieces.append(whole[done:])
+        return b"".join(pieces), kept
 
     def _line(self, line: bytes, offset: int) -> None:
         """Validate one line (ending in LF) precisely; stop after the record that reaches ``max_errors``."""
@@ -579,6 +629,25 @@ class Validator:
             reason = f"{len(rest)} bytes of data after the last CR LF; remove them or complete the record"
         self.report.records += 1
         self._error(LayoutError(number, offset + len(rest), reason))
+
+
+def _rejected_texts(text: str, rejected: npt.NDArray[np.intp], line_chars: int) -> dict[int, str]:
+    """The lines of a block's text (:attr:`Utf8Block.text`) at the ``rejected`` records, in order.
+
+    Every other record passed the fast path, so it is ``line_chars`` characters long (one a byte
+    outside ``K`` fields, one a pair in them); a rejected one is measured to its LF.  Empty if
+    the text does not line up with that.
+    """
+    texts: dict[int, str] = {}
+    shift = 0
+    for index in rejected.tolist():
+        start = index * line_chars + shift
+        end = text.find("\n", start) + 1
+        if not end or (start and text[start - 1] != "\n"):
+            return {}
+        texts[index] = text[start:end]
+        shift += end - start - line_chars
+    return texts
 
 
 def _line_block_ends(data: bytes, size: int, final: bool) -> Iterator[int]:
