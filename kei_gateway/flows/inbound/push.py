@@ -155,8 +155,9 @@ class PushReceiver:
         self._in_flight.add(key)
         self._pushes_by_source[source] += 1
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
+        keep = self.relay.accept_bytes if self.relay is not None else 0  # a small body for a relay in its commit
         intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
-                              blocking=self.intake_blocking)
+                              blocking=self.intake_blocking, keep=keep)
         accepted = AcceptedPush(decision, intake, started_at, source)
         TIMELINE.stamp(accepted, "received")
         return accepted
@@ -220,14 +221,24 @@ class PushReceiver:
         target = accepted.target
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         config = self.config_source()
-        leases = self.leases
-        settled: Settled = yield self.blocking.run(
-            settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
-            peer=target.peer, name=target.name, received=received,
-            quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
-            note="refused to the peer with 422", hold=leases.hold_received() if leases is not None else None)
-        if settled.fence is not None and leases is not None:
-            leases.adopt_held(settled.fence)  # renewed while this node relays it
+        # A small valid file and a free relay: relayed in the commit that accepts it (issue 16), else after it.
+        inline = self.relay.relay_on_accept(received.report.records, accepted.started_at, accepted) \
+            if self.relay is not None and received.data is not None and received.report.valid else None
+        try:
+            settled: Settled = yield self.blocking.run(
+                settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
+                peer=target.peer, name=target.name, received=received,
+                quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
+                note="refused to the peer with 422", relay=inline,
+                hold=self.leases.hold_received() if self.leases is not None else None)
+        except BaseException:
+            if inline is not None:
+                inline.end(None)
+            raise
+        if inline is not None and not settled.relayed:
+            inline.end(None)  # free again: the file (if new) is handed to it after its commit
+        if settled.fence is not None and self.leases is not None:
+            self.leases.adopt_held(settled.fence)  # committed alone: renewed while this node relays it
         decision = settled.decision
         report = received.report
         if decision.settlement is Settlement.IDENTICAL_REPEAT:
@@ -249,13 +260,17 @@ class PushReceiver:
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
         row = settled.row
         assert row is not None
-        TIMELINE.stamp(accepted, "committed")
+        if not settled.relayed:
+            TIMELINE.stamp(accepted, "committed")
         TIMELINE.rekey(accepted, row.id)
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
                     records=report.records, transfer_id=row.id, sha256=row.sha256,
                     audit_recorded=self.ledger.records_audit)  # committed with the transfer
-        self._hand_over(row, accepted.started_at, settled.fence)
+        if inline is not None and settled.relayed:
+            inline.end(row)  # counts the relay (its metrics and log line, relayed with the accept) and frees it
+        else:
+            self._hand_over(row, accepted.started_at, settled.fence)
         return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
 
     def _hand_over(self, row: TransferRow, started_at: float, fence: Fence | None = None) -> None:
