@@ -291,8 +291,8 @@ def accept_and_relay(*, transfer: NewTransfer, audit: AuditEvent | None, data: b
     try:
         row = results.accept_relay(transfer, audit, decide, now)
     except DuplicateResult:
-        for name in staged:  # nothing was written: what was staged is nobody's
-            discard_staged(inbox_dir, name)
+        if planned and planned[-1].staged is not None:  # this attempt wrote nothing: its staged file is nobody's
+            discard_staged(inbox_dir, planned[-1].name)
         raise
     finally:  # (on any other failure the staged files are left to finish_published: the commit may have happened)
         with accepting.lock:
