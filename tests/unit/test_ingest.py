@@ -254,7 +254,7 @@ def spill_everything(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[En
         return made[-1]
 
     monkeypatch.setattr(uniqueness, "log_capacity_for", lambda records, largest: None)
-    monkeypatch.setattr(ingest.ingest_file, "__kwdefaults__", {**ingest.ingest_file.__kwdefaults__,
+    monkeypatch.setattr(ingest.ingest_file, "__kwdefaults__", {**(ingest.ingest_file.__kwdefaults__ or {}),
                                                                "scratch": scratch})
     return made
 
