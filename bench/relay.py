@@ -63,6 +63,7 @@ Run: ``.venv/bin/python bench/relay.py [--quick] [--rates 250,500,...] [--second
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import ctypes.util
 import http.client
@@ -73,6 +74,7 @@ import secrets
 import select
 import ssl
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,6 +115,8 @@ TARGET_THROUGHPUT = 5000.0
 TARGET_P99_RATE = 500
 TARGET_P99_SECONDS = 0.020
 """Issue 16: p99 ≤ 20 ms on an idle machine (≤ 50 ms with the other core busy)."""
+TARGET_P99_BUSY_SECONDS = 0.050
+"""Issue 16: p99 ≤ 50 ms at 500 results/s with the machine's other core busy (``--busy-core``)."""
 RUNS = 3
 SLOWEST_SHARE = 0.01
 """The slowest 1 % of a rate's requests (at least :data:`SLOWEST_MIN`) get a breakdown."""
@@ -511,18 +515,20 @@ def row_text(row: Row) -> str:
             f"{ms(row.daemon_p50)} | {ms(row.daemon_p99)} | {ms(step.late)} | {row.load_at_start} |")
 
 
-def verdict(rows: list[Row]) -> list[str]:
+def verdict(rows: list[Row], busy: bool = False) -> list[str]:
     sustained = [row for row in rows if row.kept_up]
     best = max((row.achieved for row in sustained), default=0.0)
     lines = [f"- sustained throughput: {best:,.0f} results/s (highest rate kept up with: ≥ {BEHIND:.0%} relayed, "
              f"no 503, nothing left over) — target ≥ {TARGET_THROUGHPUT:,.0f}: "
              f"{'met' if best >= TARGET_THROUGHPUT else 'NOT met'}"]
     at = [row for row in rows if row.step.rate == TARGET_P99_RATE and row.external]
+    target, condition = (TARGET_P99_BUSY_SECONDS, "with the other core busy") if busy else \
+        (TARGET_P99_SECONDS, "on an idle machine")
     for row in at:
         p99 = percentile(row.external, 99)
         lines.append(f"- p99 at {TARGET_P99_RATE} results/s, run {row.run} (load at start {row.load_at_start}): "
                      f"{ms(p99)} ms external (PUT start → inbox), {ms(row.daemon_p99)} ms in the daemon's histogram "
-                     f"— target ≤ {TARGET_P99_SECONDS * 1000:.0f} ms: {'met' if p99 <= TARGET_P99_SECONDS else 'NOT met'}")
+                     f"— target ≤ {target * 1000:.0f} ms {condition}: {'met' if p99 <= target else 'NOT met'}")
     if not at:
         lines.append(f"- p99 at {TARGET_P99_RATE} results/s: not measured (rate not in this run)")
     return lines
@@ -676,6 +682,37 @@ def max_push() -> int:
     return 0
 
 
+class BusyCore:
+    """``--busy-core`` (issue 16): a CPU hog — a child Python spinning — pinned to the machine's last core for the
+    whole run, so "p99 with the other core busy" is measured; the daemon and the pusher are not pinned (the
+    kernel schedules them on whatever core is free). Its CPU time at the end shows it really ran."""
+
+    SPIN = ("import os, sys\n"
+            "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "while True:\n"
+            "    pass\n")
+
+    def __init__(self) -> None:
+        self.cpu = max(os.sched_getaffinity(0))
+        self.process = subprocess.Popen([sys.executable, "-c", self.SPIN, str(self.cpu)])
+        self.started = time.monotonic()
+        atexit.register(self.process.kill)  # never left spinning, whatever ends the bench
+
+    def describe(self) -> str:
+        return f"a CPU hog (pid {self.process.pid}) spinning, pinned to CPU {self.cpu} of {os.cpu_count()}"
+
+    def cpu_seconds(self) -> float:
+        """The hog's user + system CPU time so far (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> str:
+        used, wall = self.cpu_seconds(), time.monotonic() - self.started
+        self.process.kill()
+        self.process.wait()
+        return f"the CPU hog used {used:.1f} s of CPU in {wall:.1f} s ({used / wall:.0%} of its core)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 s at 100 and 250 results/s (a smoke run)")
@@ -689,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgresql", action="store_true",
                         help="the ledger on a throwaway PostgreSQL cluster (tests/pg.py) with fsync and "
                              "synchronous_commit on, instead of SQLite")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="a CPU hog pinned to the last core for the whole run (issue 16: p99 ≤ 50 ms at "
+                             "500 results/s with the other core busy)")
     parser.add_argument("--max-push", action="store_true",
                         help=f"one push of {MAX_PUSH_RESULTS:,} results after a baseline of "
                              f"{BASELINE_PUSH_RESULTS:,}: times and the daemon's peak RSS")
@@ -702,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ledger = "PostgreSQL ledger (throwaway cluster, fsync on)" if args.postgresql else "SQLite ledger"
     print(f"# {args.clients} pushing connection(s), {seconds:g} s per rate, open loop; {ledger}", flush=True)
+    hog = BusyCore() if args.busy_core else None
+    print(f"# other core: {hog.describe() if hog else 'nothing of the bench (no --busy-core)'}", flush=True)
     cluster = durable_cluster() if args.postgresql else None
     rows: list[Row] = []
     maker = BatchMaker()
@@ -740,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_gateway(daemon)
             if cluster is not None:
                 cluster.stop()
+            hog_used = hog.stop() if hog is not None else ""
         slowest = breakdown(rows, Path(tmp) / "timeline.jsonl")
     print()
     print("## Relay: pushed 速報 → inbox (ms; external = PUT start → file in the inbox; daemon = "
@@ -751,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(row_text(row))
     print()
-    print("\n".join(verdict(rows)))
+    print("\n".join(verdict(rows, busy=hog is not None)))
+    if hog_used:
+        print(f"- other core busy: {hog_used}")
     print(f"- peak RSS of the daemon (VmHWM): {peak_rss / 1e6:.0f} MB after the run, {ready_rss / 1e6:.0f} MB at READY "
           f"— target < 150 MB: {'met' if peak_rss < 150e6 else 'NOT met'}")
     print()

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from twisted.internet import defer
 
 from kei_gateway.adapters.ledger.leases import Fence
-from kei_gateway.adapters.ledger.ledger import AuditEvent, Claimed, TransferRow
-from kei_gateway.adapters.ledger.results import RelayDecision
+from kei_gateway.adapters.ledger.ledger import AuditEvent, Claimed, NewTransfer, TransferRow
+from kei_gateway.adapters.ledger.results import AcceptDecider, RelayDecision
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport._dav import RemoteEntry
 from kei_gateway.adapters.transport.webdav import BodySource, PutResult, Sink
@@ -117,6 +117,14 @@ class ResultLedgerPort(Protocol):
     def commit_relays(self, decisions: Sequence[RelayDecision], now: datetime) -> None:
         """Several files' relays, each ``VALIDATED`` → ``DONE`` with its new results and audit record, in ONE
         transaction; ``DuplicateResult`` or ``NotRelayable`` and nothing written."""
+        ...
+
+    def accept_relay(self, transfer: NewTransfer, audit: AuditEvent | None, decide: AcceptDecider,
+                     now: datetime) -> TransferRow:
+        """A new inbound transfer and its relay in ONE transaction: *transfer* inserted ``VALIDATED`` with its
+        *audit* record, ``decide(row, known)`` (lookups in the transaction, the staging), its decision applied as
+        :meth:`commit_relays` does; the row as committed (``DONE``). A failure writes nothing, not even the
+        transfer (``DuplicateResult`` when a result was recorded meanwhile)."""
         ...
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,

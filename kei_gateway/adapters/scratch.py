@@ -26,8 +26,6 @@ import tempfile
 import weakref
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from kei_gateway.layouts import Scratch
 
 __all__ = ["EncryptedScratch", "ScratchError", "scratch_in"]
@@ -47,6 +45,10 @@ class EncryptedScratch:
     """:class:`~kei_gateway.layouts._keyfilter.Scratch` in an unnamed file of ``directory``, AES-256-GCM sealed."""
 
     def __init__(self, directory: str | None = None) -> None:
+        # Imported here, not with the module: `cryptography` is 8 MB of RSS, which `kei-gateway validate`
+        # of a file small enough for the in-memory log (most files) must not pay (the daemon has it anyway).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         where = directory or tempfile.gettempdir()
         try:
             try:

@@ -17,7 +17,7 @@ from kei_gateway.adapters.durable import fsync_directory
 __all__ = ["NAME_PATTERN", "ERRORS_SUFFIX", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
            "quarantine_entry", "write_errors_file", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
            "staged_name", "stage_for_inbox", "publish_staged", "stage_relays", "publish_relays", "discard_staged",
-           "staged_relays",
+           "staged_relays", "staged_mtime",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -295,6 +295,17 @@ def discard_staged(inbox_dir: str, name: str) -> None:
             os.unlink(os.path.join(inbox_dir, staged))
         except FileNotFoundError:
             pass
+
+
+def staged_mtime(inbox_dir: str, name: str) -> float | None:
+    """When *name*'s staged files were last written (the newest of ``.name.part`` and its marker), or None if gone."""
+    times = []
+    for staged in (staged_name(name), _staged_marker(name)):
+        try:
+            times.append(os.stat(os.path.join(inbox_dir, staged)).st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times, default=None)
 
 
 def staged_relays(inbox_dir: str) -> list[str]:

@@ -36,6 +36,8 @@ POINTS = (
     "results.staged",      # payment results: the new records (of a group of files) durable as .name.part, nothing recorded
     "results.recorded",    # the results, relay names and DONE committed, the .part files not yet renamed
     "results.published",   # the results files are in the inbox (an earlier version's relay: the transfer still VALIDATED)
+    "results.accept-staged",    # a small push relayed in its accepting commit: new records staged, NOTHING committed (no transfer)
+    "results.accept-recorded",  # ... its transfer, results, DONE and both audit records committed, the .part not renamed, no 201
     "push.stored",         # a pushed file's blob is durable and valid, nothing committed, no answer sent
     "push.committed",      # the pushed file's transfer is committed VALIDATED, the 201 not yet sent
     "airis.inputs-recorded",  # AIRIS 突合: the three inputs stored and recorded, nothing run

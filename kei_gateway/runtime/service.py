@@ -31,7 +31,7 @@ from kei_gateway.core.transfer import longest_wait
 from kei_gateway.flows.dependencies import FlowDependencies
 from kei_gateway.flows.inbound.build import build_inbound_flow, build_push_listener
 from kei_gateway.flows.inbound.downloads import DownloadPoller
-from kei_gateway.flows.inbound.mpn_results import ResultRelay
+from kei_gateway.flows.inbound.mpn_results import ResultRelay, orphan_age
 from kei_gateway.flows.inbound.push_routing import DENIAL_REASONS
 from kei_gateway.flows.inbound.receipts import ReceiptRecorder
 from kei_gateway.flows.inbound.relay import InboxRelay, Relay
@@ -336,7 +336,8 @@ class _Relays:
                 results=ResultLedger(ledger.engine, audit_writer=ledger.audit_writer),
                 keyer=ResultKeyer.from_keyring(keyring), store=self.store, blocking=self.blocking,
                 clock=gateway.clock, metrics=self.metrics,
-                unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0))
+                unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0),
+                orphan_age=orphan_age(ledger.engine.dialect.name, config.database.lease))
             relay.leases = gateway.leases  # its pass over pending files runs under the flow's relay lease
             gateway.relay = relay
             relay.setServiceParent(gateway)

@@ -17,10 +17,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from kei_gateway.adapters.ledger.leases import Fence, Fenced
-from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, Claimed, TransferNotFound, TransferRow
+from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, Claimed, NewTransfer, TransferNotFound, TransferRow
 from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_release, is_current, is_live, \
     on_start, revoke
-from kei_gateway.adapters.ledger.results import DuplicateResult, NotRelayable, RelayDecision
+from kei_gateway.adapters.ledger.results import AcceptDecider, DuplicateResult, NotRelayable, RelayDecision
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
 from kei_gateway.core.results import fresh_results, under_recorded_keys
@@ -314,6 +314,26 @@ class InMemoryResultLedger:
         for decision in decisions:
             self.record_relay(decision.transfer_id, decision.results, decision.relay_name, now, decision.summary,
                               done=True, audit=decision.audit, fence=decision.fence)
+
+    def accept_relay(self, transfer: NewTransfer, audit: AuditEvent | None, decide: AcceptDecider,
+                     now: datetime) -> TransferRow:
+        """Like ``ResultLedger.accept_relay``: the transfer, its relay and both audit records, or nothing at all."""
+        ledger = self.ledger
+        ledger._check()
+        with ledger._lock:
+            row = ledger.add_transfer(**transfer.arguments())
+            audit_length, results_length = len(ledger.audit), len(self.results)
+            try:
+                decision = decide(row, self.known_identities)
+                if audit is not None:
+                    ledger.audit.append((audit[0], {**audit[1], "transfer_id": row.id}))
+                self.commit_relays([decision], now)
+            except BaseException:
+                del ledger.rows[row.id]  # rolled back: no transfer, no result, no record
+                del ledger.audit[audit_length:]
+                del self.results[results_length:]
+                raise
+            return ledger.rows[row.id]
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
                      fence: Fence | None = None) -> None:

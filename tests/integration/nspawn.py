@@ -35,6 +35,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -237,6 +238,14 @@ def _stop(nspawn: subprocess.Popen[bytes], leader: int | None) -> None:
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     """A booted container with systemd as PID 1 (module scope: one boot for all the checks)."""
+    with booted(tmp_path_factory) as box:
+        yield box
+
+
+@contextmanager
+def booted(tmp_path_factory: pytest.TempPathFactory, binds: Sequence[str] = ()) -> Iterator[Machine]:
+    """Boot a container (skipped, with the reason, where it cannot be); *binds* are more ``--bind=HOST:CONTAINER``
+    options (e.g. a PostgreSQL socket directory)."""
     if os.geteuid() != 0:
         unavailable("systemd-nspawn needs root")
     missing = [tool for tool in ("systemd-nspawn", "nsenter") if shutil.which(tool) is None]
@@ -261,10 +270,10 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     # The test venv's packages are bound at a fixed path outside /tmp: the unit runs with
     # PrivateTmp=yes, so a checkout under /tmp (a CI clone) would be hidden from the daemon.
     site_packages = CONTAINER_SITE_PACKAGES
-    binds = [f"--bind-ro={REPO}", f"--bind-ro={sysconfig.get_path('purelib')}:{CONTAINER_SITE_PACKAGES}"]
+    mounts = [f"--bind-ro={REPO}", f"--bind-ro={sysconfig.get_path('purelib')}:{CONTAINER_SITE_PACKAGES}", *binds]
     argv = ["systemd-nspawn", "--quiet", f"--directory={root}", "--machine=kei-gateway-test", "--register=no",
             "--keep-unit", "--private-network", "--system-call-filter=bpf", f"--overlay=/usr:{upper}:/usr",
-            *binds, "--console=read-only", "--boot", "--", "systemd.unit=multi-user.target"]
+            *mounts, "--console=read-only", "--boot", "--", "systemd.unit=multi-user.target"]
     environ = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
     # Into its own cgroup before exec (a shell, not preexec_fn: pytest may run threads).
     in_own_cgroup = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
@@ -310,4 +319,4 @@ def exposure(text: str, unit: str) -> float:
     return float(line.split(marker, 1)[1].split()[0])
 
 
-__all__: Sequence[str] = ["Machine", "machine", "install", "exposure", "wait_for", "unavailable", "REPO"]
+__all__: Sequence[str] = ["Machine", "machine", "booted", "install", "exposure", "wait_for", "unavailable", "REPO"]

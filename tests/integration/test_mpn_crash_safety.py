@@ -5,7 +5,12 @@ SIGKILLs itself at the second pass of a point: on the push path after the pushed
 durable but not committed (``push.stored``) and after the commit but before the ``201``
 (``push.committed``: the simulator's retry comes back as a repeat, ``204``); in the relay
 shared by push and pull after the new records are staged (``results.staged``), after they
-are recorded (``results.recorded``) and after the file is in the inbox (``results.published``).
+are recorded (``results.recorded``) and after the file is in the inbox (``results.published``);
+and in a small push relayed in the commit that accepts it (issue 16) after its records are
+staged inside the open transaction (``results.accept-staged``: no transfer, the peer gets no
+``201`` and pushes again, the staged orphan is removed at start) and after that commit, before
+the rename (``results.accept-recorded``: the start publishes the staged file, the peer's retry
+is a repeat, ``204``).
 The relay points run twice: with the 速報 pushed (many of them also left for pull, the same
 file both ways) and with everything pulled. The simulator keeps delivering while the daemon
 is down (its pushes are retried, then left in ``results/``). Then the daemon is started
@@ -47,7 +52,12 @@ DELIVERY = {
 RUNS = [("push.stored", "push"), ("push.committed", "push"), ("download.committed", "pull"),
         ("download.relayed", "pull"),
         *((point, mode) for point in ("results.staged", "results.recorded", "results.published")
-          for mode in ("push", "pull"))]
+          for mode in ("push", "pull")),
+        ("results.accept-staged", "push"), ("results.accept-recorded", "push")]
+IN_A_PUSH = {"push.stored", "push.committed", "results.accept-staged", "results.accept-recorded"}
+"""The points a push passes through before its answer. A pushed file reaches the lanes' points (results.staged …)
+only when the lane was busy at its commit (issue 16: else it is relayed in that commit), so in push mode those
+runs may crash on a pulled file after the pushes are answered."""
 
 
 def test_every_mpn_crash_point_is_covered() -> None:
@@ -92,7 +102,8 @@ def test_when_killed_at_a_step_then_after_restart_each_result_is_relayed_exactly
             if mode == "push":
                 assert deliveries["push"] + deliveries["both"] + deliveries["push-failed"] > 0
                 failed = [p for p in report["pushes"] if p["statuses"][0] not in ("201", "204")]
-                assert failed, f"some push met the crash or the daemon being down: {report['pushes']}"
+                if point in IN_A_PUSH:
+                    assert failed, f"some push met the crash or the daemon being down: {report['pushes']}"
             else:
                 assert set(deliveries) == {"pull"}
         finally:

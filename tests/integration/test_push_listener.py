@@ -142,6 +142,11 @@ address = "127.0.0.1:{port}"
     reactor = reactor_thread.reactor
 
     class RecordingRelay:
+        accept_bytes = 0  # never inside the accepting commit: every committed push is handed over
+
+        def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
+            return None
+
         def relay(self, row: TransferRow, received_at: float | None = None) -> None:
             assert received_at is not None
             committed.append((row, received_at))

@@ -167,3 +167,44 @@ def test_when_several_relays_are_committed_together_then_each_is_done_with_its_r
                                RelayDecision(a.id, [facts(4)], "A.dat", "1 new")], NOW)
     assert [ledger.get(t.id).state for t in (c, d)] == [S.VALIDATED, S.VALIDATED], "nothing written"
     assert results.known_identities({"id3-1", "id4-1"}) == set()
+
+
+def test_when_a_file_is_accepted_and_relayed_in_one_transaction_then_all_is_committed_or_nothing(
+        ledgers: Any) -> None:
+    """accept_relay (issue 16): the transfer, its results and DONE in one commit; a failure leaves no transfer."""
+    from kei_gateway.adapters.ledger.ledger import NewTransfer
+
+    ledger, results = ledgers
+    first = add(ledger, "first.dat", S.VALIDATED, direction="in", flow="mpn-results", remote_name="first.dat")
+    results.commit_relays([RelayDecision(first.id, [facts(1)], "F.dat", "1 new")], NOW)
+
+    def new(name: str) -> NewTransfer:
+        return NewTransfer(flow="mpn-results", direction="in", peer="mpn", local_name=name, state=S.VALIDATED,
+                           size=10, sha256="cd" * 32, record_count=2, blob_id=f"blob-{name}", now=NOW,
+                           remote_name=name)
+
+    seen: list[tuple[Any, set[str]]] = []
+
+    def decide(row: Any, known: Any) -> RelayDecision:
+        seen.append((row, known({"id1-1", "id2-1"})))
+        return RelayDecision(row.id, [facts(2)], f"R{row.id}.dat", "1 new, 1 repeated")
+
+    row = results.accept_relay(new("p.dat"), None, decide, NOW)
+    (inserted, known), = seen
+    assert (inserted.id, inserted.state, inserted.local_name) == (row.id, S.VALIDATED, "p.dat")
+    assert known == {"id1-1"}, "looked up in the accepting transaction"
+    stored = ledger.get(row.id)
+    assert (row.state, row.relay_name, row.receipt_summary) == (S.DONE, f"R{row.id}.dat", "1 new, 1 repeated")
+    assert (stored.state, stored.relay_name, stored.receipt_summary) == (row.state, row.relay_name, row.receipt_summary)
+    assert results.identities_of_transfer(row.id) == {"id2-1"}
+    count = len(ledger.list_transfers())
+    with pytest.raises(DuplicateResult):  # id2-1 recorded already: nothing written, not even the transfer
+        results.accept_relay(new("q.dat"), None, lambda r, k: RelayDecision(r.id, [facts(2)], "Q.dat", "1 new"), NOW)
+
+    def broken(row: Any, known: Any) -> RelayDecision:
+        raise OSError("the inbox is not writable")
+
+    with pytest.raises(OSError):
+        results.accept_relay(new("r.dat"), None, broken, NOW)
+    assert len(ledger.list_transfers()) == count, "no transfer left by a failed accept"
+    assert ledger.inbound_for("mpn-results", "q.dat") == [] and ledger.inbound_for("mpn-results", "r.dat") == []

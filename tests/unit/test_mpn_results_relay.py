@@ -409,3 +409,195 @@ class RecordBatchesTests(SynchronousTestCase):
     def test_when_the_file_ends_mid_record_then_it_is_an_error(self) -> None:
         with self.assertRaises(ValueError):
             list(record_batches([b"x" * 15], 10, 3))
+
+
+class UnreadableStore(InMemoryBlobStore):
+    """A store the relay must not read: a file relayed in its accepting commit is staged from its bytes."""
+
+    def read(self, blob_id: str) -> Any:
+        raise AssertionError(f"blob {blob_id} read back")
+
+
+class BrokenCommit(CountingResults):
+    """The accepting transaction fails after the staging (a crash before the commit, as far as the ledger knows)."""
+
+    def commit_relays(self, decisions: Any, now: dt.datetime) -> None:
+        raise RuntimeError("the disk went away before the commit")
+
+
+class AcceptTests(RelayCase):
+    """Issue 16: a lone small push relayed in the commit that accepts it; the crash rules around that commit."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.results = CountingResults(self.ledger)
+        self.store = UnreadableStore()
+        self.held = HeldBlocking()
+        self.relay = ResultRelay(inbox_dir=str(self.inbox), marker=True, lg_code="131041", ledger=self.ledger,
+                                 results=self.results, keyer=ResultKeyer([b"\x05" * 32]), store=self.store,
+                                 blocking=self.held, clock=self.clock, metrics=self.metrics,
+                                 unconfirmed_after=3 * 86400.0)
+        self.relay.running = True  # started, without its periodic pass
+
+    def transfer(self, records: list[Record], name: str) -> tuple[Any, bytes]:
+        from kei_gateway.adapters.ledger.ledger import NewTransfer
+
+        data = data_of(records)
+        return NewTransfer(flow="mpn-results", direction="in", peer="mpn", local_name=name, state=S.VALIDATED,
+                           size=len(data), sha256=f"sha-{name}", record_count=len(records), blob_id=f"in-{name}",
+                           now=dt.datetime.fromtimestamp(self.clock.seconds(), dt.timezone.utc),
+                           remote_name=name), data
+
+    def accepted(self, name: str) -> tuple[str, dict[str, Any]]:
+        return "push.accepted", {"flow": "mpn-results", "peer": "mpn", "name": name}
+
+    def test_when_the_lane_is_free_then_a_small_push_is_accepted_and_relayed_in_one_commit_without_a_read(
+            self) -> None:
+        records = RECORDS[:4]
+        inline = self.relay.relay_on_accept(len(records), received_at=self.clock.seconds())
+        assert inline is not None
+        transfer, data = self.transfer(records, "p1.dat")
+        row = inline(transfer, self.accepted("p1.dat"), data)
+        name = f"131041_mpn-results_20261121120000_{row.id}.dat"
+        self.assertEqual((row.state, row.relay_name), (S.DONE, name))
+        self.assertEqual(self.ledger.get(row.id).state, S.DONE.value)
+        self.assertEqual(self.inbox_files(), {name: data, name + MARKER_SUFFIX: b""}, "published, nothing staged")
+        self.assertEqual(self.results.group_commits, [[row.id]], "one commit for the accept and the relay")
+        self.assertEqual([(event, fields["transfer_id"]) for event, fields in self.ledger.audit],
+                         [("push.accepted", row.id), ("results.relayed", row.id)])
+        self.assertEqual(self.counted("provisional", "relayed"), 0, "counted on the reactor, at the end")
+        inline.end(row)
+        self.assertEqual(self.counted("provisional", "relayed"),
+                         sum(1 for r in records if r["result_kind"] == "1"))
+        self.assertEqual(self.registry.get_sample_value("kei_gateway_relay_latency_seconds_count"), 1)
+        self.assertEqual([e["kei_event"] for e in self.logged if e.get("kei_event", "").startswith("results.")],
+                         ["results.relayed"])
+
+    def test_when_the_accept_holds_the_lane_then_other_files_wait_and_no_second_accept_is_offered(self) -> None:
+        inline = self.relay.relay_on_accept(2)
+        assert inline is not None
+        self.assertIsNone(self.relay.relay_on_accept(2), "one accepting relay at a time")
+        self.store = InMemoryBlobStore()
+        self.relay.store = self.store
+        waiting = self.relay.relay(self.received(RECORDS[4:6], "pulled.dat"))
+        self.assertEqual(self.held.names(), [], "the lane is held by the accept")
+        transfer, data = self.transfer(RECORDS[:2], "p1.dat")
+        row = inline(transfer, None, data)
+        inline.end(row)
+        self.assertEqual(self.held.names(), ["relay_small_files"], "the lane free again: the waiting file goes")
+        self.held.run_all()
+        self.assertIsNotNone(self.successResultOf(waiting).relay_name)
+
+    def test_when_the_lane_is_busy_or_the_file_large_then_it_is_committed_alone_and_relayed_after(self) -> None:
+        from unittest import mock
+
+        from kei_gateway.flows.inbound import mpn_results
+
+        with mock.patch.object(mpn_results, "SMALL_FILE", 3):
+            self.assertIsNone(self.relay.relay_on_accept(4), "a large file: never in the accepting commit")
+        self.relay.store = InMemoryBlobStore()
+        self.store = self.relay.store
+        self.relay.relay(self.received(RECORDS[:1], "running.dat"))
+        self.assertIsNone(self.relay.relay_on_accept(1), "the lane is relaying: the push does not wait for it")
+        self.relay.running = False
+        self.held.run_all()
+        self.assertIsNone(self.relay.relay_on_accept(1), "a stopped relay takes nothing")
+
+    def test_when_every_result_is_known_then_the_transfer_is_done_under_no_name_and_nothing_is_staged(self) -> None:
+        first = self.relay.relay_on_accept(3)
+        assert first is not None
+        transfer, data = self.transfer(RECORDS[:3], "a.dat")
+        first.end(first(transfer, None, data))
+        again = self.relay.relay_on_accept(3)
+        assert again is not None
+        transfer, data = self.transfer(RECORDS[:3], "b.dat")
+        row = again(transfer, None, data)
+        again.end(row)
+        self.assertEqual((row.state, row.relay_name), (S.DONE, None))
+        self.assertEqual(len([n for n in self.inbox_files() if not n.endswith(MARKER_SUFFIX)]), 1)
+        self.assertEqual(self.counted("provisional", "duplicate"),
+                         sum(1 for r in RECORDS[:3] if r["result_kind"] == "1"))
+
+    def test_when_a_result_was_recorded_meanwhile_then_nothing_is_written_and_the_staged_file_is_removed(
+            self) -> None:
+        from kei_gateway.adapters.ledger.results import DuplicateResult
+
+        class Racing(CountingResults):
+            def accept_relay(self, transfer: Any, audit: Any, decide: Any, now: dt.datetime) -> Any:
+                return super().accept_relay(transfer, audit, lambda row, known: decide(row, lambda keys: set()), now)
+
+        self.relay.results = Racing(self.ledger)
+        earlier = self.relay.relay_on_accept(2)
+        assert earlier is not None
+        transfer, data = self.transfer(RECORDS[:2], "a.dat")
+        earlier.end(earlier(transfer, None, data))
+        audit_before, rows_before = list(self.ledger.audit), dict(self.ledger.rows)
+        inline = self.relay.relay_on_accept(2)
+        assert inline is not None
+        transfer, data = self.transfer(RECORDS[:2], "b.dat")
+        self.assertRaises(DuplicateResult, inline, transfer, self.accepted("b.dat"), data)
+        inline.end(None)
+        self.assertEqual((self.ledger.audit, self.ledger.rows), (audit_before, rows_before), "nothing written")
+        self.assertEqual([n for n in self.inbox_files() if n.startswith(".")], [], "nothing left staged")
+
+    def test_when_killed_before_the_commit_then_no_transfer_and_the_start_removes_the_staged_orphan(self) -> None:
+        self.relay.results = BrokenCommit(self.ledger)
+        inline = self.relay.relay_on_accept(2)
+        assert inline is not None
+        transfer, data = self.transfer(RECORDS[:2], "a.dat")
+        self.assertRaises(RuntimeError, inline, transfer, self.accepted("a.dat"), data)
+        inline.end(None)
+        self.assertEqual((self.ledger.rows, self.ledger.audit), ({}, []), "no transfer, no record: the peer retries")
+        orphan = [n for n in self.inbox_files() if n.startswith(".")]
+        self.assertEqual(len(orphan), 2, "the staged file and its marker, left by the transaction cut off")
+        self.relay.running = False
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.held.run_all()
+        self.assertEqual(self.inbox_files(), {}, "the orphan removed at start")
+
+    def test_when_killed_after_the_commit_then_the_start_publishes_the_staged_file_once(self) -> None:
+        from unittest import mock
+
+        from kei_gateway.flows.inbound import mpn_results
+
+        inline = self.relay.relay_on_accept(2)
+        assert inline is not None
+        transfer, data = self.transfer(RECORDS[:2], "a.dat")
+        with mock.patch.object(mpn_results, "publish_relays", side_effect=RuntimeError("killed before the rename")):
+            self.assertRaises(RuntimeError, inline, transfer, self.accepted("a.dat"), data)
+        inline.end(None)
+        (row,) = self.ledger.rows.values()
+        self.assertEqual((row.state, [e for e, _ in self.ledger.audit]), (S.DONE, ["push.accepted", "results.relayed"]))
+        self.relay.running = False
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.held.run_all()
+        self.assertEqual(self.inbox_files(), {row.relay_name: data, f"{row.relay_name}{MARKER_SUFFIX}": b""})
+
+    def test_when_a_staged_file_has_no_transfer_then_it_is_removed_unless_being_accepted_or_recent_on_a_shared_ledger(
+            self) -> None:
+        from kei_gateway.flows.inbound.mpn_results import AcceptingNames, finish_published
+
+        self.inbox.mkdir(parents=True)
+        names = [f"131041_mpn-results_20261121120000_{n}.dat" for n in (7, 8)]
+        for name in names:
+            (self.inbox / staged_name(name)).write_bytes(b"staged")
+        accepting = AcceptingNames()
+        accepting.names.add(names[0])
+        finish_published(ledger=self.ledger, inbox_dir=str(self.inbox), accepting=accepting)
+        self.assertEqual(list(self.inbox_files()), [staged_name(names[0])], "the one being accepted is left")
+        accepting.names.clear()
+        staged_at = os.stat(self.inbox / staged_name(names[0])).st_mtime
+        finish_published(ledger=self.ledger, inbox_dir=str(self.inbox), accepting=accepting, orphan_age=60.0,
+                         now=staged_at + 59)
+        self.assertEqual(list(self.inbox_files()), [staged_name(names[0])], "another node may be accepting it")
+        finish_published(ledger=self.ledger, inbox_dir=str(self.inbox), accepting=accepting, orphan_age=60.0,
+                         now=staged_at + 61)
+        self.assertEqual(self.inbox_files(), {}, "older than the bound: an orphan")
+
+    def test_when_the_ledger_is_sqlite_then_orphans_go_at_once_and_on_a_shared_one_after_some_leases(self) -> None:
+        from kei_gateway.flows.inbound.mpn_results import ORPHAN_LEASES, orphan_age
+
+        self.assertEqual(orphan_age("sqlite", 15.0), 0.0)
+        self.assertEqual(orphan_age("postgresql", 15.0), ORPHAN_LEASES * 15.0)

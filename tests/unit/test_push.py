@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel
 
 from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.config import Config, config_from_string
+from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.flows.inbound.push import PushReceiver
 from kei_gateway.flows.inbound.push_listener import PushSite
 from kei_gateway.flows.inbound.push_routing import PushTarget, Refusal, route_push
@@ -53,8 +54,13 @@ def failing_ledger() -> InMemoryLedger:
 class HookRelay:
     """A relay that calls *hook(row, received_at)*: what the tests watch of the hand-off."""
 
+    accept_bytes = 0  # never inside the accepting commit: every committed push is handed over
+
     def __init__(self, hook: Any) -> None:
         self.hook = hook
+
+    def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
+        return None
 
     def relay(self, row: TransferRow, received_at: float | None = None) -> Any:
         return self.hook(row, received_at)
@@ -62,7 +68,7 @@ class HookRelay:
 
 class PushHarness:
     def __init__(self, case: SynchronousTestCase, *, max_bytes: int | None = None, ledger: Any = None,
-                 on_committed: Any = None) -> None:
+                 on_committed: Any = None, relay: Any = None) -> None:
         base = temporary_directory(case)
         self.config: Config = config_from_string(demo_config_text(base, 9464, extra=PEERS))
         self.ledger = InMemoryLedger()
@@ -82,7 +88,8 @@ class PushHarness:
             kwargs["max_bytes"] = max_bytes
         self.receiver = PushReceiver(config_source=lambda: self.config, ledger=ledger or self.ledger,
                                      store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
-                                     metrics=self.metrics, relay=HookRelay(on_committed or record), **kwargs)
+                                     metrics=self.metrics, relay=relay or HookRelay(on_committed or record),
+                                     **kwargs)
         self.peers = frozenset({"mpn"})
 
     def connect(self, peers: Iterable[str] | None = None, source: str = "10.0.0.1") -> tuple[HTTPChannel, StringTransport]:
@@ -531,3 +538,80 @@ class PushLimitTests(SynchronousTestCase):
         h.clock.advance(60)
         [summary] = [e for e in logged if e.get("kei_event") == "listener.refusals_repeated"]
         self.assertEqual((summary["count"], summary["reason"]), (4, "busy"))
+
+
+class PushRelayedInItsCommitTests(SynchronousTestCase):
+    """Issue 16: a lone small push relayed in the commit that accepts it (the real ResultRelay over the twins)."""
+
+    def setUp(self) -> None:
+        from kei_gateway.core.results import ResultKeyer
+        from kei_gateway.flows.inbound.mpn_results import ResultRelay
+        from kei_gateway.testing import InMemoryResultLedger
+
+        self.h = PushHarness(self)
+        self.inbox = os.path.join(temporary_directory(self), "inbox")
+        self.results = InMemoryResultLedger(self.h.ledger)
+        self.relay = ResultRelay(inbox_dir=self.inbox, marker=False, lg_code="131041", ledger=self.h.ledger,
+                                 results=self.results, keyer=ResultKeyer([b"\x05" * 32]), store=self.h.store,
+                                 blocking=SynchronousBlocking(), clock=self.h.clock, metrics=self.h.metrics,
+                                 unconfirmed_after=3 * 86400.0)
+        self.relay.running = True  # started, without its periodic pass
+        self.h.receiver.relay = self.relay
+        self.reads: list[str] = []
+        read = self.h.store.read
+
+        def counting_read(blob_id: str) -> Any:
+            self.reads.append(blob_id)
+            return read(blob_id)
+
+        self.h.store.read = counting_read  # type: ignore[method-assign]
+
+    def test_when_a_small_file_is_pushed_then_the_201_comes_with_it_relayed_done_and_recorded_once(self) -> None:
+        body = results_file(3)
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 201)
+        [row] = self.h.ledger.inbound_for("mpn-results", "R1.dat")
+        self.assertEqual((row.state, os.listdir(self.inbox)), ("DONE", [row.relay_name]), "in the inbox at the 201")
+        with open(os.path.join(self.inbox, row.relay_name or "-"), "rb") as relayed:
+            self.assertEqual(relayed.read(), body)
+        self.assertEqual([event for event, _ in self.h.ledger.audit], ["push.accepted", "results.relayed"])
+        self.assertEqual(self.reads, [], "staged from the bytes in memory, not read back from the store")
+        self.assertEqual(self.h.transfers("received"), 1)
+        self.assertEqual(self.h.transfers("relayed"), 1)
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", body)[0], 204, "a repeat, as before")
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", results_file(3, seed=2))[0], 409)
+        self.assertEqual(len(os.listdir(self.inbox)), 1)
+
+    def test_when_the_relay_is_busy_then_the_push_is_committed_alone_and_relayed_after(self) -> None:
+        held: list[Any] = []
+        self.relay.blocking = type("Held", (), {"run": lambda _, f, *a, **k: held.append(f) or defer.Deferred()})()
+        pulled = self.h.ledger.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name="P.dat",
+                                            state=S.VALIDATED, size=1, sha256="ab" * 32, record_count=1,
+                                            blob_id="in-pulled", now=NOW, remote_name="P.dat")
+        self.relay.relay(pulled)  # the lane relays a pulled file (held)
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", results_file(3))[0], 201)
+        [row] = self.h.ledger.inbound_for("mpn-results", "R1.dat")
+        self.assertEqual(row.state, "VALIDATED", "the lane was busy: committed alone, not in its commit")
+        self.assertEqual([f.__name__ for f in held], ["relay_small_files"], "and waits for the lane")
+        self.assertEqual(os.listdir(self.inbox) if os.path.exists(self.inbox) else [], [])
+
+    def test_when_a_result_was_recorded_by_another_relay_meanwhile_then_the_push_is_committed_alone(self) -> None:
+        from kei_gateway.adapters.ledger.results import DuplicateResult
+
+        def racing(*args: Any, **kwargs: Any) -> Any:
+            raise DuplicateResult(0)
+
+        self.results.accept_relay = racing  # type: ignore[method-assign]
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", results_file(3))[0], 201)
+        [row] = self.h.ledger.inbound_for("mpn-results", "R1.dat")
+        self.assertEqual(row.state, "DONE", "committed VALIDATED, then relayed by the lane")
+        self.assertEqual([event for event, _ in self.h.ledger.audit], ["push.accepted", "results.relayed"])
+        self.assertEqual(len(self.reads), 1, "the lane reads it back from the store")
+
+    def test_when_the_accepting_transaction_fails_then_503_and_the_relay_is_free_again(self) -> None:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise OSError("database gone")
+
+        self.results.accept_relay = broken  # type: ignore[method-assign]
+        self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", results_file(3))[0], 503)
+        self.assertEqual(self.h.ledger.rows, {})
+        self.assertIsNotNone(self.relay.relay_on_accept(1), "the lane was freed")

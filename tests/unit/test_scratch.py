@@ -60,3 +60,23 @@ def test_when_a_spilled_log_uses_the_encrypted_scratch_then_it_finds_the_repeats
     found = sorted(int(value) for part in log.repeated() for value in part.tolist())
     assert found == sorted(int(value) for value in keys[[10, 99_999, 500]].tolist())
     assert fingerprint(3, b"A") != fingerprint(4, b"A")  # keyed: the salt changes every fingerprint
+
+
+def test_when_many_more_keys_are_spilled_than_fit_its_memory_then_the_log_never_holds_them(tmp_path: Path) -> None:
+    """400,000 fingerprints (3.2 MB) through a log with 64 KiB of staging and 128 KiB passes:
+    what Python allocates at any moment (numpy arrays included) stays a small multiple of those."""
+    import tracemalloc
+
+    log = SpilledLog(EncryptedScratch(str(tmp_path)), 400_000, salt=9, staging=8192, pass_bytes=128 * 1024)
+    keys = np.random.default_rng(1).integers(0, 2**63, 400_000, dtype=np.uint64)
+    tracemalloc.start()
+    try:
+        for start in range(0, keys.size, 10_000):
+            log.add_fingerprints(keys[start:start + 10_000])
+        log.add_fingerprints(keys[[3, 399_999]])
+        found = [int(value) for part in log.repeated() for value in part.tolist()]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(found) == sorted(int(value) for value in keys[[3, 399_999]].tolist())
+    assert log.partitions == 32 and peak < 1 << 20  # under 1 MiB while 3.2 MB went through

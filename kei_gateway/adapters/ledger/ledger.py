@@ -19,7 +19,7 @@ from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
 __all__ = ["Ledger", "TransferLedger", "TransferRow", "TransferNotFound", "OPEN_STATES", "in_chunks", "IN_CHUNK",
-           "Claimed", "FencedLedger", "AuditEvent", "AuditWriter", "write_audit"]
+           "Claimed", "FencedLedger", "AuditEvent", "AuditWriter", "write_audit", "NewTransfer"]
 
 OPEN_STATES = tuple(s.value for s in TransferState if s not in (TransferState.DONE, TransferState.CANCELLED))
 """States of transfers that still need something: shown in the queue gauge and STATUS=."""
@@ -129,6 +129,39 @@ def _aware(value: object) -> object:
     return value
 
 
+@dataclass(frozen=True)
+class NewTransfer:
+    """A transfer to create (the fields of :meth:`TransferLedger.add_transfer`), for a ledger method that creates
+    one inside a larger transaction (``ResultLedger.accept_relay``: a push accepted and relayed in one commit)."""
+
+    flow: str
+    direction: str
+    peer: str
+    local_name: str
+    state: TransferState
+    size: int
+    sha256: str | None
+    record_count: int
+    blob_id: str | None
+    now: datetime
+    last_error: str | None = None
+    source_removed: bool = False
+    remote_name: str | None = None
+    remote_etag: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`TransferLedger.add_transfer` that create it."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def model(self) -> Transfer:
+        """The ORM object to add to a session."""
+        return Transfer(flow=self.flow, direction=self.direction, peer=self.peer, local_name=self.local_name,
+                        state=TransferState(self.state).value, size=self.size, sha256=self.sha256,
+                        record_count=self.record_count, attempts=0, blob_id=self.blob_id, created_at=self.now,
+                        updated_at=self.now, last_error=self.last_error, source_removed=self.source_removed,
+                        remote_name=self.remote_name, remote_etag=self.remote_etag)
+
+
 class TransferNotFound(LookupError):
     def __init__(self, transfer_id: int) -> None:
         super().__init__(f"no transfer {transfer_id}; see 'kei-gateway transfers list'")
@@ -160,10 +193,10 @@ class TransferLedger(Ledger):
         with Session(self.engine) as session, session.begin():
             if fence is not None:
                 check_fence(session, fence)
-            transfer = Transfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state.value,
-                                size=size, sha256=sha256, record_count=record_count, attempts=0, blob_id=blob_id,
-                                created_at=now, updated_at=now, last_error=last_error, source_removed=source_removed,
-                                remote_name=remote_name, remote_etag=remote_etag)
+            transfer = NewTransfer(flow=flow, direction=direction, peer=peer, local_name=local_name, state=state,
+                                   size=size, sha256=sha256, record_count=record_count, blob_id=blob_id, now=now,
+                                   last_error=last_error, source_removed=source_removed, remote_name=remote_name,
+                                   remote_etag=remote_etag).model()
             session.add(transfer)
             session.flush()  # the INSERT holds SQLite's write lock from here, so the chain's head cannot move
             write_audit(self.audit_writer, session.connection(), audit, transfer.id, now)

@@ -9,7 +9,8 @@ offset) and handed back aware, ``received_at`` in JST.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -23,7 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from kei_gateway.adapters.ledger.leases import Fence, check_fence, check_fence_on
-from kei_gateway.adapters.ledger.ledger import IN_CHUNK, AuditEvent, AuditWriter, TransferNotFound, in_chunks, write_audit
+from kei_gateway.adapters.ledger.ledger import (
+    IN_CHUNK, AuditEvent, AuditWriter, NewTransfer, TransferNotFound, TransferRow, in_chunks, write_audit,
+)
 from kei_gateway.adapters.ledger.models import PaymentResult, Transfer, TransferState
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results.identity import (
@@ -34,7 +37,8 @@ from kei_gateway.core.results.reconcile import StoredResult
 from kei_gateway.core.transfer import check_transition
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK", "SqlRelayTransaction", "RelayDecision", "NotRelayable"]
+__all__ = ["ResultLedger", "DuplicateResult", "IN_CHUNK", "SqlRelayTransaction", "RelayDecision", "NotRelayable",
+           "AcceptDecider", "KnownLookup"]
 
 
 
@@ -73,6 +77,22 @@ class RelayDecision:
     audit: AuditEvent | None = None
     fence: Fence | None = None
     """The lease it is relayed under (SPEC §14): checked in the commit, :class:`Fenced` and nothing written."""
+
+
+KnownLookup = Callable[[Collection[str]], set[str]]
+"""Those of the given identity keys already recorded (``ResultLedger.known_identities``, on an open transaction)."""
+AcceptDecider = Callable[[TransferRow, KnownLookup], RelayDecision]
+"""``ResultLedger.accept_relay``'s relay: given the transfer just inserted and the lookup of its transaction, it
+stages the file's new records and returns the decision to commit with the transfer."""
+
+
+def _known_on(connection: Connection, keys: Collection[str]) -> set[str]:
+    """Those of *keys* already recorded, read on *connection*."""
+    found: set[str] = set()
+    for chunk in in_chunks(sorted(set(keys))):
+        query = select(PaymentResult.identity_key).where(PaymentResult.identity_key.in_(chunk))
+        found.update(connection.execute(query).scalars())
+    return found
 
 
 _DECIDE = (update(Transfer)
@@ -118,12 +138,8 @@ class ResultLedger:
     @retry_transient
     def known_identities(self, keys: Collection[str]) -> set[str]:
         """Those of *keys* (identity keys, under any key: see ``ResultKeyer.identity_candidates``) already recorded."""
-        found: set[str] = set()
         with self.engine.connect() as connection:
-            for chunk in in_chunks(sorted(set(keys))):
-                query = select(PaymentResult.identity_key).where(PaymentResult.identity_key.in_(chunk))
-                found.update(connection.execute(query).scalars())
-        return found
+            return _known_on(connection, keys)
 
     @retry_transient
     def identities_of_transfer(self, transfer_id: int) -> set[str]:
@@ -216,40 +232,76 @@ class ResultLedger:
         has a relay decided already; :class:`~kei_gateway.adapters.ledger.leases.Fenced` (nothing
         written) when a decision's fence is no longer current.
         """
-        recorded_at = _utc(now)
         try:
             with self.engine.connect() as connection, connection.begin():
-                for fence in dict.fromkeys(d.fence for d in decisions if d.fence is not None):
-                    check_fence_on(connection, fence)  # the lease rows first, as every claim locks them
-                for decision in decisions:  # then the writes (without a fence: on SQLite the write lock is first)
-                    changed = connection.execute(_DECIDE, {
-                        "transfer": decision.transfer_id, "name": decision.relay_name, "summary": decision.summary,
-                        "at": recorded_at}).rowcount
-                    if changed != 1:
-                        state = connection.execute(select(Transfer.state).where(
-                            Transfer.id == decision.transfer_id)).scalar_one_or_none()
-                        raise NotRelayable(decision.transfer_id, state)
-                every = [r for d in decisions for r in d.results]
-                found = self._recorded_match_keys(connection, every)
-                rows: list[dict[str, Any]] = []
-                chosen_all: list[ResultFacts] = []
-                for decision in decisions:
-                    # (a result goes under an earlier key only if that key's group is recorded already: the
-                    # groups of earlier files in this commit change nothing, and each file is chosen alone)
-                    chosen = under_recorded_keys(decision.results, found) if found else list(decision.results)
-                    chosen_all += chosen
-                    rows += [{**r.kept(), "received_at": _utc(r.received_at), "transfer_id": decision.transfer_id,
-                              "relay_name": decision.relay_name, "recorded_at": recorded_at} for r in chosen]
-                if len({r.identity_key for r in chosen_all}) != len(chosen_all):
-                    raise ValueError("results repeat an identity across the files; keep the first of each")
-                if self._any_known_under_previous_keys(connection, chosen_all):
-                    raise DuplicateResult(decisions[0].transfer_id)
-                if rows:
-                    connection.execute(insert(PaymentResult), rows)
-                for decision in decisions:
-                    write_audit(self.audit_writer, connection, decision.audit, decision.transfer_id, recorded_at)
+                self._commit_relays_on(connection, decisions, _utc(now))
         except IntegrityError as error:
             raise DuplicateResult(decisions[0].transfer_id) from error
+
+    @retry_transient
+    def accept_relay(self, transfer: NewTransfer, audit: AuditEvent | None, decide: AcceptDecider,
+                     now: datetime) -> TransferRow:
+        """A new inbound transfer accepted AND relayed in ONE transaction (one commit, one fsync; issue 16).
+
+        In the transaction: *transfer* inserted ``VALIDATED`` (SQLite's write lock is taken there),
+        then ``decide(row, known)`` — it looks the file's identities up through ``known`` (on this
+        transaction's connection) and stages its new records under the inbox name made of the row's
+        id — and the decision it returns applied as :meth:`commit_relays` applies one (results,
+        ``DONE``, relay name), with the accept's *audit* record and then the relay's chained last
+        (the chain's head is locked only for the commit, never over the staging's fsyncs). Returns
+        the transfer as committed (``DONE``). Any failure writes nothing, not even the transfer:
+        :class:`DuplicateResult` when a result was recorded meanwhile by another relay.
+        """
+        recorded_at = _utc(now)
+        transfer_id = 0
+        try:
+            with Session(self.engine) as session, session.begin():
+                model = transfer.model()
+                session.add(model)
+                session.flush()  # the INSERT: its id names the inbox file; on SQLite the write lock from here
+                row = TransferRow.of(model)
+                transfer_id = row.id
+                connection = session.connection()
+                decision = decide(row, lambda keys: _known_on(connection, keys))
+                write_audit(self.audit_writer, connection, audit, row.id, recorded_at)
+                self._commit_relays_on(connection, [decision], recorded_at)
+        except IntegrityError as error:
+            raise DuplicateResult(transfer_id) from error
+        return dataclasses.replace(row, state=TransferState.DONE, relay_name=decision.relay_name,
+                                   receipt_summary=decision.summary, updated_at=recorded_at)
+
+    def _commit_relays_on(self, connection: Connection, decisions: Sequence[RelayDecision],
+                          recorded_at: datetime) -> None:
+        """:meth:`commit_relays`' writes on an open transaction of *connection*."""
+        for fence in dict.fromkeys(d.fence for d in decisions if d.fence is not None):
+            check_fence_on(connection, fence)  # the lease rows first, as every claim locks them
+        for decision in decisions:  # then the writes (without a fence: on SQLite the write lock is first)
+            changed = connection.execute(_DECIDE, {
+                "transfer": decision.transfer_id, "name": decision.relay_name, "summary": decision.summary,
+                "at": recorded_at}).rowcount
+            if changed != 1:
+                state = connection.execute(select(Transfer.state).where(
+                    Transfer.id == decision.transfer_id)).scalar_one_or_none()
+                raise NotRelayable(decision.transfer_id, state)
+        every = [r for d in decisions for r in d.results]
+        found = self._recorded_match_keys(connection, every)
+        rows: list[dict[str, Any]] = []
+        chosen_all: list[ResultFacts] = []
+        for decision in decisions:
+            # (a result goes under an earlier key only if that key's group is recorded already: the
+            # groups of earlier files in this commit change nothing, and each file is chosen alone)
+            chosen = under_recorded_keys(decision.results, found) if found else list(decision.results)
+            chosen_all += chosen
+            rows += [{**r.kept(), "received_at": _utc(r.received_at), "transfer_id": decision.transfer_id,
+                      "relay_name": decision.relay_name, "recorded_at": recorded_at} for r in chosen]
+        if len({r.identity_key for r in chosen_all}) != len(chosen_all):
+            raise ValueError("results repeat an identity across the files; keep the first of each")
+        if self._any_known_under_previous_keys(connection, chosen_all):
+            raise DuplicateResult(decisions[0].transfer_id)
+        if rows:
+            connection.execute(insert(PaymentResult), rows)
+        for decision in decisions:
+            write_audit(self.audit_writer, connection, decision.audit, decision.transfer_id, recorded_at)
 
     @staticmethod
     def _recorded_match_keys(connection: Connection, results: Sequence[ResultFacts]) -> set[str]:

@@ -28,12 +28,14 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
-from kei_gateway.adapters.ledger.ledger import AuditEvent
+from kei_gateway.adapters.ledger.ledger import AuditEvent, NewTransfer
+from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import QUARANTINE_DIR_MODE, ensure_directory, free_name, write_errors_file
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.core.settle import Door, SettleDecision, Settlement, settle
 from kei_gateway.core.transfer import TransferState as S
+from kei_gateway.flows.inbound.relay import AcceptRelay
 from kei_gateway.flows.outbound.ingest import errors_file_lines
 from kei_gateway.layouts import Layout, ValidationOptions, ValidationReport, Validator
 from kei_gateway.runtime import events
@@ -65,6 +67,8 @@ class Received:
     size: int
     sha256: str
     report: ValidationReport
+    data: bytes | None = None
+    """The file's bytes, when it was no larger than the intake's *keep* (for a relay inside the accepting commit)."""
 
 
 class StreamIntake:
@@ -83,8 +87,14 @@ class StreamIntake:
     """
 
     def __init__(self, *, layout: Layout, options: ValidationOptions, store: BlobStore, blocking: Blocking,
-                 blob_id: str | None = None, queue_size: int = QUEUE_SIZE, timeout: float = QUEUE_TIMEOUT) -> None:
+                 blob_id: str | None = None, queue_size: int = QUEUE_SIZE, timeout: float = QUEUE_TIMEOUT,
+                 keep: int = 0) -> None:
         self.blob_id = blob_id or new_inbound_blob_id()
+        self._keep = keep
+        """A file of at most this many bytes is also kept in memory (:attr:`Received.data`): the relay of a small
+        push stages it from there in the commit that accepts it (issue 16). Bounded: the caller's choice."""
+        self._kept: list[bytes] | None = [] if keep > 0 else None
+        self._kept_size = 0
         self.store = store
         self.blocking = blocking
         self._timeout = timeout
@@ -109,6 +119,12 @@ class StreamIntake:
             if isinstance(chunk, BaseException):
                 raise chunk
             self.validator.feed(chunk)
+            if self._kept is not None:
+                self._kept_size += len(chunk)
+                if self._kept_size <= self._keep:
+                    self._kept.append(chunk)
+                else:
+                    self._kept = None  # larger than kept: read back from the store when relayed
             yield chunk
 
     def _start_writer(self) -> defer.Deferred[Any]:
@@ -177,7 +193,8 @@ class StreamIntake:
                 d = self.blocking.run(lambda: self.validator.rescan(self.store.read(self.blob_id)))
                 d.addErrback(lambda failure: self.blocking.run(self.store.delete, self.blob_id)
                              .addBoth(lambda _: failure))
-            return d.addCallback(lambda _: Received(self.blob_id, info.size, info.sha256, self.validator.report))
+            kept = b"".join(self._kept) if self._kept is not None else None
+            return d.addCallback(lambda _: Received(self.blob_id, info.size, info.sha256, self.validator.report, kept))
 
         return ended.addCallback(settled)
 
@@ -210,6 +227,8 @@ class Settled:
 
     decision: SettleDecision
     row: TransferRow | None
+    relayed: bool = False
+    """The file was relayed in the commit that accepted it (*relay* of :func:`settle_received`): *row* is DONE."""
 
     @property
     def settlement(self) -> Settlement:
@@ -228,7 +247,7 @@ _AUDIT_EVENTS: dict[Door, tuple[str, str]] = {
 def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore, flow: str, peer: str, name: str,
                     received: Received, quarantine_dir: str, now: datetime.datetime, note: str,
                     known: list[TransferRow] | None = None, size: int | None = None,
-                    remote_etag: str | None = None) -> Settled:
+                    remote_etag: str | None = None, relay: AcceptRelay | None = None) -> Settled:
     """Blocking: settle a file now in the store (:func:`~kei_gateway.core.settle.settle`) and carry the decision out.
 
     *known* are the transfers under *name* (newest first), read here when not given. NEW is
@@ -237,6 +256,12 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     INVALID is quarantined (*note* ends its errors file; *size* and *remote_etag* are what the
     peer listed); any other settlement drops the new blob. A failure before the commit drops
     the new blob too, and is raised.
+
+    With *relay* (the flow's relay, free and able to take this file: ``Relay.relay_on_accept``) and the
+    file's bytes kept by the intake, NEW is committed by *relay* instead: the transfer, its relay and both
+    audit records in ONE transaction (issue 16), and :attr:`Settled.relayed` is True. If another relay
+    recorded one of its results meanwhile, the transfer is committed alone, as without *relay*. A failure of
+    *relay* keeps the blob (its commit may have happened; an unreferenced blob is the purge's to remove).
     """
     accepted_event, quarantined_event = _AUDIT_EVENTS[door]
     try:
@@ -261,10 +286,18 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
         crashpoint(stored)
     accepted = (accepted_event, {"flow": flow, "peer": peer, "records": received.report.records,
                                  "sha256": received.sha256})
-    row = ledger.add_transfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
-                              size=received.size, sha256=received.sha256, record_count=received.report.records,
-                              blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag,
-                              audit=accepted)
+    transfer = NewTransfer(flow=flow, direction="in", peer=peer, local_name=name, state=S.VALIDATED,
+                           size=received.size, sha256=received.sha256, record_count=received.report.records,
+                           blob_id=received.blob_id, now=now, remote_name=name, remote_etag=remote_etag)
+    if relay is not None and received.data is not None:
+        try:
+            row = relay(transfer, accepted, received.data)
+        except DuplicateResult:
+            pass  # nothing written: committed alone below, then relayed by the caller
+        else:
+            crashpoint(committed)
+            return Settled(decision, row, relayed=True)
+    row = ledger.add_transfer(**transfer.arguments(), audit=accepted)
     crashpoint(committed)
     return Settled(decision, row)
 

@@ -36,6 +36,7 @@ finished the old way.
 from __future__ import annotations
 
 import datetime
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,12 @@ from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferNotFound, TransferRow
 from kei_gateway.adapters.ledger.leases import Fence, Fenced
-from kei_gateway.adapters.ledger.results import DuplicateResult, RelayDecision
+from kei_gateway.adapters.ledger.ledger import AuditEvent, NewTransfer
+from kei_gateway.adapters.ledger.results import DuplicateResult, KnownLookup, RelayDecision
 from kei_gateway.adapters.ports import ResultLedgerPort, TransferLedgerPort
-from kei_gateway.adapters.spool import discard_staged, publish_relays, publish_staged, stage_relays, staged_relays
+from kei_gateway.adapters.spool import (
+    discard_staged, publish_relays, publish_staged, stage_relays, staged_mtime, staged_relays,
+)
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.adapters.transport.names import remote_name
 from kei_gateway.core.results import (
@@ -72,6 +76,7 @@ from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
 __all__ = ["ResultRelay", "RelayOutcome", "relay_stored_results", "relay_small_files", "finish_published",
+           "accept_and_relay", "AcceptingNames", "orphan_age", "ORPHAN_LEASES",
            "KIND_LABELS", "UNCONFIRMED_CHECK_INTERVAL", "UNCONFIRMED_WINDOW", "RELAY_BATCH", "SMALL_FILE",
            "GROUP_RECORDS", "GROUP_FILES", "record_batches"]
 
@@ -93,6 +98,10 @@ GROUP_RECORDS = RELAY_BATCH
 """Records of one group of small files at most (a single file is a group whatever its size): one batch's memory."""
 GROUP_FILES = 32
 """Files of one group at most (each has its audit record and transfer update in the group's commit)."""
+ORPHAN_LEASES = 4
+"""On a ledger shared by nodes, a staged file without a transfer is removed once this many leases old: the
+transaction that staged it (on another node, perhaps) is ended by the database after one lease idle
+(``idle_in_transaction_session_timeout``), so by then it committed — the transfer is seen — or never will."""
 PENDING_SLICE = 256
 """Pending files handed to the lanes at a time at start and at each check (a stop waits for one slice at most)."""
 
@@ -227,6 +236,79 @@ def _stamp_all(rows: Sequence[TransferRow], stage: str) -> None:
         TIMELINE.stamp(row.id, stage)
 
 
+class AcceptingNames:
+    """The inbox names this process stages inside an accepting transaction not committed yet (issue 16).
+
+    Their transfer is not visible to another transaction, so :func:`finish_published` would take their staged
+    files for an orphan of a crash: it leaves these. The lock makes "not here, and no transfer" one check.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.names: set[str] = set()
+
+
+def accept_and_relay(*, transfer: NewTransfer, audit: AuditEvent | None, data: bytes, results: ResultLedgerPort,
+                     keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str, now: datetime.datetime,
+                     accepting: AcceptingNames, key: Any = None) -> tuple[TransferRow, RelayOutcome]:
+    """Blocking: a new small results file (*data*: its bytes, validated and durable in the store) accepted and
+    relayed in ONE transaction (issue 16): the transfer inserted, its results looked up in that transaction, its
+    new records staged from *data* (no read back from the store), then ONE commit of the transfer, its results,
+    ``DONE``, the accept's *audit* record and the relay's; then the rename and the directory fsync.
+
+    Crash rules: before the commit nothing is recorded — no transfer, so the peer, which got no ``201``, pushes
+    again — and the staged file is an orphan that :func:`finish_published` removes; after it, the transfer is
+    ``DONE`` under the staged file's name and :func:`finish_published` publishes it. On
+    :class:`~kei_gateway.adapters.ledger.results.DuplicateResult` (another relay recorded one of the results
+    meanwhile; nothing was written) the staged file is removed and the error raised: the caller commits the
+    transfer alone and hands it to the lanes. *key* is the push's timeline key (bench only).
+    """
+    layout = get_layout(FLOW)
+    if len(data) % layout.record_length:
+        raise ValueError(f"{transfer.local_name}: the file ends with {len(data) % layout.record_length} bytes "
+                         "that are not a whole record")
+    widths = {item.key: item.width for item in layout.fields}
+    facts = [facts_of(item, n, keyer) for n, item in
+             enumerate(raw_fields((data,), layout.offsets, widths, layout.record_length))]
+    staged: list[str] = []  # every name an attempt staged (a transaction retried gets another id on PostgreSQL)
+    planned: list[_Planned] = []
+
+    def decide(row: TransferRow, known: KnownLookup) -> RelayDecision:
+        TIMELINE.stamp(key, "committed")  # (the transfer inserted, not committed: the bench's columns)
+        TIMELINE.stamp(key, "relay_start")
+        plan = _plan(row, data, facts, known(_candidates(facts)), lg_code, None)
+        TIMELINE.stamp(key, "looked_up")
+        if plan.staged is not None:
+            with accepting.lock:
+                accepting.names.add(plan.name)
+            staged.append(plan.name)
+            stage_relays(inbox_dir, [(plan.name, (plan.staged,))], marker)
+        TIMELINE.stamp(key, "staged")
+        crashpoint("results.accept-staged")
+        planned.append(plan)
+        return plan.decision
+
+    try:
+        row = results.accept_relay(transfer, audit, decide, now)
+    except DuplicateResult:
+        for name in staged:  # nothing was written: what was staged is nobody's
+            discard_staged(inbox_dir, name)
+        raise
+    finally:  # (on any other failure the staged files are left to finish_published: the commit may have happened)
+        with accepting.lock:
+            accepting.names.difference_update(staged)
+    TIMELINE.stamp(key, "recorded")
+    crashpoint("results.accept-recorded")
+    plan = planned[-1]
+    if plan.staged is not None:
+        publish_relays(inbox_dir, [plan.name])
+    for name in staged:
+        if plan.staged is None or name != plan.name:  # an earlier attempt's, or DONE with nothing new
+            discard_staged(inbox_dir, name)
+    TIMELINE.stamp(key, "published")
+    return row, plan.outcome
+
+
 @retry_transient
 def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, results: ResultLedgerPort, store: BlobStore,
                          keyer: ResultKeyer, inbox_dir: str, marker: bool, lg_code: str,
@@ -297,13 +379,24 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
     return RelayOutcome(row.id, name, relayed, duplicates)
 
 
-def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str) -> list[str]:
+def orphan_age(dialect: str, lease: float) -> float:
+    """:attr:`ResultRelay.orphan_age` for a ledger of *dialect*: 0 on SQLite (one node writes the inbox: this
+    process, which knows what it is staging), else :data:`ORPHAN_LEASES` leases."""
+    return 0.0 if dialect == "sqlite" else ORPHAN_LEASES * lease
+
+
+def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str, accepting: AcceptingNames | None = None,
+                     orphan_age: float = 0.0, now: float | None = None) -> list[str]:
     """Blocking, at start and at each check: publish what a crash left staged after its relay was committed.
 
     A staged file (``.name.part``, ``.name.end.part``) whose transfer — the id ends the name — is ``DONE``
     under that very name is renamed into place; one whose transfer is ``DONE`` under no name or another is
-    what an attempt cut off before its decision left, and is removed; any other is left for its relay,
-    which stages it again. Returns the names published.
+    what an attempt cut off before its decision left, and is removed; one whose transfer does not exist is
+    what a file accepted and relayed in one transaction (:func:`accept_and_relay`) left when cut off before
+    its commit, and is removed too — unless it is being staged in this process now (*accepting*) or, with
+    *orphan_age* (seconds; a shared inbox: another node may be in that transaction now), it was staged less
+    than that before *now* (wall clock). Any other is left for its relay, which stages it again. Returns the
+    names published.
     """
     published = []
     for name in staged_relays(inbox_dir):
@@ -313,6 +406,7 @@ def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str) -> list[str]
         try:
             row = ledger.get(transfer_id)
         except TransferNotFound:
+            _remove_orphan(ledger, inbox_dir, name, transfer_id, accepting, orphan_age, now)
             continue
         if row.state != S.DONE.value:
             continue
@@ -322,6 +416,23 @@ def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str) -> list[str]
         else:  # DONE with nothing new, or under another name: left by an attempt before its decision
             discard_staged(inbox_dir, name)
     return published
+
+
+def _remove_orphan(ledger: TransferLedgerPort, inbox_dir: str, name: str, transfer_id: int,
+                   accepting: AcceptingNames | None, orphan_age: float, now: float | None) -> None:
+    """Remove the staged file of *name*, whose transfer was not found, if it is an orphan (see finish_published)."""
+    if orphan_age > 0:
+        staged_at = staged_mtime(inbox_dir, name)
+        if staged_at is None or now is None or now - staged_at < orphan_age:
+            return
+    lock = accepting.lock if accepting is not None else threading.Lock()
+    with lock:  # an accept registers its name before staging: under the lock, "not staging" and "no transfer" hold
+        if accepting is not None and name in accepting.names:
+            return
+        try:
+            ledger.get(transfer_id)
+        except TransferNotFound:
+            discard_staged(inbox_dir, name)
 
 
 def _transfer_of(name: str) -> int | None:
@@ -342,6 +453,37 @@ def _relayed(name: str | None, new: int, repeated: int) -> tuple[str, dict[str, 
 
 def _summary(fresh: int, total: int) -> str:
     return f"新規 {fresh}, 重複 {total - fresh} (of {total} results)"
+
+
+class _AcceptRelay:
+    """A small file relayed in the transaction that accepts it, holding the small-file lane (issue 16): made by
+    :meth:`ResultRelay.relay_on_accept`, called once in a worker thread (``settle_received``), ended on the
+    reactor thread."""
+
+    def __init__(self, relay: ResultRelay, received_at: float | None, key: Any) -> None:
+        self.relay, self.received_at, self.key = relay, received_at, key
+        self.outcome: RelayOutcome | None = None
+        self._ended = False
+
+    def __call__(self, transfer: NewTransfer, audit: AuditEvent | None, data: bytes) -> TransferRow:
+        """Blocking: :func:`accept_and_relay`; the committed transfer (``DONE``)."""
+        relay = self.relay
+        now = datetime.datetime.fromtimestamp(relay.clock.seconds(), datetime.timezone.utc)
+        row, self.outcome = accept_and_relay(
+            transfer=transfer, audit=audit, data=data, results=relay.results, keyer=relay.keyer,
+            inbox_dir=relay.inbox_dir, marker=relay.marker, lg_code=relay.lg_code, now=now,
+            accepting=relay.accepting, key=self.key)
+        return row
+
+    def end(self, row: TransferRow | None) -> None:
+        """On the reactor thread: count what was relayed (*row*: the transfer committed with it), free the lane."""
+        if self._ended:
+            return
+        self._ended = True
+        if row is not None and self.outcome is not None:
+            TIMELINE.close(row.id, "done")
+            self.relay._account(row.id, self.outcome, self.received_at)
+        self.relay._small_done(None)
 
 
 @dataclass
@@ -380,7 +522,7 @@ class ResultRelay(service.Service):
     def __init__(self, *, inbox_dir: str, marker: bool, lg_code: str, ledger: TransferLedgerPort,
                  results: ResultLedgerPort, keyer: ResultKeyer, store: BlobStore, blocking: Blocking, clock: Any,
                  metrics: GatewayMetrics, unconfirmed_after: float,
-                 check_interval: float = UNCONFIRMED_CHECK_INTERVAL) -> None:
+                 check_interval: float = UNCONFIRMED_CHECK_INTERVAL, orphan_age: float = 0.0) -> None:
         self.setName("relay:mpn-results")
         self.inbox_dir, self.marker, self.lg_code = inbox_dir, marker, lg_code
         self.ledger, self.results, self.keyer, self.store = ledger, results, keyer, store
@@ -391,6 +533,10 @@ class ResultRelay(service.Service):
         """The small-file lane's queue, by transfer id (a file handed over twice waits once), oldest first."""
         self._small_busy = False
         self._small_idle: list[defer.Deferred[None]] = []
+        self.accepting = AcceptingNames()
+        self.orphan_age = orphan_age
+        """Seconds a staged file without a transfer is left alone (:func:`finish_published`): 0 when this process
+        is the only one to write the inbox (SQLite); on a shared ledger another node may be accepting it now."""
         self._overdue = 0
         self._check = task.LoopingCall(self._periodic)
         self._check.clock = clock
@@ -451,6 +597,21 @@ class ResultRelay(service.Service):
             self._small_next()
         return outcome
 
+    accept_bytes = SMALL_FILE * get_layout(FLOW).record_length
+    """A pushed file of at most this size is kept in memory by the intake, for :meth:`relay_on_accept`."""
+
+    def relay_on_accept(self, records: int, received_at: float | None = None,
+                        key: Any = None) -> _AcceptRelay | None:
+        """On the reactor thread, for a new file of *records* results about to be committed: when it is small and
+        the small-file lane is free, the lane is taken and a relay to run inside the commit that accepts it is
+        returned (:func:`accept_and_relay`: one commit instead of two, no read back from the store); else None
+        and the file is committed alone, then handed to :meth:`relay`. The caller ends it
+        (:meth:`_AcceptRelay.end`) on the reactor thread, whatever happened."""
+        if not self.running or records > SMALL_FILE or self._small_busy or self._small:
+            return None
+        self._small_busy = True
+        return _AcceptRelay(self, received_at, key)
+
     leases: NodeLeases | None = None
     """This node's leases (SPEC §14), set by the composition root: the pass over pending files runs under the
     flow's relay lease, on one node at a time, and its commits are fenced by it. None: this process's alone."""
@@ -474,7 +635,8 @@ class ResultRelay(service.Service):
 
     @defer.inlineCallbacks
     def _relay_pending(self, fence: Fence | None) -> Any:
-        yield self.blocking.run(finish_published, ledger=self.ledger, inbox_dir=self.inbox_dir)
+        yield self.blocking.run(finish_published, ledger=self.ledger, inbox_dir=self.inbox_dir,
+                                accepting=self.accepting, orphan_age=self.orphan_age, now=self.clock.seconds())
         pending: list[TransferRow] = yield self.blocking.run(
             self.ledger.list_transfers, state=S.VALIDATED.value, flow=FLOW, limit=100_000, oldest_first=True)
         pending.sort(key=lambda r: r.id)

@@ -149,8 +149,9 @@ class PushReceiver:
         self._in_flight.add(key)
         self._pushes_by_source[source] += 1
         options = ValidationOptions(today=today_in_jst(self.clock.seconds()))
+        keep = self.relay.accept_bytes if self.relay is not None else 0  # a small body for a relay in its commit
         intake = StreamIntake(layout=get_layout(decision.flow), options=options, store=self.store,
-                              blocking=self.intake_blocking)
+                              blocking=self.intake_blocking, keep=keep)
         accepted = AcceptedPush(decision, intake, started_at, source)
         TIMELINE.stamp(accepted, "received")
         return accepted
@@ -214,11 +215,21 @@ class PushReceiver:
         target = accepted.target
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
         config = self.config_source()
-        settled: Settled = yield self.blocking.run(
-            settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
-            peer=target.peer, name=target.name, received=received,
-            quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
-            note="refused to the peer with 422")
+        # A small valid file and a free relay: relayed in the commit that accepts it (issue 16), else after it.
+        inline = self.relay.relay_on_accept(received.report.records, accepted.started_at, accepted) \
+            if self.relay is not None and received.data is not None and received.report.valid else None
+        try:
+            settled: Settled = yield self.blocking.run(
+                settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
+                peer=target.peer, name=target.name, received=received,
+                quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
+                note="refused to the peer with 422", relay=inline)
+        except BaseException:
+            if inline is not None:
+                inline.end(None)
+            raise
+        if inline is not None and not settled.relayed:
+            inline.end(None)  # free again: the file (if new) is handed to it after its commit
         decision = settled.decision
         report = received.report
         if decision.settlement is Settlement.IDENTICAL_REPEAT:
@@ -240,13 +251,17 @@ class PushReceiver:
             return Response(422, "\n".join(_error_lines(target, report)) + "\n")
         row = settled.row
         assert row is not None
-        TIMELINE.stamp(accepted, "committed")
+        if not settled.relayed:
+            TIMELINE.stamp(accepted, "committed")
         TIMELINE.rekey(accepted, row.id)
         self.metrics.transfers.labels(flow=target.flow, outcome="received").inc()
         events.emit(self.log, events.PUSH_ACCEPTED, flow=target.flow, peer=target.peer, name=target.name,
                     records=report.records, transfer_id=row.id, sha256=row.sha256,
                     audit_recorded=self.ledger.records_audit)  # committed with the transfer
-        self._hand_over(row, accepted.started_at)
+        if inline is not None and settled.relayed:
+            inline.end(row)  # counts the relay (its metrics and log line, relayed with the accept) and frees it
+        else:
+            self._hand_over(row, accepted.started_at)
         return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
 
     def _hand_over(self, row: TransferRow, started_at: float) -> None:

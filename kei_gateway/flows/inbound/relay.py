@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
 from kei_gateway.adapters.ledger.leases import Fence
+from kei_gateway.adapters.ledger.ledger import AuditEvent, NewTransfer
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -30,7 +31,7 @@ from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["Relay", "InboxRelay", "relay_to_inbox"]
+__all__ = ["Relay", "AcceptRelay", "InboxRelay", "relay_to_inbox"]
 
 
 class Relay(Protocol):
@@ -44,6 +45,31 @@ class Relay(Protocol):
 
     def relay(self, row: TransferRow, received_at: float | None = None,
               fence: Fence | None = None) -> defer.Deferred[Any]: ...
+
+    accept_bytes: int
+    """The largest file the relay can take inside the commit that accepts it (the intake keeps a body up to this
+    size in memory for it); 0: never."""
+
+    def relay_on_accept(self, records: int, received_at: float | None = None,
+                        key: Any = None) -> AcceptRelay | None:
+        """On the reactor thread, before a new file of *records* records is committed: a relay to run inside the
+        commit that accepts it (issue 16), or None — then the file is committed alone and handed to :meth:`relay`.
+        *key* is the push's timeline key (bench only)."""
+        ...
+
+
+class AcceptRelay(Protocol):
+    """A relay run inside the transaction that accepts a new inbound file (``settle_received`` calls it in place
+    of the ledger's ``add_transfer``): the transfer, the file's relay and both audit records in ONE commit."""
+
+    def __call__(self, transfer: NewTransfer, audit: AuditEvent | None, data: bytes) -> TransferRow:
+        """Blocking: accept *transfer* (with its *audit* record) and relay *data*, its content; the committed row,
+        ``DONE``. ``DuplicateResult``: nothing written, commit the transfer alone and relay it after."""
+        ...
+
+    def end(self, row: TransferRow | None) -> None:
+        """On the reactor thread, once, whatever happened: count what was relayed with *row*, free the relay."""
+        ...
 
 
 def relay_to_inbox(ledger: TransferLedgerPort, store: BlobStore, row: TransferRow, inbox_dir: str, marker: bool,
@@ -74,6 +100,12 @@ class InboxRelay:
         self.flow, self.peer, self.inbox_dir, self.marker = flow, peer, inbox_dir, marker
         self.ledger, self.store, self.blocking, self.clock, self.metrics = ledger, store, blocking, clock, metrics
         self.after = after
+
+    accept_bytes = 0
+    """The whole file goes to the inbox after its commit (its receipts follow): never inside it."""
+
+    def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
+        return None
 
     def relay(self, row: TransferRow, received_at: float | None = None,
               fence: Fence | None = None) -> defer.Deferred[Any]:
