@@ -12,6 +12,8 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +22,7 @@ from twisted.logger import Logger
 
 from kei_gateway import __version__
 from kei_gateway.adapters.ledger import TransferLedger, create_ledger_engine, upgrade
+from kei_gateway.adapters.ledger.db import PING_STATEMENT_TIMEOUT, may_come_back, ping
 from kei_gateway.adapters.store.blobs import FileBlobStore, open_store
 from kei_gateway.adapters.store.errors import StoreError
 from kei_gateway.config import Config
@@ -30,7 +33,8 @@ from kei_gateway.runtime.journal import GatewayLogObserver, parse_level
 from kei_gateway.runtime.sdnotify import Notifier, watchdog_interval
 from kei_gateway.operations.audit.spool import spool_path
 
-__all__ = ["StartFailed", "MigrationFailed", "Prepared", "prepare", "serve", "start", "migrate_apart"]
+__all__ = ["StartFailed", "MigrationFailed", "Prepared", "prepare", "serve", "start", "migrate_apart",
+           "wait_for_database", "START_DATABASE_WAIT"]
 
 log = Logger(namespace="kei_gateway.daemon")
 
@@ -69,6 +73,8 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
         # A node stopped inside a transaction holds its row locks no longer than a lease (SPEC §14).
         engine = create_ledger_engine(config.database_url, config.database.busy_timeout,
                                       idle_in_transaction=config.database.lease)
+        if engine.dialect.name == "postgresql":  # a server may be on its way; a SQLite file is there or not
+            wait_for_database(lambda: ping(engine, PING_STATEMENT_TIMEOUT), notifier)
         schema = migrate_apart(engine) or "?"
     except Exception as error:  # any database failure at start is fatal, with its reason
         reason = str(error) if isinstance(error, MigrationFailed) else events.describe_error(error)
@@ -106,6 +112,35 @@ def prepare(config: Config, path: str, notifier: Notifier) -> Prepared:
     if requeued:
         events.emit(log, events.MESSAGE, text=f"{requeued} transfer(s) cut off while SENDING are QUEUED again")
     return Prepared(ledger, store, schema, audit_log, node)
+
+
+START_DATABASE_WAIT = 60.0
+"""Seconds a start waits for a PostgreSQL server that cannot be reached yet (within the unit's
+``TimeoutStartSec=2min``, the migration after it): hosts and database coming back together after a power cut,
+the database a little later, must not spend the unit's five restarts (``StartLimitBurst=5``) in half a minute."""
+
+
+def wait_for_database(probe: Callable[[], None], notifier: Notifier, patience: float = START_DATABASE_WAIT,
+                      sleep: Callable[[float], None] = time.sleep,
+                      monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Return once *probe* succeeds; while it fails with an error a wait may cure (:func:`may_come_back`), retry
+    every second for at most *patience* seconds, saying so (``STATUS=``, one log line); else raise its error."""
+    deadline = monotonic() + patience
+    said = False
+    while True:
+        try:
+            probe()
+            return
+        except Exception as error:
+            if not may_come_back(error) or monotonic() >= deadline:
+                raise
+            reason = events.describe_error(error)
+            if not said:
+                said = True
+                events.emit(log, events.MESSAGE, text=f"the ledger database cannot be reached yet; waiting up to "
+                                                      f"{patience:g}s for it: {reason}")
+            notifier.notify(f"STATUS=Waiting for the ledger database: {reason}"[:400])
+        sleep(1.0)
 
 
 class MigrationFailed(Exception):

@@ -8,9 +8,11 @@ chain, all there and nothing in a SQLite file.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -103,3 +105,30 @@ def test_when_the_database_host_answers_nothing_then_the_health_check_fails_with
     bound = POSTGRESQL_NETWORK_BOUNDS["connect_timeout"]
     assert bound - 0.5 <= took < bound + 2.0, f"took {took:.1f}s against connect_timeout {bound}s"
     assert is_database_failure(raised.value)
+
+
+def test_when_postgresql_is_not_up_yet_at_start_then_the_daemon_waits_for_it_and_becomes_ready(
+        tmp_path: Path, postgresql_url: str, pg_cluster: Any) -> None:
+    """Hosts and database coming back together after a power cut, the database last: the start waits for it
+    (bounded, saying so in STATUS= and the log) instead of exiting — five quick exits would end at the unit's
+    StartLimitBurst with the gateway dead once the database is up (issue 15)."""
+    files = make_gateway_files(tmp_path)
+    files.write_config(extra=f'\n[database]\nurl = "{postgresql_url}"\n')
+    pg_cluster.stop_server()
+    try:
+        daemon = start_daemon(files)
+        try:
+            daemon.notify.wait_for("STATUS=Waiting for the ledger database")
+            assert daemon.process.poll() is None, daemon.stderr()[-3000:]
+        finally:
+            pg_cluster.start_server()
+        try:
+            daemon.notify.wait_for("READY=1")
+            assert "waiting up to 60s for it" in daemon.stderr()
+            assert daemon.get("/healthz")[0] == 200
+        finally:
+            assert daemon.stop() == 0, daemon.stderr()[-3000:]
+            daemon.notify.close()
+    finally:
+        if not os.path.exists(os.path.join(pg_cluster.socket_dir, ".s.PGSQL.5432")):
+            pg_cluster.start_server()

@@ -97,3 +97,71 @@ def test_when_the_daemon_starts_serving_then_what_exists_at_start_is_frozen_out_
         assert not [o for o in gc.get_objects() if isinstance(o, Cycle)], "garbage collected before the freeze"
     finally:
         gc.unfreeze()
+
+
+class _PgError(Exception):
+    """Stands for a psycopg error: ``sqlstate`` None when no server answered."""
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _operational(message: str, sqlstate: str | None) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT 1", {}, _PgError(message, sqlstate))
+
+
+def test_when_postgresql_cannot_be_reached_at_start_then_the_start_waits_for_it_and_says_so() -> None:
+    """Hosts and database back together after a power cut: the gateway's start waits (bounded) instead of spending
+    the unit's five restarts in half a minute."""
+    from kei_gateway.runtime.daemon import wait_for_database
+
+    answers: list[Exception | None] = [_operational("connection refused", None),
+                                       _operational("the database system is starting up", "57P03"), None]
+    clock, naps = [0.0], []
+
+    def probe() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        clock[0] += seconds
+
+    notifier = RecordingNotifier()
+    wait_for_database(probe, notifier, patience=60, sleep=sleep, monotonic=lambda: clock[0])
+    assert answers == [] and naps == [1.0, 1.0]
+    statuses = notifier.states("STATUS=")
+    assert len(statuses) == 2 and all(m.startswith("STATUS=Waiting for the ledger database: ") for m in statuses)
+
+
+def _raising(error: Exception) -> Any:
+    def probe() -> None:
+        raise error
+
+    return probe
+
+
+def test_when_the_database_answers_no_or_never_comes_then_the_start_fails_with_its_error() -> None:
+    from kei_gateway.adapters.ledger.db import may_come_back
+    from kei_gateway.runtime.daemon import wait_for_database
+
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    wrong = _operational('password authentication failed for user "kei"', "28P01")
+    with pytest.raises(type(wrong)):  # waiting will not change the answer: at once
+        wait_for_database(_raising(wrong), RecordingNotifier(), patience=60, sleep=sleep, monotonic=lambda: clock[0])
+    assert clock[0] == 0.0
+    away = _operational("connection refused", None)
+    with pytest.raises(type(away)):
+        wait_for_database(_raising(away), RecordingNotifier(), patience=5, sleep=sleep, monotonic=lambda: clock[0])
+    assert clock[0] == 5.0, "given up at its patience"
+    assert may_come_back(_operational("server closed the connection", "08006"))
+    assert not may_come_back(_operational('database "kg" does not exist', "3D000"))
+    assert not may_come_back(RuntimeError("not the driver's"))

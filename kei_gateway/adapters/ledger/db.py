@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 __all__ = ["create_ledger_engine", "upgrade", "current_revision", "head_revision", "ping", "is_database_failure",
-           "POSTGRESQL_NETWORK_BOUNDS", "PING_STATEMENT_TIMEOUT"]
+           "may_come_back", "POSTGRESQL_NETWORK_BOUNDS", "PING_STATEMENT_TIMEOUT"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -112,6 +112,19 @@ def ping(engine: Engine, statement_timeout: float | None = None) -> None:
         if statement_timeout is not None and connection.dialect.name == "postgresql":
             connection.execute(text(f"SET LOCAL statement_timeout = {max(1, int(statement_timeout * 1000))}"))
         connection.execute(text("SELECT 1"))
+
+
+def may_come_back(error: BaseException) -> bool:
+    """True when *error* says the PostgreSQL server could not be reached or is not accepting connections yet (no
+    server answer at all — refused, no socket, timed out — or SQLSTATE class 08, or 57P01–57P03: shutting down,
+    starting up): worth waiting for at start. False for an answer that waiting will not change (a wrong password,
+    a database that does not exist) and for SQLite (a file is there or not)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(error, DBAPIError) or not hasattr(error.orig, "sqlstate"):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate is None or str(sqlstate).startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
 
 
 def is_database_failure(error: BaseException) -> bool:
