@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kei_gateway.adapters.scratch import EncryptedScratch, ScratchError
 from kei_gateway.adapters.store.blobs import FileBlobStore
 from kei_gateway.adapters.store.keys import StoreKeyring
 from kei_gateway.flows.outbound.ingest import IngestResult, ingest_file, listed_name, quarantine_refused
@@ -239,6 +240,66 @@ def test_when_a_file_repeats_a_key_then_the_second_read_finds_it_at_the_later_re
     assert result.outcome == "quarantined" and result.error_count == 1
     assert result.reason.startswith("record 5001, byte 350018: 車台番号 (chassis_no): repeats the (chassis_no, tax_year)")
     assert os.listdir(spool.outbox) == []
+
+
+def spill_everything(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[EncryptedScratch]:
+    """Make every file's key log go to the ingest's scratch (as a file over ~2 M records does), in tmp_path."""
+    from kei_gateway.flows.outbound import ingest
+    from kei_gateway.layouts import uniqueness
+
+    made: list[EncryptedScratch] = []
+
+    def scratch() -> EncryptedScratch:
+        made.append(EncryptedScratch(str(tmp_path)))
+        return made[-1]
+
+    monkeypatch.setattr(uniqueness, "log_capacity_for", lambda records, largest: None)
+    monkeypatch.setattr(ingest.ingest_file, "__kwdefaults__", {**(ingest.ingest_file.__kwdefaults__ or {}),
+                                                               "scratch": scratch})
+    return made
+
+
+def test_when_the_key_log_is_spilled_then_a_valid_file_is_read_once_and_the_scratch_leaves_nothing(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    scratch_dir = tmp_path / "scratch"
+    scratch_dir.mkdir()
+    made = spill_everything(monkeypatch, scratch_dir)
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, size: int) -> bytes:
+        chunk = real_read(fd, size)
+        reads.append(len(chunk))
+        return chunk
+
+    data = spool.put("pay1.dat", records=3000)
+    monkeypatch.setattr(os, "read", counting_read)
+    result = spool.ingest("pay1.dat")
+    monkeypatch.undo()
+    assert result.outcome == "queued" and result.records == 3000
+    assert sum(reads) == len(data)  # one read of the file: no second read for a valid file
+    assert len(made) == 1 and made[0].size > 3000 * 8  # every key's fingerprint went to the scratch
+    assert os.listdir(scratch_dir) == []  # unnamed: nothing left behind
+
+
+def test_when_the_key_log_is_spilled_and_a_key_repeats_then_the_record_is_named_and_the_file_quarantined(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    made = spill_everything(monkeypatch, tmp_path / "scratch")
+    (tmp_path / "scratch").mkdir()
+    put_with_duplicate(spool, "dup.dat", records=3000, source=2, target=2500)
+    result = spool.ingest("dup.dat")
+    assert result.outcome == "quarantined" and result.error_count == 1 and len(made) == 1
+    assert result.reason.startswith("record 2501, byte 175018: 車台番号 (chassis_no): repeats the (chassis_no, tax_year)")
+
+
+def test_when_the_scratch_cannot_be_written_then_the_ingest_fails_the_file_stays_and_nothing_is_stored(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spill_everything(monkeypatch, tmp_path / "missing")  # the directory does not exist
+    spool.put("pay1.dat", records=100)
+    with pytest.raises(ScratchError, match="the scratch file of the uniqueness check in .*missing"):
+        spool.ingest("pay1.dat")
+    assert os.listdir(spool.outbox) == ["pay1.dat"]
+    assert spool.store.list_ids() == [] and spool.ledger.list_transfers() == []
 
 
 def test_when_the_key_filter_leaves_false_suspects_then_a_valid_file_is_still_queued(
