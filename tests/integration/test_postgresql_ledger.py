@@ -103,7 +103,8 @@ def test_when_the_database_host_answers_nothing_then_the_health_check_fails_with
         engine.dispose()
         silent.close()
     bound = POSTGRESQL_NETWORK_BOUNDS["connect_timeout"]
-    assert bound - 0.5 <= took < bound + 2.0, f"took {took:.1f}s against connect_timeout {bound}s"
+    # libpq counts whole seconds; the rest is the machine's load: seconds, not the kernel's minutes.
+    assert bound - 1.5 <= took < bound + 5.0, f"took {took:.1f}s against connect_timeout {bound}s"
     assert is_database_failure(raised.value)
 
 
