@@ -3,8 +3,8 @@
 All of it blocks: the outbound flow calls :func:`ingest_file` through the blocking door.
 The order is what makes a crash lose nothing and duplicate nothing:
 
-1. the file is read and validated (in a helper thread) while what was validated is
-   encrypted, hashed and written into the store, as it streams (the list
+1. the file is read (in one helper thread) and validated (in another) while what was
+   validated is encrypted, hashed and written into the store, as it streams (the list
    of 縮退 made under ``gaiji = "degenerate"`` goes into a second blob); the
    uniqueness check logs every key's fingerprint (in memory, or for a large file
    on an unnamed encrypted scratch file), and only when keys repeat is the same
