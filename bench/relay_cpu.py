@@ -14,7 +14,11 @@ time per file, after a warm-up of 20 files.
 the change: ``git archive <commit> | tar -x -C DIR``) in the same invocation, alternating
 baseline and this tree ``--runs`` times, and prints each run and the ratios.
 
-Run: ``.venv/bin/python bench/relay_cpu.py [--files 200] [--results 50] [--runs 3] [--baseline DIR]``.
+``--accept`` (issue 16, fourth sitting) times the push's commit with its relay instead of the relay alone: in a
+tree that relays a small push in the commit that accepts it (``ResultRelay.relay_on_accept``), that one
+transaction; in a tree before it, the ``VALIDATED`` commit then the relay.
+
+Run: ``.venv/bin/python bench/relay_cpu.py [--files 200] [--results 50] [--runs 3] [--baseline DIR] [--accept]``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from kei_gateway.operations.audit.log import AuditLog
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.testing import SynchronousBlocking
 
-files, results, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+files, results, out, accept = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 layout = get_layout("mpn-results")
 today = dt.date.today()
 templates = []
@@ -72,6 +76,7 @@ with tempfile.TemporaryDirectory(dir=out) as tmp:
                         keyer=ResultKeyer.from_keyring(keyring), store=store, blocking=SynchronousBlocking(),
                         clock=clock, metrics=GatewayMetrics(CollectorRegistry(), process=False),
                         unconfirmed_after=3 * 86400.0)
+    relay.running = True  # started (for relay_on_accept), without its periodic pass
     cpu, wall, counter = [], [], 0
     for n in range(WARM_UP + files):
         records = []
@@ -82,14 +87,22 @@ with tempfile.TemporaryDirectory(dir=out) as tmp:
         data = b"".join(records)
         info = store.write(f"in-{n:06d}", [data])
         now = dt.datetime.now(dt.timezone.utc)
-        row = ledger.add_transfer(flow="mpn-results", direction="in", peer="mpn", local_name=f"r{n}.dat",
-                                  state=S.VALIDATED, size=len(data), sha256=info.sha256, record_count=results,
-                                  blob_id=f"in-{n:06d}", now=now, remote_name=f"r{n}.dat",
-                                  audit=("push.accepted", {"flow": "mpn-results", "peer": "mpn", "records": results,
-                                                           "sha256": info.sha256}))
+        fields = dict(flow="mpn-results", direction="in", peer="mpn", local_name=f"r{n}.dat", state=S.VALIDATED,
+                      size=len(data), sha256=info.sha256, record_count=results, blob_id=f"in-{n:06d}", now=now,
+                      remote_name=f"r{n}.dat")
+        accepted = ("push.accepted", {"flow": "mpn-results", "peer": "mpn", "records": results, "sha256": info.sha256})
+        if not accept:
+            row = ledger.add_transfer(**fields, audit=accepted)
         c0, w0 = time.process_time(), time.perf_counter()
         failures = []
-        relay.relay(row).addErrback(failures.append)
+        inline = relay.relay_on_accept(results) if accept and hasattr(relay, "relay_on_accept") else None
+        if inline is not None:  # the push's commit and its relay in one transaction (issue 16, fourth sitting)
+            from kei_gateway.adapters.ledger.ledger import NewTransfer
+            inline.end(inline(NewTransfer(**fields), accepted, data))
+        else:
+            if accept:  # the push's commit, then its relay (the tree before)
+                row = ledger.add_transfer(**fields, audit=accepted)
+            relay.relay(row).addErrback(failures.append)
         c1, w1 = time.process_time(), time.perf_counter()
         if failures:
             failures[0].raiseException()
@@ -102,11 +115,11 @@ print(json.dumps({"cpu": cpu, "wall": wall, "relayed": relayed}))
 """.replace("WARM_UP", str(WARM_UP))
 
 
-def measure(tree: Path, files: int, results: int) -> dict[str, float]:
+def measure(tree: Path, files: int, results: int, accept: bool = False) -> dict[str, float]:
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(files), str(results), str(out)], env=env,
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(files), str(results), str(out), str(int(accept))], env=env,
                           capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise SystemExit(f"the measurement on {tree} failed:\n{done.stderr[-3000:]}")
@@ -124,17 +137,21 @@ def main() -> int:
     parser.add_argument("--results", type=int, default=50, help="results a file (default 50: 500/s in 10 files)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="a tree to compare with (its kei_gateway package)")
+    parser.add_argument("--accept", action="store_true",
+                        help="time the push's commit with its relay: one transaction where the tree relays a small "
+                             "push in the commit that accepts it, else the VALIDATED commit then the relay")
     args = parser.parse_args()
-    print(f"# relay cost per file of {args.results} results, {args.files} files a run (after {WARM_UP} to warm up); "
+    what = "push commit + relay" if args.accept else "relay"
+    print(f"# {what} cost per file of {args.results} results, {args.files} files a run (after {WARM_UP} to warm up); "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print("| tree | run | relay CPU ms/file | wall p50 ms | wall p99 ms | /proc/loadavg at its start |")
+    print(f"| tree | run | {what} CPU ms/file | wall p50 ms | wall p99 ms | /proc/loadavg at its start |")
     print("|---|---:|---:|---:|---:|---|")
     rows: dict[str, list[dict[str, float]]] = {"baseline": [], "this tree": []}
     trees = ([("baseline", args.baseline)] if args.baseline else []) + [("this tree", ROOT)]
     for run in range(1, args.runs + 1):
         for label, tree in trees:
             load = Path("/proc/loadavg").read_text().strip()
-            row = measure(tree.resolve(), args.files, args.results)
+            row = measure(tree.resolve(), args.files, args.results, args.accept)
             rows[label].append(row)
             print(f"| {label} | {run} | {row['cpu_mean']:.2f} | {row['wall_p50']:.2f} | {row['wall_p99']:.2f} | "
                   f"{load} |", flush=True)

@@ -575,6 +575,33 @@ class AcceptTests(RelayCase):
         self.held.run_all()
         self.assertEqual(self.inbox_files(), {row.relay_name: data, f"{row.relay_name}{MARKER_SUFFIX}": b""})
 
+    def test_when_the_transaction_is_retried_after_a_commit_whose_answer_was_lost_then_its_file_is_published_once(
+            self) -> None:
+        class LostAnswer(CountingResults):
+            """The first attempt commits, its answer is lost (a transient error), the retry runs again."""
+
+            def accept_relay(self, transfer: Any, audit: Any, decide: Any, now: dt.datetime) -> Any:
+                super().accept_relay(transfer, audit, decide, now)
+                return super().accept_relay(transfer, audit, decide, now)
+
+        self.relay.results = LostAnswer(self.ledger)
+        inline = self.relay.relay_on_accept(2)
+        assert inline is not None
+        transfer, data = self.transfer(RECORDS[:2], "a.dat")
+        retried = inline(transfer, None, data)
+        inline.end(retried)
+        first, second = sorted(self.ledger.rows.values(), key=lambda r: r.id)
+        self.assertEqual((second.id, second.relay_name), (retried.id, None), "the retry found every result known")
+        assert first.relay_name is not None
+        self.assertEqual(self.inbox_files(), {staged_name(first.relay_name): data,
+                                              staged_name(first.relay_name + MARKER_SUFFIX): b""},
+                         "the committed attempt's file is not removed")
+        self.relay.running = False
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.held.run_all()
+        self.assertEqual(self.inbox_files(), {first.relay_name: data, first.relay_name + MARKER_SUFFIX: b""})
+
     def test_when_a_staged_file_has_no_transfer_then_it_is_removed_unless_being_accepted_or_recent_on_a_shared_ledger(
             self) -> None:
         from kei_gateway.flows.inbound.mpn_results import AcceptingNames, finish_published

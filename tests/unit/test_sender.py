@@ -146,3 +146,30 @@ class SenderTests(SynchronousTestCase):
         critical = [e for e in self.events if e.get("kei_event") == "peer.identity_failed"]
         self.assertEqual(len(critical), 1)
         self.assertEqual(critical[0]["reason"], "pin")
+
+    def test_when_the_ledger_cannot_be_reached_then_the_sender_says_so_once_per_outage_and_sends_once_it_is_back(
+            self) -> None:
+        """The daemon outlives a database outage now (the watchdog stays fed, issue 15): the sender's passes during
+        it are not an unexpected error each, every few seconds, but one line; the queue goes on once it is back."""
+        from sqlalchemy.exc import OperationalError
+
+        self.ledger.fail = OperationalError("SELECT", {}, Exception("disk I/O error"))
+        sender = self.sender(InMemoryPeer())
+        for _ in range(5):
+            self.clock.advance(sender.poll_interval)
+        away = [e for e in self.events if e.get("kei_event") == "message" and "cannot reach the ledger" in e["text"]]
+        self.assertEqual(len(away), 1, "said once")
+        self.assertNotIn("internal.error", self.kinds())
+        self.ledger.fail = None
+        self.clock.advance(sender.poll_interval)
+        self.assertEqual(self.state(), "DONE")
+        self.ledger.fail = OperationalError("SELECT", {}, Exception("disk I/O error"))
+        self.clock.advance(sender.poll_interval)
+        again = [e for e in self.events if e.get("kei_event") == "message" and "cannot reach the ledger" in e["text"]]
+        self.assertEqual(len(again), 2, "a new outage is said again")
+
+    def test_when_the_pass_fails_otherwise_then_it_is_an_internal_error_each_time(self) -> None:
+        self.ledger.fail = RuntimeError("a bug")
+        sender = self.sender(InMemoryPeer())
+        self.clock.advance(sender.poll_interval)
+        self.assertEqual(self.kinds().count("internal.error"), 2)

@@ -270,7 +270,7 @@ def accept_and_relay(*, transfer: NewTransfer, audit: AuditEvent | None, data: b
     widths = {item.key: item.width for item in layout.fields}
     facts = [facts_of(item, n, keyer) for n, item in
              enumerate(raw_fields((data,), layout.offsets, widths, layout.record_length))]
-    staged: list[str] = []  # every name an attempt staged (a transaction retried gets another id on PostgreSQL)
+    staged: list[str] = []  # every name an attempt staged (a transaction retried may get another id)
     planned: list[_Planned] = []
 
     def decide(row: TransferRow, known: KnownLookup) -> RelayDecision:
@@ -291,20 +291,19 @@ def accept_and_relay(*, transfer: NewTransfer, audit: AuditEvent | None, data: b
     try:
         row = results.accept_relay(transfer, audit, decide, now)
     except DuplicateResult:
-        for name in staged:  # nothing was written: what was staged is nobody's
-            discard_staged(inbox_dir, name)
+        if planned and planned[-1].staged is not None:  # this attempt wrote nothing: its staged file is nobody's
+            discard_staged(inbox_dir, planned[-1].name)
         raise
     finally:  # (on any other failure the staged files are left to finish_published: the commit may have happened)
         with accepting.lock:
             accepting.names.difference_update(staged)
     TIMELINE.stamp(key, "recorded")
     crashpoint("results.accept-recorded")
-    plan = planned[-1]
+    plan = planned[-1]  # the attempt that committed
     if plan.staged is not None:
         publish_relays(inbox_dir, [plan.name])
-    for name in staged:
-        if plan.staged is None or name != plan.name:  # an earlier attempt's, or DONE with nothing new
-            discard_staged(inbox_dir, name)
+    # An earlier attempt's staged file (a transaction retried after a transient failure) is left to
+    # finish_published: that attempt's commit may have happened although its answer was lost.
     TIMELINE.stamp(key, "published")
     return row, plan.outcome
 

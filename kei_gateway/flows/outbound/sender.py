@@ -13,6 +13,7 @@ import datetime
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -121,16 +122,32 @@ class UploadSender(service.Service):
         """Send what is due now; if busy, look again when the current transfer ends."""
         return self._passes.request()
 
+    _ledger_away = False
+    """The last pass could not reach the ledger (said once per outage: the watchdog's ``database.unavailable``
+    is the alert; the daemon now outlives an outage, SQLite's included, and a line every pass would be noise)."""
+
     def _start_pass(self) -> defer.Deferred[Any]:
         def crashed(failure: Any) -> bool:
+            if failure.check(OperationalError, InterfaceError):
+                if not self._ledger_away:
+                    self._ledger_away = True
+                    events.emit(self.log, events.MESSAGE, flow=self.flow,
+                                text=f"{self.flow}: the sender cannot reach the ledger "
+                                     f"({events.describe_error(failure.value)}); it looks again every pass")
+                return False
             events.emit(self.log, events.INTERNAL_ERROR, flow=self.flow,
                         reason=f"sender: {events.describe_error(failure.value)}")
             return False
+
+        def reached(result: Any) -> Any:
+            self._ledger_away = False
+            return result
 
         now = _utc(self.clock.seconds())
         leases = self.leases
         if leases is None:
             d: defer.Deferred[Any] = self.blocking.run(self.ledger.due, self.flow, now, 1)
+            d.addCallback(reached)
             d.addCallback(lambda due: self._send_first(due[0], None) if due else False)
             return d.addErrback(crashed)
         if not leases.may_claim:
@@ -143,6 +160,7 @@ class UploadSender(service.Service):
             return self._send_first(claim.row, claim.fence)
 
         d = self.blocking.run(self.ledger.claim_due, self.flow, now, leases.node_id, leases.duration)
+        d.addCallback(reached)
         d.addCallback(claimed)
         return d.addErrback(crashed)
 
