@@ -20,11 +20,12 @@ import numpy.typing as npt
 from kei_gateway.layouts.columnar import wide_code_table
 from kei_gateway.layouts.degenerate import clusters, degenerate_char, is_variation_selector
 from kei_gateway.layouts.encoding import (
-    GETA, IDEOGRAPHIC_SPACE, MAPPING_VARIANTS, allowed_wide_chars, normalize_variants, widen_halfwidth_katakana,
+    GETA, IDEOGRAPHIC_SPACE, MAPPING_VARIANTS, Charset, GaijiPolicy, allowed_wide_chars, normalize_variants,
+    widen_halfwidth_katakana,
 )
 from kei_gateway.layouts.errors import LayoutError
 from kei_gateway.layouts.fields import Kind, Layout
-from kei_gateway.layouts.gaiji import Replacement, apply_gaiji_policy
+from kei_gateway.layouts.gaiji import GaijiFallback, Replacement, apply_gaiji_policy
 from kei_gateway.layouts.report import ValidationOptions
 
 __all__ = ["Utf8Block", "Utf8Conversion", "convert_utf8_record", "convert_wide_in_place", "utf8_block",
@@ -128,7 +129,7 @@ bytes led by E0, which a Japanese file hardly ever holds) stand in for the chara
 U+FFFF of a block, up to 2,048 of them."""
 
 
-def _without_astral(block: bytes) -> tuple[bytes, tuple[str, ...]]:
+def _without_astral(block: bytes, highest: int) -> tuple[bytes, tuple[str, ...]]:
     """The block with each character beyond U+FFFF (𠮷: four UTF-8 bytes) as a stand-in, and those characters.
 
     Both encode to the same mark, and the decoded block stays two bytes a character: one
@@ -137,8 +138,17 @@ def _without_astral(block: bytes) -> tuple[bytes, tuple[str, ...]]:
     than the stand-ins, when the block holds a stand-in itself, or when it is not UTF-8 there
     (its own decoding then says so).
     """
-    leads = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0xF0).tolist()
-    if len(leads) > _STAND_INS or b"\xe0" in block:  # (one byte: a memchr)
+    if b"\xe0" in block:  # (one byte: a memchr)
+        return block, ()
+    if highest == 0xF0:  # planes 1–3 (CJK extensions B–G) only: found by memchr too
+        leads: list[int] = []
+        lead = block.find(b"\xf0")
+        while lead >= 0 and len(leads) <= _STAND_INS:
+            leads.append(lead)
+            lead = block.find(b"\xf0", lead + 1)
+    else:
+        leads = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0xF0).tolist()
+    if len(leads) > _STAND_INS:
         return block, ()
     pieces: list[bytes] = []
     chars: list[str] = []
@@ -186,8 +196,9 @@ def utf8_block(block: bytes) -> Utf8Block | None:
     exactly these bytes.
     """
     astral: tuple[str, ...] = ()
-    if np.frombuffer(block, dtype=np.uint8).max() >= 0xF0:
-        block, astral = _without_astral(block)
+    highest = int(np.frombuffer(block, dtype=np.uint8).max())
+    if highest >= 0xF0:
+        block, astral = _without_astral(block, highest)
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
@@ -211,16 +222,61 @@ class _WidePlaces(NamedTuple):
 
     lead: npt.NDArray[np.intp]
     """The byte offset of its lead byte in a CP932 record."""
+    lead_list: list[int]
     char: list[int]
     """The index of its character in the UTF-8 record (fields before it are one character a byte or a pair)."""
     key: list[str]
     """Its field's key."""
+    chars: int
+    """Characters in a record."""
+
+
+def _convert_places(data: bytes, text: str, columns: list[int], places: _WidePlaces, options: ValidationOptions,
+                    original: Callable[[str], str]) -> Utf8Conversion | None:
+    """One record of :func:`convert_wide_in_place`: its places ``columns`` replaced, or None."""
+    record = bytearray(data)
+    substituted = 0
+    replacements: list[tuple[str, list[Replacement]]] = []
+    for column in columns:
+        lead = places.lead_list[column]
+        answer = _policy_answer(original(text[places.char[column]]), options.charset, options.gaiji,
+                                options.gaiji_fallback)
+        if answer is None or answer[0] != record[lead:lead + 2]:
+            return None  # left to the whole-record conversion, or the places are off by one
+        record[lead:lead + 2] = answer[1]
+        if answer[2] is None:
+            substituted += 1
+            continue
+        key = places.key[column]
+        if not replacements or replacements[-1][0] != key:
+            replacements.append((key, []))
+        replacements[-1][1].append(answer[2])
+    return Utf8Conversion(bytes(record), [], [], substituted, [(key, tuple(done)) for key, done in replacements])
 
 
 @lru_cache(maxsize=4096)
-def _cp932_of(char: str) -> bytes:
-    """One character as the block conversion encodes it (a character outside CP932: ``FF FF``)."""
-    return char.encode("cp932", errors=_MARK_ERRORS)
+def _policy_answer(char: str, charset: Charset, gaiji: GaijiPolicy,
+                   fallback: GaijiFallback) -> tuple[bytes, bytes, Replacement | None] | None:
+    """What :func:`convert_utf8_record` makes of ``char``, a 外字 alone at a ``K`` place, if it can be done in place.
+
+    The bytes the block conversion gave it (``FF FF`` outside CP932), the bytes it becomes,
+    and its :class:`Replacement` (None: 〓, counted as substituted).  None when the record
+    must be converted as a whole: half-width kana or a BOM (U+FFFE in the block's text), a
+    variation selector, a 縮退 of several characters, a 外字 the policy rejects.
+    """
+    if char == _NOT_CP932 or is_variation_selector(char):
+        return None
+    source = char.encode("cp932", errors=_MARK_ERRORS)
+    char = MAPPING_VARIANTS.get(char, char)
+    allowed = allowed_wide_chars(charset)
+    target = degenerate_char(char) if gaiji == "degenerate" else None
+    if target is not None and all(c in allowed for c in target):
+        if len(target) != 1:
+            return None  # a sequence: the whole-record conversion fits it or names the field
+        return source, target.encode("cp932"), Replacement(char, target)
+    if gaiji == "substitute" or fallback == "substitute":
+        return source, GETA.encode("cp932"), None
+    return None  # rejected: the precise path names it
 
 
 @lru_cache(maxsize=64)
@@ -236,7 +292,7 @@ def _wide_places(layout: Layout) -> _WidePlaces:
             char.extend(range(chars, chars + item.width // 2))
             key.extend([item.key] * (item.width // 2))
         chars += item.chars
-    return _WidePlaces(np.array(lead, dtype=np.intp), char, key)
+    return _WidePlaces(np.array(lead, dtype=np.intp), lead, char, key, chars)
 
 
 def convert_wide_in_place(layout: Layout, options: ValidationOptions, records: npt.NDArray[np.uint8],
@@ -274,43 +330,19 @@ def convert_wide_in_place(layout: Layout, options: ValidationOptions, records: n
     codes <<= 8
     codes |= records[:, places.lead + 1]
     rows, columns = np.nonzero(~np.take(table, codes))
-    if not len(rows):
-        return {}
-    allowed = allowed_wide_chars(options.charset)
-    expected = sum(item.chars for item in layout.fields)
-    degenerate = options.gaiji == "degenerate"
-    substitute = options.gaiji == "substitute" or options.gaiji_fallback == "substitute"
     converted: dict[int, Utf8Conversion] = {}
-    bounds = np.flatnonzero(np.diff(rows)) + 1
-    for first, last in zip([0, *bounds.tolist()], [*bounds.tolist(), len(rows)]):
-        row = int(rows[first])
+    pairs = list(zip(rows.tolist(), columns.tolist()))
+    first = 0
+    while first < len(pairs):
+        row = pairs[first][0]
+        last = first + 1
+        while last < len(pairs) and pairs[last][0] == row:
+            last += 1
         text = text_of(row)
-        if text is None or len(text) != expected:
-            continue
-        record = bytearray(records[row, :-2].tobytes())
-        substituted = 0
-        replacements: list[tuple[str, list[Replacement]]] = []
-        for column in columns[first:last].tolist():
-            char = original(text[places.char[column]])
-            lead = int(places.lead[column])
-            if char == _NOT_CP932 or is_variation_selector(char) or _cp932_of(char) != record[lead:lead + 2]:
-                break  # half-width kana, a BOM (or U+FFFE), a variation selector, or places off by one
-            char = MAPPING_VARIANTS.get(char, char)
-            target = degenerate_char(char) if degenerate else None
-            if target is not None and all(c in allowed for c in target):
-                if len(target) != 1:
-                    break  # a sequence: the whole-record conversion fits it or names the field
-                key = places.key[column]
-                if not replacements or replacements[-1][0] != key:
-                    replacements.append((key, []))
-                replacements[-1][1].append(Replacement(char, target))
-            elif substitute:
-                target = GETA
-                substituted += 1
-            else:
-                break  # rejected: the precise path names it
-            record[lead:lead + 2] = _cp932_of(target)
-        else:
-            converted[row] = Utf8Conversion(bytes(record), [], [], substituted,
-                                            [(key, tuple(done)) for key, done in replacements])
+        if text is not None and len(text) == places.chars:
+            conversion = _convert_places(records[row, :-2].tobytes(), text, [column for _, column in pairs[first:last]],
+                                         places, options, original)
+            if conversion is not None:
+                converted[row] = conversion
+        first = last
     return converted

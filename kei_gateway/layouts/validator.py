@@ -105,8 +105,9 @@ class Validator:
         self._tail = 0  # bytes fed since the last LF: the record being read
         self._uniform = options.encoding == "cp932"
         """So far every line was one record's length (the fast path's blocks): the second read can skip the check."""
-        chars = sum(item.chars for item in layout.fields)
-        self._max_line = len(BOM) + (layout.record_length if options.encoding == "cp932" else 4 * chars + 2)
+        self._chars = sum(item.chars for item in layout.fields)
+        """Characters in a record (UTF-8 input is sliced by characters)."""
+        self._max_line = len(BOM) + (layout.record_length if options.encoding == "cp932" else 4 * self._chars + 2)
         """The longest line a record of the layout can be (a BOM on the first one, UTF-8's 4 bytes a character)."""
         self._stop_record: int | None = None  # the second read: records after it were not checked in the first
 
@@ -462,7 +463,7 @@ class Validator:
         """
         assert self._plan is not None
         size = self.layout.record_length
-        expected = sum(item.chars for item in self.layout.fields)
+        expected = self._chars
         rejected = np.flatnonzero(~ok)
         texts = _rejected_texts(utf8.text, rejected, expected + 2) if narrow is not None else {}
         if self.report.records == 0 and offset == 0:
@@ -606,8 +607,7 @@ class Validator:
             text = text[1:]
             offset += 3
             data = data[3:]
-        expected = sum(item.chars for item in self.layout.fields)
-        if not self._structure_ok(data, number, offset, expected, "characters", len(text)):
+        if not self._structure_ok(data, number, offset, self._chars, "characters", len(text)):
             return
         conversion = convert_utf8_record(self.layout, text, self.options, number, offset)
         for error in conversion.errors:

@@ -415,6 +415,32 @@ def test_when_the_consumer_stops_early_then_the_helper_stops_too_and_is_joined()
     assert len(produced) <= 1 + 2 + 2, "the helper stopped within the queue's depth"
 
 
+def test_when_validation_stops_early_then_the_reading_thread_is_joined_and_the_rest_is_not_read(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from kei_gateway.flows.outbound import ingest
+
+    reads: list[int] = []
+    real = ingest._read_chunks
+
+    def counted(fd: int) -> Iterator[bytes]:
+        for chunk in real(fd):
+            if threading.current_thread().name.startswith("kei-gateway-read"):  # not the quarantine's copy
+                reads.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(ingest, "READ_CHUNK", 64 * 1024)
+    monkeypatch.setattr(ingest, "_read_chunks", counted)
+    data = spool.put("bad.dat", records=40_000, invalid_rate=1.0)  # 2.8 MB, every record invalid
+    result = spool.ingest("bad.dat", options=ValidationOptions(today=TODAY, lg_code="131041", max_errors=10))
+    assert result.outcome == "quarantined"
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("kei-gateway-read")]
+    # Stopped after max_errors: read no further than the first block and the reader's queue (and a chunk each side).
+    from kei_gateway.layouts import validator as validator_module
+    assert sum(reads) <= validator_module._BLOCK_SIZE + (ingest._HANDOVER_DEPTH + 2) * ingest.READ_CHUNK < len(data)
+
+
 # --------------------------------------------------------------------------- issue 11: changed while read, too large
 
 

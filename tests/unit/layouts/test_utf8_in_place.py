@@ -123,9 +123,10 @@ def test_when_a_name_holds_mj_characters_then_the_list_names_record_field_and_ch
         (3, "payer_name", "髙", "高"), (3, "payer_name", "𠮷", "吉"), (3, "payer_name", "鷗", "鴎")]
 
 
-@pytest.mark.parametrize("extra", ["", "\u0800", "𠮷" * 2100], ids=["stand-ins", "a-stand-in-as-input", "too-many"])
+@pytest.mark.parametrize("extra", ["", "\U000e0100", "\u0800", "𠮷" * 2100],
+                         ids=["planes-1-3", "an-ivs-of-plane-14", "a-stand-in-as-input", "too-many"])
 def test_when_a_block_holds_characters_beyond_ffff_then_they_encode_as_marks_and_are_given_back(extra: str) -> None:
-    text = "髙𠮷ダ\r\n𡈽\U000e0100鷗" + extra + "\r\n"
+    text = "髙𠮷ダ\r\n𡈽鷗𠀋" + extra + "\r\n"
     converted = utf8_block(text.encode("utf-8"))
     assert converted is not None
     assert converted.cp932 == text.encode("cp932", errors=_MARK_ERRORS)
