@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from kei_gateway.adapters.ledger.leases import Fence
+from kei_gateway.adapters.ledger.leases import Fence, Hold
 from kei_gateway.adapters.ledger.ledger import AuditEvent, Claimed, NewTransfer, TransferRow
 from kei_gateway.adapters.ledger.results import AcceptDecider, RelayDecision
 from kei_gateway.adapters.store.blobs import BlobStore
@@ -52,7 +52,7 @@ class TransferLedgerPort(Protocol):
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
                      remote_etag: str | None = None, audit: AuditEvent | None = None,
-                     fence: Fence | None = None) -> TransferRow: ...
+                     fence: Fence | None = None, hold: Hold | None = None) -> TransferRow: ...
 
     def get(self, transfer_id: int) -> TransferRow: ...
 
@@ -70,6 +70,10 @@ class TransferLedgerPort(Protocol):
     def requeue_sending(self, now: datetime, node: str | None = None) -> int: ...
 
     def claim_due(self, flow: str, now: datetime, node: str, duration: float, scan: int = 20) -> Claimed | None: ...
+
+    def claim_received(self, transfer_id: int, node: str, now: datetime, duration: float) -> Claimed | None: ...
+
+    def received_token(self, transfer_id: int) -> int | None: ...
 
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from kei_gateway.adapters.durable import fsync_directory
@@ -17,7 +17,7 @@ from kei_gateway.adapters.durable import fsync_directory
 __all__ = ["NAME_PATTERN", "ERRORS_SUFFIX", "Entry", "Refusal", "SpoolDecision", "classify", "list_entries", "MARKER_SUFFIX",
            "quarantine_entry", "write_errors_file", "entry_kind", "atomic_write", "write_durable", "publish", "free_name",
            "staged_name", "stage_for_inbox", "publish_staged", "stage_relays", "publish_relays", "discard_staged",
-           "staged_relays", "staged_mtime",
+           "staged_relays", "parse_staged", "TAG_SEPARATOR", "staged_mtime",
            "ensure_directory", "SHARED_DIR_MODE", "QUARANTINE_DIR_MODE"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -189,9 +189,29 @@ def write_errors_file(quarantine_dir: str, name: str, lines: Iterable[str]) -> s
     return path
 
 
-def staged_name(name: str) -> str:
-    """The dotfile a relayed file is written as before it is renamed into the inbox (readers skip dotfiles)."""
-    return f".{name}.part"
+def staged_name(name: str, tag: int | None = None) -> str:
+    """The dotfile a relayed file is written as before it is renamed into the inbox (readers skip dotfiles).
+
+    *tag*: the fencing token of the relay that stages it (two nodes, SPEC §14), ``.name~TAG.part``: two relays
+    of one file (one of them stalled past its lease) never write or remove each other's staged copy, and the
+    restart rule publishes only the one whose relay committed."""
+    return f".{name}.part" if tag is None else f".{name}{TAG_SEPARATOR}{tag}.part"
+
+
+TAG_SEPARATOR = "~"
+
+
+def parse_staged(entry: str) -> tuple[str, int | None, bool] | None:
+    """``(name, tag, is_marker)`` of a staged dotfile of :func:`staged_name`, or None if *entry* is not one."""
+    if not (entry.startswith(".") and entry.endswith(".part")) or len(entry) <= len("..part"):
+        return None
+    name = entry[1:-len(".part")]
+    tag: int | None = None
+    stem, separator, suffix = name.rpartition(TAG_SEPARATOR)
+    if separator and suffix.isdigit() and stem:
+        name, tag = stem, int(suffix)
+    marker = name.endswith(MARKER_SUFFIX)
+    return name.removesuffix(MARKER_SUFFIX), tag, marker
 
 
 def stage_for_inbox(inbox_dir: str, name: str, chunks: Iterable[bytes], mode: int = 0o640) -> int:
@@ -220,8 +240,8 @@ def publish_staged(inbox_dir: str, name: str, marker: bool) -> None:
 # --- the relay of payment results: several files staged, decided in one commit, published (issue 16) ---
 
 
-def _staged_marker(name: str) -> str:
-    return staged_name(name + MARKER_SUFFIX)
+def _staged_marker(name: str, tag: int | None = None) -> str:
+    return staged_name(name + MARKER_SUFFIX, tag)
 
 
 def _write_synced(path: str, chunks: Iterable[bytes], mode: int) -> int:
@@ -243,39 +263,44 @@ def _write_synced(path: str, chunks: Iterable[bytes], mode: int) -> int:
 
 
 def stage_relays(inbox_dir: str, files: Iterable[tuple[str, Iterable[bytes]]], marker: bool,
-                 mode: int = 0o640) -> int:
+                 mode: int = 0o640, tags: Mapping[str, int | None] | None = None) -> int:
     """Stage each ``(name, chunks)`` as ``.name.part`` (and, with *marker*, an empty ``.name.end.part``), every
     file fsynced, then the directory once: one directory fsync for the whole group. Returns the bytes staged.
 
     The relay then commits its decision (names and ``DONE``) and calls :func:`publish_relays`; after a
     crash, a staged file of a transfer that is ``DONE`` under that name is published
-    (:func:`staged_relays`), one of a transfer not yet decided is staged again.
+    (:func:`staged_relays`), one of a transfer not yet decided is staged again. *tags*: each name's relay
+    token (:func:`staged_name`), when it relays under a lease.
     """
     ensure_directory(inbox_dir, SHARED_DIR_MODE)
+    tags = tags or {}
     size = 0
     for name, chunks in files:
-        size += _write_synced(os.path.join(inbox_dir, staged_name(name)), chunks, mode)
+        size += _write_synced(os.path.join(inbox_dir, staged_name(name, tags.get(name))), chunks, mode)
         if marker:
-            _write_synced(os.path.join(inbox_dir, _staged_marker(name)), (), mode)
+            _write_synced(os.path.join(inbox_dir, _staged_marker(name, tags.get(name))), (), mode)
     fsync_directory(inbox_dir)
     return size
 
 
-def publish_relays(inbox_dir: str, names: Iterable[str]) -> None:
+def publish_relays(inbox_dir: str, names: Iterable[str], tags: Mapping[str, int | None] | None = None) -> None:
     """Rename each staged ``.name.part`` still there to ``name``, fsync the directory; then the same for the
     staged markers (``name.end`` appears only once its data file is durably in place). Safe to repeat and to
     run twice at once (a staged file already renamed by the other is skipped): a staged file that is gone was
-    published — perhaps taken by the tax system since — and is never written again."""
+    published — perhaps taken by the tax system since — and is never written again. *tags*: as staged."""
     names = list(names)
+    tags = tags or {}
     renamed = False
     for name in names:
-        renamed |= _rename_if_staged(os.path.join(inbox_dir, staged_name(name)), os.path.join(inbox_dir, name))
-    markers = [name for name in names if os.path.exists(os.path.join(inbox_dir, _staged_marker(name)))]
+        renamed |= _rename_if_staged(os.path.join(inbox_dir, staged_name(name, tags.get(name))),
+                                     os.path.join(inbox_dir, name))
+    markers = [name for name in names
+               if os.path.exists(os.path.join(inbox_dir, _staged_marker(name, tags.get(name))))]
     if renamed or markers:
         fsync_directory(inbox_dir)
     if markers:
         for name in markers:
-            _rename_if_staged(os.path.join(inbox_dir, _staged_marker(name)),
+            _rename_if_staged(os.path.join(inbox_dir, _staged_marker(name, tags.get(name))),
                               os.path.join(inbox_dir, name + MARKER_SUFFIX))
         fsync_directory(inbox_dir)
 
@@ -288,9 +313,10 @@ def _rename_if_staged(staged: str, final: str) -> bool:
     return True
 
 
-def discard_staged(inbox_dir: str, name: str) -> None:
-    """Remove what a relay cut off before its decision left staged for *name* (nothing if none)."""
-    for staged in (staged_name(name), _staged_marker(name)):
+def discard_staged(inbox_dir: str, name: str, tag: int | None = None) -> None:
+    """Remove what a relay cut off before its decision (or fenced) left staged for *name* under *tag*
+    (nothing if none): only that relay's copy."""
+    for staged in (staged_name(name, tag), _staged_marker(name, tag)):
         try:
             os.unlink(os.path.join(inbox_dir, staged))
         except FileNotFoundError:
@@ -308,15 +334,16 @@ def staged_mtime(inbox_dir: str, name: str) -> float | None:
     return max(times, default=None)
 
 
-def staged_relays(inbox_dir: str) -> list[str]:
-    """The names with a staged file (``.name.part`` or ``.name.end.part``) in *inbox_dir*, sorted."""
+def staged_relays(inbox_dir: str) -> list[tuple[str, int | None]]:
+    """The staged files in *inbox_dir* (data ``.name[~TAG].part`` or marker ``.name.end[~TAG].part``) as
+    ``(name, tag)``, sorted: one entry for a file's data and marker."""
     try:
         entries = os.listdir(inbox_dir)
     except FileNotFoundError:
         return []
-    names = set()
+    staged = set()
     for entry in entries:
-        if entry.startswith(".") and entry.endswith(".part"):
-            name = entry[1:-len(".part")]
-            names.add(name.removesuffix(MARKER_SUFFIX))
-    return sorted(names)
+        parsed = parse_staged(entry)
+        if parsed is not None:
+            staged.add(parsed[:2])
+    return sorted(staged, key=lambda item: (item[0], -1 if item[1] is None else item[1]))

@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 
 __all__ = ["LeaseKind", "Lease", "ClaimOutcome", "ClaimDecision", "decide_claim", "decide_renew", "decide_release",
            "is_current", "is_live", "NodeSeen", "node_refusal", "clock_skew_refusal", "MAX_CLOCK_SKEW",
-           "renew_interval", "revoke", "on_start", "StartAction"]
+           "renew_interval", "revoke", "on_start", "StartAction", "FIRST_TOKEN", "ends_with_done",
+           "StagedAction", "staged_action"]
 
 
 class LeaseKind(enum.StrEnum):
@@ -50,6 +51,14 @@ class LeaseKind(enum.StrEnum):
     """The audit chain's verification (key: ``audit``)."""
     RELAY = "relay"
     """A pass relaying an inbound flow's received files still pending (key: the inbound flow)."""
+    RECEIVED = "received"
+    """A received file being relayed into the inbox (key: its transfer id): written by the node that accepts the
+    file in the very commit that accepts it, renewed while it relays, released with ``DONE``; another node's
+    pending pass relays the file only once this lease has expired (a takeover)."""
+
+
+FIRST_TOKEN = 1
+"""The token of a lease's first grant (:func:`decide_claim` of a row that does not exist yet)."""
 
 
 MAX_CLOCK_SKEW = 2.0
@@ -114,7 +123,7 @@ def decide_claim(current: Lease | None, *, kind: str, key: str, node: str, now: 
     """The claim of (*kind*, *key*) by *node* at *now* for *duration* seconds, given the *current* row (or None)."""
     expires = now + timedelta(seconds=duration)
     if current is None:
-        return ClaimDecision(ClaimOutcome.GRANTED, Lease(kind, key, node, expires, 1))
+        return ClaimDecision(ClaimOutcome.GRANTED, Lease(kind, key, node, expires, FIRST_TOKEN))
     if is_live(current, now):
         if current.holder == node:
             return ClaimDecision(ClaimOutcome.RENEWED, replace(current, expires=expires))
@@ -140,6 +149,12 @@ def decide_release(current: Lease | None, *, node: str, token: int) -> Lease | N
     if current is None or not is_current(current, node, token):
         return None
     return replace(current, holder=None, expires=None)
+
+
+def ends_with_done(kind: str) -> bool:
+    """Is a lease of *kind* over once its work is ``DONE`` (released in that very commit)? A received file's is:
+    nothing is left to do on the file, and a pending pass must not find it held."""
+    return kind == LeaseKind.RECEIVED
 
 
 def revoke(current: Lease) -> Lease:
@@ -211,3 +226,35 @@ def on_start(lease: Lease | None, *, node: str, now: datetime) -> StartAction:
     if lease is None or lease.holder == node or not is_live(lease, now):
         return StartAction.REQUEUE
     return StartAction.LEAVE
+
+
+# --- a received file's staged copies ------------------------------------------------------
+
+
+class StagedAction(enum.Enum):
+    PUBLISH = "publish"
+    """The staged file of the relay that committed: renamed into the inbox (a crash came between commit and rename)."""
+    DISCARD = "discard"
+    """Left by an attempt that did not commit (cut off, or fenced): removed."""
+    LEAVE = "leave"
+    """The file is not decided yet: its relay stages it again (under its own name) and decides."""
+
+
+def staged_action(*, done: bool, relay_name: str | None, name: str, tag: int | None,
+                  committed: int | None) -> StagedAction:
+    """What to do with a staged copy of the relay of a received file (the restart rule of SPEC §6 for the inbox).
+
+    *done*, *relay_name*: the transfer's state and decided inbox name; *name*, *tag*: the staged file's inbox name
+    and the fencing token of the relay that staged it (None: staged without a ``received`` lease — one node, or
+    a file accepted before the lease existed); *committed*: the token of the transfer's ``received`` lease (None:
+    none), which is the committing relay's since the lease is released, token kept, with ``DONE`` and never
+    claimed again. Only the committing relay's copy is published: a node fenced or cut off staged its own copy
+    under its own token, and publishing that one too would relay the file twice.
+    """
+    if not done:
+        return StagedAction.LEAVE
+    if relay_name != name:
+        return StagedAction.DISCARD  # DONE with nothing new, or under another name
+    if tag is None or tag == committed:
+        return StagedAction.PUBLISH
+    return StagedAction.DISCARD

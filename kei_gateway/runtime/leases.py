@@ -28,8 +28,8 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from kei_gateway.adapters.ledger.leases import Fence, NodeRefused, NodeStatus
-from kei_gateway.core.lease import ClaimDecision, ClaimOutcome, clock_skew_refusal, renew_interval
+from kei_gateway.adapters.ledger.leases import Fence, Hold, NodeRefused, NodeStatus
+from kei_gateway.core.lease import ClaimDecision, ClaimOutcome, LeaseKind, clock_skew_refusal, renew_interval
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.metrics import GatewayMetrics
@@ -42,6 +42,9 @@ class LeaseStore(Protocol):
 
     node_id: str
     duration: float
+
+    @property
+    def single_node(self) -> bool: ...
 
     def heartbeat(self, incarnation: str, now: datetime.datetime) -> datetime.datetime | None: ...
 
@@ -77,7 +80,7 @@ def _utc(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
-KINDS = ("transfer", "pull", "ingest", "purge", "verify", "relay")
+KINDS = ("transfer", "pull", "ingest", "purge", "verify", "relay", "received")
 
 
 class NodeLeases(service.Service):
@@ -236,6 +239,41 @@ class NodeLeases(service.Service):
             self.metrics.lease_takeovers.labels(kind=fence.kind).inc()
             events.emit(self.log, events.LEASE_TAKEOVER, node=self.node_id, kind=fence.kind, key=fence.key,
                         previous=decision.previous_holder or "?")
+
+    def hold_received(self) -> Hold | None:
+        """The ``received`` lease a door writes in the commit that accepts a file (SPEC §14): this node relays it,
+        and another node's pending pass leaves it alone until the lease expires. None on a single-node ledger
+        (SQLite): nobody else could relay it."""
+        if self.store.single_node:
+            return None
+        return Hold(LeaseKind.RECEIVED.value, self.node_id, self.duration)
+
+    def claim_received(self, ledger: Any, transfer_id: int) -> defer.Deferred[Fence | None]:
+        """Claim the relay of the received file *transfer_id* (its ``received`` lease; ``claim_received`` of the
+        transfer ledger): the fence to relay it under, or None — another node relays it now (its lease is live),
+        it is no longer ``VALIDATED``, this node relays it already, or this node may not claim. A takeover is
+        counted and logged (:meth:`adopt`)."""
+        key = (LeaseKind.RECEIVED.value, str(transfer_id))
+        if key in self.held or not self.may_claim or not self.running:
+            return defer.succeed(None)
+        d = self.blocking.run(ledger.claim_received, transfer_id, self.node_id, self.now(), self.duration)
+
+        def claimed(result: Any) -> Fence | None:
+            if result is None:
+                return None
+            self.adopt(result.fence, result.decision)
+            fence: Fence = result.fence
+            return fence
+
+        def unreachable(failure: Any) -> None:
+            self._unreachable(failure)
+            return None
+
+        return d.addCallbacks(claimed, unreachable)
+
+    def adopt_held(self, fence: Fence) -> None:
+        """Take on a lease written in the commit that created its work (:meth:`hold_received`): renewed from now on."""
+        self.held[(fence.kind, fence.key)] = fence
 
     def holds(self, fence: Fence) -> bool:
         """Does this node still believe it holds *fence* (not lost at a renewal)? The ledger has the last word."""

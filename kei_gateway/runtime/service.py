@@ -338,16 +338,18 @@ class _Relays:
                 clock=gateway.clock, metrics=self.metrics,
                 unconfirmed_after=getattr(settings, "unconfirmed_after", 3 * 86400.0),
                 orphan_age=orphan_age(ledger.engine.dialect.name, config.database.lease))
-            relay.leases = gateway.leases  # its pass over pending files runs under the flow's relay lease
+            relay.leases = gateway.leases  # its pending pass runs under the flow's relay lease, each file under its own
             gateway.relay = relay
             relay.setServiceParent(gateway)
             return relay
         settings = config.flows[flow]
         after = ReceiptRecorder(self.ledger, self.blocking, self.metrics, gateway.clock) \
             if flow == "jnks-receipts" else None
-        return InboxRelay(flow=flow, peer=settings.peer, inbox_dir=config.spool_path(settings.inbox),
-                          marker=settings.marker, ledger=self.ledger, store=self.store, blocking=self.blocking,
-                          clock=gateway.clock, metrics=self.metrics, after=after)
+        inbox_relay = InboxRelay(flow=flow, peer=settings.peer, inbox_dir=config.spool_path(settings.inbox),
+                                 marker=settings.marker, ledger=self.ledger, store=self.store, blocking=self.blocking,
+                                 clock=gateway.clock, metrics=self.metrics, after=after)
+        inbox_relay.leases = gateway.leases  # a relay under a received file's lease ends it
+        return inbox_relay
 
 
 def make_service(config: Config, reactor: Any, ledger: TransferLedger, *, notifier: Notifier,

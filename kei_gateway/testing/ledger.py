@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from kei_gateway.adapters.ledger.leases import Fence, Fenced
+from kei_gateway.adapters.ledger.leases import Fence, Fenced, Hold
 from kei_gateway.adapters.ledger.ledger import OPEN_STATES, AuditEvent, Claimed, NewTransfer, TransferNotFound, TransferRow
-from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_release, is_current, is_live, \
-    on_start, revoke
+from kei_gateway.core.lease import LeaseKind, StartAction, decide_claim, decide_release, ends_with_done, is_current, \
+    is_live, on_start, revoke
 from kei_gateway.adapters.ledger.results import AcceptDecider, DuplicateResult, NotRelayable, RelayDecision
 from kei_gateway.core.jst import JST
 from kei_gateway.core.results import KIND_CANCEL, KIND_FINAL, KIND_PROVISIONAL, ResultFacts, StoredResult
@@ -87,10 +87,12 @@ class InMemoryLedger:
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
                      remote_etag: str | None = None, audit: AuditEvent | None = None,
-                     fence: Fence | None = None) -> TransferRow:
+                     fence: Fence | None = None, hold: Hold | None = None) -> TransferRow:
         self._check()
         with self._lock, self.leases.lock:
             self.check_fence(fence)
+            if hold is not None and (hold.kind, str(self._next_id)) in self.leases.leases:
+                raise ValueError(f"lease {hold.kind}:{self._next_id} exists already")
             row = TransferRow(id=self._next_id, flow=flow, direction=direction, peer=peer,
                               state=TransferState(state), local_name=local_name, remote_name=remote_name, size=size,
                               sha256=sha256, record_count=record_count, attempts=0, next_attempt_at=None,
@@ -99,6 +101,11 @@ class InMemoryLedger:
                               approved_by=None, remote_etag=remote_etag, relay_name=None)
             self.rows[row.id] = row
             self._next_id += 1
+            if hold is not None:
+                lease = decide_claim(None, kind=hold.kind, key=str(row.id), node=hold.node, now=_utc(now),
+                                     duration=hold.duration).lease
+                assert lease is not None
+                self.leases.leases[(hold.kind, str(row.id))] = lease
             if audit is not None:
                 self.audit.append((audit[0], {**audit[1], "transfer_id": row.id}))
             return row
@@ -202,6 +209,25 @@ class InMemoryLedger:
                 return Claimed(row, Fence(key[0], key[1], node, decision.lease.token), decision)
         return None
 
+    def claim_received(self, transfer_id: int, node: str, now: datetime, duration: float) -> Claimed | None:
+        self._check()
+        with self._lock, self.leases.lock:
+            row = self.rows.get(transfer_id)
+            if row is None or row.state != TransferState.VALIDATED:
+                return None
+            key = (LeaseKind.RECEIVED.value, str(transfer_id))
+            decision = decide_claim(self.leases.leases.get(key), kind=key[0], key=key[1], node=node, now=now,
+                                    duration=duration)
+            if decision.lease is None:
+                return None
+            self.leases.leases[key] = decision.lease
+            return Claimed(row, Fence(key[0], key[1], node, decision.lease.token), decision)
+
+    def received_token(self, transfer_id: int) -> int | None:
+        self._check()
+        lease = self.leases.leases.get((LeaseKind.RECEIVED.value, str(transfer_id)))
+        return lease.token if lease is not None else None
+
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:
         self._check()
         due = [row for row in sorted(self.rows.values(), key=lambda r: r.id)
@@ -272,8 +298,9 @@ class InMemoryResultLedger:
             **{**r.kept(), "received_at": _utc(r.received_at).astimezone(JST)}, transfer_id=transfer_id,
             relay_name=relay_name, recorded_at=recorded_at) for r in chosen)
         fields: dict[str, Any] = {"relay_name": relay_name, "receipt_summary": summary}
-        if done:
-            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, fence=fence, **fields)
+        if done:  # DONE ends a received file's lease, in the same commit
+            self.ledger.transition(transfer_id, TransferState.DONE, recorded_at, audit=audit, fence=fence,
+                                   release=fence is not None and ends_with_done(fence.kind), **fields)
         else:
             self.ledger.update(transfer_id, recorded_at, fence=fence, **fields)
 
@@ -337,7 +364,8 @@ class InMemoryResultLedger:
 
     def finish_relay(self, transfer_id: int, now: datetime, audit: AuditEvent | None = None,
                      fence: Fence | None = None) -> None:
-        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit, fence=fence)
+        self.ledger.transition(transfer_id, TransferState.DONE, now, audit=audit, fence=fence,
+                               release=fence is not None and ends_with_done(fence.kind))
 
     def _sorted(self, results: Iterable[StoredResult]) -> list[StoredResult]:
         return sorted(results, key=lambda r: r.received_at)

@@ -147,7 +147,7 @@ address = "127.0.0.1:{port}"
         def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
             return None
 
-        def relay(self, row: TransferRow, received_at: float | None = None) -> None:
+        def relay(self, row: TransferRow, received_at: float | None = None, fence: Any = None) -> None:
             assert received_at is not None
             committed.append((row, received_at))
 

@@ -62,7 +62,7 @@ class HookRelay:
     def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
         return None
 
-    def relay(self, row: TransferRow, received_at: float | None = None) -> Any:
+    def relay(self, row: TransferRow, received_at: float | None = None, fence: Any = None) -> Any:
         return self.hook(row, received_at)
 
 

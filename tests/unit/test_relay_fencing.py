@@ -188,19 +188,25 @@ class FlowCase(SynchronousTestCase):
 
 
 class PulledReceiptTests(FlowCase):
-    def test_when_the_pull_is_taken_over_while_the_receipt_is_relayed_then_nothing_is_relayed_nor_deleted(
-            self) -> None:
+    def poller(self) -> tuple[DownloadPoller, InMemoryPeer]:
         data = b"".join(generate_file(get_layout("jnks-receipts"), 3, seed=4, today=dt.date(2026, 11, 21)))
         client = InMemoryPeer("jnks", {RESULTS_URL + NAME: data})
+        leases = node_leases(self.ledger, "a", self.clock)
         relay = InboxRelay(flow="jnks-receipts", peer="jnks", inbox_dir=str(self.inbox), marker=False,
                            ledger=self.ledger, store=self.store, blocking=SynchronousBlocking(), clock=self.clock,
                            metrics=self.metrics)
+        relay.leases = leases
         poller = DownloadPoller(
             flow="jnks-receipts", layout_name="jnks-receipts", link=FixedPeerLink("jnks", client, results_url=RESULTS_URL),
             quarantine_dir=str(self.base / "quarantine"), relay=relay, ledger=self.ledger, store=self.store,
             blocking=SynchronousBlocking(), clock=self.clock, metrics=self.metrics, poll_interval=60.0)
-        poller.leases = node_leases(self.ledger, "a", self.clock)
-        self.take_over_on_read("pull", "jnks-receipts")
+        poller.leases = leases
+        return poller, client
+
+    def test_when_the_received_file_is_taken_over_while_it_is_relayed_then_nothing_is_relayed_nor_deleted(
+            self) -> None:
+        poller, client = self.poller()
+        self.take_over_on_read("received", "1")  # the pulled file's relay lease, written with its commit
         poller.startService()
         self.addCleanup(poller.stopService)
         [row] = self.ledger.inbound_for("jnks-receipts", NAME)
@@ -208,6 +214,22 @@ class PulledReceiptTests(FlowCase):
         self.assertFalse((self.inbox / NAME).exists())
         self.assertNotIn("DELETE", client.methods())
         self.assertIn("lease.fenced", self.events())
+        self.assertNotIn(("received", "1"), set(poller.leases.held))
+
+    def test_when_the_pull_is_taken_over_while_the_receipt_is_relayed_then_it_is_relayed_once_and_not_deleted(
+            self) -> None:
+        """The relay is the received file's own work (its lease, this node's): it commits; the DELETE at the
+        peer is the pull's, and the pull is another node's now (it finds the file DONE and deletes it)."""
+        poller, client = self.poller()
+        self.take_over_on_read("pull", "jnks-receipts")
+        poller.startService()
+        self.addCleanup(poller.stopService)
+        [row] = self.ledger.inbound_for("jnks-receipts", NAME)
+        self.assertIs(row.state, S.DONE)
+        self.assertTrue((self.inbox / NAME).exists())
+        self.assertNotIn("DELETE", client.methods())
+        self.assertIn("lease.fenced", self.events())
+        self.assertIsNone(self.ledger.leases.leases[("received", "1")].holder, "released with DONE")
         self.assertNotIn(("pull", "jnks-receipts"), {(f.kind, f.key) for f in poller.leases.held.values()})
 
 
@@ -240,10 +262,10 @@ class PendingResultsTests(FlowCase):
         self.assertIs(self.ledger.get(self.row.id).state, S.DONE)
         self.assertIsNone(self.ledger.leases.leases[("relay", "mpn-results")].holder)
 
-    def test_when_the_relay_lease_is_taken_over_mid_relay_then_no_result_is_recorded_and_the_event_says_so(
+    def test_when_the_files_lease_is_taken_over_mid_relay_then_no_result_is_recorded_and_the_event_says_so(
             self) -> None:
         self.relay.leases = node_leases(self.ledger, "a", self.clock)
-        self.take_over_on_read("relay", "mpn-results")
+        self.take_over_on_read("received", str(self.row.id))
         self.relay.startService()  # its first check relays what is pending
         self.addCleanup(self.relay.stopService)
         self.assertIs(self.ledger.get(self.row.id).state, S.VALIDATED)

@@ -111,7 +111,7 @@ def test_when_relays_are_staged_then_published_then_markers_follow_their_data_an
     assert stage_relays(str(inbox), [("a.dat", [b"aa", b"a"]), ("b.dat", [b"b"])], marker=True) == 4
     assert sorted(p.name for p in inbox.iterdir()) == [".a.dat.end.part", ".a.dat.part", ".b.dat.end.part",
                                                        ".b.dat.part"]
-    assert staged_relays(str(inbox)) == ["a.dat", "b.dat"]
+    assert staged_relays(str(inbox)) == [("a.dat", None), ("b.dat", None)]
     publish_relays(str(inbox), ["a.dat"])
     assert sorted(p.name for p in inbox.iterdir()) == [".b.dat.end.part", ".b.dat.part", "a.dat", "a.dat.end"]
     assert (inbox / "a.dat").read_bytes() == b"aaa" and (inbox / "a.dat").stat().st_mode & 0o777 == 0o640
@@ -122,3 +122,26 @@ def test_when_relays_are_staged_then_published_then_markers_follow_their_data_an
     discard_staged(str(inbox), "b.dat")
     assert list(inbox.iterdir()) == [] and staged_relays(str(inbox)) == []
     assert staged_relays(str(tmp_path / "missing")) == []
+
+
+def test_when_two_relays_stage_one_file_under_their_tokens_then_each_publishes_or_discards_only_its_own(
+        tmp_path: Path) -> None:
+    """Issue 15: two nodes relaying one received file (one stalled past its lease) stage it under their own
+    tokens; a discard or a publish touches only the copy it names, and the listing tells them apart."""
+    from kei_gateway.adapters.spool import discard_staged, parse_staged, publish_relays, stage_relays, \
+        staged_name, staged_relays
+
+    inbox = tmp_path / "inbox"
+    stage_relays(str(inbox), [("a.dat", [b"first"])], marker=True, tags={"a.dat": 1})
+    stage_relays(str(inbox), [("a.dat", [b"second"])], marker=True, tags={"a.dat": 2})
+    assert sorted(p.name for p in inbox.iterdir()) == [".a.dat.end~1.part", ".a.dat.end~2.part", ".a.dat~1.part",
+                                                       ".a.dat~2.part"]
+    assert staged_relays(str(inbox)) == [("a.dat", 1), ("a.dat", 2)]
+    discard_staged(str(inbox), "a.dat", 1)  # the fenced relay removes its own copy only
+    publish_relays(str(inbox), ["a.dat"], {"a.dat": 2})
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.dat", "a.dat.end"]
+    assert (inbox / "a.dat").read_bytes() == b"second"
+    assert parse_staged(staged_name("x~y.dat", 7)) == ("x~y.dat", 7, False)
+    assert parse_staged(".x~y.dat.part") == ("x~y.dat", None, False)
+    assert parse_staged(".a.dat.end.part") == ("a.dat", None, True)
+    assert parse_staged("a.dat") is None and parse_staged("..part") is None

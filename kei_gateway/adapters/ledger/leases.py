@@ -29,11 +29,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.models import LeaseRow, Node
-from kei_gateway.core.lease import ClaimDecision, ClaimOutcome, Lease, NodeSeen, decide_claim, decide_release, \
-    decide_renew, is_current, is_live, node_refusal
+from kei_gateway.core.lease import FIRST_TOKEN, ClaimDecision, ClaimOutcome, Lease, NodeSeen, decide_claim, \
+    decide_release, decide_renew, ends_with_done, is_current, is_live, node_refusal
 from kei_gateway.runtime.blocking import retry_transient
 
-__all__ = ["Fence", "Fenced", "NodeRefused", "LeaseLedger", "NodeStatus", "check_fence", "check_fence_on", "lock_lease",
+__all__ = ["Fence", "Fenced", "Hold", "hold_in", "NodeRefused", "LeaseLedger", "NodeStatus", "check_fence", "check_fence_on", "lock_lease",
            "lease_of", "lease_exists", "claim_in", "write_lease"]
 
 
@@ -45,6 +45,20 @@ class Fence:
     key: str
     node: str
     token: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A lease to write in the very commit that creates the work it covers (a received file's relay, kind
+    ``received``): held by *node* for *duration* seconds from the commit, first token. No other node can have
+    claimed work that did not exist before the commit, so the holder's fence is known in advance (:meth:`fence`)."""
+
+    kind: str
+    node: str
+    duration: float
+
+    def fence(self, key: str | int) -> Fence:
+        return Fence(self.kind, str(key), self.node, FIRST_TOKEN)
 
 
 class Fenced(Exception):
@@ -112,6 +126,18 @@ def claim_in(session: Session, kind: str, key: str, node: str, now: datetime, du
     return decision
 
 
+def hold_in(session: Session, hold: Hold, key: str | int, now: datetime) -> Fence:
+    """Inside the transaction that creates the work *key*: its lease, held by *hold*'s node (first token).
+
+    The row cannot exist (the key is new: a transfer id); if it does, the insert fails and the whole commit with it."""
+    lease = decide_claim(None, kind=hold.kind, key=str(key), node=hold.node, now=now, duration=hold.duration).lease
+    assert lease is not None
+    session.add(LeaseRow(kind=lease.kind, key=lease.key, holder=lease.holder, expires=lease.expires,
+                         token=lease.token))
+    session.flush()
+    return hold.fence(key)
+
+
 def check_fence(session: Session, fence: Fence, *, release: bool = False) -> None:
     """Inside a commit's transaction: raise :class:`Fenced` unless *fence*'s token is current; *release* frees
     the lease with the commit (the work is finished)."""
@@ -127,13 +153,18 @@ def check_fence(session: Session, fence: Fence, *, release: bool = False) -> Non
 
 def check_fence_on(connection: Connection, fence: Fence) -> None:
     """:func:`check_fence` inside a transaction held on a bare *connection* (the relay's, which streams its
-    results through a temporary table): the lease row locked, :class:`Fenced` unless *fence* is current."""
+    results through a temporary table): the lease row locked, :class:`Fenced` unless *fence* is current.
+    A lease that ends with ``DONE`` (a received file's, :func:`~kei_gateway.core.lease.ends_with_done`) is
+    released in the same transaction: the caller's commit is the one that makes its transfer ``DONE``."""
     table = LeaseRow.__table__
     row = connection.execute(select(table).where(table.c.kind == fence.kind, table.c.key == fence.key)
                              .with_for_update()).first()
     current = None if row is None else Lease(row.kind, row.key, row.holder, _aware(row.expires), int(row.token))
     if not is_current(current, fence.node, fence.token):
         raise Fenced(fence, current)
+    if ends_with_done(fence.kind):
+        connection.execute(update(LeaseRow).where(LeaseRow.kind == fence.kind, LeaseRow.key == fence.key)
+                           .values(holder=None, expires=None))
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from kei_gateway.adapters.ledger.db import PING_STATEMENT_TIMEOUT
 from kei_gateway.adapters.ledger.db import ping as _ping
-from kei_gateway.adapters.ledger.leases import Fence, check_fence, claim_in, lease_exists, lease_of, lock_lease, write_lease
+from kei_gateway.adapters.ledger.leases import Fence, Hold, check_fence, claim_in, hold_in, lease_exists, lease_of, \
+    lock_lease, write_lease
 from kei_gateway.adapters.ledger.models import LeaseRow, Transfer, TransferState
-from kei_gateway.core.lease import ClaimDecision, LeaseKind, StartAction, is_live, on_start, revoke
+from kei_gateway.core.lease import ClaimDecision, LeaseKind, StartAction, decide_claim, is_live, on_start, revoke
 from kei_gateway.core.transfer import Transition, check_transition, on_restart
 from kei_gateway.runtime.blocking import retry_transient
 
@@ -187,9 +188,11 @@ class TransferLedger(Ledger):
                      size: int, sha256: str | None, record_count: int, blob_id: str | None, now: datetime,
                      last_error: str | None = None, source_removed: bool = False, remote_name: str | None = None,
                      remote_etag: str | None = None, audit: AuditEvent | None = None,
-                     fence: Fence | None = None) -> TransferRow:
+                     fence: Fence | None = None, hold: Hold | None = None) -> TransferRow:
         """Commit a new transfer, and with it *audit* (event name and fields; the transfer id is added); with
-        *fence*, only while that lease is this node's (an ingest under the outbox's lease, SPEC §14)."""
+        *fence*, only while that lease is this node's (an ingest under the outbox's lease, SPEC §14); with
+        *hold*, the new transfer's lease of that kind is written in the same commit, held by *hold*'s node
+        (its fence: ``hold.fence(row.id)``) — a received file's relay lease."""
         with Session(self.engine) as session, session.begin():
             if fence is not None:
                 check_fence(session, fence)
@@ -199,6 +202,8 @@ class TransferLedger(Ledger):
                                    remote_etag=remote_etag).model()
             session.add(transfer)
             session.flush()  # the INSERT holds SQLite's write lock from here, so the chain's head cannot move
+            if hold is not None:
+                hold_in(session, hold, transfer.id, now)
             write_audit(self.audit_writer, session.connection(), audit, transfer.id, now)
             return TransferRow.of(transfer)
 
@@ -337,6 +342,39 @@ class TransferLedger(Ledger):
                 return Claimed(TransferRow.of(transfer), Fence(LeaseKind.TRANSFER, key, node, decision.lease.token),
                                decision)
         return None
+
+    @retry_transient
+    def claim_received(self, transfer_id: int, node: str, now: datetime, duration: float) -> Claimed | None:
+        """Claim the relay of the received file *transfer_id* (its ``received`` lease) for *node*, in one
+        transaction: only while the transfer is still ``VALIDATED`` (a relayed file's lease, released with its
+        ``DONE`` under the committer's token, is never granted again — that token tells which staged copy
+        was decided) and its lease is free, expired (a takeover) or already *node*'s. None otherwise.
+
+        The lease row is locked first (``SKIP LOCKED``: a relay committing it right now is skipped), then the
+        transfer read: a ``DONE`` committed before the lock is seen."""
+        key = str(transfer_id)
+        with Session(self.engine) as session, session.begin():
+            row = lock_lease(session, LeaseKind.RECEIVED, key, skip_locked=True)
+            if row is None and lease_exists(session, LeaseKind.RECEIVED, key):
+                return None  # being committed or claimed right now
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None or transfer.state != TransferState.VALIDATED.value:
+                return None
+            decision = decide_claim(lease_of(row), kind=LeaseKind.RECEIVED, key=key, node=node, now=now,
+                                    duration=duration)
+            if decision.lease is None or not write_lease(session, row, decision.lease):
+                return None
+            return Claimed(TransferRow.of(transfer), Fence(LeaseKind.RECEIVED, key, node, decision.lease.token),
+                           decision)
+
+    @retry_transient
+    def received_token(self, transfer_id: int) -> int | None:
+        """The token of the received file's ``received`` lease (None: it has none): once the file is ``DONE``,
+        the token of the relay that committed it."""
+        with Session(self.engine) as session:
+            token = session.execute(select(LeaseRow.token).where(
+                LeaseRow.kind == LeaseKind.RECEIVED.value, LeaseRow.key == str(transfer_id))).scalar()
+            return int(token) if token is not None else None
 
     @retry_transient
     def due(self, flow: str, now: datetime, limit: int = 10) -> list[TransferRow]:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from kei_gateway.adapters.ledger.leases import Fence, check_fence, check_fence_on
+from kei_gateway.core.lease import ends_with_done
 from kei_gateway.adapters.ledger.ledger import (
     IN_CHUNK, AuditEvent, AuditWriter, NewTransfer, TransferNotFound, TransferRow, in_chunks, write_audit,
 )
@@ -367,7 +368,7 @@ class ResultLedger:
 
         with Session(self.engine) as session, session.begin():
             if fence is not None:
-                check_fence(session, fence)
+                check_fence(session, fence, release=ends_with_done(fence.kind))  # DONE ends a received file's lease
             transfer = session.get(Transfer, transfer_id, with_for_update=True)
             if transfer is None:
                 raise TransferNotFound(transfer_id)

@@ -35,6 +35,8 @@ def build_inbound_flow(flow: str, config_source: Callable[[], Config],
 
 def build_push_listener(config_source: Callable[[], Config], deps: FlowDependencies) -> PushListener:
     """The push listener's protocol factory; what it commits goes to the relay of :data:`PUSHED_FLOW`."""
-    return make_push_listener(config_source, deps.clock, ledger=deps.ledger, store=deps.store,
-                              blocking=deps.blocking, metrics=deps.metrics, environ=deps.environ,
-                              relay=deps.relay_for(PUSHED_FLOW), intake_blocking=deps.intake_blocking)
+    listener = make_push_listener(config_source, deps.clock, ledger=deps.ledger, store=deps.store,
+                                  blocking=deps.blocking, metrics=deps.metrics, environ=deps.environ,
+                                  relay=deps.relay_for(PUSHED_FLOW), intake_blocking=deps.intake_blocking)
+    listener.receiver.leases = deps.leases  # a push is relayed under the received lease of its accepting commit
+    return listener

@@ -193,8 +193,16 @@ class DownloadPoller(service.Service):
             if decision.validate_first:
                 now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
                 row = yield self.blocking.run(self.ledger.transition, row.id, S.VALIDATED, now, fence=fence)
+            relay_fence = fence  # one node: the pull's own fence
+            leases = self.leases
+            if leases is not None and not leases.store.single_node:
+                relay_fence = yield leases.claim_received(self.ledger, row.id)
+                if relay_fence is None:
+                    return  # another node relays it now (its pending pass, or a pull of before): a later pass
             yield self._still_mine(fence)
-            yield self._relay(row, fence)  # a crash came between commit and relay
+            relayed = yield self._relay(row, relay_fence)  # a crash came between commit and relay
+            if not relayed:
+                return
             yield self._still_mine(fence)
             yield self.client.delete(url)
             return
@@ -203,7 +211,10 @@ class DownloadPoller(service.Service):
         settled = yield self.blocking.run(
             settle_received, door=Door.PULL, ledger=self.ledger, store=self.store, flow=self.flow, peer=self.peer,
             name=entry.name, received=downloaded, quarantine_dir=self.quarantine_dir, now=now,
-            note="left at the peer", known=known, size=entry.size, remote_etag=entry.etag)
+            note="left at the peer", known=known, size=entry.size, remote_etag=entry.etag,
+            hold=self.leases.hold_received() if self.leases is not None else None)
+        if settled.fence is not None and self.leases is not None:
+            self.leases.adopt_held(settled.fence)  # renewed while this node relays it
         if settled.settlement is Settlement.INVALID:
             count_quarantined(self.metrics, self.flow, downloaded.report)
             events.emit(self.log, events.DOWNLOAD_QUARANTINED, flow=self.flow, peer=self.peer, name=entry.name,
@@ -213,7 +224,9 @@ class DownloadPoller(service.Service):
             return
         assert settled.row is not None
         yield self._still_mine(fence)
-        yield self._relay(settled.row, fence)
+        relayed = yield self._relay(settled.row, settled.fence or fence)
+        if not relayed:
+            return
         crashpoint("download.relayed")
         yield self._still_mine(fence)
         yield self.client.delete(url)
@@ -231,6 +244,14 @@ class DownloadPoller(service.Service):
 
     @defer.inlineCallbacks
     def _relay(self, row: TransferRow, fence: Fence | None) -> Any:
+        """Relay *row*; False when its ``received`` lease was taken over meanwhile (another node relays it: the
+        file stays at the peer for now)."""
         assert row.blob_id is not None
-        yield self.relay.relay(row, fence=fence)  # it marks the transfer DONE (fenced) and counts what it relayed
+        try:
+            yield self.relay.relay(row, fence=fence)  # it marks the transfer DONE (fenced), counts what it relayed
+        except Fenced as error:
+            if error.fence.kind != LeaseKind.RECEIVED:
+                raise
+            return False
         self.metrics.transfer_bytes.labels(flow=self.flow).inc(row.size)
+        return True

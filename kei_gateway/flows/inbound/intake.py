@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence, Hold
 from kei_gateway.adapters.ledger.ledger import AuditEvent, NewTransfer
 from kei_gateway.adapters.ledger.results import DuplicateResult
 from kei_gateway.adapters.ports import TransferLedgerPort
@@ -227,6 +228,8 @@ class Settled:
 
     decision: SettleDecision
     row: TransferRow | None
+    fence: Fence | None = None
+    """A new file's ``received`` lease, written in the commit that accepted it (SPEC §14; None: no lease asked)."""
     relayed: bool = False
     """The file was relayed in the commit that accepted it (*relay* of :func:`settle_received`): *row* is DONE."""
 
@@ -247,7 +250,8 @@ _AUDIT_EVENTS: dict[Door, tuple[str, str]] = {
 def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore, flow: str, peer: str, name: str,
                     received: Received, quarantine_dir: str, now: datetime.datetime, note: str,
                     known: list[TransferRow] | None = None, size: int | None = None,
-                    remote_etag: str | None = None, relay: AcceptRelay | None = None) -> Settled:
+                    remote_etag: str | None = None, relay: AcceptRelay | None = None,
+                    hold: Hold | None = None) -> Settled:
     """Blocking: settle a file now in the store (:func:`~kei_gateway.core.settle.settle`) and carry the decision out.
 
     *known* are the transfers under *name* (newest first), read here when not given. NEW is
@@ -262,6 +266,10 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
     audit records in ONE transaction (issue 16), and :attr:`Settled.relayed` is True. If another relay
     recorded one of its results meanwhile, the transfer is committed alone, as without *relay*. A failure of
     *relay* keeps the blob (its commit may have happened; an unreferenced blob is the purge's to remove).
+
+    With *hold* (two nodes, SPEC §14) a new file committed alone gets its ``received`` lease in the commit that
+    accepts it (:attr:`Settled.fence`): this node relays it, and no other node's pending pass takes it while
+    the lease lives. A file relayed in its accepting commit needs none (it is ``DONE`` in that commit).
     """
     accepted_event, quarantined_event = _AUDIT_EVENTS[door]
     try:
@@ -297,9 +305,9 @@ def settle_received(*, door: Door, ledger: TransferLedgerPort, store: BlobStore,
         else:
             crashpoint(committed)
             return Settled(decision, row, relayed=True)
-    row = ledger.add_transfer(**transfer.arguments(), audit=accepted)
+    row = ledger.add_transfer(**transfer.arguments(), audit=accepted, hold=hold)
     crashpoint(committed)
-    return Settled(decision, row)
+    return Settled(decision, row, hold.fence(row.id) if hold is not None else None)
 
 
 def _discard(store: BlobStore, blob_id: str) -> None:

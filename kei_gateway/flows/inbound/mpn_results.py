@@ -64,7 +64,7 @@ from kei_gateway.core.results import (
     fresh_results,
     unconfirmed_counts,
 )
-from kei_gateway.core.lease import LeaseKind
+from kei_gateway.core.lease import LeaseKind, StagedAction, staged_action
 from kei_gateway.core.results.identity import raw_fields
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import get_layout
@@ -72,6 +72,7 @@ from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking, retry_transient
 from kei_gateway.runtime.crashpoints import crashpoint
 from kei_gateway.runtime.leases import NodeLeases
+from kei_gateway.flows.inbound.relay import under_received_lease
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
@@ -144,6 +145,12 @@ def record_batches(chunks: Iterable[bytes], record_length: int, size: int = RELA
         yield batch
 
 
+def relay_tag(fence: Fence | None) -> int | None:
+    """The tag of a relay's staged files (:func:`~kei_gateway.adapters.spool.staged_name`): its received file's
+    lease token when it relays under one (two nodes, SPEC §14), else None (one node: the plain ``.name.part``)."""
+    return fence.token if fence is not None and fence.kind == LeaseKind.RECEIVED else None
+
+
 def _candidates(facts: Iterable[ResultFacts]) -> set[str]:
     """Every identity key of *facts*, under the current store key and each previous one."""
     return {key for item in facts for key in (item.identity_key, *(v.identity_key for v in item.variants))}
@@ -157,6 +164,7 @@ class _Planned:
     decision: RelayDecision
     staged: bytes | None
     outcome: RelayOutcome
+    tag: int | None = None
 
 
 def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[str], lg_code: str,
@@ -175,7 +183,8 @@ def _plan(row: TransferRow, data: bytes, facts: list[ResultFacts], known: set[st
     new, count = sum(relayed.values()), sum(total.values())
     decision = RelayDecision(row.id, fresh, relay_name, _summary(new, count), _relayed(relay_name, new, count - new),
                              fence)
-    return _Planned(name, decision, staged, RelayOutcome(row.id, relay_name, relayed, total - relayed))
+    return _Planned(name, decision, staged, RelayOutcome(row.id, relay_name, relayed, total - relayed),
+                    relay_tag(fence))
 
 
 @retry_transient
@@ -190,7 +199,8 @@ def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort,
     :class:`~kei_gateway.adapters.ledger.results.NotRelayable` and nothing is written: relay the files one
     at a time with :func:`relay_stored_results` then). The files' order is the order of dedupe: a result
     in two of them is relayed with the first. *fences* (one per row, SPEC §14) are checked in the commit:
-    :class:`~kei_gateway.adapters.ledger.leases.Fenced` and nothing written.
+    :class:`~kei_gateway.adapters.ledger.leases.Fenced`, nothing written, and the group's staged files removed
+    (under a received file's lease each relay stages under its own tag, :func:`relay_tag`, so they are its own).
     """
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
@@ -209,22 +219,28 @@ def relay_small_files(*, rows: Sequence[TransferRow], results: ResultLedgerPort,
         planned = [_plan(row, data, facts, known, lg_code, fence)
                    for (row, data, facts), fence in zip(loaded, fences or [None] * len(loaded))]
         staged = [(p.name, p.staged) for p in planned if p.staged is not None]
+        tags = {p.name: p.tag for p in planned}
         _stamp_all(rows, "looked_up")
         if staged:
-            stage_relays(inbox_dir, [(name, (body,)) for name, body in staged], marker)
+            stage_relays(inbox_dir, [(name, (body,)) for name, body in staged], marker, tags=tags)
         _stamp_all(rows, "staged")
         crashpoint("results.staged")
         try:
             results.commit_relays([p.decision for p in planned], now)
         except DuplicateResult:
             continue  # recorded meanwhile by another relay: compute the new ones again
+        except Fenced:
+            for p in planned:
+                if p.tag is not None:  # this relay's own copies: nobody else writes or publishes them
+                    discard_staged(inbox_dir, p.name, p.tag)
+            raise
         _stamp_all(rows, "recorded")
         crashpoint("results.recorded")
         if staged:
-            publish_relays(inbox_dir, [name for name, _ in staged])
+            publish_relays(inbox_dir, [name for name, _ in staged], tags)
         for p in planned:
             if p.staged is None:  # DONE with nothing new: what an attempt cut off before its commit left staged
-                discard_staged(inbox_dir, p.name)
+                discard_staged(inbox_dir, p.name, p.tag)
         _stamp_all(rows, "published")
         crashpoint("results.published")
         return [p.outcome for p in planned]
@@ -319,6 +335,11 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
     for _ in range(_ATTEMPTS):
         row = ledger.get(transfer_id)
         if row.state == S.DONE.value:  # (a staged file a crash left after the decision: finish_published)
+            tag = relay_tag(fence)
+            if fence is not None and tag is not None and ledger.received_token(transfer_id) != fence.token:
+                # relayed by the node that took it over while this one stalled: its own copy goes, nothing else
+                discard_staged(inbox_dir, remote_name(lg_code, FLOW, row.created_at, row.id), tag)
+                raise Fenced(fence, None)
             return RelayOutcome(transfer_id, row.relay_name, already_done=True)
         if row.state != S.VALIDATED.value or row.blob_id is None:
             raise ValueError(f"transfer {transfer_id} is {row.state}, not a stored VALIDATED results file")
@@ -337,11 +358,22 @@ def relay_stored_results(*, transfer_id: int, ledger: TransferLedgerPort, result
 
 def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
                 marker: bool, lg_code: str, now: datetime.datetime, fence: Fence | None = None) -> RelayOutcome:
+    name = remote_name(lg_code, FLOW, row.created_at, row.id)
+    tag = relay_tag(fence)
+    try:
+        return _relay_in(row, results, store, keyer, inbox_dir, marker, now, fence, name, tag)
+    except Fenced:
+        if tag is not None:
+            discard_staged(inbox_dir, name, tag)  # this relay's own copy: nobody else writes or publishes it
+        raise
+
+
+def _relay_in(row: TransferRow, results: ResultLedgerPort, store: BlobStore, keyer: ResultKeyer, inbox_dir: str,
+              marker: bool, now: datetime.datetime, fence: Fence | None, name: str, tag: int | None) -> RelayOutcome:
     assert row.blob_id is not None
     layout = get_layout(FLOW)
     widths = {item.key: item.width for item in layout.fields}
     blob_id = row.blob_id  # narrowed by the assert above, also inside new_records below
-    name = remote_name(lg_code, FLOW, row.created_at, row.id)
     relayed: Counter[int] = Counter()
     total: Counter[int] = Counter()
     with results.relay_transaction(row.id, name, now, fence) as relay:
@@ -359,11 +391,11 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
                 index += len(records)
             TIMELINE.stamp(row.id, "looked_up")  # every result looked up and inserted; the .part's fsyncs follow
 
-        stage_relays(inbox_dir, [(name, new_records())], marker)
+        stage_relays(inbox_dir, [(name, new_records())], marker, tags={name: tag})
         TIMELINE.stamp(row.id, "staged")
         crashpoint("results.staged")
         if not relayed:  # every result a duplicate: nothing goes to the inbox
-            discard_staged(inbox_dir, name)
+            discard_staged(inbox_dir, name, tag)
         new, count = sum(relayed.values()), sum(total.values())
         # The decision, the results, DONE and the relay's record: one commit.
         relay.finish(_summary(new, count), audit=_relayed(name if relayed else None, new, count - new))
@@ -372,7 +404,7 @@ def _relay_once(row: TransferRow, results: ResultLedgerPort, store: BlobStore, k
         return RelayOutcome(row.id, None, relayed, duplicates)
     TIMELINE.stamp(row.id, "recorded")
     crashpoint("results.recorded")
-    publish_relays(inbox_dir, [name])
+    publish_relays(inbox_dir, [name], {name: tag})
     TIMELINE.stamp(row.id, "published")
     crashpoint("results.published")
     return RelayOutcome(row.id, name, relayed, duplicates)
@@ -388,32 +420,37 @@ def finish_published(*, ledger: TransferLedgerPort, inbox_dir: str, accepting: A
                      orphan_age: float = 0.0, now: float | None = None) -> list[str]:
     """Blocking, at start and at each check: publish what a crash left staged after its relay was committed.
 
-    A staged file (``.name.part``, ``.name.end.part``) whose transfer — the id ends the name — is ``DONE``
-    under that very name is renamed into place; one whose transfer is ``DONE`` under no name or another is
-    what an attempt cut off before its decision left, and is removed; one whose transfer does not exist is
-    what a file accepted and relayed in one transaction (:func:`accept_and_relay`) left when cut off before
-    its commit, and is removed too — unless it is being staged in this process now (*accepting*) or, with
-    *orphan_age* (seconds; a shared inbox: another node may be in that transaction now), it was staged less
-    than that before *now* (wall clock). Any other is left for its relay, which stages it again. Returns the
-    names published.
+    For each staged file (``.name[~TAG].part``, ``.name.end[~TAG].part``) of a transfer — the id ends the name —
+    :func:`~kei_gateway.core.lease.staged_action` decides: the copy of the relay that committed the transfer
+    ``DONE`` under that very name is renamed into place; one of a transfer ``DONE`` under no name or another, or
+    staged under another relay's token (a node cut off or fenced, two nodes), is what an attempt that did not
+    commit left, and is removed; one of a transfer not yet ``DONE`` is left for its relay. One whose transfer does
+    not exist is what a file accepted and relayed in one transaction (:func:`accept_and_relay`) left when cut off
+    before its commit, and is removed too — unless it is being staged in this process now (*accepting*) or, with
+    *orphan_age* (seconds; a shared inbox: another node may be in that transaction now), it was staged less than
+    that before *now* (wall clock). Returns the names published.
     """
     published = []
-    for name in staged_relays(inbox_dir):
+    for name, tag in staged_relays(inbox_dir):
         transfer_id = _transfer_of(name)
         if transfer_id is None:
             continue
         try:
             row = ledger.get(transfer_id)
         except TransferNotFound:
-            _remove_orphan(ledger, inbox_dir, name, transfer_id, accepting, orphan_age, now)
+            if tag is None:
+                _remove_orphan(ledger, inbox_dir, name, transfer_id, accepting, orphan_age, now)
+            else:  # staged by a relay under a lease, whose transfer existed: gone since (purged), nothing to publish
+                discard_staged(inbox_dir, name, tag)
             continue
-        if row.state != S.DONE.value:
-            continue
-        if row.relay_name == name:
-            publish_relays(inbox_dir, [name])
+        done = row.state == S.DONE.value
+        committed = ledger.received_token(transfer_id) if done and tag is not None else None
+        action = staged_action(done=done, relay_name=row.relay_name, name=name, tag=tag, committed=committed)
+        if action is StagedAction.PUBLISH:
+            publish_relays(inbox_dir, [name], {name: tag})
             published.append(name)
-        else:  # DONE with nothing new, or under another name: left by an attempt before its decision
-            discard_staged(inbox_dir, name)
+        elif action is StagedAction.DISCARD:
+            discard_staged(inbox_dir, name, tag)
     return published
 
 
@@ -582,8 +619,13 @@ class ResultRelay(service.Service):
         """Relay the committed results file *row*; *received_at* (clock seconds) times a push; *fence*: see
         :class:`~kei_gateway.flows.inbound.relay.Relay`.
 
-        When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval.
+        When it fails, the file stays ``VALIDATED`` and is tried again at the next check interval. Under a
+        received file's lease (*fence* of kind ``received``) the lease ends with it (``under_received_lease``).
         """
+        return under_received_lease(self.leases, fence, self._hand_to_lane(row, received_at, fence))
+
+    def _hand_to_lane(self, row: TransferRow, received_at: float | None,
+                      fence: Fence | None) -> defer.Deferred[RelayOutcome]:
         small = row.record_count <= SMALL_FILE and row.relay_name is None and row.state == S.VALIDATED.value
         if not small:
             return self._large.run(self._relay, row.id, received_at, fence)
@@ -613,7 +655,9 @@ class ResultRelay(service.Service):
 
     leases: NodeLeases | None = None
     """This node's leases (SPEC §14), set by the composition root: the pass over pending files runs under the
-    flow's relay lease, on one node at a time, and its commits are fenced by it. None: this process's alone."""
+    flow's relay lease, on one node at a time; on a shared ledger each pending file is relayed under its own
+    ``received`` lease, claimed only when no other node holds it live (a push or a pull that node is relaying
+    now), and its commit is fenced by it. None: this process's alone."""
 
     @defer.inlineCallbacks
     def relay_pending(self) -> Any:
@@ -642,6 +686,8 @@ class ResultRelay(service.Service):
         fenced: list[Failure] = []
 
         def failed(failure: Failure, row: TransferRow) -> None:  # one file's trouble must not keep the others back
+            if isinstance(failure.value, Fenced) and failure.value.fence.kind == LeaseKind.RECEIVED:
+                return  # another node took this file over (logged as lease.fenced): the others go on
             if failure.check(Fenced):
                 fenced.append(failure)  # another node relays the pending files now: this pass stops
                 return
@@ -651,10 +697,26 @@ class ResultRelay(service.Service):
         for start in range(0, len(pending), PENDING_SLICE):  # handed over together, so the small ones group
             if not self.running or fenced:
                 break
-            yield defer.DeferredList([self.relay(row, fence=fence).addErrback(failed, row)
-                                      for row in pending[start:start + PENDING_SLICE]])
+            claimed = yield self._claim_each(pending[start:start + PENDING_SLICE], fence)
+            yield defer.DeferredList([self.relay(row, fence=file_fence).addErrback(failed, row)
+                                      for row, file_fence in claimed])
         if fenced:
             fenced[0].raiseException()
+
+    @defer.inlineCallbacks
+    def _claim_each(self, rows: list[TransferRow], fence: Fence | None) -> Any:
+        """The pending *rows* to relay now, each with the fence to relay it under: on a shared ledger its own
+        ``received`` lease, claimed (a file whose lease another node holds live is that node's to relay, and
+        one this node relays already is skipped); on one node the pass's *fence*."""
+        leases = self.leases
+        if leases is None or leases.store.single_node:
+            return [(row, fence) for row in rows]
+        claimed = []
+        for row in rows:
+            file_fence = yield leases.claim_received(self.ledger, row.id)
+            if file_fence is not None:
+                claimed.append((row, file_fence))
+        return claimed
 
     # -- the small-file lane
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kei_gateway.adapters.ledger import TransferRow
+from kei_gateway.adapters.ledger.leases import Fence
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.store.blobs import BlobStore
 from kei_gateway.config import Config, HostPort, ListenerSection
@@ -44,6 +45,7 @@ from kei_gateway.layouts import ValidationOptions, get_layout
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.bursts import BurstLog
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 from kei_gateway.runtime.timeline import TIMELINE
 
@@ -98,6 +100,10 @@ class PushReceiver:
         self._pushes_by_source: Counter[str] = Counter()
         for reason in DENIAL_REASONS:  # exported as 0 from the start
             metrics.denied_connections.labels(listener="push", reason=reason)
+
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the builder: a file accepted here is relayed here, under a
+    ``received`` lease written in the commit that accepts it. None: this process is alone."""
 
     def limits(self) -> ListenerSection:
         """The listener's limits (``[listeners.push]``) of the live configuration."""
@@ -223,13 +229,16 @@ class PushReceiver:
                 settle_received, door=Door.PUSH, ledger=self.ledger, store=self.store, flow=target.flow,
                 peer=target.peer, name=target.name, received=received,
                 quarantine_dir=config.spool_path(os.path.join("quarantine", target.flow)), now=now,
-                note="refused to the peer with 422", relay=inline)
+                note="refused to the peer with 422", relay=inline,
+                hold=self.leases.hold_received() if self.leases is not None else None)
         except BaseException:
             if inline is not None:
                 inline.end(None)
             raise
         if inline is not None and not settled.relayed:
             inline.end(None)  # free again: the file (if new) is handed to it after its commit
+        if settled.fence is not None and self.leases is not None:
+            self.leases.adopt_held(settled.fence)  # committed alone: renewed while this node relays it
         decision = settled.decision
         report = received.report
         if decision.settlement is Settlement.IDENTICAL_REPEAT:
@@ -261,12 +270,12 @@ class PushReceiver:
         if inline is not None and settled.relayed:
             inline.end(row)  # counts the relay (its metrics and log line, relayed with the accept) and frees it
         else:
-            self._hand_over(row, accepted.started_at)
+            self._hand_over(row, accepted.started_at, settled.fence)
         return Response(201, headers={"location": f"/push/{target.flow}/{target.name}"})
 
-    def _hand_over(self, row: TransferRow, started_at: float) -> None:
-        """The committed file to the flow's relay, not awaited (the peer has its 201); a failure is logged and
-        the file stays VALIDATED for the relay's next check."""
+    def _hand_over(self, row: TransferRow, started_at: float, fence: Fence | None = None) -> None:
+        """The committed file to the flow's relay (under its ``received`` lease, *fence*), not awaited (the peer
+        has its 201); a failure is logged and the file stays VALIDATED for the relay's next check."""
         if self.relay is None:
             return
 
@@ -275,7 +284,7 @@ class PushReceiver:
                         reason=f"after push commit: {_describe(failure)}")
 
         try:
-            result = self.relay.relay(row, started_at)
+            result = self.relay.relay(row, started_at, fence)
         except Exception as error:
             failed(Failure(error))
             return

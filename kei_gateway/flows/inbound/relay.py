@@ -20,18 +20,20 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from kei_gateway.adapters.ledger import TransferRow
-from kei_gateway.adapters.ledger.leases import Fence
+from kei_gateway.adapters.ledger.leases import Fence, Fenced
 from kei_gateway.adapters.ledger.ledger import AuditEvent, NewTransfer
 from kei_gateway.adapters.ports import TransferLedgerPort
 from kei_gateway.adapters.spool import publish_staged, stage_for_inbox
 from kei_gateway.adapters.store.blobs import BlobStore
+from kei_gateway.core.lease import LeaseKind, ends_with_done
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.runtime import events
 from kei_gateway.runtime.blocking import Blocking
 from kei_gateway.runtime.crashpoints import crashpoint
+from kei_gateway.runtime.leases import NodeLeases
 from kei_gateway.runtime.metrics import GatewayMetrics
 
-__all__ = ["Relay", "AcceptRelay", "InboxRelay", "relay_to_inbox"]
+__all__ = ["Relay", "AcceptRelay", "InboxRelay", "relay_to_inbox", "under_received_lease"]
 
 
 class Relay(Protocol):
@@ -72,6 +74,29 @@ class AcceptRelay(Protocol):
         ...
 
 
+def under_received_lease(leases: NodeLeases | None, fence: Fence | None, relayed: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """The bookkeeping of a relay done under a received file's lease (kind ``received``, SPEC §14): released with
+    ``DONE`` (in its commit), so no longer renewed; fenced (another node took the file over while this one
+    stalled): logged (``lease.fenced``), no longer renewed; failed otherwise: released, so that the next pending
+    pass — of any node — takes the file. Other fences (a pull's, a pass's) are their holders' business."""
+    if leases is None or fence is None or fence.kind != LeaseKind.RECEIVED:
+        return relayed
+    node_leases = leases
+
+    def done(result: Any) -> Any:
+        node_leases.forget(fence)
+        return result
+
+    def failed(failure: Any) -> Any:
+        if failure.check(Fenced):
+            node_leases.fenced(fence)
+        else:
+            node_leases.release(fence)
+        return failure
+
+    return relayed.addCallbacks(done, failed)
+
+
 def relay_to_inbox(ledger: TransferLedgerPort, store: BlobStore, row: TransferRow, inbox_dir: str, marker: bool,
                    now: datetime.datetime, fence: Fence | None = None) -> None:
     """Blocking: the stored file into the inbox under its name, exactly once (SPEC §4).
@@ -107,9 +132,13 @@ class InboxRelay:
     def relay_on_accept(self, records: int, received_at: float | None = None, key: Any = None) -> None:
         return None
 
+    leases: NodeLeases | None = None
+    """This node's leases (SPEC §14), set by the composition root: a relay under a received file's lease ends it
+    (:func:`under_received_lease`). None: this process's alone."""
+
     def relay(self, row: TransferRow, received_at: float | None = None,
               fence: Fence | None = None) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(self._relay(row, fence))
+        return under_received_lease(self.leases, fence, defer.ensureDeferred(self._relay(row, fence)))
 
     async def _relay(self, row: TransferRow, fence: Fence | None) -> None:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
@@ -120,6 +149,7 @@ class InboxRelay:
         fields = {"flow": self.flow, "peer": self.peer, "name": row.local_name, "records": row.record_count,
                   "sha256": row.sha256}
         await self.blocking.run(self.ledger.transition, row.id, S.DONE, now, fence=fence,
+                                release=fence is not None and ends_with_done(fence.kind),
                                 audit=(events.DOWNLOAD_RELAYED.name, fields))  # the record commits with DONE
         crashpoint("relay.committed")
         self.metrics.transfers.labels(flow=self.flow, outcome="relayed").inc()
