@@ -106,8 +106,6 @@ def convert_utf8_record(layout: Layout, text: str, options: ValidationOptions, n
 
 _NEEDS_CONVERSION: Final = re.compile("[\uff61-\uff9f\ufeff]")
 """Half-width katakana (composed and widened in K fields) and BOMs: left to the precise path."""
-_NEEDS_CONVERSION_UTF8: Final = re.compile(rb"\xef(?:\xbd[\xa1-\xbf]|\xbe[\x80-\x9f]|\xbb\xbf)")
-"""The same characters in UTF-8 (searched in the bytes: the literal prefix makes it a fast scan)."""
 _NOT_CP932: Final = "\ufffe"
 """A noncharacter standing in for them: it encodes to the mark below, like any 外字."""
 _MARK_ERRORS: Final = "kei-gateway-mark"
@@ -120,6 +118,21 @@ def _mark(error: UnicodeError) -> tuple[bytes, int]:
 
 
 codecs.register_error(_MARK_ERRORS, _mark)
+
+
+def _needs_conversion(block: bytes) -> bool:
+    """Whether a block of UTF-8 holds half-width katakana or a BOM (``EF BD A1``–``EF BE 9F``, ``EF BB BF``).
+
+    A memchr when it has no ``EF`` byte at all, else one numpy pass: a bytes regex took ~70 µs a
+    256 KiB block without any, ~250 µs with full-width forms.
+    """
+    if b"\xef" not in block:
+        return False
+    data = np.frombuffer(block, dtype=np.uint8)
+    lead = np.flatnonzero(data[:-2] == 0xEF)  # valid UTF-8: two bytes follow every EF
+    second, third = data[lead + 1], data[lead + 2]
+    return bool((((second == 0xBD) & (third >= 0xA1)) | ((second == 0xBE) & (third <= 0x9F))
+                 | ((second == 0xBB) & (third == 0xBF))).any())
 
 
 _STAND_IN: Final = 0x0800
@@ -203,7 +216,7 @@ def utf8_block(block: bytes) -> Utf8Block | None:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if _NEEDS_CONVERSION_UTF8.search(block) is not None:
+    if _needs_conversion(block):
         text = _NEEDS_CONVERSION.sub(_NOT_CP932, text)
     # No normalize_variants(): Python's cp932 encoder already writes the mapping variants (〜 U+301C,
     # ‖, −, ¢, £, ¬) as the bytes of their CP932 characters (～ U+FF5E ...), which per-field

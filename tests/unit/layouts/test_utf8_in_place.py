@@ -11,6 +11,7 @@ characters, with variation selectors, half-width kana and the block's own stand-
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from kei_gateway.layouts import LAYOUTS, Kind, Layout, ValidationOptions, valida
 from kei_gateway.layouts import validator as validator_module
 from kei_gateway.layouts.columnar import as_matrix, columnar_plan
 from kei_gateway.layouts.generator import DUMMY_MJ_CHARS
-from kei_gateway.layouts.utf8 import _MARK_ERRORS, utf8_block
+from kei_gateway.layouts.utf8 import _MARK_ERRORS, _needs_conversion, utf8_block
 
 from .helpers import OPTIONS, dummy_records
 
@@ -160,3 +161,15 @@ def test_when_k_field_bytes_change_then_only_the_wide_checks_can_change_their_ve
     ok_changed, narrow_changed = plan.check_split(changed)
     assert list(narrow_changed) == list(narrow)
     assert list(ok_changed) == list(narrow & plan.check_wide(changed))
+
+
+HALFWIDTH_OR_BOM = re.compile(rb"\xef(?:\xbd[\xa1-\xbf]|\xbe[\x80-\x9f]|\xbb\xbf)")
+"""Half-width katakana (U+FF61–U+FF9F) and the BOM in UTF-8: the reference for the block's pre-check."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(["ｱ", "ﾟ", "｡", "\ufeff", "～", "ａ", "ｚ", "｀", "￠", "Ａ", "０", "\uffef",
+                                              "\ufeb0", "\ufefe", "ア", "𠮷", "A", "\n"]), max_size=40))
+def test_when_a_block_is_checked_for_halfwidth_kana_and_boms_then_the_answer_is_the_regex_one(text: str) -> None:
+    block = text.encode("utf-8")
+    assert _needs_conversion(block) == (HALFWIDTH_OR_BOM.search(block) is not None)
