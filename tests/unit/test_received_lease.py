@@ -187,6 +187,18 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertIs(self.ledger.get(row.id).state, S.VALIDATED, "b left it to a")
         self.assertEqual(self.inbox_files(), [])
 
+    def test_when_the_accepting_node_stalls_then_the_others_pass_takes_the_file_over_within_a_lease_and_a_third(
+            self) -> None:
+        """On a shared ledger the pending pass runs every third of the lease (not every 5 minutes): a file whose
+        node stopped renewing is relayed by the other node within ``lease + lease/3`` of its last renewal."""
+        row, _ = self.accept_on_a()
+        self.assertEqual(self.relays["b"].pending_interval(), 5.0)
+        self.clocks["b"].advance(10)  # a is stopped (its clock does not move): its lease runs out at 15 s
+        self.assertIs(self.ledger.get(row.id).state, S.VALIDATED)
+        self.clocks["b"].advance(10)
+        self.assertIs(self.ledger.get(row.id).state, S.DONE)
+        self.assertIn("lease.takeover", self.events())
+
     def test_when_a_stalls_between_its_lookup_and_its_staging_then_b_relays_it_and_a_commits_and_publishes_nothing(
             self) -> None:
         """The race of issue 16's notes: a looked the results up before b's commit and stages after b's commit and

@@ -64,7 +64,7 @@ from kei_gateway.core.results import (
     fresh_results,
     unconfirmed_counts,
 )
-from kei_gateway.core.lease import LeaseKind, StagedAction, staged_action
+from kei_gateway.core.lease import LeaseKind, StagedAction, renew_interval, staged_action
 from kei_gateway.core.results.identity import raw_fields
 from kei_gateway.core.transfer import TransferState as S
 from kei_gateway.layouts import get_layout
@@ -576,6 +576,8 @@ class ResultRelay(service.Service):
         self._overdue = 0
         self._check = task.LoopingCall(self._periodic)
         self._check.clock = clock
+        self._pending = task.LoopingCall(self._pass_pending)
+        self._pending.clock = clock
         self._check_interval = check_interval
         self._recovering: defer.Deferred[Any] | None = None
         for kind in KIND_LABELS.values():
@@ -587,6 +589,28 @@ class ResultRelay(service.Service):
     def startService(self) -> None:
         super().startService()
         self._check.start(self._check_interval, now=True)  # relays what is pending at once (see _periodic)
+        interval = self.pending_interval()
+        if interval < self._check_interval:
+            self._pending.start(interval, now=False)
+
+    def pending_interval(self) -> float:
+        """Seconds between pending passes: the check interval on one node; on a shared ledger a third of the lease
+        (as the sender's pass), so a file whose accepting node died or stalled is taken over within
+        ``lease + lease/3`` of its last renewal rather than at the next 5-minute check (SPEC §14)."""
+        leases = self.leases
+        if leases is None or leases.store.single_node:
+            return self._check_interval
+        return min(self._check_interval, renew_interval(leases.duration))
+
+    def _pass_pending(self) -> None:
+        """Start a pending pass unless one is running."""
+        if self._recovering is None or self._recovering.called:
+            def unlisted(failure: Failure) -> None:
+                events.emit(log, events.INTERNAL_ERROR, flow=FLOW,
+                            reason=f"listing the results files to relay: {failure.getErrorMessage()}")
+
+            self._recovering = self.relay_pending()
+            self._recovering.addErrback(unlisted)
 
     def _periodic(self) -> defer.Deferred[None]:
         """Every check interval (and at start): relay the files still pending, refresh the unconfirmed gauge.
@@ -595,19 +619,15 @@ class ResultRelay(service.Service):
         writable, database locked past its retries): nothing else would, since the push
         listener and the poller hand a file over once, and a repeated push is a ``204``.
         """
-        if self._recovering is None or self._recovering.called:
-            def unlisted(failure: Failure) -> None:
-                events.emit(log, events.INTERNAL_ERROR, flow=FLOW,
-                            reason=f"listing the results files to relay: {failure.getErrorMessage()}")
-
-            self._recovering = self.relay_pending()
-            self._recovering.addErrback(unlisted)
+        self._pass_pending()
         return self.check_unconfirmed()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         if self._check.running:
             self._check.stop()
+        if self._pending.running:
+            self._pending.stop()
         # Whatever relay is running or waiting finishes (its steps are short and local); then stop.
         idle: defer.Deferred[None] = defer.Deferred()
         self._small_idle.append(idle)
