@@ -615,3 +615,28 @@ class PushRelayedInItsCommitTests(SynchronousTestCase):
         self.assertEqual(self.h.request("PUT", "/push/mpn-results/R1.dat", results_file(3))[0], 503)
         self.assertEqual(self.h.ledger.rows, {})
         self.assertIsNotNone(self.relay.relay_on_accept(1), "the lane was freed")
+
+
+class PushOnTwoNodesTests(SynchronousTestCase):
+    """Issue 15: on a shared ledger a push committed alone carries its ``received`` lease, held by this node."""
+
+    def test_when_a_push_is_committed_alone_then_its_relay_lease_commits_with_it_and_the_relay_gets_its_fence(
+            self) -> None:
+        from tests.unit.test_relay_fencing import node_leases
+
+        handed: list[Any] = []
+
+        class FenceRelay(HookRelay):
+            def relay(self, row: TransferRow, received_at: float | None = None, fence: Any = None) -> Any:
+                handed.append((row.id, fence))
+
+        h = PushHarness(self, relay=FenceRelay(lambda row, at: None))
+        h.receiver.leases = node_leases(h.ledger, "gw-a", h.clock)
+        self.assertEqual(h.request("PUT", "/push/mpn-results/R1.dat", results_file(2))[0], 201)
+        [row] = h.ledger.inbound_for("mpn-results", "R1.dat")
+        lease = h.ledger.leases.leases[("received", str(row.id))]
+        self.assertEqual((lease.holder, lease.token), ("gw-a", 1), "written with the accepting commit")
+        [(relayed, fence)] = handed
+        self.assertEqual((relayed, fence.kind, fence.key, fence.node, fence.token), (row.id, "received",
+                                                                                     str(row.id), "gw-a", 1))
+        self.assertIn(("received", str(row.id)), h.receiver.leases.held, "renewed while this node relays it")
