@@ -35,7 +35,8 @@ def test_when_chunks_are_appended_then_each_reads_back_and_the_file_has_no_name_
 def test_when_the_scratch_bytes_are_changed_then_reading_them_fails_instead_of_a_wrong_answer(tmp_path: Path) -> None:
     scratch = EncryptedScratch(str(tmp_path))
     handle = scratch.append(b"\x01" * 4096)
-    os.pwrite(scratch._fd, b"\x00", handle + 100)
+    stored = os.pread(scratch._fd, 1, handle + 100)
+    os.pwrite(scratch._fd, bytes([stored[0] ^ 0xFF]), handle + 100)  # always a change (writing 0x00 was none 1 time in 256)
     with pytest.raises(InvalidTag):
         scratch.read(handle, 4096)
 
